@@ -1,0 +1,53 @@
+"""Regenerate the Python code for protos/creditnet/v1 into services/creditnet/v1.
+
+Generated code lives only there, is never edited by hand, and is not committed:
+`make proto` (and every make target that needs it) runs this script.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from grpc_tools import protoc  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+OUT = ROOT / "services"
+PACKAGE = OUT / "creditnet" / "v1"
+
+
+def main() -> int:
+    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "creditnet" / "v1").glob("*.proto"))
+    if PACKAGE.exists():
+        shutil.rmtree(PACKAGE)
+    PACKAGE.mkdir(parents=True)
+    # protoc finds the mypy plugins next to this interpreter (the venv's bin).
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    include = str(Path(protoc.__file__).parent / "_proto")
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{include}",
+        f"--python_out={OUT}",
+        f"--mypy_out={OUT}",
+        f"--grpc_python_out={OUT}",
+        f"--mypy_grpc_out={OUT}",
+        "--include_imports",
+        f"--descriptor_set_out={PACKAGE / 'descriptors.binpb'}",
+        *sources,
+    ]
+    code = protoc.main(args)
+    if code != 0:
+        print("protoc failed", file=sys.stderr)
+        return int(code)
+    (PACKAGE / "__init__.py").write_text('"""Generated from protos/creditnet/v1 by protos/generate.py. Do not edit."""\n')
+    (PACKAGE / "py.typed").write_text("")
+    print(f"generated {len(sources)} protos into {PACKAGE.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The network's vocabulary: cities, credit categories and purposes.
+
+These enums are the one place that maps between the names people type
+(``hefei``, ``social_insurance``, ``loan_application``), the protobuf enum
+numbers, and facts such as a city's registering-region codes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Self
+
+from creditnet.v1 import common_pb2
+
+
+class _Named(enum.Enum):
+    """An enum whose value is its lower-case wire name."""
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        key = text.strip().lower().replace("-", "_")
+        for member in cls:
+            if member.value == key:
+                return member
+        choices = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown {cls.__name__.lower()} {text!r}; expected one of: {choices}")
+
+    @classmethod
+    def parse_many(cls, text: str | Iterable[str]) -> tuple[Self, ...]:
+        parts = text.split(",") if isinstance(text, str) else list(text)
+        seen: dict[Self, None] = {}
+        for part in parts:
+            if part.strip():
+                seen[cls.parse(part)] = None
+        return tuple(seen)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class City(_Named):
+    SHANGHAI = "shanghai"
+    NANJING = "nanjing"
+    HANGZHOU = "hangzhou"
+    HEFEI = "hefei"
+    JIAXING = "jiaxing"
+
+    @property
+    def proto(self) -> common_pb2.City.ValueType:
+        return common_pb2.City.Value(f"CITY_{self.name}")
+
+    @classmethod
+    def from_proto(cls, value: int) -> City:
+        name = common_pb2.City.Name(value) if value in common_pb2.City.values() else ""
+        if not name or value == common_pb2.CITY_UNSPECIFIED:
+            raise ValueError(f"unknown city number {value}")
+        return cls[name.removeprefix("CITY_")]
+
+    @property
+    def display(self) -> str:
+        return _CITY_DISPLAY[self]
+
+    @property
+    def region_prefix(self) -> str:
+        """Leading digits of the registering-region code (USCC positions 3-8)."""
+        return _CITY_REGION[self]
+
+    @classmethod
+    def from_region_code(cls, region: str) -> City | None:
+        """The pilot city a six-digit administrative division code belongs to, if any."""
+        # Longest prefix first: Shanghai is the whole province-level 31, the
+        # others are prefecture-level cities inside 32, 33 and 34.
+        for city in sorted(cls, key=lambda c: -len(c.region_prefix)):
+            if region.startswith(city.region_prefix):
+                return city
+        return None
+
+
+_CITY_DISPLAY = {
+    City.SHANGHAI: "Shanghai 上海",
+    City.NANJING: "Nanjing 南京",
+    City.HANGZHOU: "Hangzhou 杭州",
+    City.HEFEI: "Hefei 合肥",
+    City.JIAXING: "Jiaxing 嘉兴",
+}
+
+_CITY_REGION = {
+    City.SHANGHAI: "31",
+    City.NANJING: "3201",
+    City.HANGZHOU: "3301",
+    City.HEFEI: "3401",
+    City.JIAXING: "3304",
+}
+
+
+class Category(_Named):
+    UTILITY = "utility"
+    SOCIAL_INSURANCE = "social_insurance"
+    HOUSING_FUND = "housing_fund"
+    LOGISTICS = "logistics"
+    TAX = "tax"
+    JUDICIAL = "judicial"
+    PENALTY = "penalty"
+    LOAN = "loan"
+    IP = "ip"
+
+    @property
+    def proto(self) -> common_pb2.Category.ValueType:
+        return common_pb2.Category.Value(f"CATEGORY_{self.name}")
+
+    @classmethod
+    def from_proto(cls, value: int) -> Category:
+        name = common_pb2.Category.Name(value) if value in common_pb2.Category.values() else ""
+        if not name or value == common_pb2.CATEGORY_UNSPECIFIED:
+            raise ValueError(f"unknown category number {value}")
+        return cls[name.removeprefix("CATEGORY_")]
+
+    @property
+    def oneof_field(self) -> str:
+        """Name of the CreditRecord.detail field that holds this category."""
+        return self.value
+
+    @classmethod
+    def from_oneof_field(cls, field: str) -> Category:
+        return cls(field)
+
+
+class Purpose(_Named):
+    LOAN_APPLICATION = "loan_application"
+    POST_LOAN_MONITORING = "post_loan_monitoring"
+    GUARANTEE = "guarantee"
+    SUPPLY_CHAIN_FINANCE = "supply_chain_finance"
+
+    @property
+    def proto(self) -> common_pb2.Purpose.ValueType:
+        return common_pb2.Purpose.Value(f"PURPOSE_{self.name}")
+
+    @classmethod
+    def from_proto(cls, value: int) -> Purpose:
+        name = common_pb2.Purpose.Name(value) if value in common_pb2.Purpose.values() else ""
+        if not name or value == common_pb2.PURPOSE_UNSPECIFIED:
+            raise ValueError(f"unknown purpose number {value}")
+        return cls[name.removeprefix("PURPOSE_")]
+
+
+ALL_CITIES: tuple[City, ...] = tuple(City)
+ALL_CATEGORIES: tuple[Category, ...] = tuple(Category)
