@@ -1,0 +1,204 @@
+"""The bank's async SDK: sign a query, ask the aggregator, verify every city."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from creditnet import query as query_mod
+from creditnet.domain import Category, City, Purpose
+from creditnet.envelope import EnvelopeVerifier, load_envelope
+from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
+from creditnet.rpc import secure_channel
+from creditnet.v1 import (
+    aggregator_pb2,
+    aggregator_pb2_grpc,
+    envelope_pb2,
+    node_pb2,
+    node_pb2_grpc,
+    query_pb2,
+)
+from creditnet_bank.report import Report, merge
+from creditnet_bank.verify import Section, verify_section
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class QueryRefused(Exception):
+    """The aggregator refused the query as a whole; `code` and `reason` say why."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(f"{code.name}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class BankClient:
+    """Ask the network about an enterprise, with its consent.
+
+    >>> async with BankClient.from_files(aggregator="localhost:7000", cert=..., key=..., ca=...) as bank:
+    ...     report = await bank.query("91340100...", consent=Path("acme.consent.json"),
+    ...                               purpose="loan_application")
+    """
+
+    def __init__(
+        self,
+        *,
+        aggregator: str,
+        identity: Identity,
+        trust: TrustStore,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if identity.role.kind is not RoleKind.BANK:
+            raise ValueError(f"a bank client needs a bank certificate, not {identity.role.uri}")
+        self.identity = identity
+        self.trust = trust
+        self.timeout = timeout
+        self.verifier = EnvelopeVerifier(trust)
+        self._channel = secure_channel(aggregator, identity, trust, AGGREGATOR_SERVER_NAME)
+        self._stub = aggregator_pb2_grpc.AggregatorServiceStub(self._channel)
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        aggregator: str,
+        cert: Path | str,
+        key: Path | str,
+        ca: Path | str,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> BankClient:
+        return cls(
+            aggregator=aggregator,
+            identity=Identity.load(Path(cert), Path(key)),
+            trust=TrustStore.load(Path(ca)),
+            timeout=timeout,
+        )
+
+    @classmethod
+    def from_network(cls, network_json: Path | str, bank: str | None = None, **kw: float) -> BankClient:
+        """Connect with the endpoints and a bank identity listed in a network.json."""
+        net = json.loads(Path(network_json).read_text())
+        base = Path(network_json).parent
+        banks = net["identities"]["banks"]
+        ident = banks[bank] if bank else next(iter(banks.values()))
+        return cls.from_files(
+            aggregator=net["aggregator"]["endpoint"],
+            cert=base / ident["cert"],
+            key=base / ident["key"],
+            ca=base / net["ca"],
+            **kw,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def sign_query(
+        self,
+        uscc: str,
+        consent: envelope_pb2.SignedEnvelope | Path | str,
+        purpose: Purpose | str,
+        *,
+        categories: Sequence[Category | str] = (),
+        cities: Sequence[City | str] = (),
+    ) -> envelope_pb2.SignedEnvelope:
+        consent_env = (
+            consent if isinstance(consent, envelope_pb2.SignedEnvelope) else load_envelope(Path(consent))
+        )
+        return query_mod.build(
+            self.identity,
+            consent_env,
+            enterprise_uscc=uscc,
+            purpose=purpose if isinstance(purpose, Purpose) else Purpose.parse(purpose),
+            categories=tuple(c if isinstance(c, Category) else Category.parse(c) for c in categories),
+            cities=tuple(c if isinstance(c, City) else City.parse(c) for c in cities),
+        )
+
+    async def query(
+        self,
+        uscc: str,
+        consent: envelope_pb2.SignedEnvelope | Path | str,
+        purpose: Purpose | str,
+        *,
+        categories: Sequence[Category | str] = (),
+        cities: Sequence[City | str] = (),
+        timeout: float | None = None,
+    ) -> Report:
+        env = self.sign_query(uscc, consent, purpose, categories=categories, cities=cities)
+        return await self.send(env, timeout=timeout)
+
+    async def send(self, query_env: envelope_pb2.SignedEnvelope, *, timeout: float | None = None) -> Report:
+        """Send a signed query; retried with backoff while the aggregator is unreachable.
+
+        A retry resends the same envelope: nodes answer a query id at most
+        once, so a retry can never be answered twice.
+        """
+        budget = timeout or self.timeout
+        deadline = time.monotonic() + budget
+        delay = 0.1
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                resp = await self._stub.FederatedQuery(
+                    aggregator_pb2.FederatedQueryRequest(query=query_env),
+                    timeout=max(remaining, 0.001),
+                )
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and remaining > delay * 2:
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise QueryRefused(exc.code(), exc.details() or "") from None
+        return self.verify_response(query_env, resp)
+
+    def verify_response(
+        self, query_env: envelope_pb2.SignedEnvelope, resp: aggregator_pb2.FederatedQueryResponse
+    ) -> Report:
+        query = query_pb2.CreditQuery()
+        query.ParseFromString(query_env.payload)
+        sections: list[Section] = []
+        seen: set[City] = set()
+        for raw in resp.sections:
+            section = verify_section(self.verifier, raw, query_env, query)
+            if section.city in seen:
+                continue  # a duplicated city section is the aggregator's error; keep the first
+            seen.add(section.city)
+            sections.append(section)
+        return merge(query.query_id, query.enterprise_uscc, Purpose.from_proto(query.purpose), sections)
+
+    async def nodes(self, *, timeout: float | None = None) -> aggregator_pb2.ListNodesResponse:
+        return await self._stub.ListNodes(aggregator_pb2.ListNodesRequest(), timeout=timeout or self.timeout)
+
+    async def query_node(
+        self,
+        endpoint: str,
+        city: City,
+        query_env: envelope_pb2.SignedEnvelope,
+        *,
+        timeout: float | None = None,
+    ) -> node_pb2.QueryResponse:
+        """Ask one node directly, bypassing the aggregator (nodes verify everything themselves)."""
+        channel = secure_channel(endpoint, self.identity, self.trust, node_server_name(city))
+        async with channel:
+            stub = node_pb2_grpc.CityNodeServiceStub(channel)
+            return await stub.Query(node_pb2.QueryRequest(query=query_env), timeout=timeout or self.timeout)

@@ -1,0 +1,130 @@
+"""Offline verification of a federated answer, section by section.
+
+The bank trusts neither the aggregator nor any single node: each section must
+be signed by the node of exactly the city it claims, answer exactly this
+query (id and digest), and disclose nothing outside the consented scope. A
+section that fails any check is reported as INVALID with the reason, and its
+content is dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from creditnet.dates import date_from_proto, ts_from_proto
+from creditnet.domain import Category, City
+from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest
+from creditnet.errors import CreditnetError
+from creditnet.pki import RoleKind
+from creditnet.v1 import aggregator_pb2, envelope_pb2, query_pb2, records_pb2
+
+
+class SectionStatus(enum.Enum):
+    OK = "ok"
+    NO_RECORDS = "no_records"
+    DENIED = "denied"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    INVALID = "invalid"
+
+    @classmethod
+    def from_proto(cls, value: int) -> SectionStatus:
+        name = aggregator_pb2.SectionStatus.Name(value).removeprefix("SECTION_STATUS_")
+        return cls[name] if name in cls.__members__ else cls.INVALID
+
+
+@dataclass(slots=True)
+class Section:
+    city: City
+    status: SectionStatus
+    reason: str = ""
+    code: str = ""
+    latency_ms: int = 0
+    as_of: dt.datetime | None = None
+    categories: tuple[Category, ...] = ()
+    data_from: dt.date | None = None
+    data_to: dt.date | None = None
+    profile: records_pb2.EnterpriseProfile | None = None
+    records: list[records_pb2.CreditRecord] = field(default_factory=list)
+    # The node's signed answer, kept so the bank can show it to others.
+    answer: envelope_pb2.SignedEnvelope | None = None
+
+
+class AnswerInvalid(Exception):
+    pass
+
+
+def verify_section(
+    verifier: EnvelopeVerifier,
+    section: aggregator_pb2.CitySection,
+    query_env: envelope_pb2.SignedEnvelope,
+    query: query_pb2.CreditQuery,
+) -> Section:
+    try:
+        city = City.from_proto(section.city)
+    except ValueError:
+        raise AnswerInvalid("the aggregator returned a section for an unknown city") from None
+    status = SectionStatus.from_proto(section.status)
+    base = Section(
+        city=city,
+        status=status,
+        reason=section.reason,
+        code=section.code,
+        latency_ms=section.latency_ms,
+    )
+    if status not in (SectionStatus.OK, SectionStatus.NO_RECORDS):
+        return base
+    try:
+        return _verify_answer(verifier, base, section.answer, query_env, query)
+    except (AnswerInvalid, CreditnetError, ValueError) as exc:
+        base.status = SectionStatus.INVALID
+        base.reason = f"answer rejected by the bank client: {exc}"
+        return base
+
+
+def _verify_answer(
+    verifier: EnvelopeVerifier,
+    base: Section,
+    env: envelope_pb2.SignedEnvelope,
+    query_env: envelope_pb2.SignedEnvelope,
+    query: query_pb2.CreditQuery,
+) -> Section:
+    verified = verifier.verify(env, ANSWER_TYPE, what="answer")
+    signer = verified.signer.role
+    if signer.kind is not RoleKind.NODE or signer.city is not base.city:
+        raise AnswerInvalid(f"signed by {signer.uri}, not by the {base.city.value} node")
+    answer = query_pb2.CityAnswer()
+    try:
+        answer.ParseFromString(verified.payload)
+    except DecodeError:
+        raise AnswerInvalid("payload is not a CityAnswer") from None
+    if answer.city != base.city.proto:
+        raise AnswerInvalid("answer names another city")
+    if answer.query_id != query.query_id or answer.query_digest != digest(query_env.payload):
+        raise AnswerInvalid("answer is for a different query")
+    if answer.enterprise_uscc != query.enterprise_uscc:
+        raise AnswerInvalid("answer is about a different enterprise")
+    categories = tuple(Category.from_proto(c) for c in answer.categories)
+    if query.categories and not set(categories) <= {Category.from_proto(c) for c in query.categories}:
+        raise AnswerInvalid("answer discloses categories that were not asked for")
+    data_from, data_to = date_from_proto(answer.data_from), date_from_proto(answer.data_to)
+    for rec in answer.records:
+        field_name = rec.WhichOneof("detail")
+        if field_name is None or Category.from_oneof_field(field_name) not in categories:
+            raise AnswerInvalid("a record lies outside the disclosed categories")
+        if rec.enterprise_uscc != query.enterprise_uscc:
+            raise AnswerInvalid("a record is about a different enterprise")
+        if not data_from <= date_from_proto(rec.record_date) <= data_to:
+            raise AnswerInvalid("a record lies outside the consented period")
+    base.as_of = ts_from_proto(answer.as_of)
+    base.categories = categories
+    base.data_from, base.data_to = data_from, data_to
+    base.profile = answer.profile if answer.HasField("profile") else None
+    base.records = list(answer.records)
+    base.answer = env
+    base.status = SectionStatus.OK if (base.records or base.profile) else SectionStatus.NO_RECORDS
+    return base

@@ -1,0 +1,1 @@
+"""The national aggregator: federates signed queries to the city nodes."""

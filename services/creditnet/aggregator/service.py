@@ -1,0 +1,158 @@
+"""AggregatorService: check once, fan out in parallel, never wait past the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from creditnet import query as query_mod
+from creditnet.aggregator.directory import NodeDirectory, NodeLink
+from creditnet.aggregator.revocations import RevocationOutbox
+from creditnet.consent import verify_revocation
+from creditnet.dates import ts_to_proto, utcnow
+from creditnet.domain import City
+from creditnet.envelope import EnvelopeVerifier
+from creditnet.errors import PermissionDenied
+from creditnet.pki import Identity, RoleKind, TrustStore
+from creditnet.rpc import PeerIdentities, refusals
+from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, query_pb2
+
+log = logging.getLogger(__name__)
+
+# Time kept back from the caller's deadline to assemble and send the answer.
+DEADLINE_MARGIN = 0.05
+S = aggregator_pb2
+
+
+class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        trust: TrustStore,
+        directory: NodeDirectory,
+        state_dir: Path,
+        default_timeout: float = 10.0,
+    ) -> None:
+        self.identity = identity
+        self.verifier = EnvelopeVerifier(trust)
+        self.peers = PeerIdentities(trust)
+        self.directory = directory
+        self.default_timeout = default_timeout
+        self.outbox = RevocationOutbox(state_dir / "revocations", directory)
+
+    @refusals
+    async def FederatedQuery(
+        self, request: S.FederatedQueryRequest, context: grpc.aio.ServicerContext
+    ) -> S.FederatedQueryResponse:
+        self.peers.require(context, RoleKind.BANK)
+        # The same rules every node applies: refuse garbage here once
+        # rather than five times, but the nodes still decide for themselves.
+        aq = query_mod.authorize(self.verifier, request.query, city=None, now=utcnow())
+        if self.outbox.is_revoked(aq.consent.digest):
+            raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
+        remaining = context.time_remaining()
+        budget = self.default_timeout if remaining is None else max(0.0, remaining - DEADLINE_MARGIN)
+        sections = await asyncio.gather(*(self._ask(city, request.query, budget) for city in aq.cities))
+        return S.FederatedQueryResponse(query_id=aq.terms.query_id, sections=sections)
+
+    async def _ask(self, city: City, query: envelope_pb2.SignedEnvelope, budget: float) -> S.CitySection:
+        link = self.directory.get(city)
+        if link is None:
+            return S.CitySection(
+                city=city.proto,
+                status=S.SECTION_STATUS_UNAVAILABLE,
+                reason="no node configured for this city",
+            )
+        start = time.perf_counter()
+        section = await self._call(link, query, budget)
+        section.latency_ms = int((time.perf_counter() - start) * 1000)
+        return section
+
+    async def _call(self, link: NodeLink, query: envelope_pb2.SignedEnvelope, budget: float) -> S.CitySection:
+        city = link.city.proto
+        if budget <= 0:
+            return S.CitySection(
+                city=city, status=S.SECTION_STATUS_TIMEOUT, reason="no time left in the deadline"
+            )
+        link.in_flight += 1
+        try:
+            # The gRPC deadline bounds the call; wait_for bounds everything
+            # else (a connection attempt to a frozen node included).
+            call = link.stub.Query(node_pb2.QueryRequest(query=query), timeout=budget)
+            resp = await asyncio.wait_for(call, timeout=budget + DEADLINE_MARGIN / 2)
+        except TimeoutError:
+            return S.CitySection(
+                city=city, status=S.SECTION_STATUS_TIMEOUT, reason="the node did not answer in time"
+            )
+        except grpc.aio.AioRpcError as exc:
+            return _section_for_error(city, exc)
+        finally:
+            link.in_flight -= 1
+        answer = query_pb2.CityAnswer()
+        try:
+            answer.ParseFromString(resp.answer.payload)
+        except DecodeError:
+            return S.CitySection(
+                city=city, status=S.SECTION_STATUS_INVALID, reason="the node's answer is malformed"
+            )
+        empty = not answer.records and not answer.HasField("profile")
+        return S.CitySection(
+            city=city,
+            status=S.SECTION_STATUS_NO_RECORDS if empty else S.SECTION_STATUS_OK,
+            answer=resp.answer,
+        )
+
+    @refusals
+    async def BroadcastRevocation(
+        self, request: S.BroadcastRevocationRequest, context: grpc.aio.ServicerContext
+    ) -> S.BroadcastRevocationResponse:
+        self.peers.role(context)
+        rev = verify_revocation(self.verifier, request.revocation, at=utcnow())
+        deliveries = await self.outbox.publish(rev)
+        return S.BroadcastRevocationResponse(deliveries=deliveries)
+
+    @refusals
+    async def ListNodes(
+        self, request: S.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> S.ListNodesResponse:
+        self.peers.role(context)
+        links = await self.directory.check_all()
+        health = {
+            "serving": S.NODE_HEALTH_SERVING,
+            "not_serving": S.NODE_HEALTH_NOT_SERVING,
+            "unreachable": S.NODE_HEALTH_UNREACHABLE,
+        }
+        out = S.ListNodesResponse()
+        for link in sorted(links, key=lambda lk: lk.city.proto):
+            status = out.nodes.add(
+                city=link.city.proto,
+                endpoint=link.endpoint,
+                health=health.get(link.last_status, S.NODE_HEALTH_UNSPECIFIED),
+                latency_ms=link.last_latency_ms,
+                last_error=link.last_error,
+            )
+            if link.last_checked:
+                status.last_checked.CopyFrom(ts_to_proto(link.last_checked))
+        return out
+
+
+def _section_for_error(city: int, exc: grpc.aio.AioRpcError) -> S.CitySection:
+    code = exc.code()
+    details = (exc.details() or "")[:300]
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return S.CitySection(
+            city=city, status=S.SECTION_STATUS_TIMEOUT, reason="the node did not answer in time"
+        )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return S.CitySection(
+            city=city,
+            status=S.SECTION_STATUS_UNAVAILABLE,
+            reason=f"the node is unreachable: {details}",
+        )
+    return S.CitySection(city=city, status=S.SECTION_STATUS_DENIED, reason=details, code=code.name)

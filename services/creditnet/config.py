@@ -1,0 +1,154 @@
+"""On-disk configuration of a node and of the aggregator (JSON files).
+
+Paths inside a config file are relative to the file's directory, so a state
+directory can be moved or mounted elsewhere as a whole. ``DATABASE_URL`` in
+the environment overrides a node's database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from creditnet.domain import City
+from creditnet.errors import InvalidArgument
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else (base / p)
+
+
+def _rel(base: Path, p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(p.resolve())
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidArgument(
+            "config.missing", f"{path} does not exist; run the matching `init` first"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument("config.malformed", f"{path} is not a valid config file: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("config.malformed", f"{path} must hold a JSON object")
+    return data
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    city: City
+    listen: str
+    cert: Path
+    key: Path
+    ca: Path
+    database_url: str
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        data = _read(path)
+        base = path.parent
+        try:
+            url = os.environ.get("DATABASE_URL") or str(data["database_url"])
+            if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+                url = "sqlite:///" + str(_resolve(base, url.removeprefix("sqlite:///")))
+            return cls(
+                city=City.parse(str(data["city"])),
+                listen=str(data["listen"]),
+                cert=_resolve(base, str(data["cert"])),
+                key=_resolve(base, str(data["key"])),
+                ca=_resolve(base, str(data["ca"])),
+                database_url=url,
+            )
+        except (KeyError, ValueError) as exc:
+            raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
+
+    def save(self, path: Path) -> None:
+        base = path.parent
+        url = self.database_url
+        if url.startswith("sqlite:///"):
+            url = "sqlite:///" + _rel(base, Path(url.removeprefix("sqlite:///")))
+        _write(
+            path,
+            {
+                "city": self.city.value,
+                "listen": self.listen,
+                "cert": _rel(base, self.cert),
+                "key": _rel(base, self.key),
+                "ca": _rel(base, self.ca),
+                "database_url": url,
+            },
+        )
+
+
+@dataclass(slots=True)
+class AggregatorConfig:
+    listen: str
+    cert: Path
+    key: Path
+    ca: Path
+    nodes: dict[City, str]
+    state_dir: Path
+    # Upper bound on one node call when the caller sets no deadline.
+    default_timeout: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> AggregatorConfig:
+        data = _read(path)
+        base = path.parent
+        try:
+            return cls(
+                listen=str(data["listen"]),
+                cert=_resolve(base, str(data["cert"])),
+                key=_resolve(base, str(data["key"])),
+                ca=_resolve(base, str(data["ca"])),
+                nodes={City.parse(k): str(v) for k, v in dict(data["nodes"]).items()},
+                state_dir=_resolve(base, str(data.get("state_dir", "."))),
+                default_timeout=float(data.get("default_timeout", 10.0)),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
+
+    def save(self, path: Path) -> None:
+        base = path.parent
+        _write(
+            path,
+            {
+                "listen": self.listen,
+                "cert": _rel(base, self.cert),
+                "key": _rel(base, self.key),
+                "ca": _rel(base, self.ca),
+                "nodes": {c.value: ep for c, ep in self.nodes.items()},
+                "state_dir": _rel(base, self.state_dir),
+                "default_timeout": self.default_timeout,
+            },
+        )
+
+
+def parse_nodes(spec: str) -> dict[City, str]:
+    """``hefei=127.0.0.1:7004,nanjing=...`` → {City.HEFEI: "127.0.0.1:7004", ...}."""
+    nodes: dict[City, str] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        name, sep, endpoint = part.partition("=")
+        if not sep or not endpoint.strip():
+            raise InvalidArgument("config.nodes", f"expected CITY=HOST:PORT, got {part!r}")
+        nodes[City.parse(name)] = endpoint.strip()
+    return nodes

@@ -1,0 +1,51 @@
+"""Typed refusals, each carrying the gRPC status code it is answered with.
+
+Every refusal names the rule that failed (a stable id such as
+``consent.expired``) and says in plain words what the caller can do; it never
+echoes credit data. docs/protocol.md lists every rule id with its code.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class CreditnetError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"{rule}: {message}")
+        self.rule = rule
+        self.message = message
+
+    @property
+    def reason(self) -> str:
+        return f"{self.rule}: {self.message}"
+
+
+class InvalidArgument(CreditnetError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unauthenticated(CreditnetError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(CreditnetError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class FailedPrecondition(CreditnetError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AlreadyExists(CreditnetError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ResourceExhausted(CreditnetError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotFound(CreditnetError):
+    code = grpc.StatusCode.NOT_FOUND

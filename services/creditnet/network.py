@@ -1,0 +1,361 @@
+"""A whole five-city network on one machine: provisioning and running it.
+
+`provision` lays out a state directory — the network CA, an identity for
+every participant, each node's SQLite store loaded with synthetic data,
+configs — and `network.json`, the one file that tells tools and clients in
+any language where everything is. `InProcessNetwork` runs the servers inside
+the current event loop (integration tests); `ProcessNetwork` runs each
+server as its own operating-system process (`creditnet network up`, the demo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from creditnet import consent as consent_mod
+from creditnet import synthetic
+from creditnet.aggregator.server import RunningAggregator, start_aggregator
+from creditnet.config import AggregatorConfig, NodeConfig
+from creditnet.dates import utcnow
+from creditnet.domain import ALL_CATEGORIES, ALL_CITIES, Category, City, Purpose
+from creditnet.envelope import save_envelope
+from creditnet.node.server import RunningNode, start_node
+from creditnet.pki import CertificateAuthority, Identity, Role, issue_identity
+from creditnet.store import Store
+from creditnet.v1 import envelope_pb2, records_pb2
+
+DEMO_BANK = "B0310H231000001"
+SECOND_BANK = "B0302H232000001"
+INGEST_BATCH = 5_000
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NetworkLayout:
+    """Where everything of a provisioned network lives, from network.json."""
+
+    root: Path
+    data: dict[str, Any]
+
+    @classmethod
+    def load(cls, root: Path) -> NetworkLayout:
+        return cls(root=root, data=json.loads((root / "network.json").read_text(encoding="utf-8")))
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    @property
+    def ca(self) -> Path:
+        return self.path(self.data["ca"])
+
+    @property
+    def aggregator_endpoint(self) -> str:
+        return str(self.data["aggregator"]["endpoint"])
+
+    @property
+    def aggregator_config(self) -> Path:
+        return self.path(self.data["aggregator"]["config"])
+
+    def node_endpoint(self, city: City) -> str:
+        return str(self.data["cities"][city.value]["endpoint"])
+
+    def node_config(self, city: City) -> Path:
+        return self.path(self.data["cities"][city.value]["config"])
+
+    def identity(self, group: str, name: str) -> Identity:
+        ident = self.data["identities"][group][name]
+        return Identity.load(self.path(ident["cert"]), self.path(ident["key"]))
+
+    def bank(self, code: str = DEMO_BANK) -> Identity:
+        return self.identity("banks", code)
+
+    def enterprise(self, uscc: str | None = None) -> Identity:
+        return self.identity("enterprises", uscc or self.demo_enterprise)
+
+    @property
+    def demo_enterprise(self) -> str:
+        return str(self.data["demo"]["enterprise"])
+
+    def provider(self, city: City, categories: Iterable[Category] | None = None) -> Identity:
+        name = f"{city.value}-all" if categories is None else None
+        return self.identity(
+            "providers", name or f"{city.value}-{'+'.join(c.value for c in categories or ())}"
+        )
+
+
+def _ident(root: Path, directory: Path, name: str, identity: Identity) -> dict[str, str]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    identity.save(cert, key)
+    return {
+        "cert": str(cert.relative_to(root)),
+        "key": str(key.relative_to(root)),
+        "role": identity.role.uri,
+    }
+
+
+def provision(
+    root: Path,
+    *,
+    enterprises_per_city: int = 2000,
+    seed: int = 20221118,
+    host: str = "127.0.0.1",
+    progress: Callable[[str, int], None] | None = None,
+) -> NetworkLayout:
+    """Create a complete network in `root` (which must be empty or absent)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / "network.json").exists():
+        raise FileExistsError(f"{root} already holds a network; use another --state-dir or remove it")
+    ca = CertificateAuthority.create()
+    ca.save(root / "pki")
+    ca_rel = "pki/ca.pem"
+    demo_uscc = synthetic.pick_demo_enterprise(seed, enterprises_per_city)
+    identities: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    cities: dict[str, dict[str, str]] = {}
+    node_endpoints: dict[City, str] = {}
+    for city in ALL_CITIES:
+        ndir = root / "nodes" / city.value
+        node_id = issue_identity(ca, Role.node(city))
+        identities["nodes"][city.value] = _ident(root, ndir, "node", node_id)
+        identities["operators"][city.value] = _ident(
+            root, root / "operators", city.value, issue_identity(ca, Role.operator(city))
+        )
+        identities["providers"][f"{city.value}-all"] = _ident(
+            root,
+            root / "providers",
+            f"{city.value}-all",
+            issue_identity(ca, Role.provider(city, "demo-data-exchange", ALL_CATEGORIES)),
+        )
+        endpoint = f"{host}:{free_port()}"
+        node_endpoints[city] = endpoint
+        config = NodeConfig(
+            city=city,
+            listen=endpoint,
+            cert=ndir / "node.pem",
+            key=ndir / "node.key",
+            ca=root / ca_rel,
+            database_url=f"sqlite:///{ndir / 'node.db'}",
+        )
+        config.save(ndir / "node.json")
+        cities[city.value] = {
+            "endpoint": endpoint,
+            "config": str((ndir / "node.json").relative_to(root)),
+        }
+    adir = root / "aggregator"
+    identities["aggregator"]["national"] = _ident(
+        root, adir, "aggregator", issue_identity(ca, Role.aggregator())
+    )
+    agg_endpoint = f"{host}:{free_port()}"
+    AggregatorConfig(
+        listen=agg_endpoint,
+        cert=adir / "aggregator.pem",
+        key=adir / "aggregator.key",
+        ca=root / ca_rel,
+        nodes=node_endpoints,
+        state_dir=adir,
+    ).save(adir / "aggregator.json")
+    for code in (DEMO_BANK, SECOND_BANK):
+        identities["banks"][code] = _ident(root, root / "banks", code, issue_identity(ca, Role.bank(code)))
+    identities["enterprises"][demo_uscc] = _ident(
+        root, root / "enterprises", demo_uscc, issue_identity(ca, Role.enterprise(demo_uscc))
+    )
+    load_synthetic(root, seed=seed, enterprises_per_city=enterprises_per_city, progress=progress)
+    data = {
+        "version": 1,
+        "ca": ca_rel,
+        "aggregator": {
+            "endpoint": agg_endpoint,
+            "config": "aggregator/aggregator.json",
+            "server_name": "aggregator.creditnet",
+        },
+        "cities": {c: {**v, "server_name": f"{c}.node.creditnet"} for c, v in cities.items()},
+        "identities": identities,
+        "demo": {
+            "enterprise": demo_uscc,
+            "bank": DEMO_BANK,
+            "seed": seed,
+            "enterprises_per_city": enterprises_per_city,
+        },
+    }
+    tmp = root / "network.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, root / "network.json")
+    return NetworkLayout(root=root, data=data)
+
+
+def load_synthetic(
+    root: Path,
+    *,
+    seed: int,
+    enterprises_per_city: int,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[City, int]:
+    """Generate the synthetic data set and load each city's share into its node's store."""
+    stores = {c: Store.open(f"sqlite:///{root / 'nodes' / c.value / 'node.db'}") for c in ALL_CITIES}
+    batches: dict[City, list[records_pb2.CreditRecord]] = defaultdict(list)
+    profiles: dict[City, list[records_pb2.EnterpriseProfile]] = defaultdict(list)
+    counts: dict[City, int] = defaultdict(int)
+    try:
+        for item in synthetic.generate(seed, enterprises_per_city):
+            if isinstance(item, records_pb2.EnterpriseProfile):
+                city = City.from_proto(item.home_city)
+                profiles[city].append(item)
+                if len(profiles[city]) >= INGEST_BATCH:
+                    stores[city].upsert_profiles(profiles.pop(city))
+                continue
+            city = City.from_proto(item.city)
+            batches[city].append(item)
+            if len(batches[city]) >= INGEST_BATCH:
+                stores[city].ingest(batches.pop(city), synthetic.provider_id(item))
+                counts[city] += INGEST_BATCH
+                if progress:
+                    progress(city.value, INGEST_BATCH)
+        for city, recs in batches.items():
+            # Provider ids only record provenance; the generator names the
+            # data exchange each city's records came through.
+            stores[city].ingest(recs, synthetic.provider_id(recs[0]))
+            counts[city] += len(recs)
+            if progress:
+                progress(city.value, len(recs))
+        for city, profs in profiles.items():
+            stores[city].upsert_profiles(profs)
+    finally:
+        for s in stores.values():
+            s.close()
+    return dict(counts)
+
+
+def grant_demo_consent(
+    layout: NetworkLayout,
+    *,
+    bank: str = DEMO_BANK,
+    purpose: Purpose = Purpose.LOAN_APPLICATION,
+    categories: tuple[Category, ...] = ALL_CATEGORIES,
+    cities: tuple[City, ...] = (),
+    max_uses: int = 0,
+    validity: dt.timedelta = dt.timedelta(days=30),
+    years: int = 3,
+    save_to: Path | None = None,
+) -> envelope_pb2.SignedEnvelope:
+    now = utcnow()
+    terms = consent_mod.ConsentTerms(
+        enterprise_uscc=layout.demo_enterprise,
+        bank_code=bank,
+        purpose=purpose,
+        categories=categories,
+        cities=cities,
+        data_from=dt.date(now.year - years, 1, 1),
+        data_to=now.date(),
+        not_before=now - dt.timedelta(minutes=1),
+        not_after=now + validity,
+        max_uses=max_uses,
+    )
+    env = consent_mod.grant(layout.enterprise(), terms)
+    if save_to is not None:
+        save_envelope(env, save_to)
+    return env
+
+
+@dataclass
+class InProcessNetwork:
+    """The five nodes and the aggregator as servers in this event loop."""
+
+    layout: NetworkLayout
+    nodes: dict[City, RunningNode] = field(default_factory=dict)
+    aggregator: RunningAggregator | None = None
+
+    async def start(self) -> InProcessNetwork:
+        for city in ALL_CITIES:
+            await self.start_node(city)
+        self.aggregator = await start_aggregator(AggregatorConfig.load(self.layout.aggregator_config))
+        return self
+
+    async def start_node(self, city: City) -> RunningNode:
+        node = await start_node(NodeConfig.load(self.layout.node_config(city)))
+        self.nodes[city] = node
+        return node
+
+    async def stop_node(self, city: City) -> None:
+        node = self.nodes.pop(city)
+        await node.stop(grace=0)
+
+    async def stop(self) -> None:
+        if self.aggregator:
+            await self.aggregator.stop(grace=0)
+        await asyncio.gather(*(n.stop(grace=0) for n in self.nodes.values()))
+        self.nodes.clear()
+
+    async def __aenter__(self) -> InProcessNetwork:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@dataclass
+class ProcessNetwork:
+    """Each server in its own process, as an operator would run them."""
+
+    layout: NetworkLayout
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log_dir = self.log_dir or (self.layout.root / "logs")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+                [sys.executable, "-m", "creditnet", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def start(self) -> None:
+        for city in ALL_CITIES:
+            self.start_node(city)
+        self._spawn("aggregator", ["aggregator", "run", "--config", str(self.layout.aggregator_config)])
+
+    def start_node(self, city: City) -> None:
+        self._spawn(city.value, ["node", "run", "--config", str(self.layout.node_config(city))])
+
+    async def wait_healthy(self, timeout: float = 30.0) -> None:
+        from creditnet.health import wait_serving
+
+        trust_root = self.layout.ca
+        targets = {c.value: (self.layout.node_endpoint(c), f"{c.value}.node.creditnet") for c in ALL_CITIES}
+        targets["aggregator"] = (self.layout.aggregator_endpoint, "aggregator.creditnet")
+        operator = self.layout.identity("operators", City.SHANGHAI.value)
+        for name, (endpoint, server_name) in targets.items():
+            proc = self.procs.get(name)
+            await wait_serving(endpoint, server_name, operator, trust_root, timeout=timeout, process=proc)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+        self.procs.clear()

@@ -1,0 +1,1 @@
+"""A city node: holds its city's credit records and answers signed queries."""

@@ -1,0 +1,196 @@
+"""The CityNodeService: every check made here, trusting no forwarder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from creditnet import __version__, records
+from creditnet import query as query_mod
+from creditnet import uscc as uscc_mod
+from creditnet.consent import verify_revocation
+from creditnet.dates import date_to_proto, ts_to_proto, utcnow
+from creditnet.domain import Category, City
+from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, sign
+from creditnet.errors import AlreadyExists, PermissionDenied
+from creditnet.pki import Identity, RoleKind, TrustStore
+from creditnet.query import CLOCK_SKEW, AuthorizedQuery
+from creditnet.rpc import PeerIdentities, refusals
+from creditnet.store import AsyncStore, ClaimOutcome
+from creditnet.v1 import envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
+
+log = logging.getLogger(__name__)
+
+MAX_REJECTIONS_REPORTED = 100
+
+
+class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
+    def __init__(
+        self,
+        *,
+        city: City,
+        identity: Identity,
+        trust: TrustStore,
+        store: AsyncStore,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        if identity.role.kind is not RoleKind.NODE or identity.role.city is not city:
+            raise ValueError(f"the node of {city.value} needs a node certificate for {city.value}")
+        self.city = city
+        self.identity = identity
+        self.trust = trust
+        self.verifier = EnvelopeVerifier(trust)
+        self.peers = PeerIdentities(trust)
+        self.store = store
+        self.clock = clock
+
+    # -- queries -------------------------------------------------------------
+
+    @refusals
+    async def Query(
+        self, request: node_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.QueryResponse:
+        # Whoever forwards (the aggregator, or a bank calling directly), the
+        # bank's own signature and the enterprise's consent decide.
+        self.peers.require(context, RoleKind.AGGREGATOR, RoleKind.BANK)
+        now = self.clock()
+        aq = query_mod.authorize(self.verifier, request.query, city=self.city, now=now)
+        await self._claim(aq)
+        answer = await self._answer(aq, now)
+        return node_pb2.QueryResponse(answer=answer)
+
+    async def _claim(self, aq: AuthorizedQuery) -> None:
+        outcome = await self.store.claim_query(
+            aq.terms.query_id,
+            aq.consent.digest,
+            aq.consent.terms.max_uses,
+            aq.terms.expires_at + CLOCK_SKEW,
+        )
+        if outcome is ClaimOutcome.REPLAY:
+            raise AlreadyExists("query.replay", "this query id was already answered; sign a new query")
+        if outcome is ClaimOutcome.REVOKED:
+            raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
+        if outcome is ClaimOutcome.LIMIT_EXCEEDED:
+            raise PermissionDenied(
+                "consent.uses_exhausted", "the consent's maximum number of uses is reached"
+            )
+
+    async def _answer(self, aq: AuthorizedQuery, now: dt.datetime) -> envelope_pb2.SignedEnvelope:
+        uscc = aq.terms.enterprise_uscc
+        found = await self.store.find_records(uscc, aq.categories, aq.data_from, aq.data_to)
+        profile = None
+        if uscc_mod.home_city(uscc) is self.city:
+            profile = await self.store.get_profile(uscc)
+        answer = query_pb2.CityAnswer(
+            query_id=aq.terms.query_id,
+            query_digest=aq.digest,
+            city=self.city.proto,
+            enterprise_uscc=uscc,
+            as_of=ts_to_proto(now),
+            categories=[c.proto for c in aq.categories],
+            data_from=date_to_proto(aq.data_from),
+            data_to=date_to_proto(aq.data_to),
+            records=found,
+        )
+        if profile is not None:
+            answer.profile.CopyFrom(profile)
+        return sign(ANSWER_TYPE, answer.SerializeToString(deterministic=True), self.identity)
+
+    # -- data providers ------------------------------------------------------
+
+    @refusals
+    async def SubmitRecords(
+        self,
+        request_iterator: AsyncIterator[node_pb2.SubmitRecordsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> node_pb2.SubmitRecordsResponse:
+        role = self.peers.require(context, RoleKind.PROVIDER)
+        if role.city is not self.city:
+            raise PermissionDenied(
+                "provider.city", f"this provider certificate is not for the {self.city.value} node"
+            )
+        allowed = set(role.categories)
+        provider_id = f"provider:{role.subject}"
+        summary = node_pb2.SubmitRecordsResponse()
+        index = 0
+        async for batch in request_iterator:
+            valid: list[records_pb2.CreditRecord] = []
+            for rec in batch.records:
+                try:
+                    category = records.validate_record(rec)
+                    _check_provider_scope(rec, category, allowed, self.city)
+                except PermissionDenied:
+                    # Nothing of this batch is stored; earlier batches were
+                    # acknowledged by being committed and stay.
+                    raise
+                except ValueError as exc:
+                    summary.rejected += 1
+                    if len(summary.rejections) < MAX_REJECTIONS_REPORTED:
+                        summary.rejections.add(index=index, record_id=rec.record_id[:128], reason=str(exc))
+                else:
+                    valid.append(rec)
+                index += 1
+            summary.received += len(batch.records)
+            if valid:
+                result = await self.store.ingest(valid, provider_id)
+                summary.accepted += result.accepted
+                summary.duplicates += result.duplicates
+            summary.batches += 1
+        log.info(
+            "provider %s submitted %d records: %d new, %d duplicate, %d rejected",
+            role.subject,
+            summary.received,
+            summary.accepted,
+            summary.duplicates,
+            summary.rejected,
+        )
+        return summary
+
+    # -- revocations and info -------------------------------------------------
+
+    @refusals
+    async def RevokeConsent(
+        self, request: node_pb2.RevokeConsentRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.RevokeConsentResponse:
+        # Anyone in the network may deliver a revocation: it only counts if
+        # the enterprise itself signed it.
+        self.peers.role(context)
+        rev = verify_revocation(self.verifier, request.revocation, at=self.clock())
+        newly = await self.store.revoke(
+            rev.consent_digest,
+            rev.consent_id,
+            rev.enterprise_uscc,
+            rev.revoked_at,
+            request.revocation.SerializeToString(deterministic=True),
+        )
+        return node_pb2.RevokeConsentResponse(newly_revoked=newly)
+
+    @refusals
+    async def GetNodeInfo(
+        self, request: node_pb2.GetNodeInfoRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.GetNodeInfoResponse:
+        self.peers.role(context)
+        stats = await self.store.stats()
+        return node_pb2.GetNodeInfoResponse(
+            city=self.city.proto,
+            certificate=self.identity.chain_der[0],
+            enterprises=stats.enterprises,
+            records=stats.records,
+            records_by_category={str(k): v for k, v in stats.records_by_category.items()},
+            version=__version__,
+        )
+
+
+def _check_provider_scope(
+    rec: records_pb2.CreditRecord, category: Category, allowed: set[Category], city: City
+) -> None:
+    if category not in allowed:
+        raise PermissionDenied(
+            "provider.category",
+            f"this provider certificate does not allow {category.value} records",
+        )
+    if rec.city != city.proto:
+        raise PermissionDenied("provider.city", f"this node only stores records of {city.value}")

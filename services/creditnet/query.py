@@ -1,0 +1,182 @@
+"""A bank's signed query, and every check a node makes before answering it.
+
+`authorize` is the single implementation of the stateless rules in
+docs/protocol.md ("What a node checks"). City nodes run it on every query
+they receive — whoever forwarded it — and the aggregator runs the same code
+before fanning out, so garbage is refused once instead of five times. The
+stateful rules (replay, use limit, revocation) are the store's `claim_query`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from creditnet import uscc as uscc_mod
+from creditnet.consent import VerifiedConsent, check_window, verify_consent
+from creditnet.dates import ts_from_proto, ts_to_proto, utcnow
+from creditnet.domain import Category, City, Purpose
+from creditnet.envelope import QUERY_TYPE, EnvelopeVerifier, sign
+from creditnet.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from creditnet.pki import Identity, RoleKind, VerifiedCert
+from creditnet.v1 import envelope_pb2, query_pb2
+
+MAX_QUERY_LIFETIME = dt.timedelta(minutes=5)
+# How far a signer's clock may run ahead of the verifier's.
+CLOCK_SKEW = dt.timedelta(seconds=60)
+DEFAULT_QUERY_LIFETIME = dt.timedelta(seconds=120)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTerms:
+    query_id: str
+    enterprise_uscc: str
+    bank_code: str
+    purpose: Purpose
+    categories: tuple[Category, ...]
+    cities: tuple[City, ...]
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizedQuery:
+    """A query that passed every stateless rule, with the scope it may see."""
+
+    terms: QueryTerms
+    digest: bytes
+    payload: bytes
+    bank: VerifiedCert
+    consent: VerifiedConsent
+    categories: tuple[Category, ...]
+    cities: tuple[City, ...]
+    data_from: dt.date
+    data_to: dt.date
+
+
+def build(
+    bank: Identity,
+    consent: envelope_pb2.SignedEnvelope,
+    *,
+    enterprise_uscc: str,
+    purpose: Purpose,
+    categories: tuple[Category, ...] = (),
+    cities: tuple[City, ...] = (),
+    lifetime: dt.timedelta = DEFAULT_QUERY_LIFETIME,
+    now: dt.datetime | None = None,
+    query_id: str | None = None,
+) -> envelope_pb2.SignedEnvelope:
+    """Sign a query as `bank` (its certificate must be a bank certificate)."""
+    if bank.role.kind is not RoleKind.BANK:
+        raise PermissionDenied("query.signer_role", "queries are signed with a bank certificate")
+    if lifetime > MAX_QUERY_LIFETIME:
+        raise InvalidArgument("query.lifetime", f"a query may live at most {MAX_QUERY_LIFETIME}")
+    issued = now or utcnow()
+    msg = query_pb2.CreditQuery(
+        query_id=query_id or str(uuid.uuid4()),
+        enterprise_uscc=uscc_mod.validate(enterprise_uscc),
+        bank_code=bank.role.subject,
+        purpose=purpose.proto,
+        categories=[c.proto for c in categories],
+        cities=[c.proto for c in cities],
+        issued_at=ts_to_proto(issued),
+        expires_at=ts_to_proto(issued + lifetime),
+        consent=consent,
+    )
+    return sign(QUERY_TYPE, msg.SerializeToString(deterministic=True), bank)
+
+
+def parse_terms(payload: bytes) -> tuple[QueryTerms, envelope_pb2.SignedEnvelope]:
+    msg = query_pb2.CreditQuery()
+    try:
+        msg.ParseFromString(payload)
+    except DecodeError:
+        raise InvalidArgument("query.malformed", "query payload is not a valid CreditQuery message") from None
+    try:
+        uuid.UUID(msg.query_id)
+    except ValueError:
+        raise InvalidArgument("query.malformed", "query_id must be a UUID") from None
+    try:
+        uscc = uscc_mod.validate(msg.enterprise_uscc)
+    except ValueError as exc:
+        raise InvalidArgument("query.uscc", f"enterprise_uscc is invalid: {exc}") from None
+    try:
+        terms = QueryTerms(
+            query_id=msg.query_id,
+            enterprise_uscc=uscc,
+            bank_code=msg.bank_code,
+            purpose=Purpose.from_proto(msg.purpose),
+            categories=tuple(dict.fromkeys(Category.from_proto(c) for c in msg.categories)),
+            cities=tuple(dict.fromkeys(City.from_proto(c) for c in msg.cities)),
+            issued_at=ts_from_proto(msg.issued_at),
+            expires_at=ts_from_proto(msg.expires_at),
+        )
+    except ValueError as exc:
+        raise InvalidArgument("query.malformed", f"query fields are invalid: {exc}") from None
+    if not msg.HasField("consent"):
+        raise InvalidArgument("query.consent_missing", "the query carries no consent")
+    return terms, msg.consent
+
+
+def authorize(
+    verifier: EnvelopeVerifier,
+    env: envelope_pb2.SignedEnvelope,
+    *,
+    city: City | None,
+    now: dt.datetime | None = None,
+) -> AuthorizedQuery:
+    """Run every stateless rule; `city` is the answering node's (None: the aggregator)."""
+    now = now or utcnow()
+    verified = verifier.verify(env, QUERY_TYPE, what="query", at=now)
+    bank = verified.signer
+    if bank.role.kind is not RoleKind.BANK:
+        raise PermissionDenied("query.signer_role", "the query is not signed by a bank certificate")
+    terms, consent_env = parse_terms(verified.payload)
+    if terms.bank_code != bank.role.subject:
+        raise PermissionDenied("query.bank_mismatch", "the query names a different bank than its signer")
+
+    if terms.issued_at > now + CLOCK_SKEW:
+        raise FailedPrecondition(
+            "query.not_yet_valid", "the query is issued in the future; check the bank's clock"
+        )
+    if terms.expires_at <= terms.issued_at or terms.expires_at - terms.issued_at > MAX_QUERY_LIFETIME:
+        raise InvalidArgument("query.lifetime", f"a query must expire within {MAX_QUERY_LIFETIME} of issue")
+    if now > terms.expires_at:
+        raise FailedPrecondition("query.expired", "the query has expired; sign a new one")
+
+    consent = verify_consent(verifier, consent_env, at=now)
+    c = consent.terms
+    if c.enterprise_uscc != terms.enterprise_uscc:
+        raise PermissionDenied("consent.enterprise_mismatch", "the consent is for a different enterprise")
+    if c.bank_code != terms.bank_code:
+        raise PermissionDenied("consent.bank_mismatch", "the consent was not granted to this bank")
+    if c.purpose is not terms.purpose:
+        raise PermissionDenied("consent.purpose_mismatch", "the consent does not cover this purpose")
+    check_window(c, now)
+
+    categories = terms.categories or c.categories
+    outside = [x.value for x in categories if x not in c.categories]
+    if outside:
+        raise PermissionDenied(
+            "consent.category_not_covered", f"categories not in the consent: {', '.join(outside)}"
+        )
+    cities = terms.cities or c.effective_cities
+    outside = [x.value for x in cities if x not in c.effective_cities]
+    if outside:
+        raise PermissionDenied("consent.city_not_covered", f"cities not in the consent: {', '.join(outside)}")
+    if city is not None and city not in cities:
+        raise PermissionDenied("query.city_not_in_scope", f"the query does not ask the {city.value} node")
+    return AuthorizedQuery(
+        terms=terms,
+        digest=verified.digest,
+        payload=verified.payload,
+        bank=bank,
+        consent=consent,
+        categories=tuple(x for x in Category if x in categories),
+        cities=tuple(x for x in City if x in cities),
+        data_from=c.data_from,
+        data_to=c.data_to,
+    )
