@@ -1,0 +1,3 @@
+from creditnet.cli.main import app
+
+app(prog_name="creditnet")

@@ -1,0 +1,1 @@
+"""The `creditnet` command line: one tool for operators, banks and enterprises."""

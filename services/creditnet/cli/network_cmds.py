@@ -1,0 +1,191 @@
+"""`creditnet network` and `creditnet aggregator`: the whole network and its hub."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from creditnet.cli.common import (
+    console,
+    errors,
+    fail,
+    print_json,
+    read_network,
+    serve_until_signalled,
+    setup_logging,
+)
+from creditnet.config import AggregatorConfig, parse_nodes
+from creditnet.domain import City
+from creditnet.pki import Identity, TrustStore
+
+network_app = typer.Typer(help="The five-city network on one machine: up, status.", no_args_is_help=True)
+aggregator_app = typer.Typer(help="The national aggregator: run it.", no_args_is_help=True)
+
+
+def provision_with_progress(state_dir: Path, enterprises: int, seed: int) -> None:
+    from creditnet.network import provision
+
+    with Progress(
+        TextColumn("[bold]{task.description}[/]"),
+        BarColumn(),
+        TextColumn("{task.completed:,} records"),
+        console=console,
+        transient=False,
+    ) as progress:
+        tasks: dict[str, int] = {}
+
+        def tick(city: str, n: int) -> None:
+            if city not in tasks:
+                tasks[city] = progress.add_task(f"loading {city:<9}", total=None)
+            progress.advance(tasks[city], n)
+
+        provision(state_dir, enterprises_per_city=enterprises, seed=seed, progress=tick)
+
+
+@network_app.command("up")
+def up(
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Where the network lives (created if new).")],
+    enterprises: Annotated[
+        int, typer.Option(min=1, help="Synthetic enterprises per city (new networks).")
+    ] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 20221118,
+) -> None:
+    """Provision (if new) and run the five city nodes and the aggregator until Ctrl-C.
+
+    Writes STATE_DIR/network.json with every endpoint, the CA certificate and the demo identities.
+    """
+    from creditnet.network import NetworkLayout, ProcessNetwork
+
+    with errors():
+        if not (state_dir / "network.json").exists():
+            provision_with_progress(state_dir, enterprises, seed)
+        layout = NetworkLayout.load(state_dir)
+        net = ProcessNetwork(layout)
+        net.start()
+        try:
+            asyncio.run(net.wait_healthy())
+            table = Table(title=f"creditnet network up — {state_dir / 'network.json'}")
+            table.add_column("server")
+            table.add_column("endpoint")
+            table.add_column("TLS name")
+            table.add_row("aggregator", layout.aggregator_endpoint, "aggregator.creditnet")
+            for c in City:
+                table.add_row(c.display, layout.node_endpoint(c), f"{c.value}.node.creditnet")
+            console.print(table)
+            console.print(f"logs in {state_dir / 'logs'}; Ctrl-C to stop")
+            stopping = False
+
+            def on_signal(*_: object) -> None:
+                nonlocal stopping
+                stopping = True
+
+            signal.signal(signal.SIGINT, on_signal)
+            signal.signal(signal.SIGTERM, on_signal)
+            while not stopping:
+                dead = [n for n, p in net.procs.items() if p.poll() is not None]
+                if dead:
+                    fail(f"{', '.join(dead)} stopped unexpectedly; see {state_dir / 'logs'}")
+                time.sleep(0.5)
+        finally:
+            console.print("stopping the network")
+            net.stop()
+
+
+@network_app.command("status")
+def status(
+    network: Annotated[Path | None, typer.Option(help="A network.json or its directory.")] = None,
+    aggregator: Annotated[str | None, typer.Option(help="Aggregator HOST:PORT.")] = None,
+    cert: Annotated[Path | None, typer.Option(help="Any network certificate (PEM).")] = None,
+    key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+    ca: Annotated[Path | None, typer.Option(help="The network CA certificate.")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Every node's health as the aggregator sees it. Exit 3 if any node is not serving."""
+    from creditnet.network import DEMO_BANK, NetworkLayout
+    from creditnet.v1 import aggregator_pb2
+
+    with errors():
+        if network is not None:
+            layout = NetworkLayout.load(read_network(network).parent)
+            endpoint, ident, trust = (
+                layout.aggregator_endpoint,
+                layout.bank(DEMO_BANK),
+                TrustStore.load(layout.ca),
+            )
+        elif aggregator and cert and key and ca:
+            endpoint, ident, trust = aggregator, Identity.load(cert, key), TrustStore.load(ca)
+        else:
+            fail("give --network, or all of --aggregator, --cert, --key and --ca")
+
+        async def ask() -> aggregator_pb2.ListNodesResponse:
+            from creditnet.pki import AGGREGATOR_SERVER_NAME
+            from creditnet.rpc import secure_channel
+            from creditnet.v1 import aggregator_pb2_grpc
+
+            async with secure_channel(endpoint, ident, trust, AGGREGATOR_SERVER_NAME) as ch:
+                stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
+                return await stub.ListNodes(aggregator_pb2.ListNodesRequest(), timeout=10)
+
+        resp = asyncio.run(ask())
+        rows = [
+            {
+                "city": City.from_proto(n.city).value,
+                "endpoint": n.endpoint,
+                "health": aggregator_pb2.NodeHealth.Name(n.health).removeprefix("NODE_HEALTH_").lower(),
+                "latency_ms": n.latency_ms,
+                "last_error": n.last_error,
+            }
+            for n in resp.nodes
+        ]
+        if json_out:
+            print_json({"aggregator": endpoint, "nodes": rows})
+        else:
+            table = Table(title=f"network status via aggregator {endpoint}")
+            for col in ("city", "endpoint", "health", "latency", "last error"):
+                table.add_column(col)
+            for r in rows:
+                style = "green" if r["health"] == "serving" else "red"
+                table.add_row(
+                    r["city"],
+                    r["endpoint"],
+                    f"[{style}]{r['health']}[/]",
+                    f"{r['latency_ms']} ms",
+                    r["last_error"],
+                )
+            console.print(table)
+        if any(r["health"] != "serving" for r in rows):
+            raise typer.Exit(3)
+
+
+@aggregator_app.command("run")
+def run_aggregator(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="aggregator.json")] = None,
+    nodes: Annotated[str | None, typer.Option(help="CITY=HOST:PORT,... (instead of --config)")] = None,
+    listen: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1:7400",
+    cert: Annotated[Path | None, typer.Option(help="Aggregator certificate.")] = None,
+    key: Annotated[Path | None, typer.Option(help="Aggregator key.")] = None,
+    ca: Annotated[Path | None, typer.Option(help="Network CA certificate.")] = None,
+    state_dir: Annotated[Path, typer.Option(help="Where revocations are kept.")] = Path("aggregator-state"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the aggregator until Ctrl-C or SIGTERM."""
+    from creditnet.aggregator.server import start_aggregator
+
+    setup_logging(verbose)
+    with errors():
+        if config is not None:
+            cfg = AggregatorConfig.load(config)
+        elif nodes and cert and key and ca:
+            cfg = AggregatorConfig(
+                listen=listen, cert=cert, key=key, ca=ca, nodes=parse_nodes(nodes), state_dir=state_dir
+            )
+        else:
+            fail("give --config, or --nodes with --cert, --key and --ca")
+        serve_until_signalled(lambda: start_aggregator(cfg), "aggregator")

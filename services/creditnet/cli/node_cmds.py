@@ -1,0 +1,243 @@
+"""`creditnet node`: set up, run, load and inspect a city node."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives import serialization
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from creditnet.cli.common import (
+    EXIT_PARTIAL,
+    console,
+    errors,
+    fail,
+    print_json,
+    serve_until_signalled,
+    setup_logging,
+)
+from creditnet.config import NodeConfig
+from creditnet.domain import City
+from creditnet.pki import (
+    CertificateAuthority,
+    Identity,
+    Role,
+    generate_key,
+    key_to_pem,
+    make_csr,
+    write_private,
+    write_public,
+)
+from creditnet.v1 import records_pb2
+
+app = typer.Typer(help="Run a city node: init, run, ingest, stats.", no_args_is_help=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The node's node.json.")]
+
+
+@app.command("init")
+def init(
+    city: Annotated[str, typer.Option(help="shanghai, nanjing, hangzhou, hefei or jiaxing.")],
+    node_dir: Annotated[Path, typer.Option("--dir", help="The node's directory (created).")],
+    ca_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-dir", help="Issue the certificate now with this CA; without it, only a request is written."
+        ),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None, typer.Option("--ca-cert", help="The network CA certificate (ca.pem).")
+    ] = None,
+    listen: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1:7443",
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL; default a SQLite file in --dir. DATABASE_URL overrides."),
+    ] = None,
+) -> None:
+    """Create the node's key, certificate request (or certificate) and node.json."""
+    with errors():
+        c = City.parse(city)
+        if (node_dir / "node.key").exists():
+            fail(f"{node_dir} already holds a node key; refusing to overwrite it")
+        key = generate_key()
+        write_private(node_dir / "node.key", key_to_pem(key))
+        csr = make_csr(key, Role.node(c))
+        write_public(node_dir / "node.csr", csr.public_bytes(serialization.Encoding.PEM))
+        ca_path = ca_cert or (ca_dir / "ca.pem" if ca_dir else node_dir / "ca.pem")
+        if ca_dir is not None:
+            ca = CertificateAuthority.load(ca_dir)
+            cert = ca.issue_from_csr(csr, Role.node(c))
+            Identity.from_objects(key, cert).save(node_dir / "node.pem", node_dir / "node.key")
+            if ca_cert is None:
+                write_public(node_dir / "ca.pem", (ca_dir / "ca.pem").read_bytes())
+                ca_path = node_dir / "ca.pem"
+        NodeConfig(
+            city=c,
+            listen=listen,
+            cert=node_dir / "node.pem",
+            key=node_dir / "node.key",
+            ca=ca_path,
+            database_url=database_url or f"sqlite:///{(node_dir / 'node.db').resolve()}",
+        ).save(node_dir / "node.json")
+        console.print(f"node {c.value} initialised in {node_dir}")
+        if ca_dir is None:
+            console.print(
+                f"send {node_dir / 'node.csr'} to the network CA operator:\n"
+                f"  creditnet pki issue --ca-dir CA --role node --city {c.value} "
+                f"--csr node.csr --out {node_dir / 'node'}\n"
+                f"and put the CA certificate at {ca_path}"
+            )
+
+
+@app.command("run")
+def run(config: ConfigOpt, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Serve the node (mutual TLS, health, reflection) until Ctrl-C or SIGTERM."""
+    from creditnet.node.server import start_node
+
+    setup_logging(verbose)
+    with errors():
+        cfg = NodeConfig.load(config)
+        serve_until_signalled(lambda: start_node(cfg), f"node {cfg.city.value}")
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n
+
+
+@app.command("ingest")
+def ingest(
+    file: Annotated[Path, typer.Argument(help="Records as JSONL (.jsonl) or CSV (.csv).")],
+    config: ConfigOpt,
+    provider_id: Annotated[
+        str | None, typer.Option(help="Provenance recorded with every row (default: operator:<city>).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per transaction.")] = 5000,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,
+) -> None:
+    """Load a file of records. Every row is validated; each batch is one transaction.
+
+    Loading the same file twice changes nothing (rows are keyed by provider and record_id).
+    Exit codes: 0 all rows stored or already present, 3 some rows were rejected (the valid rows
+    are stored), 1 the file could not be read, 2 bad arguments.
+    """
+    from creditnet import records
+    from creditnet.store import Store
+
+    with errors():
+        cfg = NodeConfig.load(config)
+        pid = provider_id or f"operator:{cfg.city.value}"
+        total = _count_lines(file)
+        rows = records.iter_file(file)
+        store = Store.open(cfg.database_url)
+        accepted = duplicates = received = 0
+        rejections: list[tuple[int, str]] = []
+        reasons: Counter[str] = Counter()
+        wrong_city = 0
+        try:
+            batch: list[records_pb2.CreditRecord] = []
+            with Progress(
+                TextColumn("[bold]ingesting[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                disable=json_out,
+                transient=False,
+            ) as progress:
+                task = progress.add_task("rows", total=total or None)
+                for row in rows:
+                    received += 1
+                    rec, error = row.record, row.error
+                    if rec is not None and error is None:
+                        try:
+                            records.validate_record(rec)
+                            if rec.city != cfg.city.proto:
+                                wrong_city += 1
+                                raise ValueError(
+                                    f"record belongs to another city (this node is {cfg.city.value})"
+                                )
+                        except ValueError as exc:
+                            error = str(exc)
+                    if error is not None:
+                        rejections.append((row.line_number, error))
+                        reasons[error.split(":")[0][:60]] += 1
+                    else:
+                        assert rec is not None
+                        batch.append(rec)
+                    if len(batch) >= batch_size:
+                        result = store.ingest(batch, pid)
+                        accepted += result.accepted
+                        duplicates += result.duplicates
+                        batch = []
+                    progress.advance(task)
+                if batch:
+                    result = store.ingest(batch, pid)
+                    accepted += result.accepted
+                    duplicates += result.duplicates
+        finally:
+            store.close()
+        summary = {
+            "file": str(file),
+            "rows": received,
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": len(rejections),
+            "rejections": [{"line": ln, "reason": r} for ln, r in rejections[:100]],
+        }
+        if json_out:
+            print_json(summary)
+        else:
+            table = Table(title=f"ingest into the {cfg.city.value} node")
+            for col in ("rows", "accepted (new)", "duplicates (unchanged)", "rejected"):
+                table.add_column(col, justify="right")
+            table.add_row(str(received), str(accepted), str(duplicates), str(len(rejections)))
+            console.print(table)
+            if rejections:
+                rt = Table(title="rejected rows (first 20)")
+                rt.add_column("line", justify="right")
+                rt.add_column("reason")
+                for ln, r in rejections[:20]:
+                    rt.add_row(str(ln), r)
+                console.print(rt)
+        if rejections:
+            raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("stats")
+def stats(config: ConfigOpt, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What the node holds: enterprises, records by category and by provider."""
+    from creditnet.store import Store
+
+    with errors():
+        cfg = NodeConfig.load(config)
+        store = Store.open(cfg.database_url)
+        try:
+            st = store.stats()
+        finally:
+            store.close()
+        data = {
+            "city": cfg.city.value,
+            "enterprises": st.enterprises,
+            "records": st.records,
+            "records_by_category": {str(k): v for k, v in st.records_by_category.items()},
+            "records_by_provider": dict(st.records_by_provider),
+        }
+        if json_out:
+            print_json(data)
+            return
+        table = Table(title=f"{cfg.city.display} node")
+        table.add_column("what")
+        table.add_column("count", justify="right")
+        table.add_row("enterprises", f"{st.enterprises:,}")
+        table.add_row("records", f"{st.records:,}")
+        for k, v in data["records_by_category"].items():
+            table.add_row(f"  {k}", f"{v:,}")
+        console.print(table)

@@ -1,0 +1,124 @@
+"""`creditnet pki`: the network CA and the certificates it issues."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography import x509
+
+from creditnet.cli.common import console, errors, fail, print_json
+from creditnet.domain import Category, City
+from creditnet.pki import (
+    CertificateAuthority,
+    Identity,
+    Role,
+    RoleKind,
+    cert_to_pem,
+    generate_key,
+    write_public,
+)
+
+app = typer.Typer(help="The network CA: create it, issue role-bound certificates.", no_args_is_help=True)
+
+
+@app.command("init")
+def init(
+    ca_dir: Annotated[Path, typer.Option("--ca-dir", help="Directory for ca.pem and ca.key (0600).")],
+    name: Annotated[
+        str, typer.Option(help="The CA's common name.")
+    ] = "creditnet Yangtze River Delta network CA",
+) -> None:
+    """Create the network CA."""
+    with errors():
+        if (ca_dir / "ca.key").exists():
+            fail(f"{ca_dir} already holds a CA; refusing to overwrite it")
+        CertificateAuthority.create(name).save(ca_dir)
+        console.print(f"CA created: {ca_dir / 'ca.pem'} (key {ca_dir / 'ca.key'}, keep it offline)")
+
+
+def build_role(
+    role: str,
+    city: str | None,
+    code: str | None,
+    uscc: str | None,
+    provider_id: str | None,
+    categories: str | None,
+) -> Role:
+    kind = RoleKind(role)
+    match kind:
+        case RoleKind.NODE | RoleKind.OPERATOR:
+            if not city:
+                raise ValueError(f"--city is required for a {role} certificate")
+            return Role(kind, city=City.parse(city))
+        case RoleKind.BANK:
+            if not code:
+                raise ValueError("--code (the bank's institution code) is required")
+            return Role.bank(code)
+        case RoleKind.ENTERPRISE:
+            if not uscc:
+                raise ValueError("--uscc is required for an enterprise certificate")
+            return Role.enterprise(uscc)
+        case RoleKind.PROVIDER:
+            if not (city and provider_id and categories):
+                raise ValueError("--city, --provider-id and --categories are required for a provider")
+            return Role.provider(City.parse(city), provider_id, Category.parse_many(categories))
+        case RoleKind.AGGREGATOR:
+            return Role.aggregator(code or "national")
+
+
+@app.command("issue")
+def issue(
+    ca_dir: Annotated[Path, typer.Option("--ca-dir", help="Directory holding ca.pem and ca.key.")],
+    role: Annotated[str, typer.Option(help="node, operator, aggregator, bank, enterprise or provider.")],
+    out: Annotated[Path, typer.Option(help="Write OUT.pem (and OUT.key unless --csr is given).")],
+    city: Annotated[str | None, typer.Option(help="City, for node/operator/provider.")] = None,
+    code: Annotated[str | None, typer.Option(help="Bank institution code (or aggregator name).")] = None,
+    uscc: Annotated[str | None, typer.Option(help="Enterprise USCC.")] = None,
+    provider_id: Annotated[str | None, typer.Option(help="Provider id.")] = None,
+    categories: Annotated[str | None, typer.Option(help="Provider categories, comma separated.")] = None,
+    csr: Annotated[Path | None, typer.Option(help="Issue for this certificate request (PEM).")] = None,
+    dns: Annotated[list[str] | None, typer.Option(help="Extra DNS names for a server.")] = None,
+) -> None:
+    """Issue a certificate whose role is bound in (the CA decides the role, never the request)."""
+    with errors():
+        ca = CertificateAuthority.load(ca_dir)
+        r = build_role(role, city, code, uscc, provider_id, categories)
+        if csr is not None:
+            try:
+                request = x509.load_pem_x509_csr(csr.read_bytes())
+            except ValueError:
+                fail(f"{csr} is not a PEM certificate request")
+            cert = ca.issue_from_csr(request, r, dns_names=dns or ())
+            write_public(out.with_suffix(".pem"), cert_to_pem(cert))
+        else:
+            key = generate_key()
+            cert = ca.issue(r, key.public_key(), dns_names=dns or ())
+            Identity.from_objects(key, cert).save(out.with_suffix(".pem"), out.with_suffix(".key"))
+        console.print(f"issued {r.uri} → {out.with_suffix('.pem')}")
+
+
+@app.command("show")
+def show(
+    cert: Annotated[Path, typer.Argument(help="A certificate (PEM).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the role, names and validity of a certificate."""
+    from creditnet.pki import load_cert, role_of
+
+    with errors():
+        c = load_cert(cert)
+        info = {
+            "role": role_of(c).uri,
+            "subject": c.subject.rfc4514_string(),
+            "issuer": c.issuer.rfc4514_string(),
+            "not_before": c.not_valid_before_utc.isoformat(),
+            "not_after": c.not_valid_after_utc.isoformat(),
+            "serial": format(c.serial_number, "x"),
+        }
+        if json_out:
+            print_json(info)
+        else:
+            for k, v in info.items():
+                console.print(f"[bold]{k:>10}[/] {v}")

@@ -1,0 +1,71 @@
+"""`creditnet query`: a bank asks about an enterprise."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from creditnet.cli.common import EXIT_PARTIAL, console, errors, fail, print_json, read_network
+from creditnet.cli.render import render_report
+from creditnet_bank import BankClient, QueryRefused
+
+
+def query(
+    uscc: Annotated[str, typer.Option(help="The enterprise's Unified Social Credit Code.")],
+    consent: Annotated[Path, typer.Option(help="The enterprise's signed consent file.")],
+    purpose: Annotated[str, typer.Option(help="Must match the consent's purpose.")],
+    categories: Annotated[str, typer.Option(help="Comma-separated; default all of the consent.")] = "",
+    cities: Annotated[str, typer.Option(help="Comma-separated; default all of the consent.")] = "",
+    aggregator: Annotated[str | None, typer.Option(help="Aggregator HOST:PORT.")] = None,
+    cert: Annotated[Path | None, typer.Option(help="The bank's certificate.")] = None,
+    key: Annotated[Path | None, typer.Option(help="The bank's private key.")] = None,
+    ca: Annotated[Path | None, typer.Option(help="The network CA certificate.")] = None,
+    network: Annotated[
+        Path | None,
+        typer.Option(help="A network.json (or its directory): endpoints and the demo bank identity."),
+    ] = None,
+    bank: Annotated[str | None, typer.Option(help="With --network: which bank identity to use.")] = None,
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds for the whole federated query.")] = 10.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+) -> None:
+    """Ask every consented city about an enterprise and print the verified, merged report.
+
+    Exit codes: 0 every city answered, 3 some cities are missing (denied, down, timed out or
+    invalid; the report says which), 1 the query was refused as a whole.
+    """
+    with errors():
+        if network is not None:
+            client = BankClient.from_network(read_network(network), bank, timeout=timeout)
+        elif aggregator and cert and key and ca:
+            client = BankClient.from_files(aggregator=aggregator, cert=cert, key=key, ca=ca, timeout=timeout)
+        else:
+            fail("give --network, or all of --aggregator, --cert, --key and --ca")
+
+        async def run() -> object:
+            async with client:
+                return await client.query(
+                    uscc,
+                    consent,
+                    purpose,
+                    categories=[c for c in categories.split(",") if c],
+                    cities=[c for c in cities.split(",") if c],
+                )
+
+        try:
+            report = asyncio.run(run())
+        except QueryRefused as exc:
+            if json_out:
+                print_json({"refused": True, "code": exc.code.name, "reason": exc.reason})
+            fail(f"query refused: {exc.code.name}: {exc.reason}")
+        from creditnet_bank import Report
+
+        assert isinstance(report, Report)
+        if json_out:
+            print_json(report.to_json())
+        else:
+            render_report(report, console)
+        if report.missing_cities:
+            raise typer.Exit(EXIT_PARTIAL)

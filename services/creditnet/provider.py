@@ -1,0 +1,47 @@
+"""A data provider's client: stream records to its city node in batches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+from creditnet.domain import City
+from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
+from creditnet.rpc import secure_channel
+from creditnet.v1 import node_pb2, node_pb2_grpc, records_pb2
+
+DEFAULT_BATCH = 1000
+
+
+async def submit_records(
+    endpoint: str,
+    identity: Identity,
+    trust: TrustStore,
+    records: Iterable[records_pb2.CreditRecord],
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    timeout: float = 120.0,
+) -> node_pb2.SubmitRecordsResponse:
+    """Submit `records` to the node of the provider's city; one batch per message.
+
+    Each batch the node acknowledges is committed whole. Re-sending after a
+    failure is safe: the node keys records by provider and record_id.
+    """
+    role = identity.role
+    if role.kind is not RoleKind.PROVIDER or role.city is None:
+        raise ValueError(f"submitting records needs a data-provider certificate, not {role.uri}")
+    city: City = role.city
+
+    async def batches() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
+        batch: list[records_pb2.CreditRecord] = []
+        for rec in records:
+            batch.append(rec)
+            if len(batch) >= batch_size:
+                yield node_pb2.SubmitRecordsRequest(records=batch)
+                batch = []
+        if batch:
+            yield node_pb2.SubmitRecordsRequest(records=batch)
+
+    async with secure_channel(endpoint, identity, trust, node_server_name(city)) as channel:
+        stub = node_pb2_grpc.CityNodeServiceStub(channel)
+        response: node_pb2.SubmitRecordsResponse = await stub.SubmitRecords(batches(), timeout=timeout)
+        return response
