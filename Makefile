@@ -53,7 +53,7 @@ test: setup lint typecheck buf-lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python -m creditnet.bench
 
 clean:
 	rm -rf $(VENV) services/creditnet/v1 node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,74 @@
+"""Small helpers the integration tests share."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+
+from creditnet import consent as consent_mod
+from creditnet.dates import utcnow
+from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
+from creditnet.network import DEMO_BANK, NetworkLayout
+from creditnet.pki import Identity, TrustStore, node_server_name
+from creditnet.rpc import secure_channel
+from creditnet.v1 import envelope_pb2, node_pb2, node_pb2_grpc
+
+
+def consent(
+    layout: NetworkLayout,
+    *,
+    bank: str = DEMO_BANK,
+    purpose: Purpose = Purpose.LOAN_APPLICATION,
+    categories: tuple[Category, ...] = ALL_CATEGORIES,
+    cities: tuple[City, ...] = (),
+    max_uses: int = 0,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    enterprise: Identity | None = None,
+    uscc: str | None = None,
+) -> envelope_pb2.SignedEnvelope:
+    now = utcnow()
+    terms = consent_mod.ConsentTerms(
+        enterprise_uscc=uscc or layout.demo_enterprise,
+        bank_code=bank,
+        purpose=purpose,
+        categories=categories,
+        cities=cities,
+        data_from=dt.date(2000, 1, 1),
+        data_to=now.date(),
+        not_before=not_before or now - dt.timedelta(minutes=1),
+        not_after=not_after or now + dt.timedelta(days=1),
+        max_uses=max_uses,
+    )
+    signer = enterprise or layout.enterprise()
+    if uscc is not None and enterprise is not None and enterprise.role.subject != uscc:
+        # Forge deliberately: sign terms naming another enterprise.
+        from creditnet.envelope import CONSENT_TYPE, sign
+
+        return sign(CONSENT_TYPE, terms.to_proto().SerializeToString(), signer)
+    return consent_mod.grant(signer, terms)
+
+
+async def ask_node(
+    layout: NetworkLayout,
+    city: City,
+    query: envelope_pb2.SignedEnvelope,
+    caller: Identity,
+    trust: TrustStore,
+    timeout: float = 5.0,
+) -> node_pb2.QueryResponse:
+    async with secure_channel(layout.node_endpoint(city), caller, trust, node_server_name(city)) as ch:
+        return await node_pb2_grpc.CityNodeServiceStub(ch).Query(
+            node_pb2.QueryRequest(query=query), timeout=timeout
+        )
+
+
+async def node_refusal(
+    layout: NetworkLayout, city: City, query: envelope_pb2.SignedEnvelope, caller: Identity, trust: TrustStore
+) -> tuple[grpc.StatusCode, str]:
+    try:
+        await ask_node(layout, city, query, caller, trust)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    raise AssertionError(f"the {city.value} node answered a query it should refuse")

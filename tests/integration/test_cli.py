@@ -1,0 +1,267 @@
+"""The command line end to end, through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "creditnet"]
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def run(*args: str, check: int | None = 0, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+    if check is not None:
+        assert proc.returncode == check, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["pki"],
+        ["node"],
+        ["aggregator"],
+        ["network"],
+        ["consent"],
+        ["data"],
+        ["provider"],
+        ["query"],
+        ["demo"],
+        ["node", "ingest"],
+        ["consent", "grant"],
+        ["network", "up"],
+    ],
+)
+def test_help_everywhere(command: list[str]) -> None:
+    proc = run(*command, "--help")
+    assert "Usage" in proc.stdout
+
+
+def test_operator_and_enterprise_workflow(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    run("pki", "init", "--ca-dir", str(ca))
+    run("pki", "init", "--ca-dir", str(ca), check=1)  # never overwrites a CA
+    node = tmp_path / "hefei"
+    run("node", "init", "--city", "hefei", "--dir", str(node), "--ca-dir", str(ca))
+    shown = json.loads(run("pki", "show", str(node / "node.pem"), "--json").stdout)
+    assert shown["role"] == "creditnet://node/hefei"
+
+    data = tmp_path / "hefei.jsonl"
+    run("data", "generate", "--out", str(data), "--enterprises", "15", "--seed", "3", "--city", "hefei")
+    rows = data.read_text(encoding="utf-8").count("\n")
+    assert rows > 0
+    first = json.loads(run("node", "ingest", str(data), "--config", str(node / "node.json"), "--json").stdout)
+    assert first["accepted"] == rows and first["rejected"] == 0
+    again = json.loads(run("node", "ingest", str(data), "--config", str(node / "node.json"), "--json").stdout)
+    assert (again["accepted"], again["duplicates"]) == (0, rows)
+    stats = json.loads(run("node", "stats", "--config", str(node / "node.json"), "--json").stdout)
+    assert stats["records"] == rows
+
+    # A file with one broken line and one invalid record: the rest is stored, exit code 3.
+    lines = data.read_text(encoding="utf-8").splitlines()
+    bad_record = json.loads(lines[0])
+    bad_record["record_id"] = "new-row-bad-uscc"
+    bad_record["enterprise_uscc"] = "91340100ABCDEFGHI0"
+    good_record = json.loads(lines[1])
+    good_record["record_id"] = "new-row-good"
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        "\n".join([json.dumps(good_record, ensure_ascii=False), "{not json", json.dumps(bad_record)]) + "\n"
+    )
+    out = run("node", "ingest", str(mixed), "--config", str(node / "node.json"), "--json", check=3)
+    summary = json.loads(out.stdout)
+    assert (summary["accepted"], summary["rejected"]) == (1, 2)
+    assert [r["line"] for r in summary["rejections"]] == [2, 3]
+
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(os.urandom(2048))
+    proc = run("node", "ingest", str(garbage), "--config", str(node / "node.json"), check=None)
+    assert proc.returncode != 0 and "error" in proc.stderr
+    assert (
+        json.loads(run("node", "stats", "--config", str(node / "node.json"), "--json").stdout)["records"]
+        == rows + 1
+    )
+
+    ent = tmp_path / "ent"
+    run(
+        "pki",
+        "issue",
+        "--ca-dir",
+        str(ca),
+        "--role",
+        "enterprise",
+        "--uscc",
+        "91310000MA1FL8XQ37",
+        "--out",
+        str(ent),
+    )
+    consent_file = tmp_path / "c.json"
+    run(
+        "consent",
+        "grant",
+        "--bank",
+        "B0310H231000001",
+        "--purpose",
+        "loan_application",
+        "--categories",
+        "tax,utility",
+        "--cert",
+        str(ent) + ".pem",
+        "--key",
+        str(ent) + ".key",
+        "--out",
+        str(consent_file),
+        "--max-uses",
+        "3",
+    )
+    info = json.loads(run("consent", "show", str(consent_file), "--ca", str(ca / "ca.pem"), "--json").stdout)
+    assert info["categories"] == ["utility", "tax"] and info["signature_verified"] and info["max_uses"] == 3
+    bad = run(
+        "consent",
+        "grant",
+        "--bank",
+        "B1",
+        "--purpose",
+        "gambling",
+        "--cert",
+        str(ent) + ".pem",
+        "--key",
+        str(ent) + ".key",
+        "--out",
+        str(tmp_path / "x.json"),
+        check=2,
+    )
+    assert "purpose" in bad.stderr
+
+
+@pytest.mark.slow
+def test_network_up_query_status_revoke(tmp_path: Path) -> None:
+    state = tmp_path / "net"
+    up = subprocess.Popen(
+        [*CLI, "network", "up", "--state-dir", str(state), "--enterprises", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (state / "network.json").exists() and run(
+                "network", "status", "--network", str(state), "--json", check=None
+            ).returncode == 0:
+                break
+            assert up.poll() is None, up.stdout.read() if up.stdout else ""
+            time.sleep(0.5)
+        net = json.loads((state / "network.json").read_text())
+        assert set(net["cities"]) == {"shanghai", "nanjing", "hangzhou", "hefei", "jiaxing"}
+        assert set(net["identities"]) >= {"banks", "enterprises", "operators", "nodes", "aggregator"}
+        status = json.loads(run("network", "status", "--network", str(state), "--json").stdout)
+        assert [n["health"] for n in status["nodes"]] == ["serving"] * 5
+
+        uscc = net["demo"]["enterprise"]
+        ent = net["identities"]["enterprises"][uscc]
+        consent_file = tmp_path / "consent.json"
+        run(
+            "consent",
+            "grant",
+            "--bank",
+            net["demo"]["bank"],
+            "--purpose",
+            "loan_application",
+            "--cert",
+            str(state / ent["cert"]),
+            "--key",
+            str(state / ent["key"]),
+            "--out",
+            str(consent_file),
+        )
+        report = json.loads(
+            run(
+                "query",
+                "--network",
+                str(state),
+                "--uscc",
+                uscc,
+                "--consent",
+                str(consent_file),
+                "--purpose",
+                "loan_application",
+                "--json",
+            ).stdout
+        )
+        assert [s["status"] for s in report["sections"]].count("ok") >= 3
+        assert report["profile"]["uscc"] == uscc
+        human = run(
+            "query",
+            "--network",
+            str(state),
+            "--uscc",
+            uscc,
+            "--consent",
+            str(consent_file),
+            "--purpose",
+            "loan_application",
+        ).stdout
+        assert "key indicators" in human and "per-city answers" in human
+
+        refused = run(
+            "query",
+            "--network",
+            str(state),
+            "--uscc",
+            uscc,
+            "--consent",
+            str(consent_file),
+            "--purpose",
+            "guarantee",
+            check=1,
+        )
+        assert "consent.purpose_mismatch" in refused.stderr
+
+        run(
+            "consent",
+            "revoke",
+            "--consent",
+            str(consent_file),
+            "--cert",
+            str(state / ent["cert"]),
+            "--key",
+            str(state / ent["key"]),
+            "--out",
+            str(tmp_path / "rev.json"),
+            "--aggregator",
+            net["aggregator"]["endpoint"],
+            "--ca",
+            str(state / net["ca"]),
+        )
+        refused = run(
+            "query",
+            "--network",
+            str(state),
+            "--uscc",
+            uscc,
+            "--consent",
+            str(consent_file),
+            "--purpose",
+            "loan_application",
+            check=1,
+        )
+        assert "consent.revoked" in refused.stderr
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    assert up.returncode == 0

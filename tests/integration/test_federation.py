@@ -1,0 +1,141 @@
+"""The five-city network end to end: a bank's federated query, verified."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from creditnet import query as query_mod
+from creditnet.domain import ALL_CITIES, Category, City, Purpose
+from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
+from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
+from creditnet.rpc import secure_channel
+from creditnet_bank import BankClient, QueryRefused, SectionStatus
+from tests.integration.helpers import consent
+
+
+async def test_federated_query_merges_verified_sections_from_several_cities(
+    network: InProcessNetwork, layout: NetworkLayout
+) -> None:
+    env = consent(layout)
+    async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
+        report = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+    assert [s.city for s in report.sections] == list(ALL_CITIES)
+    assert all(s.status in (SectionStatus.OK, SectionStatus.NO_RECORDS) for s in report.sections), [
+        (s.city, s.status, s.reason) for s in report.sections
+    ]
+    with_records = {s.city for s in report.sections if s.records}
+    assert len(with_records) >= 3
+    assert report.profile is not None and report.profile.uscc == layout.demo_enterprise
+    # Every record the bank got is about the enterprise asked about and
+    # signed by the node of the city that holds it.
+    for s in report.sections:
+        assert s.answer is not None
+        for rec in s.records:
+            assert rec.enterprise_uscc == layout.demo_enterprise
+            assert rec.city == s.city.proto
+    assert report.record_count == sum(len(v) for cat in report.by_category.values() for v in cat.values())
+    assert report.indicators.tax_grade in {"A", "B", "M", "C", "D", ""}
+
+
+async def test_only_consented_categories_and_cities_leave_the_nodes(
+    network: InProcessNetwork, layout: NetworkLayout
+) -> None:
+    env = consent(layout, categories=(Category.TAX, Category.UTILITY), cities=(City.SHANGHAI, City.HEFEI))
+    async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
+        report = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+    assert {s.city for s in report.sections} == {City.SHANGHAI, City.HEFEI}
+    assert set(report.by_category) <= {Category.TAX, Category.UTILITY}
+
+
+async def test_aggregator_refuses_out_of_scope_query_before_fan_out(
+    network: InProcessNetwork, layout: NetworkLayout
+) -> None:
+    env = consent(layout, categories=(Category.TAX,))
+    async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
+        with pytest.raises(QueryRefused) as refused:
+            await bank.query(
+                layout.demo_enterprise, env, Purpose.LOAN_APPLICATION, categories=[Category.JUDICIAL]
+            )
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert refused.value.reason.startswith("consent.category_not_covered")
+        with pytest.raises(QueryRefused) as refused:
+            await bank.query(layout.demo_enterprise, env, Purpose.GUARANTEE)
+        assert refused.value.reason.startswith("consent.purpose_mismatch")
+        # The refusal names the rule, never the data.
+        assert layout.demo_enterprise not in refused.value.reason
+
+
+async def test_another_bank_cannot_use_the_consent(network: InProcessNetwork, layout: NetworkLayout) -> None:
+    from creditnet.network import SECOND_BANK
+
+    env = consent(layout)
+    async with BankClient.from_network(layout.root / "network.json", SECOND_BANK) as other:
+        with pytest.raises(QueryRefused) as refused:
+            await other.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.reason.startswith("consent.bank_mismatch")
+
+
+async def test_use_limit_is_enforced_by_every_node(network: InProcessNetwork, layout: NetworkLayout) -> None:
+    env = consent(layout, max_uses=2, cities=(City.SHANGHAI, City.NANJING))
+    async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
+        for _ in range(2):
+            report = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+            assert not report.missing_cities
+        report = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+    assert [s.status for s in report.sections] == [SectionStatus.DENIED, SectionStatus.DENIED]
+    assert all(s.reason.startswith("consent.uses_exhausted") for s in report.sections)
+    assert all(s.code == "PERMISSION_DENIED" for s in report.sections)
+
+
+async def test_replayed_query_is_answered_once(
+    network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    env = consent(layout, cities=(City.HANGZHOU,))
+    async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
+        q = bank.sign_query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+        first = await bank.send(q)
+        again = await bank.send(q)
+    assert first.sections[0].status in (SectionStatus.OK, SectionStatus.NO_RECORDS)
+    assert again.sections[0].status is SectionStatus.DENIED
+    assert again.sections[0].code == "ALREADY_EXISTS"
+    assert again.sections[0].reason.startswith("query.replay")
+
+
+async def test_every_server_serves_health_and_reflection(
+    network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    ident = layout.bank()
+    targets = [
+        (layout.node_endpoint(c), node_server_name(c), "creditnet.v1.CityNodeService") for c in ALL_CITIES
+    ]
+    targets.append((layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME, "creditnet.v1.AggregatorService"))
+    for endpoint, name, service in targets:
+        async with secure_channel(endpoint, ident, trust, name) as ch:
+            health = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            stream = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            services = [s.name async for resp in stream for s in resp.list_services_response.service]
+            assert service in services and "grpc.health.v1.Health" in services
+
+
+async def test_query_lifetime_is_bounded(layout: NetworkLayout) -> None:
+    import datetime as dt
+
+    from creditnet.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument):
+        query_mod.build(
+            layout.bank(),
+            consent(layout),
+            enterprise_uscc=layout.demo_enterprise,
+            purpose=Purpose.LOAN_APPLICATION,
+            lifetime=dt.timedelta(hours=1),
+        )

@@ -1,0 +1,135 @@
+"""Data providers submit records over a client stream, limited by their certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import pytest
+
+from creditnet import uscc as uscc_mod
+from creditnet.dates import date_to_proto
+from creditnet.domain import Category, City
+from creditnet.network import InProcessNetwork, NetworkLayout
+from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
+from creditnet.provider import submit_records
+from creditnet.v1 import records_pb2
+
+
+def utility(record_id: str, uscc: str, city: City = City.HEFEI, paid: int = 100) -> records_pb2.CreditRecord:
+    return records_pb2.CreditRecord(
+        record_id=record_id,
+        enterprise_uscc=uscc,
+        city=city.proto,
+        source="国网合肥供电公司",
+        record_date=date_to_proto(dt.date(2025, 6, 30)),
+        utility=records_pb2.UtilityRecord(
+            kind=records_pb2.UTILITY_KIND_ELECTRICITY,
+            account_id="HF-0001",
+            period_start=date_to_proto(dt.date(2025, 6, 1)),
+            period_end=date_to_proto(dt.date(2025, 6, 30)),
+            amount_due_fen=100,
+            amount_paid_fen=paid,
+        ),
+    )
+
+
+def tax(record_id: str, uscc: str) -> records_pb2.CreditRecord:
+    return records_pb2.CreditRecord(
+        record_id=record_id,
+        enterprise_uscc=uscc,
+        city=City.HEFEI.proto,
+        source="国家税务总局合肥市税务局",
+        record_date=date_to_proto(dt.date(2025, 4, 30)),
+        tax=records_pb2.TaxRecord(year=2024, grade=records_pb2.TAX_GRADE_A, tax_paid_fen=1000),
+    )
+
+
+@pytest.fixture
+def uscc(layout: NetworkLayout) -> str:
+    return layout.demo_enterprise
+
+
+async def test_provider_submits_its_own_category_idempotently(
+    network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
+) -> None:
+    provider = issue_identity(ca, Role.provider(City.HEFEI, "state-grid-hefei", [Category.UTILITY]))
+    recs = [utility(f"sg-{i}", uscc) for i in range(25)]
+    bad = utility("sg-bad", "91340100XXXXXXXXX1")
+    endpoint = layout.node_endpoint(City.HEFEI)
+    first = await submit_records(endpoint, provider, trust, [*recs, bad], batch_size=10)
+    assert (first.received, first.accepted, first.duplicates, first.rejected, first.batches) == (
+        26,
+        25,
+        0,
+        1,
+        3,
+    )
+    assert first.rejections[0].record_id == "sg-bad" and first.rejections[0].index == 25
+    assert "uscc" in first.rejections[0].reason.lower()
+    again = await submit_records(endpoint, provider, trust, recs, batch_size=10)
+    assert (again.accepted, again.duplicates) == (0, 25)
+    stored = await network.nodes[City.HEFEI].store.find_records(
+        uscc, [Category.UTILITY], dt.date(2025, 6, 1), dt.date(2025, 6, 30)
+    )
+    mine = [r for r in stored if r.record_id.startswith("sg-")]
+    assert len(mine) == 25
+    assert all(r.provider_id == "provider:state-grid-hefei" for r in mine)
+
+
+async def test_provider_cannot_submit_other_categories(
+    network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
+) -> None:
+    provider = issue_identity(ca, Role.provider(City.HEFEI, "state-grid-hefei", [Category.UTILITY]))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit_records(layout.node_endpoint(City.HEFEI), provider, trust, [tax("t-1", uscc)])
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (err.value.details() or "").startswith("provider.category")
+    stored = await network.nodes[City.HEFEI].store.find_records(
+        uscc, [Category.TAX], dt.date(2025, 1, 1), dt.date(2025, 12, 31)
+    )
+    assert all(r.record_id != "t-1" for r in stored)
+
+
+async def test_provider_of_another_city_is_refused(
+    network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
+) -> None:
+    nanjing = issue_identity(ca, Role.provider(City.NANJING, "nj-water", [Category.UTILITY]))
+    from creditnet.pki import node_server_name
+    from creditnet.rpc import secure_channel
+    from creditnet.v1 import node_pb2, node_pb2_grpc
+
+    async with secure_channel(
+        layout.node_endpoint(City.HEFEI), nanjing, trust, node_server_name(City.HEFEI)
+    ) as ch:
+        stub = node_pb2_grpc.CityNodeServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SubmitRecords(
+                iter([node_pb2.SubmitRecordsRequest(records=[utility("x", uscc)])]), timeout=5
+            )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A Hefei provider cannot smuggle records of another city into the Hefei node either.
+    hefei = issue_identity(ca, Role.provider(City.HEFEI, "sg", [Category.UTILITY]))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit_records(
+            layout.node_endpoint(City.HEFEI), hefei, trust, [utility("y", uscc, city=City.NANJING)]
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_banks_cannot_submit_records(
+    network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore, uscc: str
+) -> None:
+    from creditnet.pki import node_server_name
+    from creditnet.rpc import secure_channel
+    from creditnet.v1 import node_pb2, node_pb2_grpc
+
+    async with secure_channel(
+        layout.node_endpoint(City.HEFEI), layout.bank(), trust, node_server_name(City.HEFEI)
+    ) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await node_pb2_grpc.CityNodeServiceStub(ch).SubmitRecords(
+                iter([node_pb2.SubmitRecordsRequest(records=[utility("z", uscc)])]), timeout=5
+            )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert uscc_mod.is_valid(uscc)
