@@ -1,0 +1,22 @@
+"""The city node's database: credit records, enterprise profiles, replay
+protection, consent use counts and revocations (SQLite or PostgreSQL)."""
+
+from creditnet.store.aio import AsyncStore
+from creditnet.store.store import (
+    ClaimOutcome,
+    IngestResult,
+    InvalidRecord,
+    QueryClaim,
+    Store,
+    StoreStats,
+)
+
+__all__ = [
+    "AsyncStore",
+    "ClaimOutcome",
+    "IngestResult",
+    "InvalidRecord",
+    "QueryClaim",
+    "Store",
+    "StoreStats",
+]

@@ -1,0 +1,573 @@
+"""The city node's store: records, profiles, replay protection and revocations.
+
+One :class:`Store` wraps one SQLAlchemy engine over SQLite or PostgreSQL.
+
+Thread safety: every method may be called from any thread at any time. Each
+call takes its own pooled connection and runs in its own transaction; no
+connection or mutable state is shared between calls.
+
+Atomicity and durability: every write method is one transaction. On SQLite,
+write transactions start with ``BEGIN IMMEDIATE`` (they take the database's
+write lock before reading, so check-then-write sequences such as
+:meth:`Store.claim_query` cannot interleave, not even across processes) and the
+database runs in WAL mode with ``synchronous=FULL`` (a commit that returned is
+on disk). On PostgreSQL the same guarantees come from unique keys and
+``INSERT ... ON CONFLICT``: a second transaction inserting the same key waits
+for the first and then sees its outcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, cast
+
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    make_url,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from creditnet.domain import Category, City
+from creditnet.store.models import (
+    CONSENT_USES,
+    ENTERPRISES,
+    MAX_QUERY_ID_LENGTH,
+    METADATA,
+    QUERY_USES,
+    RECORDS,
+    REVOCATIONS,
+)
+from creditnet.v1 import records_pb2
+
+UTC = dt.UTC
+
+# How long a SQLite writer waits for another writer (another process, or the
+# synchronous API used next to an AsyncStore) before giving up.
+SQLITE_BUSY_TIMEOUT_S: Final = 30.0
+
+# Execution option that marks a connection as about to write (SQLite then
+# starts its transaction with BEGIN IMMEDIATE).
+_WRITE: Final = "creditnet_write"
+
+_RECORD_COLUMNS: Final = (
+    "provider_id",
+    "record_id",
+    "uscc",
+    "category",
+    "city",
+    "record_date",
+    "source",
+    "payload",
+)
+
+
+_CATEGORY_BY_FIELD: Final = {
+    field: Category.from_oneof_field(field).value
+    for field in (f.name for f in records_pb2.CreditRecord.DESCRIPTOR.oneofs_by_name["detail"].fields)
+}
+_CITY_BY_PROTO: Final = {int(city.proto): city.value for city in City}
+
+
+class InvalidRecord(ValueError):
+    """A record or profile the store cannot keep; nothing of its batch was stored."""
+
+
+class ClaimOutcome(enum.Enum):
+    OK = "ok"
+    REPLAY = "replay"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryClaim:
+    """One query about to be answered under one consent."""
+
+    query_id: str
+    consent_digest: bytes
+    max_uses: int
+    expires_at: dt.datetime
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.query_id) <= MAX_QUERY_ID_LENGTH:
+            raise ValueError(
+                f"query_id must have 1 to {MAX_QUERY_ID_LENGTH} characters, not {len(self.query_id)}"
+            )
+        if not self.consent_digest:
+            raise ValueError("consent_digest is empty")
+        if self.max_uses < 0:
+            raise ValueError(f"max_uses must be 0 (unlimited) or positive, not {self.max_uses}")
+        _require_aware(self.expires_at, "expires_at")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    enterprises: int
+    records: int
+    records_by_category: dict[Category, int]
+    records_by_provider: dict[str, int]
+    answered_queries: int
+    revocations: int
+    # None where the size is not cheap to know.
+    db_size_bytes: int | None
+
+
+class Store:
+    """Synchronous access to one node database. Open with :meth:`Store.open`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._backend = engine.dialect.name
+        self._upsert_insert: Callable[[Table], Any]
+        if self._backend == "sqlite":
+            self._upsert_insert = sqlite.insert
+            self._date_param: Callable[[dt.date], object] = dt.date.isoformat
+        else:
+            self._upsert_insert = postgresql.insert
+            self._date_param = _identity_date
+        self._ingest_sql = self._compile_ingest()
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Open (creating the tables if needed) ``sqlite:///path.db`` or
+        ``postgresql+psycopg://user@host/db``."""
+        engine = _create_engine(url)
+        try:
+            METADATA.create_all(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._backend
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    # -- records ---------------------------------------------------------
+
+    def ingest(self, records: Sequence[records_pb2.CreditRecord], provider_id: str) -> IngestResult:
+        """Store validated records from one provider, in one transaction.
+
+        The stored payload carries ``provider_id`` (any value the provider set
+        is replaced); the caller's messages are not modified. A record whose
+        ``(provider_id, record_id)`` is already stored (or repeats earlier in
+        the batch) is a duplicate and changes nothing: the first one stored
+        wins. On any error nothing of the batch is stored.
+        """
+        if not provider_id:
+            raise ValueError("provider_id is empty")
+        if not records:
+            return IngestResult(accepted=0, duplicates=0)
+        rows = self._record_rows(records, provider_id)
+        try:
+            with self._writing() as conn:
+                accepted = conn.exec_driver_sql(
+                    self._ingest_sql, rows, execution_options={"preserve_rowcount": True}
+                ).rowcount
+        except (IntegrityError, DataError) as exc:
+            raise InvalidRecord(
+                f"the database refused the batch, nothing of it was stored: {exc.orig}"
+            ) from exc
+        if accepted < 0:
+            # sqlite3 and psycopg 3 both sum executemany's row counts.
+            raise RuntimeError("the database driver did not report how many records were new")
+        return IngestResult(accepted=accepted, duplicates=len(rows) - accepted)
+
+    def find_records(
+        self,
+        uscc: str,
+        categories: Collection[Category],
+        date_from: dt.date,
+        date_to: dt.date,
+    ) -> list[records_pb2.CreditRecord]:
+        """Records of one enterprise in the given categories whose record_date
+        lies in ``[date_from, date_to]``, ordered by category name, record_date
+        and insertion order."""
+        if date_from > date_to:
+            raise ValueError(f"date_from {date_from} is after date_to {date_to}")
+        if not categories:
+            return []
+        names = sorted({Category(c).value for c in categories})
+        stmt = (
+            select(RECORDS.c.payload)
+            .where(
+                RECORDS.c.uscc == uscc,
+                RECORDS.c.category.in_(names),
+                RECORDS.c.record_date >= date_from,
+                RECORDS.c.record_date <= date_to,
+            )
+            .order_by(RECORDS.c.category, RECORDS.c.record_date, RECORDS.c.id)
+        )
+        with self._engine.connect() as conn:
+            payloads = conn.execute(stmt).scalars().all()
+        parse = records_pb2.CreditRecord.FromString
+        return [parse(p) for p in payloads]
+
+    # -- enterprise profiles -----------------------------------------------
+
+    def upsert_profiles(self, profiles: Sequence[records_pb2.EnterpriseProfile]) -> int:
+        """Insert or replace profiles by USCC in one transaction (the last one
+        given for a USCC wins); returns how many distinct enterprises were written."""
+        rows: dict[str, dict[str, object]] = {}
+        for i, profile in enumerate(profiles):
+            if len(profile.uscc) != 18:
+                raise InvalidRecord(f"profile {i}: uscc {profile.uscc!r} is not 18 characters")
+            if not profile.name:
+                raise InvalidRecord(f"profile {i} ({profile.uscc}): name is empty")
+            try:
+                city = City.from_proto(profile.home_city)
+            except ValueError as exc:
+                raise InvalidRecord(f"profile {i} ({profile.uscc}): home_city: {exc}") from exc
+            rows[profile.uscc] = {
+                "uscc": profile.uscc,
+                "name": profile.name,
+                "home_city": city.value,
+                "payload": profile.SerializeToString(deterministic=True),
+            }
+        if not rows:
+            return 0
+        stmt = self._upsert_insert(ENTERPRISES)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[ENTERPRISES.c.uscc],
+            set_={k: stmt.excluded[k] for k in ("name", "home_city", "payload")},
+        )
+        with self._writing() as conn:
+            conn.execute(stmt, list(rows.values()))
+        return len(rows)
+
+    def get_profile(self, uscc: str) -> records_pb2.EnterpriseProfile | None:
+        stmt = select(ENTERPRISES.c.payload).where(ENTERPRISES.c.uscc == uscc)
+        with self._engine.connect() as conn:
+            payload = conn.execute(stmt).scalar_one_or_none()
+        return None if payload is None else records_pb2.EnterpriseProfile.FromString(payload)
+
+    # -- replay protection and consent use ----------------------------------
+
+    def claim_query(
+        self, query_id: str, consent_digest: bytes, max_uses: int, expires_at: dt.datetime
+    ) -> ClaimOutcome:
+        """Record that ``query_id`` is answered under the consent, atomically.
+
+        The outcome is, in this order of precedence: REPLAY if the query id was
+        claimed before; LIMIT_EXCEEDED if ``max_uses > 0`` and the consent has
+        been used ``max_uses`` times; REVOKED if the consent is revoked; else
+        OK, and the query id and one more use of the consent are recorded in
+        the same transaction. Nothing is recorded unless the outcome is OK.
+        """
+        outcome = self.claim_queries([QueryClaim(query_id, consent_digest, max_uses, expires_at)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def claim_queries(self, claims: Sequence[QueryClaim]) -> list[ClaimOutcome | Exception]:
+        """Several :meth:`claim_query` calls in one transaction and one commit.
+
+        Each claim runs in its own savepoint, in order, so later claims see
+        earlier ones (the same query id twice: OK then REPLAY). A claim that
+        raises is rolled back alone and its exception is returned in its slot;
+        the others still commit. An exception raised from here (the commit
+        itself failed) means none of the claims was recorded.
+        """
+        now = dt.datetime.now(UTC)
+        results: list[ClaimOutcome | Exception] = []
+        with self._writing() as conn:
+            for claim in claims:
+                savepoint = conn.begin_nested()
+                try:
+                    outcome = self._claim(conn, claim, now)
+                except Exception as exc:
+                    savepoint.rollback()
+                    results.append(exc)
+                    continue
+                if outcome is ClaimOutcome.OK:
+                    savepoint.commit()
+                else:
+                    savepoint.rollback()
+                results.append(outcome)
+        return results
+
+    def consent_uses(self, consent_digest: bytes) -> int:
+        stmt = select(CONSENT_USES.c.uses).where(CONSENT_USES.c.consent_digest == consent_digest)
+        with self._engine.connect() as conn:
+            uses = conn.execute(stmt).scalar_one_or_none()
+        return 0 if uses is None else int(uses)
+
+    def prune_queries(self, now: dt.datetime) -> int:
+        """Forget query ids whose query expired before ``now``; returns how many.
+
+        This cannot open a replay: an expired query is refused as expired
+        before it is ever claimed, so its id is not needed any more. Callers
+        pass an ``expires_at`` to :meth:`claim_query` that already includes the
+        clock skew they tolerate.
+        """
+        _require_aware(now, "now")
+        with self._writing() as conn:
+            return conn.execute(delete(QUERY_USES).where(QUERY_USES.c.expires_at < now)).rowcount
+
+    # -- revocations -----------------------------------------------------
+
+    def revoke(
+        self,
+        consent_digest: bytes,
+        consent_id: str,
+        uscc: str,
+        revoked_at: dt.datetime,
+        envelope: bytes,
+    ) -> bool:
+        """Record a verified revocation; False if the consent was already revoked."""
+        if not consent_digest:
+            raise ValueError("consent_digest is empty")
+        if not envelope:
+            raise ValueError("the signed revocation envelope is empty")
+        _require_aware(revoked_at, "revoked_at")
+        stmt = (
+            self._upsert_insert(REVOCATIONS)
+            .values(
+                consent_digest=consent_digest,
+                consent_id=consent_id,
+                uscc=uscc,
+                revoked_at=revoked_at,
+                envelope=envelope,
+            )
+            .on_conflict_do_nothing(index_elements=[REVOCATIONS.c.consent_digest])
+            .returning(REVOCATIONS.c.consent_digest)
+        )
+        with self._writing() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def is_revoked(self, consent_digest: bytes) -> bool:
+        with self._engine.connect() as conn:
+            return _is_revoked(conn, consent_digest)
+
+    # -- statistics ------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        """Counts of what the node holds, read in one transaction."""
+        count = func.count()
+        with self._engine.connect() as conn:
+            enterprises = conn.execute(select(count).select_from(ENTERPRISES)).scalar_one()
+            by_category = {
+                Category(name): int(n)
+                for name, n in conn.execute(select(RECORDS.c.category, count).group_by(RECORDS.c.category))
+            }
+            by_provider = {
+                str(p): int(n)
+                for p, n in conn.execute(select(RECORDS.c.provider_id, count).group_by(RECORDS.c.provider_id))
+            }
+            answered = conn.execute(select(count).select_from(QUERY_USES)).scalar_one()
+            revocations = conn.execute(select(count).select_from(REVOCATIONS)).scalar_one()
+            size = self._db_size(conn)
+        return StoreStats(
+            enterprises=int(enterprises),
+            records=sum(by_category.values()),
+            records_by_category=by_category,
+            records_by_provider=by_provider,
+            answered_queries=int(answered),
+            revocations=int(revocations),
+            db_size_bytes=size,
+        )
+
+    # -- internals -------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    def _compile_ingest(self) -> str:
+        # Compiled once from the table definition, then run with plain tuples
+        # through the driver's executemany: per-row work stays in C, which is
+        # what makes bulk ingest as fast as hand-written sqlite3 code.
+        stmt = (
+            self._upsert_insert(RECORDS)
+            .inline()
+            .on_conflict_do_nothing(index_elements=[RECORDS.c.provider_id, RECORDS.c.record_id])
+        )
+        dialect = self._engine.dialect
+        if not dialect.positional:
+            # The same dialect, rendering %s placeholders (psycopg accepts both).
+            dialect = cast("type[DefaultDialect]", type(dialect))(paramstyle="format")
+        compiled = stmt.compile(dialect=dialect, column_keys=list(_RECORD_COLUMNS))
+        if tuple(compiled.positiontup or ()) != _RECORD_COLUMNS:
+            raise RuntimeError(f"unexpected ingest parameter order {compiled.positiontup}")
+        return str(compiled)
+
+    def _record_rows(
+        self, records: Sequence[records_pb2.CreditRecord], provider_id: str
+    ) -> list[tuple[object, ...]]:
+        # The hot loop of ingest: dictionary look-ups instead of enum
+        # conversions, and each distinct date converted once.
+        rows: list[tuple[object, ...]] = []
+        append = rows.append
+        category_of = _CATEGORY_BY_FIELD.get
+        city_of = _CITY_BY_PROTO.get
+        date_param = self._date_param
+        dates: dict[tuple[int, int, int], object] = {}
+        new_record = records_pb2.CreditRecord
+        for index, rec in enumerate(records):
+            category = category_of(rec.WhichOneof("detail") or "")
+            city = city_of(rec.city)
+            d = rec.record_date
+            key = (d.year, d.month, d.day)
+            day = dates.get(key)
+            if category is None or city is None or day is None:
+                if category is None:
+                    raise InvalidRecord(
+                        f"record {index} ({rec.record_id!r}) has no detail; set one category field"
+                    )
+                if city is None:
+                    raise InvalidRecord(f"record {index} ({rec.record_id!r}): unknown city {rec.city}")
+                try:
+                    day = dates[key] = date_param(dt.date(*key))
+                except ValueError as exc:
+                    raise InvalidRecord(
+                        f"record {index} ({rec.record_id!r}): record_date {key} is not a date: {exc}"
+                    ) from exc
+            stored = new_record()
+            stored.CopyFrom(rec)
+            stored.provider_id = provider_id
+            append(
+                (
+                    provider_id,
+                    rec.record_id,
+                    rec.enterprise_uscc,
+                    category,
+                    city,
+                    day,
+                    rec.source,
+                    stored.SerializeToString(),
+                )
+            )
+        return rows
+
+    def _claim(self, conn: Connection, claim: QueryClaim, now: dt.datetime) -> ClaimOutcome:
+        # The query id goes in first: its unique key is what serialises two
+        # claims of one id (the second waits, then finds it).
+        seen = self._upsert_insert(QUERY_USES).values(
+            query_id=claim.query_id,
+            consent_digest=claim.consent_digest,
+            used_at=now,
+            expires_at=claim.expires_at,
+        )
+        seen = seen.on_conflict_do_nothing(index_elements=[QUERY_USES.c.query_id])
+        if conn.execute(seen.returning(QUERY_USES.c.query_id)).first() is None:
+            return ClaimOutcome.REPLAY
+        # Counting and checking the limit in one statement: the row lock of the
+        # upsert makes concurrent uses of one consent count one after another.
+        use = self._upsert_insert(CONSENT_USES).values(consent_digest=claim.consent_digest, uses=1)
+        use = use.on_conflict_do_update(
+            index_elements=[CONSENT_USES.c.consent_digest],
+            set_={"uses": CONSENT_USES.c.uses + 1},
+            where=(CONSENT_USES.c.uses < claim.max_uses) if claim.max_uses > 0 else None,
+        ).returning(CONSENT_USES.c.uses)
+        if conn.execute(use).first() is None:
+            return ClaimOutcome.LIMIT_EXCEEDED
+        if _is_revoked(conn, claim.consent_digest):
+            return ClaimOutcome.REVOKED
+        return ClaimOutcome.OK
+
+    def _db_size(self, conn: Connection) -> int | None:
+        if self._backend == "sqlite":
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+            page_size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+            return int(pages) * int(page_size)
+        return int(conn.execute(select(func.pg_database_size(func.current_database()))).scalar_one())
+
+
+def _is_revoked(conn: Connection, consent_digest: bytes) -> bool:
+    stmt = select(REVOCATIONS.c.consent_digest).where(REVOCATIONS.c.consent_digest == consent_digest)
+    return conn.execute(stmt).first() is not None
+
+
+def _identity_date(value: dt.date) -> dt.date:
+    return value
+
+
+def _require_aware(value: dt.datetime, name: str) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} is a naive datetime; pass an aware one (e.g. in UTC)")
+
+
+def _create_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ValueError(f"not a database URL: {url!r}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    if backend in ("postgresql", "postgres"):
+        if parsed.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
+            raise ValueError(
+                f"PostgreSQL is used through psycopg 3, not {parsed.drivername!r}; use postgresql+psycopg://"
+            )
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True)
+    raise ValueError(f"unsupported database {backend!r}; use sqlite:///path.db or postgresql+psycopg://...")
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("mode") == "memory":
+        raise ValueError("an in-memory SQLite database is not supported; use sqlite:///path.db")
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+        pool_size=8,
+        max_overflow=8,
+    )
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+    # The sqlite3 module's own transaction handling starts transactions late
+    # and never as IMMEDIATE; switch it off and begin explicitly (below).
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    writing = conn.get_execution_options().get(_WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
