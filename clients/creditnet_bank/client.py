@@ -187,7 +187,10 @@ class BankClient:
         return merge(query.query_id, query.enterprise_uscc, Purpose.from_proto(query.purpose), sections)
 
     async def nodes(self, *, timeout: float | None = None) -> aggregator_pb2.ListNodesResponse:
-        return await self._stub.ListNodes(aggregator_pb2.ListNodesRequest(), timeout=timeout or self.timeout)
+        resp: aggregator_pb2.ListNodesResponse = await self._stub.ListNodes(
+            aggregator_pb2.ListNodesRequest(), timeout=timeout or self.timeout
+        )
+        return resp
 
     async def query_node(
         self,
@@ -201,4 +204,7 @@ class BankClient:
         channel = secure_channel(endpoint, self.identity, self.trust, node_server_name(city))
         async with channel:
             stub = node_pb2_grpc.CityNodeServiceStub(channel)
-            return await stub.Query(node_pb2.QueryRequest(query=query_env), timeout=timeout or self.timeout)
+            resp: node_pb2.QueryResponse = await stub.Query(
+                node_pb2.QueryRequest(query=query_env), timeout=timeout or self.timeout
+            )
+            return resp

@@ -46,7 +46,7 @@ class Indicators:
     pledged_goods_value_fen: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
 @dataclass(slots=True)
@@ -173,9 +173,9 @@ def indicators(by_cat: dict[Category, dict[City, list[records_pb2.CreditRecord]]
     loans: dict[tuple[str, str], records_pb2.CreditRecord] = {}
     for recs in by_cat.get(Category.LOAN, {}).values():
         for r in recs:
-            key = (r.loan.lender, r.loan.contract_id)
-            if key not in loans or _latest([loans[key], r]) is r:
-                loans[key] = r
+            loan_key = (r.loan.lender, r.loan.contract_id)
+            if loan_key not in loans or _latest([loans[loan_key], r]) is r:
+                loans[loan_key] = r
     for r in loans.values():
         ind.loans += 1
         if r.loan.status in (records_pb2.LOAN_STATUS_CURRENT, records_pb2.LOAN_STATUS_OVERDUE):

@@ -33,7 +33,8 @@ class SectionStatus(enum.Enum):
 
     @classmethod
     def from_proto(cls, value: int) -> SectionStatus:
-        name = aggregator_pb2.SectionStatus.Name(value).removeprefix("SECTION_STATUS_")
+        desc = aggregator_pb2.SectionStatus.DESCRIPTOR.values_by_number.get(value)
+        name = desc.name.removeprefix("SECTION_STATUS_") if desc is not None else ""
         return cls[name] if name in cls.__members__ else cls.INVALID
 
 

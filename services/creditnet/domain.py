@@ -52,7 +52,8 @@ class City(_Named):
 
     @classmethod
     def from_proto(cls, value: int) -> City:
-        name = common_pb2.City.Name(value) if value in common_pb2.City.values() else ""
+        desc = common_pb2.City.DESCRIPTOR.values_by_number.get(value)
+        name = desc.name if desc is not None else ""
         if not name or value == common_pb2.CITY_UNSPECIFIED:
             raise ValueError(f"unknown city number {value}")
         return cls[name.removeprefix("CITY_")]
@@ -111,7 +112,8 @@ class Category(_Named):
 
     @classmethod
     def from_proto(cls, value: int) -> Category:
-        name = common_pb2.Category.Name(value) if value in common_pb2.Category.values() else ""
+        desc = common_pb2.Category.DESCRIPTOR.values_by_number.get(value)
+        name = desc.name if desc is not None else ""
         if not name or value == common_pb2.CATEGORY_UNSPECIFIED:
             raise ValueError(f"unknown category number {value}")
         return cls[name.removeprefix("CATEGORY_")]
@@ -138,7 +140,8 @@ class Purpose(_Named):
 
     @classmethod
     def from_proto(cls, value: int) -> Purpose:
-        name = common_pb2.Purpose.Name(value) if value in common_pb2.Purpose.values() else ""
+        desc = common_pb2.Purpose.DESCRIPTOR.values_by_number.get(value)
+        name = desc.name if desc is not None else ""
         if not name or value == common_pb2.PURPOSE_UNSPECIFIED:
             raise ValueError(f"unknown purpose number {value}")
         return cls[name.removeprefix("PURPOSE_")]

@@ -20,7 +20,7 @@ from creditnet.envelope import EnvelopeVerifier
 from creditnet.errors import PermissionDenied
 from creditnet.pki import Identity, RoleKind, TrustStore
 from creditnet.rpc import PeerIdentities, refusals
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, query_pb2
+from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2, envelope_pb2, node_pb2, query_pb2
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         return out
 
 
-def _section_for_error(city: int, exc: grpc.aio.AioRpcError) -> S.CitySection:
+def _section_for_error(city: common_pb2.City.ValueType, exc: grpc.aio.AioRpcError) -> S.CitySection:
     code = exc.code()
     details = (exc.details() or "")[:300]
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -148,9 +148,10 @@ def revoke(
 
             async with secure_channel(aggregator, ident, trust, AGGREGATOR_SERVER_NAME) as ch:
                 stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
-                return await stub.BroadcastRevocation(
+                resp: aggregator_pb2.BroadcastRevocationResponse = await stub.BroadcastRevocation(
                     aggregator_pb2.BroadcastRevocationRequest(revocation=env), timeout=timeout
                 )
+                return resp
 
         resp = asyncio.run(deliver())
         for d in resp.deliveries:

@@ -46,7 +46,7 @@ def generate(
             Progress(console=console, transient=True) as p,
         ):
             p.add_task("generating", total=None)
-            writer(stream(), fh)  # type: ignore[arg-type]
+            writer(stream(), fh)
         console.print(f"{count:,} records written to {out}")
 
 

@@ -6,10 +6,10 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from creditnet.cli.common import (
@@ -39,7 +39,7 @@ def provision_with_progress(state_dir: Path, enterprises: int, seed: int) -> Non
         console=console,
         transient=False,
     ) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def tick(city: str, n: int) -> None:
             if city not in tasks:
@@ -131,10 +131,13 @@ def status(
 
             async with secure_channel(endpoint, ident, trust, AGGREGATOR_SERVER_NAME) as ch:
                 stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
-                return await stub.ListNodes(aggregator_pb2.ListNodesRequest(), timeout=10)
+                resp: aggregator_pb2.ListNodesResponse = await stub.ListNodes(
+                    aggregator_pb2.ListNodesRequest(), timeout=10
+                )
+                return resp
 
         resp = asyncio.run(ask())
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "city": City.from_proto(n.city).value,
                 "endpoint": n.endpoint,

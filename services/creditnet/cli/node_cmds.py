@@ -223,7 +223,7 @@ def stats(config: ConfigOpt, json_out: Annotated[bool, typer.Option("--json")] =
             st = store.stats()
         finally:
             store.close()
-        data = {
+        data: dict[str, object] = {
             "city": cfg.city.value,
             "enterprises": st.enterprises,
             "records": st.records,
@@ -238,6 +238,6 @@ def stats(config: ConfigOpt, json_out: Annotated[bool, typer.Option("--json")] =
         table.add_column("count", justify="right")
         table.add_row("enterprises", f"{st.enterprises:,}")
         table.add_row("records", f"{st.records:,}")
-        for k, v in data["records_by_category"].items():
+        for k, v in st.records_by_category.items():
             table.add_row(f"  {k}", f"{v:,}")
         console.print(table)
