@@ -1,7 +1,7 @@
 """The city node's database: credit records, enterprise profiles, replay
 protection, consent use counts and revocations (SQLite or PostgreSQL)."""
 
-from creditnet.store.aio import AsyncStore
+from creditnet.store.aio import AsyncStore, GroupCommitStats
 from creditnet.store.store import (
     ClaimOutcome,
     IngestResult,
@@ -14,6 +14,7 @@ from creditnet.store.store import (
 __all__ = [
     "AsyncStore",
     "ClaimOutcome",
+    "GroupCommitStats",
     "IngestResult",
     "InvalidRecord",
     "QueryClaim",

@@ -35,7 +35,7 @@ import queue
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
@@ -68,6 +68,15 @@ class _Claim:
 _Job = _Call | _Claim
 
 
+@dataclass(frozen=True, slots=True)
+class GroupCommitStats:
+    """How well claims are grouped: ``claims / transactions`` claims per commit
+    (a claim retried alone after its group counts twice)."""
+
+    claims: int
+    transactions: int
+
+
 class _Writer:
     """The one thread that writes, grouping consecutive claims into one commit."""
 
@@ -77,6 +86,9 @@ class _Writer:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        # Written by the writer thread only.
+        self.claims_done = 0
+        self.claim_transactions = 0
         self._thread = threading.Thread(target=self._run, name="creditnet-store-writer", daemon=True)
         self._thread.start()
 
@@ -154,6 +166,7 @@ class _Writer:
             return
         try:
             results = self._store.claim_queries([job.claim for job in live])
+            self._count(len(live))
         except Exception as exc:
             if len(live) == 1:
                 live[0].future.set_exception(exc)
@@ -170,9 +183,14 @@ class _Writer:
             else:
                 job.future.set_exception(result)
 
+    def _count(self, claims: int) -> None:
+        self.claims_done += claims
+        self.claim_transactions += 1
+
     def _claim_alone(self, job: _Claim) -> None:
         try:
             result = self._store.claim_queries([job.claim])[0]
+            self._count(1)
         except Exception as exc:
             job.future.set_exception(exc)
             return
@@ -202,6 +220,16 @@ class AsyncStore:
             return
         self._closed = True
         await asyncio.to_thread(self._shutdown)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def group_commit_stats(self) -> GroupCommitStats:
+        return GroupCommitStats(self._writer.claims_done, self._writer.claim_transactions)
 
     @property
     def store(self) -> Store:

@@ -24,13 +24,16 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, Self, cast
 
 from sqlalchemy import (
     URL,
     Connection,
+    Date,
     Engine,
+    Executable,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -148,6 +151,7 @@ class Store:
             self._upsert_insert = postgresql.insert
             self._date_param = _identity_date
         self._ingest_sql = self._compile_ingest()
+        self._claim_sql = _ClaimStatements.build(self._upsert_insert)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -163,6 +167,12 @@ class Store:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def backend(self) -> str:
@@ -218,18 +228,9 @@ class Store:
         if not categories:
             return []
         names = sorted({Category(c).value for c in categories})
-        stmt = (
-            select(RECORDS.c.payload)
-            .where(
-                RECORDS.c.uscc == uscc,
-                RECORDS.c.category.in_(names),
-                RECORDS.c.record_date >= date_from,
-                RECORDS.c.record_date <= date_to,
-            )
-            .order_by(RECORDS.c.category, RECORDS.c.record_date, RECORDS.c.id)
-        )
+        params = {"uscc": uscc, "categories": names, "date_from": date_from, "date_to": date_to}
         with self._engine.connect() as conn:
-            payloads = conn.execute(stmt).scalars().all()
+            payloads = conn.execute(_FIND_RECORDS, params).scalars().all()
         parse = records_pb2.CreditRecord.FromString
         return [parse(p) for p in payloads]
 
@@ -266,9 +267,8 @@ class Store:
         return len(rows)
 
     def get_profile(self, uscc: str) -> records_pb2.EnterpriseProfile | None:
-        stmt = select(ENTERPRISES.c.payload).where(ENTERPRISES.c.uscc == uscc)
         with self._engine.connect() as conn:
-            payload = conn.execute(stmt).scalar_one_or_none()
+            payload = conn.execute(_GET_PROFILE, {"uscc": uscc}).scalar_one_or_none()
         return None if payload is None else records_pb2.EnterpriseProfile.FromString(payload)
 
     # -- replay protection and consent use ----------------------------------
@@ -475,24 +475,25 @@ class Store:
     def _claim(self, conn: Connection, claim: QueryClaim, now: dt.datetime) -> ClaimOutcome:
         # The query id goes in first: its unique key is what serialises two
         # claims of one id (the second waits, then finds it).
-        seen = self._upsert_insert(QUERY_USES).values(
-            query_id=claim.query_id,
-            consent_digest=claim.consent_digest,
-            used_at=now,
-            expires_at=claim.expires_at,
-        )
-        seen = seen.on_conflict_do_nothing(index_elements=[QUERY_USES.c.query_id])
-        if conn.execute(seen.returning(QUERY_USES.c.query_id)).first() is None:
+        inserted = conn.execute(
+            self._claim_sql.record_query,
+            {
+                "query_id": claim.query_id,
+                "consent_digest": claim.consent_digest,
+                "used_at": now,
+                "expires_at": claim.expires_at,
+            },
+        ).first()
+        if inserted is None:
             return ClaimOutcome.REPLAY
-        # Counting and checking the limit in one statement: the row lock of the
-        # upsert makes concurrent uses of one consent count one after another.
-        use = self._upsert_insert(CONSENT_USES).values(consent_digest=claim.consent_digest, uses=1)
-        use = use.on_conflict_do_update(
-            index_elements=[CONSENT_USES.c.consent_digest],
-            set_={"uses": CONSENT_USES.c.uses + 1},
-            where=(CONSENT_USES.c.uses < claim.max_uses) if claim.max_uses > 0 else None,
-        ).returning(CONSENT_USES.c.uses)
-        if conn.execute(use).first() is None:
+        if claim.max_uses > 0:
+            use = conn.execute(
+                self._claim_sql.count_limited_use,
+                {"consent_digest": claim.consent_digest, "max_uses": claim.max_uses},
+            )
+        else:
+            use = conn.execute(self._claim_sql.count_use, {"consent_digest": claim.consent_digest})
+        if use.first() is None:
             return ClaimOutcome.LIMIT_EXCEEDED
         if _is_revoked(conn, claim.consent_digest):
             return ClaimOutcome.REVOKED
@@ -506,9 +507,62 @@ class Store:
         return int(conn.execute(select(func.pg_database_size(func.current_database()))).scalar_one())
 
 
+# The read hot path (every answered query), built once.
+_FIND_RECORDS: Final = (
+    select(RECORDS.c.payload)
+    .where(
+        RECORDS.c.uscc == bindparam("uscc"),
+        RECORDS.c.category.in_(bindparam("categories", expanding=True)),
+        RECORDS.c.record_date >= bindparam("date_from", type_=Date),
+        RECORDS.c.record_date <= bindparam("date_to", type_=Date),
+    )
+    .order_by(RECORDS.c.category, RECORDS.c.record_date, RECORDS.c.id)
+)
+_GET_PROFILE: Final = select(ENTERPRISES.c.payload).where(ENTERPRISES.c.uscc == bindparam("uscc"))
+_IS_REVOKED: Final = select(REVOCATIONS.c.consent_digest).where(
+    REVOCATIONS.c.consent_digest == bindparam("consent_digest")
+)
+
+
 def _is_revoked(conn: Connection, consent_digest: bytes) -> bool:
-    stmt = select(REVOCATIONS.c.consent_digest).where(REVOCATIONS.c.consent_digest == consent_digest)
-    return conn.execute(stmt).first() is not None
+    return conn.execute(_IS_REVOKED, {"consent_digest": consent_digest}).first() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimStatements:
+    """The claim path's statements, built once per dialect (claims are the
+    node's hot write path; building statements per call costs more than
+    running them)."""
+
+    record_query: Executable
+    count_use: Executable
+    count_limited_use: Executable
+
+    @classmethod
+    def build(cls, upsert_insert: Callable[[Table], Any]) -> _ClaimStatements:
+        record_query = (
+            upsert_insert(QUERY_USES)
+            .values(
+                query_id=bindparam("query_id"),
+                consent_digest=bindparam("consent_digest"),
+                used_at=bindparam("used_at"),
+                expires_at=bindparam("expires_at"),
+            )
+            .on_conflict_do_nothing(index_elements=[QUERY_USES.c.query_id])
+            .returning(QUERY_USES.c.query_id)
+        )
+
+        # Counting and checking the limit in one statement: the row lock of
+        # the upsert makes concurrent uses of one consent count one by one.
+        def count(limited: bool) -> Executable:
+            stmt = upsert_insert(CONSENT_USES).values(consent_digest=bindparam("consent_digest"), uses=1)
+            return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+                index_elements=[CONSENT_USES.c.consent_digest],
+                set_={"uses": CONSENT_USES.c.uses + 1},
+                where=(CONSENT_USES.c.uses < bindparam("max_uses")) if limited else None,
+            ).returning(CONSENT_USES.c.uses)
+
+        return cls(record_query=record_query, count_use=count(False), count_limited_use=count(True))
 
 
 def _identity_date(value: dt.date) -> dt.date:
