@@ -83,11 +83,13 @@ def demo(
                         )
                     except QueryRefused as exc:
                         console.print(
-                            f"  judicial records under a tax+utility consent → [red]{exc.code.name}[/] {exc.reason}"
+                            "  judicial records under a tax+utility consent → "
+                            f"[red]{exc.code.name}[/] {exc.reason}"
                         )
                     report = await bank.query(uscc, narrow, Purpose.LOAN_APPLICATION, cities=[City.SHANGHAI])
                     console.print(
-                        f"  same consent, within scope (tax+utility, Shanghai only) → {report.record_count} records"
+                        "  same consent, within scope (tax+utility, Shanghai only) → "
+                        f"{report.record_count} records"
                     )
 
             asyncio.run(run_queries())
