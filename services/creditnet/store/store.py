@@ -92,6 +92,8 @@ class InvalidRecord(ValueError):
 
 
 class ClaimOutcome(enum.Enum):
+    """What :meth:`Store.claim_query` decided; only OK records anything."""
+
     OK = "ok"
     REPLAY = "replay"
     LIMIT_EXCEEDED = "limit_exceeded"
@@ -146,6 +148,8 @@ class Store:
         self._upsert_insert: Callable[[Table], Any]
         if self._backend == "sqlite":
             self._upsert_insert = sqlite.insert
+            # The text SQLAlchemy's Date type writes on SQLite, so that the
+            # bulk path and Core filters agree.
             self._date_param: Callable[[dt.date], object] = dt.date.isoformat
         else:
             self._upsert_insert = postgresql.insert
