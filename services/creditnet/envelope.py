@@ -132,12 +132,9 @@ class EnvelopeVerifier:
             hit = self._cache.get(key)
             if hit is not None:
                 # Re-checks the certificate's validity window for this use.
-                self.trust.verify_chain(list(sig.certificate_chain), at)
+                self._signer(sig, what, at)
                 return hit
-        try:
-            signer = self.trust.verify_chain(list(sig.certificate_chain), at)
-        except Unauthenticated as exc:
-            raise Unauthenticated(f"{what}.{exc.rule}", f"{what} signer: {exc.message}") from None
+        signer = self._signer(sig, what, at)
         try:
             signer.public_key.verify(sig.signature, pae(env.payload_type, env.payload), _ECDSA_VERIFY)
         except InvalidSignature:
@@ -154,6 +151,13 @@ class EnvelopeVerifier:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = result
         return result
+
+    def _signer(self, sig: envelope_pb2.Signature, what: str, at: dt.datetime | None) -> VerifiedCert:
+        # A refusal names the same rule whether or not the envelope was cached.
+        try:
+            return self.trust.verify_chain(list(sig.certificate_chain), at)
+        except Unauthenticated as exc:
+            raise Unauthenticated(f"{what}.{exc.rule}", f"{what} signer: {exc.message}") from None
 
 
 # --- files -------------------------------------------------------------------

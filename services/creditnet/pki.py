@@ -132,6 +132,18 @@ class Role:
 
     @classmethod
     def parse_uri(cls, uri: str) -> Role:
+        """The role a URI names; ValueError unless it is exactly as `uri` writes it."""
+        try:
+            role = cls._parse_uri(uri)
+        except InvalidArgument as exc:
+            raise ValueError(f"malformed role URI {uri!r}: {exc.message}") from None
+        # One spelling per role: a certificate cannot smuggle extra parts.
+        if role.uri != uri:
+            raise ValueError(f"role URI {uri!r} is not in canonical form ({role.uri!r})")
+        return role
+
+    @classmethod
+    def _parse_uri(cls, uri: str) -> Role:
         parsed = urllib.parse.urlsplit(uri)
         if parsed.scheme != SCHEME:
             raise ValueError(f"not a creditnet role URI: {uri!r}")
@@ -477,6 +489,10 @@ class TrustStore:
             certs = [x509.load_der_x509_certificate(c) for c in chain]
         except ValueError:
             raise Unauthenticated("cert.malformed", "certificate is not valid DER X.509") from None
+        # Checked before the chain so that an expired certificate is refused
+        # with the same rule whether or not it is in the cache.
+        if not (certs[0].not_valid_before_utc <= now <= certs[0].not_valid_after_utc):
+            raise Unauthenticated("cert.expired", "certificate is not valid at this time; renew it")
         verifier = PolicyBuilder().store(self._store).time(now).build_client_verifier()
         try:
             verifier.verify(certs[0], certs[1:])
