@@ -36,7 +36,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -59,6 +59,9 @@ class RoleKind(enum.Enum):
     ENTERPRISE = "enterprise"
     PROVIDER = "provider"
     OPERATOR = "operator"
+    # An Ed25519 key that signs credit-chain checkpoints and witness
+    # cosignatures (C2SP notes); subject is a city or "national".
+    LOGKEY = "logkey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,10 @@ class Role:
     @classmethod
     def aggregator(cls, name: str = "national") -> Role:
         return cls(RoleKind.AGGREGATOR, subject=_check_token(name, "aggregator name"))
+
+    @classmethod
+    def logkey(cls, name: str) -> Role:
+        return cls(RoleKind.LOGKEY, subject=_check_token(name, "log key name"))
 
     @classmethod
     def bank(cls, code: str) -> Role:
@@ -164,6 +171,8 @@ class Role:
             return cls.aggregator(parts[0])
         if kind is RoleKind.ENTERPRISE and len(parts) == 1:
             return cls.enterprise(parts[0])
+        if kind is RoleKind.LOGKEY and len(parts) == 1:
+            return cls.logkey(parts[0])
         raise ValueError(f"malformed role URI {uri!r}")
 
     def __str__(self) -> str:
@@ -313,14 +322,18 @@ class CertificateAuthority:
     def issue(
         self,
         role: Role,
-        public_key: ec.EllipticCurvePublicKey,
+        public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
         *,
         common_name: str | None = None,
         dns_names: Sequence[str] = (),
         validity: dt.timedelta = LEAF_VALIDITY,
         not_before: dt.datetime | None = None,
     ) -> x509.Certificate:
-        if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
+        if role.kind is RoleKind.LOGKEY:
+            # Checkpoint notes and cosignatures are Ed25519 by the C2SP specs.
+            if not isinstance(public_key, ed25519.Ed25519PublicKey):
+                raise InvalidArgument("pki.key", "log key certificates are issued for Ed25519 keys only")
+        elif not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
             raise InvalidArgument("pki.key", "certificates are issued for ECDSA P-256 keys only")
         start = not_before or (utcnow() - dt.timedelta(minutes=5))
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(role.uri)]
@@ -446,6 +459,14 @@ class VerifiedCert:
     fingerprint: str
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedLogKey:
+    name: str
+    public_key: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
 class TrustStore:
     """Validates certificate chains against the network CA, with a cache.
 
@@ -459,6 +480,7 @@ class TrustStore:
         self.ca_pem = cert_to_pem(ca_cert)
         self._store = Store([ca_cert])
         self._cache: dict[bytes, VerifiedCert] = {}
+        self._log_cache: dict[bytes, VerifiedLogKey] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -485,6 +507,48 @@ class TrustStore:
         return hit
 
     def _verify_uncached(self, chain: Sequence[bytes], now: dt.datetime) -> VerifiedCert:
+        leaf = self._validate(chain, now)
+        pub = leaf.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+            raise Unauthenticated("cert.key", "signer key must be ECDSA P-256")
+        return VerifiedCert(
+            role=role_of(leaf),
+            public_key=pub,
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            fingerprint=hashlib.sha256(chain[0]).hexdigest(),
+        )
+
+    def verify_log_key(self, der: bytes, at: dt.datetime | None = None) -> VerifiedLogKey:
+        """Validate a log-key certificate; returns its name and raw Ed25519 key."""
+        now = at or utcnow()
+        if len(der) > MAX_CERT_BYTES:
+            raise Unauthenticated("cert.chain", "certificate is too large")
+        key = hashlib.sha256(b"logkey" + der).digest()
+        hit = self._log_cache.get(key)
+        if hit is None:
+            leaf = self._validate([der], now)
+            role = role_of(leaf)
+            pub = leaf.public_key()
+            if role.kind is not RoleKind.LOGKEY or not isinstance(pub, ed25519.Ed25519PublicKey):
+                raise Unauthenticated(
+                    "cert.role", "not a log-key certificate (Ed25519, creditnet://logkey/...)"
+                )
+            hit = VerifiedLogKey(
+                name=role.subject,
+                public_key=pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
+                not_before=leaf.not_valid_before_utc,
+                not_after=leaf.not_valid_after_utc,
+            )
+            with self._lock:
+                if len(self._log_cache) >= self._cache_size:
+                    self._log_cache.pop(next(iter(self._log_cache)))
+                self._log_cache[key] = hit
+        if not (hit.not_before <= now <= hit.not_after):
+            raise Unauthenticated("cert.expired", "log key certificate is not valid at this time")
+        return hit
+
+    def _validate(self, chain: Sequence[bytes], now: dt.datetime) -> x509.Certificate:
         try:
             certs = [x509.load_der_x509_certificate(c) for c in chain]
         except ValueError:
@@ -501,17 +565,7 @@ class TrustStore:
                 "cert.untrusted",
                 f"certificate does not chain to the network CA or is not valid now ({exc})",
             ) from None
-        leaf = certs[0]
-        pub = leaf.public_key()
-        if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
-            raise Unauthenticated("cert.key", "signer key must be ECDSA P-256")
-        return VerifiedCert(
-            role=role_of(leaf),
-            public_key=pub,
-            not_before=leaf.not_valid_before_utc,
-            not_after=leaf.not_valid_after_utc,
-            fingerprint=hashlib.sha256(chain[0]).hexdigest(),
-        )
+        return certs[0]
 
     def verify_pem(self, pem: bytes, at: dt.datetime | None = None) -> VerifiedCert:
         try:
