@@ -1,0 +1,272 @@
+"""The published test vectors: reproducible byte for byte, and each one does what it says.
+
+The checks read the JSON files the way a client in another language would
+(hex and base64 in, bytes out) and verify with the reference implementation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import json_format
+
+from creditnet import query as query_mod
+from creditnet import vectors
+from creditnet.consent import check_window, verify_consent, verify_revocation
+from creditnet.domain import City
+from creditnet.envelope import ANSWER_TYPE, CONSENT_TYPE, QUERY_TYPE, REVOCATION_TYPE, EnvelopeVerifier, pae
+from creditnet.errors import CreditnetError
+from creditnet.pki import Role, TrustStore, role_of
+from creditnet.v1 import aggregator_pb2, envelope_pb2, query_pb2
+from creditnet_bank.verify import SectionStatus, verify_section
+
+DIR = vectors.default_directory()
+# The first part of a rule id names what was being verified.
+WHAT = {CONSENT_TYPE: "consent", REVOCATION_TYPE: "revocation", QUERY_TYPE: "query", ANSWER_TYPE: "answer"}
+
+
+def _load(name: str) -> Any:
+    return json.loads((DIR / name).read_text(encoding="utf-8"))
+
+
+KEYS = _load("keys.json")
+PAE = _load("pae.json")
+POSITIVE = _load("envelopes.json")
+NEGATIVE = _load("negative.json")
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def _envelope(vector: Any) -> envelope_pb2.SignedEnvelope:
+    env = envelope_pb2.SignedEnvelope()
+    env.ParseFromString(bytes.fromhex(vector["envelope_hex"]))
+    return env
+
+
+def _cert(label: str) -> x509.Certificate:
+    entries = KEYS["certificate_authorities"] + KEYS["participants"]
+    entry = next(e for e in entries if e["label"] == label)
+    return x509.load_der_x509_certificate(bytes.fromhex(entry["certificate_der_hex"]))
+
+
+@pytest.fixture(scope="module")
+def verifier() -> EnvelopeVerifier:
+    return EnvelopeVerifier(TrustStore(_cert(KEYS["trust_anchor"])))
+
+
+def _by_name(doc: Any) -> dict[str, Any]:
+    return {v["name"]: v for v in doc["vectors"]}
+
+
+# --- reproducibility ---------------------------------------------------------------
+
+
+def test_regenerating_gives_the_published_files_byte_for_byte() -> None:
+    files = vectors.generate()
+    assert sorted(files) == sorted(p.name for p in DIR.glob("*.json"))
+    for name, data in files.items():
+        assert (DIR / name).read_bytes() == data, f"{name} is stale: run python -m creditnet.vectors"
+
+
+def test_the_command_writes_and_checks(tmp_path: Path) -> None:
+    assert vectors.main([str(tmp_path)]) == 0
+    assert vectors.main(["--check", str(tmp_path)]) == 0
+    target = tmp_path / "negative.json"
+    target.write_bytes(target.read_bytes().replace(b"query.expired", b"query.expires"))
+    assert vectors.main(["--check", str(tmp_path)]) == 1
+    (tmp_path / "pae.json").unlink()
+    assert vectors.main(["--check", str(tmp_path)]) == 1
+
+
+# --- keys and certificates ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry", KEYS["certificate_authorities"] + KEYS["participants"], ids=lambda e: e["label"]
+)
+def test_keys_derive_from_their_labels_and_match_their_certificates(entry: Any) -> None:
+    label_hash = hashlib.sha256(b"creditnet test vector key v1: " + entry["label"].encode()).digest()
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    scalar = int.from_bytes(label_hash, "big") % (order - 1) + 1
+    assert entry["private_scalar_hex"] == f"{scalar:064x}"
+    key = ec.derive_private_key(scalar, ec.SECP256R1())
+    pem_key = serialization.load_pem_private_key(entry["private_key_pem"].encode(), password=None)
+    assert isinstance(pem_key, ec.EllipticCurvePrivateKey)
+    assert pem_key.private_numbers() == key.private_numbers()
+    cert = x509.load_der_x509_certificate(bytes.fromhex(entry["certificate_der_hex"]))
+    assert cert == x509.load_pem_x509_certificate(entry["certificate_pem"].encode())
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    assert entry["public_key_uncompressed_hex"] == point.hex()
+    pub = cert.public_key()
+    assert (
+        isinstance(pub, ec.EllipticCurvePublicKey)
+        and pub.public_numbers() == key.public_key().public_numbers()
+    )
+    assert cert.serial_number == entry["serial"]
+    assert cert.not_valid_before_utc == _time(entry["not_before"])
+    assert cert.not_valid_after_utc == _time(entry["not_after"])
+    issuer = _cert(entry["issuer"])
+    issuer_key = issuer.public_key()
+    assert isinstance(issuer_key, ec.EllipticCurvePublicKey)
+    issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+    if entry["role_uri"] is not None:
+        assert role_of(cert) == Role.parse_uri(entry["role_uri"])
+
+
+@pytest.mark.parametrize("label", ["enterprise", "bank", "node-hefei"])
+def test_participant_certificates_chain_to_the_trust_anchor(label: str) -> None:
+    trust = TrustStore(_cert(KEYS["trust_anchor"]))
+    der = _cert(label).public_bytes(serialization.Encoding.DER)
+    assert trust.verify_chain([der], vectors.VERIFY_AT).role == role_of(_cert(label))
+
+
+def test_the_node_certificate_carries_its_pinned_server_name() -> None:
+    entry = next(e for e in KEYS["participants"] if e["label"] == "node-hefei")
+    assert entry["role_uri"] == "creditnet://node/hefei"
+    assert entry["dns_names"][0] == "hefei.node.creditnet"
+
+
+# --- PAE ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", PAE["vectors"], ids=lambda v: v["payload_type"])
+def test_pae_vectors(vector: Any) -> None:
+    body = bytes.fromhex(vector["payload_hex"])
+    t = vector["payload_type"].encode()
+    expected = b"DSSEv1 " + str(len(t)).encode() + b" " + t + b" " + str(len(body)).encode() + b" " + body
+    assert bytes.fromhex(vector["pae_hex"]) == expected == pae(vector["payload_type"], body)
+
+
+def test_the_dsse_specification_example_is_among_the_pae_vectors() -> None:
+    dsse = next(v for v in PAE["vectors"] if v["payload_type"] == "http://example.com/HelloWorld")
+    assert bytes.fromhex(dsse["pae_hex"]) == b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+
+
+# --- positive vectors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", POSITIVE["vectors"], ids=lambda v: v["name"])
+def test_positive_vectors_verify(vector: Any, verifier: EnvelopeVerifier) -> None:
+    env = _envelope(vector)
+    # The JSON form is the same envelope (protobuf JSON mapping, base64 bytes).
+    from_json = json_format.ParseDict(vector["envelope_json"], envelope_pb2.SignedEnvelope())
+    assert from_json == env
+    assert env.payload_type == vector["payload_type"]
+    assert env.payload.hex() == vector["payload_hex"]
+    assert hashlib.sha256(env.payload).hexdigest() == vector["payload_sha256_hex"]
+    signing_input = bytes.fromhex(vector["pae_hex"])
+    assert signing_input == pae(env.payload_type, env.payload)
+    assert hashlib.sha256(signing_input).hexdigest() == vector["pae_sha256_hex"]
+    sig = env.signatures[0]
+    assert len(env.signatures) == 1 and sig.signature.hex() == vector["signatures"][0]["signature_hex"]
+    # Plain ECDSA P-256 / SHA-256 over the PAE with the leaf's key...
+    leaf_key = x509.load_der_x509_certificate(sig.certificate_chain[0]).public_key()
+    assert isinstance(leaf_key, ec.EllipticCurvePublicKey)
+    leaf_key.verify(sig.signature, signing_input, ec.ECDSA(hashes.SHA256()))
+    # ... and the reference verifier at the vector's time.
+    got = verifier.verify(env, vector["payload_type"], what=vector["name"], at=_time(vector["verify_at"]))
+    assert got.payload == env.payload
+    signer = vector["signatures"][0]["certificate_chain"][0]
+    assert got.signer.role == role_of(_cert(signer))
+    # The payload is the message the JSON rendering shows.
+    assert vector["payload_message"].startswith("creditnet.v1.")
+
+
+@pytest.mark.parametrize("vector", POSITIVE["vectors"], ids=lambda v: v["name"])
+def test_positive_signatures_are_rfc6979_deterministic(vector: Any) -> None:
+    """Re-signing the PAE with the published key gives the published signature."""
+    signer = vector["signatures"][0]["certificate_chain"][0]
+    key = vectors.derive_key(signer)
+    again = key.sign(bytes.fromhex(vector["pae_hex"]), ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+    assert again.hex() == vector["signatures"][0]["signature_hex"]
+
+
+def test_the_query_vector_passes_every_node_rule(verifier: EnvelopeVerifier) -> None:
+    vector = _by_name(POSITIVE)["query"]
+    aq = query_mod.authorize(verifier, _envelope(vector), city=City.HEFEI, now=_time(vector["verify_at"]))
+    consent_vector = _by_name(POSITIVE)["consent"]
+    assert aq.consent.digest.hex() == consent_vector["payload_sha256_hex"]
+    assert aq.terms.query_id == vector["payload_json"]["query_id"]
+
+
+def test_the_consent_vector_is_in_its_window(verifier: EnvelopeVerifier) -> None:
+    vector = _by_name(POSITIVE)["consent"]
+    at = _time(vector["verify_at"])
+    check_window(verify_consent(verifier, _envelope(vector), at=at).terms, at)
+
+
+def test_the_revocation_vector_names_the_consent_vector(verifier: EnvelopeVerifier) -> None:
+    vector = _by_name(POSITIVE)["revocation"]
+    rev = verify_revocation(verifier, _envelope(vector), at=_time(vector["verify_at"]))
+    assert rev.consent_digest.hex() == _by_name(POSITIVE)["consent"]["payload_sha256_hex"]
+
+
+def test_the_answer_vector_passes_the_banks_checks(verifier: EnvelopeVerifier) -> None:
+    query_env = _envelope(_by_name(POSITIVE)["query"])
+    query = query_pb2.CreditQuery()
+    query.ParseFromString(query_env.payload)
+    section = aggregator_pb2.CitySection(
+        city=City.HEFEI.proto,
+        status=aggregator_pb2.SECTION_STATUS_OK,
+        answer=_envelope(_by_name(POSITIVE)["answer"]),
+    )
+    got = verify_section(verifier, section, query_env, query)
+    assert got.status is SectionStatus.OK, got.reason
+    assert len(got.records) == 1 and got.profile is not None
+    # The same answer claimed for another city is refused.
+    section.city = City.NANJING.proto
+    assert verify_section(verifier, section, query_env, query).status is SectionStatus.INVALID
+
+
+# --- negative vectors -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", NEGATIVE["vectors"], ids=lambda v: v["name"])
+def test_negative_vectors_fail_with_the_documented_rule(vector: Any, verifier: EnvelopeVerifier) -> None:
+    env = _envelope(vector)
+    assert json_format.ParseDict(vector["envelope_json"], envelope_pb2.SignedEnvelope()) == env
+    at = _time(vector["verify_at"])
+    with pytest.raises(CreditnetError) as err:
+        match vector["check"]:
+            case "envelope":
+                what = WHAT[vector["expected_type"]]
+                verifier.verify(env, vector["expected_type"], what=what, at=at)
+            case "consent":
+                check_window(verify_consent(verifier, env, at=at).terms, at)
+            case "query":
+                query_mod.authorize(verifier, env, city=City.parse(vector["node_city"]), now=at)
+            case other:
+                raise AssertionError(f"unknown check {other!r}")
+    assert {"rule": err.value.rule, "code": err.value.code.name} == vector["expect"]
+
+
+def test_negative_vectors_differ_from_a_positive_one_in_one_respect() -> None:
+    """Each negative is built from the positive consent or query, so the refusal is about that one change."""
+    positive = _by_name(POSITIVE)
+    consent_payload = bytes.fromhex(positive["consent"]["payload_hex"])
+    negative = _by_name(NEGATIVE)
+    swapped = _envelope(negative["payload-type-swapped"])
+    assert swapped.payload == consent_payload and swapped.payload_type != CONSENT_TYPE
+    assert swapped.signatures == _envelope(positive["consent"]).signatures
+    flipped = _envelope(negative["payload-bit-flipped"]).payload
+    assert len(flipped) == len(consent_payload)
+    diff = int.from_bytes(flipped, "big") ^ int.from_bytes(consent_payload, "big")
+    assert diff.bit_count() == 1
+    for name in (
+        "consent-signed-by-bank",
+        "consent-certificate-from-foreign-ca",
+        "consent-certificate-expired",
+    ):
+        assert _envelope(negative[name]).payload == consent_payload
