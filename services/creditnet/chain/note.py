@@ -250,7 +250,8 @@ class Signer:
         """Sign note ``text`` (the bytes before the blank line, final newline included)."""
         if self.alg == ALG_COSIGNATURE_V1:
             ts = int(self._clock()) if timestamp is None else timestamp
-            sig = ts.to_bytes(_TIMESTAMP, "big") + self._key.sign(cosignature_message(ts, text))
+            message = cosignature_message(ts, text)  # checks the range first
+            sig = ts.to_bytes(_TIMESTAMP, "big") + self._key.sign(message)
         else:
             if timestamp is not None:
                 raise NoteError("only cosignature/v1 signatures carry a timestamp")
