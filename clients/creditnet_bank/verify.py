@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
+from creditnet.chain.receipts import ReceiptError, verify_receipt
 from creditnet.dates import date_from_proto, ts_from_proto
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest
 from creditnet.errors import CreditnetError
 from creditnet.pki import RoleKind
-from creditnet.v1 import aggregator_pb2, envelope_pb2, query_pb2, records_pb2
+from creditnet.v1 import aggregator_pb2, chain_pb2, envelope_pb2, query_pb2, records_pb2
 
 
 class SectionStatus(enum.Enum):
@@ -53,6 +54,9 @@ class Section:
     records: list[records_pb2.CreditRecord] = field(default_factory=list)
     # The node's signed answer, kept so the bank can show it to others.
     answer: envelope_pb2.SignedEnvelope | None = None
+    # The credit-chain receipt proving the access was logged, and where.
+    receipt: chain_pb2.Receipt | None = None
+    ledger_index: int | None = None
 
 
 class AnswerInvalid(Exception):
@@ -80,11 +84,44 @@ def verify_section(
     if status not in (SectionStatus.OK, SectionStatus.NO_RECORDS):
         return base
     try:
-        return _verify_answer(verifier, base, section.answer, query_env, query)
+        verified = _verify_answer(verifier, base, section.answer, query_env, query)
+        _verify_receipt(verifier, verified, section, query_env, query)
+        return verified
     except (AnswerInvalid, CreditnetError, ValueError) as exc:
-        base.status = SectionStatus.INVALID
-        base.reason = f"answer rejected by the bank client: {exc}"
-        return base
+        # Nothing of a section that failed verification is kept.
+        return Section(
+            city=base.city,
+            status=SectionStatus.INVALID,
+            reason=f"answer rejected by the bank client: {exc}",
+            code=base.code,
+            latency_ms=base.latency_ms,
+        )
+
+
+def _verify_receipt(
+    verifier: EnvelopeVerifier,
+    section: Section,
+    raw: aggregator_pb2.CitySection,
+    query_env: envelope_pb2.SignedEnvelope,
+    query: query_pb2.CreditQuery,
+) -> None:
+    """The answer must come with a receipt: the access is on the node's log."""
+    if not raw.HasField("receipt"):
+        raise AnswerInvalid("the answer carries no credit-chain receipt")
+    try:
+        vr = verify_receipt(verifier.trust, raw.receipt, section.city.value)
+    except ReceiptError as exc:
+        raise AnswerInvalid(f"receipt: {exc}") from None
+    entry = vr.entry
+    if entry.kind != chain_pb2.ENTRY_KIND_QUERY_ANSWERED or entry.city != section.city.proto:
+        raise AnswerInvalid("receipt: the logged entry is not this city's answer")
+    if entry.query_digest != digest(query_env.payload) or entry.bank_code != query.bank_code:
+        raise AnswerInvalid("receipt: the logged entry is for another query")
+    assert section.answer is not None
+    if entry.disclosed_digest != digest(section.answer.payload):
+        raise AnswerInvalid("receipt: the logged disclosure is not this answer")
+    section.receipt = raw.receipt
+    section.ledger_index = vr.index
 
 
 def _verify_answer(

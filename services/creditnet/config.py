@@ -58,6 +58,12 @@ class NodeConfig:
     key: Path
     ca: Path
     database_url: str
+    # The credit chain: this node's Ed25519 log key, and the witnesses
+    # (name -> endpoint: the other cities and "national") that cosign.
+    log_cert: Path
+    log_key: Path
+    witnesses: dict[str, str] = field(default_factory=dict)
+    quorum: int = 3
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -74,8 +80,12 @@ class NodeConfig:
                 key=_resolve(base, str(data["key"])),
                 ca=_resolve(base, str(data["ca"])),
                 database_url=url,
+                log_cert=_resolve(base, str(data["log_cert"])),
+                log_key=_resolve(base, str(data["log_key"])),
+                witnesses={str(k): str(v) for k, v in dict(data.get("witnesses", {})).items()},
+                quorum=int(data.get("quorum", 3)),
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
 
     def save(self, path: Path) -> None:
@@ -92,6 +102,10 @@ class NodeConfig:
                 "key": _rel(base, self.key),
                 "ca": _rel(base, self.ca),
                 "database_url": url,
+                "log_cert": _rel(base, self.log_cert),
+                "log_key": _rel(base, self.log_key),
+                "witnesses": dict(self.witnesses),
+                "quorum": self.quorum,
             },
         )
 
@@ -106,6 +120,10 @@ class AggregatorConfig:
     state_dir: Path
     # Upper bound on one node call when the caller sets no deadline.
     default_timeout: float = 10.0
+    # The aggregator's log key: it witnesses every city and signs network checkpoints.
+    log_cert: Path | None = None
+    log_key: Path | None = None
+    quorum: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -121,6 +139,9 @@ class AggregatorConfig:
                 nodes={City.parse(k): str(v) for k, v in dict(data["nodes"]).items()},
                 state_dir=_resolve(base, str(data.get("state_dir", "."))),
                 default_timeout=float(data.get("default_timeout", 10.0)),
+                log_cert=_resolve(base, str(data["log_cert"])) if data.get("log_cert") else None,
+                log_key=_resolve(base, str(data["log_key"])) if data.get("log_key") else None,
+                quorum=int(data.get("quorum", 3)),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
@@ -137,6 +158,9 @@ class AggregatorConfig:
                 "nodes": {c.value: ep for c, ep in self.nodes.items()},
                 "state_dir": _rel(base, self.state_dir),
                 "default_timeout": self.default_timeout,
+                "log_cert": _rel(base, self.log_cert) if self.log_cert else None,
+                "log_key": _rel(base, self.log_key) if self.log_key else None,
+                "quorum": self.quorum,
             },
         )
 

@@ -34,7 +34,10 @@ CONSENT_TYPE: Final = "application/vnd.creditnet.consent.v1+protobuf"
 REVOCATION_TYPE: Final = "application/vnd.creditnet.revocation.v1+protobuf"
 QUERY_TYPE: Final = "application/vnd.creditnet.query.v1+protobuf"
 ANSWER_TYPE: Final = "application/vnd.creditnet.answer.v1+protobuf"
-PAYLOAD_TYPES: Final = frozenset({CONSENT_TYPE, REVOCATION_TYPE, QUERY_TYPE, ANSWER_TYPE})
+HISTORY_REQUEST_TYPE: Final = "application/vnd.creditnet.history-request.v1+protobuf"
+PAYLOAD_TYPES: Final = frozenset(
+    {CONSENT_TYPE, REVOCATION_TYPE, QUERY_TYPE, ANSWER_TYPE, HISTORY_REQUEST_TYPE}
+)
 
 MAX_PAYLOAD_BYTES: Final = 1 << 20
 MAX_SIGNATURE_BYTES: Final = 80

@@ -49,3 +49,7 @@ class ResourceExhausted(CreditnetError):
 
 class NotFound(CreditnetError):
     code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(CreditnetError):
+    code = grpc.StatusCode.UNAVAILABLE

@@ -28,6 +28,8 @@ from typing import Any
 from creditnet import consent as consent_mod
 from creditnet import synthetic
 from creditnet.aggregator.server import RunningAggregator, start_aggregator
+from creditnet.chain.keys import NATIONAL, LogKey
+from creditnet.chain.ledger import DEFAULT_QUORUM
 from creditnet.config import AggregatorConfig, NodeConfig
 from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, ALL_CITIES, Category, City, Purpose
@@ -117,6 +119,7 @@ def provision(
     enterprises_per_city: int = 2000,
     seed: int = 20221118,
     host: str = "127.0.0.1",
+    quorum: int = DEFAULT_QUORUM,
     progress: Callable[[str, int], None] | None = None,
 ) -> NetworkLayout:
     """Create a complete network in `root` (which must be empty or absent)."""
@@ -129,9 +132,12 @@ def provision(
     demo_uscc = synthetic.pick_demo_enterprise(seed, enterprises_per_city)
     identities: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     cities: dict[str, dict[str, str]] = {}
-    node_endpoints: dict[City, str] = {}
+    node_endpoints = {city: f"{host}:{free_port()}" for city in ALL_CITIES}
+    agg_endpoint = f"{host}:{free_port()}"
+    witness_endpoints = {c.value: ep for c, ep in node_endpoints.items()} | {NATIONAL: agg_endpoint}
     for city in ALL_CITIES:
         ndir = root / "nodes" / city.value
+        LogKey.issue(ca, city.value).save(ndir / "logkey.pem", ndir / "logkey.key")
         node_id = issue_identity(ca, Role.node(city))
         identities["nodes"][city.value] = _ident(root, ndir, "node", node_id)
         identities["operators"][city.value] = _ident(
@@ -143,8 +149,7 @@ def provision(
             f"{city.value}-all",
             issue_identity(ca, Role.provider(city, "demo-data-exchange", ALL_CATEGORIES)),
         )
-        endpoint = f"{host}:{free_port()}"
-        node_endpoints[city] = endpoint
+        endpoint = node_endpoints[city]
         config = NodeConfig(
             city=city,
             listen=endpoint,
@@ -152,6 +157,10 @@ def provision(
             key=ndir / "node.key",
             ca=root / ca_rel,
             database_url=f"sqlite:///{ndir / 'node.db'}",
+            log_cert=ndir / "logkey.pem",
+            log_key=ndir / "logkey.key",
+            witnesses={n: ep for n, ep in witness_endpoints.items() if n != city.value},
+            quorum=quorum,
         )
         config.save(ndir / "node.json")
         cities[city.value] = {
@@ -162,7 +171,7 @@ def provision(
     identities["aggregator"]["national"] = _ident(
         root, adir, "aggregator", issue_identity(ca, Role.aggregator())
     )
-    agg_endpoint = f"{host}:{free_port()}"
+    LogKey.issue(ca, NATIONAL).save(adir / "logkey.pem", adir / "logkey.key")
     AggregatorConfig(
         listen=agg_endpoint,
         cert=adir / "aggregator.pem",
@@ -170,6 +179,9 @@ def provision(
         ca=root / ca_rel,
         nodes=node_endpoints,
         state_dir=adir,
+        log_cert=adir / "logkey.pem",
+        log_key=adir / "logkey.key",
+        quorum=quorum,
     ).save(adir / "aggregator.json")
     for code in (DEMO_BANK, SECOND_BANK):
         identities["banks"][code] = _ident(root, root / "banks", code, issue_identity(ca, Role.bank(code)))
@@ -187,6 +199,7 @@ def provision(
         },
         "cities": {c: {**v, "server_name": f"{c}.node.creditnet"} for c, v in cities.items()},
         "identities": identities,
+        "chain": {"quorum": quorum},
         "demo": {
             "enterprise": demo_uscc,
             "bank": DEMO_BANK,

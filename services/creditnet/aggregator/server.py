@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import grpc
+
 from creditnet.aggregator.directory import NodeDirectory
+from creditnet.aggregator.head import NetworkCheckpointer
 from creditnet.aggregator.service import AggregatorService
+from creditnet.chain.keys import LogKey
+from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import AggregatorConfig
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import ServerHandle, start_server
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc
+from creditnet.store import Store
+from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
 
@@ -20,6 +26,7 @@ class RunningAggregator:
     handle: ServerHandle
     service: AggregatorService
     directory: NodeDirectory
+    store: Store | None = None
 
     @property
     def port(self) -> int:
@@ -27,8 +34,12 @@ class RunningAggregator:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.service.outbox.stop()
+        if self.service.head is not None:
+            await self.service.head.stop()
         await self.handle.stop(grace)
         await self.directory.close()
+        if self.store is not None:
+            self.store.close()
 
 
 async def start_aggregator(config: AggregatorConfig) -> RunningAggregator:
@@ -42,12 +53,30 @@ async def start_aggregator(config: AggregatorConfig) -> RunningAggregator:
         state_dir=config.state_dir,
         default_timeout=config.default_timeout,
     )
+    store: Store | None = None
+    witness_service: WitnessService | None = None
+    names = [SERVICE_NAME]
+    if config.log_key is not None and config.log_cert is not None:
+        # The aggregator witnesses every city's log and heads the network chain.
+        log_key = LogKey.load(config.log_cert, config.log_key)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        store = Store.open(f"sqlite:///{config.state_dir / 'witness.db'}")
+        witness = Witness(store, log_key)
+        witness_service = WitnessService(witness, trust)
+        service.head = NetworkCheckpointer(
+            directory, trust, log_key, witness, config.state_dir / "network-head.json", config.quorum
+        )
+        names.append(chain_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name)
+
+    def register(server: grpc.aio.Server) -> None:
+        aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(service, server)
+        if witness_service is not None:
+            chain_pb2_grpc.add_WitnessServiceServicer_to_server(witness_service, server)
+
     handle = await start_server(
-        listen=config.listen,
-        identity=identity,
-        trust=trust,
-        register=lambda s: aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(service, s),
-        service_names=[SERVICE_NAME],
+        listen=config.listen, identity=identity, trust=trust, register=register, service_names=names
     )
     service.outbox.start()
-    return RunningAggregator(config=config, handle=handle, service=service, directory=directory)
+    if service.head is not None:
+        service.head.start()
+    return RunningAggregator(config=config, handle=handle, service=service, directory=directory, store=store)

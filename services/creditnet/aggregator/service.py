@@ -12,12 +12,13 @@ from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
 from creditnet.aggregator.directory import NodeDirectory, NodeLink
+from creditnet.aggregator.head import NetworkCheckpointer
 from creditnet.aggregator.revocations import RevocationOutbox
 from creditnet.consent import verify_revocation
 from creditnet.dates import ts_to_proto, utcnow
 from creditnet.domain import City
 from creditnet.envelope import EnvelopeVerifier
-from creditnet.errors import PermissionDenied
+from creditnet.errors import FailedPrecondition, PermissionDenied
 from creditnet.pki import Identity, RoleKind, TrustStore
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2, envelope_pb2, node_pb2, query_pb2
@@ -45,6 +46,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self.directory = directory
         self.default_timeout = default_timeout
         self.outbox = RevocationOutbox(state_dir / "revocations", directory)
+        self.head: NetworkCheckpointer | None = None
 
     @refusals
     async def FederatedQuery(
@@ -106,6 +108,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             city=city,
             status=S.SECTION_STATUS_NO_RECORDS if empty else S.SECTION_STATUS_OK,
             answer=resp.answer,
+            receipt=resp.receipt,
         )
 
     @refusals
@@ -140,6 +143,19 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             if link.last_checked:
                 status.last_checked.CopyFrom(ts_to_proto(link.last_checked))
         return out
+
+    @refusals
+    async def GetNetworkCheckpoint(
+        self, request: S.GetNetworkCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> S.GetNetworkCheckpointResponse:
+        self.peers.role(context)
+        if self.head is None or not self.head.head.note:
+            raise FailedPrecondition("chain.unpublished", "no network checkpoint has been made yet")
+        return S.GetNetworkCheckpointResponse(
+            checkpoint=self.head.head.note,
+            city_checkpoints=[self.head.head.city_notes[c] for c in sorted(self.head.head.city_notes)],
+            key_certificates=[self.head.log_key.certificate_der],
+        )
 
 
 def _section_for_error(city: common_pb2.City.ValueType, exc: grpc.aio.AioRpcError) -> S.CitySection:

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
+import grpc
+
+from creditnet.chain.keys import LogKey
+from creditnet.chain.ledger import Ledger, WitnessLink
+from creditnet.chain.service import ChainService
+from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import NodeConfig
 from creditnet.node.service import CityNodeService
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore
-from creditnet.v1 import node_pb2, node_pb2_grpc
+from creditnet.v1 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["CityNodeService"].full_name
+CHAIN_SERVICES = [
+    chain_pb2.DESCRIPTOR.services_by_name["ChainService"].full_name,
+    chain_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name,
+]
 
 
 @dataclass
@@ -23,6 +34,7 @@ class RunningNode:
     handle: ServerHandle
     store: AsyncStore
     service: CityNodeService
+    ledger: Ledger
 
     @property
     def port(self) -> int:
@@ -30,24 +42,39 @@ class RunningNode:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.handle.stop(grace)
+        await self.ledger.stop()
         await self.store.close()
 
 
 async def start_node(config: NodeConfig) -> RunningNode:
     identity = Identity.load(config.cert, config.key)
     trust = TrustStore.load(config.ca)
+    log_key = LogKey.load(config.log_cert, config.log_key)
+    if log_key.name != config.city.value:
+        raise ValueError(f"the log key is for {log_key.name!r}, not for the {config.city.value} node")
     store = await AsyncStore.open(config.database_url)
-    service = CityNodeService(city=config.city, identity=identity, trust=trust, store=store)
+    witnesses = [WitnessLink.connect(n, ep, identity, trust) for n, ep in config.witnesses.items()]
+    ledger = await asyncio.to_thread(Ledger, store.store, log_key, witnesses=witnesses, quorum=config.quorum)
+    witness = Witness(store.store, log_key)
+    service = CityNodeService(city=config.city, identity=identity, trust=trust, store=store, ledger=ledger)
+    chain = ChainService(city=config.city, ledger=ledger, witness=witness, trust=trust)
+
+    def register(server: grpc.aio.Server) -> None:
+        node_pb2_grpc.add_CityNodeServiceServicer_to_server(service, server)
+        chain_pb2_grpc.add_ChainServiceServicer_to_server(chain, server)
+        chain_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessService(witness, trust), server)
+
     try:
         handle = await start_server(
             listen=config.listen,
             identity=identity,
             trust=trust,
-            register=lambda s: node_pb2_grpc.add_CityNodeServiceServicer_to_server(service, s),
-            service_names=[SERVICE_NAME],
+            register=register,
+            service_names=[SERVICE_NAME, *CHAIN_SERVICES],
         )
     except BaseException:
         await store.close()
         raise
+    ledger.start()
     log.info("node %s serving on port %d", config.city.value, handle.port)
-    return RunningNode(config=config, handle=handle, store=store, service=service)
+    return RunningNode(config=config, handle=handle, store=store, service=service, ledger=ledger)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -11,20 +12,23 @@ import grpc
 from creditnet import __version__, records
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
+from creditnet.chain.ledger import Ledger
 from creditnet.consent import verify_revocation
 from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City
-from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, sign
-from creditnet.errors import AlreadyExists, PermissionDenied
+from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest, sign
+from creditnet.errors import AlreadyExists, CreditnetError, PermissionDenied, Unavailable
 from creditnet.pki import Identity, RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, AuthorizedQuery
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.store import AsyncStore, ClaimOutcome
-from creditnet.v1 import envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
+from creditnet.v1 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
 
 log = logging.getLogger(__name__)
 
 MAX_REJECTIONS_REPORTED = 100
+# How long an answer may wait for witnesses when the caller set no deadline.
+RECEIPT_WAIT = 5.0
 
 
 class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
@@ -35,6 +39,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         identity: Identity,
         trust: TrustStore,
         store: AsyncStore,
+        ledger: Ledger,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         if identity.role.kind is not RoleKind.NODE or identity.role.city is not city:
@@ -45,6 +50,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         self.verifier = EnvelopeVerifier(trust)
         self.peers = PeerIdentities(trust)
         self.store = store
+        self.ledger = ledger
         self.clock = clock
 
     # -- queries -------------------------------------------------------------
@@ -57,10 +63,50 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         # bank's own signature and the enterprise's consent decide.
         self.peers.require(context, RoleKind.AGGREGATOR, RoleKind.BANK)
         now = self.clock()
-        aq = query_mod.authorize(self.verifier, request.query, city=self.city, now=now)
-        await self._claim(aq)
-        answer = await self._answer(aq, now)
-        return node_pb2.QueryResponse(answer=answer)
+        try:
+            aq = query_mod.authorize(self.verifier, request.query, city=self.city, now=now)
+            await self._claim(aq)
+        except CreditnetError as exc:
+            # Refusals are accesses too: the enterprise sees them in its history.
+            await self._log_refusal(request.query, exc, now)
+            raise
+        answer, disclosed = await self._answer(aq, now)
+        entry = _query_entry(aq, self.city, now, chain_pb2.ENTRY_KIND_QUERY_ANSWERED)
+        entry.disclosed_digest = digest(answer.payload)
+        entry.records_disclosed = disclosed
+        # The entry is on disk before anything is disclosed, and the answer
+        # leaves only with a receipt that witnesses have cosigned.
+        appended = await self.ledger.append(entry, aq.terms.enterprise_uscc)
+        remaining = context.time_remaining()
+        wait = RECEIPT_WAIT if remaining is None else max(0.0, min(RECEIPT_WAIT, remaining - 0.02))
+        try:
+            receipt = await self.ledger.receipt(appended.index, appended.entry, wait)
+        except TimeoutError:
+            raise Unavailable(
+                "chain.unpublished", "the access is logged but witnesses have not cosigned it yet; retry"
+            ) from None
+        return node_pb2.QueryResponse(answer=answer, receipt=receipt)
+
+    async def _log_refusal(
+        self, env: envelope_pb2.SignedEnvelope, exc: CreditnetError, now: dt.datetime
+    ) -> None:
+        try:
+            terms, consent = query_mod.parse_terms(env.payload)
+        except CreditnetError:
+            return  # not a query at all: nothing names an enterprise to tell
+        entry = chain_pb2.LedgerEntry(
+            kind=chain_pb2.ENTRY_KIND_QUERY_REFUSED,
+            time=ts_to_proto(now),
+            city=self.city.proto,
+            query_id=terms.query_id,
+            query_digest=digest(env.payload),
+            bank_code=terms.bank_code[:64],
+            purpose=terms.purpose.proto,
+            categories=[c.proto for c in terms.categories],
+            consent_digest=digest(consent.payload),
+            refusal=f"{exc.code.name} {exc.rule}",
+        )
+        await self.ledger.append(entry, terms.enterprise_uscc)
 
     async def _claim(self, aq: AuthorizedQuery) -> None:
         outcome = await self.store.claim_query(
@@ -78,7 +124,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 "consent.uses_exhausted", "the consent's maximum number of uses is reached"
             )
 
-    async def _answer(self, aq: AuthorizedQuery, now: dt.datetime) -> envelope_pb2.SignedEnvelope:
+    async def _answer(self, aq: AuthorizedQuery, now: dt.datetime) -> tuple[envelope_pb2.SignedEnvelope, int]:
         uscc = aq.terms.enterprise_uscc
         found = await self.store.find_records(uscc, aq.categories, aq.data_from, aq.data_to)
         profile = None
@@ -97,7 +143,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         )
         if profile is not None:
             answer.profile.CopyFrom(profile)
-        return sign(ANSWER_TYPE, answer.SerializeToString(deterministic=True), self.identity)
+        return sign(ANSWER_TYPE, answer.SerializeToString(deterministic=True), self.identity), len(found)
 
     # -- data providers ------------------------------------------------------
 
@@ -138,6 +184,20 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 result = await self.store.ingest(valid, provider_id)
                 summary.accepted += result.accepted
                 summary.duplicates += result.duplicates
+                h = hashlib.sha256()
+                for rec in valid:
+                    data = rec.SerializeToString(deterministic=True)
+                    h.update(len(data).to_bytes(4, "big") + data)
+                await self.ledger.append(
+                    chain_pb2.LedgerEntry(
+                        kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
+                        time=ts_to_proto(self.clock()),
+                        city=self.city.proto,
+                        provider_id=provider_id,
+                        batch_digest=h.digest(),
+                        batch_records=len(valid),
+                    )
+                )
             summary.batches += 1
         log.info(
             "provider %s submitted %d records: %d new, %d duplicate, %d rejected",
@@ -166,6 +226,17 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             rev.revoked_at,
             request.revocation.SerializeToString(deterministic=True),
         )
+        if newly:
+            await self.ledger.append(
+                chain_pb2.LedgerEntry(
+                    kind=chain_pb2.ENTRY_KIND_CONSENT_REVOKED,
+                    time=ts_to_proto(self.clock()),
+                    city=self.city.proto,
+                    consent_id=rev.consent_id[:64],
+                    consent_digest=rev.consent_digest,
+                ),
+                rev.enterprise_uscc,
+            )
         return node_pb2.RevokeConsentResponse(newly_revoked=newly)
 
     @refusals
@@ -182,6 +253,21 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             records_by_category={str(k): v for k, v in stats.records_by_category.items()},
             version=__version__,
         )
+
+
+def _query_entry(aq: AuthorizedQuery, city: City, now: dt.datetime, kind: int) -> chain_pb2.LedgerEntry:
+    return chain_pb2.LedgerEntry(
+        kind=kind,  # type: ignore[arg-type]
+        time=ts_to_proto(now),
+        city=city.proto,
+        query_id=aq.terms.query_id,
+        query_digest=aq.digest,
+        bank_code=aq.terms.bank_code,
+        purpose=aq.terms.purpose.proto,
+        categories=[c.proto for c in aq.categories],
+        consent_id=aq.consent.terms.consent_id,
+        consent_digest=aq.consent.digest,
+    )
 
 
 def _check_provider_scope(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Self, cast
@@ -400,6 +400,11 @@ class Store:
             revocations=int(revocations),
             db_size_bytes=size,
         )
+
+    def write_transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction on this store's database (BEGIN IMMEDIATE on SQLite),
+        for other parts of the node that keep tables here (the credit chain)."""
+        return self._writing()
 
     # -- internals -------------------------------------------------------
 

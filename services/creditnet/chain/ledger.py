@@ -1,0 +1,314 @@
+"""A city node's credit-chain log: durable, group-committed appends, and
+checkpoints cosigned by witnesses.
+
+Appends from concurrent calls are gathered while the previous commit runs and
+written together in one transaction (group commit), on one writer thread: an
+answer is released only after its entry is on disk. A publisher task then
+signs a checkpoint for the new size and asks the witnesses to cosign it; once
+`quorum` of them have, the checkpoint is published and every waiting answer
+gets its receipt (entry, inclusion proof, cosigned checkpoint). Signing
+happens only for sizes of this one append-only tree, so the node never signs
+two inconsistent checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from sqlalchemy import insert, select, update
+
+from creditnet.chain.checkpoint import Checkpoint, Cosignature, SignedCheckpoint
+from creditnet.chain.keys import LogKey
+from creditnet.chain.models import CHECKPOINTS
+from creditnet.chain.sqlstore import PendingEntry, SqlLog
+from creditnet.dates import utcnow
+from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
+from creditnet.rpc import secure_channel
+from creditnet.store import Store
+from creditnet.v1 import chain_pb2, chain_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUORUM = 3
+COSIGN_TIMEOUT = 2.0
+COMMITMENT_CONTEXT = b"creditnet/enterprise/v1\x00"
+
+
+def enterprise_commitment(uscc: str, salt: bytes) -> bytes:
+    return hashlib.sha256(COMMITMENT_CONTEXT + uscc.encode("ascii") + salt).digest()
+
+
+@dataclass
+class WitnessLink:
+    """A witness this log asks for cosignatures, and what it last cosigned."""
+
+    name: str
+    endpoint: str
+    stub: chain_pb2_grpc.WitnessServiceStub
+    channel: grpc.aio.Channel
+    size: int | None = None
+    last_error: str = ""
+
+    @classmethod
+    def connect(cls, name: str, endpoint: str, identity: Identity, trust: TrustStore) -> WitnessLink:
+        from creditnet.domain import City
+
+        server = AGGREGATOR_SERVER_NAME if name == "national" else node_server_name(City.parse(name))
+        channel = secure_channel(endpoint, identity, trust, server)
+        return cls(
+            name=name, endpoint=endpoint, stub=chain_pb2_grpc.WitnessServiceStub(channel), channel=channel
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    index: int
+    # Salt of the entry's enterprise commitment (empty when it names none).
+    salt: bytes
+    # The exact entry bytes: the Merkle leaf.
+    entry: bytes
+
+
+@dataclass
+class Published:
+    size: int
+    note: str
+    cosignatures: int
+    key_certificates: list[bytes] = field(default_factory=list)
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: Store,
+        log_key: LogKey,
+        *,
+        witnesses: Sequence[WitnessLink] = (),
+        quorum: int = DEFAULT_QUORUM,
+    ) -> None:
+        self.log_key = log_key
+        self.origin = log_key.origin
+        self.witnesses = list(witnesses)
+        self.quorum = quorum
+        self._store = store
+        self._writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain-writer")
+        self.log = SqlLog(store)
+        self._queue: list[tuple[PendingEntry, asyncio.Future[int]]] = []
+        self._wake_writer = asyncio.Event()
+        self._wake_publisher = asyncio.Event()
+        self._published_changed = asyncio.Condition()
+        self.committed_size = self.log.tree.size
+        self.published: Published | None = self._load_published()
+        self.witness_certs: dict[str, bytes] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.group_commits = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._publish_loop())]
+        if self.published is None or self.published.size < self.committed_size:
+            self._wake_publisher.set()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await asyncio.gather(*(w.channel.close() for w in self.witnesses), return_exceptions=True)
+        self._writer.shutdown(wait=True)
+
+    # -- appends -----------------------------------------------------------
+
+    async def append(self, entry: chain_pb2.LedgerEntry, uscc: str | None = None) -> Appended:
+        """Append durably (the entry is on disk when this returns)."""
+        salt = b""
+        if uscc is not None:
+            salt = os.urandom(16)
+            entry.enterprise_commitment = enterprise_commitment(uscc, salt)
+        data = entry.SerializeToString(deterministic=True)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append((PendingEntry(data, int(entry.kind), uscc, salt or None), fut))
+        self._wake_writer.set()
+        return Appended(index=await fut, salt=salt, entry=data)
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            while self._queue:
+                # Everything queued while the previous commit ran goes in one transaction.
+                batch, self._queue = self._queue, []
+                try:
+                    first = await loop.run_in_executor(self._writer, self.log.append, [p for p, _ in batch])
+                except Exception as exc:
+                    log.exception("credit-chain append failed")
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                self.group_commits += 1
+                self.committed_size = first + len(batch)
+                for i, (_, fut) in enumerate(batch):
+                    if not fut.done():
+                        fut.set_result(first + i)
+                self._wake_publisher.set()
+
+    # -- checkpoints and witnesses ------------------------------------------
+
+    def _load_published(self) -> Published | None:
+        with self._store.engine.connect() as conn:
+            row = conn.execute(
+                select(CHECKPOINTS.c.size, CHECKPOINTS.c.note, CHECKPOINTS.c.cosignatures)
+                .where(CHECKPOINTS.c.cosignatures >= self.quorum)
+                .order_by(CHECKPOINTS.c.size.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        return Published(int(row.size), str(row.note), int(row.cosignatures), [self.log_key.certificate_der])
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._wake_publisher.wait()
+            self._wake_publisher.clear()
+            size = self.committed_size
+            if self.published is not None and self.published.size >= size:
+                continue
+            try:
+                ok = await self.publish(size)
+            except Exception:
+                log.exception("publishing checkpoint %d failed", size)
+                ok = False
+            if not ok:
+                # Not enough witnesses now: try again shortly (and on the next append).
+                await asyncio.sleep(0.2)
+                self._wake_publisher.set()
+
+    async def publish(self, size: int) -> bool:
+        root = await asyncio.to_thread(self.log.tree.root, size)
+        signed = Checkpoint(self.origin, size, root).sign(self.log_key.log_signer)
+        await asyncio.to_thread(self._save_checkpoint, size, signed.encode(), 0)
+        cosigs: list[Cosignature] = []
+        certs: list[bytes] = [self.log_key.certificate_der]
+        if self.witnesses:
+            pending = {asyncio.create_task(self._cosign(w, signed)) for w in self.witnesses}
+            try:
+                while pending and len(cosigs) < self.quorum:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        got = task.result()
+                        if got is not None:
+                            cosigs.append(got[0])
+                            certs.append(got[1])
+            finally:
+                # Slow witnesses finish in the background and keep their state.
+                for task in pending:
+                    task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        note = signed.with_cosignatures(cosigs).encode() if cosigs else signed.encode()
+        await asyncio.to_thread(self._save_checkpoint, size, note, len(cosigs))
+        if len(cosigs) < self.quorum:
+            log.warning("checkpoint %d has %d of %d cosignatures", size, len(cosigs), self.quorum)
+            return False
+        async with self._published_changed:
+            if self.published is None or self.published.size < size:
+                self.published = Published(size, note, len(cosigs), certs)
+            self._published_changed.notify_all()
+        return True
+
+    def _save_checkpoint(self, size: int, note: str, cosignatures: int) -> None:
+        with self._store.write_transaction() as conn:
+            updated = conn.execute(
+                update(CHECKPOINTS)
+                .where(CHECKPOINTS.c.size == size, CHECKPOINTS.c.cosignatures <= cosignatures)
+                .values(note=note, cosignatures=cosignatures)
+            ).rowcount
+            exists = conn.execute(select(CHECKPOINTS.c.size).where(CHECKPOINTS.c.size == size)).first()
+            if not updated and exists is None:
+                conn.execute(
+                    insert(CHECKPOINTS).values(
+                        size=size, note=note, cosignatures=cosignatures, signed_at=utcnow()
+                    )
+                )
+
+    async def _cosign(self, w: WitnessLink, signed: SignedCheckpoint) -> tuple[Cosignature, bytes] | None:
+        size = signed.checkpoint.size
+        for _ in range(2):
+            old = w.size or 0
+            if old > size:
+                return None
+            proof = await asyncio.to_thread(self.log.tree.consistency_proof, old, size) if old else []
+            try:
+                resp = await w.stub.AddCheckpoint(
+                    chain_pb2.AddCheckpointRequest(
+                        old_size=old,
+                        consistency_proof=proof,
+                        checkpoint=signed.encode(),
+                        log_key_certificate=self.log_key.certificate_der,
+                    ),
+                    timeout=COSIGN_TIMEOUT,
+                )
+            except grpc.aio.AioRpcError as exc:
+                w.last_error = f"{exc.code().name}: {exc.details()}"
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    known = dict(_trailing(exc)).get("creditnet-witness-size")
+                    if known is not None and known.isdigit() and int(known) != old:
+                        w.size = int(known)
+                        continue  # retry once from the size the witness has
+                return None
+            w.size = size
+            w.last_error = ""
+            self.witness_certs[w.name] = resp.witness_key_certificate
+            try:
+                return Cosignature.parse_line(
+                    resp.cosignature.strip("\n") + "\n"
+                ), resp.witness_key_certificate
+            except ValueError:
+                w.last_error = "malformed cosignature"
+                return None
+        return None
+
+    # -- receipts ----------------------------------------------------------
+
+    async def wait_published(self, index: int, timeout: float) -> Published | None:
+        async def covered() -> Published:
+            async with self._published_changed:
+                await self._published_changed.wait_for(
+                    lambda: self.published is not None and self.published.size > index
+                )
+                assert self.published is not None
+                return self.published
+
+        try:
+            return await asyncio.wait_for(covered(), timeout)
+        except TimeoutError:
+            return None
+
+    async def receipt(self, index: int, entry: bytes, timeout: float) -> chain_pb2.Receipt:
+        pub = await self.wait_published(index, timeout)
+        if pub is None:
+            raise TimeoutError("no cosigned checkpoint covers this entry yet")
+        proof = await asyncio.to_thread(self.log.tree.inclusion_proof, index, pub.size)
+        return chain_pb2.Receipt(
+            index=index,
+            entry=entry,
+            tree_size=pub.size,
+            inclusion_proof=proof,
+            checkpoint=pub.note,
+            key_certificates=pub.key_certificates,
+        )
+
+
+def _trailing(exc: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    md = exc.trailing_metadata() or ()
+    return [(str(k), v.decode() if isinstance(v, bytes) else str(v)) for k, v in md]

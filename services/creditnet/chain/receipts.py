@@ -1,0 +1,71 @@
+"""Offline verification of credit-chain receipts, against the network CA only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from creditnet.chain.checkpoint import CosignedCheckpoint, verify_cosigned
+from creditnet.chain.keys import known_keys, log_origin
+from creditnet.chain.ledger import DEFAULT_QUORUM, enterprise_commitment
+from creditnet.chain.merkle import leaf_hash, verify_inclusion
+from creditnet.chain.note import NoteError
+from creditnet.pki import TrustStore
+from creditnet.v1 import chain_pb2
+
+
+class ReceiptError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedReceipt:
+    entry: chain_pb2.LedgerEntry
+    index: int
+    checkpoint: CosignedCheckpoint
+
+
+def verify_checkpoint(
+    trust: TrustStore, note: str, certificates: list[bytes], name: str, quorum: int = DEFAULT_QUORUM
+) -> CosignedCheckpoint:
+    """The log `name`'s signature and `quorum` cosignatures by other witnesses."""
+    keys = known_keys(trust, certificates)
+    own = keys.get(name)
+    if own is None:
+        raise ReceiptError(f"no valid log-key certificate for {name}")
+    witnesses = [k.witness for n, k in keys.items() if n != name]
+    if len(witnesses) < quorum:
+        raise ReceiptError(f"{len(witnesses)} witness key certificates, {quorum} cosignatures needed")
+    try:
+        return verify_cosigned(note, [own.log], witnesses, quorum, origin=log_origin(name))
+    except (NoteError, ValueError) as exc:
+        raise ReceiptError(f"checkpoint does not verify: {exc}") from None
+
+
+def verify_receipt(
+    trust: TrustStore, receipt: chain_pb2.Receipt, name: str, quorum: int = DEFAULT_QUORUM
+) -> VerifiedReceipt:
+    cp = verify_checkpoint(trust, receipt.checkpoint, list(receipt.key_certificates), name, quorum)
+    if receipt.tree_size != cp.checkpoint.size:
+        raise ReceiptError("the proof is for another tree size than the checkpoint")
+    try:
+        verify_inclusion(
+            leaf_hash(receipt.entry),
+            receipt.index,
+            receipt.tree_size,
+            list(receipt.inclusion_proof),
+            cp.checkpoint.root_hash,
+        )
+    except ValueError as exc:
+        raise ReceiptError(f"the entry is not in the checkpoint: {exc}") from None
+    entry = chain_pb2.LedgerEntry()
+    try:
+        entry.ParseFromString(receipt.entry)
+    except DecodeError:
+        raise ReceiptError("the entry is not a LedgerEntry") from None
+    return VerifiedReceipt(entry=entry, index=receipt.index, checkpoint=cp)
+
+
+def check_commitment(entry: chain_pb2.LedgerEntry, uscc: str, salt: bytes) -> bool:
+    return entry.enterprise_commitment == enterprise_commitment(uscc, salt)

@@ -1,0 +1,135 @@
+"""The log's durable state in SQL: entries, perfect-subtree hashes, size.
+
+`SqlLog` implements tree.HashStore. An append writes the new entries, every
+newly completed subtree hash and the new size in ONE transaction whose size
+update is conditional on the size it extends, so two writers can never
+interleave and a crash leaves either the whole batch or none of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, insert, select, tuple_, update
+
+from creditnet.chain.models import CHAIN_METADATA, ENTRIES, HASHES, META
+from creditnet.chain.tree import MerkleTree, NodeKey, TreeConflictError
+from creditnet.store import Store
+
+# Subtree hashes never change once written: cache the ones proofs keep reading.
+HASH_CACHE = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    entry: bytes
+    kind: int
+    uscc: str | None = None
+    salt: bytes | None = None
+
+
+class SqlLog:
+    """A HashStore over the node's database that also stores the entries."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._engine: Engine = store.engine
+        CHAIN_METADATA.create_all(self._engine)
+        with store.write_transaction() as conn:
+            if conn.execute(select(META.c.size).where(META.c.id == 1)).scalar_one_or_none() is None:
+                conn.execute(insert(META).values(id=1, size=0))
+        self._pending: list[PendingEntry] = []
+        self._cache: dict[NodeKey, bytes] = {}
+        self._lock = threading.Lock()
+        self.tree = MerkleTree(self)
+
+    # -- HashStore ---------------------------------------------------------
+
+    def size(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(META.c.size).where(META.c.id == 1)).scalar_one())
+
+    def get(self, level: int, index: int) -> bytes:
+        return self.get_many([(level, index)])[(level, index)]
+
+    def get_many(self, keys: Iterable[NodeKey]) -> dict[NodeKey, bytes]:
+        wanted = list(dict.fromkeys(keys))
+        out = {k: self._cache[k] for k in wanted if k in self._cache}
+        missing = [k for k in wanted if k not in out]
+        if missing:
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    select(HASHES.c.level, HASHES.c.idx, HASHES.c.hash).where(
+                        tuple_(HASHES.c.level, HASHES.c.idx).in_(missing)
+                    )
+                ).all()
+            found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
+            absent = [k for k in missing if k not in found]
+            if absent:
+                raise KeyError(f"subtree hashes missing from the log: {absent[:3]}")
+            with self._lock:
+                if len(self._cache) > HASH_CACHE:
+                    self._cache.clear()
+                self._cache.update(found)
+            out.update(found)
+        return out
+
+    def put_batch(self, items: list[tuple[int, int, bytes]], new_size: int) -> None:
+        pending, self._pending = self._pending, []
+        old_size = new_size - sum(1 for level, _, _ in items if level == 0)
+        with self._store.write_transaction() as conn:
+            moved = conn.execute(
+                update(META).where(META.c.id == 1, META.c.size == old_size).values(size=new_size)
+            ).rowcount
+            if moved != 1:
+                raise TreeConflictError(f"the log is no longer at size {old_size}; another writer appended")
+            if pending:
+                conn.execute(
+                    insert(ENTRIES),
+                    [
+                        {
+                            "idx": old_size + i,
+                            "entry": p.entry,
+                            "kind": p.kind,
+                            "uscc": p.uscc,
+                            "salt": p.salt,
+                        }
+                        for i, p in enumerate(pending)
+                    ],
+                )
+            if items:
+                conn.execute(insert(HASHES), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in items])
+
+    # -- entries -----------------------------------------------------------
+
+    def append(self, entries: Sequence[PendingEntry]) -> int:
+        """Durably append; returns the index of the first. Single writer only."""
+        self._pending = list(entries)
+        try:
+            return self.tree.append_many([p.entry for p in entries])
+        except BaseException:
+            self._pending = []
+            # The in-memory right edge may be ahead of what was stored.
+            self.tree.reload()
+            raise
+
+    def entries(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(ENTRIES.c.idx, ENTRIES.c.entry)
+                .where(ENTRIES.c.idx >= start, ENTRIES.c.idx < end)
+                .order_by(ENTRIES.c.idx)
+            ).all()
+        return [(int(r.idx), bytes(r.entry)) for r in rows]
+
+    def entries_of(self, uscc: str, limit: int = 10_000) -> list[tuple[int, bytes, bytes]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(ENTRIES.c.idx, ENTRIES.c.entry, ENTRIES.c.salt)
+                .where(ENTRIES.c.uscc == uscc)
+                .order_by(ENTRIES.c.idx)
+                .limit(limit)
+            ).all()
+        return [(int(r.idx), bytes(r.entry), bytes(r.salt or b"")) for r in rows]

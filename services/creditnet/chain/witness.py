@@ -1,0 +1,200 @@
+"""The witness: cosign another log's checkpoint only if it extends what we saw.
+
+Implements C2SP tlog-witness semantics as the gRPC WitnessService. For each
+origin the witness keeps the last checkpoint it cosigned. A new checkpoint is
+cosigned only if its log signature verifies (log-key certificate from the
+network CA), `old_size` is exactly the size we hold, and the consistency
+proof from our checkpoint to the new one verifies. The new state is stored
+atomically before the cosignature is returned. A checkpoint of the size we
+hold with another root, or one whose proof fails, is kept as evidence: two
+checkpoints signed by the same log that cannot both be true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import grpc
+from sqlalchemy import insert, select, update
+
+from creditnet.chain.checkpoint import SignedCheckpoint, cosign, open_checkpoint
+from creditnet.chain.keys import LogKey, known_key, log_origin
+from creditnet.chain.merkle import ProofError, verify_consistency
+from creditnet.chain.models import EVIDENCE, WITNESS
+from creditnet.chain.note import NoteError
+from creditnet.dates import ts_to_proto, utcnow
+from creditnet.errors import CreditnetError, FailedPrecondition, InvalidArgument, PermissionDenied
+from creditnet.pki import TrustStore
+from creditnet.rpc import PeerIdentities, refusals
+from creditnet.store import Store
+from creditnet.v1 import chain_pb2, chain_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_PROOF_HASHES = 128
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessedState:
+    origin: str
+    size: int
+    root: bytes
+    note: str
+
+
+class Witness:
+    """Witness state and evidence, on a store's database."""
+
+    def __init__(self, store: Store, key: LogKey) -> None:
+        from creditnet.chain.models import CHAIN_METADATA
+
+        CHAIN_METADATA.create_all(store.engine)
+        self.store = store
+        self.key = key
+        self._lock = asyncio.Lock()
+
+    def state(self, origin: str) -> WitnessedState | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(WITNESS).where(WITNESS.c.origin == origin)).first()
+        if row is None:
+            return None
+        return WitnessedState(origin, int(row.size), bytes(row.root), str(row.note))
+
+    def states(self) -> list[WitnessedState]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(WITNESS).order_by(WITNESS.c.origin)).all()
+        return [WitnessedState(str(r.origin), int(r.size), bytes(r.root), str(r.note)) for r in rows]
+
+    def _advance(self, origin: str, old: WitnessedState | None, new: SignedCheckpoint) -> None:
+        values = {
+            "size": new.checkpoint.size,
+            "root": new.checkpoint.root_hash,
+            "note": new.encode(),
+            "updated_at": utcnow(),
+        }
+        with self.store.write_transaction() as conn:
+            if old is None:
+                conn.execute(insert(WITNESS).values(origin=origin, **values))
+            else:
+                moved = conn.execute(
+                    update(WITNESS)
+                    .where(WITNESS.c.origin == origin, WITNESS.c.size == old.size)
+                    .values(**values)
+                ).rowcount
+                if moved != 1:
+                    raise FailedPrecondition("witness.conflict", "the witness state moved meanwhile; retry")
+
+    def record_evidence(self, origin: str, kind: str, first: str, second: str, detail: str) -> None:
+        with self.store.write_transaction() as conn:
+            conn.execute(
+                insert(EVIDENCE).values(
+                    origin=origin, kind=kind, first=first, second=second, detail=detail, found_at=utcnow()
+                )
+            )
+        log.error("evidence of misbehaviour by %s: %s (%s)", origin, kind, detail)
+
+    def evidence(self) -> list[chain_pb2.Evidence]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(EVIDENCE).order_by(EVIDENCE.c.id)).all()
+        return [
+            chain_pb2.Evidence(
+                origin=r.origin,
+                kind=r.kind,
+                first_checkpoint=r.first,
+                second_checkpoint=r.second,
+                detail=r.detail,
+                found_at=ts_to_proto(r.found_at if r.found_at.tzinfo else r.found_at.replace(tzinfo=dt.UTC)),
+            )
+            for r in rows
+        ]
+
+    async def add_checkpoint(
+        self, trust: TrustStore, req: chain_pb2.AddCheckpointRequest
+    ) -> tuple[str, int | None]:
+        """Returns the cosignature line; raises a CreditnetError (with our size) otherwise."""
+        try:
+            k = known_key(trust, req.log_key_certificate)
+        except CreditnetError as exc:
+            raise PermissionDenied(
+                "witness.log_key", f"the log key certificate is not valid: {exc.message}"
+            ) from None
+        if k.name == self.key.name:
+            raise InvalidArgument("witness.self", "a log cannot witness itself")
+        origin = log_origin(k.name)
+        try:
+            new = open_checkpoint(req.checkpoint, [k.log], origin=origin)
+        except (NoteError, ValueError) as exc:
+            raise InvalidArgument("witness.checkpoint", f"the checkpoint does not verify: {exc}") from None
+        if len(req.consistency_proof) > MAX_PROOF_HASHES:
+            raise InvalidArgument("witness.proof", "consistency proof is too long")
+        if req.old_size > new.checkpoint.size:
+            raise InvalidArgument("witness.old_size", "old_size is larger than the checkpoint's size")
+        async with self._lock:
+            old = await asyncio.to_thread(self.state, origin)
+            held = old.size if old else 0
+            if req.old_size != held:
+                raise _Conflict(held)
+            if old is not None and new.checkpoint.size == old.size:
+                if new.checkpoint.root_hash != old.root:
+                    await asyncio.to_thread(
+                        self.record_evidence,
+                        origin,
+                        "split_view",
+                        old.note,
+                        new.encode(),
+                        f"two checkpoints of size {old.size} with different roots",
+                    )
+                    raise FailedPrecondition(
+                        "witness.split_view", "a different checkpoint of this size was cosigned before"
+                    )
+            elif old is not None:
+                try:
+                    verify_consistency(
+                        old.size,
+                        new.checkpoint.size,
+                        list(req.consistency_proof),
+                        old.root,
+                        new.checkpoint.root_hash,
+                    )
+                except ProofError as exc:
+                    await asyncio.to_thread(
+                        self.record_evidence, origin, "inconsistent", old.note, new.encode(), str(exc)
+                    )
+                    raise FailedPrecondition(
+                        "witness.inconsistent",
+                        "the checkpoint is not consistent with the one cosigned before",
+                    ) from None
+            if old is None or new.checkpoint.size > old.size:
+                await asyncio.to_thread(self._advance, origin, old, new)
+        cosig = cosign(new.checkpoint, self.key.witness_signer)
+        return cosig.encode(), None
+
+
+class _Conflict(FailedPrecondition):
+    def __init__(self, size: int) -> None:
+        super().__init__("witness.old_size", f"this witness holds size {size} for the log")
+        self.size = size
+
+
+class WitnessService(chain_pb2_grpc.WitnessServiceServicer):
+    def __init__(self, witness: Witness, trust: TrustStore) -> None:
+        self.witness = witness
+        self.trust = trust
+        self.peers = PeerIdentities(trust)
+
+    @refusals
+    async def AddCheckpoint(
+        self, request: chain_pb2.AddCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> chain_pb2.AddCheckpointResponse:
+        self.peers.role(context)
+        try:
+            line, _ = await self.witness.add_checkpoint(self.trust, request)
+        except _Conflict as exc:
+            context.set_trailing_metadata((("creditnet-witness-size", str(exc.size)),))
+            raise
+        return chain_pb2.AddCheckpointResponse(
+            cosignature=line, witness_key_certificate=self.witness.key.certificate_der
+        )
