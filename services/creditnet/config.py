@@ -64,6 +64,9 @@ class NodeConfig:
     log_key: Path
     witnesses: dict[str, str] = field(default_factory=dict)
     quorum: int = 3
+    # False only for the benchmark's no-chain baseline: answers then carry no
+    # receipt and every bank client refuses them.
+    chain_enabled: bool = True
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -84,6 +87,7 @@ class NodeConfig:
                 log_key=_resolve(base, str(data["log_key"])),
                 witnesses={str(k): str(v) for k, v in dict(data.get("witnesses", {})).items()},
                 quorum=int(data.get("quorum", 3)),
+                chain_enabled=bool(data.get("chain_enabled", True)),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
@@ -106,6 +110,7 @@ class NodeConfig:
                 "log_key": _rel(base, self.log_key),
                 "witnesses": dict(self.witnesses),
                 "quorum": self.quorum,
+                "chain_enabled": self.chain_enabled,
             },
         )
 

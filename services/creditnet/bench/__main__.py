@@ -1,4 +1,13 @@
-"""Run every benchmark and print the ratios (also as JSON with --json)."""
+"""Run every benchmark and print the ratios (also as JSON with --json).
+
+Each figure is compared with a baseline measured in the same run:
+- a node's signed queries/s vs a bare grpc.aio echo over the same mutual TLS;
+- the same node with its credit chain vs without (the ledger's cost);
+- a federated five-city query vs one node, at 16 concurrent clients;
+- store ingestion vs raw sqlite3.executemany of the same rows;
+- durable ledger appends vs SHA-256 of the entries plus one commit per batch;
+- inclusion and consistency proof times at 1,000,000 entries.
+"""
 
 from __future__ import annotations
 
@@ -19,20 +28,17 @@ from typing import Any
 import grpc
 
 from creditnet import query as query_mod
+from creditnet.bench.chain import bench_appends, bench_proofs
+from creditnet.config import NodeConfig
 from creditnet.domain import City, Purpose
-from creditnet.network import (
-    DEMO_BANK,
-    NetworkLayout,
-    ProcessNetwork,
-    free_port,
-    grant_demo_consent,
-    provision,
-)
-from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
+from creditnet.health import wait_serving
+from creditnet.network import NetworkLayout, ProcessNetwork, free_port, grant_demo_consent, provision
+from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
 from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
 
 Call = Callable[[int], Awaitable[object]]
+WARMUP = 200
 
 
 async def drive(call: Call, total: int, concurrency: int) -> dict[str, float]:
@@ -65,8 +71,8 @@ async def drive(call: Call, total: int, concurrency: int) -> dict[str, float]:
 def presign(
     layout: NetworkLayout, consent: envelope_pb2.SignedEnvelope, n: int, cities: Sequence[City] = ()
 ) -> list[envelope_pb2.SignedEnvelope]:
-    # Queries are signed before the clock starts: the client's signing is
-    # not what a node's throughput should be charged with.
+    # Signed before the clock starts: the client's signing is not what a
+    # node's throughput should be charged with.
     bank = layout.bank()
     return [
         query_mod.build(
@@ -80,22 +86,20 @@ def presign(
     ]
 
 
-async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
-    trust = TrustStore.load(layout.ca)
-    bank = layout.bank()
-    consent = grant_demo_consent(layout)
-    results: dict[str, Any] = {}
+def spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", *args])  # noqa: S603 - our own modules
 
-    # 1. bare echo vs one node, 8 in flight.
-    echo_port = free_port()
+
+async def echo_rate(
+    layout: NetworkLayout, bank: Identity, trust: TrustStore, body: bytes, n: int
+) -> dict[str, float]:
+    port = free_port()
     ident = layout.data["identities"]["nodes"]["shanghai"]
-    echo = subprocess.Popen(  # noqa: S603 - our own module
+    proc = spawn(
         [
-            sys.executable,
-            "-m",
             "creditnet.bench.echo",
             "--listen",
-            f"127.0.0.1:{echo_port}",
+            f"127.0.0.1:{port}",
             "--cert",
             str(layout.path(ident["cert"])),
             "--key",
@@ -105,72 +109,99 @@ async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
         ]
     )
     try:
-        sample = presign(layout, consent, 1)[0]
-        body = node_pb2.QueryRequest(query=sample).SerializeToString()
-        async with secure_channel(
-            f"127.0.0.1:{echo_port}", bank, trust, node_server_name(City.SHANGHAI)
-        ) as ch:
-            echo_call = ch.unary_unary("/bench.Echo/Echo")
+        async with secure_channel(f"127.0.0.1:{port}", bank, trust, node_server_name(City.SHANGHAI)) as ch:
+            call = ch.unary_unary("/bench.Echo/Echo")
             for _ in range(100):
                 try:
-                    await echo_call(body, timeout=2)
+                    await call(body, timeout=2)
                     break
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(0.1)
 
-            async def do_echo(i: int) -> object:
-                return await echo_call(body, timeout=10)
+            async def do(i: int) -> object:
+                return await call(body, timeout=10)
 
-            await drive(do_echo, 200, 8)
-            results["echo"] = await drive(do_echo, n, 8)
+            await drive(do, WARMUP, 8)
+            return await drive(do, n, 8)
     finally:
-        echo.terminate()
-        echo.wait()
+        proc.terminate()
+        proc.wait()
 
-    queries = presign(layout, consent, n + 200, cities=(City.SHANGHAI,))
-    async with secure_channel(
-        layout.node_endpoint(City.SHANGHAI), bank, trust, node_server_name(City.SHANGHAI)
-    ) as ch:
+
+async def node_rate(
+    endpoint: str,
+    bank: Identity,
+    trust: TrustStore,
+    queries: list[envelope_pb2.SignedEnvelope],
+    n: int,
+    conc: int,
+) -> dict[str, float]:
+    async with secure_channel(endpoint, bank, trust, node_server_name(City.SHANGHAI)) as ch:
         stub = node_pb2_grpc.CityNodeServiceStub(ch)
 
-        async def do_node(i: int) -> object:
+        async def do(i: int) -> object:
             return await stub.Query(node_pb2.QueryRequest(query=queries[i]), timeout=10)
 
-        await drive(do_node, 200, 8)
-        rest = queries[200:]
+        await drive(do, WARMUP, conc)
+        rest = queries[WARMUP:]
 
-        async def do_node2(i: int) -> object:
+        async def do_rest(i: int) -> object:
             return await stub.Query(node_pb2.QueryRequest(query=rest[i]), timeout=10)
 
-        results["node"] = await drive(do_node2, n, 8)
+        return await drive(do_rest, n, conc)
 
-        # 2. one node at 16 concurrent clients: the reference for federation.
-        single = presign(layout, consent, n, cities=(City.SHANGHAI,))
 
-        async def do_single(i: int) -> object:
-            return await stub.Query(node_pb2.QueryRequest(query=single[i]), timeout=10)
+async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
+    trust = TrustStore.load(layout.ca)
+    bank = layout.bank()
+    consent = grant_demo_consent(layout)
+    results: dict[str, Any] = {}
+    sample = presign(layout, consent, 1)[0]
+    results["echo"] = await echo_rate(
+        layout, bank, trust, node_pb2.QueryRequest(query=sample).SerializeToString(), n
+    )
 
-        results["node_16"] = await drive(do_single, n, 16)
+    shanghai = layout.node_endpoint(City.SHANGHAI)
+    results["node"] = await node_rate(
+        shanghai, bank, trust, presign(layout, consent, n + WARMUP, (City.SHANGHAI,)), n, 8
+    )
 
-    fed_n = max(n // 2, 200)
-    federated = presign(layout, consent, fed_n)
+    # The same node without its credit chain, on the same data: the ledger's cost.
+    cfg = NodeConfig.load(layout.node_config(City.SHANGHAI))
+    cfg.listen = f"127.0.0.1:{free_port()}"
+    cfg.chain_enabled = False
+    plain_cfg = layout.root / "nodes" / "shanghai" / "node-nochain.json"
+    cfg.save(plain_cfg)
+    plain = spawn(["creditnet", "node", "run", "--config", str(plain_cfg)])
+    try:
+        await wait_serving(cfg.listen, node_server_name(City.SHANGHAI), bank, layout.ca, process=plain)
+        results["node_without_chain"] = await node_rate(
+            cfg.listen, bank, trust, presign(layout, consent, n + WARMUP, (City.SHANGHAI,)), n, 8
+        )
+    finally:
+        plain.terminate()
+        plain.wait()
+
+    results["node_16"] = await node_rate(
+        shanghai, bank, trust, presign(layout, consent, n + WARMUP, (City.SHANGHAI,)), n, 16
+    )
+    fed_n = max(n // 2, WARMUP)
+    federated = presign(layout, consent, fed_n + WARMUP)
     async with secure_channel(layout.aggregator_endpoint, bank, trust, AGGREGATOR_SERVER_NAME) as ch:
         agg = aggregator_pb2_grpc.AggregatorServiceStub(ch)
+        ok = (aggregator_pb2.SECTION_STATUS_OK, aggregator_pb2.SECTION_STATUS_NO_RECORDS)
 
         async def do_fed(i: int) -> object:
             resp = await agg.FederatedQuery(
                 aggregator_pb2.FederatedQueryRequest(query=federated[i]), timeout=30
             )
-            bad = [
-                s
-                for s in resp.sections
-                if s.status
-                not in (aggregator_pb2.SECTION_STATUS_OK, aggregator_pb2.SECTION_STATUS_NO_RECORDS)
-            ]
+            bad = [s for s in resp.sections if s.status not in ok]
             if bad:
                 raise RuntimeError(f"federated query had failing sections: {bad[0].reason}")
             return resp
 
+        await drive(do_fed, WARMUP, 16)
+        federated = federated[WARMUP:]
         results["federated_16"] = await drive(do_fed, fed_n, 16)
     return results
 
@@ -214,8 +245,8 @@ def bench_ingest(tmp: Path, rows: int) -> dict[str, Any]:
     for i in range(0, len(tuples), batch):
         db.execute("BEGIN")
         db.executemany(
-            "INSERT OR IGNORE INTO r (provider_id, record_id, uscc, category, city, record_date, source, payload)"
-            " VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO r (provider_id, record_id, uscc, category, city, record_date,"
+            " source, payload) VALUES (?,?,?,?,?,?,?,?)",
             tuples[i : i + batch],
         )
         db.execute("COMMIT")
@@ -231,10 +262,60 @@ def bench_ingest(tmp: Path, rows: int) -> dict[str, Any]:
     return {"rows": len(recs), "raw_executemany_per_second": raw, "store_ingest_per_second": ours}
 
 
+def report(r: dict[str, Any]) -> dict[str, float]:
+    ratios = {
+        "node_qps_vs_echo": r["node"]["per_second"] / r["echo"]["per_second"],
+        "ledger_cost": 1 - r["node"]["per_second"] / r["node_without_chain"]["per_second"],
+        "federated_p99_vs_single_node_p99": r["federated_16"]["p99_ms"] / r["node_16"]["p99_ms"],
+        "federated_qps_vs_single_node_qps": r["federated_16"]["per_second"] / r["node_16"]["per_second"],
+        "ingest_vs_executemany": r["ingest"]["store_ingest_per_second"]
+        / r["ingest"]["raw_executemany_per_second"],
+        "appends_vs_floor": r["appends"]["appends_per_second"] / r["appends"]["floor_per_second"],
+    }
+    return ratios
+
+
+def show(r: dict[str, Any], ratios: dict[str, float]) -> None:
+    def rate(name: str, key: str, unit: str = "q/s") -> str:
+        x = r[key]
+        return (
+            f"  {name:<38}{x['per_second']:8.0f} {unit}  p50 {x['p50_ms']:6.1f} ms  p99 {x['p99_ms']:6.1f} ms"
+        )
+
+    print("creditnet benchmarks — ratios against baselines measured in this run")
+    print(rate("bare grpc.aio echo, mTLS, 8 in flight", "echo", "c/s"))
+    print(rate("node signed queries, 8 in flight", "node"))
+    print(f"    = {ratios['node_qps_vs_echo']:.0%} of the echo (aim ≥ 40%)")
+    print(rate("same node without the chain", "node_without_chain"))
+    print(f"    the credit chain costs {ratios['ledger_cost']:.0%} of throughput (aim < 25%)")
+    print(rate("one node, 16 clients", "node_16"))
+    print(rate("federated, 5 cities, 16 clients", "federated_16"))
+    print(f"    federated p99 = {ratios['federated_p99_vs_single_node_p99']:.2f}x single-node p99 (aim ≤ 3x)")
+    ing = r["ingest"]
+    print(f"  {'raw sqlite3.executemany':<38}{ing['raw_executemany_per_second']:8.0f} rows/s")
+    print(
+        f"  {'store ingest':<38}{ing['store_ingest_per_second']:8.0f} rows/s"
+        f" = {ratios['ingest_vs_executemany']:.0%} of raw (aim ≥ 50%)"
+    )
+    ap = r["appends"]
+    print(
+        f"  {'durable ledger appends, 64 writers':<38}{ap['appends_per_second']:8.0f} /s"
+        f" = {ratios['appends_vs_floor']:.0%} of SHA-256 + one commit per batch"
+        f" ({ap['floor_per_second']:.0f}/s, {ap['entries'] / max(ap['group_commits'], 1):.0f} per commit)"
+    )
+    pr = r["proofs"]
+    print(
+        f"  proofs at {pr['entries']:,} entries (cold cache): inclusion {pr['inclusion_proof_us']:.0f} µs,"
+        f" consistency {pr['consistency_proof_us']:.0f} µs, past root {pr['past_root_us']:.0f} µs"
+        f" (log built in {pr['build_seconds']:.0f} s)"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="creditnet benchmarks")
     p.add_argument("--queries", type=int, default=2000, help="calls per measurement")
     p.add_argument("--rows", type=int, default=100_000, help="records for the ingestion benchmark")
+    p.add_argument("--ledger-entries", type=int, default=1_000_000, help="log size for the proof benchmark")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="creditnet-bench-"))
@@ -248,38 +329,15 @@ def main() -> None:
         finally:
             net.stop()
         results["ingest"] = bench_ingest(tmp, a.rows)
+        results["appends"] = bench_appends(tmp)
+        results["proofs"] = bench_proofs(tmp, a.ledger_entries)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    r = results
-    summary = {
-        "node_qps_vs_echo": r["node"]["per_second"] / r["echo"]["per_second"],
-        "federated_p99_vs_single_node_p99": r["federated_16"]["p99_ms"] / r["node_16"]["p99_ms"],
-        "federated_qps_vs_single_node_qps": r["federated_16"]["per_second"] / r["node_16"]["per_second"],
-        "ingest_vs_executemany": r["ingest"]["store_ingest_per_second"]
-        / r["ingest"]["raw_executemany_per_second"],
-    }
+    ratios = report(results)
     if a.json:
-        print(json.dumps({"results": r, "ratios": summary}, indent=2))
-        return
-    print("creditnet benchmarks (ratios against baselines measured in this run)")
-    print(f"  bare echo, 8 in flight           {r['echo']['per_second']:8.0f} calls/s")
-    print(
-        f"  node signed queries, 8 in flight {r['node']['per_second']:8.0f} q/s   = {summary['node_qps_vs_echo']:.0%} of echo (aim ≥ 40%)"
-    )
-    print(
-        f"  single node, 16 clients          {r['node_16']['per_second']:8.0f} q/s   p50 {r['node_16']['p50_ms']:.1f} ms  p99 {r['node_16']['p99_ms']:.1f} ms"
-    )
-    print(
-        f"  federated 5 cities, 16 clients   {r['federated_16']['per_second']:8.0f} q/s   p50 {r['federated_16']['p50_ms']:.1f} ms  p99 {r['federated_16']['p99_ms']:.1f} ms"
-    )
-    print(
-        f"    federated p99 / single-node p99 = {summary['federated_p99_vs_single_node_p99']:.2f}x (aim ≤ 3x)"
-    )
-    ing = r["ingest"]
-    print(f"  raw sqlite3.executemany          {ing['raw_executemany_per_second']:8.0f} rows/s")
-    print(
-        f"  store ingest                     {ing['store_ingest_per_second']:8.0f} rows/s = {summary['ingest_vs_executemany']:.0%} of raw (aim ≥ 50%)"
-    )
+        print(json.dumps({"results": results, "ratios": ratios}, indent=2))
+    else:
+        show(results, ratios)
 
 
 if __name__ == "__main__":

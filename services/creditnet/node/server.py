@@ -56,7 +56,13 @@ async def start_node(config: NodeConfig) -> RunningNode:
     witnesses = [WitnessLink.connect(n, ep, identity, trust) for n, ep in config.witnesses.items()]
     ledger = await asyncio.to_thread(Ledger, store.store, log_key, witnesses=witnesses, quorum=config.quorum)
     witness = Witness(store.store, log_key)
-    service = CityNodeService(city=config.city, identity=identity, trust=trust, store=store, ledger=ledger)
+    service = CityNodeService(
+        city=config.city,
+        identity=identity,
+        trust=trust,
+        store=store,
+        ledger=ledger if config.chain_enabled else None,
+    )
     chain = ChainService(city=config.city, ledger=ledger, witness=witness, trust=trust)
 
     def register(server: grpc.aio.Server) -> None:

@@ -39,7 +39,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         identity: Identity,
         trust: TrustStore,
         store: AsyncStore,
-        ledger: Ledger,
+        ledger: Ledger | None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         if identity.role.kind is not RoleKind.NODE or identity.role.city is not city:
@@ -74,6 +74,10 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         entry = _query_entry(aq, self.city, now, chain_pb2.ENTRY_KIND_QUERY_ANSWERED)
         entry.disclosed_digest = digest(answer.payload)
         entry.records_disclosed = disclosed
+        if self.ledger is None:
+            # Only the benchmark's baseline runs without a chain; banks
+            # refuse answers that carry no receipt.
+            return node_pb2.QueryResponse(answer=answer)
         # The entry is on disk before anything is disclosed, and the answer
         # leaves only with a receipt that witnesses have cosigned.
         appended = await self.ledger.append(entry, aq.terms.enterprise_uscc)
@@ -86,6 +90,10 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 "chain.unpublished", "the access is logged but witnesses have not cosigned it yet; retry"
             ) from None
         return node_pb2.QueryResponse(answer=answer, receipt=receipt)
+
+    async def _log(self, entry: chain_pb2.LedgerEntry, uscc: str | None = None) -> None:
+        if self.ledger is not None:
+            await self.ledger.append(entry, uscc)
 
     async def _log_refusal(
         self, env: envelope_pb2.SignedEnvelope, exc: CreditnetError, now: dt.datetime
@@ -106,7 +114,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             consent_digest=digest(consent.payload),
             refusal=f"{exc.code.name} {exc.rule}",
         )
-        await self.ledger.append(entry, terms.enterprise_uscc)
+        await self._log(entry, terms.enterprise_uscc)
 
     async def _claim(self, aq: AuthorizedQuery) -> None:
         outcome = await self.store.claim_query(
@@ -188,7 +196,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 for rec in valid:
                     data = rec.SerializeToString(deterministic=True)
                     h.update(len(data).to_bytes(4, "big") + data)
-                await self.ledger.append(
+                await self._log(
                     chain_pb2.LedgerEntry(
                         kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
                         time=ts_to_proto(self.clock()),
@@ -227,7 +235,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             request.revocation.SerializeToString(deterministic=True),
         )
         if newly:
-            await self.ledger.append(
+            await self._log(
                 chain_pb2.LedgerEntry(
                     kind=chain_pb2.ENTRY_KIND_CONSENT_REVOKED,
                     time=ts_to_proto(self.clock()),
