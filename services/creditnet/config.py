@@ -170,6 +170,19 @@ class AggregatorConfig:
         )
 
 
+def parse_nodes_generic(spec: str) -> dict[str, str]:
+    """``hefei=127.0.0.1:7004,national=...`` → {"hefei": "127.0.0.1:7004", ...}."""
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        name, sep, endpoint = part.partition("=")
+        if not sep or not endpoint.strip() or not name.strip():
+            raise InvalidArgument("config.nodes", f"expected NAME=HOST:PORT, got {part!r}")
+        out[name.strip().lower()] = endpoint.strip()
+    return out
+
+
 def parse_nodes(spec: str) -> dict[City, str]:
     """``hefei=127.0.0.1:7004,nanjing=...`` → {City.HEFEI: "127.0.0.1:7004", ...}."""
     nodes: dict[City, str] = {}

@@ -389,20 +389,26 @@ class CertificateAuthority:
         if not csr.is_signature_valid:
             raise InvalidArgument("pki.csr", "the certificate request's signature does not verify")
         pub = csr.public_key()
-        if not isinstance(pub, ec.EllipticCurvePublicKey):
-            raise InvalidArgument("pki.key", "certificates are issued for ECDSA P-256 keys only")
+        if not isinstance(pub, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+            raise InvalidArgument(
+                "pki.key", "certificates are issued for ECDSA P-256 (or Ed25519 log) keys only"
+            )
         return self.issue(role, pub, **kw)  # type: ignore[arg-type]
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, role: Role) -> x509.CertificateSigningRequest:
-    return (
+def make_csr(
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, role: Role
+) -> x509.CertificateSigningRequest:
+    builder = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, role.uri[:64])]))
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(role.uri)]), critical=False
         )
-        .sign(key, hashes.SHA256())
     )
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return builder.sign(key, None)
+    return builder.sign(key, hashes.SHA256())
 
 
 # --- identities -------------------------------------------------------------

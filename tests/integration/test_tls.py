@@ -45,7 +45,7 @@ async def test_a_server_with_another_citys_certificate_is_not_accepted_as_that_c
     ident = Identity.load(nanjing.cert, nanjing.key)
     trust = TrustStore.load(nanjing.ca)
     store = await AsyncStore.open(nanjing.database_url)
-    impostor = CityNodeService(city=City.NANJING, identity=ident, trust=trust, store=store)
+    impostor = CityNodeService(city=City.NANJING, identity=ident, trust=trust, store=store, ledger=None)
     handle = await start_server(
         listen=hefei.listen,
         identity=ident,

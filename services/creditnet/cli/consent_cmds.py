@@ -24,6 +24,10 @@ CertOpt = Annotated[Path, typer.Option("--cert", help="The enterprise's certific
 KeyOpt = Annotated[Path, typer.Option("--key", help="The enterprise's private key (PEM).")]
 
 
+def _ordered(cats: tuple[Category, ...]) -> tuple[Category, ...]:
+    return tuple(c for c in Category if c in cats)
+
+
 def _date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
@@ -58,7 +62,9 @@ def grant(
             enterprise_uscc=uscc or ident.role.subject,
             bank_code=bank,
             purpose=Purpose.parse(purpose),
-            categories=ALL_CATEGORIES if categories.strip() == "all" else Category.parse_many(categories),
+            categories=ALL_CATEGORIES
+            if categories.strip() == "all"
+            else _ordered(Category.parse_many(categories)),
             cities=City.parse_many(cities),
             data_from=_date(data_from) if data_from else dt.date(now.year - 3, now.month, 1),
             data_to=_date(data_to) if data_to else now.date(),

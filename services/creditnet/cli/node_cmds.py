@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -20,12 +21,13 @@ from creditnet.cli.common import (
     serve_until_signalled,
     setup_logging,
 )
-from creditnet.config import NodeConfig
+from creditnet.config import NodeConfig, parse_nodes_generic
 from creditnet.domain import City
 from creditnet.pki import (
     CertificateAuthority,
     Identity,
     Role,
+    cert_to_pem,
     generate_key,
     key_to_pem,
     make_csr,
@@ -46,7 +48,7 @@ def init(
     ca_dir: Annotated[
         Path | None,
         typer.Option(
-            "--ca-dir", help="Issue the certificate now with this CA; without it, only a request is written."
+            "--ca-dir", help="Issue the certificates now with this CA; without it, only requests are written."
         ),
     ] = None,
     ca_cert: Annotated[
@@ -57,21 +59,45 @@ def init(
         str | None,
         typer.Option(help="SQLAlchemy URL; default a SQLite file in --dir. DATABASE_URL overrides."),
     ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A witness of this node's credit chain: NAME=HOST:PORT (another city, or 'national')."
+        ),
+    ] = None,
+    quorum: Annotated[int, typer.Option(min=0, help="Cosignatures a checkpoint needs to be published.")] = 3,
 ) -> None:
-    """Create the node's key, certificate request (or certificate) and node.json."""
+    """Create the node's keys, certificate requests (or certificates) and node.json.
+
+    Two keys: an ECDSA P-256 key for mutual TLS and signed answers, and an Ed25519 log key that
+    signs the node's credit-chain checkpoints and its cosignatures as a witness.
+    """
     with errors():
         c = City.parse(city)
         if (node_dir / "node.key").exists():
             fail(f"{node_dir} already holds a node key; refusing to overwrite it")
+        witnesses = parse_nodes_generic(",".join(witness or []))
         key = generate_key()
         write_private(node_dir / "node.key", key_to_pem(key))
         csr = make_csr(key, Role.node(c))
         write_public(node_dir / "node.csr", csr.public_bytes(serialization.Encoding.PEM))
+        log_key = ed25519.Ed25519PrivateKey.generate()
+        write_private(
+            node_dir / "logkey.key",
+            log_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+        )
+        log_csr = make_csr(log_key, Role.logkey(c.value))
+        write_public(node_dir / "logkey.csr", log_csr.public_bytes(serialization.Encoding.PEM))
         ca_path = ca_cert or (ca_dir / "ca.pem" if ca_dir else node_dir / "ca.pem")
         if ca_dir is not None:
             ca = CertificateAuthority.load(ca_dir)
             cert = ca.issue_from_csr(csr, Role.node(c))
             Identity.from_objects(key, cert).save(node_dir / "node.pem", node_dir / "node.key")
+            write_public(
+                node_dir / "logkey.pem", cert_to_pem(ca.issue_from_csr(log_csr, Role.logkey(c.value)))
+            )
             if ca_cert is None:
                 write_public(node_dir / "ca.pem", (ca_dir / "ca.pem").read_bytes())
                 ca_path = node_dir / "ca.pem"
@@ -82,13 +108,19 @@ def init(
             key=node_dir / "node.key",
             ca=ca_path,
             database_url=database_url or f"sqlite:///{(node_dir / 'node.db').resolve()}",
+            log_cert=node_dir / "logkey.pem",
+            log_key=node_dir / "logkey.key",
+            witnesses=witnesses,
+            quorum=quorum,
         ).save(node_dir / "node.json")
         console.print(f"node {c.value} initialised in {node_dir}")
         if ca_dir is None:
             console.print(
-                f"send {node_dir / 'node.csr'} to the network CA operator:\n"
+                f"send {node_dir / 'node.csr'} and {node_dir / 'logkey.csr'} to the network CA operator:\n"
                 f"  creditnet pki issue --ca-dir CA --role node --city {c.value} "
                 f"--csr node.csr --out {node_dir / 'node'}\n"
+                f"  creditnet pki issue --ca-dir CA --role logkey --code {c.value} "
+                f"--csr logkey.csr --out {node_dir / 'logkey'}\n"
                 f"and put the CA certificate at {ca_path}"
             )
 

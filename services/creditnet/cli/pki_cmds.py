@@ -66,12 +66,18 @@ def build_role(
             return Role.provider(City.parse(city), provider_id, Category.parse_many(categories))
         case RoleKind.AGGREGATOR:
             return Role.aggregator(code or "national")
+        case RoleKind.LOGKEY:
+            if not code:
+                raise ValueError("--code (the city, or 'national') is required for a log key")
+            return Role.logkey(code)
 
 
 @app.command("issue")
 def issue(
     ca_dir: Annotated[Path, typer.Option("--ca-dir", help="Directory holding ca.pem and ca.key.")],
-    role: Annotated[str, typer.Option(help="node, operator, aggregator, bank, enterprise or provider.")],
+    role: Annotated[
+        str, typer.Option(help="node, operator, aggregator, bank, enterprise, provider or logkey.")
+    ],
     out: Annotated[Path, typer.Option(help="Write OUT.pem (and OUT.key unless --csr is given).")],
     city: Annotated[str | None, typer.Option(help="City, for node/operator/provider.")] = None,
     code: Annotated[str | None, typer.Option(help="Bank institution code (or aggregator name).")] = None,
@@ -92,6 +98,10 @@ def issue(
                 fail(f"{csr} is not a PEM certificate request")
             cert = ca.issue_from_csr(request, r, dns_names=dns or ())
             write_public(out.with_suffix(".pem"), cert_to_pem(cert))
+        elif r.kind is RoleKind.LOGKEY:
+            from creditnet.chain.keys import LogKey
+
+            LogKey.issue(ca, r.subject).save(out.with_suffix(".pem"), out.with_suffix(".key"))
         else:
             key = generate_key()
             cert = ca.issue(r, key.public_key(), dns_names=dns or ())

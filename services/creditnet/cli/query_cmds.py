@@ -37,15 +37,18 @@ def query(
     invalid; the report says which), 1 the query was refused as a whole.
     """
     with errors():
-        if network is not None:
-            client = BankClient.from_network(read_network(network), bank, timeout=timeout)
-        elif aggregator and cert and key and ca:
-            client = BankClient.from_files(aggregator=aggregator, cert=cert, key=key, ca=ca, timeout=timeout)
-        else:
+        if network is None and not (aggregator and cert and key and ca):
             fail("give --network, or all of --aggregator, --cert, --key and --ca")
 
+        def connect() -> BankClient:
+            # Inside the event loop: a gRPC channel belongs to the loop it was made in.
+            if network is not None:
+                return BankClient.from_network(read_network(network), bank, timeout=timeout)
+            assert aggregator and cert and key and ca
+            return BankClient.from_files(aggregator=aggregator, cert=cert, key=key, ca=ca, timeout=timeout)
+
         async def run() -> object:
-            async with client:
+            async with connect() as client:
                 return await client.query(
                     uscc,
                     consent,
