@@ -43,7 +43,9 @@ def main() -> int:
     if code != 0:
         print("protoc failed", file=sys.stderr)
         return int(code)
-    (PACKAGE / "__init__.py").write_text('"""Generated from protos/creditnet/v1 by protos/generate.py. Do not edit."""\n')
+    (PACKAGE / "__init__.py").write_text(
+        '"""Generated from protos/creditnet/v1 by protos/generate.py. Do not edit."""\n'
+    )
     (PACKAGE / "py.typed").write_text("")
     print(f"generated {len(sources)} protos into {PACKAGE.relative_to(ROOT)}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.progress import Progress
 
 from creditnet.cli.common import EXIT_PARTIAL, console, errors, fail, print_json
 from creditnet.domain import ALL_CITIES, City
+from creditnet.v1 import records_pb2
 
 data_app = typer.Typer(help="Synthetic data: generate record files.", no_args_is_help=True)
 provider_app = typer.Typer(help="Data providers: submit records to a city node.", no_args_is_help=True)
@@ -25,7 +27,6 @@ def generate(
 ) -> None:
     """Generate realistic synthetic credit records (streamed; scales to millions)."""
     from creditnet import records, synthetic
-    from creditnet.v1 import records_pb2
 
     with errors():
         only = City.parse(city) if city else None
@@ -34,7 +35,7 @@ def generate(
         writer = records.write_jsonl if out.suffix == ".jsonl" else records.write_csv
         count = 0
 
-        def stream() -> object:
+        def stream() -> Iterator[records_pb2.CreditRecord]:
             nonlocal count
             for item in synthetic.generate(seed, enterprises, ALL_CITIES):
                 if isinstance(item, records_pb2.CreditRecord) and (only is None or item.city == only.proto):
@@ -72,14 +73,14 @@ def submit(
         ident, trust = Identity.load(cert, key), TrustStore.load(ca)
         local_errors: list[dict[str, object]] = []
 
-        def rows() -> object:
+        def rows() -> Iterator[records_pb2.CreditRecord]:
             for row in records.iter_file(file):
                 if row.record is None or row.error:
                     local_errors.append({"line": row.line_number, "reason": row.error})
                 else:
                     yield row.record
 
-        resp = asyncio.run(submit_records(node, ident, trust, rows(), batch_size=batch_size))  # type: ignore[arg-type]
+        resp = asyncio.run(submit_records(node, ident, trust, rows(), batch_size=batch_size))
         summary = {
             "received": resp.received,
             "accepted": resp.accepted,

@@ -43,8 +43,11 @@ def render_report(report: Report, console: Console) -> None:
     head.add_row("query id", report.query_id)
     console.print(Panel(head, title=f"[bold]credit report — {title}[/]", expand=False))
 
-    cities = Table(title="per-city answers (each verified against the node's own signature)")
-    for col in ("city", "status", "records", "as of", "latency", "reason"):
+    cities = Table(
+        title="per-city answers (each verified: the node's signature, and its credit-chain"
+        " receipt cosigned by witnesses)"
+    )
+    for col in ("city", "status", "records", "as of", "latency", "credit chain", "reason"):
         cities.add_column(col)
     for s in report.sections:
         style = _STATUS_STYLE.get(s.status, "")
@@ -54,6 +57,7 @@ def render_report(report: Report, console: Console) -> None:
             str(len(s.records)),
             s.as_of.strftime("%Y-%m-%d %H:%M:%S") if s.as_of else "",
             f"{s.latency_ms} ms",
+            f"logged #{s.ledger_index} ✓" if s.ledger_index is not None else "",
             s.reason,
         )
     console.print(cities)
