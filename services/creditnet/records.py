@@ -76,6 +76,8 @@ EARLIEST_TAX_YEAR: Final = 1994
 # A billing period longer than a year is a unit mistake, not a bill.
 MAX_BILLING_DAYS: Final = 366
 MAX_LINE_BYTES: Final = 1 << 20
+# How much of a file is read up front to tell text from binary and check the CSV header.
+SNIFF_BYTES: Final = 1 << 13
 CHINA_TZ: Final = dt.timezone(dt.timedelta(hours=8), "CST")
 
 JSONL_SUFFIXES: Final = (".jsonl", ".ndjson")
@@ -686,7 +688,7 @@ def iter_file(path: Path, *, validate: bool = True, today: dt.date | None = None
     if path.is_dir():
         raise RecordError(f"{path} is a directory, not a record file")
     with path.open("rb") as fh:
-        head = fh.read(1 << 16)
+        head = fh.read(SNIFF_BYTES)
     _check_text(head, path)
     check = (lambda rec: validate_record(rec, today=today)) if validate else None
     if suffix in CSV_SUFFIXES:
@@ -703,7 +705,7 @@ def _check_text(head: bytes, path: Path) -> None:
         raise RecordError(f"{path} is a binary file, not JSONL or CSV text")
     text = head.decode("utf-8", "replace")
     # A short tail of replacements may be a character cut by the read; more
-    # than that in the first 64 KiB means the file is not UTF-8 text at all.
+    # than that in the first bytes means the file is not UTF-8 text at all.
     if text.count("\ufffd") > max(3, len(text) // 10):
         raise RecordError(f"{path} is not UTF-8 text, so not a JSONL or CSV record file")
 
