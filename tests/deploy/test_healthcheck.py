@@ -1,0 +1,158 @@
+"""deploy/healthcheck.py, run as the image runs it, against a real mutual-TLS server."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import pytest_asyncio
+
+from creditnet.domain import City
+from creditnet.pki import CertificateAuthority, Role, issue_identity
+from creditnet.rpc import ServerHandle, start_server
+
+SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "healthcheck.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("creditnet_deploy_healthcheck", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Pki:
+    ca: CertificateAuthority
+    root: Path
+
+    def identity(self, name: str, role: Role) -> dict[str, str]:
+        """The variables a server with this role's identity runs with."""
+        identity = issue_identity(self.ca, role)
+        identity.save(self.root / f"{name}.pem", self.root / f"{name}.key")
+        return {
+            "CREDITNET_CERT": str(self.root / f"{name}.pem"),
+            "CREDITNET_KEY": str(self.root / f"{name}.key"),
+            "CREDITNET_CA": str(self.root / "ca.pem"),
+        }
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority.create("healthcheck test CA")
+    ca.save(root)
+    return Pki(ca, root)
+
+
+@pytest_asyncio.fixture
+async def node_server(pki: Pki) -> AsyncIterator[tuple[ServerHandle, dict[str, str]]]:
+    env = pki.identity("hefei-node", Role.node(City.HEFEI))
+    from creditnet.pki import Identity, TrustStore
+
+    handle = await start_server(
+        listen="127.0.0.1:0",
+        identity=Identity.load(Path(env["CREDITNET_CERT"]), Path(env["CREDITNET_KEY"])),
+        trust=TrustStore.load(Path(env["CREDITNET_CA"])),
+        register=lambda server: None,
+        service_names=[],
+    )
+    try:
+        yield handle, {**env, "CREDITNET_LISTEN": f"127.0.0.1:{handle.port}"}
+    finally:
+        await handle.server.stop(None)
+
+
+async def run_check(env: dict[str, str]) -> tuple[int, str, str]:
+    """Run the script in a fresh interpreter, as Docker's HEALTHCHECK does."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("CREDITNET_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(SCRIPT),
+        "--timeout",
+        "5",
+        env={**keep, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_serving_node_passes(node_server: tuple[ServerHandle, dict[str, str]]) -> None:
+    _, env = node_server
+    code, out, err = await run_check(env)
+    assert (code, out.strip()) == (0, "SERVING"), err
+
+
+async def test_a_wildcard_listen_address_is_reached_on_loopback(
+    node_server: tuple[ServerHandle, dict[str, str]],
+) -> None:
+    handle, env = node_server
+    code, _, err = await run_check({**env, "CREDITNET_LISTEN": f"0.0.0.0:{handle.port}"})
+    assert code == 0, err
+
+
+async def test_a_draining_node_fails(node_server: tuple[ServerHandle, dict[str, str]]) -> None:
+    handle, env = node_server
+    await handle.health.enter_graceful_shutdown()
+    code, _, err = await run_check(env)
+    assert code == 1
+    assert "NOT_SERVING" in err
+
+
+async def test_another_servers_certificate_does_not_pass(
+    pki: Pki, node_server: tuple[ServerHandle, dict[str, str]]
+) -> None:
+    """The check pins the TLS name of its own role: a node answering an aggregator's check fails it."""
+    _, env = node_server
+    aggregator = pki.identity("aggregator", Role.aggregator())
+    code, _, err = await run_check({**aggregator, "CREDITNET_LISTEN": env["CREDITNET_LISTEN"]})
+    assert code == 1
+    assert "unhealthy: UNAVAILABLE" in err
+
+
+async def test_nothing_listening_fails(pki: Pki) -> None:
+    env = {**pki.identity("nanjing-node", Role.node(City.NANJING)), "CREDITNET_LISTEN": "127.0.0.1:9"}
+    code, _, err = await run_check(env)
+    assert code == 1
+    assert "unhealthy: UNAVAILABLE" in err
+
+
+async def test_a_client_certificate_is_refused_as_a_server_identity(pki: Pki) -> None:
+    env = pki.identity("bank", Role.bank("B0310H231000001"))
+    code, _, err = await run_check(env)
+    assert code == 1
+    assert "is a bank certificate, not a server's" in err
+
+
+async def test_missing_files_are_named(pki: Pki, tmp_path: Path) -> None:
+    env = {
+        **pki.identity("hangzhou-node", Role.node(City.HANGZHOU)),
+        "CREDITNET_KEY": str(tmp_path / "none.key"),
+    }
+    code, _, err = await run_check(env)
+    assert code == 1
+    assert "CREDITNET_KEY:" in err and "none.key does not exist" in err
+
+
+@pytest.mark.parametrize(
+    ("listen", "target"),
+    [
+        ("0.0.0.0:7443", "127.0.0.1:7443"),
+        ("[::]:7400", "127.0.0.1:7400"),
+        ("10.0.0.7:7443", "10.0.0.7:7443"),
+        ("node-hefei:7443", "node-hefei:7443"),
+    ],
+)
+def test_target(listen: str, target: str) -> None:
+    assert load_script().target(listen) == target
