@@ -27,7 +27,7 @@ from creditnet.v1 import (
     query_pb2,
 )
 from creditnet_bank.report import Report, merge
-from creditnet_bank.verify import Section, verify_section
+from creditnet_bank.verify import Section, SectionStatus, scope_cities, verify_section
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -176,14 +176,22 @@ class BankClient:
     ) -> Report:
         query = query_pb2.CreditQuery()
         query.ParseFromString(query_env.payload)
-        sections: list[Section] = []
-        seen: set[City] = set()
+        scope = scope_cities(query)
+        by_city: dict[City, Section] = {}
         for raw in resp.sections:
             section = verify_section(self.verifier, raw, query_env, query)
-            if section.city in seen:
-                continue  # a duplicated city section is the aggregator's error; keep the first
-            seen.add(section.city)
-            sections.append(section)
+            if section.city not in scope or section.city in by_city:
+                continue  # an extra or duplicated section is the aggregator's error; ignore it
+            by_city[section.city] = section
+        # A city the aggregator left out is reported, not silently dropped.
+        sections = [
+            by_city.get(c)
+            or Section(
+                city=c, status=SectionStatus.UNAVAILABLE, reason="the aggregator returned no answer for it"
+            )
+            for c in City
+            if c in scope
+        ]
         return merge(query.query_id, query.enterprise_uscc, Purpose.from_proto(query.purpose), sections)
 
     async def nodes(self, *, timeout: float | None = None) -> aggregator_pb2.ListNodesResponse:

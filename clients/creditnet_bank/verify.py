@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from creditnet.chain.receipts import ReceiptError, verify_receipt
+from creditnet.consent import ConsentTerms
 from creditnet.dates import date_from_proto, ts_from_proto
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest
 from creditnet.errors import CreditnetError
 from creditnet.pki import RoleKind
-from creditnet.v1 import aggregator_pb2, chain_pb2, envelope_pb2, query_pb2, records_pb2
+from creditnet.v1 import aggregator_pb2, chain_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
 
 
 class SectionStatus(enum.Enum):
@@ -61,6 +62,18 @@ class Section:
 
 class AnswerInvalid(Exception):
     pass
+
+
+def consent_terms(query: query_pb2.CreditQuery) -> ConsentTerms:
+    """The consent the bank itself put in its query (it signed over it)."""
+    msg = consent_pb2.Consent()
+    msg.ParseFromString(query.consent.payload)
+    return ConsentTerms.from_proto(msg)
+
+
+def scope_cities(query: query_pb2.CreditQuery) -> tuple[City, ...]:
+    asked = tuple(City.from_proto(c) for c in query.cities)
+    return asked or consent_terms(query).effective_cities
 
 
 def verify_section(
@@ -147,9 +160,13 @@ def _verify_answer(
     if answer.enterprise_uscc != query.enterprise_uscc:
         raise AnswerInvalid("answer is about a different enterprise")
     categories = tuple(Category.from_proto(c) for c in answer.categories)
-    if query.categories and not set(categories) <= {Category.from_proto(c) for c in query.categories}:
-        raise AnswerInvalid("answer discloses categories that were not asked for")
+    terms = consent_terms(query)
+    asked = {Category.from_proto(c) for c in query.categories} or set(terms.categories)
+    if not set(categories) <= asked:
+        raise AnswerInvalid("answer discloses categories that were not asked for or not consented")
     data_from, data_to = date_from_proto(answer.data_from), date_from_proto(answer.data_to)
+    if data_from < terms.data_from or data_to > terms.data_to:
+        raise AnswerInvalid("answer covers a period outside the consent")
     for rec in answer.records:
         field_name = rec.WhichOneof("detail")
         if field_name is None or Category.from_oneof_field(field_name) not in categories:

@@ -203,8 +203,17 @@ def revoke(
 
 
 def verify_revocation(
-    verifier: EnvelopeVerifier, env: envelope_pb2.SignedEnvelope, *, at: dt.datetime | None = None
+    verifier: EnvelopeVerifier,
+    env: envelope_pb2.SignedEnvelope,
+    consent_env: envelope_pb2.SignedEnvelope,
+    *,
+    at: dt.datetime | None = None,
 ) -> VerifiedRevocation:
+    """The revocation's signature, and that it revokes a consent of the signer's own.
+
+    The consent itself must come along: a digest alone would let any
+    enterprise revoke another's consent by naming its digest.
+    """
     verified = verifier.verify(env, REVOCATION_TYPE, what="revocation", at=at)
     msg = consent_pb2.ConsentRevocation()
     try:
@@ -216,6 +225,13 @@ def verify_revocation(
     signer = verified.signer.role
     if signer.kind is not RoleKind.ENTERPRISE or signer.subject != msg.enterprise_uscc:
         raise PermissionDenied("revocation.signer", "revocation is not signed by the enterprise it names")
+    if digest(consent_env.payload) != msg.consent_digest:
+        raise InvalidArgument(
+            "revocation.consent_mismatch", "the consent sent is not the one the revocation names"
+        )
+    consent = verify_consent(verifier, consent_env, at=at)
+    if consent.terms.enterprise_uscc != msg.enterprise_uscc or consent.terms.consent_id != msg.consent_id:
+        raise PermissionDenied("revocation.signer", "an enterprise can only revoke its own consents")
     return VerifiedRevocation(
         consent_id=msg.consent_id,
         enterprise_uscc=msg.enterprise_uscc,

@@ -22,13 +22,19 @@ log = logging.getLogger(__name__)
 MAX_RECEIVE_BYTES = 8 * 1024 * 1024
 MAX_SEND_BYTES = 32 * 1024 * 1024
 
-_COMMON_OPTIONS: list[tuple[str, Any]] = [
+# Servers take small requests and may send large answers (a federated report
+# holds five cities' records); clients the other way round.
+SERVER_LIMITS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
     ("grpc.max_send_message_length", MAX_SEND_BYTES),
 ]
+CLIENT_LIMITS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", MAX_SEND_BYTES),
+    ("grpc.max_send_message_length", MAX_RECEIVE_BYTES),
+]
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    *_COMMON_OPTIONS,
+    *CLIENT_LIMITS,
     # Long-lived channels: notice a dead peer quickly instead of at the next call.
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -39,7 +45,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 SERVER_OPTIONS: list[tuple[str, Any]] = [
-    *_COMMON_OPTIONS,
+    *SERVER_LIMITS,
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),

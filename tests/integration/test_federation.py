@@ -139,3 +139,31 @@ async def test_query_lifetime_is_bounded(layout: NetworkLayout) -> None:
             purpose=Purpose.LOAN_APPLICATION,
             lifetime=dt.timedelta(hours=1),
         )
+
+
+async def test_bank_reports_cities_the_aggregator_left_out_or_added(
+    network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc
+
+    env = consent(layout, cities=(City.SHANGHAI, City.HEFEI))
+    async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
+        q = bank.sign_query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+        async with secure_channel(layout.aggregator_endpoint, layout.bank(), trust, AGGREGATOR_SERVER_NAME) as ch:
+            resp = await aggregator_pb2_grpc.AggregatorServiceStub(ch).FederatedQuery(
+                aggregator_pb2.FederatedQueryRequest(query=q), timeout=10
+            )
+        assert len(resp.sections) == 2
+        honest = bank.verify_response(q, resp)
+        assert honest.section(City.SHANGHAI) is not None and not honest.missing_cities
+        dropped = aggregator_pb2.FederatedQueryResponse()
+        dropped.CopyFrom(resp)
+        del dropped.sections[1]
+        extra = dropped.sections.add()
+        extra.CopyFrom(resp.sections[0])
+        extra.city = City.JIAXING.proto  # a section for a city outside the query's scope
+        report = bank.verify_response(q, dropped)
+    assert [s.city for s in report.sections] == [City.SHANGHAI, City.HEFEI]
+    hefei = report.section(City.HEFEI)
+    assert hefei is not None and hefei.status is SectionStatus.UNAVAILABLE
+    assert report.missing_cities == [City.HEFEI]

@@ -11,16 +11,22 @@ from creditnet.domain import ALL_CITIES, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2
+from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, consent_pb2, envelope_pb2
 from creditnet_bank import BankClient, QueryRefused
 from tests.integration.helpers import consent, node_refusal
 
 
-async def broadcast(layout: NetworkLayout, trust: TrustStore, rev: envelope_pb2.SignedEnvelope, caller=None):  # type: ignore[no-untyped-def]
+async def broadcast(  # type: ignore[no-untyped-def]
+    layout: NetworkLayout,
+    trust: TrustStore,
+    rev: envelope_pb2.SignedEnvelope,
+    consent: envelope_pb2.SignedEnvelope,
+    caller=None,
+):
     ident = caller or layout.enterprise()
     async with secure_channel(layout.aggregator_endpoint, ident, trust, AGGREGATOR_SERVER_NAME) as ch:
         return await aggregator_pb2_grpc.AggregatorServiceStub(ch).BroadcastRevocation(
-            aggregator_pb2.BroadcastRevocationRequest(revocation=rev), timeout=5
+            aggregator_pb2.BroadcastRevocationRequest(revocation=rev, consent=consent), timeout=5
         )
 
 
@@ -37,7 +43,7 @@ async def test_revoked_consent_is_refused_everywhere(
         )
 
         resp = await broadcast(
-            layout, trust, consent_mod.revoke(layout.enterprise(), env, reason="loan withdrawn")
+            layout, trust, consent_mod.revoke(layout.enterprise(), env, reason="loan withdrawn"), env
         )
         assert len(resp.deliveries) == 5 and all(d.delivered for d in resp.deliveries)
 
@@ -67,8 +73,21 @@ async def test_only_the_enterprise_can_revoke(
 
     forged = sign(REVOCATION_TYPE, real.payload, other)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await broadcast(layout, trust, forged, caller=other)
+        await broadcast(layout, trust, forged, env, caller=other)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Nor can it name itself and the digest of somebody else's consent.
+    msg = consent_pb2.ConsentRevocation()
+    msg.ParseFromString(real.payload)
+    msg.enterprise_uscc = other.role.subject
+    self_named = sign(REVOCATION_TYPE, msg.SerializeToString(), other)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await broadcast(layout, trust, self_named, env, caller=other)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (err.value.details() or "").startswith("revocation.signer")
+    # And a revocation must come with the very consent it names.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await broadcast(layout, trust, real, consent(layout))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         report = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
     assert not report.missing_cities

@@ -565,7 +565,7 @@ def test_verify_consent_does_not_check_the_window(w: World) -> None:
 def test_a_revocation_names_the_consent_by_digest(w: World) -> None:
     consent_env = consent(w)
     env = revoke(w.enterprise, consent_env, reason="loan withdrawn", now=NOW)
-    got = verify_revocation(w.verifier, env, at=NOW)
+    got = verify_revocation(w.verifier, env, consent_env, at=NOW)
     assert got.consent_digest == hashlib.sha256(consent_env.payload).digest()
     assert (got.consent_id, got.enterprise_uscc, got.reason) == ("c-0001", USCC, "loan withdrawn")
     assert got.revoked_at == NOW
@@ -595,8 +595,28 @@ def _revocation(**fields: object) -> consent_pb2.ConsentRevocation:
 def test_a_revocation_must_be_signed_by_the_enterprise_it_names(w: World, who: str) -> None:
     env = sign(REVOCATION_TYPE, _revocation().SerializeToString(), getattr(w, who))
     with pytest.raises(CreditnetError) as err:
-        verify_revocation(w.verifier, env, at=NOW)
+        verify_revocation(w.verifier, env, consent(w), at=NOW)
     assert (err.value.rule, err.value.code.name) == ("revocation.signer", "PERMISSION_DENIED")
+
+
+def test_an_enterprise_cannot_revoke_another_enterprises_consent(w: World) -> None:
+    """Naming itself as the revoker and the digest of somebody else's consent fails."""
+    victim = consent(w)
+    msg = _revocation(
+        consent_digest=hashlib.sha256(victim.payload).digest(),
+        enterprise_uscc=w.other_enterprise.role.subject,
+    )
+    env = sign(REVOCATION_TYPE, msg.SerializeToString(), w.other_enterprise)
+    with pytest.raises(CreditnetError) as err:
+        verify_revocation(w.verifier, env, victim, at=NOW)
+    assert (err.value.rule, err.value.code.name) == ("revocation.signer", "PERMISSION_DENIED")
+
+
+def test_a_revocation_must_come_with_the_consent_it_names(w: World) -> None:
+    env = revoke(w.enterprise, consent(w), now=NOW)
+    with pytest.raises(CreditnetError) as err:
+        verify_revocation(w.verifier, env, consent(w, max_uses=7), at=NOW)
+    assert (err.value.rule, err.value.code.name) == ("revocation.consent_mismatch", "INVALID_ARGUMENT")
 
 
 @pytest.mark.parametrize(
@@ -610,17 +630,17 @@ def test_a_revocation_must_be_signed_by_the_enterprise_it_names(w: World, who: s
 )
 def test_malformed_revocations_are_refused(w: World, payload: bytes) -> None:
     with pytest.raises(CreditnetError) as err:
-        verify_revocation(w.verifier, sign(REVOCATION_TYPE, payload, w.enterprise), at=NOW)
+        verify_revocation(w.verifier, sign(REVOCATION_TYPE, payload, w.enterprise), consent(w), at=NOW)
     assert (err.value.rule, err.value.code.name) == ("revocation.malformed", "INVALID_ARGUMENT")
 
 
 def test_a_revocation_envelope_is_checked_as_one(w: World) -> None:
     consent_env = consent(w)
     with pytest.raises(CreditnetError) as err:
-        verify_revocation(w.verifier, consent_env, at=NOW)
+        verify_revocation(w.verifier, consent_env, consent_env, at=NOW)
     assert err.value.rule == "revocation.type"
     tampered = revoke(w.enterprise, consent_env, now=NOW)
     tampered.payload = _revocation().SerializeToString()
     with pytest.raises(CreditnetError) as sig_err:
-        verify_revocation(w.verifier, tampered, at=NOW)
+        verify_revocation(w.verifier, tampered, consent_env, at=NOW)
     assert sig_err.value.rule == "revocation.signature"

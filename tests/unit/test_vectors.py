@@ -217,7 +217,8 @@ def test_the_consent_vector_is_in_its_window(verifier: EnvelopeVerifier) -> None
 
 def test_the_revocation_vector_names_the_consent_vector(verifier: EnvelopeVerifier) -> None:
     vector = _by_name(POSITIVE)["revocation"]
-    rev = verify_revocation(verifier, _envelope(vector), at=_time(vector["verify_at"]))
+    consent_env = _envelope(_by_name(POSITIVE)["consent"])
+    rev = verify_revocation(verifier, _envelope(vector), consent_env, at=_time(vector["verify_at"]))
     assert rev.consent_digest.hex() == _by_name(POSITIVE)["consent"]["payload_sha256_hex"]
 
 

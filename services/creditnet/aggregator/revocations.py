@@ -33,11 +33,12 @@ class RevocationOutbox:
         self.path = directory_path
         self.path.mkdir(parents=True, exist_ok=True)
         self.nodes = nodes
-        self._revoked: dict[bytes, envelope_pb2.SignedEnvelope] = {}
+        # digest -> the request every node gets (revocation and the consent it revokes)
+        self._revoked: dict[bytes, node_pb2.RevokeConsentRequest] = {}
         # digest -> cities that still need it
         self._pending: dict[bytes, set[City]] = {}
         for f in sorted(self.path.glob("*.revocation")):
-            env = envelope_pb2.SignedEnvelope()
+            env = node_pb2.RevokeConsentRequest()
             try:
                 env.ParseFromString(f.read_bytes())
                 digest = bytes.fromhex(f.stem)
@@ -52,22 +53,23 @@ class RevocationOutbox:
     def is_revoked(self, consent_digest: bytes) -> bool:
         return consent_digest in self._revoked
 
-    async def publish(self, rev: VerifiedRevocation) -> list[aggregator_pb2.RevocationDelivery]:
+    async def publish(
+        self, rev: VerifiedRevocation, consent: envelope_pb2.SignedEnvelope
+    ) -> list[aggregator_pb2.RevocationDelivery]:
         digest = rev.consent_digest
         if digest not in self._revoked:
             file = self.path / f"{digest.hex()}.revocation"
-            await asyncio.to_thread(_write_atomic, file, rev.envelope.SerializeToString())
-            self._revoked[digest] = rev.envelope
+            request = node_pb2.RevokeConsentRequest(revocation=rev.envelope, consent=consent)
+            await asyncio.to_thread(_write_atomic, file, request.SerializeToString())
+            self._revoked[digest] = request
             self._pending[digest] = set(self.nodes.links)
         results = await asyncio.gather(*(self._deliver(digest, link) for link in self.nodes.links.values()))
         return list(results)
 
     async def _deliver(self, digest: bytes, link: NodeLink) -> aggregator_pb2.RevocationDelivery:
-        env = self._revoked[digest]
+        request = self._revoked[digest]
         try:
-            await link.stub.RevokeConsent(
-                node_pb2.RevokeConsentRequest(revocation=env), timeout=DELIVERY_TIMEOUT
-            )
+            await link.stub.RevokeConsent(request, timeout=DELIVERY_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             return aggregator_pb2.RevocationDelivery(
                 city=link.city.proto, delivered=False, error=f"{exc.code().name}: will retry"

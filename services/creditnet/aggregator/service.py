@@ -116,8 +116,8 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self, request: S.BroadcastRevocationRequest, context: grpc.aio.ServicerContext
     ) -> S.BroadcastRevocationResponse:
         self.peers.role(context)
-        rev = verify_revocation(self.verifier, request.revocation, at=utcnow())
-        deliveries = await self.outbox.publish(rev)
+        rev = verify_revocation(self.verifier, request.revocation, request.consent, at=utcnow())
+        deliveries = await self.outbox.publish(rev, request.consent)
         return S.BroadcastRevocationResponse(deliveries=deliveries)
 
     @refusals

@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -109,6 +109,8 @@ class Ledger:
         self.published: Published | None = self._load_published()
         self.witness_certs: dict[str, bytes] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._loose: set[asyncio.Future[object]] = set()
+        self._rotation = 0
         self.group_commits = 0
 
     # -- lifecycle ---------------------------------------------------------
@@ -124,6 +126,8 @@ class Ledger:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self._loose:
+            await asyncio.gather(*self._loose, return_exceptions=True)
         await asyncio.gather(*(w.channel.close() for w in self.witnesses), return_exceptions=True)
         self._writer.shutdown(wait=True)
 
@@ -198,25 +202,11 @@ class Ledger:
     async def publish(self, size: int) -> bool:
         root = await asyncio.to_thread(self.log.tree.root, size)
         signed = Checkpoint(self.origin, size, root).sign(self.log_key.log_signer)
-        await asyncio.to_thread(self._save_checkpoint, size, signed.encode(), 0)
-        cosigs: list[Cosignature] = []
-        certs: list[bytes] = [self.log_key.certificate_der]
-        if self.witnesses:
-            pending = {asyncio.create_task(self._cosign(w, signed)) for w in self.witnesses}
-            try:
-                while pending and len(cosigs) < self.quorum:
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        got = task.result()
-                        if got is not None:
-                            cosigs.append(got[0])
-                            certs.append(got[1])
-            finally:
-                # Slow witnesses finish in the background and keep their state.
-                for task in pending:
-                    task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        cosigs, certs = await self._gather_cosignatures(signed)
         note = signed.with_cosignatures(cosigs).encode() if cosigs else signed.encode()
-        await asyncio.to_thread(self._save_checkpoint, size, note, len(cosigs))
+        # Kept for operators and restarts, off the answers' critical path: the
+        # entries themselves were durable before this checkpoint was signed.
+        self._background(asyncio.to_thread(self._save_checkpoint, size, note, len(cosigs)))
         if len(cosigs) < self.quorum:
             log.warning("checkpoint %d has %d of %d cosignatures", size, len(cosigs), self.quorum)
             return False
@@ -225,6 +215,37 @@ class Ledger:
                 self.published = Published(size, note, len(cosigs), certs)
             self._published_changed.notify_all()
         return True
+
+    async def _gather_cosignatures(self, signed: SignedCheckpoint) -> tuple[list[Cosignature], list[bytes]]:
+        """Ask `quorum` witnesses (rotating, so every witness keeps up), more only if some fail."""
+        cosigs: list[Cosignature] = []
+        certs: list[bytes] = [self.log_key.certificate_der]
+        if not self.witnesses:
+            return cosigs, certs
+        n = len(self.witnesses)
+        order = [self.witnesses[(self._rotation + i) % n] for i in range(n)]
+        self._rotation = (self._rotation + 1) % n
+        waiting = order[: max(self.quorum, 1)]
+        spare = order[len(waiting) :]
+        pending = {asyncio.create_task(self._cosign(w, signed)) for w in waiting}
+        while pending and len(cosigs) < self.quorum:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                got = task.result()
+                if got is not None:
+                    cosigs.append(got[0])
+                    certs.append(got[1])
+                elif spare:
+                    pending.add(asyncio.create_task(self._cosign(spare.pop(0), signed)))
+        for task in pending:
+            # Late witnesses still record what they cosigned.
+            self._background(task)
+        return cosigs, certs
+
+    def _background(self, aw: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(aw)
+        self._loose.add(task)
+        task.add_done_callback(self._loose.discard)
 
     def _save_checkpoint(self, size: int, note: str, cosignatures: int) -> None:
         with self._store.write_transaction() as conn:

@@ -12,14 +12,17 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, insert, select, tuple_, update
+from sqlalchemy import Engine, and_, insert, or_, select, update
 
 from creditnet.chain.models import CHAIN_METADATA, ENTRIES, HASHES, META
 from creditnet.chain.tree import MerkleTree, NodeKey, TreeConflictError
 from creditnet.store import Store
 
-# Subtree hashes never change once written: cache the ones proofs keep reading.
-HASH_CACHE = 65_536
+# Subtree hashes never change once written. Proofs for recent entries (every
+# receipt) need recent leaves and interior nodes of every level, so appends
+# keep what they write in memory; the bounds keep memory flat as the log grows.
+LEAF_CACHE = 65_536
+INTERIOR_CACHE = 262_144
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,8 @@ class SqlLog:
             if conn.execute(select(META.c.size).where(META.c.id == 1)).scalar_one_or_none() is None:
                 conn.execute(insert(META).values(id=1, size=0))
         self._pending: list[PendingEntry] = []
-        self._cache: dict[NodeKey, bytes] = {}
+        self._leaves: dict[NodeKey, bytes] = {}
+        self._interior: dict[NodeKey, bytes] = {}
         self._lock = threading.Lock()
         self.tree = MerkleTree(self)
 
@@ -56,25 +60,37 @@ class SqlLog:
 
     def get_many(self, keys: Iterable[NodeKey]) -> dict[NodeKey, bytes]:
         wanted = list(dict.fromkeys(keys))
-        out = {k: self._cache[k] for k in wanted if k in self._cache}
-        missing = [k for k in wanted if k not in out]
+        out: dict[NodeKey, bytes] = {}
+        missing: list[NodeKey] = []
+        for k in wanted:
+            h = (self._interior if k[0] else self._leaves).get(k)
+            if h is None:
+                missing.append(k)
+            else:
+                out[k] = h
         if missing:
+            # One primary-key lookup per node (an OR of equalities uses the
+            # index; a row-value IN list does not on SQLite).
+            cond = or_(*(and_(HASHES.c.level == lv, HASHES.c.idx == ix) for lv, ix in missing))
             with self._engine.connect() as conn:
-                rows = conn.execute(
-                    select(HASHES.c.level, HASHES.c.idx, HASHES.c.hash).where(
-                        tuple_(HASHES.c.level, HASHES.c.idx).in_(missing)
-                    )
-                ).all()
+                rows = conn.execute(select(HASHES.c.level, HASHES.c.idx, HASHES.c.hash).where(cond)).all()
             found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
             absent = [k for k in missing if k not in found]
             if absent:
                 raise KeyError(f"subtree hashes missing from the log: {absent[:3]}")
-            with self._lock:
-                if len(self._cache) > HASH_CACHE:
-                    self._cache.clear()
-                self._cache.update(found)
+            self._remember(found.items())
             out.update(found)
         return out
+
+    def _remember(self, items: Iterable[tuple[NodeKey, bytes]]) -> None:
+        with self._lock:
+            for k, h in items:
+                cache = self._interior if k[0] else self._leaves
+                if len(cache) >= (INTERIOR_CACHE if k[0] else LEAF_CACHE):
+                    # Drop the oldest half: recent nodes are the ones receipts need.
+                    for old in list(cache)[: len(cache) // 2]:
+                        del cache[old]
+                cache[k] = h
 
     def put_batch(self, items: list[tuple[int, int, bytes]], new_size: int) -> None:
         pending, self._pending = self._pending, []
@@ -101,6 +117,7 @@ class SqlLog:
                 )
             if items:
                 conn.execute(insert(HASHES), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in items])
+        self._remember(((lv, ix), h) for lv, ix, h in items)
 
     # -- entries -----------------------------------------------------------
 

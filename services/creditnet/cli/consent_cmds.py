@@ -140,7 +140,8 @@ def revoke(
     """Sign a revocation; with --aggregator, deliver it to every node at once."""
     with errors():
         ident = Identity.load(cert, key)
-        env = consent_mod.revoke(ident, load_envelope(consent), reason=reason)
+        consent_env = load_envelope(consent)
+        env = consent_mod.revoke(ident, consent_env, reason=reason)
         save_envelope(env, out)
         console.print(f"revocation written to {out}")
         if aggregator is None:
@@ -155,7 +156,8 @@ def revoke(
             async with secure_channel(aggregator, ident, trust, AGGREGATOR_SERVER_NAME) as ch:
                 stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
                 resp: aggregator_pb2.BroadcastRevocationResponse = await stub.BroadcastRevocation(
-                    aggregator_pb2.BroadcastRevocationRequest(revocation=env), timeout=timeout
+                    aggregator_pb2.BroadcastRevocationRequest(revocation=env, consent=consent_env),
+                    timeout=timeout,
                 )
                 return resp
 

@@ -16,7 +16,7 @@ from creditnet.chain.ledger import Ledger
 from creditnet.consent import verify_revocation
 from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City
-from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest, sign
+from creditnet.envelope import ANSWER_TYPE, QUERY_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.errors import AlreadyExists, CreditnetError, PermissionDenied, Unavailable
 from creditnet.pki import Identity, RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, AuthorizedQuery
@@ -99,9 +99,14 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         self, env: envelope_pb2.SignedEnvelope, exc: CreditnetError, now: dt.datetime
     ) -> None:
         try:
+            # Only a query a bank really signed is an access to log; anything
+            # else would let any peer write entries in a bank's name.
+            signer = self.verifier.verify(env, QUERY_TYPE, what="query", at=now).signer.role
             terms, consent = query_mod.parse_terms(env.payload)
         except CreditnetError:
-            return  # not a query at all: nothing names an enterprise to tell
+            return
+        if signer.kind is not RoleKind.BANK or signer.subject != terms.bank_code:
+            return
         entry = chain_pb2.LedgerEntry(
             kind=chain_pb2.ENTRY_KIND_QUERY_REFUSED,
             time=ts_to_proto(now),
@@ -226,7 +231,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         # Anyone in the network may deliver a revocation: it only counts if
         # the enterprise itself signed it.
         self.peers.role(context)
-        rev = verify_revocation(self.verifier, request.revocation, at=self.clock())
+        rev = verify_revocation(self.verifier, request.revocation, request.consent, at=self.clock())
         newly = await self.store.revoke(
             rev.consent_digest,
             rev.consent_id,
