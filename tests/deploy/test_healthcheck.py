@@ -156,3 +156,48 @@ async def test_missing_files_are_named(pki: Pki, tmp_path: Path) -> None:
 )
 def test_target(listen: str, target: str) -> None:
     assert load_script().target(listen) == target
+
+
+async def test_a_node_started_from_its_environment_passes(pki: Pki, tmp_path: Path) -> None:
+    """Variables → NodeSettings → NodeConfig → a running node that the image's check finds serving."""
+    from creditnet.chain.keys import LogKey
+    from creditnet.network import free_port
+    from creditnet.node.server import start_node
+    from creditnet.settings import NodeSettings
+
+    LogKey.issue(pki.ca, "jiaxing").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
+    env = {
+        **pki.identity("jiaxing-node", Role.node(City.JIAXING)),
+        "CREDITNET_CITY": "jiaxing",
+        "CREDITNET_LISTEN": f"127.0.0.1:{free_port()}",
+        "CREDITNET_LOG_CERT": str(tmp_path / "logkey.pem"),
+        "CREDITNET_LOG_KEY": str(tmp_path / "logkey.key"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'node.db'}",
+        "CREDITNET_QUORUM": "0",
+    }
+    node = await start_node(NodeSettings.from_env(env).to_config())
+    try:
+        assert env["CREDITNET_LISTEN"].endswith(f":{node.port}")
+        code, out, err = await run_check(env)
+        assert (code, out.strip()) == (0, "SERVING"), err
+    finally:
+        await node.stop(grace=0)
+
+
+async def test_an_aggregator_started_from_its_environment_passes(pki: Pki, tmp_path: Path) -> None:
+    from creditnet.aggregator.server import start_aggregator
+    from creditnet.network import free_port
+    from creditnet.settings import AggregatorSettings
+
+    env = {
+        **pki.identity("aggregator-env", Role.aggregator()),
+        "CREDITNET_LISTEN": f"127.0.0.1:{free_port()}",
+        "CREDITNET_NODES": "hefei=127.0.0.1:9,nanjing=127.0.0.1:9",
+        "CREDITNET_STATE_DIR": str(tmp_path / "state"),
+    }
+    aggregator = await start_aggregator(AggregatorSettings.from_env(env).to_config())
+    try:
+        code, out, err = await run_check(env)
+        assert (code, out.strip()) == (0, "SERVING"), err
+    finally:
+        await aggregator.stop(grace=0)
