@@ -26,7 +26,7 @@ Manifest = dict[str, Any]
 def render(overlay: str) -> list[Manifest]:
     kubectl = tool("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed: apt-get install kubectl")
+        pytest.skip("kubectl is not installed; its kustomize (kubectl 1.27 or later) renders the overlays")
     result = subprocess.run(
         [kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60
     )
