@@ -497,6 +497,7 @@ class ServerSettings:
 
     @classmethod
     def read(cls, env: Mapping[str, str], listen: Variable[str], problems: Problems) -> ServerSettings:
+        """Read what a server shares; problems are recorded for the caller, which raises them all."""
         settings = cls(
             listen=listen.value(env, problems),
             cert=CERT.value(env, problems),
