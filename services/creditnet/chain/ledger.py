@@ -28,7 +28,7 @@ from sqlalchemy import insert, select, update
 from creditnet.chain.checkpoint import Checkpoint, Cosignature, SignedCheckpoint
 from creditnet.chain.keys import LogKey
 from creditnet.chain.models import CHECKPOINTS
-from creditnet.chain.sqlstore import PendingEntry, SqlLog
+from creditnet.chain.sqlstore import CacheMiss, PendingEntry, SqlLog
 from creditnet.dates import utcnow
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
@@ -111,6 +111,10 @@ class Ledger:
         self._tasks: list[asyncio.Task[None]] = []
         self._loose: set[asyncio.Future[object]] = set()
         self._rotation = 0
+        # Roots of committed sizes not yet published, from the writer thread.
+        self._roots: dict[int, bytes] = {}
+        # Consistency proofs asked for in this publish round, by old size.
+        self._proofs: dict[tuple[int, int], asyncio.Future[list[bytes]]] = {}
         self.group_commits = 0
 
     # -- lifecycle ---------------------------------------------------------
@@ -154,7 +158,9 @@ class Ledger:
                 # Everything queued while the previous commit ran goes in one transaction.
                 batch, self._queue = self._queue, []
                 try:
-                    first = await loop.run_in_executor(self._writer, self.log.append, [p for p, _ in batch])
+                    first, root = await loop.run_in_executor(
+                        self._writer, self._append, [p for p, _ in batch]
+                    )
                 except Exception as exc:
                     log.exception("credit-chain append failed")
                     for _, fut in batch:
@@ -163,6 +169,7 @@ class Ledger:
                     continue
                 self.group_commits += 1
                 self.committed_size = first + len(batch)
+                self._roots[self.committed_size] = root
                 for i, (_, fut) in enumerate(batch):
                     if not fut.done():
                         fut.set_result(first + i)
@@ -199,8 +206,19 @@ class Ledger:
                 await asyncio.sleep(0.2)
                 self._wake_publisher.set()
 
+    def _append(self, entries: list[PendingEntry]) -> tuple[int, bytes]:
+        # On the writer thread, right after the commit: the root of the new
+        # size comes from the tree's in-memory right edge, no reads.
+        first = self.log.append(entries)
+        return first, self.log.tree.root()
+
     async def publish(self, size: int) -> bool:
-        root = await asyncio.to_thread(self.log.tree.root, size)
+        root = self._roots.get(size)
+        if root is None:
+            root = await asyncio.get_running_loop().run_in_executor(self._writer, self.log.tree.root, size)
+        # Only sizes not yet published can still be asked for.
+        for old in [k for k in self._roots if k < size]:
+            del self._roots[old]
         signed = Checkpoint(self.origin, size, root).sign(self.log_key.log_signer)
         cosigs, certs = await self._gather_cosignatures(signed)
         note = signed.with_cosignatures(cosigs).encode() if cosigs else signed.encode()
@@ -262,13 +280,26 @@ class Ledger:
                     )
                 )
 
+    async def _consistency(self, old: int, size: int) -> list[bytes]:
+        """Witnesses usually hold the same old size: compute each proof once, on the writer thread."""
+        key = (old, size)
+        fut = self._proofs.get(key)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = asyncio.ensure_future(
+                loop.run_in_executor(self._writer, self.log.tree.consistency_proof, old, size)
+            )
+            self._proofs = {k: v for k, v in self._proofs.items() if k[1] >= size}
+            self._proofs[key] = fut
+        return await fut
+
     async def _cosign(self, w: WitnessLink, signed: SignedCheckpoint) -> tuple[Cosignature, bytes] | None:
         size = signed.checkpoint.size
         for _ in range(2):
             old = w.size or 0
             if old > size:
                 return None
-            proof = await asyncio.to_thread(self.log.tree.consistency_proof, old, size) if old else []
+            proof = await self._consistency(old, size) if old else []
             try:
                 resp = await w.stub.AddCheckpoint(
                     chain_pb2.AddCheckpointRequest(
@@ -319,7 +350,13 @@ class Ledger:
         pub = await self.wait_published(index, timeout)
         if pub is None:
             raise TimeoutError("no cosigned checkpoint covers this entry yet")
-        proof = await asyncio.to_thread(self.log.tree.inclusion_proof, index, pub.size)
+        try:
+            # Receipts are for fresh entries, whose proof nodes the appends
+            # left in memory: computed here without any I/O...
+            proof = self.log.cached_inclusion_proof(index, pub.size)
+        except CacheMiss:
+            # ...and on a thread when an old node must be read.
+            proof = await asyncio.to_thread(self.log.tree.inclusion_proof, index, pub.size)
         return chain_pb2.Receipt(
             index=index,
             entry=entry,

@@ -8,6 +8,7 @@ interleave and a crash leaves either the whole batch or none of it.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,13 @@ from creditnet.store import Store
 # keep what they write in memory; the bounds keep memory flat as the log grows.
 LEAF_CACHE = 65_536
 INTERIOR_CACHE = 262_144
+
+
+_CACHE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("chain_cache_only", default=False)
+
+
+class CacheMiss(LookupError):
+    """A subtree hash is not in memory (only raised in cache-only mode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,8 @@ class SqlLog:
                 missing.append(k)
             else:
                 out[k] = h
+        if missing and _CACHE_ONLY.get():
+            raise CacheMiss(missing[0])
         if missing:
             # One primary-key lookup per node (an OR of equalities uses the
             # index; a row-value IN list does not on SQLite).
@@ -118,6 +128,14 @@ class SqlLog:
             if items:
                 conn.execute(insert(HASHES), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in items])
         self._remember(((lv, ix), h) for lv, ix, h in items)
+
+    def cached_inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """An inclusion proof from memory only; raises CacheMiss if a node must be read."""
+        token = _CACHE_ONLY.set(True)
+        try:
+            return self.tree.inclusion_proof(index, size)
+        finally:
+            _CACHE_ONLY.reset(token)
 
     # -- entries -----------------------------------------------------------
 

@@ -13,6 +13,7 @@ checkpoints signed by the same log that cannot both be true.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -54,7 +55,11 @@ class Witness:
         CHAIN_METADATA.create_all(store.engine)
         self.store = store
         self.key = key
-        self._lock = asyncio.Lock()
+        # Per log: one checkpoint at a time, and the state kept in memory
+        # (the database holds the durable copy, written before each cosignature).
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._states: dict[str, WitnessedState | None] = {}
+        self._db = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness-db")
 
     def state(self, origin: str) -> WitnessedState | None:
         with self.store.engine.connect() as conn:
@@ -132,8 +137,11 @@ class Witness:
             raise InvalidArgument("witness.proof", "consistency proof is too long")
         if req.old_size > new.checkpoint.size:
             raise InvalidArgument("witness.old_size", "old_size is larger than the checkpoint's size")
-        async with self._lock:
-            old = await asyncio.to_thread(self.state, origin)
+        loop = asyncio.get_running_loop()
+        async with self._locks.setdefault(origin, asyncio.Lock()):
+            if origin not in self._states:
+                self._states[origin] = await loop.run_in_executor(self._db, self.state, origin)
+            old = self._states[origin]
             held = old.size if old else 0
             if req.old_size != held:
                 raise _Conflict(held)
@@ -168,7 +176,10 @@ class Witness:
                         "the checkpoint is not consistent with the one cosigned before",
                     ) from None
             if old is None or new.checkpoint.size > old.size:
-                await asyncio.to_thread(self._advance, origin, old, new)
+                await loop.run_in_executor(self._db, self._advance, origin, old, new)
+                self._states[origin] = WitnessedState(
+                    origin, new.checkpoint.size, new.checkpoint.root_hash, new.encode()
+                )
         cosig = cosign(new.checkpoint, self.key.witness_signer)
         return cosig.encode(), None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -65,12 +66,21 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         now = self.clock()
         try:
             aq = query_mod.authorize(self.verifier, request.query, city=self.city, now=now)
-            await self._claim(aq)
         except CreditnetError as exc:
             # Refusals are accesses too: the enterprise sees them in its history.
             await self._log_refusal(request.query, exc, now)
             raise
-        answer, disclosed = await self._answer(aq, now)
+        # The lookup runs while the claim commits; nothing is disclosed
+        # unless the claim succeeds.
+        lookup = asyncio.ensure_future(self._lookup(aq))
+        try:
+            await self._claim(aq)
+        except CreditnetError as exc:
+            lookup.cancel()
+            await self._log_refusal(request.query, exc, now)
+            raise
+        found, profile = await lookup
+        answer, disclosed = self._answer(aq, now, found, profile)
         entry = _query_entry(aq, self.city, now, chain_pb2.ENTRY_KIND_QUERY_ANSWERED)
         entry.disclosed_digest = digest(answer.payload)
         entry.records_disclosed = disclosed
@@ -137,12 +147,23 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 "consent.uses_exhausted", "the consent's maximum number of uses is reached"
             )
 
-    async def _answer(self, aq: AuthorizedQuery, now: dt.datetime) -> tuple[envelope_pb2.SignedEnvelope, int]:
+    async def _lookup(
+        self, aq: AuthorizedQuery
+    ) -> tuple[list[records_pb2.CreditRecord], records_pb2.EnterpriseProfile | None]:
         uscc = aq.terms.enterprise_uscc
-        found = await self.store.find_records(uscc, aq.categories, aq.data_from, aq.data_to)
-        profile = None
-        if uscc_mod.home_city(uscc) is self.city:
-            profile = await self.store.get_profile(uscc)
+        records = self.store.find_records(uscc, aq.categories, aq.data_from, aq.data_to)
+        if uscc_mod.home_city(uscc) is not self.city:
+            return await records, None
+        return await asyncio.gather(records, self.store.get_profile(uscc))
+
+    def _answer(
+        self,
+        aq: AuthorizedQuery,
+        now: dt.datetime,
+        found: list[records_pb2.CreditRecord],
+        profile: records_pb2.EnterpriseProfile | None,
+    ) -> tuple[envelope_pb2.SignedEnvelope, int]:
+        uscc = aq.terms.enterprise_uscc
         answer = query_pb2.CityAnswer(
             query_id=aq.terms.query_id,
             query_digest=aq.digest,
