@@ -77,10 +77,15 @@ class ServerHandle:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    # Plaintext, health-only server for orchestrators' native gRPC probes.
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
 
 
 async def start_server(
@@ -92,11 +97,15 @@ async def start_server(
     service_names: Sequence[str],
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     maximum_concurrent_rpcs: int | None = None,
+    health_listen: str | None = None,
 ) -> ServerHandle:
     """Start a grpc.aio server with health checking and reflection.
 
     There is no plaintext mode: every server of the network speaks mutual
-    TLS with certificates from the network CA.
+    TLS with certificates from the network CA. The one exception is
+    `health_listen`: a second port that serves only grpc.health.v1 in
+    plaintext, for Kubernetes' native gRPC probes (which cannot do mTLS). It
+    discloses nothing but SERVING/NOT_SERVING.
     """
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
@@ -114,7 +123,19 @@ async def start_server(
     await server.start()
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return ServerHandle(server=server, port=port, health=health_servicer)
+    handle = ServerHandle(server=server, port=port, health=health_servicer)
+    if health_listen:
+        # Started after the main server: the shared servicer already says
+        # SERVING, and draining turns both ports NOT_SERVING together.
+        probe = grpc.aio.server(options=SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
+        probe_port = probe.add_insecure_port(health_listen)
+        if probe_port == 0:
+            await server.stop(0)
+            raise OSError(f"cannot listen on {health_listen} for health probes")
+        await probe.start()
+        handle.health_server, handle.health_port = probe, probe_port
+    return handle
 
 
 class PeerIdentities:
