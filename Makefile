@@ -50,7 +50,7 @@ buf-lint:
 	else echo "buf lint SKIPPED: npm is not installed"; fi
 
 test: setup lint typecheck buf-lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m creditnet.bench
