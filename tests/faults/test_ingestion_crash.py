@@ -1,0 +1,131 @@
+"""A node killed while a provider streams batches: acknowledged batches survive, no batch is partial.
+
+SubmitRecords is a client stream with one response at the end, so a provider
+whose stream breaks learns nothing about the batches of that stream: only a
+completed call acknowledges its batches. What the node guarantees (and this
+test checks on a real process killed with SIGKILL) is that each batch is
+committed whole or not at all, in stream order, and that re-sending is
+idempotent, so a provider recovers by sending the broken stream again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from creditnet.dates import date_to_proto
+from creditnet.domain import Category, City
+from creditnet.network import NetworkLayout
+from creditnet.pki import TrustStore, node_server_name
+from creditnet.provider import submit_records
+from creditnet.rpc import secure_channel
+from creditnet.store import Store
+from creditnet.v1 import node_pb2, node_pb2_grpc, records_pb2
+from tests.faults.conftest import FaultNetwork, eventually
+
+pytestmark = pytest.mark.slow
+
+CITY = City.HEFEI
+BATCH = 25
+DAY = dt.date(2025, 6, 30)
+
+
+def reading(record_id: str, uscc: str) -> records_pb2.CreditRecord:
+    return records_pb2.CreditRecord(
+        record_id=record_id,
+        enterprise_uscc=uscc,
+        city=CITY.proto,
+        source="国网合肥供电公司",
+        record_date=date_to_proto(DAY),
+        utility=records_pb2.UtilityRecord(
+            kind=records_pb2.UTILITY_KIND_ELECTRICITY,
+            account_id="HF-0001",
+            period_start=date_to_proto(dt.date(2025, 6, 1)),
+            period_end=date_to_proto(DAY),
+            amount_due_fen=1000,
+            amount_paid_fen=1000,
+        ),
+    )
+
+
+def batch(run: str, number: int, uscc: str) -> list[records_pb2.CreditRecord]:
+    return [reading(f"{run}-b{number:04d}-r{i:02d}", uscc) for i in range(BATCH)]
+
+
+def stored_per_batch(layout: NetworkLayout, uscc: str, run: str) -> Counter[int]:
+    """Records of `run` in the node's database, by batch number (read directly, as an auditor would)."""
+    store = Store.open(f"sqlite:///{layout.node_config(CITY).parent / 'node.db'}")
+    try:
+        found = store.find_records(uscc, [Category.UTILITY], DAY, DAY)
+    finally:
+        store.close()
+    return Counter(int(r.record_id.split("-b")[1][:4]) for r in found if r.record_id.startswith(f"{run}-"))
+
+
+async def test_killed_during_ingestion_keeps_whole_batches_only(
+    network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
+) -> None:
+    uscc = fault_layout.demo_enterprise
+    provider = fault_layout.provider(CITY)
+    endpoint = fault_layout.node_endpoint(CITY)
+    run = uuid.uuid4().hex[:8]
+
+    # A completed call acknowledges every batch it carried.
+    acked = [r for b in range(4) for r in batch(f"{run}a", b, uscc)]
+    summary = await submit_records(endpoint, provider, fault_trust, acked, batch_size=BATCH)
+    assert (summary.batches, summary.accepted) == (4, 4 * BATCH)
+
+    # A long stream, killed part-way: the stream is still open when the node dies.
+    total, kill_after = 400, 12
+    killed = asyncio.Event()
+
+    async def batches() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
+        for b in range(total):
+            if b == kill_after:
+
+                async def some_committed() -> bool:
+                    return bool(await asyncio.to_thread(stored_per_batch, fault_layout, uscc, f"{run}b"))
+
+                await eventually(some_committed, "the node commits the first batches")
+                # Set first: the broken stream may cancel this generator at once.
+                killed.set()
+                await network.kill(CITY)
+            yield node_pb2.SubmitRecordsRequest(records=batch(f"{run}b", b, uscc))
+
+    async with secure_channel(endpoint, provider, fault_trust, node_server_name(CITY)) as channel:
+        stub = node_pb2_grpc.CityNodeServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SubmitRecords(batches(), timeout=60)
+    assert killed.is_set(), err.value
+    await network.wait_exit(CITY)
+    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+    def check_on_disk() -> int:
+        assert stored_per_batch(fault_layout, uscc, f"{run}a") == {b: BATCH for b in range(4)}
+        broken = stored_per_batch(fault_layout, uscc, f"{run}b")
+        # Whole batches only, and a prefix of the stream: batch n+1 is never
+        # committed without batch n.
+        assert set(broken.values()) <= {BATCH}, broken
+        assert sorted(broken) == list(range(len(broken))), sorted(broken)
+        return len(broken)
+
+    committed = await asyncio.to_thread(check_on_disk)
+    assert 1 <= committed < total
+    network.restart(CITY)
+    await network.wait_serving(CITY)
+    # The restarted node holds exactly what was committed before the kill.
+    assert await asyncio.to_thread(check_on_disk) == committed
+
+    # Recovery: send the broken stream again; what was committed counts as duplicates.
+    again = [r for b in range(total) for r in batch(f"{run}b", b, uscc)]
+    summary = await submit_records(endpoint, provider, fault_trust, again, batch_size=BATCH)
+    assert (summary.duplicates, summary.accepted) == (committed * BATCH, (total - committed) * BATCH)
+    assert await asyncio.to_thread(stored_per_batch, fault_layout, uscc, f"{run}b") == {
+        b: BATCH for b in range(total)
+    }
