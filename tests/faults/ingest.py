@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from collections import Counter
 
+from creditnet import uscc as uscc_mod
 from creditnet.dates import date_to_proto
 from creditnet.domain import Category, City
 from creditnet.network import NetworkLayout
@@ -14,6 +16,11 @@ from creditnet.v1 import records_pb2
 CITY = City.HEFEI
 BATCH = 25
 DAY = dt.date(2025, 6, 30)
+
+
+def enterprise(run: str) -> str:
+    """A Hefei enterprise of its own for one test run, so no query of the demo enterprise sees its records."""
+    return uscc_mod.make_uscc(random.Random(run), CITY, entity="92")
 
 
 def reading(record_id: str, uscc: str) -> records_pb2.CreditRecord:

@@ -23,7 +23,7 @@ from creditnet.provider import submit_records
 from creditnet.rpc import secure_channel
 from creditnet.v1 import node_pb2, node_pb2_grpc
 from tests.faults.conftest import FaultNetwork, eventually
-from tests.faults.ingest import BATCH, CITY, batch, stored_per_batch
+from tests.faults.ingest import BATCH, CITY, batch, enterprise, stored_per_batch
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +31,10 @@ pytestmark = pytest.mark.slow
 async def test_killed_during_ingestion_keeps_whole_batches_only(
     network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
 ) -> None:
-    uscc = fault_layout.demo_enterprise
     provider = fault_layout.provider(CITY)
     endpoint = fault_layout.node_endpoint(CITY)
     run = uuid.uuid4().hex[:8]
+    uscc = enterprise(run)
 
     # A completed call acknowledges every batch it carried.
     acked = [r for b in range(4) for r in batch(f"{run}a", b, uscc)]

@@ -18,7 +18,7 @@ from creditnet.v1 import node_pb2, node_pb2_grpc, query_pb2
 from creditnet_bank import BankClient, SectionStatus
 from tests.faults.conftest import AGGREGATOR, FaultNetwork, answered, eventually, network_json
 from tests.faults.ingest import CITY as INGEST_CITY
-from tests.faults.ingest import batch, stored_per_batch
+from tests.faults.ingest import batch, enterprise, stored_per_batch
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ async def test_sigterm_stops_a_node_within_the_grace_period_even_with_a_stream_l
     never = asyncio.Event()
 
     async def open_stream() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
-        yield node_pb2.SubmitRecordsRequest(records=batch(run, 0, fault_layout.demo_enterprise))
+        yield node_pb2.SubmitRecordsRequest(records=batch(run, 0, enterprise(run)))
         await never.wait()  # a provider that never finishes its stream
 
     provider = fault_layout.provider(city)
@@ -126,9 +126,7 @@ async def test_sigterm_stops_a_node_within_the_grace_period_even_with_a_stream_l
         call = node_pb2_grpc.CityNodeServiceStub(channel).SubmitRecords(open_stream(), timeout=60)
 
         async def serving_the_stream() -> bool:
-            return bool(
-                await asyncio.to_thread(stored_per_batch, fault_layout, fault_layout.demo_enterprise, run)
-            )
+            return bool(await asyncio.to_thread(stored_per_batch, fault_layout, enterprise(run), run))
 
         await eventually(serving_the_stream, "the node stores the stream's first batch")
         network.proc(city).send_signal(signal.SIGTERM)

@@ -1,0 +1,162 @@
+"""Overload on real processes: bounded calls, per-bank rates and message sizes answer RESOURCE_EXHAUSTED."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from creditnet.domain import City
+from creditnet.limits import CONCURRENCY_RULE, RATE_LIMITED_RULE, RETRY_AFTER_KEY
+from creditnet.network import DEMO_BANK, SECOND_BANK, NetworkLayout
+from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
+from creditnet.rpc import MAX_RECEIVE_BYTES, secure_channel
+from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
+from tests.faults.conftest import AGGREGATOR, FaultNetwork, eventually
+from tests.faults.ingest import CITY, batch, enterprise, stored_per_batch
+
+pytestmark = pytest.mark.slow
+
+NEEDS_WIRING = pytest.mark.xfail(
+    strict=True,
+    reason="needs start_node/start_aggregator to pass limits.server_interceptors(Limits.from_env(), trust)",
+)
+
+
+def oversized_channel(
+    target: str, identity: Identity, trust: TrustStore, server_name: str
+) -> grpc.aio.Channel:
+    """A client that would send more than any server accepts: the limit must be the server's."""
+    creds = grpc.ssl_channel_credentials(trust.ca_pem, identity.key_pem, identity.cert_pem)
+    return grpc.aio.secure_channel(
+        target,
+        creds,
+        options=[
+            ("grpc.max_send_message_length", 4 * MAX_RECEIVE_BYTES),
+            ("grpc.ssl_target_name_override", server_name),
+        ],
+    )
+
+
+def query_of(size: int) -> node_pb2.QueryRequest:
+    return node_pb2.QueryRequest(query=envelope_pb2.SignedEnvelope(payload=b"\0" * size))
+
+
+async def test_requests_over_the_size_limit_are_refused(
+    network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
+) -> None:
+    bank = fault_layout.bank(DEMO_BANK)
+    node_target = fault_layout.node_endpoint(City.NANJING)
+    async with oversized_channel(node_target, bank, fault_trust, node_server_name(City.NANJING)) as channel:
+        stub = node_pb2_grpc.CityNodeServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as big:
+            await stub.Query(query_of(MAX_RECEIVE_BYTES + 1024), timeout=30)
+        assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Under the limit the same nonsense reaches the node's checks instead.
+        with pytest.raises(grpc.aio.AioRpcError) as small:
+            await stub.Query(query_of(MAX_RECEIVE_BYTES - 1024), timeout=30)
+        assert small.value.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+    agg_target = fault_layout.aggregator_endpoint
+    async with oversized_channel(agg_target, bank, fault_trust, AGGREGATOR_SERVER_NAME) as channel:
+        request = aggregator_pb2.FederatedQueryRequest(
+            query=envelope_pb2.SignedEnvelope(payload=b"\0" * (MAX_RECEIVE_BYTES + 1024))
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as big:
+            await aggregator_pb2_grpc.AggregatorServiceStub(channel).FederatedQuery(request, timeout=30)
+        assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Both servers are still serving.
+    await network.wait_serving(City.NANJING)
+    await network.wait_serving(AGGREGATOR)
+
+
+@NEEDS_WIRING
+async def test_calls_beyond_a_nodes_bound_are_refused_at_once_and_it_keeps_serving(
+    network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
+) -> None:
+    bound = 3
+    network.env[CITY.value] = {"CREDITNET_MAX_CONCURRENT_RPCS": str(bound)}
+    await network.kill(CITY)
+    network.restart(CITY)
+    await network.wait_serving(CITY)
+    provider = fault_layout.provider(CITY)
+    release = asyncio.Event()
+    runs = [uuid.uuid4().hex[:8] for _ in range(bound)]
+    uscc = enterprise(runs[0])
+
+    def holding_stream(run: str) -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
+        async def stream() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
+            yield node_pb2.SubmitRecordsRequest(records=batch(run, 0, uscc))
+            await release.wait()
+
+        return stream()
+
+    target, name = fault_layout.node_endpoint(CITY), node_server_name(CITY)
+    async with (
+        secure_channel(target, provider, fault_trust, name) as provider_channel,
+        secure_channel(target, fault_layout.bank(DEMO_BANK), fault_trust, name) as bank_channel,
+    ):
+        stub = node_pb2_grpc.CityNodeServiceStub(provider_channel)
+        held = [asyncio.ensure_future(stub.SubmitRecords(holding_stream(r), timeout=60)) for r in runs]
+        try:
+
+            async def all_streams_served() -> bool:
+                stored = await asyncio.gather(
+                    *(asyncio.to_thread(stored_per_batch, fault_layout, uscc, r) for r in runs)
+                )
+                return all(stored)
+
+            # Each stream's first batch is stored: all `bound` slots are taken.
+            await eventually(all_streams_served, "the node serves every held stream")
+            bank = node_pb2_grpc.CityNodeServiceStub(bank_channel)
+            results = await asyncio.gather(
+                *(bank.GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=10) for _ in range(30)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(r, grpc.aio.AioRpcError) for r in results), results
+            errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert {e.code() for e in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert all(CONCURRENCY_RULE in (e.details() or "") for e in errors)
+            health = health_pb2_grpc.HealthStub(bank_channel)
+            status = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            release.set()
+        assert [r.batches for r in await asyncio.gather(*held)] == [1] * bound
+        info = await node_pb2_grpc.CityNodeServiceStub(bank_channel).GetNodeInfo(
+            node_pb2.GetNodeInfoRequest(), timeout=10
+        )
+        assert info.city == CITY.proto
+
+
+@NEEDS_WIRING
+async def test_a_bank_over_its_rate_is_refused_with_a_retry_hint_and_others_are_not(
+    network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
+) -> None:
+    network.env[AGGREGATOR] = {"CREDITNET_RATE_LIMIT_PER_BANK": "3/h"}
+    await network.kill(AGGREGATOR)
+    network.restart(AGGREGATOR)
+    await network.wait_serving(AGGREGATOR)
+    target = fault_layout.aggregator_endpoint
+
+    async def list_nodes(code: str) -> aggregator_pb2.ListNodesResponse:
+        async with secure_channel(target, fault_layout.bank(code), fault_trust, AGGREGATOR_SERVER_NAME) as ch:
+            stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
+            resp: aggregator_pb2.ListNodesResponse = await stub.ListNodes(
+                aggregator_pb2.ListNodesRequest(), timeout=10
+            )
+            return resp
+
+    for _ in range(3):
+        await list_nodes(SECOND_BANK)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await list_nodes(SECOND_BANK)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (err.value.details() or "").startswith(f"{RATE_LIMITED_RULE}: bank {SECOND_BANK} ")
+    trailers = err.value.trailing_metadata()
+    assert trailers is not None and int(trailers[RETRY_AFTER_KEY]) > 0
+    # Another bank has its own bucket.
+    assert len((await list_nodes(DEMO_BANK)).nodes) == 5
