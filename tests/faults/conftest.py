@@ -47,6 +47,8 @@ class FaultNetwork(ProcessNetwork):
     # A command prefix per process, e.g. ["ip", "netns", "exec", "cn-hefei"].
     prefix: dict[str, list[str]] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
+    # Sent SIGTERM: draining, and about to exit.
+    terminating: set[str] = field(default_factory=set)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log_dir = self.log_dir or (self.layout.root / "logs")
@@ -98,6 +100,10 @@ class FaultNetwork(ProcessNetwork):
             self.proc(who).send_signal(signal.SIGCONT)
             self.frozen.discard(name_of(who))
 
+    def terminate(self, who: City | str) -> None:
+        self.proc(who).send_signal(signal.SIGTERM)
+        self.terminating.add(name_of(who))
+
     async def wait_exit(self, who: City | str) -> int:
         return await asyncio.to_thread(self.proc(who).wait, PATIENCE)
 
@@ -122,6 +128,9 @@ class FaultNetwork(ProcessNetwork):
         """Every process thawed, running with its normal environment, and SERVING."""
         for name in list(self.frozen):
             self.thaw(name)
+        for name in list(self.terminating):
+            await self.wait_exit(name)
+            self.terminating.discard(name)
         names = [c.value for c in ALL_CITIES] + [AGGREGATOR]
         for name in names:
             proc = self.procs.get(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 from collections.abc import AsyncIterator
 
@@ -97,7 +96,7 @@ async def test_sigterm_drains_the_aggregators_calls_in_flight_and_exits_cleanly(
                 return all(n == 1 for n in counts.values())
 
             await eventually(in_flight, "the query is in flight at the aggregator")
-            network.proc(AGGREGATOR).send_signal(signal.SIGTERM)
+            network.terminate(AGGREGATOR)
             report = await sent
         finally:
             network.thaw(slow)
@@ -129,7 +128,7 @@ async def test_sigterm_stops_a_node_within_the_grace_period_even_with_a_stream_l
             return bool(await asyncio.to_thread(stored_per_batch, fault_layout, enterprise(run), run))
 
         await eventually(serving_the_stream, "the node stores the stream's first batch")
-        network.proc(city).send_signal(signal.SIGTERM)
+        network.terminate(city)
         # The node waits out the grace period for the stream, then cancels it and exits 0.
         assert await network.wait_exit(city) == 0
         with pytest.raises(grpc.aio.AioRpcError) as err:
