@@ -1,0 +1,51 @@
+"""Observability of every server: Prometheus metrics, structured logs, OpenTelemetry traces.
+
+- `metrics`: a registry per server (`NodeMetrics`, `AggregatorMetrics`) served over HTTP.
+- `interceptors`: the server interceptor that counts, times and traces every call.
+- `tracing`: W3C trace context in gRPC metadata; the client interceptor; the process's tracer provider.
+- `logs`: JSON or text log lines carrying the call's query id and trace id.
+- `context`: the query id a call is about.
+"""
+
+from __future__ import annotations
+
+from creditnet.observability.context import (
+    QUERY_ID_METADATA,
+    QueryRef,
+    bind_query_id,
+    current_query,
+    query_scope,
+)
+from creditnet.observability.interceptors import ServerObservability, server_interceptors
+from creditnet.observability.logs import configure_logging
+from creditnet.observability.metrics import (
+    AggregatorMetrics,
+    MetricsEndpoint,
+    NodeMetrics,
+    ServerMetrics,
+)
+from creditnet.observability.tracing import (
+    TracingClientInterceptor,
+    client_interceptors,
+    configure_tracing,
+    outgoing_metadata,
+)
+
+__all__ = [
+    "QUERY_ID_METADATA",
+    "AggregatorMetrics",
+    "MetricsEndpoint",
+    "NodeMetrics",
+    "QueryRef",
+    "ServerMetrics",
+    "ServerObservability",
+    "TracingClientInterceptor",
+    "bind_query_id",
+    "client_interceptors",
+    "configure_logging",
+    "configure_tracing",
+    "current_query",
+    "outgoing_metadata",
+    "query_scope",
+    "server_interceptors",
+]

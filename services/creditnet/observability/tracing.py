@@ -1,0 +1,273 @@
+"""OpenTelemetry trace context over gRPC: one federated query is one trace.
+
+The bank's call starts the trace; W3C ``traceparent`` (and ``tracestate``,
+``baggage``) travel in gRPC metadata; every server continues the caller's
+trace in a SERVER span; the aggregator's calls to the nodes are CLIENT spans
+inside its own SERVER span, so the trace shows each city's call, including
+one that never reached its node (a TIMEOUT has a client span and no server
+span).
+
+Which propagators run is the OpenTelemetry API's global choice
+(``OTEL_PROPAGATORS``, W3C trace context and baggage by default). Spans go to
+the global tracer provider unless one is given: without `configure_tracing`
+(or another SDK set-up) the API records nothing but still passes the
+caller's trace id on, so logs on every server name the same trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from creditnet import __version__
+from creditnet.observability.context import QUERY_ID_METADATA, current_query
+
+INSTRUMENTATION = "creditnet.observability"
+# Probes and reflection: frequent, and nothing to follow across servers.
+UNTRACED_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class TracingSetupError(ValueError):
+    """Tracing was asked for in a way this installation cannot provide."""
+
+
+def traced(method: str) -> bool:
+    return not method.startswith(UNTRACED_PREFIXES)
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """``/creditnet.v1.CityNodeService/Query`` → (``creditnet.v1.CityNodeService``, ``Query``)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return (service or "unknown"), (name or "unknown")
+
+
+def span_name(method: str) -> str:
+    service, name = split_method(method)
+    return f"{service}/{name}"
+
+
+def rpc_attributes(method: str) -> dict[str, str]:
+    service, name = split_method(method)
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def get_tracer(provider: trace.TracerProvider | None = None) -> trace.Tracer:
+    return trace.get_tracer(INSTRUMENTATION, __version__, tracer_provider=provider)
+
+
+# --- carrying the context in metadata ---------------------------------------------
+
+
+def extract_context(metadata: Metadata | None) -> otel_context.Context:
+    """The caller's trace context from incoming metadata (empty when it sent none)."""
+    carrier: dict[str, str] = {}
+    for key, value in metadata or ():
+        # Binary headers (-bin) carry nothing the text propagators read.
+        if isinstance(value, str):
+            carrier[key.lower()] = value
+    return propagate.extract(carrier)
+
+
+def outgoing_metadata(
+    metadata: Iterable[tuple[str, str | bytes]] | None = None,
+    context: otel_context.Context | None = None,
+) -> list[tuple[str, str | bytes]]:
+    """`metadata` plus the trace context of `context` (default: the current one) and the bound query id.
+
+    For a call made without the client interceptor: pass it as the call's
+    ``metadata=``.
+    """
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    out = [(k, v) for k, v in metadata or () if k not in carrier and k != QUERY_ID_METADATA]
+    out.extend(carrier.items())
+    query = current_query()
+    if query is not None:
+        out.append((QUERY_ID_METADATA, query.query_id))
+    return out
+
+
+# --- client side ------------------------------------------------------------------
+
+
+def _details_with(details: grpc.aio.ClientCallDetails, context: otel_context.Context | None) -> Any:
+    metadata = outgoing_metadata(details.metadata, context)
+    return grpc.aio.ClientCallDetails(
+        method=details.method,
+        timeout=details.timeout,
+        metadata=grpc.aio.Metadata(*metadata),
+        credentials=details.credentials,
+        wait_for_ready=details.wait_for_ready,
+    )
+
+
+def _method_name(details: grpc.aio.ClientCallDetails) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+class TracingClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Send the trace context and query id with every call; a CLIENT span for each unary call.
+
+    `server_name` is the TLS name the channel is pinned to (``hefei.node.creditnet``),
+    so the aggregator's spans name the city each call went to.
+    """
+
+    def __init__(self, server_name: str = "", tracer_provider: trace.TracerProvider | None = None) -> None:
+        self.server_name = server_name
+        self.tracer = get_tracer(tracer_provider)
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[Any, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        method = _method_name(client_call_details)
+        if not traced(method):
+            return await continuation(client_call_details, request)
+        attributes: dict[str, str] = rpc_attributes(method)
+        if self.server_name:
+            attributes["server.address"] = self.server_name
+        query = current_query()
+        if query is not None:
+            attributes["creditnet.query_id"] = query.query_id
+        span = self.tracer.start_span(span_name(method), kind=SpanKind.CLIENT, attributes=attributes)
+        details = _details_with(client_call_details, trace.set_span_in_context(span))
+        call = None
+        try:
+            call = await continuation(details, request)
+            # Waiting here ends the span when the call ends; the caller then
+            # awaits the finished call and gets the same response or error.
+            await call
+        except grpc.aio.AioRpcError as exc:
+            _end_client_span(span, exc.code())
+            if call is None:
+                raise
+            return call
+        except BaseException as exc:
+            # Cancelled (the caller's own deadline) or failed before a call
+            # existed: the call, if any, must not outlive the caller's interest.
+            if call is not None:
+                call.cancel()
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            _end_client_span(span, grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.UNKNOWN)
+            raise
+        _end_client_span(span, grpc.StatusCode.OK)
+        return call
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[Any, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(_details_with(client_call_details, None), request)
+
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[[Any, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[Any] | Iterable[Any],
+    ) -> Any:
+        return await continuation(_details_with(client_call_details, None), request_iterator)
+
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[[Any, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[Any] | Iterable[Any],
+    ) -> Any:
+        return await continuation(_details_with(client_call_details, None), request_iterator)
+
+
+def _end_client_span(span: trace.Span, code: grpc.StatusCode) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code is not grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
+
+
+def client_interceptors(
+    server_name: str = "", tracer_provider: trace.TracerProvider | None = None
+) -> list[grpc.aio.ClientInterceptor]:
+    """For grpc.aio.secure_channel(..., interceptors=…)."""
+    return [TracingClientInterceptor(server_name, tracer_provider)]
+
+
+# --- the process's tracer provider --------------------------------------------------
+
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_OTLP_EXPORTERS = (
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+)
+
+
+def otlp_exporter_from_env(env: Mapping[str, str] | None = None) -> SpanExporter | None:
+    """An OTLP span exporter when ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` is set, else None.
+
+    The exporter package is optional (it brings its own gRPC or HTTP
+    stack); asking for export without it installed is an error, not silence.
+    """
+    env = os.environ if env is None else env
+    wanted = [name for name in OTLP_ENDPOINT_VARIABLES if env.get(name, "").strip()]
+    if not wanted:
+        return None
+    for module_name in _OTLP_EXPORTERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        exporter: SpanExporter = module.OTLPSpanExporter()
+        return exporter
+    raise TracingSetupError(
+        f"{wanted[0]} is set but no OTLP exporter is installed; "
+        "install opentelemetry-exporter-otlp-proto-grpc (or -proto-http), or unset it"
+    )
+
+
+def configure_tracing(
+    service_name: str,
+    *,
+    attributes: Mapping[str, str] | None = None,
+    exporter: SpanExporter | None = None,
+    env: Mapping[str, str] | None = None,
+) -> trace.TracerProvider:
+    """Give this process an SDK tracer provider: once per process, before serving.
+
+    Spans then have ids of their own (which the logs show) and are exported
+    to `exporter`, or over OTLP when the standard variables ask for it, or
+    nowhere. Sampling follows ``OTEL_TRACES_SAMPLER`` (default: always, and
+    always as the caller decided). A provider set earlier is kept and returned.
+    """
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    resource = Resource.create(
+        {"service.name": service_name, "service.version": __version__, **(attributes or {})}
+    )
+    provider = TracerProvider(resource=resource)
+    chosen = exporter if exporter is not None else otlp_exporter_from_env(env)
+    if chosen is not None:
+        provider.add_span_processor(BatchSpanProcessor(chosen))
+    trace.set_tracer_provider(provider)
+    return provider
