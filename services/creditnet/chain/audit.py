@@ -28,7 +28,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -619,6 +619,41 @@ async def _list_evidence(
     return got, errors
 
 
+async def pool_certificates(
+    nodes: Mapping[str, chain_pb2_grpc.ChainServiceStub],
+    aggregator: aggregator_pb2_grpc.AggregatorServiceStub | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[bytes]:
+    """Every log-key certificate the nodes (and the aggregator) send with their checkpoints.
+
+    A checkpoint is cosigned by witnesses whose certificates should travel
+    with it, but any certificate the CA issued for that witness's log key
+    verifies it equally; pooling them lets a checkpoint whose node lost some
+    certificates (e.g. after a restart) still be checked. Calls that fail
+    contribute nothing.
+    """
+
+    async def node_certs(stub: chain_pb2_grpc.ChainServiceStub) -> list[bytes]:
+        resp = await stub.GetCheckpoint(chain_pb2.GetCheckpointRequest(), timeout=timeout)
+        return list(resp.key_certificates)
+
+    async def aggregator_certs(stub: aggregator_pb2_grpc.AggregatorServiceStub) -> list[bytes]:
+        resp = await stub.GetNetworkCheckpoint(aggregator_pb2.GetNetworkCheckpointRequest(), timeout=timeout)
+        return list(resp.key_certificates)
+
+    calls = [node_certs(s) for s in nodes.values()]
+    if aggregator is not None:
+        calls.append(aggregator_certs(aggregator))
+    pooled: dict[bytes, None] = {}
+    for res in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(res, grpc.aio.AioRpcError):
+            continue
+        if isinstance(res, BaseException):
+            raise res
+        pooled.update(dict.fromkeys(res))
+    return list(pooled)
+
+
 # --------------------------------------------------------------------------
 # Verifying one node's log
 
@@ -717,6 +752,7 @@ async def verify_log(
     *,
     seen: Sequence[SeenCheckpoint] = (),
     witnesses: Mapping[str, chain_pb2_grpc.ChainServiceStub] | None = None,
+    certificates: Sequence[bytes] = (),
     quorum: int = DEFAULT_QUORUM,
     progress: ProgressFn | None = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -724,10 +760,13 @@ async def verify_log(
     """Audit `city`'s whole log (see the module docstring); the report names the first problem.
 
     `seen` are checkpoints of this log verified on earlier runs; `witnesses`
-    are the other nodes, whose evidence about this log is read in parallel.
+    are the other nodes, whose evidence about this log is read, and whose
+    log-key certificates are pooled with `certificates` (see
+    :func:`pool_certificates`), in parallel.
     """
     origin = log_origin(city.value)
     evidence_task = asyncio.ensure_future(_list_evidence(witnesses or {}, timeout))
+    pool_task = asyncio.ensure_future(pool_certificates(witnesses or {}, timeout=timeout))
     checkpoint: SeenCheckpoint | None = None
     cosigs: tuple[WitnessCosignature, ...] = ()
     entries: list[bytes] = []
@@ -740,11 +779,11 @@ async def verify_log(
         except grpc.aio.AioRpcError as exc:
             problem = _rpc_problem(exc, f"the {city.value} node gave no checkpoint")
         else:
-            log_keys = known_keys(trust, resp.key_certificates)
+            # The node's own certificates last: they win for its own name.
+            certs = [*certificates, *await pool_task, *resp.key_certificates]
+            log_keys = known_keys(trust, certs)
             try:
-                cp = verify_checkpoint(
-                    trust, resp.checkpoint, list(resp.key_certificates), city.value, quorum
-                )
+                cp = verify_checkpoint(trust, resp.checkpoint, certs, city.value, quorum)
             except ReceiptError as exc:
                 problem = Problem(
                     ProblemKind.BAD_CHECKPOINT, f"the {city.value} node's latest checkpoint: {exc}"
@@ -774,8 +813,9 @@ async def verify_log(
                 problem = check_entries(entries, city)
         found, witness_errors = await evidence_task
     finally:
-        if not evidence_task.done():
-            evidence_task.cancel()
+        for task in (evidence_task, pool_task):
+            if not task.done():
+                task.cancel()
     evidence = tuple(
         evidence_item(w, ev, log_keys)
         for w, evs in sorted(found.items())
@@ -807,6 +847,21 @@ def _node_channel(city: City, endpoint: str, identity: Identity, trust: TrustSto
     return secure_channel(endpoint, identity, trust, node_server_name(city))
 
 
+def _aggregator_channel(
+    endpoint: str | None, identity: Identity, trust: TrustStore
+) -> grpc.aio.Channel | None:
+    if endpoint is None:
+        return None
+    return secure_channel(endpoint, identity, trust, AGGREGATOR_SERVER_NAME)
+
+
+async def _close(channels: Iterable[grpc.aio.Channel], extra: grpc.aio.Channel | None = None) -> None:
+    closing = [ch.close() for ch in channels]
+    if extra is not None:
+        closing.append(extra.close())
+    await asyncio.gather(*closing, return_exceptions=True)
+
+
 async def audit(
     city: City,
     endpoints: Mapping[City, str],
@@ -814,6 +869,7 @@ async def audit(
     trust: TrustStore,
     *,
     state: AuditState | None = None,
+    aggregator: str | None = None,
     quorum: int = DEFAULT_QUORUM,
     progress: ProgressFn | None = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -822,25 +878,33 @@ async def audit(
 
     With a `state`, the checkpoints seen before are checked too, and the
     latest one is recorded when the log passes (the caller saves the state).
+    The `aggregator`, a witness too, is asked only for its log-key certificate.
     """
     if city not in endpoints:
         raise AuditError(f"no endpoint for the {city.value} node")
     channels = {c: _node_channel(c, ep, identity, trust) for c, ep in endpoints.items()}
+    agg_channel = _aggregator_channel(aggregator, identity, trust)
     try:
         stubs = {c: chain_pb2_grpc.ChainServiceStub(ch) for c, ch in channels.items()}
         origin = log_origin(city.value)
+        national = (
+            await pool_certificates({}, aggregator_pb2_grpc.AggregatorServiceStub(agg_channel), timeout)
+            if agg_channel is not None
+            else []
+        )
         report = await verify_log(
             city,
             stubs[city],
             trust,
             seen=state.seen(origin) if state else (),
             witnesses={c.value: s for c, s in stubs.items() if c is not city},
+            certificates=national,
             quorum=quorum,
             progress=progress,
             timeout=timeout,
         )
     finally:
-        await asyncio.gather(*(ch.close() for ch in channels.values()), return_exceptions=True)
+        await _close(channels.values(), agg_channel)
     if state is not None and report.ok and report.checkpoint is not None:
         state.record(origin, report.checkpoint)
     return report
@@ -971,21 +1035,17 @@ class ChainStatus:
         }
 
 
-async def _node_checkpoint(
+def _node_checkpoint(
     city: City,
-    stub: chain_pb2_grpc.ChainServiceStub,
+    resp: chain_pb2.GetCheckpointResponse | str,
     trust: TrustStore,
+    pooled: Sequence[bytes],
     quorum: int,
-    timeout: float,
-    keys: dict[str, KnownKey],
 ) -> NodeCheckpoint:
+    if isinstance(resp, str):
+        return NodeCheckpoint(city, error=resp)
     try:
-        resp = await stub.GetCheckpoint(chain_pb2.GetCheckpointRequest(), timeout=timeout)
-    except grpc.aio.AioRpcError as exc:
-        return NodeCheckpoint(city, error=f"{exc.code().name}: {exc.details()}")
-    keys.update(known_keys(trust, resp.key_certificates))
-    try:
-        cp = verify_checkpoint(trust, resp.checkpoint, list(resp.key_certificates), city.value, quorum)
+        cp = verify_checkpoint(trust, resp.checkpoint, [*pooled, *resp.key_certificates], city.value, quorum)
     except ReceiptError as exc:
         return NodeCheckpoint(city, error=str(exc))
     return NodeCheckpoint(
@@ -1010,42 +1070,57 @@ async def survey(
 ) -> ChainStatus:
     """Every node's latest checkpoint, the network checkpoint and every witness's evidence."""
     channels = {c: _node_channel(c, ep, identity, trust) for c, ep in endpoints.items()}
-    agg_channel = (
-        secure_channel(aggregator, identity, trust, AGGREGATOR_SERVER_NAME)
-        if aggregator is not None
-        else None
-    )
+    agg_channel = _aggregator_channel(aggregator, identity, trust)
+    cities = [c for c in City if c in channels]
+
+    async def checkpoint(stub: chain_pb2_grpc.ChainServiceStub) -> chain_pb2.GetCheckpointResponse | str:
+        try:
+            resp: chain_pb2.GetCheckpointResponse = await stub.GetCheckpoint(
+                chain_pb2.GetCheckpointRequest(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        return resp
+
+    async def network_head() -> aggregator_pb2.GetNetworkCheckpointResponse | str:
+        if agg_channel is None:
+            return "no aggregator endpoint given"
+        stub = aggregator_pb2_grpc.AggregatorServiceStub(agg_channel)
+        try:
+            resp: aggregator_pb2.GetNetworkCheckpointResponse = await stub.GetNetworkCheckpoint(
+                aggregator_pb2.GetNetworkCheckpointRequest(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        return resp
+
     try:
         stubs = {c: chain_pb2_grpc.ChainServiceStub(ch) for c, ch in channels.items()}
-        keys: dict[str, KnownKey] = {}
-        cities = [c for c in City if c in stubs]
-        nodes = await asyncio.gather(
-            *(_node_checkpoint(c, stubs[c], trust, quorum, timeout, keys) for c in cities)
+        checkpoints, (found, evidence_errors), head = await asyncio.gather(
+            asyncio.gather(*(checkpoint(stubs[c]) for c in cities)),
+            _list_evidence({c.value: stubs[c] for c in cities}, timeout),
+            network_head(),
         )
-        found, evidence_errors = await _list_evidence({c.value: stubs[c] for c in cities}, timeout)
-        network: NetworkCheckpoint | None = None
-        network_error = "no aggregator endpoint given"
-        if agg_channel is not None:
-            try:
-                resp: aggregator_pb2.GetNetworkCheckpointResponse = (
-                    await aggregator_pb2_grpc.AggregatorServiceStub(agg_channel).GetNetworkCheckpoint(
-                        aggregator_pb2.GetNetworkCheckpointRequest(), timeout=timeout
-                    )
-                )
-                network = verify_network_checkpoint(trust, resp.checkpoint, list(resp.key_certificates))
-                network_error = ""
-            except grpc.aio.AioRpcError as exc:
-                network_error = f"{exc.code().name}: {exc.details()}"
-            except NetworkCheckpointError as exc:
-                network_error = str(exc)
     finally:
-        closing = [ch.close() for ch in channels.values()]
-        if agg_channel is not None:
-            closing.append(agg_channel.close())
-        await asyncio.gather(*closing, return_exceptions=True)
+        await _close(channels.values(), agg_channel)
+    pooled = [der for r in checkpoints if not isinstance(r, str) for der in r.key_certificates]
+    network: NetworkCheckpoint | None = None
+    if isinstance(head, str):
+        network_error = head
+    else:
+        pooled.extend(head.key_certificates)
+        try:
+            network = verify_network_checkpoint(trust, head.checkpoint, list(head.key_certificates))
+            network_error = ""
+        except NetworkCheckpointError as exc:
+            network_error = str(exc)
+    nodes = tuple(
+        _node_checkpoint(c, res, trust, pooled, quorum) for c, res in zip(cities, checkpoints, strict=True)
+    )
+    keys = known_keys(trust, pooled)
     evidence = tuple(evidence_item(w, ev, keys) for w, evs in sorted(found.items()) for ev in evs)
     return ChainStatus(
-        nodes=tuple(nodes),
+        nodes=nodes,
         network=network,
         network_error=network_error,
         evidence=evidence,
