@@ -209,6 +209,13 @@ def test_a_log_never_shrinks_nor_shows_two_roots_for_one_size() -> None:
     assert split is not None and split.kind is ProblemKind.SPLIT_VIEW
 
 
+async def test_two_roots_for_one_size_are_a_split_view_whatever_the_entries() -> None:
+    entries = log(8)
+    both = [cosigned(entries, 6), cosigned(changed(entries, 1), 6), cosigned(entries, 8)]
+    problem = await check_log(entries, both, TreeProofs(build_tree(entries)))
+    assert problem is not None and problem.kind is ProblemKind.SPLIT_VIEW and problem.size == 6
+
+
 def test_entries_must_be_this_nodes_ledger_entries() -> None:
     assert check_entries(log(4), City.HEFEI) is None
     foreign = [*log(3), entry(3, city=City.NANJING)]

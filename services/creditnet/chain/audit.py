@@ -63,6 +63,7 @@ __all__ = [
     "AuditReport",
     "AuditState",
     "ChainStatus",
+    "EntryOrderError",
     "EvidenceItem",
     "NetworkCheckpoint",
     "NetworkCheckpointError",
@@ -81,6 +82,9 @@ __all__ = [
     "check_entries",
     "check_log",
     "download_entries",
+    "evidence_item",
+    "locate_change",
+    "pool_certificates",
     "survey",
     "verify_log",
     "verify_network_checkpoint",
@@ -373,6 +377,14 @@ async def check_log(
     chain = _chain(checkpoints)
     if not chain:
         return None
+    for cp in checkpoints:
+        twin = next(c for c in chain if c.size == cp.size)
+        if twin.root != cp.root:
+            return Problem(
+                ProblemKind.SPLIT_VIEW,
+                f"two cosigned checkpoints of size {cp.size} with different roots: a split view",
+                size=cp.size,
+            )
     top = chain[-1].size
     if len(entries) < top:
         return Problem(
@@ -704,8 +716,8 @@ class AuditReport:
         }
 
 
-class _EntryOrder(Exception):
-    pass
+class EntryOrderError(ValueError):
+    """A node streamed its entries out of order."""
 
 
 async def download_entries(
@@ -718,7 +730,7 @@ async def download_entries(
     """Every entry of the log, in order; `progress(done, total)` as they arrive.
 
     `expected` (the checkpoint size) is the total shown until more arrive.
-    Raises :class:`_EntryOrder` if the node sends an index out of order.
+    Raises :class:`EntryOrderError` if the node sends an index out of order.
     """
     entries: list[bytes] = []
     while True:
@@ -728,7 +740,7 @@ async def download_entries(
         )
         async for item in call:
             if item.index != len(entries):
-                raise _EntryOrder(f"the node sent entry {item.index} where entry {len(entries)} belongs")
+                raise EntryOrderError(f"the node sent entry {item.index} where entry {len(entries)} belongs")
             entries.append(item.entry)
             if progress is not None and len(entries) % 1000 == 0:
                 progress(len(entries), max(expected, len(entries)))
@@ -803,7 +815,7 @@ async def verify_log(
                 )
             except grpc.aio.AioRpcError as exc:
                 problem = _rpc_problem(exc, f"the {city.value} node did not serve its entries")
-            except _EntryOrder as exc:
+            except EntryOrderError as exc:
                 problem = Problem(ProblemKind.ENTRY_ORDER, str(exc))
         if checkpoint is not None and problem is None:
             chain = _chain([*seen, checkpoint])

@@ -34,7 +34,7 @@ from creditnet.cli.common import (
 )
 from creditnet.config import parse_nodes
 from creditnet.dates import utcnow
-from creditnet.domain import City
+from creditnet.domain import Category, City
 from creditnet.pki import Identity, TrustStore
 
 app = typer.Typer(
@@ -203,7 +203,7 @@ def render_history(result: History) -> None:
             outcome,
             item.bank,
             item.purpose.value if item.purpose else "",
-            ", ".join(c.value for c in item.categories),
+            "all" if set(item.categories) == set(Category) else ", ".join(c.value for c in item.categories),
             str(item.records_disclosed) if item.outcome.value == "answered" else "",
             f"#{item.index} in {item.checkpoint_size} ✓",
         )
