@@ -27,7 +27,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from creditnet.domain import City
 from creditnet.errors import PermissionDenied
-from creditnet.observability import bind_query_id, client_interceptors, configure_tracing, current_query
+from creditnet.observability import (
+    bind_query_id,
+    client_interceptors,
+    client_span,
+    configure_tracing,
+    current_query,
+)
 from creditnet.observability.interceptors import server_interceptors
 from creditnet.observability.metrics import ServerMetrics
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
@@ -85,6 +91,8 @@ class Probe:
 
     def __init__(self) -> None:
         self.relay_to: grpc.aio.Channel | None = None
+        # Set: `Relay` sends with client_span on a plain channel, not through the interceptor.
+        self.relay_server_name: str | None = None
         self.hang = asyncio.Event()
         self.ended: list[str] = []
 
@@ -135,7 +143,12 @@ class Probe:
         if request:
             bind_query_id(request.decode())
         assert self.relay_to is not None
-        answer: bytes = await self.relay_to.unary_unary(f"/{PROBE}/Who")(b"", timeout=10)
+        method = f"/{PROBE}/Who"
+        if self.relay_server_name is None:
+            answer: bytes = await self.relay_to.unary_unary(method)(b"", timeout=10)
+            return answer
+        with client_span(method, self.relay_server_name) as metadata:
+            answer = await self.relay_to.unary_unary(method)(b"", timeout=10, metadata=metadata)
         return answer
 
     def handler(self) -> grpc.GenericRpcHandler:

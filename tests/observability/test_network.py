@@ -1,8 +1,8 @@
 """A federated query on a real in-process network: one trace, and counted by every server.
 
-NEEDS WIRING: both tests here pass only once the servers, the channels, the
-bank SDK and the services use `creditnet.observability` (the wiring is listed
-in the reason of `NEEDS_WIRING`). Until then they are expected to fail;
+NEEDS WIRING: both tests here pass only once the servers, the aggregator's
+node calls, the bank SDK and the services use `creditnet.observability` (the
+wiring is listed in the reason of `NEEDS_WIRING`). Until then they are expected to fail;
 once wired they pass, and the strict xfail turns that into a failure that
 says to remove the mark.
 """
@@ -27,9 +27,9 @@ NEEDS_WIRING = pytest.mark.xfail(
     strict=True,
     reason=(
         "needs the observability wiring: server_interceptors(metrics) first in start_node/start_aggregator, "
-        "RunningNode.metrics / RunningAggregator.metrics, client_interceptors(server_name) in "
-        "rpc.secure_channel, query_scope in BankClient.send, bind_query_id after authorisation in the "
-        "node and aggregator services, NodeMetrics/AggregatorMetrics calls in the services"
+        "RunningNode.metrics / RunningAggregator.metrics, client_span around the aggregator's node call and "
+        "the bank SDK's FederatedQuery (inside query_scope), bind_query_id after authorisation in the node "
+        "and aggregator services, NodeMetrics/AggregatorMetrics calls in the services"
     ),
 )
 

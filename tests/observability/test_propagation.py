@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from creditnet.domain import City
-from creditnet.observability import QUERY_ID_METADATA, outgoing_metadata, query_scope
+from creditnet.observability import QUERY_ID_METADATA, client_span, outgoing_metadata, query_scope
 from creditnet.observability.context import bind_query_id, current_query, parse_query_id
 from creditnet.observability.logs import CallContextFilter, JsonFormatter
 from creditnet.observability.metrics import NodeMetrics
@@ -94,15 +94,19 @@ def test_otlp_export_is_an_error_without_the_exporter_installed() -> None:
 # --- over real servers --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("sent_with", ["interceptor", "client_span"])
 async def test_one_trace_from_the_client_through_a_relay_to_the_next_server(
-    pki: Pki, start_probe: StartProbe, spans: InMemorySpanExporter
+    pki: Pki, start_probe: StartProbe, spans: InMemorySpanExporter, sent_with: str
 ) -> None:
     """As a bank → aggregator → node: every hop's span in one trace, the query id passed on."""
     relay = await start_probe(City.HEFEI)
     last = await start_probe(City.NANJING)
+    nanjing = node_server_name(City.NANJING)
+    explicit = sent_with == "client_span"
     relay.probe.relay_to = channel(
-        last.target, pki.nodes[City.HEFEI], pki.trust, node_server_name(City.NANJING)
+        last.target, pki.nodes[City.HEFEI], pki.trust, nanjing, traced=not explicit
     )
+    relay.probe.relay_server_name = nanjing if explicit else None
     relay.channels.append(relay.probe.relay_to)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -206,3 +210,32 @@ async def test_probes_are_not_traced(pki: Pki, start_probe: StartProbe, spans: I
 def test_configure_tracing_keeps_the_first_provider(span_exporter: InMemorySpanExporter) -> None:
     first = trace.get_tracer_provider()
     assert configure_tracing("another-service") is first
+
+
+async def test_client_span_ends_with_the_status_of_what_left_it(spans: InMemorySpanExporter) -> None:
+    class Refused(Exception):
+        code = grpc.StatusCode.PERMISSION_DENIED
+
+    method = "/creditnet.v1.AggregatorService/FederatedQuery"
+    with query_scope(QUERY), client_span(method, "aggregator.creditnet") as metadata:
+        sent = dict(metadata)
+    for exc in (TimeoutError(), asyncio.CancelledError(), Refused(), RuntimeError("bug")):
+        with pytest.raises(type(exc)), client_span(method):
+            raise exc
+    with client_span("/grpc.health.v1.Health/Check") as untraced:
+        assert untraced == []
+    ok, *failed = spans_named(spans, "creditnet.v1.AggregatorService/FederatedQuery")
+    assert ok.kind is SpanKind.CLIENT and ok.parent is None
+    trace_and_span = [f"{ok.context.trace_id:032x}", f"{ok.context.span_id:016x}"]
+    assert sent["traceparent"].split("-")[1:3] == trace_and_span
+    assert sent[QUERY_ID_METADATA] == QUERY
+    assert ok.attributes is not None and ok.attributes["creditnet.query_id"] == QUERY
+    assert ok.attributes["server.address"] == "aggregator.creditnet" and ok.status.is_ok
+    assert [s.attributes["rpc.grpc.status_code"] for s in failed] == [  # type: ignore[index]
+        grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+        grpc.StatusCode.CANCELLED.value[0],
+        grpc.StatusCode.PERMISSION_DENIED.value[0],
+        grpc.StatusCode.UNKNOWN.value[0],
+    ]
+    assert all(s.status.status_code is StatusCode.ERROR for s in failed)
+    assert len(spans.get_finished_spans()) == 5

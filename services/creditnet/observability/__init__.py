@@ -2,7 +2,8 @@
 
 - `metrics`: a registry per server (`NodeMetrics`, `AggregatorMetrics`) served over HTTP.
 - `interceptors`: the server interceptor that counts, times and traces every call.
-- `tracing`: W3C trace context in gRPC metadata; the client interceptor; the process's tracer provider.
+- `tracing`: W3C trace context in gRPC metadata; client spans (`client_span`, or the client
+  interceptor); the process's tracer provider.
 - `logs`: JSON or text log lines carrying the call's query id and trace id.
 - `context`: the query id a call is about.
 """
@@ -27,6 +28,7 @@ from creditnet.observability.metrics import (
 from creditnet.observability.tracing import (
     TracingClientInterceptor,
     client_interceptors,
+    client_span,
     configure_tracing,
     outgoing_metadata,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "TracingClientInterceptor",
     "bind_query_id",
     "client_interceptors",
+    "client_span",
     "configure_logging",
     "configure_tracing",
     "current_query",
