@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,8 +121,15 @@ def provision(
     host: str = "127.0.0.1",
     quorum: int = DEFAULT_QUORUM,
     progress: Callable[[str, int], None] | None = None,
+    database_urls: Mapping[City, str] | None = None,
 ) -> NetworkLayout:
-    """Create a complete network in `root` (which must be empty or absent)."""
+    """Create a complete network in `root` (which must be empty or absent).
+
+    Each node's database is a SQLite file in its directory, or the URL given
+    for its city in `database_urls` (one database per city: a node's tables
+    have no city column); it is migrated and loaded here.
+    """
+    urls = _node_database_urls(root, database_urls)
     root.mkdir(parents=True, exist_ok=True)
     if (root / "network.json").exists():
         raise FileExistsError(f"{root} already holds a network; use another --state-dir or remove it")
@@ -156,7 +163,7 @@ def provision(
             cert=ndir / "node.pem",
             key=ndir / "node.key",
             ca=root / ca_rel,
-            database_url=f"sqlite:///{ndir / 'node.db'}",
+            database_url=urls[city],
             log_cert=ndir / "logkey.pem",
             log_key=ndir / "logkey.key",
             witnesses={n: ep for n, ep in witness_endpoints.items() if n != city.value},
@@ -188,7 +195,13 @@ def provision(
     identities["enterprises"][demo_uscc] = _ident(
         root, root / "enterprises", demo_uscc, issue_identity(ca, Role.enterprise(demo_uscc))
     )
-    load_synthetic(root, seed=seed, enterprises_per_city=enterprises_per_city, progress=progress)
+    load_synthetic(
+        root,
+        seed=seed,
+        enterprises_per_city=enterprises_per_city,
+        progress=progress,
+        database_urls=database_urls,
+    )
     data = {
         "version": 1,
         "ca": ca_rel,
@@ -213,15 +226,36 @@ def provision(
     return NetworkLayout(root=root, data=data)
 
 
+def _node_database_urls(root: Path, given: Mapping[City, str] | None = None) -> dict[City, str]:
+    """Every city's database: the URL given for it, else ``nodes/<city>/node.db`` under `root`."""
+    given = dict(given or {})
+    urls = {c: given.pop(c, f"sqlite:///{root / 'nodes' / c.value / 'node.db'}") for c in ALL_CITIES}
+    if given:
+        raise ValueError(f"database_urls names unknown cities: {sorted(map(str, given))}")
+    if len(set(urls.values())) != len(urls):
+        raise ValueError("every city needs its own database; several cities were given the same URL")
+    return urls
+
+
 def load_synthetic(
     root: Path,
     *,
     seed: int,
     enterprises_per_city: int,
     progress: Callable[[str, int], None] | None = None,
+    database_urls: Mapping[City, str] | None = None,
 ) -> dict[City, int]:
-    """Generate the synthetic data set and load each city's share into its node's store."""
-    stores = {c: Store.open(f"sqlite:///{root / 'nodes' / c.value / 'node.db'}") for c in ALL_CITIES}
+    """Generate the synthetic data set and load each city's share into its
+    node's store, migrating each database to the current schema first."""
+    urls = _node_database_urls(root, database_urls)
+    stores: dict[City, Store] = {}
+    try:
+        for c in ALL_CITIES:
+            stores[c] = Store.open(urls[c], migrate=True)
+    except BaseException:
+        for opened in stores.values():
+            opened.close()
+        raise
     batches: dict[City, list[records_pb2.CreditRecord]] = defaultdict(list)
     profiles: dict[City, list[records_pb2.EnterpriseProfile]] = defaultdict(list)
     counts: dict[City, int] = defaultdict(int)

@@ -109,8 +109,8 @@ async def test_writes_run_in_submission_order(astore: AsyncStore) -> None:
     assert [await before, await revoked, await after] == [OK, True, ClaimOutcome.REVOKED]
 
 
-async def test_close_finishes_queued_writes_then_refuses_more(db_url: str) -> None:
-    astore = await AsyncStore.open(db_url)
+async def test_close_finishes_queued_writes_then_refuses_more(migrated_url: str) -> None:
+    astore = await AsyncStore.open(migrated_url)
     release = await _hold_writer(astore)
     queued = asyncio.ensure_future(astore.ingest(batch("r", 10), PROVIDER))
     await asyncio.sleep(0)
@@ -124,5 +124,5 @@ async def test_close_finishes_queued_writes_then_refuses_more(db_url: str) -> No
     with pytest.raises(RuntimeError, match="closed"):
         await astore.stats()
 
-    async with await AsyncStore.open(db_url) as again:
+    async with await AsyncStore.open(migrated_url) as again:
         assert (await again.stats()).records == 10

@@ -169,8 +169,7 @@ def test_threads_claiming_one_query_id_get_one_ok(store: Store) -> None:
     assert store.consent_uses(CONSENT) == 3
 
 
-def test_processes_claiming_the_same_ids_get_one_ok_each(db_url: str) -> None:
-    Store.open(db_url).close()  # the schema exists before the children start
+def test_processes_claiming_the_same_ids_get_one_ok_each(migrated_url: str) -> None:
     processes, shared = 3, 15
     children = []
     for p in range(processes):
@@ -180,7 +179,7 @@ def test_processes_claiming_the_same_ids_get_one_ok_each(db_url: str) -> None:
             claims.reverse()
         children.append(
             subprocess.Popen(
-                [sys.executable, "-m", "tests.store.workers", "claim", db_url, json.dumps(claims)],
+                [sys.executable, "-m", "tests.store.workers", "claim", migrated_url, json.dumps(claims)],
                 cwd=REPO,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -209,5 +208,5 @@ def test_processes_claiming_the_same_ids_get_one_ok_each(db_url: str) -> None:
     assert len(own) == processes * 5
     assert own.count("ok") == 4
     assert own.count("limit_exceeded") == processes * 5 - 4
-    with Store.open(db_url) as store:
+    with Store.open(migrated_url) as store:
         assert store.consent_uses(CONSENT) == 4

@@ -20,10 +20,9 @@ BATCH = 400
 ACKNOWLEDGED_BEFORE_KILL = 6
 
 
-def test_sigkilled_ingester_leaves_only_whole_batches(db_url: str) -> None:
-    Store.open(db_url).close()  # the schema exists before the child writes
+def test_sigkilled_ingester_leaves_only_whole_batches(migrated_url: str) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.store.workers", "ingest", db_url, str(BATCH)],
+        [sys.executable, "-m", "tests.store.workers", "ingest", migrated_url, str(BATCH)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -48,7 +47,7 @@ def test_sigkilled_ingester_leaves_only_whole_batches(db_url: str) -> None:
             child.stderr.close()
     assert child.returncode == -signal.SIGKILL
 
-    store = Store.open(db_url)
+    store = Store.open(migrated_url)
     try:
         found = store.find_records(USCC_A, [Category.UTILITY], dt.date(1900, 1, 1), dt.date(2999, 1, 1))
     finally:

@@ -120,12 +120,18 @@ def _impossible_date() -> records_pb2.CreditRecord:
     return rec
 
 
+def _nul_in_source() -> records_pb2.CreditRecord:
+    return record("x", source="State Grid\0Hefei")
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (_no_detail, "has no detail"),
         (_no_city, "unknown city"),
         (_impossible_date, "is not a date"),
+        # PostgreSQL cannot store it, so neither backend does.
+        (_nul_in_source, "a text field holds a NUL character"),
     ],
 )
 def test_records_the_store_cannot_index_are_refused_before_writing(
@@ -140,7 +146,7 @@ def test_records_the_store_cannot_index_are_refused_before_writing(
 
 
 def test_provider_id_is_required(store: Store) -> None:
-    with pytest.raises(ValueError, match="provider_id is empty"):
+    with pytest.raises(ValueError, match="provider_id is empty or holds a NUL character"):
         store.ingest([record("r1")], "")
     assert store.ingest([], PROVIDER) == IngestResult(accepted=0, duplicates=0)
 
@@ -150,13 +156,13 @@ def test_inverted_date_range_is_an_error(store: Store) -> None:
         store.find_records(USCC_A, [Category.UTILITY], dt.date(2024, 2, 1), dt.date(2024, 1, 1))
 
 
-def test_records_survive_reopening(db_url: str) -> None:
-    first = Store.open(db_url)
+def test_records_survive_reopening(migrated_url: str) -> None:
+    first = Store.open(migrated_url)
     try:
         first.ingest(batch("r", 20, category=Category.TAX, city=City.HEFEI), PROVIDER)
     finally:
         first.close()
-    again = Store.open(db_url)
+    again = Store.open(migrated_url)
     try:
         found = again.find_records(USCC_A, [Category.TAX], *ALL_TIME)
         assert ids(found) == [f"r-{i:05d}" for i in range(20)]

@@ -7,6 +7,9 @@ USCC and salt behind each entry's enterprise commitment, so the node can
 answer an enterprise's own history. ``witness_state`` is what this node, as a
 witness, last cosigned for every other log; ``chain_evidence`` keeps proof
 of misbehaviour it has seen.
+
+The tables are created and changed by the node database's migrations
+(creditnet/store/migrations), like the node's own; these classes must match them.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +38,7 @@ from creditnet.pki import (
 )
 from creditnet.v1 import records_pb2
 
-app = typer.Typer(help="Run a city node: init, run, ingest, stats.", no_args_is_help=True)
+app = typer.Typer(help="Run a city node: init, migrate, run, ingest, stats.", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The node's node.json.")]
 
@@ -66,12 +68,22 @@ def init(
         ),
     ] = None,
     quorum: Annotated[int, typer.Option(min=0, help="Cosignatures a checkpoint needs to be published.")] = 3,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate/--no-migrate",
+            help="Create the database schema now (--no-migrate: the database is not reachable from here;"
+            " run `creditnet node migrate` where it is).",
+        ),
+    ] = True,
 ) -> None:
-    """Create the node's keys, certificate requests (or certificates) and node.json.
+    """Create the node's keys, certificate requests (or certificates), node.json and database schema.
 
     Two keys: an ECDSA P-256 key for mutual TLS and signed answers, and an Ed25519 log key that
     signs the node's credit-chain checkpoints and its cosignatures as a witness.
     """
+    from creditnet.store import Store
+
     with errors():
         c = City.parse(city)
         if (node_dir / "node.key").exists():
@@ -114,6 +126,12 @@ def init(
             quorum=quorum,
         ).save(node_dir / "node.json")
         console.print(f"node {c.value} initialised in {node_dir}")
+        if migrate:
+            # The database the node will run on (DATABASE_URL overrides node.json).
+            url = NodeConfig.load(node_dir / "node.json").database_url
+            with _database_errors(url):
+                done = Store.migrate(url)
+            console.print(f"database schema created: {_revision(done.before)} → {_revision(done.after)}")
         if ca_dir is None:
             console.print(
                 f"send {node_dir / 'node.csr'} and {node_dir / 'logkey.csr'} to the network CA operator:\n"
@@ -123,6 +141,61 @@ def init(
                 f"--csr logkey.csr --out {node_dir / 'logkey'}\n"
                 f"and put the CA certificate at {ca_path}"
             )
+
+
+def _revision(rev: str | None) -> str:
+    return rev or "none"
+
+
+@contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        where = make_url(url).render_as_string(hide_password=True)
+        fail(f"cannot use the database {where}: {str(exc.orig).strip()}")
+
+
+@app.command("migrate")
+def migrate(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="The node's node.json (DATABASE_URL overrides its database). Without it the node's"
+            " settings come from the environment, as in a container.",
+        ),
+    ] = None,
+    to: Annotated[
+        str, typer.Option("--to", help="Target revision: head (this release), base, or a revision id.")
+    ] = "head",
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+) -> None:
+    """Create or upgrade the node's database schema to this release's (current → head).
+
+    Run it once after installing a new release and before `node run`, which refuses a database
+    whose schema is not the release's. Safe to run again, and from several places at once: the
+    migration takes a lock, runs in one transaction and is skipped when there is nothing to do.
+    Exit codes: 0 done, 1 the database is unreachable or from a newer release, 2 bad arguments.
+    """
+    from creditnet.settings import NodeSettings
+    from creditnet.store import Store, head_revision
+
+    with errors():
+        url = NodeConfig.load(config).database_url if config else NodeSettings.from_env().database_url
+        with _database_errors(url):
+            done = Store.migrate(url, to)
+        result = {"before": done.before, "after": done.after, "head": head_revision()}
+        if json_out:
+            print_json(result)
+        elif done.changed:
+            console.print(f"database schema migrated: {_revision(done.before)} → {_revision(done.after)}")
+        else:
+            console.print(f"database schema already at {_revision(done.after)}; nothing to do")
 
 
 @app.command("run")

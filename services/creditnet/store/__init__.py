@@ -2,6 +2,7 @@
 protection, consent use counts and revocations (SQLite or PostgreSQL)."""
 
 from creditnet.store.aio import AsyncStore, GroupCommitStats
+from creditnet.store.schema import Migration, SchemaNotReady, UnknownRevision, head_revision
 from creditnet.store.store import (
     ClaimOutcome,
     IngestResult,
@@ -17,7 +18,11 @@ __all__ = [
     "GroupCommitStats",
     "IngestResult",
     "InvalidRecord",
+    "Migration",
     "QueryClaim",
+    "SchemaNotReady",
     "Store",
     "StoreStats",
+    "UnknownRevision",
+    "head_revision",
 ]

@@ -210,8 +210,9 @@ class AsyncStore:
         self._closed = False
 
     @classmethod
-    async def open(cls, url: str, *, readers: int = READER_THREADS) -> AsyncStore:
-        store = await asyncio.to_thread(Store.open, url)
+    async def open(cls, url: str, *, readers: int = READER_THREADS, migrate: bool = False) -> AsyncStore:
+        """:meth:`Store.open` off the event loop (``migrate`` as there)."""
+        store = await asyncio.to_thread(functools.partial(Store.open, url, migrate=migrate))
         return cls(store, readers=readers)
 
     async def close(self) -> None:

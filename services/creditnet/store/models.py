@@ -1,4 +1,8 @@
-"""The city node's tables, as SQLModel classes (the single source of the schema).
+"""The city node's tables, as SQLModel classes.
+
+The database's schema comes from the migrations (``migrations/versions``);
+these classes must describe the same tables, which a test checks on both
+databases.
 
 Protobuf messages are kept whole as ``payload`` bytes: the node answers with
 exactly what the provider submitted (plus provenance), and the proto schema can
@@ -60,8 +64,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 
 class NodeModel(SQLModel, registry=registry()):
-    """Base of the node's tables: their own metadata, so that ``create_all``
-    (and later Alembic) sees these tables and no one else's."""
+    """Base of the node's tables: their own metadata, which the migrations'
+    autogenerate compares with (together with the chain's)."""
 
 
 class EnterpriseRow(NodeModel, table=True):
@@ -108,6 +112,21 @@ class RecordRow(NodeModel, table=True):
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class RecordCountRow(NodeModel, table=True):
+    """How many records one provider has stored in one category.
+
+    Kept by ingest in the same transaction as the records, so statistics read
+    a few rows instead of counting every record.
+    """
+
+    __tablename__ = "record_counts"
+    __table_args__ = (CheckConstraint("records >= 0", name="ck_record_counts_records"),)
+
+    provider_id: str = Field(sa_column=Column(String, primary_key=True))
+    category: str = Field(sa_column=Column(String(24), primary_key=True))
+    records: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class QueryUseRow(NodeModel, table=True):
     """A query id already answered; kept until the query itself has expired."""
 
@@ -151,6 +170,7 @@ METADATA = NodeModel.metadata
 # ingest and the atomic upserts).
 ENTERPRISES = METADATA.tables[EnterpriseRow.__tablename__]
 RECORDS = METADATA.tables[RecordRow.__tablename__]
+RECORD_COUNTS = METADATA.tables[RecordCountRow.__tablename__]
 QUERY_USES = METADATA.tables[QueryUseRow.__tablename__]
 CONSENT_USES = METADATA.tables[ConsentUseRow.__tablename__]
 REVOCATIONS = METADATA.tables[RevocationRow.__tablename__]
