@@ -2,21 +2,24 @@
 
 PostgreSQL: ``DATABASE_URL`` if set, else the local server. Each test run
 creates its own database (``creditnet_test_<random>_store``) and drops it at
-the end; each test starts from an empty schema, migrated to head by the
-``store`` fixtures. Without a reachable server the PostgreSQL variants are
-skipped, unless ``CREDITNET_REQUIRE_POSTGRES`` is set (CI), where they fail.
+the end. ``db_url`` is an empty database (no schema); ``migrated_url``,
+``store`` and ``astore`` one at the head revision with no rows. Without a
+reachable server the PostgreSQL variants are skipped, unless
+``CREDITNET_REQUIRE_POSTGRES`` is set (CI), where they fail.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, inspect
 
-from creditnet.store import AsyncStore, Store
+from creditnet.store import AsyncStore, Store, head_revision
 from creditnet.store.scratch import ScratchDatabases, ServerUnavailable
 
 
@@ -54,7 +57,10 @@ def empty_postgres(url: str) -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """An empty database: no schema yet."""
     if request.param == "sqlite":
@@ -62,11 +68,33 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     return empty_postgres(request.getfixturevalue("pg_database_url"))
 
 
-@pytest.fixture
-def migrated_url(db_url: str) -> str:
-    """A database at the head revision, with no rows."""
-    Store.open(db_url, migrate=True).close()
-    return db_url
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "node.db"
+    Store.open(f"sqlite:///{path}", migrate=True).close()
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def migrated_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database at the head revision, with no rows (migrating once per run:
+    a copy of a migrated file, or the PostgreSQL tables emptied)."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("store") / "node.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("pg_database_url")
+    if Store.revision(url) != head_revision():
+        Store.open(empty_postgres(url), migrate=True).close()
+        return url
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            names = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
+            conn.exec_driver_sql(f"TRUNCATE {', '.join(names)} RESTART IDENTITY")
+    finally:
+        engine.dispose()
+    return url
 
 
 @pytest.fixture

@@ -156,7 +156,7 @@ def _database_errors(url: str) -> Iterator[None]:
         yield
     except OperationalError as exc:
         where = make_url(url).render_as_string(hide_password=True)
-        fail(f"cannot use the database {where}: {str(exc.orig).strip()}")
+        fail(f"cannot use the database {where}: {' '.join(str(exc.orig).split())}")
 
 
 @app.command("migrate")

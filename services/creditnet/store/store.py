@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import sqlite3
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -211,8 +213,12 @@ class Store:
 
     @staticmethod
     def revision(url: str) -> str | None:
-        """The schema revision of the database at ``url`` (None: no schema)."""
-        engine = _create_engine(url, create=False)
+        """The schema revision of the database at ``url`` (None: no schema,
+        or no SQLite file at all)."""
+        try:
+            engine = _create_engine(url, create=False)
+        except SchemaNotReady:
+            return None
         try:
             return schema.current_revision(engine)
         finally:
@@ -737,12 +743,27 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
     dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _sqlite_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def _sqlite_wal(cursor: sqlite3.Cursor) -> None:
+    # Turning a new database to WAL needs it to itself for a moment, and
+    # SQLite does not wait for that as it waits for other locks: when two
+    # processes open a new database at once, one is told "locked" at once.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
