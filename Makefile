@@ -55,5 +55,13 @@ test: setup lint typecheck buf-lint
 bench: setup
 	$(BIN)/python -m creditnet.bench
 
+# A Shanghai-sized node store (3,000,000 enterprises, 30,000,000 records) on
+# SQLite and PostgreSQL: ingestion rate, memory as it grows, read latency.
+# About an hour on 2 cores; scale down with
+# BENCH_SCALE_ARGS="--enterprises 100000 --records 1000000".
+.PHONY: bench-scale
+bench-scale: setup
+	$(BIN)/python -m creditnet.bench.scale $(BENCH_SCALE_ARGS)
+
 clean:
 	rm -rf $(VENV) services/creditnet/v1 node_modules .mypy_cache .ruff_cache .pytest_cache

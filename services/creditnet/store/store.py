@@ -296,7 +296,7 @@ class Store:
             return []
         names = sorted({Category(c).value for c in categories})
         params = {"uscc": uscc, "categories": names, "date_from": date_from, "date_to": date_to}
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             payloads = conn.execute(_FIND_RECORDS, params).scalars().all()
         parse = records_pb2.CreditRecord.FromString
         return [parse(p) for p in payloads]
@@ -336,7 +336,7 @@ class Store:
         return len(rows)
 
     def get_profile(self, uscc: str) -> records_pb2.EnterpriseProfile | None:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             payload = conn.execute(_GET_PROFILE, {"uscc": uscc}).scalar_one_or_none()
         return None if payload is None else records_pb2.EnterpriseProfile.FromString(payload)
 
@@ -387,7 +387,7 @@ class Store:
 
     def consent_uses(self, consent_digest: bytes) -> int:
         stmt = select(CONSENT_USES.c.uses).where(CONSENT_USES.c.consent_digest == consent_digest)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             uses = conn.execute(stmt).scalar_one_or_none()
         return 0 if uses is None else int(uses)
 
@@ -435,7 +435,7 @@ class Store:
             return conn.execute(stmt).first() is not None
 
     def is_revoked(self, consent_digest: bytes) -> bool:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return _is_revoked(conn, consent_digest)
 
     # -- statistics ------------------------------------------------------
@@ -471,6 +471,15 @@ class Store:
         return self._writing()
 
     # -- internals -------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        # A single-statement read needs no transaction: on PostgreSQL,
+        # autocommit saves the BEGIN and ROLLBACK round trips around it.
+        with self._engine.connect() as conn:
+            if self._backend == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
