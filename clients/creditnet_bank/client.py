@@ -12,10 +12,13 @@ from types import TracebackType
 from typing import Self
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import EnvelopeVerifier, load_envelope
+from creditnet.observability import client_span, query_scope
+from creditnet.observability.context import parse_query_id
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
 from creditnet.v1 import (
@@ -155,20 +158,25 @@ class BankClient:
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
         delay = 0.1
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                resp = await self._stub.FederatedQuery(
-                    aggregator_pb2.FederatedQueryRequest(query=query_env),
-                    timeout=max(remaining, 0.001),
-                )
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and remaining > delay * 2:
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 2.0)
-                    continue
-                raise QueryRefused(exc.code(), exc.details() or "") from None
+        query_id = _query_id(query_env)
+        # One client span for the query, retries included: the servers' spans
+        # of every attempt hang under it.
+        with query_scope(query_id), client_span(FEDERATED_QUERY, AGGREGATOR_SERVER_NAME) as metadata:
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    resp = await self._stub.FederatedQuery(
+                        aggregator_pb2.FederatedQueryRequest(query=query_env),
+                        timeout=max(remaining, 0.001),
+                        metadata=metadata,
+                    )
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE and remaining > delay * 2:
+                        await asyncio.sleep(delay * (0.5 + random.random()))
+                        delay = min(delay * 2, 2.0)
+                        continue
+                    raise QueryRefused(exc.code(), exc.details() or "") from None
         return self.verify_response(query_env, resp)
 
     def verify_response(
@@ -216,3 +224,14 @@ class BankClient:
                 node_pb2.QueryRequest(query=query_env), timeout=timeout or self.timeout
             )
             return resp
+
+
+FEDERATED_QUERY = "/creditnet.v1.AggregatorService/FederatedQuery"
+
+
+def _query_id(query_env: envelope_pb2.SignedEnvelope) -> str | None:
+    """The query id, to label the call; None when the payload is not a query (the server says why)."""
+    try:
+        return parse_query_id(query_pb2.CreditQuery.FromString(query_env.payload).query_id)
+    except DecodeError:
+        return None

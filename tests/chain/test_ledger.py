@@ -54,7 +54,7 @@ class Rig:
             for w in self.witnesses
             if names is None or w.name in names
         ]
-        store = Store.open(f"sqlite:///{self.tmp / 'hefei.db'}")
+        store = Store.open(f"sqlite:///{self.tmp / 'hefei.db'}", migrate=True)
         return Ledger(store, self.log_key, witnesses=links, quorum=quorum)
 
 
@@ -66,7 +66,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     for city in (City.SHANGHAI, City.NANJING, City.HANGZHOU, City.JIAXING):
         key = LogKey.issue(ca, city.value)
         ident = issue_identity(ca, Role.node(city))
-        store = Store.open(f"sqlite:///{tmp_path / f'{city.value}.db'}")
+        store = Store.open(f"sqlite:///{tmp_path / f'{city.value}.db'}", migrate=True)
         witness = Witness(store, key)
         service = WitnessService(witness, trust)
         handle = await start_server(

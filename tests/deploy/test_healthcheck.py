@@ -164,6 +164,7 @@ async def test_a_node_started_from_its_environment_passes(pki: Pki, tmp_path: Pa
     from creditnet.network import free_port
     from creditnet.node.server import start_node
     from creditnet.settings import NodeSettings
+    from creditnet.store import Store
 
     LogKey.issue(pki.ca, "jiaxing").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
     env = {
@@ -175,6 +176,7 @@ async def test_a_node_started_from_its_environment_passes(pki: Pki, tmp_path: Pa
         "DATABASE_URL": f"sqlite:///{tmp_path / 'node.db'}",
         "CREDITNET_QUORUM": "0",
     }
+    Store.open(env["DATABASE_URL"], migrate=True).close()
     node = await start_node(NodeSettings.from_env(env).to_config())
     try:
         assert env["CREDITNET_LISTEN"].endswith(f":{node.port}")

@@ -141,10 +141,6 @@ async def test_a_frozen_node_times_out_within_the_deadline(
         await eventually(back, "the thawed node answers again", attempts=50)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs AggregatorService._call to take a pending-call slot with NodeLink.try_acquire/release",
-)
 async def test_calls_pending_on_a_frozen_node_stay_bounded(
     network: FaultNetwork, fault_layout: NetworkLayout, consent: envelope_pb2.SignedEnvelope
 ) -> None:

@@ -21,11 +21,6 @@ from tests.faults.ingest import CITY, batch, enterprise, stored_per_batch
 
 pytestmark = pytest.mark.slow
 
-NEEDS_WIRING = pytest.mark.xfail(
-    strict=True,
-    reason="needs start_node/start_aggregator to pass limits.server_interceptors(Limits.from_env(), trust)",
-)
-
 
 def oversized_channel(
     target: str, identity: Identity, trust: TrustStore, server_name: str
@@ -73,7 +68,6 @@ async def test_requests_over_the_size_limit_are_refused(
     await network.wait_serving(AGGREGATOR)
 
 
-@NEEDS_WIRING
 async def test_calls_beyond_a_nodes_bound_are_refused_at_once_and_it_keeps_serving(
     network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
 ) -> None:
@@ -132,7 +126,6 @@ async def test_calls_beyond_a_nodes_bound_are_refused_at_once_and_it_keeps_servi
         assert info.city == CITY.proto
 
 
-@NEEDS_WIRING
 async def test_a_bank_over_its_rate_is_refused_with_a_retry_hint_and_others_are_not(
     network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
 ) -> None:

@@ -50,7 +50,7 @@ def fresh_store(path: Path) -> Store:
     # for its schema); this works on either side of that change.
     if "migrate" in inspect.signature(Store.open).parameters:
         return Store.open(f"sqlite:///{path}", migrate=True)
-    return Store.open(f"sqlite:///{path}")
+    return Store.open(f"sqlite:///{path}", migrate=True)
 
 
 def unary(method: str, code: str | None = None) -> dict[str, str]:

@@ -1,11 +1,4 @@
-"""A federated query on a real in-process network: one trace, and counted by every server.
-
-NEEDS WIRING: both tests here pass only once the servers, the aggregator's
-node calls, the bank SDK and the services use `creditnet.observability` (the
-wiring is listed in the reason of `NEEDS_WIRING`). Until then they are expected to fail;
-once wired they pass, and the strict xfail turns that into a failure that
-says to remove the mark.
-"""
+"""A federated query on a real in-process network: one trace, and counted by every server."""
 
 from __future__ import annotations
 
@@ -22,16 +15,6 @@ from creditnet.network import InProcessNetwork, grant_demo_consent, provision
 from creditnet.v1 import query_pb2
 from creditnet_bank import BankClient
 from tests.observability.conftest import sample, scrape
-
-NEEDS_WIRING = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "needs the observability wiring: server_interceptors(metrics) first in start_node/start_aggregator, "
-        "RunningNode.metrics / RunningAggregator.metrics, client_span around the aggregator's node call and "
-        "the bank SDK's FederatedQuery (inside query_scope), bind_query_id after authorisation in the node "
-        "and aggregator services, NodeMetrics/AggregatorMetrics calls in the services"
-    ),
-)
 
 FEDERATED = "creditnet.v1.AggregatorService/FederatedQuery"
 NODE_QUERY = "creditnet.v1.CityNodeService/Query"
@@ -54,7 +37,6 @@ async def federated_query(net: InProcessNetwork) -> str:
     return query_pb2.CreditQuery.FromString(env.payload).query_id
 
 
-@NEEDS_WIRING
 async def test_a_federated_query_is_one_trace_from_the_bank_to_every_node(
     network: InProcessNetwork, span_exporter: InMemorySpanExporter
 ) -> None:
@@ -91,7 +73,6 @@ async def test_a_federated_query_is_one_trace_from_the_bank_to_every_node(
     assert bank_call.attributes is not None and bank_call.attributes["creditnet.query_id"] == query_id
 
 
-@NEEDS_WIRING
 async def test_a_federated_query_is_counted_by_the_aggregator_and_every_node(
     network: InProcessNetwork,
 ) -> None:

@@ -12,6 +12,9 @@ from creditnet.aggregator.service import AggregatorService
 from creditnet.chain.keys import LogKey
 from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import AggregatorConfig
+from creditnet.limits import Limits
+from creditnet.limits import server_interceptors as limit_interceptors
+from creditnet.observability import AggregatorMetrics, server_interceptors
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import Store
@@ -26,6 +29,7 @@ class RunningAggregator:
     handle: ServerHandle
     service: AggregatorService
     directory: NodeDirectory
+    metrics: AggregatorMetrics
     store: Store | None = None
 
     @property
@@ -40,18 +44,26 @@ class RunningAggregator:
         await self.directory.close()
         if self.store is not None:
             self.store.close()
+        self.metrics.close()
 
 
-async def start_aggregator(config: AggregatorConfig) -> RunningAggregator:
+async def start_aggregator(
+    config: AggregatorConfig, *, limits: Limits | None = None, health_listen: str | None = None
+) -> RunningAggregator:
+    """Serve the aggregator; `limits` default to the environment's. Metrics are served by the caller."""
+    limits = Limits.from_env() if limits is None else limits
     identity = Identity.load(config.cert, config.key)
     trust = TrustStore.load(config.ca)
     directory = NodeDirectory(config.nodes, identity, trust)
+    metrics = AggregatorMetrics(config.nodes)
+    metrics.watch_directory(directory.load)
     service = AggregatorService(
         identity=identity,
         trust=trust,
         directory=directory,
         state_dir=config.state_dir,
         default_timeout=config.default_timeout,
+        metrics=metrics,
     )
     store: Store | None = None
     witness_service: WitnessService | None = None
@@ -60,7 +72,7 @@ async def start_aggregator(config: AggregatorConfig) -> RunningAggregator:
         # The aggregator witnesses every city's log and heads the network chain.
         log_key = LogKey.load(config.log_cert, config.log_key)
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        store = Store.open(f"sqlite:///{config.state_dir / 'witness.db'}")
+        store = Store.open(f"sqlite:///{config.state_dir / 'witness.db'}", migrate=True)
         witness = Witness(store, log_key)
         witness_service = WitnessService(witness, trust)
         service.head = NetworkCheckpointer(
@@ -74,9 +86,18 @@ async def start_aggregator(config: AggregatorConfig) -> RunningAggregator:
             chain_pb2_grpc.add_WitnessServiceServicer_to_server(witness_service, server)
 
     handle = await start_server(
-        listen=config.listen, identity=identity, trust=trust, register=register, service_names=names
+        listen=config.listen,
+        identity=identity,
+        trust=trust,
+        register=register,
+        service_names=names,
+        interceptors=[*server_interceptors(metrics), *limit_interceptors(limits, trust)],
+        maximum_concurrent_rpcs=limits.hard_cap,
+        health_listen=health_listen,
     )
     service.outbox.start()
     if service.head is not None:
         service.head.start()
-    return RunningAggregator(config=config, handle=handle, service=service, directory=directory, store=store)
+    return RunningAggregator(
+        config=config, handle=handle, service=service, directory=directory, metrics=metrics, store=store
+    )

@@ -19,12 +19,14 @@ from creditnet.dates import ts_to_proto, utcnow
 from creditnet.domain import City
 from creditnet.envelope import EnvelopeVerifier
 from creditnet.errors import FailedPrecondition, PermissionDenied
-from creditnet.pki import Identity, RoleKind, TrustStore
+from creditnet.observability import AggregatorMetrics, bind_query_id, client_span
+from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2, envelope_pb2, node_pb2, query_pb2
 
 log = logging.getLogger(__name__)
 
+NODE_QUERY = "/creditnet.v1.CityNodeService/Query"
 # Time kept back from the caller's deadline to assemble and send the answer.
 DEADLINE_MARGIN = 0.05
 S = aggregator_pb2
@@ -39,6 +41,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         directory: NodeDirectory,
         state_dir: Path,
         default_timeout: float = 10.0,
+        metrics: AggregatorMetrics | None = None,
     ) -> None:
         self.identity = identity
         self.verifier = EnvelopeVerifier(trust)
@@ -47,15 +50,23 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self.default_timeout = default_timeout
         self.outbox = RevocationOutbox(state_dir / "revocations", directory)
         self.head: NetworkCheckpointer | None = None
+        self.metrics = metrics
 
     @refusals
     async def FederatedQuery(
         self, request: S.FederatedQueryRequest, context: grpc.aio.ServicerContext
     ) -> S.FederatedQueryResponse:
-        self.peers.require(context, RoleKind.BANK)
+        peer = self.peers.require(context, RoleKind.BANK)
         # The same rules every node applies: refuse garbage here once
         # rather than five times, but the nodes still decide for themselves.
         aq = query_mod.authorize(self.verifier, request.query, city=None, now=utcnow())
+        if peer.subject != aq.terms.bank_code:
+            # A bank may only send its own queries: one that replays another
+            # bank's signed query would spend that bank's consent uses.
+            raise PermissionDenied(
+                "query.sender", "this query was signed by another bank; a bank sends only its own queries"
+            )
+        bind_query_id(aq.terms.query_id)
         if self.outbox.is_revoked(aq.consent.digest):
             raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
         remaining = context.time_remaining()
@@ -74,6 +85,8 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         start = time.perf_counter()
         section = await self._call(link, query, budget)
         section.latency_ms = int((time.perf_counter() - start) * 1000)
+        if self.metrics is not None:
+            self.metrics.observe_section(section)
         return section
 
     async def _call(self, link: NodeLink, query: envelope_pb2.SignedEnvelope, budget: float) -> S.CitySection:
@@ -82,12 +95,16 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             return S.CitySection(
                 city=city, status=S.SECTION_STATUS_TIMEOUT, reason="no time left in the deadline"
             )
-        link.in_flight += 1
+        if not link.try_acquire():
+            return S.CitySection(
+                city=city, status=S.SECTION_STATUS_UNAVAILABLE, reason=link.saturation_reason()
+            )
         try:
-            # The gRPC deadline bounds the call; wait_for bounds everything
-            # else (a connection attempt to a frozen node included).
-            call = link.stub.Query(node_pb2.QueryRequest(query=query), timeout=budget)
-            resp = await asyncio.wait_for(call, timeout=budget + DEADLINE_MARGIN / 2)
+            with client_span(NODE_QUERY, node_server_name(link.city)) as metadata:
+                # The gRPC deadline bounds the call; wait_for bounds everything
+                # else (a connection attempt to a frozen node included).
+                call = link.stub.Query(node_pb2.QueryRequest(query=query), timeout=budget, metadata=metadata)
+                resp = await asyncio.wait_for(call, timeout=budget + DEADLINE_MARGIN / 2)
         except TimeoutError:
             return S.CitySection(
                 city=city, status=S.SECTION_STATUS_TIMEOUT, reason="the node did not answer in time"
@@ -95,7 +112,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         except grpc.aio.AioRpcError as exc:
             return _section_for_error(city, exc)
         finally:
-            link.in_flight -= 1
+            link.release()
         answer = query_pb2.CityAnswer()
         try:
             answer.ParseFromString(resp.answer.payload)

@@ -253,7 +253,7 @@ def bench_ingest(tmp: Path, rows: int) -> dict[str, Any]:
     raw = len(tuples) / (time.perf_counter() - t0)
     db.close()
 
-    store = Store.open(f"sqlite:///{tmp / 'store.db'}")
+    store = Store.open(f"sqlite:///{tmp / 'store.db'}", migrate=True)
     t0 = time.perf_counter()
     for i in range(0, len(recs), batch):
         store.ingest(recs[i : i + batch], "bench")

@@ -32,7 +32,7 @@ def _entry(i: int) -> chain_pb2.LedgerEntry:
 
 async def _appends(tmp: Path, n: int, concurrency: int) -> tuple[float, int]:
     ca = CertificateAuthority.create()
-    store = Store.open(f"sqlite:///{tmp / 'ledger-bench.db'}")
+    store = Store.open(f"sqlite:///{tmp / 'ledger-bench.db'}", migrate=True)
     ledger = Ledger(store, LogKey.issue(ca, "shanghai"), quorum=0)
     ledger.start()
     entries = [_entry(i) for i in range(n)]
@@ -77,7 +77,7 @@ def bench_appends(tmp: Path, n: int = 20_000, concurrency: int = 64) -> dict[str
 
 
 def bench_proofs(tmp: Path, n: int = 1_000_000, samples: int = 2000) -> dict[str, Any]:
-    store = Store.open(f"sqlite:///{tmp / 'proofs.db'}")
+    store = Store.open(f"sqlite:///{tmp / 'proofs.db'}", migrate=True)
     log = SqlLog(store)
     t0 = time.perf_counter()
     step = 20_000

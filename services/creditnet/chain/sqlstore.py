@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, and_, insert, or_, select, update
 
-from creditnet.chain.models import CHAIN_METADATA, ENTRIES, HASHES, META
+from creditnet.chain.models import ENTRIES, HASHES, META
 from creditnet.chain.tree import MerkleTree, NodeKey, TreeConflictError
 from creditnet.store import Store
 
@@ -47,7 +47,6 @@ class SqlLog:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._engine: Engine = store.engine
-        CHAIN_METADATA.create_all(self._engine)
         with store.write_transaction() as conn:
             if conn.execute(select(META.c.size).where(META.c.id == 1)).scalar_one_or_none() is None:
                 conn.execute(insert(META).values(id=1, size=0))

@@ -50,9 +50,6 @@ class Witness:
     """Witness state and evidence, on a store's database."""
 
     def __init__(self, store: Store, key: LogKey) -> None:
-        from creditnet.chain.models import CHAIN_METADATA
-
-        CHAIN_METADATA.create_all(store.engine)
         self.store = store
         self.key = key
         # Per log: one checkpoint at a time, and the state kept in memory

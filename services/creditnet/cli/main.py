@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from creditnet import __version__
-from creditnet.cli import consent_cmds, data_cmds, demo, network_cmds, node_cmds, pki_cmds, query_cmds
+from creditnet.cli import (
+    chain_cmds,
+    consent_cmds,
+    data_cmds,
+    demo,
+    network_cmds,
+    node_cmds,
+    pki_cmds,
+    query_cmds,
+)
 
 app = typer.Typer(
     name="creditnet",
@@ -21,6 +30,7 @@ app.add_typer(network_cmds.network_app, name="network")
 app.add_typer(consent_cmds.app, name="consent")
 app.add_typer(data_cmds.data_app, name="data")
 app.add_typer(data_cmds.provider_app, name="provider")
+app.add_typer(chain_cmds.app, name="chain")
 app.command("query")(query_cmds.query)
 app.command("demo")(demo.demo)
 

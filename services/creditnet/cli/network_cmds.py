@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from creditnet.cli.common import (
+    EXIT_USAGE,
     console,
     errors,
     fail,
@@ -24,6 +26,8 @@ from creditnet.cli.common import (
 from creditnet.config import AggregatorConfig, parse_nodes
 from creditnet.domain import City
 from creditnet.pki import Identity, TrustStore
+
+log = logging.getLogger("creditnet.aggregator")
 
 network_app = typer.Typer(help="The five-city network on one machine: up, status.", no_args_is_help=True)
 aggregator_app = typer.Typer(help="The national aggregator: run it.", no_args_is_help=True)
@@ -176,19 +180,55 @@ def run_aggregator(
     key: Annotated[Path | None, typer.Option(help="Aggregator key.")] = None,
     ca: Annotated[Path | None, typer.Option(help="Network CA certificate.")] = None,
     state_dir: Annotated[Path, typer.Option(help="Where revocations are kept.")] = Path("aggregator-state"),
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on this port (default: CREDITNET_METRICS_PORT, or none)."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Serve the aggregator until Ctrl-C or SIGTERM."""
-    from creditnet.aggregator.server import start_aggregator
+    """Serve the aggregator until Ctrl-C or SIGTERM.
 
-    setup_logging(verbose)
+    Settings come from --config, or from --nodes with --cert, --key and --ca, or, with none of
+    these, from the environment (CREDITNET_*; see docs/deployment.md), as in a container.
+    Exit codes: 0 stopped cleanly, 1 could not start, 2 bad settings.
+    """
+    from creditnet.aggregator.server import start_aggregator
+    from creditnet.limits import Limits
+    from creditnet.settings import AggregatorSettings, unknown_variables
+
     with errors():
-        if config is not None:
-            cfg = AggregatorConfig.load(config)
-        elif nodes and cert and key and ca:
-            cfg = AggregatorConfig(
-                listen=listen, cert=cert, key=key, ca=ca, nodes=parse_nodes(nodes), state_dir=state_dir
-            )
+        health_listen: str | None = None
+        grace = 5.0
+        if config is not None or nodes is not None:
+            setup_logging(verbose)
+            if config is not None:
+                cfg = AggregatorConfig.load(config)
+            elif nodes and cert and key and ca:
+                cfg = AggregatorConfig(
+                    listen=listen, cert=cert, key=key, ca=ca, nodes=parse_nodes(nodes), state_dir=state_dir
+                )
+            else:
+                fail("give --config, or --nodes with --cert, --key and --ca", EXIT_USAGE)
+            limits = Limits.from_env()
         else:
-            fail("give --config, or --nodes with --cert, --key and --ca")
-        serve_until_signalled(lambda: start_aggregator(cfg), "aggregator")
+            settings = AggregatorSettings.from_env()
+            srv = settings.server
+            setup_logging(
+                verbose,
+                fmt=srv.log_format,
+                level=None if verbose else srv.log_level,
+                static={"service": "aggregator"},
+            )
+            for warning in unknown_variables():
+                log.warning(warning)
+            cfg = settings.to_config()
+            limits, health_listen, grace = Limits.from_settings(srv), srv.health_listen, srv.shutdown_grace
+            metrics_port = srv.metrics_port if metrics_port is None else metrics_port
+        serve_until_signalled(
+            lambda: start_aggregator(cfg, limits=limits, health_listen=health_listen),
+            "aggregator",
+            metrics_port=metrics_port,
+            grace=grace,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ from creditnet.pki import (
     write_public,
 )
 from creditnet.v1 import records_pb2
+
+log = logging.getLogger("creditnet.node")
 
 app = typer.Typer(help="Run a city node: init, migrate, run, ingest, stats.", no_args_is_help=True)
 
@@ -199,14 +202,58 @@ def migrate(
 
 
 @app.command("run")
-def run(config: ConfigOpt, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    """Serve the node (mutual TLS, health, reflection) until Ctrl-C or SIGTERM."""
-    from creditnet.node.server import start_node
+def run(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="The node's node.json. Without it every setting comes from the environment"
+            " (CREDITNET_*, DATABASE_URL; see docs/deployment.md), as in a container.",
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on this port (default: CREDITNET_METRICS_PORT, or none)."
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the node (mutual TLS, health, reflection) until Ctrl-C or SIGTERM.
 
-    setup_logging(verbose)
+    The database must be at this release's schema: run `creditnet node migrate` first.
+    Exit codes: 0 stopped cleanly, 1 could not start, 2 bad settings.
+    """
+    from creditnet.limits import Limits
+    from creditnet.node.server import start_node
+    from creditnet.settings import NodeSettings, unknown_variables
+
     with errors():
-        cfg = NodeConfig.load(config)
-        serve_until_signalled(lambda: start_node(cfg), f"node {cfg.city.value}")
+        if config is not None:
+            setup_logging(verbose)
+            cfg = NodeConfig.load(config)
+            limits, health_listen, grace = Limits.from_env(), None, 5.0
+        else:
+            settings = NodeSettings.from_env()
+            srv = settings.server
+            setup_logging(
+                verbose,
+                fmt=srv.log_format,
+                level=None if verbose else srv.log_level,
+                static={"service": "node", "city": settings.city.value},
+            )
+            for warning in unknown_variables():
+                log.warning(warning)
+            cfg = settings.to_config()
+            limits, health_listen, grace = Limits.from_settings(srv), srv.health_listen, srv.shutdown_grace
+            metrics_port = srv.metrics_port if metrics_port is None else metrics_port
+        serve_until_signalled(
+            lambda: start_node(cfg, limits=limits, health_listen=health_listen),
+            f"node {cfg.city.value}",
+            metrics_port=metrics_port,
+            grace=grace,
+        )
 
 
 def _count_lines(path: Path) -> int:

@@ -13,7 +13,10 @@ from creditnet.chain.ledger import Ledger, WitnessLink
 from creditnet.chain.service import ChainService
 from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import NodeConfig
+from creditnet.limits import Limits
+from creditnet.limits import server_interceptors as limit_interceptors
 from creditnet.node.service import CityNodeService
+from creditnet.observability import NodeMetrics, server_interceptors
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore
@@ -35,6 +38,7 @@ class RunningNode:
     store: AsyncStore
     service: CityNodeService
     ledger: Ledger
+    metrics: NodeMetrics
 
     @property
     def port(self) -> int:
@@ -44,9 +48,18 @@ class RunningNode:
         await self.handle.stop(grace)
         await self.ledger.stop()
         await self.store.close()
+        self.metrics.close()
 
 
-async def start_node(config: NodeConfig) -> RunningNode:
+async def start_node(
+    config: NodeConfig, *, limits: Limits | None = None, health_listen: str | None = None
+) -> RunningNode:
+    """Open the node's store and ledger and serve; `limits` default to the environment's.
+
+    The node's metrics are collected from the start; serving them over HTTP
+    (``running.metrics.serve(port)``) is the caller's choice.
+    """
+    limits = Limits.from_env() if limits is None else limits
     identity = Identity.load(config.cert, config.key)
     trust = TrustStore.load(config.ca)
     log_key = LogKey.load(config.log_cert, config.log_key)
@@ -56,12 +69,15 @@ async def start_node(config: NodeConfig) -> RunningNode:
     witnesses = [WitnessLink.connect(n, ep, identity, trust) for n, ep in config.witnesses.items()]
     ledger = await asyncio.to_thread(Ledger, store.store, log_key, witnesses=witnesses, quorum=config.quorum)
     witness = Witness(store.store, log_key)
+    metrics = NodeMetrics(config.city)
+    metrics.watch_ledger(ledger)
     service = CityNodeService(
         city=config.city,
         identity=identity,
         trust=trust,
         store=store,
         ledger=ledger if config.chain_enabled else None,
+        metrics=metrics,
     )
     chain = ChainService(city=config.city, ledger=ledger, witness=witness, trust=trust)
 
@@ -77,10 +93,16 @@ async def start_node(config: NodeConfig) -> RunningNode:
             trust=trust,
             register=register,
             service_names=[SERVICE_NAME, *CHAIN_SERVICES],
+            # Observed first, so that calls the limits refuse are counted too.
+            interceptors=[*server_interceptors(metrics), *limit_interceptors(limits, trust)],
+            maximum_concurrent_rpcs=limits.hard_cap,
+            health_listen=health_listen,
         )
     except BaseException:
         await store.close()
         raise
     ledger.start()
     log.info("node %s serving on port %d", config.city.value, handle.port)
-    return RunningNode(config=config, handle=handle, store=store, service=service, ledger=ledger)
+    return RunningNode(
+        config=config, handle=handle, store=store, service=service, ledger=ledger, metrics=metrics
+    )

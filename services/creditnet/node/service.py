@@ -19,6 +19,7 @@ from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, QUERY_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.errors import AlreadyExists, CreditnetError, PermissionDenied, Unavailable
+from creditnet.observability import NodeMetrics, bind_query_id
 from creditnet.pki import Identity, RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, AuthorizedQuery
 from creditnet.rpc import PeerIdentities, refusals
@@ -41,6 +42,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         trust: TrustStore,
         store: AsyncStore,
         ledger: Ledger | None,
+        metrics: NodeMetrics | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         if identity.role.kind is not RoleKind.NODE or identity.role.city is not city:
@@ -52,6 +54,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         self.peers = PeerIdentities(trust)
         self.store = store
         self.ledger = ledger
+        self.metrics = metrics
         self.clock = clock
 
     # -- queries -------------------------------------------------------------
@@ -62,14 +65,22 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
     ) -> node_pb2.QueryResponse:
         # Whoever forwards (the aggregator, or a bank calling directly), the
         # bank's own signature and the enterprise's consent decide.
-        self.peers.require(context, RoleKind.AGGREGATOR, RoleKind.BANK)
+        peer = self.peers.require(context, RoleKind.AGGREGATOR, RoleKind.BANK)
         now = self.clock()
         try:
             aq = query_mod.authorize(self.verifier, request.query, city=self.city, now=now)
+            if peer.kind is RoleKind.BANK and peer.subject != aq.terms.bank_code:
+                # A bank calling directly sends only its own queries.
+                raise PermissionDenied(
+                    "query.sender", "this query was signed by another bank; a bank sends only its own queries"
+                )
         except CreditnetError as exc:
             # Refusals are accesses too: the enterprise sees them in its history.
             await self._log_refusal(request.query, exc, now)
             raise
+        # Only now, with the bank's signature checked, is the query id trusted
+        # enough to label logs and spans.
+        bind_query_id(aq.terms.query_id)
         # The lookup runs while the claim commits; nothing is disclosed
         # unless the claim succeeds.
         lookup = asyncio.ensure_future(self._lookup(aq))
@@ -87,6 +98,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         if self.ledger is None:
             # Only the benchmark's baseline runs without a chain; banks
             # refuse answers that carry no receipt.
+            self._answered(disclosed)
             return node_pb2.QueryResponse(answer=answer)
         # The entry is on disk before anything is disclosed, and the answer
         # leaves only with a receipt that witnesses have cosigned.
@@ -99,7 +111,12 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             raise Unavailable(
                 "chain.unpublished", "the access is logged but witnesses have not cosigned it yet; retry"
             ) from None
+        self._answered(disclosed)
         return node_pb2.QueryResponse(answer=answer, receipt=receipt)
+
+    def _answered(self, disclosed: int) -> None:
+        if self.metrics is not None:
+            self.metrics.query_answered(disclosed)
 
     async def _log(self, entry: chain_pb2.LedgerEntry, uscc: str | None = None) -> None:
         if self.ledger is not None:
@@ -108,6 +125,8 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
     async def _log_refusal(
         self, env: envelope_pb2.SignedEnvelope, exc: CreditnetError, now: dt.datetime
     ) -> None:
+        if self.metrics is not None:
+            self.metrics.query_refused(exc.rule)
         try:
             # Only a query a bank really signed is an access to log; anything
             # else would let any peer write entries in a bank's name.
@@ -214,10 +233,12 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                     valid.append(rec)
                 index += 1
             summary.received += len(batch.records)
+            accepted = duplicates = 0
             if valid:
                 result = await self.store.ingest(valid, provider_id)
-                summary.accepted += result.accepted
-                summary.duplicates += result.duplicates
+                accepted, duplicates = result.accepted, result.duplicates
+                summary.accepted += accepted
+                summary.duplicates += duplicates
                 h = hashlib.sha256()
                 for rec in valid:
                     data = rec.SerializeToString(deterministic=True)
@@ -233,6 +254,12 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                     )
                 )
             summary.batches += 1
+            if self.metrics is not None:
+                self.metrics.ingest_batch(
+                    accepted=accepted,
+                    duplicates=duplicates,
+                    rejected=len(batch.records) - len(valid),
+                )
         log.info(
             "provider %s submitted %d records: %d new, %d duplicate, %d rejected",
             role.subject,
