@@ -160,6 +160,10 @@ async def test_a_restarted_log_keeps_its_entries_roots_and_checkpoint(rig: Rig) 
     assert again.log.tree.size == 7 and again.log.tree.root() == root
     assert again.published is not None and again.published.size == 7
     again.start()
+    # What was published before the restart still gives receipts a bank can
+    # check: the witnesses' certificates were kept with the checkpoint.
+    kept = await again.receipt(6, appended[6].entry, 1)
+    assert verify_receipt(rig.trust, kept, "hefei").index == 6
     try:
         a = await again.append(entry(7))
         assert a.index == 7
@@ -255,3 +259,16 @@ async def test_a_log_key_from_another_ca_is_refused(rig: Rig) -> None:
 
 def test_commitment_binds_uscc_and_salt() -> None:
     assert enterprise_commitment(USCC, b"a" * 16) != enterprise_commitment(USCC, b"b" * 16)
+
+
+def test_certificate_lists_round_trip_and_truncation_is_refused() -> None:
+    from creditnet.chain.models import pack_certificates, unpack_certificates
+
+    certs = [b"\x30\x82first", b"", b"\x30second"]
+    packed = pack_certificates(certs)
+    assert unpack_certificates(packed) == certs
+    assert unpack_certificates(None) == []
+    with pytest.raises(ValueError, match="truncated"):
+        unpack_certificates(packed[:-1])
+    with pytest.raises(ValueError, match="trailing"):
+        unpack_certificates(packed + b"\0")

@@ -28,7 +28,7 @@ from creditnet.store.schema import revisions
 from tests.store.factories import PROVIDER, SOON, USCC_A, USCC_B, batch, profile, record
 
 ALL_TIME = (dt.date(1900, 1, 1), dt.date(2999, 12, 31))
-FIRST, SECOND = "0001", "0002"
+FIRST, SECOND, HEAD = "0001", "0002", "0003"
 DIGEST = b"\x07" * 32
 NODE_TABLES = {"enterprises", "records", "query_uses", "consent_uses", "revocations"}
 CHAIN_TABLES = {
@@ -71,16 +71,16 @@ def execute(url: str, *statements: tuple[str, dict[str, object]]) -> None:
 
 
 def test_the_migrations_are_one_line_of_revisions() -> None:
-    assert revisions() == [FIRST, SECOND]
-    assert head_revision() == SECOND
+    assert revisions() == [FIRST, SECOND, HEAD]
+    assert head_revision() == HEAD
 
 
 def test_migrating_creates_exactly_the_tables_the_models_describe(db_url: str) -> None:
-    assert Store.migrate(db_url) == Migration(before=None, after=SECOND)
+    assert Store.migrate(db_url) == Migration(before=None, after=HEAD)
     assert tables(db_url) == NODE_TABLES | CHAIN_TABLES | {"record_counts", "alembic_version"}
     assert schema_drift(db_url) == []
     # Migrating again changes nothing.
-    assert Store.migrate(db_url) == Migration(before=SECOND, after=SECOND)
+    assert Store.migrate(db_url) == Migration(before=HEAD, after=HEAD)
 
 
 def test_opening_an_empty_database_refuses_and_creates_nothing(db_url: str) -> None:
@@ -97,7 +97,7 @@ def test_opening_an_empty_database_refuses_and_creates_nothing(db_url: str) -> N
 
 def test_an_older_revision_is_refused_until_migrated(db_url: str) -> None:
     Store.migrate(db_url, FIRST)
-    with pytest.raises(SchemaNotReady, match=f"is at schema revision {FIRST}, this software needs {SECOND}"):
+    with pytest.raises(SchemaNotReady, match=f"is at schema revision {FIRST}, this software needs {HEAD}"):
         Store.open(db_url)
     assert Store.revision(db_url) == FIRST  # refusing changed nothing
 
@@ -114,7 +114,7 @@ def test_a_revision_from_a_newer_release_is_refused(migrated_url: str) -> None:
 def test_an_unknown_target_is_a_clear_error_and_changes_nothing(migrated_url: str) -> None:
     with pytest.raises(UnknownRevision, match="'0007' is not a schema revision; use head, base or one of"):
         Store.migrate(migrated_url, "0007")
-    assert Store.revision(migrated_url) == SECOND
+    assert Store.revision(migrated_url) == HEAD
 
 
 def test_a_database_at_the_first_revision_upgrades_with_its_data_intact(db_url: str) -> None:
@@ -169,7 +169,7 @@ def test_a_database_at_the_first_revision_upgrades_with_its_data_intact(db_url: 
     ]
     execute(db_url, *inserts)
 
-    assert Store.migrate(db_url) == Migration(before=FIRST, after=SECOND)
+    assert Store.migrate(db_url) == Migration(before=FIRST, after=HEAD)
     assert schema_drift(db_url) == []
     with Store.open(db_url) as store:
         found = store.find_records(USCC_A, list(Category), *ALL_TIME)
@@ -203,9 +203,9 @@ def test_downgrade_and_upgrade_round_trip_keeps_the_data(migrated_url: str) -> N
         before = store.stats()
         records_before = store.find_records(USCC_A, list(Category), *ALL_TIME)
 
-    assert Store.migrate(migrated_url, FIRST) == Migration(before=SECOND, after=FIRST)
+    assert Store.migrate(migrated_url, FIRST) == Migration(before=HEAD, after=FIRST)
     assert "record_counts" not in tables(migrated_url)
-    assert Store.migrate(migrated_url, "head") == Migration(before=FIRST, after=SECOND)
+    assert Store.migrate(migrated_url, "head") == Migration(before=FIRST, after=HEAD)
     assert schema_drift(migrated_url) == []
     with Store.open(migrated_url) as store:
         after = store.stats()
@@ -217,9 +217,9 @@ def test_downgrade_and_upgrade_round_trip_keeps_the_data(migrated_url: str) -> N
         assert store.find_records(USCC_A, list(Category), *ALL_TIME) == records_before
 
     # All the way down is no tables at all, and back up is an empty store.
-    assert Store.migrate(migrated_url, "base") == Migration(before=SECOND, after=None)
+    assert Store.migrate(migrated_url, "base") == Migration(before=HEAD, after=None)
     assert tables(migrated_url) <= {"alembic_version"}
-    assert Store.migrate(migrated_url) == Migration(before=None, after=SECOND)
+    assert Store.migrate(migrated_url) == Migration(before=None, after=HEAD)
     with Store.open(migrated_url) as store:
         assert store.stats().records == 0
 
@@ -244,7 +244,7 @@ def test_a_database_created_before_migrations_is_adopted(db_url: str) -> None:
     with pytest.raises(SchemaNotReady, match="created before schema migrations"):
         Store.open(db_url)
 
-    assert Store.migrate(db_url) == Migration(before=None, after=SECOND)
+    assert Store.migrate(db_url) == Migration(before=None, after=HEAD)
     assert schema_drift(db_url) == []
     with Store.open(db_url) as store:
         assert [r.record_id for r in store.find_records(USCC_A, [Category.UTILITY], *ALL_TIME)] == ["legacy"]
@@ -268,6 +268,31 @@ def test_nodes_migrating_at_the_same_moment_migrate_once(db_url: str) -> None:
     for t in threads:
         t.join()
     assert sorted(results, key=str) == sorted(
-        [Migration(None, SECOND), Migration(SECOND, SECOND), Migration(SECOND, SECOND)], key=str
+        [Migration(None, HEAD), Migration(HEAD, HEAD), Migration(HEAD, HEAD)], key=str
     )
+    assert schema_drift(db_url) == []
+
+
+def test_checkpoints_signed_before_0003_are_kept_without_certificates(db_url: str) -> None:
+    Store.migrate(db_url, SECOND)
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO chain_checkpoint (size, note, cosignatures, signed_at)"
+                    " VALUES (7, 'note', 3, :at)"
+                ),
+                {"at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)},
+            )
+    finally:
+        engine.dispose()
+    assert Store.migrate(db_url) == Migration(before=SECOND, after=HEAD)
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT size, note, key_certificates FROM chain_checkpoint")).one()
+    finally:
+        engine.dispose()
+    assert (row.size, row.note, row.key_certificates) == (7, "note", None)
     assert schema_drift(db_url) == []

@@ -27,7 +27,7 @@ from sqlalchemy import insert, select, update
 
 from creditnet.chain.checkpoint import Checkpoint, Cosignature, SignedCheckpoint
 from creditnet.chain.keys import LogKey
-from creditnet.chain.models import CHECKPOINTS
+from creditnet.chain.models import CHECKPOINTS, pack_certificates, unpack_certificates
 from creditnet.chain.sqlstore import CacheMiss, PendingEntry, SqlLog
 from creditnet.dates import utcnow
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
@@ -180,14 +180,24 @@ class Ledger:
     def _load_published(self) -> Published | None:
         with self._store.engine.connect() as conn:
             row = conn.execute(
-                select(CHECKPOINTS.c.size, CHECKPOINTS.c.note, CHECKPOINTS.c.cosignatures)
+                select(
+                    CHECKPOINTS.c.size,
+                    CHECKPOINTS.c.note,
+                    CHECKPOINTS.c.cosignatures,
+                    CHECKPOINTS.c.key_certificates,
+                )
                 .where(CHECKPOINTS.c.cosignatures >= self.quorum)
                 .order_by(CHECKPOINTS.c.size.desc())
                 .limit(1)
             ).first()
         if row is None:
             return None
-        return Published(int(row.size), str(row.note), int(row.cosignatures), [self.log_key.certificate_der])
+        certs = unpack_certificates(row.key_certificates)
+        if self.log_key.certificate_der not in certs:
+            # Stored before certificates were kept: receipts of it could not be
+            # checked, so the next append publishes anew.
+            return None
+        return Published(int(row.size), str(row.note), int(row.cosignatures), certs)
 
     async def _publish_loop(self) -> None:
         while True:
@@ -224,7 +234,7 @@ class Ledger:
         note = signed.with_cosignatures(cosigs).encode() if cosigs else signed.encode()
         # Kept for operators and restarts, off the answers' critical path: the
         # entries themselves were durable before this checkpoint was signed.
-        self._background(asyncio.to_thread(self._save_checkpoint, size, note, len(cosigs)))
+        self._background(asyncio.to_thread(self._save_checkpoint, size, note, len(cosigs), certs))
         if len(cosigs) < self.quorum:
             log.warning("checkpoint %d has %d of %d cosignatures", size, len(cosigs), self.quorum)
             return False
@@ -265,18 +275,23 @@ class Ledger:
         self._loose.add(task)
         task.add_done_callback(self._loose.discard)
 
-    def _save_checkpoint(self, size: int, note: str, cosignatures: int) -> None:
+    def _save_checkpoint(self, size: int, note: str, cosignatures: int, certs: list[bytes]) -> None:
+        packed = pack_certificates(certs)
         with self._store.write_transaction() as conn:
             updated = conn.execute(
                 update(CHECKPOINTS)
                 .where(CHECKPOINTS.c.size == size, CHECKPOINTS.c.cosignatures <= cosignatures)
-                .values(note=note, cosignatures=cosignatures)
+                .values(note=note, cosignatures=cosignatures, key_certificates=packed)
             ).rowcount
             exists = conn.execute(select(CHECKPOINTS.c.size).where(CHECKPOINTS.c.size == size)).first()
             if not updated and exists is None:
                 conn.execute(
                     insert(CHECKPOINTS).values(
-                        size=size, note=note, cosignatures=cosignatures, signed_at=utcnow()
+                        size=size,
+                        note=note,
+                        cosignatures=cosignatures,
+                        key_certificates=packed,
+                        signed_at=utcnow(),
                     )
                 )
 

@@ -63,6 +63,9 @@ class ChainCheckpointRow(ChainModel, table=True):
     note: str = Field(sa_column=Column(Text, nullable=False))
     cosignatures: int = Field(sa_column=Column(Integer, nullable=False))
     signed_at: dt.datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    # DER certificates of the log key and the cosigning witnesses, each
+    # prefixed by its length (4 bytes, big-endian); see pack_certificates.
+    key_certificates: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
 
 class WitnessStateRow(ChainModel, table=True):
@@ -94,3 +97,21 @@ META = CHAIN_METADATA.tables[ChainMetaRow.__tablename__]
 CHECKPOINTS = CHAIN_METADATA.tables[ChainCheckpointRow.__tablename__]
 WITNESS = CHAIN_METADATA.tables[WitnessStateRow.__tablename__]
 EVIDENCE = CHAIN_METADATA.tables[EvidenceRow.__tablename__]
+
+
+def pack_certificates(certs: list[bytes]) -> bytes:
+    return b"".join(len(c).to_bytes(4, "big") + c for c in certs)
+
+
+def unpack_certificates(data: bytes | None) -> list[bytes]:
+    out: list[bytes] = []
+    view = memoryview(data or b"")
+    while len(view) >= 4:
+        n = int.from_bytes(view[:4], "big")
+        if n > len(view) - 4:
+            raise ValueError("truncated certificate list")
+        out.append(bytes(view[4 : 4 + n]))
+        view = view[4 + n :]
+    if len(view):
+        raise ValueError("trailing bytes after the certificate list")
+    return out
