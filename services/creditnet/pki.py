@@ -273,7 +273,10 @@ class CertificateAuthority:
     key: ec.EllipticCurvePrivateKey
 
     @classmethod
-    def create(cls, name: str = "creditnet Yangtze River Delta network CA") -> CertificateAuthority:
+    def create(
+        cls, name: str = "creditnet Yangtze River Delta network CA", *, not_before: dt.datetime | None = None
+    ) -> CertificateAuthority:
+        """A new CA, valid from `not_before` (default: five minutes ago, for clock skew)."""
         key = generate_key()
         subject = x509.Name(
             [
@@ -282,15 +285,15 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, name),
             ]
         )
-        now = utcnow()
+        start = not_before or (utcnow() - dt.timedelta(minutes=5))
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + CA_VALIDITY)
+            .not_valid_before(start)
+            .not_valid_after(start + CA_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(

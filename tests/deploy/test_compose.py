@@ -162,3 +162,13 @@ def test_the_vendored_schema_is_the_recorded_one() -> None:
     recorded = re.search(r"sha256 `([0-9a-f]{64})`", readme)
     assert recorded is not None
     assert hashlib.sha256((SCHEMAS / "compose-spec.json").read_bytes()).hexdigest() == recorded[1]
+
+
+def test_every_node_migrates_its_database_before_serving(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if name.startswith("node-"):
+            assert service["entrypoint"] == [
+                "/bin/sh",
+                "-c",
+                "creditnet node migrate && exec creditnet node run",
+            ], name

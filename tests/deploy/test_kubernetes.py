@@ -280,3 +280,11 @@ def test_every_overlay_runs_this_version(rendered: dict[str, list[Manifest]]) ->
         (container,) = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"]
         assert container["image"] == f"creditnet:{__version__}", overlay
         assert container["args"] == (["aggregator", "run"] if overlay == "national" else ["node", "run"])
+        init = one(manifests, "StatefulSet")["spec"]["template"]["spec"].get("initContainers", [])
+        if overlay == "national":
+            assert init == []
+        else:
+            # The node refuses a database not at its schema: it is migrated first, by the same image.
+            (migrate,) = init
+            assert migrate["args"] == ["node", "migrate"] and migrate["image"] == container["image"]
+            assert migrate["envFrom"] == container["envFrom"]

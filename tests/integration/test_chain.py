@@ -31,10 +31,25 @@ from creditnet.chain.receipts import verify_receipt
 from creditnet.chain.sqlstore import SqlLog
 from creditnet.domain import ALL_CITIES, Category, City, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
-from creditnet.pki import AGGREGATOR_SERVER_NAME, CertificateAuthority, Role, TrustStore, issue_identity
+from creditnet.pki import (
+    AGGREGATOR_SERVER_NAME,
+    CertificateAuthority,
+    Role,
+    TrustStore,
+    issue_identity,
+    node_server_name,
+)
 from creditnet.rpc import secure_channel
 from creditnet.store import Store
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, consent_pb2
+from creditnet.v1 import (
+    aggregator_pb2,
+    aggregator_pb2_grpc,
+    chain_pb2,
+    chain_pb2_grpc,
+    consent_pb2,
+    node_pb2,
+    node_pb2_grpc,
+)
 from creditnet_bank import BankClient, SectionStatus
 from tests.integration.helpers import ask_node, consent, node_refusal
 
@@ -287,11 +302,10 @@ async def test_the_network_checkpoint_is_signed_and_heads_every_city(
     assert all(len(n["cosignatures"]) >= quorum(layout) for n in data["nodes"])
     # Exit 3 exactly when some witness holds evidence (a later test makes some).
     direct = []
-    for c in City:
-        async with secure_channel(
-            layout.node_endpoint(c), layout.bank(), trust, f"{c.value}.node.creditnet"
-        ) as ch:
-            resp = await chain_pb2_grpc.ChainServiceStub(ch).ListEvidence(
+    witnesses = [(layout.node_endpoint(c), node_server_name(c)) for c in City]
+    for endpoint, name in [*witnesses, (layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME)]:
+        async with secure_channel(endpoint, layout.bank(), trust, name) as ch:
+            resp = await chain_pb2_grpc.WitnessServiceStub(ch).ListEvidence(
                 chain_pb2.ListEvidenceRequest(), timeout=5
             )
             direct.extend(resp.evidence)
@@ -322,6 +336,53 @@ async def test_a_node_that_answers_without_logging_is_caught_by_the_bank(
     assert "receipt" in hefei.reason and hefei.receipt is None and not hefei.records
     assert report.missing_cities == [City.HEFEI]
     assert ledger.committed_size == before
+
+
+async def node_info(
+    layout: NetworkLayout, city: City, reader: Any, trust: TrustStore
+) -> node_pb2.GetNodeInfoResponse:
+    async with secure_channel(layout.node_endpoint(city), reader, trust, node_server_name(city)) as ch:
+        info: node_pb2.GetNodeInfoResponse = await node_pb2_grpc.CityNodeServiceStub(ch).GetNodeInfo(
+            node_pb2.GetNodeInfoRequest(), timeout=10
+        )
+    return info
+
+
+async def list_nodes(
+    layout: NetworkLayout, reader: Any, trust: TrustStore
+) -> aggregator_pb2.ListNodesResponse:
+    async with secure_channel(layout.aggregator_endpoint, reader, trust, AGGREGATOR_SERVER_NAME) as ch:
+        listed: aggregator_pb2.ListNodesResponse = await aggregator_pb2_grpc.AggregatorServiceStub(
+            ch
+        ).ListNodes(aggregator_pb2.ListNodesRequest(), timeout=10)
+    return listed
+
+
+async def test_a_healthy_node_reports_its_chain_and_no_evidence(
+    network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    reader = layout.bank()
+    city = City.HANGZHOU
+    await ask_node(
+        layout,
+        city,
+        query_mod.build(
+            reader,
+            consent(layout, cities=(city,)),
+            enterprise_uscc=layout.demo_enterprise,
+            purpose=Purpose.LOAN_APPLICATION,
+            cities=(city,),
+        ),
+        reader,
+        trust,
+    )
+    info = await node_info(layout, city, reader, trust)
+    ledger = network.nodes[city].ledger
+    assert info.log_size == ledger.committed_size >= 1
+    assert ledger.published is not None and info.published_size == ledger.published.size >= 1
+    assert list(info.evidence_against) == []
+    listed = await list_nodes(layout, reader, trust)
+    assert {City.from_proto(n.city): n.evidence for n in listed.nodes} == dict.fromkeys(ALL_CITIES, 0)
 
 
 def sqlite_path(network: InProcessNetwork, city: City) -> Path:
@@ -450,6 +511,17 @@ async def test_tampering_with_a_nodes_log_is_found_and_refused(
         cli_status = await cli("status", "--network", str(layout.root), "--json")
         assert cli_status.exit_code == 3
         assert any(e["origin"] == log_origin("jiaxing") for e in json.loads(cli_status.stdout)["evidence"])
+        # The witnesses' health says so too: each node's info and the aggregator's directory.
+        holders = {e.witness for e in against}
+        for other in ALL_CITIES:
+            if other is not city:
+                info = await node_info(layout, other, reader, trust)
+                assert (log_origin(city.value) in info.evidence_against) == (other.value in holders)
+                assert all(o == log_origin(city.value) for o in info.evidence_against)
+        listed = await list_nodes(layout, reader, trust)
+        shown = {City.from_proto(n.city): n.evidence for n in listed.nodes}
+        assert (shown[city] > 0) == ("national" in holders)
+        assert all(n == 0 for c, n in shown.items() if c is not city)
     finally:
         if city in network.nodes:
             await network.stop_node(city)

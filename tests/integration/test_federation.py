@@ -79,6 +79,31 @@ async def test_another_bank_cannot_use_the_consent(network: InProcessNetwork, la
     assert refused.value.reason.startswith("consent.bank_mismatch")
 
 
+async def test_a_bank_cannot_send_another_banks_query(
+    network: InProcessNetwork, layout: NetworkLayout
+) -> None:
+    from creditnet.network import SECOND_BANK
+
+    env = consent(layout, max_uses=1, cities=(City.NANJING,))
+    network_json = layout.root / "network.json"
+    async with (
+        BankClient.from_network(network_json, DEMO_BANK) as bank,
+        BankClient.from_network(network_json, SECOND_BANK) as other,
+    ):
+        signed = bank.sign_query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+        with pytest.raises(QueryRefused) as refused:
+            await other.send(signed)
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert refused.value.reason.startswith("query.sender")
+        with pytest.raises(grpc.aio.AioRpcError) as direct:
+            await other.query_node(layout.node_endpoint(City.NANJING), City.NANJING, signed)
+        assert direct.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (direct.value.details() or "").startswith("query.sender")
+        # Neither attempt spent the consent's one use: its bank still gets its answer.
+        report = await bank.send(signed)
+    assert not report.missing_cities and [s.status for s in report.sections] == [SectionStatus.OK]
+
+
 async def test_use_limit_is_enforced_by_every_node(network: InProcessNetwork, layout: NetworkLayout) -> None:
     env = consent(layout, max_uses=2, cities=(City.SHANGHAI, City.NANJING))
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:

@@ -35,18 +35,26 @@ from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issu
 from creditnet.v1 import envelope_pb2
 
 NOW = utcnow().replace(microsecond=0)
+# Certificates are issued as of NOW, however long after import a test runs.
+ISSUED = NOW - dt.timedelta(minutes=5)
+
+
+def issued(ca: CertificateAuthority, role: Role, **kw: object) -> Identity:
+    return issue_identity(ca, role, not_before=ISSUED, **kw)
+
+
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 PAYLOAD = b"\x0a\x24consent-or-query bytes, never re-serialised\x00\xff"
 
 
 @pytest.fixture(scope="module")
 def ca() -> CertificateAuthority:
-    return CertificateAuthority.create("unit-test CA")
+    return CertificateAuthority.create("unit-test CA", not_before=ISSUED)
 
 
 @pytest.fixture(scope="module")
 def bank(ca: CertificateAuthority) -> Identity:
-    return issue_identity(ca, Role.bank("B0001"))
+    return issued(ca, Role.bank("B0001"))
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +231,7 @@ def test_signature_bounds_are_checked_before_the_certificate_chain(
 def test_a_signature_by_another_key_with_the_banks_certificate_is_refused(
     ca: CertificateAuthority, bank: Identity, verifier: EnvelopeVerifier
 ) -> None:
-    other = issue_identity(ca, Role.bank("B0002"))
+    other = issued(ca, Role.bank("B0002"))
     env = sign(CONSENT_TYPE, PAYLOAD, other)
     env.signatures[0].ClearField("certificate_chain")
     env.signatures[0].certificate_chain.extend(bank.chain_der)
@@ -266,7 +274,7 @@ def test_certificate_chain_refusals_name_the_envelope(
         return env
 
     leaf = bank.chain_der[0]
-    foreign = issue_identity(CertificateAuthority.create("other"), Role.bank("B0001"))
+    foreign = issued(CertificateAuthority.create("other", not_before=ISSUED), Role.bank("B0001"))
     cases = {
         "query.cert.chain": [with_chain([]), with_chain([leaf] * 5)],
         "query.cert.malformed": [with_chain([b"\x30\x00"])],

@@ -39,16 +39,22 @@ from creditnet.pki import (
 
 USCC = "91340100MA2N0U3E6T"
 NOW = utcnow().replace(microsecond=0)
+# Certificates are issued as of NOW, however long after import a test runs.
+ISSUED = NOW - dt.timedelta(minutes=5)
+
+
+def issued(ca: CertificateAuthority, role: Role, **kw: object) -> Identity:
+    return issue_identity(ca, role, not_before=ISSUED, **kw)
 
 
 @pytest.fixture(scope="module")
 def ca() -> CertificateAuthority:
-    return CertificateAuthority.create("unit-test CA")
+    return CertificateAuthority.create("unit-test CA", not_before=ISSUED)
 
 
 @pytest.fixture(scope="module")
 def foreign_ca() -> CertificateAuthority:
-    return CertificateAuthority.create("some other CA")
+    return CertificateAuthority.create("some other CA", not_before=ISSUED)
 
 
 @pytest.fixture
@@ -207,7 +213,7 @@ def test_ca_certificate_profile(ca: CertificateAuthority) -> None:
 
 
 def test_server_certificate_profile(ca: CertificateAuthority) -> None:
-    ident = issue_identity(ca, Role.node(City.HEFEI), dns_names=["node1.example.org"])
+    ident = issued(ca, Role.node(City.HEFEI), dns_names=["node1.example.org"])
     cert = ident.cert
     ext = cert.extensions
     bc = ext.get_extension_for_class(x509.BasicConstraints)
@@ -232,7 +238,7 @@ def test_server_certificate_profile(ca: CertificateAuthority) -> None:
 
 
 def test_client_certificates_carry_no_server_names(ca: CertificateAuthority) -> None:
-    cert = issue_identity(ca, Role.bank("B1")).cert
+    cert = issued(ca, Role.bank("B1")).cert
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert list(san) == [x509.UniformResourceIdentifier("creditnet://bank/B1")]
 
@@ -279,7 +285,7 @@ def test_a_csr_for_a_key_that_is_not_p256_is_refused(ca: CertificateAuthority) -
 
 
 def test_identity_refuses_a_key_that_is_not_the_certificates(ca: CertificateAuthority) -> None:
-    cert = issue_identity(ca, Role.bank("B1")).cert
+    cert = issued(ca, Role.bank("B1")).cert
     with pytest.raises(InvalidArgument) as err:
         Identity.from_objects(generate_key(), cert)
     assert err.value.rule == "pki.key"
@@ -290,7 +296,7 @@ def test_ca_and_identity_files_round_trip(ca: CertificateAuthority, tmp_path: Pa
     loaded = CertificateAuthority.load(tmp_path / "pki")
     assert loaded.cert == ca.cert
     assert loaded.key.private_numbers() == ca.key.private_numbers()
-    ident = issue_identity(ca, Role.enterprise(USCC))
+    ident = issued(ca, Role.enterprise(USCC))
     ident.save(tmp_path / "e.pem", tmp_path / "e.key")
     again = Identity.load(tmp_path / "e.pem", tmp_path / "e.key")
     assert again.role == ident.role and again.chain_der == ident.chain_der
@@ -353,7 +359,7 @@ def test_role_of_needs_exactly_one_creditnet_uri(ca: CertificateAuthority, trust
 
 
 def test_a_chain_to_the_network_ca_verifies(ca: CertificateAuthority, trust: TrustStore) -> None:
-    ident = issue_identity(ca, Role.provider(City.HEFEI, "grid", [Category.UTILITY]))
+    ident = issued(ca, Role.provider(City.HEFEI, "grid", [Category.UTILITY]))
     got = trust.verify_chain(ident.chain_der, NOW)
     assert got.role == ident.role
     assert got.public_key.public_numbers() == ident.key.public_key().public_numbers()
@@ -366,7 +372,7 @@ def test_a_chain_to_the_network_ca_verifies(ca: CertificateAuthority, trust: Tru
 def test_a_certificate_from_a_foreign_ca_is_untrusted(
     foreign_ca: CertificateAuthority, trust: TrustStore
 ) -> None:
-    rogue = issue_identity(foreign_ca, Role.node(City.HEFEI))
+    rogue = issued(foreign_ca, Role.node(City.HEFEI))
     with pytest.raises(Unauthenticated) as err:
         trust.verify_chain(rogue.chain_der, NOW)
     assert err.value.rule == "cert.untrusted"
@@ -375,7 +381,7 @@ def test_a_certificate_from_a_foreign_ca_is_untrusted(
 def test_a_foreign_ca_cannot_be_smuggled_in_the_chain(
     ca: CertificateAuthority, foreign_ca: CertificateAuthority, trust: TrustStore
 ) -> None:
-    rogue = issue_identity(foreign_ca, Role.bank("B1"))
+    rogue = issued(foreign_ca, Role.bank("B1"))
     with pytest.raises(Unauthenticated) as err:
         trust.verify_chain([*rogue.chain_der, _der(foreign_ca.cert)], NOW)
     assert err.value.rule == "cert.untrusted"
@@ -383,7 +389,7 @@ def test_a_foreign_ca_cannot_be_smuggled_in_the_chain(
 
 def test_a_leaf_cannot_act_as_a_ca(ca: CertificateAuthority, trust: TrustStore) -> None:
     """A participant's certificate signing another certificate is not a chain."""
-    bank = issue_identity(ca, Role.bank("B1"))
+    bank = issued(ca, Role.bank("B1"))
     fake_ca = CertificateAuthority(cert=bank.cert, key=bank.key)
     key = generate_key()
     child = fake_ca.issue(Role.node(City.HEFEI), key.public_key())
@@ -431,7 +437,7 @@ def test_a_cache_hit_still_refuses_an_expired_certificate(
 
 def test_the_cache_is_bounded(ca: CertificateAuthority) -> None:
     trust = TrustStore(ca.cert, cache_size=2)
-    idents = [issue_identity(ca, Role.bank(f"B{i}")) for i in range(3)]
+    idents = [issued(ca, Role.bank(f"B{i}")) for i in range(3)]
     first = trust.verify_chain(idents[0].chain_der, NOW)
     for ident in idents[1:]:
         trust.verify_chain(ident.chain_der, NOW)
@@ -441,7 +447,7 @@ def test_the_cache_is_bounded(ca: CertificateAuthority) -> None:
 
 
 def test_chains_are_bounded_before_parsing(ca: CertificateAuthority, trust: TrustStore) -> None:
-    der = issue_identity(ca, Role.bank("B1")).chain_der[0]
+    der = issued(ca, Role.bank("B1")).chain_der[0]
     for chain in ([], [der] * (MAX_CHAIN_LENGTH + 1), [der + b"\x00" * 8192]):
         with pytest.raises(Unauthenticated) as err:
             trust.verify_chain(chain, NOW)

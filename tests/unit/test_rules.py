@@ -28,6 +28,14 @@ from creditnet.query import CLOCK_SKEW, MAX_QUERY_LIFETIME, AuthorizedQuery
 from creditnet.v1 import common_pb2, consent_pb2, envelope_pb2, query_pb2
 
 NOW = utcnow().replace(microsecond=0)
+# Certificates are issued as of NOW, however long after import a test runs.
+ISSUED = NOW - dt.timedelta(minutes=5)
+
+
+def issued(ca: CertificateAuthority, role: Role, **kw: object) -> Identity:
+    return issue_identity(ca, role, not_before=ISSUED, **kw)
+
+
 USCC = "91340100MA2N0U3E6T"  # registered in Hefei
 OTHER_USCC = "91310000MA1FL8XQ37"  # registered in Shanghai
 BANK = "B0001H231000001"
@@ -49,17 +57,17 @@ class World:
 
 @pytest.fixture(scope="module")
 def w() -> World:
-    ca = CertificateAuthority.create("unit-test CA")
-    foreign = CertificateAuthority.create("a CA nobody trusts")
+    ca = CertificateAuthority.create("unit-test CA", not_before=ISSUED)
+    foreign = CertificateAuthority.create("a CA nobody trusts", not_before=ISSUED)
     return World(
-        enterprise=issue_identity(ca, Role.enterprise(USCC)),
-        other_enterprise=issue_identity(ca, Role.enterprise(OTHER_USCC)),
-        foreign_enterprise=issue_identity(foreign, Role.enterprise(USCC)),
-        bank=issue_identity(ca, Role.bank(BANK)),
-        other_bank=issue_identity(ca, Role.bank(OTHER_BANK)),
-        node=issue_identity(ca, Role.node(City.HEFEI)),
-        aggregator=issue_identity(ca, Role.aggregator()),
-        provider=issue_identity(ca, Role.provider(City.HEFEI, "grid", [Category.UTILITY])),
+        enterprise=issued(ca, Role.enterprise(USCC)),
+        other_enterprise=issued(ca, Role.enterprise(OTHER_USCC)),
+        foreign_enterprise=issued(foreign, Role.enterprise(USCC)),
+        bank=issued(ca, Role.bank(BANK)),
+        other_bank=issued(ca, Role.bank(OTHER_BANK)),
+        node=issued(ca, Role.node(City.HEFEI)),
+        aggregator=issued(ca, Role.aggregator()),
+        provider=issued(ca, Role.provider(City.HEFEI, "grid", [Category.UTILITY])),
         verifier=EnvelopeVerifier(TrustStore(ca.cert)),
     )
 
@@ -346,13 +354,13 @@ def test_only_the_enterprise_named_signs_its_consent(w: World, who: str) -> None
 
 def test_a_bank_whose_code_is_the_uscc_cannot_sign_the_consent(w: World) -> None:
     """The signer's role kind counts, not only the name in its certificate."""
-    ca = CertificateAuthority.create("unit-test CA 2")
-    lookalike = issue_identity(ca, Role.bank(USCC))
+    ca = CertificateAuthority.create("unit-test CA 2", not_before=ISSUED)
+    lookalike = issued(ca, Role.bank(USCC))
     verifier = EnvelopeVerifier(TrustStore(ca.cert))
     with pytest.raises(PermissionDenied) as err:
         verify_consent(verifier, forged_consent(lookalike), at=NOW)
     assert err.value.rule == "consent.signer"
-    assert verify_consent(verifier, grant(issue_identity(ca, Role.enterprise(USCC)), terms()), at=NOW)
+    assert verify_consent(verifier, grant(issued(ca, Role.enterprise(USCC)), terms()), at=NOW)
 
 
 @pytest.mark.parametrize("who", ["bank", "other_enterprise"])

@@ -14,6 +14,7 @@ from creditnet import query as query_mod
 from creditnet.aggregator.directory import NodeDirectory, NodeLink
 from creditnet.aggregator.head import NetworkCheckpointer
 from creditnet.aggregator.revocations import RevocationOutbox
+from creditnet.chain.keys import log_origin
 from creditnet.consent import verify_revocation
 from creditnet.dates import ts_to_proto, utcnow
 from creditnet.domain import City
@@ -143,6 +144,10 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
     ) -> S.ListNodesResponse:
         self.peers.role(context)
         links = await self.directory.check_all()
+        against: dict[str, int] = {}
+        if self.head is not None:
+            for e in await asyncio.to_thread(self.head.witness.evidence):
+                against[e.origin] = against.get(e.origin, 0) + 1
         health = {
             "serving": S.NODE_HEALTH_SERVING,
             "not_serving": S.NODE_HEALTH_NOT_SERVING,
@@ -156,6 +161,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
                 health=health.get(link.last_status, S.NODE_HEALTH_UNSPECIFIED),
                 latency_ms=link.last_latency_ms,
                 last_error=link.last_error,
+                evidence=against.get(log_origin(link.city.value), 0),
             )
             if link.last_checked:
                 status.last_checked.CopyFrom(ts_to_proto(link.last_checked))

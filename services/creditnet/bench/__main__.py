@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sqlite3
 import statistics
@@ -29,6 +30,7 @@ import grpc
 
 from creditnet import query as query_mod
 from creditnet.bench.chain import bench_appends, bench_proofs
+from creditnet.bench.scale import bench_backends, show_backends
 from creditnet.config import NodeConfig
 from creditnet.domain import City, Purpose
 from creditnet.health import wait_serving
@@ -318,6 +320,9 @@ def main() -> None:
     p.add_argument("--ledger-entries", type=int, default=1_000_000, help="log size for the proof benchmark")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    # One bank drives every measurement: its per-bank rate limit (which the
+    # servers spawned here inherit) would measure the limit, not the server.
+    os.environ["CREDITNET_RATE_LIMIT_PER_BANK"] = "off"
     tmp = Path(tempfile.mkdtemp(prefix="creditnet-bench-"))
     try:
         layout = provision(tmp / "net", enterprises_per_city=200, seed=5)
@@ -331,6 +336,7 @@ def main() -> None:
         results["ingest"] = bench_ingest(tmp, a.rows)
         results["appends"] = bench_appends(tmp)
         results["proofs"] = bench_proofs(tmp, a.ledger_entries)
+        results["backends"] = bench_backends(tmp, a.queries, a.rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = report(results)
@@ -338,6 +344,7 @@ def main() -> None:
         print(json.dumps({"results": results, "ratios": ratios}, indent=2))
     else:
         show(results, ratios)
+        show_backends(results["backends"])
 
 
 if __name__ == "__main__":

@@ -611,9 +611,9 @@ def evidence_item(witness: str, ev: chain_pb2.Evidence, log_keys: Mapping[str, K
 
 
 async def _list_evidence(
-    stubs: Mapping[str, chain_pb2_grpc.ChainServiceStub], timeout: float
+    stubs: Mapping[str, chain_pb2_grpc.WitnessServiceStub], timeout: float
 ) -> tuple[dict[str, list[chain_pb2.Evidence]], dict[str, str]]:
-    async def one(stub: chain_pb2_grpc.ChainServiceStub) -> list[chain_pb2.Evidence]:
+    async def one(stub: chain_pb2_grpc.WitnessServiceStub) -> list[chain_pb2.Evidence]:
         resp = await stub.ListEvidence(chain_pb2.ListEvidenceRequest(), timeout=timeout)
         return list(resp.evidence)
 
@@ -764,6 +764,7 @@ async def verify_log(
     *,
     seen: Sequence[SeenCheckpoint] = (),
     witnesses: Mapping[str, chain_pb2_grpc.ChainServiceStub] | None = None,
+    evidence_from: Mapping[str, chain_pb2_grpc.WitnessServiceStub] | None = None,
     certificates: Sequence[bytes] = (),
     quorum: int = DEFAULT_QUORUM,
     progress: ProgressFn | None = None,
@@ -772,12 +773,13 @@ async def verify_log(
     """Audit `city`'s whole log (see the module docstring); the report names the first problem.
 
     `seen` are checkpoints of this log verified on earlier runs; `witnesses`
-    are the other nodes, whose evidence about this log is read, and whose
-    log-key certificates are pooled with `certificates` (see
-    :func:`pool_certificates`), in parallel.
+    are the other nodes, whose log-key certificates are pooled with
+    `certificates` (see :func:`pool_certificates`); `evidence_from` are the
+    witnesses (nodes and aggregator) whose evidence about this log is read,
+    in parallel.
     """
     origin = log_origin(city.value)
-    evidence_task = asyncio.ensure_future(_list_evidence(witnesses or {}, timeout))
+    evidence_task = asyncio.ensure_future(_list_evidence(evidence_from or {}, timeout))
     pool_task = asyncio.ensure_future(pool_certificates(witnesses or {}, timeout=timeout))
     checkpoint: SeenCheckpoint | None = None
     cosigs: tuple[WitnessCosignature, ...] = ()
@@ -859,6 +861,16 @@ def _node_channel(city: City, endpoint: str, identity: Identity, trust: TrustSto
     return secure_channel(endpoint, identity, trust, node_server_name(city))
 
 
+def _witness_stubs(
+    channels: Mapping[City, grpc.aio.Channel], aggregator: grpc.aio.Channel | None, *, but: City | None = None
+) -> dict[str, chain_pb2_grpc.WitnessServiceStub]:
+    """Every witness by its name: the nodes (except `but`, the log audited) and the aggregator."""
+    stubs = {c.value: chain_pb2_grpc.WitnessServiceStub(ch) for c, ch in channels.items() if c is not but}
+    if aggregator is not None:
+        stubs[NATIONAL] = chain_pb2_grpc.WitnessServiceStub(aggregator)
+    return stubs
+
+
 def _aggregator_channel(
     endpoint: str | None, identity: Identity, trust: TrustStore
 ) -> grpc.aio.Channel | None:
@@ -910,6 +922,7 @@ async def audit(
             trust,
             seen=state.seen(origin) if state else (),
             witnesses={c.value: s for c, s in stubs.items() if c is not city},
+            evidence_from=_witness_stubs(channels, agg_channel, but=city),
             certificates=national,
             quorum=quorum,
             progress=progress,
@@ -1110,7 +1123,7 @@ async def survey(
         stubs = {c: chain_pb2_grpc.ChainServiceStub(ch) for c, ch in channels.items()}
         checkpoints, (found, evidence_errors), head = await asyncio.gather(
             asyncio.gather(*(checkpoint(stubs[c]) for c in cities)),
-            _list_evidence({c.value: stubs[c] for c in cities}, timeout),
+            _list_evidence(_witness_stubs(channels, agg_channel), timeout),
             network_head(),
         )
     finally:

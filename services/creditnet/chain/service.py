@@ -11,7 +11,6 @@ from google.protobuf.message import DecodeError
 
 from creditnet import uscc as uscc_mod
 from creditnet.chain.ledger import Ledger
-from creditnet.chain.witness import Witness
 from creditnet.dates import ts_from_proto, utcnow
 from creditnet.domain import City
 from creditnet.envelope import HISTORY_REQUEST_TYPE, EnvelopeVerifier
@@ -26,10 +25,9 @@ HISTORY_RECEIPT_TIMEOUT = 5.0
 
 
 class ChainService(chain_pb2_grpc.ChainServiceServicer):
-    def __init__(self, *, city: City, ledger: Ledger, witness: Witness, trust: TrustStore) -> None:
+    def __init__(self, *, city: City, ledger: Ledger, trust: TrustStore) -> None:
         self.city = city
         self.ledger = ledger
-        self.witness = witness
         self.verifier = EnvelopeVerifier(trust)
         self.peers = PeerIdentities(trust)
 
@@ -132,10 +130,3 @@ class ChainService(chain_pb2_grpc.ChainServiceServicer):
                 ),
             )
         return resp
-
-    @refusals
-    async def ListEvidence(
-        self, request: chain_pb2.ListEvidenceRequest, context: grpc.aio.ServicerContext
-    ) -> chain_pb2.ListEvidenceResponse:
-        self.peers.role(context)
-        return chain_pb2.ListEvidenceResponse(evidence=await asyncio.to_thread(self.witness.evidence))

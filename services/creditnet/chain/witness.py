@@ -206,3 +206,10 @@ class WitnessService(chain_pb2_grpc.WitnessServiceServicer):
         return chain_pb2.AddCheckpointResponse(
             cosignature=line, witness_key_certificate=self.witness.key.certificate_der
         )
+
+    @refusals
+    async def ListEvidence(
+        self, request: chain_pb2.ListEvidenceRequest, context: grpc.aio.ServicerContext
+    ) -> chain_pb2.ListEvidenceResponse:
+        self.peers.role(context)
+        return chain_pb2.ListEvidenceResponse(evidence=await asyncio.to_thread(self.witness.evidence))

@@ -111,7 +111,11 @@ def status(
     ca: Annotated[Path | None, typer.Option(help="The network CA certificate.")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Every node's health as the aggregator sees it. Exit 3 if any node is not serving."""
+    """Every node's health as the aggregator sees it, with the evidence of misbehaviour it holds.
+
+    Exit codes: 0 all nodes serving and no evidence, 3 a node is not serving or evidence exists
+    against its log (`creditnet chain status` shows it), 1 the aggregator cannot be asked.
+    """
     from creditnet.network import DEMO_BANK, NetworkLayout
     from creditnet.v1 import aggregator_pb2
 
@@ -148,6 +152,7 @@ def status(
                 "health": aggregator_pb2.NodeHealth.Name(n.health).removeprefix("NODE_HEALTH_").lower(),
                 "latency_ms": n.latency_ms,
                 "last_error": n.last_error,
+                "evidence": n.evidence,
             }
             for n in resp.nodes
         ]
@@ -155,7 +160,7 @@ def status(
             print_json({"aggregator": endpoint, "nodes": rows})
         else:
             table = Table(title=f"network status via aggregator {endpoint}")
-            for col in ("city", "endpoint", "health", "latency", "last error"):
+            for col in ("city", "endpoint", "health", "latency", "evidence", "last error"):
                 table.add_column(col)
             for r in rows:
                 style = "green" if r["health"] == "serving" else "red"
@@ -164,10 +169,11 @@ def status(
                     r["endpoint"],
                     f"[{style}]{r['health']}[/]",
                     f"{r['latency_ms']} ms",
+                    f"[bold red]{r['evidence']}[/]" if r["evidence"] else "none",
                     r["last_error"],
                 )
             console.print(table)
-        if any(r["health"] != "serving" for r in rows):
+        if any(r["health"] != "serving" or r["evidence"] for r in rows):
             raise typer.Exit(3)
 
 

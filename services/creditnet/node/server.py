@@ -78,8 +78,9 @@ async def start_node(
         store=store,
         ledger=ledger if config.chain_enabled else None,
         metrics=metrics,
+        witness=witness,
     )
-    chain = ChainService(city=config.city, ledger=ledger, witness=witness, trust=trust)
+    chain = ChainService(city=config.city, ledger=ledger, trust=trust)
 
     def register(server: grpc.aio.Server) -> None:
         node_pb2_grpc.add_CityNodeServiceServicer_to_server(service, server)

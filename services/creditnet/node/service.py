@@ -14,6 +14,7 @@ from creditnet import __version__, records
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
 from creditnet.chain.ledger import Ledger
+from creditnet.chain.witness import Witness
 from creditnet.consent import verify_revocation
 from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City
@@ -43,6 +44,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         store: AsyncStore,
         ledger: Ledger | None,
         metrics: NodeMetrics | None = None,
+        witness: Witness | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         if identity.role.kind is not RoleKind.NODE or identity.role.city is not city:
@@ -55,6 +57,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         self.store = store
         self.ledger = ledger
         self.metrics = metrics
+        self.witness = witness
         self.clock = clock
 
     # -- queries -------------------------------------------------------------
@@ -306,7 +309,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
     ) -> node_pb2.GetNodeInfoResponse:
         self.peers.role(context)
         stats = await self.store.stats()
-        return node_pb2.GetNodeInfoResponse(
+        info = node_pb2.GetNodeInfoResponse(
             city=self.city.proto,
             certificate=self.identity.chain_der[0],
             enterprises=stats.enterprises,
@@ -314,6 +317,14 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             records_by_category={str(k): v for k, v in stats.records_by_category.items()},
             version=__version__,
         )
+        if self.ledger is not None:
+            info.log_size = self.ledger.committed_size
+            published = self.ledger.published
+            info.published_size = published.size if published is not None else 0
+        if self.witness is not None:
+            evidence = await asyncio.to_thread(self.witness.evidence)
+            info.evidence_against.extend(sorted({e.origin for e in evidence}))
+        return info
 
 
 def _query_entry(aq: AuthorizedQuery, city: City, now: dt.datetime, kind: int) -> chain_pb2.LedgerEntry:
