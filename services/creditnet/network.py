@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, ALL_CITIES, Category, City, Purpose
 from creditnet.envelope import save_envelope
 from creditnet.node.server import RunningNode, start_node
-from creditnet.pki import CertificateAuthority, Identity, Role, issue_identity
+from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.store import Store
 from creditnet.v1 import envelope_pb2, records_pb2
 
@@ -390,9 +391,15 @@ class ProcessNetwork:
         targets = {c.value: (self.layout.node_endpoint(c), f"{c.value}.node.creditnet") for c in ALL_CITIES}
         targets["aggregator"] = (self.layout.aggregator_endpoint, "aggregator.creditnet")
         operator = self.layout.identity("operators", City.SHANGHAI.value)
+        deadline = time.monotonic() + timeout
         for name, (endpoint, server_name) in targets.items():
             proc = self.procs.get(name)
             await wait_serving(endpoint, server_name, operator, trust_root, timeout=timeout, process=proc)
+        # Ready means ready for a federated query: the aggregator itself
+        # reaches every node (its channels may still be backing off from
+        # connection attempts made while the nodes were starting).
+        trust = TrustStore.load(trust_root)
+        await wait_federated(self.layout.aggregator_endpoint, operator, trust, deadline - time.monotonic())
 
     def stop(self, timeout: float = 10.0) -> None:
         for proc in self.procs.values():
@@ -406,3 +413,28 @@ class ProcessNetwork:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
         self.procs.clear()
+
+
+async def wait_federated(endpoint: str, identity: Identity, trust: TrustStore, timeout: float) -> None:
+    """Wait until the aggregator at `endpoint` sees every node it knows serving; RuntimeError if not."""
+    from creditnet.pki import AGGREGATOR_SERVER_NAME
+    from creditnet.rpc import secure_channel
+    from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc
+
+    deadline = time.monotonic() + max(timeout, 1.0)
+    waiting: list[str] = []
+    async with secure_channel(endpoint, identity, trust, AGGREGATOR_SERVER_NAME) as channel:
+        stub = aggregator_pb2_grpc.AggregatorServiceStub(channel)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"the aggregator does not reach {', '.join(waiting)}; see their logs")
+            listed = await stub.ListNodes(aggregator_pb2.ListNodesRequest(), timeout=max(left, 0.5))
+            waiting = [
+                City.from_proto(n.city).value
+                for n in listed.nodes
+                if n.health != aggregator_pb2.NODE_HEALTH_SERVING
+            ]
+            if not waiting:
+                return
+            await asyncio.sleep(0.2)

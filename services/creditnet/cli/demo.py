@@ -27,7 +27,13 @@ def demo(
     ] = None,
 ) -> None:
     """Run five city nodes and the aggregator on SQLite, grant a consent, query, refuse, revoke."""
+    from creditnet import consent as consent_mod
+    from creditnet.chain.history import fetch_history
+    from creditnet.cli.chain_cmds import render_history
     from creditnet.network import DEMO_BANK, NetworkLayout, ProcessNetwork, grant_demo_consent
+    from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore
+    from creditnet.rpc import secure_channel
+    from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc
     from creditnet_bank import BankClient, QueryRefused
 
     tmp = None
@@ -64,12 +70,18 @@ def demo(
 
             console.print(Rule("4. the bank's federated query, every city's answer verified"))
 
+            trust = TrustStore.load(layout.ca)
+
             async def run_queries() -> None:
                 async with BankClient.from_network(state_dir / "network.json", DEMO_BANK) as bank:
                     report = await bank.query(uscc, consent, Purpose.LOAN_APPLICATION)
                     render_report(report, console)
                     with_records = [s.city.value for s in report.sections if s.records]
                     console.print(f"records came from {len(with_records)} cities: {', '.join(with_records)}")
+                    receipts = sum(1 for s in report.sections if s.receipt is not None)
+                    console.print(
+                        f"every city's answer carried a verified, cosigned credit-chain receipt ({receipts})"
+                    )
 
                     console.print(Rule("5. an out-of-scope query is refused"))
                     try:
@@ -92,9 +104,35 @@ def demo(
                         f"{report.record_count} records"
                     )
 
+                console.print(Rule("6. the enterprise reads who looked at its data, from the credit chain"))
+                history = await fetch_history(
+                    layout.enterprise(),
+                    trust,
+                    {c: layout.node_endpoint(c) for c in City},
+                    aggregator=layout.aggregator_endpoint,
+                )
+                render_history(history)
+
+                console.print(Rule("7. the enterprise revokes its consent; every city honours it"))
+                revocation = consent_mod.revoke(layout.enterprise(), consent, reason="demo")
+                async with secure_channel(
+                    layout.aggregator_endpoint, layout.enterprise(), trust, AGGREGATOR_SERVER_NAME
+                ) as ch:
+                    delivered = await aggregator_pb2_grpc.AggregatorServiceStub(ch).BroadcastRevocation(
+                        aggregator_pb2.BroadcastRevocationRequest(revocation=revocation, consent=consent),
+                        timeout=15,
+                    )
+                reached = sum(1 for d in delivered.deliveries if d.delivered)
+                console.print(f"  revocation signed by the enterprise, delivered to {reached} city nodes")
+                async with BankClient.from_network(state_dir / "network.json", DEMO_BANK) as bank:
+                    try:
+                        await bank.query(uscc, consent, Purpose.LOAN_APPLICATION)
+                    except QueryRefused as exc:
+                        console.print(f"  the bank asks again → [red]{exc.code.name}[/] {exc.reason}")
+
             asyncio.run(run_queries())
         finally:
-            console.print(Rule("6. shutting down"))
+            console.print(Rule("8. shutting down"))
             if net is not None:
                 net.stop()
             if tmp is not None:
