@@ -28,9 +28,11 @@ that :meth:`Store.stats` reads.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -160,6 +162,12 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._backend = engine.dialect.name
+        # SQLite has one writer at a time, and a connection that finds the
+        # lock taken polls for it, sleeping up to tens of milliseconds between
+        # tries. The node's writers (claims, the credit chain, checkpoints,
+        # ingest) take turns on this lock instead, and the next one starts the
+        # moment the last commits. Other processes still meet busy_timeout.
+        self._write_turn: threading.RLock | None = threading.RLock() if self._backend == "sqlite" else None
         self._upsert_insert: Callable[[Table], Any]
         self._insert_records: Callable[[Connection, list[tuple[object, ...]]], dict[str, int]]
         if self._backend == "sqlite":
@@ -483,7 +491,7 @@ class Store:
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
+        with self._write_turn or contextlib.nullcontext(), self._engine.connect() as conn:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
