@@ -149,6 +149,14 @@ async def test_an_enterprise_sees_exactly_the_accesses_to_its_data(
     wrong = query_mod.build(layout.bank(), env, enterprise_uscc=uscc, purpose=Purpose.GUARANTEE)
     code, reason = await node_refusal(layout, City.NANJING, wrong, layout.bank(), trust)
     assert code == grpc.StatusCode.PERMISSION_DENIED and reason.startswith("consent.purpose_mismatch")
+    # A query whose bank signature does not verify is refused and not logged:
+    # no peer can write entries in a bank's name.
+    forged = query_mod.build(layout.bank(), env, enterprise_uscc=uscc, purpose=Purpose.LOAN_APPLICATION)
+    flipped = bytearray(forged.signatures[0].signature)
+    flipped[-1] ^= 1
+    forged.signatures[0].signature = bytes(flipped)
+    code, reason = await node_refusal(layout, City.NANJING, forged, layout.bank(), trust)
+    assert code == grpc.StatusCode.UNAUTHENTICATED and reason.startswith("query.signature")
 
     history = await fetch_history(
         me, trust, endpoints(layout), aggregator=layout.aggregator_endpoint, quorum=quorum(layout)
