@@ -64,10 +64,11 @@ async def test_a_client_retries_through_an_aggregator_crash_and_no_node_answers_
         report = await sent
     assert network.proc(AGGREGATOR).pid != old_aggregator
     by_city = {s.city: s for s in report.sections}
-    # The cities that answered the lost attempt refuse the retry as a replay.
+    # The cities that answered the lost attempt send that same answer again.
     for city in live:
-        assert by_city[city].status is SectionStatus.DENIED, by_city[city]
-        assert "query.replay" in by_city[city].reason
+        assert by_city[city].status in ANSWERED, by_city[city]
+    # The frozen node may still be answering the lost attempt when the retry
+    # comes: then the retry is a replay, refused.
     assert by_city[slow].status in (*ANSWERED, SectionStatus.DENIED), by_city[slow]
     # Every node answered this query id at most once, whatever reached it.
     counts = await answered(fault_layout, list(ALL_CITIES), qid, operator, fault_trust)

@@ -12,6 +12,7 @@ from creditnet.domain import ALL_CITIES, Category, City, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
+from creditnet.v1 import query_pb2
 from creditnet_bank import BankClient, QueryRefused, SectionStatus
 from tests.integration.helpers import consent
 
@@ -119,15 +120,40 @@ async def test_use_limit_is_enforced_by_every_node(network: InProcessNetwork, la
 async def test_replayed_query_is_answered_once(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
-    env = consent(layout, cities=(City.HANGZHOU,))
+    city = City.HANGZHOU
+    env = consent(layout, cities=(city,), max_uses=2)
+    ledger = network.nodes[city].ledger
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         q = bank.sign_query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
         first = await bank.send(q)
+        logged = ledger.committed_size
+        # The same signed query again (a retry after a lost answer): the node
+        # sends the answer it gave, proven by the same credit-chain entry; it
+        # neither answers nor logs a second time, nor spends a use.
         again = await bank.send(q)
-    assert first.sections[0].status in (SectionStatus.OK, SectionStatus.NO_RECORDS)
-    assert again.sections[0].status is SectionStatus.DENIED
-    assert again.sections[0].code == "ALREADY_EXISTS"
-    assert again.sections[0].reason.startswith("query.replay")
+        assert ledger.committed_size == logged
+        (one,), (two,) = first.sections, again.sections
+        assert one.status in (SectionStatus.OK, SectionStatus.NO_RECORDS) and two.status is one.status
+        assert one.answer is not None and two.answer is not None
+        assert two.answer.SerializeToString() == one.answer.SerializeToString()
+        assert two.ledger_index == one.ledger_index is not None
+        # Another query under the same id is a replay.
+        other = query_mod.build(
+            layout.bank(),
+            env,
+            enterprise_uscc=layout.demo_enterprise,
+            purpose=Purpose.LOAN_APPLICATION,
+            categories=(Category.TAX,),
+            query_id=query_pb2.CreditQuery.FromString(q.payload).query_id,
+        )
+        replayed = await bank.send(other)
+        assert replayed.sections[0].status is SectionStatus.DENIED
+        assert replayed.sections[0].code == "ALREADY_EXISTS"
+        assert replayed.sections[0].reason.startswith("query.replay")
+        # One use was spent: one more query is answered, the next is not.
+        assert not (await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)).missing_cities
+        spent = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+        assert spent.sections[0].reason.startswith("consent.uses_exhausted")
 
 
 async def test_every_server_serves_health_and_reflection(

@@ -28,7 +28,7 @@ from sqlalchemy import insert, select, update
 from creditnet.chain.checkpoint import Checkpoint, Cosignature, SignedCheckpoint
 from creditnet.chain.keys import LogKey
 from creditnet.chain.models import CHECKPOINTS, pack_certificates, unpack_certificates
-from creditnet.chain.sqlstore import CacheMiss, PendingEntry, SqlLog
+from creditnet.chain.sqlstore import CacheMiss, KeptQueryAnswer, PendingEntry, SqlLog
 from creditnet.dates import utcnow
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
@@ -137,15 +137,21 @@ class Ledger:
 
     # -- appends -----------------------------------------------------------
 
-    async def append(self, entry: chain_pb2.LedgerEntry, uscc: str | None = None) -> Appended:
-        """Append durably (the entry is on disk when this returns)."""
+    async def append(
+        self,
+        entry: chain_pb2.LedgerEntry,
+        uscc: str | None = None,
+        *,
+        answer: KeptQueryAnswer | None = None,
+    ) -> Appended:
+        """Append durably (the entry is on disk when this returns), with the answer it logs if any."""
         salt = b""
         if uscc is not None:
             salt = os.urandom(16)
             entry.enterprise_commitment = enterprise_commitment(uscc, salt)
         data = entry.SerializeToString(deterministic=True)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append((PendingEntry(data, int(entry.kind), uscc, salt or None), fut))
+        self._queue.append((PendingEntry(data, int(entry.kind), uscc, salt or None, answer), fut))
         self._wake_writer.set()
         return Appended(index=await fut, salt=salt, entry=data)
 

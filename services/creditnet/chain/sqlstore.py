@@ -13,11 +13,12 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, insert, or_, select, update
 
 from creditnet.chain.models import ENTRIES, HASHES, META
 from creditnet.chain.tree import MerkleTree, NodeKey, TreeConflictError
 from creditnet.store import Store
+from creditnet.store.models import QUERY_USES
 
 # Subtree hashes never change once written. Proofs for recent entries (every
 # receipt) need recent leaves and interior nodes of every level, so appends
@@ -39,6 +40,16 @@ class PendingEntry:
     kind: int
     uscc: str | None = None
     salt: bytes | None = None
+    # An answered query's signed answer, kept in the same transaction as its
+    # entry so that a retry of the identical query gets it again.
+    answer: KeptQueryAnswer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeptQueryAnswer:
+    query_id: str
+    query_digest: bytes
+    answer: bytes
 
 
 class SqlLog:
@@ -126,6 +137,25 @@ class SqlLog:
                 )
             if items:
                 conn.execute(insert(HASHES), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in items])
+            answered = [
+                {
+                    "qid": p.answer.query_id,
+                    "qd": p.answer.query_digest,
+                    "ans": p.answer.answer,
+                    "ix": old_size + i,
+                }
+                for i, p in enumerate(pending)
+                if p.answer is not None
+            ]
+            if answered:
+                conn.execute(
+                    update(QUERY_USES)
+                    .where(QUERY_USES.c.query_id == bindparam("qid"))
+                    .values(
+                        query_digest=bindparam("qd"), answer=bindparam("ans"), ledger_index=bindparam("ix")
+                    ),
+                    answered,
+                )
         self._remember(((lv, ix), h) for lv, ix, h in items)
 
     def cached_inclusion_proof(self, index: int, size: int) -> list[bytes]:

@@ -14,6 +14,7 @@ from creditnet import __version__, records
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
 from creditnet.chain.ledger import Ledger
+from creditnet.chain.sqlstore import KeptQueryAnswer
 from creditnet.chain.witness import Witness
 from creditnet.consent import verify_revocation
 from creditnet.dates import date_to_proto, ts_to_proto, utcnow
@@ -89,6 +90,19 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         lookup = asyncio.ensure_future(self._lookup(aq))
         try:
             await self._claim(aq)
+        except AlreadyExists as exc:
+            lookup.cancel()
+            # A retry of the very query this node answered (its answer was
+            # lost on the way): the same answer again, not a second one.
+            try:
+                again = await self._answer_again(aq, context)
+            except CreditnetError as refused:
+                await self._log_refusal(request.query, refused, now)
+                raise
+            if again is not None:
+                return again
+            await self._log_refusal(request.query, exc, now)
+            raise
         except CreditnetError as exc:
             lookup.cancel()
             await self._log_refusal(request.query, exc, now)
@@ -105,17 +119,47 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             return node_pb2.QueryResponse(answer=answer)
         # The entry is on disk before anything is disclosed, and the answer
         # leaves only with a receipt that witnesses have cosigned.
-        appended = await self.ledger.append(entry, aq.terms.enterprise_uscc)
+        kept = KeptQueryAnswer(aq.terms.query_id, aq.digest, answer.SerializeToString(deterministic=True))
+        appended = await self.ledger.append(entry, aq.terms.enterprise_uscc, answer=kept)
+        receipt = await self._receipt(self.ledger, appended.index, appended.entry, context)
+        self._answered(disclosed)
+        return node_pb2.QueryResponse(answer=answer, receipt=receipt)
+
+    async def _receipt(
+        self, ledger: Ledger, index: int, entry: bytes, context: grpc.aio.ServicerContext
+    ) -> chain_pb2.Receipt:
         remaining = context.time_remaining()
         wait = RECEIPT_WAIT if remaining is None else max(0.0, min(RECEIPT_WAIT, remaining - 0.02))
         try:
-            receipt = await self.ledger.receipt(appended.index, appended.entry, wait)
+            return await ledger.receipt(index, entry, wait)
         except TimeoutError:
             raise Unavailable(
                 "chain.unpublished", "the access is logged but witnesses have not cosigned it yet; retry"
             ) from None
-        self._answered(disclosed)
-        return node_pb2.QueryResponse(answer=answer, receipt=receipt)
+
+    async def _answer_again(
+        self, aq: AuthorizedQuery, context: grpc.aio.ServicerContext
+    ) -> node_pb2.QueryResponse | None:
+        """The answer kept for this very query (same id and signed payload), or None.
+
+        Nothing new is disclosed and nothing is logged: the answer is the one
+        its credit-chain entry already records. A consent revoked since is
+        honoured all the same.
+        """
+        if self.ledger is None:
+            return None
+        kept = await self.store.kept_answer(aq.terms.query_id, aq.digest)
+        if kept is None:
+            return None
+        if await self.store.is_revoked(aq.consent.digest):
+            raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
+        ((_, entry),) = await asyncio.to_thread(
+            self.ledger.log.entries, kept.ledger_index, kept.ledger_index + 1
+        )
+        receipt = await self._receipt(self.ledger, kept.ledger_index, entry, context)
+        return node_pb2.QueryResponse(
+            answer=envelope_pb2.SignedEnvelope.FromString(kept.answer), receipt=receipt
+        )
 
     def _answered(self, disclosed: int) -> None:
         if self.metrics is not None:

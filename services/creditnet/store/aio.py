@@ -40,7 +40,7 @@ from typing import Any, Final, Self, TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from creditnet.domain import Category
-from creditnet.store.store import ClaimOutcome, IngestResult, QueryClaim, Store, StoreStats
+from creditnet.store.store import ClaimOutcome, IngestResult, KeptAnswer, QueryClaim, Store, StoreStats
 from creditnet.v1 import records_pb2
 
 log = logging.getLogger(__name__)
@@ -281,6 +281,9 @@ class AsyncStore:
 
     async def get_profile(self, uscc: str) -> records_pb2.EnterpriseProfile | None:
         return await self._read(functools.partial(self._store.get_profile, uscc))
+
+    async def kept_answer(self, query_id: str, query_digest: bytes) -> KeptAnswer | None:
+        return await self._read(functools.partial(self._store.kept_answer, query_id, query_digest))
 
     async def is_revoked(self, consent_digest: bytes) -> bool:
         return await self._read(functools.partial(self._store.is_revoked, consent_digest))

@@ -141,6 +141,11 @@ class QueryUseRow(NodeModel, table=True):
     consent_digest: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     used_at: dt.datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     expires_at: dt.datetime = Field(sa_column=Column(UtcDateTime(), nullable=False, index=True))
+    # Written with the credit-chain entry that logged the answer, so that a
+    # retry of the identical query gets the same answer again (see Store.kept_answer).
+    query_digest: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    answer: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    ledger_index: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class ConsentUseRow(NodeModel, table=True):

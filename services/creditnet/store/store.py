@@ -124,6 +124,14 @@ class IngestResult:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptAnswer:
+    """A signed answer (SignedEnvelope bytes) and the index of the credit-chain entry that logged it."""
+
+    answer: bytes
+    ledger_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class QueryClaim:
     """One query about to be answered under one consent."""
 
@@ -445,6 +453,19 @@ class Store:
     def is_revoked(self, consent_digest: bytes) -> bool:
         with self._reading() as conn:
             return _is_revoked(conn, consent_digest)
+
+    def kept_answer(self, query_id: str, query_digest: bytes) -> KeptAnswer | None:
+        """The answer given to this very query (same id, same signed payload), if one was logged."""
+        stmt = select(QUERY_USES.c.answer, QUERY_USES.c.ledger_index).where(
+            QUERY_USES.c.query_id == query_id,
+            QUERY_USES.c.query_digest == query_digest,
+            QUERY_USES.c.answer.is_not(None),
+        )
+        with self._reading() as conn:
+            row = conn.execute(stmt).first()
+        if row is None or row.ledger_index is None:
+            return None
+        return KeptAnswer(answer=bytes(row.answer), ledger_index=int(row.ledger_index))
 
     # -- statistics ------------------------------------------------------
 
