@@ -333,7 +333,9 @@ async def test_a_node_that_answers_without_logging_is_caught_by_the_bank(
         ledger = await settled(network, City.HEFEI)
         before = ledger.committed_size
 
-        async def append_nothing(entry: chain_pb2.LedgerEntry, uscc: str | None = None) -> Appended:
+        async def append_nothing(
+            entry: chain_pb2.LedgerEntry, uscc: str | None = None, **kept: object
+        ) -> Appended:
             # Claims the newest logged slot for this answer but writes nothing.
             return Appended(index=ledger.committed_size - 1, salt=b"", entry=entry.SerializeToString())
 

@@ -24,7 +24,7 @@ from creditnet.pki import TrustStore, node_server_name
 from creditnet.rpc import secure_channel
 from creditnet.store import SchemaNotReady, Store
 from creditnet.store.scratch import ScratchDatabases
-from creditnet.v1 import envelope_pb2, node_pb2, node_pb2_grpc
+from creditnet.v1 import envelope_pb2, node_pb2, node_pb2_grpc, query_pb2
 from tests.integration.conftest import POSTGRES
 from tests.integration.helpers import ask_node, consent
 
@@ -55,9 +55,20 @@ async def test_a_restarted_node_keeps_its_records_answers_and_log(
     after = await network.nodes[city].store.stats()
     assert (after.enterprises, after.records_by_category) == (before.enterprises, before.records_by_category)
     assert after.answered_queries == before.answered_queries + 1
-    # The answered query id survived: the same query is a replay.
+    # The answer survived with its query id: the same query gets it again,
+    # proven by the same entry; another query under that id is a replay.
+    again = await ask_node(layout, city, answered, layout.bank(), trust)
+    assert again.answer.SerializeToString() == first.answer.SerializeToString()
+    assert again.receipt.index == first.receipt.index
+    reused = query_mod.build(
+        layout.bank(),
+        consent(layout),
+        enterprise_uscc=layout.demo_enterprise,
+        purpose=Purpose.LOAN_APPLICATION,
+        query_id=query_pb2.CreditQuery.FromString(answered.payload).query_id,
+    )
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await ask_node(layout, city, answered, layout.bank(), trust)
+        await ask_node(layout, city, reused, layout.bank(), trust)
     assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
     assert (refused.value.details() or "").startswith("query.replay")
     # The log goes on from where it was.
