@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2, envelo
 log = logging.getLogger(__name__)
 
 NODE_QUERY = "/creditnet.v1.CityNodeService/Query"
+# How every refusal of a creditnet server begins: its rule id, then the reason.
+_NODE_RULE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+: ")
 # Time kept back from the caller's deadline to assemble and send the answer.
 DEADLINE_MARGIN = 0.05
 S = aggregator_pb2
@@ -189,9 +192,13 @@ def _section_for_error(city: common_pb2.City.ValueType, exc: grpc.aio.AioRpcErro
             city=city, status=S.SECTION_STATUS_TIMEOUT, reason="the node did not answer in time"
         )
     if code == grpc.StatusCode.UNAVAILABLE:
+        # The node's own word (e.g. chain.unpublished: retry) names its rule;
+        # anything else is gRPC saying the node could not be reached.
+        own = _NODE_RULE.match(details) is not None
         return S.CitySection(
             city=city,
             status=S.SECTION_STATUS_UNAVAILABLE,
-            reason=f"the node is unreachable: {details}",
+            reason=details if own else f"the node is unreachable: {details}",
+            code=code.name,
         )
     return S.CitySection(city=city, status=S.SECTION_STATUS_DENIED, reason=details, code=code.name)
