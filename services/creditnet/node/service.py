@@ -282,14 +282,13 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             summary.received += len(batch.records)
             accepted = duplicates = 0
             if valid:
-                result = await self.store.ingest(valid, provider_id)
-                accepted, duplicates = result.accepted, result.duplicates
-                summary.accepted += accepted
-                summary.duplicates += duplicates
                 h = hashlib.sha256()
                 for rec in valid:
                     data = rec.SerializeToString(deterministic=True)
                     h.update(len(data).to_bytes(4, "big") + data)
+                # Logged before it is stored: a crash in between leaves a
+                # logged batch the provider resends (records are idempotent),
+                # never stored records that no entry accounts for.
                 await self._log(
                     chain_pb2.LedgerEntry(
                         kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
@@ -300,6 +299,10 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                         batch_records=len(valid),
                     )
                 )
+                result = await self.store.ingest(valid, provider_id)
+                accepted, duplicates = result.accepted, result.duplicates
+                summary.accepted += accepted
+                summary.duplicates += duplicates
             summary.batches += 1
             if self.metrics is not None:
                 self.metrics.ingest_batch(
