@@ -217,10 +217,9 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         self, aq: AuthorizedQuery
     ) -> tuple[list[records_pb2.CreditRecord], records_pb2.EnterpriseProfile | None]:
         uscc = aq.terms.enterprise_uscc
-        records = self.store.find_records(uscc, aq.categories, aq.data_from, aq.data_to)
-        if uscc_mod.home_city(uscc) is not self.city:
-            return await records, None
-        return await asyncio.gather(records, self.store.get_profile(uscc))
+        # Only the home city of an enterprise holds (and discloses) its profile.
+        home = uscc_mod.home_city(uscc) is self.city
+        return await self.store.lookup(uscc, aq.categories, aq.data_from, aq.data_to, with_profile=home)
 
     def _answer(
         self,
