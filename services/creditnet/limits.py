@@ -39,19 +39,19 @@ floods of large requests that would otherwise all be read before refusal.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from creditnet.errors import CreditnetError, ResourceExhausted
+from creditnet.handlers import Finish, wrap_handler
 from creditnet.pki import Role, RoleKind, TrustStore
 from creditnet.rpc import PeerIdentities
 from creditnet.settings import (
@@ -243,71 +243,14 @@ def _nothing() -> None:
     return None
 
 
-def _unary_response(inner: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        release = await gate(context)
-        try:
-            result = inner(request, context)
-            return await result if inspect.isawaitable(result) else result
-        finally:
-            release()
-
-    return call
-
-
-def _stream_response(inner: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
-    # gRPC serves an async-generator handler by iterating it and any other by
-    # awaiting it (it then writes with context.write): keep the same kind.
-    if inspect.isasyncgenfunction(inner):
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            release = await gate(context)
-            try:
-                async for item in inner(request, context):
-                    yield item
-            finally:
-                release()
-
-        return stream
-
-    async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
-        release = await gate(context)
-        try:
-            result = inner(request, context)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                for item in result:
-                    await context.write(item)
-        finally:
-            release()
-
-    return writer
-
-
 def guard_handler(handler: grpc.RpcMethodHandler, gate: Gate) -> grpc.RpcMethodHandler:
     """The same method handler, with `gate` deciding at the start of every call."""
-    des, ser = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _unary_response(handler.unary_unary, gate), request_deserializer=des, response_serializer=ser
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _unary_response(handler.stream_unary, gate), request_deserializer=des, response_serializer=ser
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _stream_response(handler.unary_stream, gate), request_deserializer=des, response_serializer=ser
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            _stream_response(handler.stream_stream, gate), request_deserializer=des, response_serializer=ser
-        )
-    raise ValueError("the method handler has no behaviour to guard")
 
+    async def around(context: grpc.aio.ServicerContext) -> Finish:
+        release = await gate(context)
+        return lambda _exc: release()
 
-# --- the interceptors -------------------------------------------------------------
+    return wrap_handler(handler, around)
 
 
 class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]

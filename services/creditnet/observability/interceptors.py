@@ -11,17 +11,16 @@ refuse (overload, rate limits) are counted and traced too.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from creditnet.handlers import Finish, wrap_handler
 from creditnet.observability.context import (
     QUERY_ID_METADATA,
     QueryRef,
@@ -123,76 +122,14 @@ class _Method:
 Begin = Callable[[grpc.aio.ServicerContext], _Call]
 
 
-def _unary_response(inner: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        observed = begin(context)
-        try:
-            result = inner(request, context)
-            if inspect.isawaitable(result):
-                result = await result
-        except BaseException as exc:
-            observed.finish(context, exc)
-            raise
-        observed.finish(context, None)
-        return result
-
-    return call
-
-
-def _stream_response(inner: Callable[..., Any], begin: Begin) -> Callable[..., Any]:
-    # gRPC iterates an async-generator handler and awaits any other (which
-    # then writes with context.write): the wrapper keeps the same kind.
-    if inspect.isasyncgenfunction(inner):
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            observed = begin(context)
-            try:
-                async for item in inner(request, context):
-                    yield item
-            except BaseException as exc:
-                observed.finish(context, exc)
-                raise
-            observed.finish(context, None)
-
-        return stream
-
-    async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
-        observed = begin(context)
-        try:
-            result = inner(request, context)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                for item in result:
-                    await context.write(item)
-        except BaseException as exc:
-            observed.finish(context, exc)
-            raise
-        observed.finish(context, None)
-
-    return writer
-
-
 def observe_handler(handler: grpc.RpcMethodHandler, begin: Begin) -> grpc.RpcMethodHandler:
     """The same method handler, observed by `begin` from start to end of every call."""
-    des, ser = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _unary_response(handler.unary_unary, begin), request_deserializer=des, response_serializer=ser
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _unary_response(handler.stream_unary, begin), request_deserializer=des, response_serializer=ser
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _stream_response(handler.unary_stream, begin), request_deserializer=des, response_serializer=ser
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            _stream_response(handler.stream_stream, begin), request_deserializer=des, response_serializer=ser
-        )
-    raise ValueError("the method handler has no behaviour to observe")
+
+    async def around(context: grpc.aio.ServicerContext) -> Finish:
+        observed = begin(context)
+        return lambda exc: observed.finish(context, exc)
+
+    return wrap_handler(handler, around)
 
 
 class ServerObservability(grpc.aio.ServerInterceptor):  # type: ignore[misc]
