@@ -126,3 +126,24 @@ async def test_close_finishes_queued_writes_then_refuses_more(migrated_url: str)
 
     async with await AsyncStore.open(migrated_url) as again:
         assert (await again.stats()).records == 10
+
+
+async def test_a_node_forgets_expired_query_ids_on_its_own(astore: AsyncStore) -> None:
+    from creditnet.node.server import prune_expired_queries
+
+    assert await astore.claim_query("old", CONSENT, 0, SOON) is OK
+    assert await astore.claim_query("young", CONSENT, 0, SOON + dt.timedelta(hours=1)) is OK
+    pruning = asyncio.create_task(
+        prune_expired_queries(astore, interval=0.01, clock=lambda: SOON + dt.timedelta(seconds=1))
+    )
+    try:
+        for _ in range(200):
+            # Claiming again tells whether the id is still remembered.
+            if await astore.claim_query("old", CONSENT, 0, SOON) is OK:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the expired query id was never forgotten")
+        assert await astore.claim_query("young", CONSENT, 0, SOON) is ClaimOutcome.REPLAY
+    finally:
+        pruning.cancel()

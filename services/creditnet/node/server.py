@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -13,6 +16,7 @@ from creditnet.chain.ledger import Ledger, WitnessLink
 from creditnet.chain.service import ChainService
 from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import NodeConfig
+from creditnet.dates import utcnow
 from creditnet.limits import Limits
 from creditnet.limits import server_interceptors as limit_interceptors
 from creditnet.node.service import CityNodeService
@@ -24,6 +28,8 @@ from creditnet.v1 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# How often expired query ids are forgotten.
+PRUNE_INTERVAL = 60.0
 SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["CityNodeService"].full_name
 CHAIN_SERVICES = [
     chain_pb2.DESCRIPTOR.services_by_name["ChainService"].full_name,
@@ -39,12 +45,17 @@ class RunningNode:
     service: CityNodeService
     ledger: Ledger
     metrics: NodeMetrics
+    pruning: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
         return self.handle.port
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.pruning is not None:
+            self.pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.pruning
         await self.handle.stop(grace)
         await self.ledger.stop()
         await self.store.close()
@@ -105,5 +116,30 @@ async def start_node(
     ledger.start()
     log.info("node %s serving on port %d", config.city.value, handle.port)
     return RunningNode(
-        config=config, handle=handle, store=store, service=service, ledger=ledger, metrics=metrics
+        config=config,
+        handle=handle,
+        store=store,
+        service=service,
+        ledger=ledger,
+        metrics=metrics,
+        pruning=asyncio.create_task(prune_expired_queries(store)),
     )
+
+
+async def prune_expired_queries(
+    store: AsyncStore, interval: float = PRUNE_INTERVAL, clock: Callable[[], dt.datetime] = utcnow
+) -> None:
+    """Forget, every `interval` seconds, the query ids (and kept answers) of expired queries.
+
+    An expired query is refused before any claim, so its id guards nothing
+    any more; without this the replay table would grow with every query.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            forgotten = await store.prune_queries(clock())
+        except Exception:
+            log.exception("forgetting expired query ids failed; trying again in %.0f s", interval)
+            continue
+        if forgotten:
+            log.debug("forgot %d expired query ids", forgotten)
