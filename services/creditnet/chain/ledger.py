@@ -96,6 +96,7 @@ class Ledger:
     ) -> None:
         self.log_key = log_key
         self.origin = log_key.origin
+        self._log_signer = log_key.log_signer
         self.witnesses = list(witnesses)
         self.quorum = quorum
         self._store = store
@@ -235,7 +236,7 @@ class Ledger:
         # Only sizes not yet published can still be asked for.
         for old in [k for k in self._roots if k < size]:
             del self._roots[old]
-        signed = Checkpoint(self.origin, size, root).sign(self.log_key.log_signer)
+        signed = Checkpoint(self.origin, size, root).sign(self._log_signer)
         cosigs, certs = await self._gather_cosignatures(signed)
         note = signed.with_cosignatures(cosigs).encode() if cosigs else signed.encode()
         # Kept for operators and restarts, off the answers' critical path: the

@@ -52,6 +52,8 @@ class Witness:
     def __init__(self, store: Store, key: LogKey) -> None:
         self.store = store
         self.key = key
+        # Built once: a signer derives its key id, which every cosignature carries.
+        self._signer = key.witness_signer
         # Per log: one checkpoint at a time, and the state kept in memory
         # (the database holds the durable copy, written before each cosignature).
         self._locks: dict[str, asyncio.Lock] = {}
@@ -177,7 +179,7 @@ class Witness:
                 self._states[origin] = WitnessedState(
                     origin, new.checkpoint.size, new.checkpoint.root_hash, new.encode()
                 )
-        cosig = cosign(new.checkpoint, self.key.witness_signer)
+        cosig = cosign(new.checkpoint, self._signer)
         return cosig.encode(), None
 
 
