@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from google.protobuf.message import DecodeError
 from creditnet import query as query_mod
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import EnvelopeVerifier, load_envelope
+from creditnet.limits import RETRY_AFTER_KEY
 from creditnet.observability import client_span, query_scope
 from creditnet.observability.context import parse_query_id
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
@@ -33,6 +35,9 @@ from creditnet_bank.report import Report, merge
 from creditnet_bank.verify import Section, SectionStatus, scope_cities, verify_section
 
 DEFAULT_TIMEOUT = 10.0
+
+
+log = logging.getLogger(__name__)
 
 
 class QueryRefused(Exception):
@@ -176,6 +181,13 @@ class BankClient:
                         await asyncio.sleep(delay * (0.5 + random.random()))
                         delay = min(delay * 2, 2.0)
                         continue
+                    hint = _retry_after(exc)
+                    if hint is not None and remaining - hint > 0.05:
+                        # Turned away before any node saw the query (rate or
+                        # load): the server said when to come back.
+                        log.info("the aggregator is busy for this bank; retrying in %.2f s", hint)
+                        await asyncio.sleep(hint)
+                        continue
                     raise QueryRefused(exc.code(), exc.details() or "") from None
         return self.verify_response(query_env, resp)
 
@@ -235,3 +247,14 @@ def _query_id(query_env: envelope_pb2.SignedEnvelope) -> str | None:
         return parse_query_id(query_pb2.CreditQuery.FromString(query_env.payload).query_id)
     except DecodeError:
         return None
+
+
+def _retry_after(exc: grpc.aio.AioRpcError) -> float | None:
+    """Seconds to wait before retrying a RESOURCE_EXHAUSTED call that carries a retry hint, else None."""
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    for key, value in exc.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return int(text) / 1000 if text.isdigit() else None
+    return None

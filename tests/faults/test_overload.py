@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -10,12 +11,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from creditnet.domain import City
+from creditnet.domain import City, Purpose
 from creditnet.limits import CONCURRENCY_RULE, RATE_LIMITED_RULE, RETRY_AFTER_KEY
-from creditnet.network import DEMO_BANK, SECOND_BANK, NetworkLayout
+from creditnet.network import DEMO_BANK, SECOND_BANK, NetworkLayout, grant_demo_consent
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import MAX_RECEIVE_BYTES, secure_channel
 from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
+from creditnet_bank import BankClient
 from tests.faults.conftest import AGGREGATOR, FaultNetwork, eventually
 from tests.faults.ingest import CITY, batch, enterprise, stored_per_batch
 
@@ -153,3 +155,24 @@ async def test_a_bank_over_its_rate_is_refused_with_a_retry_hint_and_others_are_
     assert trailers is not None and int(trailers[RETRY_AFTER_KEY]) > 0
     # Another bank has its own bucket.
     assert len((await list_nodes(DEMO_BANK)).nodes) == 5
+
+
+async def test_the_bank_sdk_waits_out_a_rate_limit_as_the_server_says(
+    network: FaultNetwork, fault_layout: NetworkLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    network.env[AGGREGATOR] = {"CREDITNET_RATE_LIMIT_PER_BANK": "1/s"}
+    await network.kill(AGGREGATOR)
+    network.restart(AGGREGATOR)
+    await network.wait_serving(AGGREGATOR)
+    await eventually(network.aggregator_reaches_all, "the aggregator reaches every node")
+    consent = grant_demo_consent(fault_layout)
+    caplog.set_level(logging.INFO, logger="creditnet_bank.client")
+    async with BankClient.from_network(fault_layout.root / "network.json") as bank:
+        # The second query finds the bank's bucket empty; the SDK waits as
+        # told and is answered, within the query's own deadline.
+        reports = [
+            await bank.query(fault_layout.demo_enterprise, consent, Purpose.LOAN_APPLICATION, timeout=15)
+            for _ in range(2)
+        ]
+    assert all(not r.missing_cities for r in reports), [r.missing_cities for r in reports]
+    assert any("retrying in" in r.getMessage() for r in caplog.records)
