@@ -203,3 +203,76 @@ async def test_an_aggregator_started_from_its_environment_passes(pki: Pki, tmp_p
         assert (code, out.strip()) == (0, "SERVING"), err
     finally:
         await aggregator.stop(grace=0)
+
+
+async def test_node_run_serves_from_the_environment_as_in_a_container(pki: Pki, tmp_path: Path) -> None:
+    """`creditnet node run` with no --config: migrate, then serve with metrics, a probe port and JSON logs."""
+    import json
+    import signal
+    import urllib.request
+
+    from creditnet.chain.keys import LogKey
+    from creditnet.network import free_port
+
+    LogKey.issue(pki.ca, "hefei").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
+    metrics, probe = free_port(), free_port()
+    env = {
+        **pki.identity("hefei-env", Role.node(City.HEFEI)),
+        "CREDITNET_CITY": "hefei",
+        "CREDITNET_LISTEN": f"127.0.0.1:{free_port()}",
+        "CREDITNET_HEALTH_LISTEN": f"127.0.0.1:{probe}",
+        "CREDITNET_METRICS_PORT": str(metrics),
+        "CREDITNET_LOG_CERT": str(tmp_path / "logkey.pem"),
+        "CREDITNET_LOG_KEY": str(tmp_path / "logkey.key"),
+        "CREDITNET_LOG_FORMAT": "json",
+        "CREDITNET_QUORUM": "0",
+        "CREDITNET_LISTN": "typo",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'node.db'}",
+    }
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("CREDITNET_")}
+    cli = [sys.executable, "-m", "creditnet"]
+    migrate = await asyncio.create_subprocess_exec(*cli, "node", "migrate", env={**keep, **env})
+    assert await migrate.wait() == 0
+    proc = await asyncio.create_subprocess_exec(
+        *cli, "node", "run", env={**keep, **env}, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        for _ in range(100):
+            code, out, _err = await run_check(env)
+            if code == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert out.strip() == "SERVING"
+        page = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+        )
+        assert "creditnet_chain_size" in page and "grpc_server_started_total" in page
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=20)
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    assert any(
+        "CREDITNET_LISTN" in line["message"] and "CREDITNET_LISTEN" in line["message"] for line in lines
+    )
+    assert all(line.get("service") == "node" and line.get("city") == "hefei" for line in lines)
+
+
+async def test_node_run_names_every_bad_variable_and_does_not_start(tmp_path: Path) -> None:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("CREDITNET_") and k != "DATABASE_URL"}
+    env = {**keep, "CREDITNET_CITY": "suzhou", "CREDITNET_QUORUM": "many", "DATABASE_URL": "sqlite:///x.db"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "creditnet",
+        "node",
+        "run",
+        env=env,
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+    said = " ".join(stderr.decode().split())
+    assert proc.returncode == 2
+    assert "CREDITNET_CITY" in said and "CREDITNET_QUORUM" in said
+    assert not (tmp_path / "x.db").exists()

@@ -9,15 +9,18 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Annotated, Any, NoReturn, Protocol
 
 import grpc
 import typer
 from rich.console import Console
 
 from creditnet.errors import CreditnetError
+from creditnet.limits import Limits
 from creditnet.observability import ServerMetrics, configure_logging, configure_tracing
+from creditnet.settings import ServerSettings, unknown_variables
 
 console = Console()
 err_console = Console(stderr=True)
@@ -65,6 +68,45 @@ def setup_logging(
     configure_logging(fmt, chosen, static=static)
 
 
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(help="Serve Prometheus metrics on this port (default: CREDITNET_METRICS_PORT, or none)."),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """How a server runs besides its own configuration: limits, probes, metrics, shutdown."""
+
+    limits: Limits
+    health_listen: str | None = None
+    metrics_port: int | None = None
+    grace: float = 5.0
+
+    @classmethod
+    def from_files(cls, verbose: bool, metrics_port: int | None) -> ServeOptions:
+        """For a server run from its JSON config: text logs; limits from the environment or defaults."""
+        setup_logging(verbose)
+        return cls(Limits.from_env(), metrics_port=metrics_port)
+
+    @classmethod
+    def from_settings(
+        cls, server: ServerSettings, verbose: bool, metrics_port: int | None, static: dict[str, str]
+    ) -> ServeOptions:
+        """For a server run from the environment, as in a container; warns of unknown variables."""
+        setup_logging(
+            verbose, fmt=server.log_format, level=None if verbose else server.log_level, static=static
+        )
+        for warning in unknown_variables():
+            logging.getLogger("creditnet").warning(warning)
+        return cls(
+            Limits.from_settings(server),
+            health_listen=server.health_listen,
+            metrics_port=server.metrics_port if metrics_port is None else metrics_port,
+            grace=server.shutdown_grace,
+        )
+
+
 class Serving(Protocol):
     @property
     def port(self) -> int: ...
@@ -75,19 +117,14 @@ class Serving(Protocol):
     async def stop(self, grace: float = ...) -> None: ...
 
 
-def serve_until_signalled(
-    start: Callable[[], Awaitable[Serving]],
-    what: str,
-    *,
-    metrics_port: int | None = None,
-    grace: float = 5.0,
-) -> None:
+def serve_until_signalled(start: Callable[[], Awaitable[Serving]], what: str, options: ServeOptions) -> None:
     """Start a server, run until SIGINT/SIGTERM, then drain for up to `grace` seconds and stop.
 
-    With `metrics_port`, Prometheus metrics are served over plain HTTP on it
+    With `options.metrics_port`, Prometheus metrics are served over plain HTTP on it
     (0.0.0.0: expose it only inside the operator's network).
     """
     configure_tracing(f"creditnet-{what.split()[0]}")
+    metrics_port, grace = options.metrics_port, options.grace
 
     async def main() -> None:
         running = await start()

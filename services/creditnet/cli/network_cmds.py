@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import time
 from pathlib import Path
@@ -15,19 +14,18 @@ from rich.table import Table
 
 from creditnet.cli.common import (
     EXIT_USAGE,
+    MetricsPortOpt,
+    ServeOptions,
     console,
     errors,
     fail,
     print_json,
     read_network,
     serve_until_signalled,
-    setup_logging,
 )
 from creditnet.config import AggregatorConfig, parse_nodes
 from creditnet.domain import City
 from creditnet.pki import Identity, TrustStore
-
-log = logging.getLogger("creditnet.aggregator")
 
 network_app = typer.Typer(help="The five-city network on one machine: up, status.", no_args_is_help=True)
 aggregator_app = typer.Typer(help="The national aggregator: run it.", no_args_is_help=True)
@@ -186,12 +184,7 @@ def run_aggregator(
     key: Annotated[Path | None, typer.Option(help="Aggregator key.")] = None,
     ca: Annotated[Path | None, typer.Option(help="Network CA certificate.")] = None,
     state_dir: Annotated[Path, typer.Option(help="Where revocations are kept.")] = Path("aggregator-state"),
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            help="Serve Prometheus metrics on this port (default: CREDITNET_METRICS_PORT, or none)."
-        ),
-    ] = None,
+    metrics_port: MetricsPortOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the aggregator until Ctrl-C or SIGTERM.
@@ -201,14 +194,11 @@ def run_aggregator(
     Exit codes: 0 stopped cleanly, 1 could not start, 2 bad settings.
     """
     from creditnet.aggregator.server import start_aggregator
-    from creditnet.limits import Limits
-    from creditnet.settings import AggregatorSettings, unknown_variables
+    from creditnet.settings import AggregatorSettings
 
     with errors():
-        health_listen: str | None = None
-        grace = 5.0
         if config is not None or nodes is not None:
-            setup_logging(verbose)
+            options = ServeOptions.from_files(verbose, metrics_port)
             if config is not None:
                 cfg = AggregatorConfig.load(config)
             elif nodes and cert and key and ca:
@@ -217,24 +207,14 @@ def run_aggregator(
                 )
             else:
                 fail("give --config, or --nodes with --cert, --key and --ca", EXIT_USAGE)
-            limits = Limits.from_env()
         else:
             settings = AggregatorSettings.from_env()
-            srv = settings.server
-            setup_logging(
-                verbose,
-                fmt=srv.log_format,
-                level=None if verbose else srv.log_level,
-                static={"service": "aggregator"},
+            options = ServeOptions.from_settings(
+                settings.server, verbose, metrics_port, {"service": "aggregator"}
             )
-            for warning in unknown_variables():
-                log.warning(warning)
             cfg = settings.to_config()
-            limits, health_listen, grace = Limits.from_settings(srv), srv.health_listen, srv.shutdown_grace
-            metrics_port = srv.metrics_port if metrics_port is None else metrics_port
         serve_until_signalled(
-            lambda: start_aggregator(cfg, limits=limits, health_listen=health_listen),
+            lambda: start_aggregator(cfg, limits=options.limits, health_listen=options.health_listen),
             "aggregator",
-            metrics_port=metrics_port,
-            grace=grace,
+            options,
         )

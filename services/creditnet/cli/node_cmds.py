@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,12 +16,13 @@ from rich.table import Table
 
 from creditnet.cli.common import (
     EXIT_PARTIAL,
+    MetricsPortOpt,
+    ServeOptions,
     console,
     errors,
     fail,
     print_json,
     serve_until_signalled,
-    setup_logging,
 )
 from creditnet.config import NodeConfig, parse_nodes_generic
 from creditnet.domain import City
@@ -38,8 +38,6 @@ from creditnet.pki import (
     write_public,
 )
 from creditnet.v1 import records_pb2
-
-log = logging.getLogger("creditnet.node")
 
 app = typer.Typer(help="Run a city node: init, migrate, run, ingest, stats.", no_args_is_help=True)
 
@@ -212,12 +210,7 @@ def run(
             " (CREDITNET_*, DATABASE_URL; see docs/deployment.md), as in a container.",
         ),
     ] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            help="Serve Prometheus metrics on this port (default: CREDITNET_METRICS_PORT, or none)."
-        ),
-    ] = None,
+    metrics_port: MetricsPortOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the node (mutual TLS, health, reflection) until Ctrl-C or SIGTERM.
@@ -225,34 +218,22 @@ def run(
     The database must be at this release's schema: run `creditnet node migrate` first.
     Exit codes: 0 stopped cleanly, 1 could not start, 2 bad settings.
     """
-    from creditnet.limits import Limits
     from creditnet.node.server import start_node
-    from creditnet.settings import NodeSettings, unknown_variables
+    from creditnet.settings import NodeSettings
 
     with errors():
         if config is not None:
-            setup_logging(verbose)
+            options = ServeOptions.from_files(verbose, metrics_port)
             cfg = NodeConfig.load(config)
-            limits, health_listen, grace = Limits.from_env(), None, 5.0
         else:
             settings = NodeSettings.from_env()
-            srv = settings.server
-            setup_logging(
-                verbose,
-                fmt=srv.log_format,
-                level=None if verbose else srv.log_level,
-                static={"service": "node", "city": settings.city.value},
-            )
-            for warning in unknown_variables():
-                log.warning(warning)
+            static = {"service": "node", "city": settings.city.value}
+            options = ServeOptions.from_settings(settings.server, verbose, metrics_port, static)
             cfg = settings.to_config()
-            limits, health_listen, grace = Limits.from_settings(srv), srv.health_listen, srv.shutdown_grace
-            metrics_port = srv.metrics_port if metrics_port is None else metrics_port
         serve_until_signalled(
-            lambda: start_node(cfg, limits=limits, health_listen=health_listen),
+            lambda: start_node(cfg, limits=options.limits, health_listen=options.health_listen),
             f"node {cfg.city.value}",
-            metrics_port=metrics_port,
-            grace=grace,
+            options,
         )
 
 
