@@ -70,23 +70,24 @@ def _stream_response(inner: Callable[..., Any], around: Around) -> Callable[...,
     return writer
 
 
+# Each kind of handler: the attribute that holds its behaviour, how to
+# rebuild a handler of that kind, and how its response is wrapped.
+_KINDS: tuple[tuple[str, Callable[..., grpc.RpcMethodHandler], Callable[..., Any]], ...] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, _unary_response),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, _unary_response),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, _stream_response),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, _stream_response),
+)
+
+
 def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
     """The same method handler, with `around` run at the start and end of every call."""
-    des, ser = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _unary_response(handler.unary_unary, around), request_deserializer=des, response_serializer=ser
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _unary_response(handler.stream_unary, around), request_deserializer=des, response_serializer=ser
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _stream_response(handler.unary_stream, around), request_deserializer=des, response_serializer=ser
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            _stream_response(handler.stream_stream, around), request_deserializer=des, response_serializer=ser
-        )
+    for attribute, rebuild, wrap in _KINDS:
+        inner = getattr(handler, attribute)
+        if inner is not None:
+            return rebuild(
+                wrap(inner, around),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
     raise ValueError("the method handler has no behaviour to wrap")
