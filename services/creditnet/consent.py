@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from creditnet import uscc as uscc_mod
 from creditnet.dates import date_from_proto, date_to_proto, ts_from_proto, ts_to_proto, utcnow
-from creditnet.domain import ALL_CITIES, Category, City, Purpose
+from creditnet.domain import ALL_CITIES, Category, City, Purpose, distinct_from_proto
 from creditnet.envelope import (
     CONSENT_TYPE,
     REVOCATION_TYPE,
@@ -59,7 +59,7 @@ class ConsentTerms:
             return InvalidArgument("consent.malformed", msg)
 
         try:
-            uscc_mod.validate(self.enterprise_uscc)
+            uscc_mod.canonical(self.enterprise_uscc)
         except ValueError as exc:
             raise bad(f"enterprise_uscc is invalid: {exc}") from None
         if not self.bank_code:
@@ -102,8 +102,10 @@ class ConsentTerms:
                 enterprise_uscc=msg.enterprise_uscc,
                 bank_code=msg.bank_code,
                 purpose=Purpose.from_proto(msg.purpose),
-                categories=tuple(dict.fromkeys(Category.from_proto(c) for c in msg.categories)),
-                cities=tuple(dict.fromkeys(City.from_proto(c) for c in msg.cities)),
+                categories=distinct_from_proto(
+                    Category.from_proto, msg.categories, len(Category), "categories"
+                ),
+                cities=distinct_from_proto(City.from_proto, msg.cities, len(City), "cities"),
                 data_from=date_from_proto(msg.data_from),
                 data_to=date_from_proto(msg.data_to),
                 not_before=ts_from_proto(msg.not_before),

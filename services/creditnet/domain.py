@@ -8,8 +8,8 @@ numbers, and facts such as a city's registering-region codes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from typing import Self
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Self, TypeVar
 
 from creditnet.v1 import common_pb2
 
@@ -145,6 +145,25 @@ class Purpose(_Named):
         if not name or value == common_pb2.PURPOSE_UNSPECIFIED:
             raise ValueError(f"unknown purpose number {value}")
         return cls[name.removeprefix("PURPOSE_")]
+
+
+E = TypeVar("E", bound=Hashable)
+
+
+def distinct_from_proto(
+    from_proto: Callable[[int], E], values: Sequence[int], limit: int, what: str
+) -> tuple[E, ...]:
+    """Decode a repeated enum field, refusing more than `limit` values or any value twice.
+
+    The length is checked before any value is looked at: a field of a
+    million repeated values costs one comparison, not a million lookups.
+    """
+    if len(values) > limit:
+        raise ValueError(f"{what}: at most {limit} values, got {len(values)}")
+    decoded = tuple(from_proto(v) for v in values)
+    if len(set(decoded)) != len(decoded):
+        raise ValueError(f"{what}: a value is repeated")
+    return decoded
 
 
 ALL_CITIES: tuple[City, ...] = tuple(City)

@@ -100,6 +100,7 @@ class EnvelopeVerifier:
         what: str,
         at: dt.datetime | None = None,
         cache: bool = False,
+        max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> Verified:
         """Verify `env` as a `what` ("query", "consent", ...) of `expected_type`.
 
@@ -113,8 +114,8 @@ class EnvelopeVerifier:
             )
         if not env.payload:
             raise InvalidArgument(f"{what}.empty", f"{what} envelope has no payload")
-        if len(env.payload) > MAX_PAYLOAD_BYTES:
-            raise InvalidArgument(f"{what}.size", f"{what} payload is larger than {MAX_PAYLOAD_BYTES} bytes")
+        if len(env.payload) > max_payload:
+            raise InvalidArgument(f"{what}.size", f"{what} payload is larger than {max_payload} bytes")
         if len(env.signatures) != 1:
             raise Unauthenticated(f"{what}.signature", f"{what} envelope must carry exactly one signature")
         sig = env.signatures[0]

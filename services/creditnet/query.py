@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from creditnet import uscc as uscc_mod
 from creditnet.consent import VerifiedConsent, check_window, verify_consent
 from creditnet.dates import ts_from_proto, ts_to_proto, utcnow
-from creditnet.domain import Category, City, Purpose
+from creditnet.domain import Category, City, Purpose, distinct_from_proto
 from creditnet.envelope import QUERY_TYPE, EnvelopeVerifier, sign
 from creditnet.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from creditnet.pki import Identity, RoleKind, VerifiedCert
@@ -28,6 +28,10 @@ MAX_QUERY_LIFETIME = dt.timedelta(minutes=5)
 # How far a signer's clock may run ahead of the verifier's.
 CLOCK_SKEW = dt.timedelta(seconds=60)
 DEFAULT_QUERY_LIFETIME = dt.timedelta(seconds=120)
+# A query is a few hundred bytes plus its consent (with the enterprise's
+# certificate chain, about 2 KB). Anything far larger is refused before its
+# signature is even checked.
+MAX_QUERY_PAYLOAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,21 @@ class AuthorizedQuery:
     cities: tuple[City, ...]
     data_from: dt.date
     data_to: dt.date
+
+
+@dataclass(slots=True)
+class Seen:
+    """How far `authorize` got before a refusal, so that it is logged without checking anything twice.
+
+    `terms` is set once the bank's signature verified and the query names
+    that bank (rule 14); `consent` once the consent verified as the named
+    enterprise's grant to that bank (rule 22). Only then is a refusal an
+    access to log against the enterprise (docs/protocol.md, "Credit chain").
+    """
+
+    terms: QueryTerms | None = None
+    digest: bytes = b""
+    consent: VerifiedConsent | None = None
 
 
 def build(
@@ -95,12 +114,13 @@ def parse_terms(payload: bytes) -> tuple[QueryTerms, envelope_pb2.SignedEnvelope
         msg.ParseFromString(payload)
     except DecodeError:
         raise InvalidArgument("query.malformed", "query payload is not a valid CreditQuery message") from None
+    if not is_canonical_uuid(msg.query_id):
+        # Replay protection compares ids as strings: one spelling only.
+        raise InvalidArgument(
+            "query.malformed", "query_id must be a UUID in canonical lower-case 8-4-4-4-12 form"
+        )
     try:
-        uuid.UUID(msg.query_id)
-    except ValueError:
-        raise InvalidArgument("query.malformed", "query_id must be a UUID") from None
-    try:
-        uscc = uscc_mod.validate(msg.enterprise_uscc)
+        uscc = uscc_mod.canonical(msg.enterprise_uscc)
     except ValueError as exc:
         raise InvalidArgument("query.uscc", f"enterprise_uscc is invalid: {exc}") from None
     try:
@@ -109,8 +129,8 @@ def parse_terms(payload: bytes) -> tuple[QueryTerms, envelope_pb2.SignedEnvelope
             enterprise_uscc=uscc,
             bank_code=msg.bank_code,
             purpose=Purpose.from_proto(msg.purpose),
-            categories=tuple(dict.fromkeys(Category.from_proto(c) for c in msg.categories)),
-            cities=tuple(dict.fromkeys(City.from_proto(c) for c in msg.cities)),
+            categories=distinct_from_proto(Category.from_proto, msg.categories, len(Category), "categories"),
+            cities=distinct_from_proto(City.from_proto, msg.cities, len(City), "cities"),
             issued_at=ts_from_proto(msg.issued_at),
             expires_at=ts_from_proto(msg.expires_at),
         )
@@ -121,22 +141,36 @@ def parse_terms(payload: bytes) -> tuple[QueryTerms, envelope_pb2.SignedEnvelope
     return terms, msg.consent
 
 
+def is_canonical_uuid(text: str) -> bool:
+    """Whether `text` is a UUID written the one way the protocol allows (lower-case 8-4-4-4-12)."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
 def authorize(
     verifier: EnvelopeVerifier,
     env: envelope_pb2.SignedEnvelope,
     *,
     city: City | None,
     now: dt.datetime | None = None,
+    seen: Seen | None = None,
 ) -> AuthorizedQuery:
-    """Run every stateless rule; `city` is the answering node's (None: the aggregator)."""
+    """Run every stateless rule; `city` is the answering node's (None: the aggregator).
+
+    `seen`, if given, records what was established before a refusal.
+    """
+    seen = seen if seen is not None else Seen()
     now = now or utcnow()
-    verified = verifier.verify(env, QUERY_TYPE, what="query", at=now)
+    verified = verifier.verify(env, QUERY_TYPE, what="query", at=now, max_payload=MAX_QUERY_PAYLOAD_BYTES)
     bank = verified.signer
     if bank.role.kind is not RoleKind.BANK:
         raise PermissionDenied("query.signer_role", "the query is not signed by a bank certificate")
     terms, consent_env = parse_terms(verified.payload)
     if terms.bank_code != bank.role.subject:
         raise PermissionDenied("query.bank_mismatch", "the query names a different bank than its signer")
+    seen.terms, seen.digest = terms, verified.digest
 
     if terms.issued_at > now + CLOCK_SKEW:
         raise FailedPrecondition(
@@ -153,6 +187,7 @@ def authorize(
         raise PermissionDenied("consent.enterprise_mismatch", "the consent is for a different enterprise")
     if c.bank_code != terms.bank_code:
         raise PermissionDenied("consent.bank_mismatch", "the consent was not granted to this bank")
+    seen.consent = consent
     if c.purpose is not terms.purpose:
         raise PermissionDenied("consent.purpose_mismatch", "the consent does not cover this purpose")
     check_window(c, now)

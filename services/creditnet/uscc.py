@@ -147,6 +147,22 @@ def validate(text: str) -> str:
     return code
 
 
+def canonical(text: str) -> str:
+    """Return `text` if it is a valid code written exactly in canonical form, or raise InvalidUSCC.
+
+    Codes travel in canonical form (18 characters of the alphabet, upper case,
+    nothing else) in every signed object and request: a node that normalised
+    them would answer one enterprise under several spellings. People may type
+    codes loosely; :func:`validate` turns what they type into this form.
+    """
+    code = validate(text)
+    if code != text:
+        raise InvalidUSCC(
+            f"a USCC travels in canonical form (18 upper-case characters, no spaces or dashes): {code}"
+        )
+    return code
+
+
 def is_valid(text: str) -> bool:
     try:
         validate(text)

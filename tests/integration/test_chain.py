@@ -186,32 +186,46 @@ async def test_an_enterprise_sees_exactly_the_accesses_to_its_data(
         assert item.categories == want
     assert any(i.records_disclosed for i in history.items)  # Hangzhou holds its records
 
-    # Any doctored item is refused: another salt, another entry.
-    request = build_request(me)
-    async with secure_channel(
-        layout.node_endpoint(City.HANGZHOU), me, trust, f"{City.HANGZHOU.value}.node.creditnet"
-    ) as ch:
-        raw = await chain_pb2_grpc.ChainServiceStub(ch).GetHistory(
-            chain_pb2.GetHistoryRequest(request=request), timeout=10
-        )
-    assert len(verify_history(trust, City.HANGZHOU, raw, uscc)) == 2
-    salted = chain_pb2.GetHistoryResponse()
-    salted.CopyFrom(raw)
-    salted.items[0].salt = b"\x00" * 16
+    # Any doctored item is refused: another salt, another entry, another city, another order.
+    raw, wanted = await read_history(layout, me, trust, City.HANGZHOU)
+    items, summary = verify_history(trust, City.HANGZHOU, raw, wanted)
+    assert len(items) == 2 and summary is not None and summary.verified
+    assert (summary.answered, summary.refused, summary.revoked) == (2, 0, 0)
+
+    def doctored(change: Any) -> list[chain_pb2.GetHistoryResponse]:
+        copy = [chain_pb2.GetHistoryResponse.FromString(r.SerializeToString()) for r in raw]
+        change(copy)
+        return copy
+
+    def salt(rs: list[chain_pb2.GetHistoryResponse]) -> None:
+        rs[0].items[0].salt = b"\x00" * 16
+
+    def swap(rs: list[chain_pb2.GetHistoryResponse]) -> None:
+        rs[0].items[0].receipt.entry = rs[0].items[1].receipt.entry
+
+    def reorder(rs: list[chain_pb2.GetHistoryResponse]) -> None:
+        first, second = list(rs[0].items)
+        del rs[0].items[:]
+        rs[0].items.extend([second, first])
+
+    def drop(rs: list[chain_pb2.GetHistoryResponse]) -> None:
+        del rs[0].items[1]
+
     with pytest.raises(HistoryError, match="commitment is not to"):
-        verify_history(trust, City.HANGZHOU, salted, uscc)
-    swapped = chain_pb2.GetHistoryResponse()
-    swapped.CopyFrom(raw)
-    swapped.items[0].receipt.entry = raw.items[1].receipt.entry
+        verify_history(trust, City.HANGZHOU, doctored(salt), wanted)
     with pytest.raises(HistoryError, match="receipt"):
-        verify_history(trust, City.HANGZHOU, swapped, uscc)
+        verify_history(trust, City.HANGZHOU, doctored(swap), wanted)
+    with pytest.raises(HistoryError, match="out of order"):
+        verify_history(trust, City.HANGZHOU, doctored(reorder), wanted)
+    with pytest.raises(HistoryError, match="summary counts"):
+        verify_history(trust, City.HANGZHOU, doctored(drop), wanted)
     with pytest.raises(HistoryError, match="answered as another city"):
-        verify_history(trust, City.HEFEI, raw, uscc)
+        verify_history(trust, City.HEFEI, raw, wanted)
     # Only the enterprise itself can ask.
     with pytest.raises(HistoryError, match="cannot ask"):
-        build_request(layout.enterprise(), uscc)
+        build_request(layout.enterprise(), City.HANGZHOU, uscc)
     with pytest.raises(HistoryError, match="enterprise's own certificate"):
-        build_request(layout.bank(), uscc)
+        build_request(layout.bank(), City.HANGZHOU, uscc)
 
     # The command line shows the same history.
     me.save(tmp_path / "me.pem", tmp_path / "me.key")
@@ -241,6 +255,24 @@ async def test_an_enterprise_sees_exactly_the_accesses_to_its_data(
         str(layout.root),
     )
     assert human.exit_code == 0 and "consent.purpose_mismatch" in human.stdout
+
+
+async def read_history(
+    layout: NetworkLayout,
+    caller: Any,
+    trust: TrustStore,
+    city: City,
+    request: Any = None,
+    **options: Any,
+) -> tuple[list[chain_pb2.GetHistoryResponse], chain_pb2.HistoryRequest]:
+    """Call `city`'s GetHistory as `caller` with `request` (default: a fresh one signed by `caller`)."""
+    request = request if request is not None else build_request(caller, city, **options)
+    async with secure_channel(layout.node_endpoint(city), caller, trust, node_server_name(city)) as ch:
+        call = chain_pb2_grpc.ChainServiceStub(ch).GetHistory(
+            chain_pb2.GetHistoryRequest(request=request), timeout=10
+        )
+        responses = [r async for r in call]
+    return responses, chain_pb2.HistoryRequest.FromString(request.payload)
 
 
 async def test_chain_verify_passes_on_a_healthy_node_and_remembers_checkpoints(

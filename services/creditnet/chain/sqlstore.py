@@ -13,12 +13,15 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
 
 from creditnet.chain.models import ENTRIES, HASHES, META
 from creditnet.chain.tree import MerkleTree, NodeKey, TreeConflictError
 from creditnet.store import Store
 from creditnet.store.models import QUERY_USES
+
+# EntryKind.ENTRY_KIND_QUERY_REFUSED (chain.proto); the log stores kinds as numbers.
+REFUSED_KIND = 2
 
 # Subtree hashes never change once written. Proofs for recent entries (every
 # receipt) need recent leaves and interior nodes of every level, so appends
@@ -188,12 +191,54 @@ class SqlLog:
             ).all()
         return [(int(r.idx), bytes(r.entry)) for r in rows]
 
-    def entries_of(self, uscc: str, limit: int = 10_000) -> list[tuple[int, bytes, bytes]]:
+    def last_index_of(self, uscc: str) -> int | None:
+        """The index of the newest entry naming `uscc`, or None."""
+        with self._engine.connect() as conn:
+            idx = conn.execute(
+                select(ENTRIES.c.idx).where(ENTRIES.c.uscc == uscc).order_by(ENTRIES.c.idx.desc()).limit(1)
+            ).scalar()
+        return None if idx is None else int(idx)
+
+    def history_page(
+        self,
+        uscc: str,
+        *,
+        size: int,
+        kinds: Sequence[int],
+        newest_first: bool,
+        after: int | None,
+        limit: int,
+    ) -> list[tuple[int, bytes, bytes]]:
+        """Up to `limit` entries naming `uscc` below `size`, of `kinds`, continuing past index `after`.
+
+        Pages by index (keyset), so a history of any length is read in
+        bounded steps whichever end it starts from.
+        """
+        where = [ENTRIES.c.uscc == uscc, ENTRIES.c.idx < size, ENTRIES.c.kind.in_(list(kinds))]
+        if after is not None:
+            where.append(ENTRIES.c.idx < after if newest_first else ENTRIES.c.idx > after)
+        order = ENTRIES.c.idx.desc() if newest_first else ENTRIES.c.idx
         with self._engine.connect() as conn:
             rows = conn.execute(
                 select(ENTRIES.c.idx, ENTRIES.c.entry, ENTRIES.c.salt)
-                .where(ENTRIES.c.uscc == uscc)
-                .order_by(ENTRIES.c.idx)
+                .where(and_(*where))
+                .order_by(order)
                 .limit(limit)
             ).all()
         return [(int(r.idx), bytes(r.entry), bytes(r.salt or b"")) for r in rows]
+
+    def history_counts(self, uscc: str, size: int) -> tuple[dict[int, int], list[bytes]]:
+        """Entries naming `uscc` below `size`: the count of each kind, and the refused ones' bytes."""
+        with self._engine.connect() as conn:
+            counts = conn.execute(
+                select(ENTRIES.c.kind, func.count())
+                .where(ENTRIES.c.uscc == uscc, ENTRIES.c.idx < size)
+                .group_by(ENTRIES.c.kind)
+            ).all()
+            refused = conn.execute(
+                select(ENTRIES.c.entry)
+                .where(ENTRIES.c.uscc == uscc, ENTRIES.c.idx < size, ENTRIES.c.kind == REFUSED_KIND)
+                .order_by(ENTRIES.c.idx)
+            ).scalars()
+            refused_entries = [bytes(e) for e in refused]
+        return {int(k): int(n) for k, n in counts}, refused_entries

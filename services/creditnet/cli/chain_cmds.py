@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from creditnet.chain.audit import AuditReport, AuditState, ChainStatus, audit, survey
-from creditnet.chain.history import History, fetch_history
+from creditnet.chain.history import History, Outcome, fetch_history
 from creditnet.chain.keys import NETWORK
 from creditnet.chain.ledger import DEFAULT_QUORUM
 from creditnet.cli.common import (
@@ -156,18 +156,35 @@ def history(
     ca: CaOpt = None,
     quorum: QuorumOpt = None,
     timeout: TimeoutOpt = 15.0,
+    newest_first: Annotated[
+        bool, typer.Option("--newest-first", help="Newest entries first (default: oldest first).")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option(min=0, help="At most this many entries per node (0: all of them).")
+    ] = 0,
+    outcome: Annotated[
+        list[str] | None,
+        typer.Option(help="Only entries with this outcome: answered, refused or revoked (repeatable)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Every access to the enterprise's data on every city node, each proven by its receipt.
 
-    The request is signed with the enterprise's own key; each node's answer is verified (the
-    receipt's inclusion proof and cosigned checkpoint, and the entry's commitment to this
-    enterprise). Exit codes: 0 every node answered, 3 some nodes could not be asked or their
-    answer did not verify (the output says which), 1 none could.
+    The request is signed with the enterprise's own key, made for each node and sent over a
+    connection made with the enterprise's certificate: a node gives a history to nobody else.
+    Each node's answer is verified (the receipt's inclusion proof and cosigned checkpoint, and
+    the entry's commitment to this enterprise). Every node also counts all entries naming the
+    enterprise, with refused queries by bank, whatever --limit and --outcome keep out. Exit
+    codes: 0 every node answered, 3 some nodes could not be asked or their answer did not
+    verify (the output says which), 1 none could.
     """
     with errors():
         target = resolve(network, node, ca, quorum, aggregator)
         enterprise = Identity.load(cert, key)
+        try:
+            outcomes = tuple(Outcome(o.strip().lower()) for o in outcome or ())
+        except ValueError:
+            raise typer.BadParameter("--outcome is answered, refused or revoked") from None
         result = asyncio.run(
             fetch_history(
                 enterprise,
@@ -177,6 +194,9 @@ def history(
                 aggregator=target.aggregator,
                 quorum=target.quorum,
                 timeout=timeout,
+                newest_first=newest_first,
+                limit=limit,
+                outcomes=outcomes,
             )
         )
         if json_out:
@@ -208,6 +228,20 @@ def render_history(result: History) -> None:
             f"#{item.index} in {item.checkpoint_size} ✓",
         )
     console.print(table)
+    refusals = [(city, b) for city, s in result.summaries.items() for b in s.refused_by_bank]
+    if refusals:
+        by_bank = Table(title="refused queries naming this enterprise, by bank (every one, at each node)")
+        for col in ("city", "bank", "refused", "first (UTC)", "last (UTC)"):
+            by_bank.add_column(col)
+        for city, b in refusals:
+            by_bank.add_row(
+                city.value,
+                b.bank,
+                str(b.refused),
+                b.first.strftime("%Y-%m-%d %H:%M:%S"),
+                b.last.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        console.print(by_bank)
     for city, why in result.failures.items():
         err_console.print(f"[yellow]{city.value}:[/] {why}")
 

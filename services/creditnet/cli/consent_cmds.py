@@ -11,6 +11,7 @@ import typer
 from google.protobuf.message import DecodeError
 
 from creditnet import consent as consent_mod
+from creditnet import uscc as uscc_mod
 from creditnet.cli.common import console, errors, fail, print_json
 from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
@@ -59,7 +60,8 @@ def grant(
         ident = Identity.load(cert, key)
         now = utcnow()
         terms = consent_mod.ConsentTerms(
-            enterprise_uscc=uscc or ident.role.subject,
+            # What a person types is normalised here; signed objects carry the canonical form.
+            enterprise_uscc=uscc_mod.validate(uscc) if uscc else ident.role.subject,
             bank_code=bank,
             purpose=Purpose.parse(purpose),
             categories=ALL_CATEGORIES

@@ -19,7 +19,7 @@ from creditnet.chain.witness import Witness
 from creditnet.consent import verify_revocation
 from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City
-from creditnet.envelope import ANSWER_TYPE, QUERY_TYPE, EnvelopeVerifier, digest, sign
+from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.errors import AlreadyExists, CreditnetError, PermissionDenied, Unavailable
 from creditnet.observability import NodeMetrics, bind_query_id
 from creditnet.pki import Identity, RoleKind, TrustStore
@@ -71,8 +71,9 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         # bank's own signature and the enterprise's consent decide.
         peer = self.peers.require(context, RoleKind.AGGREGATOR, RoleKind.BANK)
         now = self.clock()
+        seen = query_mod.Seen()
         try:
-            aq = query_mod.authorize(self.verifier, request.query, city=self.city, now=now)
+            aq = query_mod.authorize(self.verifier, request.query, city=self.city, now=now, seen=seen)
             if peer.kind is RoleKind.BANK and peer.subject != aq.terms.bank_code:
                 # A bank calling directly sends only its own queries.
                 raise PermissionDenied(
@@ -80,7 +81,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 )
         except CreditnetError as exc:
             # Refusals are accesses too: the enterprise sees them in its history.
-            await self._log_refusal(request.query, exc, now)
+            await self._log_refusal(seen, exc, now)
             raise
         # Only now, with the bank's signature checked, is the query id trusted
         # enough to label logs and spans.
@@ -97,15 +98,15 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             try:
                 again = await self._answer_again(aq, context)
             except CreditnetError as refused:
-                await self._log_refusal(request.query, refused, now)
+                await self._log_refusal(seen, refused, now)
                 raise
             if again is not None:
                 return again
-            await self._log_refusal(request.query, exc, now)
+            await self._log_refusal(seen, exc, now)
             raise
         except CreditnetError as exc:
             lookup.cancel()
-            await self._log_refusal(request.query, exc, now)
+            await self._log_refusal(seen, exc, now)
             raise
         found, profile = await lookup
         answer, disclosed = self._answer(aq, now, found, profile)
@@ -169,32 +170,38 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         if self.ledger is not None:
             await self.ledger.append(entry, uscc)
 
-    async def _log_refusal(
-        self, env: envelope_pb2.SignedEnvelope, exc: CreditnetError, now: dt.datetime
-    ) -> None:
+    async def _log_refusal(self, seen: query_mod.Seen, exc: CreditnetError, now: dt.datetime) -> None:
+        """Log a refused query on the credit chain, from what `authorize` established.
+
+        Only a query a bank really signed is logged at all: anything else
+        would let any peer write entries in a bank's name. It is logged
+        against the enterprise (its commitment, so in the enterprise's
+        history) only when its consent verified as that enterprise's grant to
+        that bank; otherwise any bank could fill any enterprise's history by
+        naming it, and the entry names no enterprise (auditors still see the
+        bank's attempt).
+        """
         if self.metrics is not None:
             self.metrics.query_refused(exc.rule)
-        try:
-            # Only a query a bank really signed is an access to log; anything
-            # else would let any peer write entries in a bank's name.
-            signer = self.verifier.verify(env, QUERY_TYPE, what="query", at=now).signer.role
-            terms, consent = query_mod.parse_terms(env.payload)
-        except CreditnetError:
-            return
-        if signer.kind is not RoleKind.BANK or signer.subject != terms.bank_code:
+        terms = seen.terms
+        if terms is None:
             return
         entry = chain_pb2.LedgerEntry(
             kind=chain_pb2.ENTRY_KIND_QUERY_REFUSED,
             time=ts_to_proto(now),
             city=self.city.proto,
             query_id=terms.query_id,
-            query_digest=digest(env.payload),
+            query_digest=seen.digest,
             bank_code=terms.bank_code[:64],
             purpose=terms.purpose.proto,
             categories=[c.proto for c in terms.categories],
-            consent_digest=digest(consent.payload),
             refusal=f"{exc.code.name} {exc.rule}",
         )
+        if seen.consent is None:
+            await self._log(entry)
+            return
+        entry.consent_id = seen.consent.terms.consent_id
+        entry.consent_digest = seen.consent.digest
         await self._log(entry, terms.enterprise_uscc)
 
     async def _claim(self, aq: AuthorizedQuery) -> None:
