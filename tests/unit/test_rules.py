@@ -246,6 +246,65 @@ def test_malformed_query_fields_are_refused(w: World, fields: dict[str, object])
     assert refusal(w, env) == ("query.malformed", "INVALID_ARGUMENT")
 
 
+@pytest.mark.parametrize(
+    "spell",
+    [str.upper, lambda u: "{" + u + "}", lambda u: "urn:uuid:" + u, lambda u: u.replace("-", "")],
+    ids=["upper", "braced", "urn", "no-dashes"],
+)
+def test_a_query_id_in_any_but_the_canonical_spelling_is_refused(
+    w: World, spell: Callable[[str], str]
+) -> None:
+    # Replay protection compares ids as strings: a second spelling of an
+    # answered id would be a second answer.
+    env = signed(query_msg(consent(w), query_id=spell(str(uuid.uuid4()))), w.bank)
+    assert refusal(w, env) == ("query.malformed", "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"categories": [Category.TAX.proto, Category.TAX.proto]},
+        {"cities": [City.HEFEI.proto, City.HEFEI.proto]},
+        {"categories": [Category.TAX.proto] * (len(Category) + 1)},
+    ],
+    ids=["category-twice", "city-twice", "too-many-categories"],
+)
+def test_repeated_scope_values_are_refused(w: World, fields: dict[str, object]) -> None:
+    env = signed(query_msg(consent(w), **fields), w.bank)
+    assert refusal(w, env) == ("query.malformed", "INVALID_ARGUMENT")
+
+
+def test_a_million_repeated_categories_are_refused_before_the_signature_is_checked(w: World) -> None:
+    # About 1 MiB: under the envelope limit, over a query's. Refused on its
+    # length alone, before any hashing, parsing or lookups.
+    env = signed(query_msg(consent(w), categories=[Category.TAX.proto] * 1_000_000), w.bank)
+    assert len(env.payload) > query_mod.MAX_QUERY_PAYLOAD_BYTES
+    env.signatures[0].signature = b"\x00" * 64  # not even a valid signature: never looked at
+    assert refusal(w, env) == ("query.size", "INVALID_ARGUMENT")
+
+
+def test_a_consent_repeating_a_category_is_refused(w: World) -> None:
+    env = forged_consent(w.enterprise, lambda m: m.categories.append(Category.TAX.proto))
+    env = signed(query_msg(env), w.bank)
+    assert refusal(w, env) == ("consent.malformed", "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize(
+    "spell", [str.lower, lambda u: u[:6] + "-" + u[6:], lambda u: u.translate({ord("1"): "１"})]
+)
+def test_a_uscc_in_any_but_the_canonical_spelling_is_refused(w: World, spell: Callable[[str], str]) -> None:
+    assert spell(USCC) != USCC
+    env = signed(query_msg(consent(w), enterprise_uscc=spell(USCC)), w.bank)
+    assert refusal(w, env) == ("query.uscc", "INVALID_ARGUMENT")
+    consent_env = forged_consent(w.enterprise, lambda m: setattr(m, "enterprise_uscc", spell(USCC)))
+    assert refusal(w, signed(query_msg(consent_env), w.bank)) == ("consent.malformed", "INVALID_ARGUMENT")
+
+
+def test_build_writes_what_a_person_typed_in_canonical_form(w: World) -> None:
+    env = query_mod.build(w.bank, consent(w), enterprise_uscc=USCC.lower(), purpose=Purpose.LOAN_APPLICATION)
+    assert query_mod.parse_terms(env.payload)[0].enterprise_uscc == USCC
+
+
 def test_a_query_payload_that_is_not_a_creditquery_is_refused(w: World) -> None:
     env = sign(QUERY_TYPE, b"\xff\xff\xff\xff", w.bank)
     assert refusal(w, env) == ("query.malformed", "INVALID_ARGUMENT")
