@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issu
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import Store
 from creditnet.v1 import chain_pb2, chain_pb2_grpc
+from tests.chain.peers import unresponsive_endpoint
 
 USCC = "91340104JURQ283FQ8"
 
@@ -273,25 +273,6 @@ def test_certificate_lists_round_trip_and_truncation_is_refused() -> None:
         unpack_certificates(packed[:-1])
     with pytest.raises(ValueError, match="trailing"):
         unpack_certificates(packed + b"\0")
-
-
-@asynccontextmanager
-async def unresponsive_endpoint() -> AsyncIterator[str]:
-    """A peer that accepts connections and never says a word, as a frozen process does."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        for w in held:
-            w.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_witness_that_never_answers_is_hedged_around_not_waited_for(rig: Rig) -> None:
