@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
-from creditnet.deadlines import budget_metadata
+from creditnet.deadlines import answer_reserve, budget_metadata
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import EnvelopeVerifier, load_envelope
 from creditnet.limits import RETRY_AFTER_KEY
@@ -175,9 +175,10 @@ class BankClient:
                         aggregator_pb2.FederatedQueryRequest(query=query_env),
                         timeout=max(remaining, 0.001),
                         # gRPC rounds the deadline it sends up (10 s goes out as
-                        # 10.1 s): the exact budget lets the aggregator use all
-                        # of it and still answer before this call gives up.
-                        metadata=[*metadata, budget_metadata(remaining)],
+                        # 10.1 s), and the answer needs time to come back: the
+                        # aggregator is told exactly when to have answered, so
+                        # that the sections that arrived are never lost.
+                        metadata=[*metadata, budget_metadata(remaining - answer_reserve(remaining))],
                     )
                     break
                 except grpc.aio.AioRpcError as exc:

@@ -8,10 +8,12 @@ has given up. So a server trusts the deadline only up to 1% + 1 ms, which
 covers that rounding at every magnitude; other stacks (grpc-go rounds to the
 microsecond, grpc-java truncates) lose nothing but that slack.
 
-A creditnet client may also say exactly how long it will wait for this call
-in the `creditnet-budget-ms` request header (decimal milliseconds, counted
-from when it sent the call). A server takes the smaller of the two, so the
-header can shorten a call's budget, never lengthen it.
+A creditnet client may also say exactly how long the server may work on
+this call in the `creditnet-budget-ms` request header (decimal
+milliseconds, counted from when it sent the call): its own deadline less a
+reserve for the answer to reach it (`answer_reserve`). A server takes the
+smaller of the two, so the header can shorten a call's budget, never
+lengthen it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ BUDGET_KEY = "creditnet-budget-ms"
 # The worst upward rounding of gRPC C-core's grpc-timeout encoding, relative.
 ROUNDING = 0.01
 ROUNDING_FLOOR = 0.001
+# A caller's reserve for the answer's way back (see `answer_reserve`).
+RESERVE = 0.05
+RESERVE_MIN = 0.05
+RESERVE_MAX = 0.5
 # As many digits as grpc-timeout allows: about 27 hours in milliseconds.
 _MAX_DIGITS = 8
 
@@ -35,6 +41,16 @@ _MAX_DIGITS = 8
 def rounding_allowance(remaining: float) -> float:
     """The most a received grpc-timeout of `remaining` seconds may exceed the caller's own."""
     return ROUNDING_FLOOR + ROUNDING * max(remaining, 0.0)
+
+
+def answer_reserve(remaining: float) -> float:
+    """What a caller keeps back from its own deadline for the answer's way back to it.
+
+    The server aims to answer by the budget stated; the answer still has to
+    travel and be read by a client whose process may be busy. 5% of the
+    time left, at least 50 ms and at most 500 ms.
+    """
+    return min(RESERVE_MAX, max(RESERVE_MIN, RESERVE * remaining))
 
 
 def budget_metadata(seconds: float) -> tuple[str, str]:

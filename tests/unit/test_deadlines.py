@@ -15,7 +15,15 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from creditnet.deadlines import BUDGET_KEY, CallerBudget, budget_metadata, rounding_allowance
+from creditnet.deadlines import (
+    BUDGET_KEY,
+    RESERVE_MAX,
+    RESERVE_MIN,
+    CallerBudget,
+    answer_reserve,
+    budget_metadata,
+    rounding_allowance,
+)
 from creditnet.errors import CreditnetError
 
 METHOD = "/creditnet.test.Deadline/Probe"
@@ -112,3 +120,10 @@ def test_the_stated_budget_is_rounded_down_and_bounded_to_eight_digits() -> None
     assert budget_metadata(9.9999) == (BUDGET_KEY, "9999")
     assert budget_metadata(-1) == (BUDGET_KEY, "0")
     assert budget_metadata(10**9) == (BUDGET_KEY, "99999999")
+
+
+def test_a_caller_keeps_back_a_bounded_share_of_its_time_for_the_answers_way_back() -> None:
+    assert answer_reserve(0.5) == RESERVE_MIN
+    assert answer_reserve(3.0) == pytest.approx(0.15)
+    assert answer_reserve(10.0) == RESERVE_MAX
+    assert answer_reserve(100.0) == RESERVE_MAX
