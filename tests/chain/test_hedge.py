@@ -117,3 +117,13 @@ def test_latency_is_a_moving_average_of_answers() -> None:
         h.asked()
         h.answered(0.01)
     assert h.latency == pytest.approx(0.01, abs=1e-4)
+
+
+def test_a_call_overtaken_by_a_newer_checkpoint_is_not_held_against_the_witness() -> None:
+    h = WitnessHealth(latency=0.01)
+    h.asked()
+    h.asked()
+    h.settled()
+    assert h.healthy and h.busy and h.latency == 0.01
+    h.answered(0.01)
+    assert h.healthy and not h.busy

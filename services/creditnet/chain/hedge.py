@@ -53,6 +53,10 @@ class WitnessHealth:
         self.failures = 0
         self.retry_at = 0.0
 
+    def settled(self) -> None:
+        """A call that ended telling nothing about the witness's health."""
+        self.in_flight = max(0, self.in_flight - 1)
+
     def failed(self, now: float) -> None:
         self.in_flight = max(0, self.in_flight - 1)
         self.failures += 1
