@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
+from creditnet.deadlines import answer_reserve, budget_metadata
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import EnvelopeVerifier, load_envelope
 from creditnet.limits import RETRY_AFTER_KEY
@@ -173,7 +174,11 @@ class BankClient:
                     resp = await self._stub.FederatedQuery(
                         aggregator_pb2.FederatedQueryRequest(query=query_env),
                         timeout=max(remaining, 0.001),
-                        metadata=metadata,
+                        # gRPC rounds the deadline it sends up (10 s goes out as
+                        # 10.1 s), and the answer needs time to come back: the
+                        # aggregator is told exactly when to have answered, so
+                        # that the sections that arrived are never lost.
+                        metadata=[*metadata, budget_metadata(remaining - answer_reserve(remaining))],
                     )
                     break
                 except grpc.aio.AioRpcError as exc:

@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from creditnet.chain.checkpoint import Checkpoint
 from creditnet.chain.keys import LogKey
-from creditnet.chain.ledger import Ledger, WitnessLink, enterprise_commitment
+from creditnet.chain.ledger import COSIGN_TIMEOUT, Ledger, WitnessLink, enterprise_commitment
 from creditnet.chain.merkle import leaf_hash, root_from_leaves
 from creditnet.chain.models import ENTRIES, HASHES
 from creditnet.chain.receipts import ReceiptError, check_commitment, verify_receipt
@@ -26,6 +26,7 @@ from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issu
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import Store
 from creditnet.v1 import chain_pb2, chain_pb2_grpc
+from tests.chain.peers import unresponsive_endpoint
 
 USCC = "91340104JURQ283FQ8"
 
@@ -272,3 +273,27 @@ def test_certificate_lists_round_trip_and_truncation_is_refused() -> None:
         unpack_certificates(packed[:-1])
     with pytest.raises(ValueError, match="trailing"):
         unpack_certificates(packed + b"\0")
+
+
+async def test_a_witness_that_never_answers_is_hedged_around_not_waited_for(rig: Rig) -> None:
+    async with unresponsive_endpoint() as endpoint:
+        ledger = rig.ledger()
+        frozen = WitnessLink.connect("national", endpoint, rig.hefei, rig.trust)
+        # First in the rotation: the very first round asks it.
+        ledger.witnesses.insert(0, frozen)
+        ledger.start()
+        try:
+            for i in range(12):
+                a = await ledger.append(entry(i))
+                # Well inside the 2 s a frozen witness takes to time out: no
+                # answer waits for it, not even the first.
+                r = await ledger.receipt(a.index, a.entry, COSIGN_TIMEOUT * 0.75)
+                vr = verify_receipt(rig.trust, r, "hefei")
+                assert len(vr.checkpoint.cosignatures) >= 3
+            # Remembered: not healthy, or still holding the one call it was sent.
+            assert frozen.health.busy or not frozen.health.healthy
+            assert frozen.health.in_flight <= 1
+            assert frozen.size is None
+        finally:
+            await ledger.stop()
+            ledger._store.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +22,7 @@ import grpc
 
 from creditnet.aggregator.directory import NodeDirectory
 from creditnet.chain.checkpoint import CosignedCheckpoint
+from creditnet.chain.hedge import WitnessHealth
 from creditnet.chain.keys import NETWORK_ORIGIN, LogKey
 from creditnet.chain.merkle import ProofError, verify_consistency
 from creditnet.chain.note import ALG_ED25519, Signer, sign_note
@@ -35,6 +35,18 @@ from creditnet.v1 import chain_pb2, chain_pb2_grpc
 log = logging.getLogger(__name__)
 
 INTERVAL = 2.0
+# Bounds on one city's read, and on how long a round waits for the cities
+# that usually answer before it signs with what it has.
+FETCH_TIMEOUT = 2.0
+ROUND_WAIT = 1.0
+# A city that answers these did not answer at all; any other refusal is an answer.
+UNRESPONSIVE = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    checkpoint: CosignedCheckpoint
+    note: str
 
 
 @dataclass
@@ -64,6 +76,8 @@ class NetworkCheckpointer:
         self.signer = Signer(NETWORK_ORIGIN, log_key.private_key, ALG_ED25519)
         self.head = self._load()
         self._task: asyncio.Task[None] | None = None
+        self._reading: dict[City, asyncio.Task[Fetched | None]] = {}
+        self._health = {c: WitnessHealth() for c in City}
 
     def _load(self) -> NetworkHead:
         if not self.state_file.exists():
@@ -96,10 +110,11 @@ class NetworkCheckpointer:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        tasks = [t for t in (self._task, *self._reading.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._reading.clear()
 
     async def _loop(self) -> None:
         while True:
@@ -109,17 +124,17 @@ class NetworkCheckpointer:
                 log.exception("network checkpoint round failed")
             await asyncio.sleep(INTERVAL)
 
-    async def _fetch(self, city: City) -> CosignedCheckpoint | None:
+    async def _fetch(self, city: City) -> Fetched | None:
         link = self.directory.get(city)
         if link is None:
             return None
         stub = chain_pb2_grpc.ChainServiceStub(link.channel)
         try:
-            resp = await stub.GetCheckpoint(chain_pb2.GetCheckpointRequest(), timeout=2)
+            resp = await stub.GetCheckpoint(chain_pb2.GetCheckpointRequest(), timeout=FETCH_TIMEOUT)
             cp = verify_checkpoint(
                 self.trust, resp.checkpoint, list(resp.key_certificates), city.value, self.quorum
             )
-        except (grpc.aio.AioRpcError, ReceiptError) as exc:
+        except ReceiptError as exc:
             log.info("no checkpoint from %s this round: %s", city.value, exc)
             return None
         prev = self.head.cities.get(city.value)
@@ -133,7 +148,7 @@ class NetworkCheckpointer:
                         chain_pb2.GetConsistencyProofRequest(
                             first_size=prev[0], second_size=cp.checkpoint.size
                         ),
-                        timeout=2,
+                        timeout=FETCH_TIMEOUT,
                     )
                     verify_consistency(
                         prev[0], cp.checkpoint.size, list(proof.proof), prev[1], cp.checkpoint.root_hash
@@ -141,13 +156,31 @@ class NetworkCheckpointer:
                 except ProofError as exc:
                     await self._evidence(city, "inconsistent", resp.checkpoint, str(exc))
                     return None
-                except grpc.aio.AioRpcError:
-                    return None
         elif prev is not None:
             await self._evidence(city, "rollback", resp.checkpoint, f"size {cp.checkpoint.size} < {prev[0]}")
             return None
-        self.head.city_notes[city.value] = resp.checkpoint
-        return cp
+        return Fetched(cp, resp.checkpoint)
+
+    async def _fetch_timed(self, city: City) -> Fetched | None:
+        """`_fetch`, keeping the city's health: whether it answers at all, and how fast."""
+        health = self._health[city]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        health.asked()
+        try:
+            got = await self._fetch(city)
+        except grpc.aio.AioRpcError as exc:
+            log.info("no checkpoint from %s this round: %s", city.value, exc.code().name)
+            if exc.code() in UNRESPONSIVE:
+                health.failed(loop.time())
+            else:
+                health.answered(loop.time() - start)
+            return None
+        except BaseException:
+            health.failed(loop.time())
+            raise
+        health.answered(loop.time() - start)
+        return got
 
     async def _evidence(self, city: City, kind: str, note: str, detail: str) -> None:
         await asyncio.to_thread(
@@ -160,13 +193,37 @@ class NetworkCheckpointer:
         )
 
     async def refresh(self) -> str:
-        results = await asyncio.gather(*(self._fetch(c) for c in City))
+        """One round: read every city's checkpoint and sign a network checkpoint over them.
+
+        A city that does not answer (a frozen node holds the call until its
+        timeout) must not hold back the others: the round waits only for
+        cities that answered last time, and at most ROUND_WAIT; a read still
+        running goes on in the background and counts in the round after it
+        ends. One read per city at a time, so each is checked against the
+        head it was read against.
+        """
+        waited: set[asyncio.Task[Fetched | None]] = set()
+        for city in City:
+            if city in self._reading:
+                continue
+            reading = asyncio.create_task(self._fetch_timed(city))
+            self._reading[city] = reading
+            if self._health[city].healthy:
+                waited.add(reading)
+        if waited:
+            await asyncio.wait(waited, timeout=ROUND_WAIT)
         changed = False
-        for city, cp in zip(City, results, strict=True):
-            if cp is not None and self.head.cities.get(city.value) != (
-                cp.checkpoint.size,
-                cp.checkpoint.root_hash,
-            ):
+        for city in City:
+            task = self._reading.get(city)
+            if task is None or not task.done():
+                continue
+            del self._reading[city]
+            fetched = _outcome(city, task)
+            if fetched is None:
+                continue
+            cp = fetched.checkpoint
+            self.head.city_notes[city.value] = fetched.note
+            if self.head.cities.get(city.value) != (cp.checkpoint.size, cp.checkpoint.root_hash):
                 self.head.cities[city.value] = (cp.checkpoint.size, cp.checkpoint.root_hash)
                 changed = True
         if changed or not self.head.note:
@@ -180,3 +237,13 @@ class NetworkCheckpointer:
             self.head.sequence, self.head.note = seq, note
             await asyncio.to_thread(self._save)
         return self.head.note
+
+
+def _outcome(city: City, task: asyncio.Task[Fetched | None]) -> Fetched | None:
+    if task.cancelled():
+        return None
+    exc = task.exception()
+    if exc is not None:
+        log.error("reading the checkpoint of %s failed", city.value, exc_info=exc)
+        return None
+    return task.result()

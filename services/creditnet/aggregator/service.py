@@ -18,6 +18,7 @@ from creditnet.aggregator.revocations import RevocationOutbox
 from creditnet.chain.keys import log_origin
 from creditnet.consent import verify_revocation
 from creditnet.dates import ts_to_proto, utcnow
+from creditnet.deadlines import CallerBudget
 from creditnet.domain import City
 from creditnet.envelope import EnvelopeVerifier
 from creditnet.errors import FailedPrecondition, PermissionDenied
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 NODE_QUERY = "/creditnet.v1.CityNodeService/Query"
 # How every refusal of a creditnet server begins: its rule id, then the reason.
 _NODE_RULE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+: ")
-# Time kept back from the caller's deadline to assemble and send the answer.
+# Time kept back from the caller's budget (its deadline less gRPC's rounding
+# of it, or the budget it stated) to assemble and send the answer.
 DEADLINE_MARGIN = 0.05
 S = aggregator_pb2
 
@@ -61,6 +63,8 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self, request: S.FederatedQueryRequest, context: grpc.aio.ServicerContext
     ) -> S.FederatedQueryResponse:
         peer = self.peers.require(context, RoleKind.BANK)
+        # Read first, so that checking the query counts against the caller's time.
+        caller = CallerBudget.of(context)
         # The same rules every node applies: refuse garbage here once
         # rather than five times, but the nodes still decide for themselves.
         aq = query_mod.authorize(self.verifier, request.query, city=None, now=utcnow())
@@ -73,7 +77,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         bind_query_id(aq.terms.query_id)
         if self.outbox.is_revoked(aq.consent.digest):
             raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
-        remaining = context.time_remaining()
+        remaining = caller.remaining()
         budget = self.default_timeout if remaining is None else max(0.0, remaining - DEADLINE_MARGIN)
         sections = await asyncio.gather(*(self._ask(city, request.query, budget) for city in aq.cities))
         return S.FederatedQueryResponse(query_id=aq.terms.query_id, sections=sections)

@@ -26,6 +26,7 @@ import grpc
 from sqlalchemy import insert, select, update
 
 from creditnet.chain.checkpoint import Checkpoint, Cosignature, SignedCheckpoint
+from creditnet.chain.hedge import WitnessHealth, hedge_delay, plan
 from creditnet.chain.keys import LogKey
 from creditnet.chain.models import CHECKPOINTS, pack_certificates, unpack_certificates
 from creditnet.chain.sqlstore import CacheMiss, KeptQueryAnswer, PendingEntry, SqlLog
@@ -56,6 +57,7 @@ class WitnessLink:
     channel: grpc.aio.Channel
     size: int | None = None
     last_error: str = ""
+    health: WitnessHealth = field(default_factory=WitnessHealth)
 
     @classmethod
     def connect(cls, name: str, endpoint: str, identity: Identity, trust: TrustStore) -> WitnessLink:
@@ -252,28 +254,36 @@ class Ledger:
         return True
 
     async def _gather_cosignatures(self, signed: SignedCheckpoint) -> tuple[list[Cosignature], list[bytes]]:
-        """Ask `quorum` witnesses (rotating, so every witness keeps up), more only if some fail."""
+        """Cosignatures from the first `quorum` witnesses to answer, hedged (see `chain.hedge`)."""
         cosigs: list[Cosignature] = []
         certs: list[bytes] = [self.log_key.certificate_der]
         if not self.witnesses:
             return cosigs, certs
-        n = len(self.witnesses)
-        order = [self.witnesses[(self._rotation + i) % n] for i in range(n)]
-        self._rotation = (self._rotation + 1) % n
-        waiting = order[: max(self.quorum, 1)]
-        spare = order[len(waiting) :]
-        pending = {asyncio.create_task(self._cosign(w, signed)) for w in waiting}
+        loop = asyncio.get_running_loop()
+        first, spares = plan(self.witnesses, lambda w: w.health, self.quorum, self._rotation, loop.time())
+        self._rotation = (self._rotation + 1) % len(self.witnesses)
+        delay = hedge_delay([w.health for w in first[: self.quorum]])
+        pending = {asyncio.create_task(self._cosign(w, signed)) for w in first}
+        hedge_at = loop.time() + delay
         while pending and len(cosigs) < self.quorum:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            wait = max(0.0, hedge_at - loop.time()) if spares else None
+            done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                # No quorum within the hedge delay: someone asked is stuck.
+                # Ask a spare per cosignature still missing, without waiting.
+                for _ in range(min(self.quorum - len(cosigs), len(spares))):
+                    pending.add(asyncio.create_task(self._cosign(spares.pop(0), signed)))
+                hedge_at = loop.time() + delay
+                continue
             for task in done:
                 got = task.result()
                 if got is not None:
                     cosigs.append(got[0])
                     certs.append(got[1])
-                elif spare:
-                    pending.add(asyncio.create_task(self._cosign(spare.pop(0), signed)))
+                elif spares:
+                    pending.add(asyncio.create_task(self._cosign(spares.pop(0), signed)))
         for task in pending:
-            # Late witnesses still record what they cosigned.
+            # Late witnesses still record what they cosigned (and how they did).
             self._background(task)
         return cosigs, certs
 
@@ -316,6 +326,26 @@ class Ledger:
         return await fut
 
     async def _cosign(self, w: WitnessLink, signed: SignedCheckpoint) -> tuple[Cosignature, bytes] | None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        w.health.asked()
+        got: tuple[Cosignature, bytes] | None = None
+        try:
+            got = await self._ask_witness(w, signed)
+        finally:
+            if got is not None:
+                w.health.answered(loop.time() - start)
+            elif (w.size or 0) > signed.checkpoint.size:
+                # Overtaken by a newer checkpoint it cosigned meanwhile (calls
+                # to one witness may cross): no fault of the witness.
+                w.health.settled()
+            else:
+                w.health.failed(loop.time())
+        return got
+
+    async def _ask_witness(
+        self, w: WitnessLink, signed: SignedCheckpoint
+    ) -> tuple[Cosignature, bytes] | None:
         size = signed.checkpoint.size
         for _ in range(2):
             old = w.size or 0
@@ -340,7 +370,9 @@ class Ledger:
                         w.size = int(known)
                         continue  # retry once from the size the witness has
                 return None
-            w.size = size
+            # Calls to one witness may finish out of order (a late one from an
+            # earlier round): the size it holds only ever grows.
+            w.size = max(w.size or 0, size)
             w.last_error = ""
             self.witness_certs[w.name] = resp.witness_key_certificate
             try:
