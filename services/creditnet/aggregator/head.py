@@ -43,6 +43,16 @@ class NetworkHead:
     note: str = ""
     city_notes: dict[str, str] = field(default_factory=dict)
     cities: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # The log-key certificates each city's checkpoint came with (its own and
+    # its witnesses'), so that GetNetworkCheckpoint is verifiable on its own.
+    city_certificates: dict[str, list[bytes]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    checkpoint: CosignedCheckpoint
+    note: str
+    certificates: list[bytes]
 
 
 class NetworkCheckpointer:
@@ -74,6 +84,9 @@ class NetworkCheckpointer:
             note=str(data["note"]),
             city_notes=dict(data["city_notes"]),
             cities={k: (int(v[0]), base64.b64decode(v[1])) for k, v in data["cities"].items()},
+            city_certificates={
+                k: [base64.b64decode(c) for c in v] for k, v in data.get("city_certificates", {}).items()
+            },
         )
 
     def _save(self) -> None:
@@ -86,6 +99,10 @@ class NetworkCheckpointer:
                     "city_notes": self.head.city_notes,
                     "cities": {
                         k: [v[0], base64.b64encode(v[1]).decode()] for k, v in self.head.cities.items()
+                    },
+                    "city_certificates": {
+                        k: [base64.b64encode(c).decode() for c in v]
+                        for k, v in self.head.city_certificates.items()
                     },
                 }
             )
@@ -109,7 +126,7 @@ class NetworkCheckpointer:
                 log.exception("network checkpoint round failed")
             await asyncio.sleep(INTERVAL)
 
-    async def _fetch(self, city: City) -> CosignedCheckpoint | None:
+    async def _fetch(self, city: City) -> Fetched | None:
         link = self.directory.get(city)
         if link is None:
             return None
@@ -146,8 +163,7 @@ class NetworkCheckpointer:
         elif prev is not None:
             await self._evidence(city, "rollback", resp.checkpoint, f"size {cp.checkpoint.size} < {prev[0]}")
             return None
-        self.head.city_notes[city.value] = resp.checkpoint
-        return cp
+        return Fetched(cp, resp.checkpoint, list(resp.key_certificates))
 
     async def _evidence(self, city: City, kind: str, note: str, detail: str) -> None:
         await asyncio.to_thread(
@@ -161,14 +177,18 @@ class NetworkCheckpointer:
 
     async def refresh(self) -> str:
         results = await asyncio.gather(*(self._fetch(c) for c in City))
+        # From here to the new note nothing awaits: GetNetworkCheckpoint never
+        # sees a city's checkpoint that the note it serves does not name.
         changed = False
-        for city, cp in zip(City, results, strict=True):
-            if cp is not None and self.head.cities.get(city.value) != (
-                cp.checkpoint.size,
-                cp.checkpoint.root_hash,
-            ):
-                self.head.cities[city.value] = (cp.checkpoint.size, cp.checkpoint.root_hash)
+        for city, got in zip(City, results, strict=True):
+            if got is None:
+                continue
+            head = (got.checkpoint.checkpoint.size, got.checkpoint.checkpoint.root_hash)
+            if self.head.cities.get(city.value) != head:
+                self.head.cities[city.value] = head
                 changed = True
+            self.head.city_notes[city.value] = got.note
+            self.head.city_certificates[city.value] = got.certificates
         if changed or not self.head.note:
             prev_hash = hashlib.sha256(self.head.note.encode()).digest()
             seq = self.head.sequence + 1
