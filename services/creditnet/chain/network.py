@@ -41,7 +41,7 @@ def verify_network_response(
     certificates = list(response.key_certificates)
     network = verify_network_checkpoint(trust, response.checkpoint, certificates)
     if set(network.cities) != {c.value for c in City}:
-        raise NetworkCheckpointError("a network checkpoint names every city exactly once")
+        raise NetworkCheckpointError("the network checkpoint does not verify: it must name every city once")
     cities: dict[str, CosignedCheckpoint] = {}
     for note in response.city_checkpoints:
         try:
