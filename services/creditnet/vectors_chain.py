@@ -149,6 +149,8 @@ def hefei_entries(envs: Any) -> list[chain_pb2.LedgerEntry]:
         "7d1f0a52-3b8e-4c6d-9e2f-1a0b3c4d5e6f",
         salt=bytes(16),
     )
+    # A refusal is logged from the signed query alone (node/service.py): no consent id.
+    refused.ClearField("consent_id")
     refused.refusal = "PERMISSION_DENIED consent.city_not_covered"
     answered = query(chain_pb2.ENTRY_KIND_QUERY_ANSWERED, at)
     answered.disclosed_digest = digest(envs.answer.payload)
@@ -158,6 +160,7 @@ def hefei_entries(envs: Any) -> list[chain_pb2.LedgerEntry]:
         at + dt.timedelta(minutes=3),
         "a3c5e7f9-1b2d-4f6a-8c0e-2d4f6a8c0e1b",
     )
+    expired.ClearField("consent_id")
     expired.refusal = "FAILED_PRECONDITION consent.expired"
     empty = query(
         chain_pb2.ENTRY_KIND_QUERY_ANSWERED,
