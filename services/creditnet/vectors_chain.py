@@ -69,7 +69,7 @@ class VectorLogKey:
         return x509.load_der_x509_certificate(self.key.certificate_der)
 
 
-def _log_key(label: str, name: str, issuer: Any, serial: int) -> VectorLogKey:
+def _log_key(label: str, name: str, issuer: vectors.FixedCA, serial: int) -> VectorLogKey:
     private = ed25519.Ed25519PrivateKey.from_private_bytes(derive_seed(label))
     template = issuer.ca.issue(
         Role.logkey(name),
@@ -105,7 +105,7 @@ class LogKeys:
         return [self.by_name[n].key.certificate_der for n in names]
 
 
-def make_log_keys(cast: Any) -> LogKeys:
+def make_log_keys(cast: vectors.Cast) -> LogKeys:
     keys = {n: _log_key(f"logkey-{n}", n, cast.ca, s) for n, s in LOG_CERT_SERIALS.items()}
     foreign = _log_key("logkey-hefei-foreign", "hefei", cast.foreign_ca, FOREIGN_SERIAL)
     return LogKeys(keys, foreign)
@@ -116,7 +116,7 @@ def make_log_keys(cast: Any) -> LogKeys:
 SALT: Final = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
 
 
-def hefei_entries(envs: Any) -> list[chain_pb2.LedgerEntry]:
+def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
     """Seven entries of the Hefei log, one of each kind and then some."""
     uscc = vectors.ENTERPRISE_USCC
     at = vectors.VERIFY_AT
@@ -285,7 +285,7 @@ NANJING_WITNESSES: Final = ("hefei", "shanghai", NATIONAL)
 RECEIPT_INDEX: Final = 2
 
 
-def make_chain(cast: Any, envs: Any) -> Chain:
+def make_chain(cast: vectors.Cast, envs: vectors.Envelopes) -> Chain:
     keys = make_log_keys(cast)
     entries = hefei_entries(envs)
     leaves = serialise(entries)
@@ -336,12 +336,6 @@ def _flip_last(data: bytes) -> bytes:
     return data[:-1] + bytes([data[-1] ^ 0x01])
 
 
-def _replace_line(note: str, index: int, new: str) -> str:
-    lines = note.split("\n")
-    lines[index] = new
-    return "\n".join(lines)
-
-
 def _checkpoint_case(
     name: str, description: str, note: str, certificates: Sequence[bytes], reason: str, log: str = "hefei"
 ) -> ChainNegative:
@@ -385,7 +379,7 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
         (int.from_bytes(changed_ts.signature[:8], "big") + 1).to_bytes(8, "big") + changed_ts.signature[8:],
     )
     # "007": signed by the log and every witness, but not canonical.
-    padded = Checkpoint(cp7.origin, 7, cp7.root_hash).to_note_text().replace("\n7\n", "\n007\n")
+    padded = text7.replace("\n7\n", "\n007\n")
     padded_sigs = [keys["hefei"].key.log_signer.sign(padded.encode())] + [
         keys[w].key.witness_signer.sign(padded.encode(), timestamp=_T0) for w in HEFEI_WITNESSES
     ]
@@ -394,9 +388,10 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
     foreign_note = foreign_signed.with_cosignatures(
         [cosign(cp7, keys[w].key.witness_signer, _T0) for w in HEFEI_WITNESSES]
     ).encode()
-    # Type confusion 1: Hefei's witness cosignature of Nanjing's checkpoint is an
-    # Ed25519 signature over "cosignature/v1\ntime T\n" || Nanjing's text; put
-    # under Hefei's log key name it does sign that message as a note text...
+    # Type confusion 1: Hefei's cosignature of Nanjing's checkpoint is an Ed25519
+    # signature of "cosignature/v1\ntime T\n" || Nanjing's text. Under Hefei's
+    # log key name (type 0x01) it is a valid signature of a note with that text,
+    # which the origin check then refuses: the text is no checkpoint.
     cp_n, note_n = chain.nanjing_2
     hefei_cosig = next(s for s in Note.parse(note_n).signatures if s.name == witness_name("hefei"))
     ts = int.from_bytes(hefei_cosig.signature[:8], "big")
@@ -593,7 +588,7 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
             "commitment-with-another-salt",
             "Entry 2's commitment checked against the enterprise's USCC with the salt reversed.",
             "commitment",
-            {"entry_index": 2, "uscc": _uscc(), "salt_hex": SALT[::-1].hex()},
+            {"entry_index": 2, "uscc": vectors.ENTERPRISE_USCC, "salt_hex": SALT[::-1].hex()},
             "commitment.mismatch",
         ),
         ChainNegative(
@@ -603,10 +598,10 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
             "commitment",
             {
                 "entry_index": 2,
-                "uscc": _uscc(),
+                "uscc": vectors.ENTERPRISE_USCC,
                 "salt_hex": SALT.hex(),
                 "commitment_hex": hashlib.sha256(
-                    COMMITMENT_CONTEXT.rstrip(b"\x00") + _uscc().encode() + SALT
+                    COMMITMENT_CONTEXT.rstrip(b"\x00") + vectors.ENTERPRISE_USCC.encode() + SALT
                 ).hexdigest(),
             },
             "commitment.mismatch",
@@ -638,10 +633,6 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
             "network.city_checkpoint",
         ),
     ]
-
-
-def _uscc() -> str:
-    return vectors.ENTERPRISE_USCC
 
 
 # --- rendering -------------------------------------------------------------------------
