@@ -10,13 +10,14 @@ GEN    := services/creditnet/v1/__init__.py
 PROTOS := $(wildcard protos/creditnet/v1/*.proto)
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup proto demo test lint typecheck buf-lint bench clean help
+.PHONY: setup proto vectors demo test lint typecheck buf-lint bench clean help
 
 help:
 	@echo "make demo   - run the five-city network on SQLite and show a federated query"
 	@echo "make test   - lint, type-check and run the whole test suite"
 	@echo "make bench  - benchmarks, as ratios against baselines measured in the same run"
 	@echo "make proto  - regenerate Python code from protos/"
+	@echo "make vectors - regenerate docs/test-vectors/ (byte-identical unless the protocol changed)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ setup: $(GEN)
 
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py
+
+vectors: setup
+	$(BIN)/python -m creditnet.vectors
 
 demo: setup
 	$(BIN)/creditnet demo

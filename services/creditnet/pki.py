@@ -476,6 +476,24 @@ class VerifiedLogKey:
     not_after: dt.datetime
 
 
+def _check_key_usage(leaf: x509.Certificate) -> None:
+    """The profile's keyUsage: present, critical, digitalSignature.
+
+    The RFC 5280 web profile of `cryptography.x509.verification` accepts a
+    leaf without keyUsage, or one for key encipherment only. Every key of the
+    network signs (envelopes, TLS handshakes, notes), so a certificate that
+    does not allow signing is refused, whoever issued it.
+    """
+    try:
+        ext = leaf.extensions.get_extension_for_class(x509.KeyUsage)
+    except x509.ExtensionNotFound:
+        raise Unauthenticated("cert.key_usage", "certificate has no keyUsage extension") from None
+    if not ext.critical or not ext.value.digital_signature:
+        raise Unauthenticated(
+            "cert.key_usage", "certificate keyUsage must be critical and allow digitalSignature"
+        )
+
+
 class TrustStore:
     """Validates certificate chains against the network CA, with a cache.
 
@@ -574,6 +592,7 @@ class TrustStore:
                 "cert.untrusted",
                 f"certificate does not chain to the network CA or is not valid now ({exc})",
             ) from None
+        _check_key_usage(certs[0])
         return certs[0]
 
     def verify_pem(self, pem: bytes, at: dt.datetime | None = None) -> VerifiedCert:

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
 from creditnet.errors import CreditnetError, PermissionDenied, Unauthenticated
 from creditnet.pki import Identity, Role, RoleKind, TrustStore
@@ -50,6 +52,55 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
 ]
+
+
+# grpcio-reflection ships only v1alpha; grpc.reflection.v1 is the same protocol
+# (identical messages and field numbers) under another package, which current
+# clients (grpcurl, Postman, grpc-java's ProtoReflectionService) ask first.
+REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+_V1ALPHA_PACKAGE = reflection_v1alpha_pb2.DESCRIPTOR.package
+
+
+def _describe_reflection_v1() -> None:
+    """Add grpc/reflection/v1/reflection.proto to the default pool, so v1 describes itself."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(REFLECTION_V1_SERVICE)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_v1alpha_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = "grpc.reflection.v1"
+    proto.ClearField("options")
+    old, new = f".{_V1ALPHA_PACKAGE}.", ".grpc.reflection.v1."
+    for message in proto.message_type:
+        for fld in message.field:
+            if fld.HasField("type_name"):
+                fld.type_name = fld.type_name.replace(old, new)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(old, new)
+            method.output_type = method.output_type.replace(old, new)
+    pool.Add(proto)
+
+
+def enable_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
+    """Serve server reflection as both grpc.reflection.v1 and grpc.reflection.v1alpha."""
+    _describe_reflection_v1()
+    names = [*service_names, REFLECTION_V1_SERVICE, reflection.SERVICE_NAME]
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    # The v1alpha message classes encode v1 messages byte for byte.
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_v1alpha_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_v1alpha_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1_SERVICE, {"ServerReflectionInfo": handler}),)
+    )
 
 
 def server_credentials(identity: Identity, trust: TrustStore) -> grpc.ServerCredentials:
@@ -115,8 +166,7 @@ async def start_server(
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server)
+    enable_reflection(server, [*service_names, health.SERVICE_NAME])
     port = server.add_secure_port(listen, server_credentials(identity, trust))
     if port == 0:
         raise OSError(f"cannot listen on {listen}")

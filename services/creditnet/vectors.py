@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -88,10 +88,10 @@ def derive_key(label: str) -> ec.EllipticCurvePrivateKey:
     return ec.derive_private_key(h % (_P256_ORDER - 1) + 1, ec.SECP256R1())
 
 
-def _restamp(
+def restamp(
     template: x509.Certificate,
     *,
-    public_key: ec.EllipticCurvePublicKey,
+    public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
     issuer_key: ec.EllipticCurvePrivateKey,
     serial: int,
     not_before: dt.datetime,
@@ -133,7 +133,7 @@ class FixedCA:
 def make_ca(label: str, name: str, serial: int) -> FixedCA:
     key = derive_key(label)
     template = CertificateAuthority.create(name).cert
-    cert = _restamp(
+    cert = restamp(
         template,
         public_key=key.public_key(),
         issuer_key=key,
@@ -155,7 +155,7 @@ def make_participant(
 ) -> Participant:
     key = derive_key(label)
     template = issuer.ca.issue(role, key.public_key(), not_before=not_before, validity=not_after - not_before)
-    cert = _restamp(
+    cert = restamp(
         template,
         public_key=key.public_key(),
         issuer_key=issuer.ca.key,
@@ -446,7 +446,7 @@ def make_negatives(cast: Cast, envs: Envelopes) -> list[Negative]:
 # --- rendering -----------------------------------------------------------------
 
 
-def _time(value: dt.datetime) -> str:
+def time_text(value: dt.datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -454,7 +454,7 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def _message_json(msg: Message) -> Any:
+def message_json(msg: Message) -> Any:
     return json.loads(json_format.MessageToJson(msg, preserving_proto_field_name=True))
 
 
@@ -467,7 +467,7 @@ def _payload_json(payload_type: str, payload: bytes) -> Any:
     }[payload_type]
     msg = cls()
     msg.ParseFromString(payload)
-    return _message_json(msg)
+    return message_json(msg)
 
 
 def _cert_entry(label: str, issuer: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Any:
@@ -489,8 +489,8 @@ def _cert_entry(label: str, issuer: str, cert: x509.Certificate, key: ec.Ellipti
         "dns_names": dns,
         "ip_addresses": ips,
         "serial": cert.serial_number,
-        "not_before": _time(cert.not_valid_before_utc),
-        "not_after": _time(cert.not_valid_after_utc),
+        "not_before": time_text(cert.not_valid_before_utc),
+        "not_after": time_text(cert.not_valid_after_utc),
         "private_scalar_hex": f"{numbers.private_value:064x}",
         "public_key_uncompressed_hex": pub.hex(),
         "private_key_pem": key_to_pem(key).decode(),
@@ -506,7 +506,7 @@ def _labels(cast: Cast) -> dict[bytes, str]:
 def _envelope_entry(env: envelope_pb2.SignedEnvelope, labels: dict[bytes, str]) -> Any:
     return {
         "envelope_hex": env.SerializeToString(deterministic=True).hex(),
-        "envelope_json": _message_json(env),
+        "envelope_json": message_json(env),
         "signatures": [
             {
                 "signature_hex": s.signature.hex(),
@@ -517,8 +517,14 @@ def _envelope_entry(env: envelope_pb2.SignedEnvelope, labels: dict[bytes, str]) 
     }
 
 
-def render(cast: Cast, envs: Envelopes, negatives: Sequence[Negative]) -> dict[str, bytes]:
-    """File name -> exact file content."""
+def render(
+    cast: Cast,
+    envs: Envelopes,
+    negatives: Sequence[Negative],
+    log_keys: Sequence[Any] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, bytes]:
+    """File name -> exact file content; `extra` documents (the chain's) are added as they are."""
     labels = _labels(cast)
     keys = {
         "format_version": FORMAT_VERSION,
@@ -535,6 +541,8 @@ def render(cast: Cast, envs: Envelopes, negatives: Sequence[Negative]) -> dict[s
         "participants": [
             _cert_entry(p.label, p.issuer, p.identity.cert, p.identity.key) for p in cast.participants
         ],
+        "log_keys_derivation": "Ed25519 seed = SHA-256('creditnet test vector key v1: ' || label)",
+        "log_keys": list(log_keys),
     }
     pae_cases = [
         ("http://example.com/HelloWorld", b"hello world"),
@@ -570,7 +578,7 @@ def render(cast: Cast, envs: Envelopes, negatives: Sequence[Negative]) -> dict[s
                 "pae_hex": p.hex(),
                 "pae_sha256_hex": hashlib.sha256(p).hexdigest(),
                 **_envelope_entry(env, labels),
-                "verify_at": _time(VERIFY_AT),
+                "verify_at": time_text(VERIFY_AT),
                 "expect": "valid",
             }
         )
@@ -599,7 +607,7 @@ def render(cast: Cast, envs: Envelopes, negatives: Sequence[Negative]) -> dict[s
                 "check": n.check,
                 "expected_type": n.expected_type,
                 "node_city": n.node_city.value if n.node_city else None,
-                "verify_at": _time(n.at),
+                "verify_at": time_text(n.at),
                 **_envelope_entry(n.envelope, labels),
                 "expect": {"rule": n.rule, "code": n.code},
             }
@@ -611,6 +619,7 @@ def render(cast: Cast, envs: Envelopes, negatives: Sequence[Negative]) -> dict[s
         "pae.json": pae_doc,
         "envelopes.json": envelopes_doc,
         "negative.json": negative_doc,
+        **(extra or {}),
     }
     return {
         name: (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
@@ -619,9 +628,18 @@ def render(cast: Cast, envs: Envelopes, negatives: Sequence[Negative]) -> dict[s
 
 
 def generate() -> dict[str, bytes]:
+    from creditnet import vectors_chain
+
     cast = make_cast()
     envs = make_envelopes(cast)
-    return render(cast, envs, make_negatives(cast, envs))
+    chain = vectors_chain.make_chain(cast, envs)
+    return render(
+        cast,
+        envs,
+        make_negatives(cast, envs),
+        log_keys=vectors_chain.log_keys_json(chain.keys),
+        extra=vectors_chain.render(chain, vectors_chain.make_chain_negatives(chain)),
+    )
 
 
 def default_directory() -> Path:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from creditnet.chain.keys import LogKey
 from creditnet.cli.main import app
 from creditnet.domain import City
-from creditnet.pki import Identity, Role, role_of
+from creditnet.pki import Identity, Role, TrustStore, role_of
 from tests.deploy.helpers import DEPLOY, env_path, load_compose, tool
 
 SCRIPT = DEPLOY / "pki-bootstrap.sh"
@@ -90,6 +91,19 @@ def test_every_server_gets_its_identity_and_log_key(pki_dir: Path) -> None:
         assert dns in names.get_values_for_type(x509.DNSName)
         assert (d / "ca.pem").read_bytes() == ca_pem
         assert LogKey.load(d / "logkey.pem", d / "logkey.key").name == logkey_name
+
+
+def test_every_certificate_the_script_issues_passes_the_verifiers_profile(pki_dir: Path) -> None:
+    """Chain, keyUsage (critical, digitalSignature), key type and role, as every verifier checks."""
+    trust = TrustStore.load(pki_dir / "ca" / "ca.pem")
+    for directory in [*(f"{c}/node" for c in RUN_CITIES), "aggregator"]:
+        d = pki_dir / directory
+        assert (
+            trust.verify_pem((d / "cert.pem").read_bytes()).role
+            == Identity.load(d / "cert.pem", d / "cert.key").role
+        )
+        logkey = x509.load_pem_x509_certificate((d / "logkey.pem").read_bytes())
+        trust.verify_log_key(logkey.public_bytes(serialization.Encoding.DER))
 
 
 def test_secrets_are_private_and_passwords_distinct(pki_dir: Path) -> None:

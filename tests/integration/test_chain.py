@@ -22,11 +22,20 @@ from sqlalchemy import update
 
 from creditnet import query as query_mod
 from creditnet import synthetic
-from creditnet.chain.audit import AuditState, ProblemKind, audit, survey, verify_network_checkpoint
+from creditnet.chain.audit import (
+    AuditState,
+    NetworkCheckpointError,
+    ProblemKind,
+    audit,
+    survey,
+    verify_network_checkpoint,
+)
 from creditnet.chain.history import HistoryError, Outcome, build_request, fetch_history, verify_history
 from creditnet.chain.keys import log_origin
 from creditnet.chain.ledger import Appended, Ledger
 from creditnet.chain.models import ENTRIES, HASHES, META
+from creditnet.chain.network import verify_network_response
+from creditnet.chain.note import Note
 from creditnet.chain.receipts import verify_receipt
 from creditnet.chain.sqlstore import SqlLog
 from creditnet.domain import ALL_CITIES, Category, City, Purpose
@@ -353,6 +362,47 @@ async def test_the_network_checkpoint_is_signed_and_heads_every_city(
     assert result.exit_code == (3 if direct else 0), result.output
     human = await cli("status", "--network", str(layout.root))
     assert "signed by the aggregator" in human.stdout
+
+
+async def test_the_network_checkpoint_verifies_from_its_own_response_and_the_ca_alone(
+    network: InProcessNetwork, layout: NetworkLayout
+) -> None:
+    async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
+        await bank.query(layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION)
+    published = (await settled(network, City.HEFEI)).published
+    assert published is not None
+    # Nothing but the CA certificate, as a verifier in another language would have.
+    only_ca = TrustStore.load(layout.ca)
+    async with secure_channel(
+        layout.aggregator_endpoint, layout.bank(), only_ca, AGGREGATOR_SERVER_NAME
+    ) as ch:
+        stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
+        for _ in range(100):
+            resp = await stub.GetNetworkCheckpoint(aggregator_pb2.GetNetworkCheckpointRequest(), timeout=5)
+            verified = verify_network_response(only_ca, resp, quorum(layout))
+            if verified.network.cities["hefei"][0] >= published.size:
+                break
+            await asyncio.sleep(0.1)
+    assert sorted(verified.cities) == sorted(c.value for c in City)
+    for name, cp in verified.cities.items():
+        assert verified.network.cities[name] == (cp.checkpoint.size, cp.checkpoint.root_hash)
+        assert len(cp.cosignatures) >= quorum(layout)
+    assert [Note.parse(n).text.split("\n")[0] for n in resp.city_checkpoints] == [
+        log_origin(c.value) for c in City
+    ]
+    # Each part of the response is needed: without the witnesses' certificates
+    # no city checkpoint reaches its quorum; a city left out is noticed.
+    national = resp.key_certificates[0]
+    bare = aggregator_pb2.GetNetworkCheckpointResponse()
+    bare.CopyFrom(resp)
+    bare.key_certificates[:] = [national, *(c for c in resp.key_certificates[1:] if c != national)][:2]
+    with pytest.raises(NetworkCheckpointError, match="does not verify"):
+        verify_network_response(only_ca, bare, quorum(layout))
+    del bare.key_certificates[:]
+    bare.key_certificates.extend(resp.key_certificates)
+    del bare.city_checkpoints[0]
+    with pytest.raises(NetworkCheckpointError, match="missing"):
+        verify_network_response(only_ca, bare, quorum(layout))
 
 
 async def test_a_node_that_answers_without_logging_is_caught_by_the_bank(

@@ -175,6 +175,14 @@ async def test_every_server_serves_health_and_reflection(
             )
             services = [s.name async for resp in stream for s in resp.list_services_response.service]
             assert service in services and "grpc.health.v1.Health" in services
+            assert "grpc.reflection.v1.ServerReflection" in services
+            # grpc.reflection.v1 is the same protocol under its own name (what grpcurl asks first).
+            v1 = ch.stream_stream(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            assert services == [s.name async for resp in v1 for s in resp.list_services_response.service]
 
 
 async def test_query_lifetime_is_bounded(layout: NetworkLayout) -> None:

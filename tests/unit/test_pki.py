@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 from hypothesis import given
 from hypothesis import strategies as st
 
 from creditnet.dates import utcnow
 from creditnet.domain import Category, City
+from creditnet.envelope import CONSENT_TYPE, EnvelopeVerifier, sign
 from creditnet.errors import InvalidArgument, Unauthenticated
 from creditnet.pki import (
     AGGREGATOR_SERVER_NAME,
@@ -66,12 +67,29 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+def _key_usage(*, digital_signature: bool = True, key_encipherment: bool = False) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _leaf_with_names(
     ca: CertificateAuthority,
     names: Sequence[x509.GeneralName] | None,
-    key: ec.EllipticCurvePrivateKey | None = None,
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | None = None,
+    *,
+    key_usage: tuple[x509.KeyUsage, bool] | None = (_key_usage(), True),
 ) -> x509.Certificate:
-    """A CA-signed leaf with the network profile but arbitrary subject alternative names."""
+    """A CA-signed leaf with the network profile but arbitrary subject alternative names
+    (and, if given, another keyUsage extension and criticality, or none)."""
     public_key = (key or generate_key()).public_key()
     builder = (
         x509.CertificateBuilder()
@@ -93,6 +111,8 @@ def _leaf_with_names(
     )
     if names is not None:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage[0], critical=key_usage[1])
     return builder.sign(ca.key, hashes.SHA256())
 
 
@@ -474,3 +494,73 @@ def test_signer_keys_must_be_p256(ca: CertificateAuthority, trust: TrustStore) -
 def test_role_kinds_cover_the_documented_roles() -> None:
     documented = {"node", "aggregator", "bank", "enterprise", "provider", "operator", "logkey"}
     assert {k.value for k in RoleKind} == documented
+
+
+# --- keyUsage ------------------------------------------------------------------
+
+NOT_FOR_SIGNING = {
+    "no-key-usage": None,
+    "key-encipherment-only": (_key_usage(digital_signature=False, key_encipherment=True), True),
+    "not-critical": (_key_usage(), False),
+}
+
+
+@pytest.mark.parametrize("key_usage", NOT_FOR_SIGNING.values(), ids=NOT_FOR_SIGNING.keys())
+def test_a_certificate_that_does_not_allow_signing_is_refused(
+    ca: CertificateAuthority, trust: TrustStore, key_usage: tuple[x509.KeyUsage, bool] | None
+) -> None:
+    """The RFC 5280 web profile alone would accept each of these forged certificates."""
+    bank = [x509.UniformResourceIdentifier("creditnet://bank/B1")]
+    cert = _leaf_with_names(ca, bank, key_usage=key_usage)
+    with pytest.raises(Unauthenticated) as err:
+        trust.verify_chain([_der(cert)], NOW)
+    assert err.value.rule == "cert.key_usage"
+    with pytest.raises(Unauthenticated) as pem_err:
+        trust.verify_pem(cert.public_bytes(serialization.Encoding.PEM), NOW)
+    assert pem_err.value.rule == "cert.key_usage"
+    # The same certificate with the profile's keyUsage verifies.
+    assert trust.verify_chain([_der(_leaf_with_names(ca, bank))], NOW).role == Role.bank("B1")
+
+
+@pytest.mark.parametrize("key_usage", NOT_FOR_SIGNING.values(), ids=NOT_FOR_SIGNING.keys())
+def test_a_log_key_certificate_that_does_not_allow_signing_is_refused(
+    ca: CertificateAuthority, trust: TrustStore, key_usage: tuple[x509.KeyUsage, bool] | None
+) -> None:
+    names = [x509.UniformResourceIdentifier("creditnet://logkey/hefei")]
+    key = ed25519.Ed25519PrivateKey.generate()
+    with pytest.raises(Unauthenticated) as err:
+        trust.verify_log_key(_der(_leaf_with_names(ca, names, key, key_usage=key_usage)), NOW)
+    assert err.value.rule == "cert.key_usage"
+    assert trust.verify_log_key(_der(_leaf_with_names(ca, names, key)), NOW).name == "hefei"
+
+
+def test_an_envelope_signed_under_a_certificate_not_for_signing_is_refused(
+    ca: CertificateAuthority, trust: TrustStore
+) -> None:
+    key = generate_key()
+    names = [x509.UniformResourceIdentifier(f"creditnet://enterprise/{USCC}")]
+    forged = _leaf_with_names(ca, names, key, key_usage=NOT_FOR_SIGNING["key-encipherment-only"])
+    signer = Identity.from_objects(key, forged)
+    env = sign(CONSENT_TYPE, b"\x0a\x01x", signer)
+    with pytest.raises(Unauthenticated) as err:
+        EnvelopeVerifier(trust).verify(env, CONSENT_TYPE, what="consent", at=NOW)
+    assert err.value.rule == "consent.cert.key_usage"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=str)
+def test_every_certificate_the_ca_issues_meets_the_verifiers_profile(
+    ca: CertificateAuthority, trust: TrustStore, role: Role
+) -> None:
+    if role.kind is RoleKind.LOGKEY:
+        key = ed25519.Ed25519PrivateKey.generate()
+        cert = ca.issue(role, key.public_key(), not_before=ISSUED)
+        assert trust.verify_log_key(_der(cert), NOW).name == role.subject
+    else:
+        ident = issued(ca, role, dns_names=["extra.example.org"])
+        assert trust.verify_chain(ident.chain_der, NOW).role == role
+        cert = ident.cert
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    assert ku.critical and ku.value.digital_signature
+    csr_key = generate_key()
+    from_csr = ca.issue_from_csr(make_csr(csr_key, Role.bank("B9")), Role.bank("B9"), not_before=ISSUED)
+    assert trust.verify_chain([_der(from_csr)], NOW).role == Role.bank("B9")

@@ -43,18 +43,22 @@ ROUND_WAIT = 1.0
 UNRESPONSIVE = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    checkpoint: CosignedCheckpoint
-    note: str
-
-
 @dataclass
 class NetworkHead:
     sequence: int = 0
     note: str = ""
     city_notes: dict[str, str] = field(default_factory=dict)
     cities: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # The log-key certificates each city's checkpoint came with (its own and
+    # its witnesses'), so that GetNetworkCheckpoint is verifiable on its own.
+    city_certificates: dict[str, list[bytes]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    checkpoint: CosignedCheckpoint
+    note: str
+    certificates: list[bytes]
 
 
 class NetworkCheckpointer:
@@ -88,6 +92,9 @@ class NetworkCheckpointer:
             note=str(data["note"]),
             city_notes=dict(data["city_notes"]),
             cities={k: (int(v[0]), base64.b64decode(v[1])) for k, v in data["cities"].items()},
+            city_certificates={
+                k: [base64.b64decode(c) for c in v] for k, v in data.get("city_certificates", {}).items()
+            },
         )
 
     def _save(self) -> None:
@@ -100,6 +107,10 @@ class NetworkCheckpointer:
                     "city_notes": self.head.city_notes,
                     "cities": {
                         k: [v[0], base64.b64encode(v[1]).decode()] for k, v in self.head.cities.items()
+                    },
+                    "city_certificates": {
+                        k: [base64.b64encode(c).decode() for c in v]
+                        for k, v in self.head.city_certificates.items()
                     },
                 }
             )
@@ -159,7 +170,7 @@ class NetworkCheckpointer:
         elif prev is not None:
             await self._evidence(city, "rollback", resp.checkpoint, f"size {cp.checkpoint.size} < {prev[0]}")
             return None
-        return Fetched(cp, resp.checkpoint)
+        return Fetched(cp, resp.checkpoint, list(resp.key_certificates))
 
     async def _fetch_timed(self, city: City) -> Fetched | None:
         """`_fetch`, keeping the city's health: whether it answers at all, and how fast."""
@@ -212,6 +223,8 @@ class NetworkCheckpointer:
                 waited.add(reading)
         if waited:
             await asyncio.wait(waited, timeout=ROUND_WAIT)
+        # From here to the new note nothing awaits: GetNetworkCheckpoint never
+        # sees a city's checkpoint that the note it serves does not name.
         changed = False
         for city in City:
             task = self._reading.get(city)
@@ -222,10 +235,11 @@ class NetworkCheckpointer:
             if fetched is None:
                 continue
             cp = fetched.checkpoint
-            self.head.city_notes[city.value] = fetched.note
             if self.head.cities.get(city.value) != (cp.checkpoint.size, cp.checkpoint.root_hash):
                 self.head.cities[city.value] = (cp.checkpoint.size, cp.checkpoint.root_hash)
                 changed = True
+            self.head.city_notes[city.value] = fetched.note
+            self.head.city_certificates[city.value] = fetched.certificates
         if changed or not self.head.note:
             prev_hash = hashlib.sha256(self.head.note.encode()).digest()
             seq = self.head.sequence + 1

@@ -181,10 +181,17 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self.peers.role(context)
         if self.head is None or not self.head.head.note:
             raise FailedPrecondition("chain.unpublished", "no network checkpoint has been made yet")
+        head = self.head.head
+        cities = [c.value for c in City if c.value in head.city_notes]
+        # Everything a verifier needs besides the CA certificate: the national
+        # key, and each city's log key and witnesses (docs/chain.md).
+        certificates = [self.head.log_key.certificate_der]
+        for city in cities:
+            certificates += head.city_certificates.get(city, [])
         return S.GetNetworkCheckpointResponse(
-            checkpoint=self.head.head.note,
-            city_checkpoints=[self.head.head.city_notes[c] for c in sorted(self.head.head.city_notes)],
-            key_certificates=[self.head.log_key.certificate_der],
+            checkpoint=head.note,
+            city_checkpoints=[head.city_notes[c] for c in cities],
+            key_certificates=list(dict.fromkeys(certificates)),
         )
 
 
