@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-GEN    := services/creditnet/v1/__init__.py
-PROTOS := $(wildcard protos/creditnet/v1/*.proto)
+GEN    := services/creditnet/v1/__init__.py services/creditnet/v2/__init__.py
+PROTOS := $(wildcard protos/creditnet/v1/*.proto protos/creditnet/v2/*.proto)
 BUF    := node_modules/.bin/buf
 
 .PHONY: setup proto demo test lint typecheck buf-lint bench clean help
@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-$(GEN): $(STAMP) $(PROTOS) protos/generate.py
+# One run generates every version; a grouped target so make runs it once.
+$(GEN) &: $(STAMP) $(PROTOS) protos/generate.py
 	$(BIN)/python protos/generate.py
 
 setup: $(GEN)
@@ -64,4 +65,4 @@ bench-scale: setup
 	$(BIN)/python -m creditnet.bench.scale $(BENCH_SCALE_ARGS)
 
 clean:
-	rm -rf $(VENV) services/creditnet/v1 node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) services/creditnet/v1 services/creditnet/v2 node_modules .mypy_cache .ruff_cache .pytest_cache
