@@ -18,7 +18,7 @@ from creditnet.errors import CreditnetError
 from creditnet.pki import TrustStore
 from creditnet.v2 import envelope_pb2
 
-PATH = Path(__file__).resolve().parents[2] / "docs" / "test-vectors" / FILE_NAME
+PATH = Path(__file__).resolve().parents[2] / "docs" / "test-vectors" / "v2" / FILE_NAME
 DOC = json.loads(PATH.read_text(encoding="utf-8"))
 
 
