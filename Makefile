@@ -56,6 +56,12 @@ test: setup lint typecheck buf-lint
 bench: setup
 	$(BIN)/python -m creditnet.bench
 
+# Network directory verification time and size at 5, 50 and 333 cities;
+# prints a table and writes bench-directory.json here.
+.PHONY: bench-directory
+bench-directory: setup
+	$(BIN)/python -m creditnet.bench.directory
+
 # A Shanghai-sized node store (3,000,000 enterprises, 30,000,000 records) on
 # SQLite and PostgreSQL: ingestion rate, memory as it grows, read latency.
 # About an hour on 2 cores; scale down with
