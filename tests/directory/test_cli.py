@@ -124,3 +124,20 @@ def test_the_directory_command_has_help() -> None:
     ).stdout
     for command in ("init", "show", "verify", "sign", "anchor"):
         assert command in out
+
+
+def test_init_from_a_network_state_dir_takes_its_ca_and_endpoints(tmp_path: Path) -> None:
+    from creditnet.domain import City
+    from creditnet.network import NetworkLayout, provision
+
+    layout: NetworkLayout = provision(tmp_path / "net", enterprises_per_city=5, seed=11)
+    result = cli("directory", "init", "--network", tmp_path / "net", "--out", tmp_path / "d")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(cli("directory", "show", tmp_path / "d" / "directory.json", "--json").output)
+    endpoints = {c["code"]: c["endpoints"] for c in shown["cities"]}
+    assert endpoints["320100"] == [layout.node_endpoint(City.NANJING)]
+    assert endpoints["310000"] == [layout.node_endpoint(City.SHANGHAI)]
+    assert shown["aggregators"][0]["endpoints"] == [layout.aggregator_endpoint]
+    anchor = (tmp_path / "d" / "anchor.sha256").read_text().strip()
+    ok = cli("directory", "verify", tmp_path / "d" / "directory.json", "--ca", layout.ca, "--anchor", anchor)
+    assert ok.exit_code == 0, ok.output
