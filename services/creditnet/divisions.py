@@ -22,9 +22,10 @@ belongs to; docs/directory.md states the algorithm.
 English names are not in any maintained code-list package, so they are
 derived: Hanyu Pinyin from `pypinyin`, with the CC-CEDICT phrase readings of
 `pypinyin-dict` (which read place names such as 长治 Changzhi, 漯河 Luohe and
-朝阳 Chaoyang correctly where the default readings do not). They are loaded
-only when an English name is first asked for (about 2 s and 100 MB), so a
-server that only maps codes never pays for them.
+朝阳 Chaoyang correctly where the default readings do not). Both are the
+optional extra ``creditnet[names]`` (about 100 MB installed, 2 s to load):
+only tools that build directories need them, since names travel in the
+directory; they are loaded when an English name is first asked for.
 """
 
 from __future__ import annotations
@@ -202,16 +203,20 @@ _pinyin_lock = threading.Lock()
 @functools.cache
 def _pinyin_loaded() -> bool:
     with _pinyin_lock:
-        from pypinyin_dict.phrase_pinyin_data import cc_cedict
-
+        try:
+            from pypinyin_dict.phrase_pinyin_data import cc_cedict
+        except ImportError:
+            raise DivisionError(
+                "division.names", "English names need the optional extra: pip install 'creditnet[names]'"
+            ) from None
         cc_cedict.load()
     return True
 
 
 def _word(hanzi: str) -> str:
+    _pinyin_loaded()
     from pypinyin import Style, lazy_pinyin
 
-    _pinyin_loaded()
     syllables = lazy_pinyin(hanzi, style=Style.NORMAL, v_to_u=True)
     out = ""
     for i, syl in enumerate(syllables):
