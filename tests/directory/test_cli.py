@@ -141,3 +141,33 @@ def test_init_from_a_network_state_dir_takes_its_ca_and_endpoints(tmp_path: Path
     anchor = (tmp_path / "d" / "anchor.sha256").read_text().strip()
     ok = cli("directory", "verify", tmp_path / "d" / "directory.json", "--ca", layout.ca, "--anchor", anchor)
     assert ok.exit_code == 0, ok.output
+
+
+def test_a_governance_key_issued_with_pki_issue_can_sign(made: Path) -> None:
+    issued = cli(
+        "pki",
+        "issue",
+        "--ca-dir",
+        made / "ca",
+        "--role",
+        "governance",
+        "--code",
+        "gov-9",
+        "--out",
+        made / "gov-9",
+    )
+    assert issued.exit_code == 0, issued.output
+    signed = cli(
+        "directory",
+        "sign",
+        made / "d" / "directory.json",
+        "--cert",
+        made / "gov-9.pem",
+        "--key",
+        made / "gov-9.key",
+        "--out",
+        made / "more.json",
+    )
+    assert signed.exit_code == 0, signed.output
+    shown = json.loads(cli("directory", "show", made / "more.json", "--json").output)
+    assert shown["signatures_by"][-1] == "creditnet://governance/gov-9"

@@ -388,3 +388,26 @@ def test_governance_role_uris_round_trip() -> None:
     role = Role.governance("alice")
     assert role.uri == "creditnet://governance/alice"
     assert Role.parse_uri(role.uri) == role
+
+
+def test_a_directory_of_every_prefecture_level_city_and_municipality_verifies(world: World) -> None:
+    from creditnet import divisions
+    from creditnet.chain.keys import LogKey
+    from creditnet.directory.build import MemberSpec, make_directory
+
+    cities = [
+        MemberSpec(d.code, (f"127.0.0.1:{10000 + i}",), LogKey.issue(world.ca, d.code).certificate_der)
+        for i, d in enumerate(divisions.cities())
+    ]
+    d = make_directory(
+        version=1,
+        issued_at=NOW - dt.timedelta(minutes=1),
+        cities=cities,
+        aggregators=[world.members["national"]],
+        governance=world.gov,
+        threshold=2,
+    )
+    env = sign(d, world.gov[:2])
+    v = verify(env, trust=world.trust, anchor_sha256=anchor(env))
+    assert len(v.directory.cities) == 337
+    assert all(len(w.witnesses) == 4 and w.quorum == 3 for w in v.directory.witness_assignments)
