@@ -411,3 +411,11 @@ def test_a_directory_of_every_prefecture_level_city_and_municipality_verifies(wo
     v = verify(env, trust=world.trust, anchor_sha256=anchor(env))
     assert len(v.directory.cities) == 337
     assert all(len(w.witnesses) == 4 and w.quorum == 3 for w in v.directory.witness_assignments)
+
+
+def test_every_directory_rule_is_in_the_protocol_rule_table_with_its_code() -> None:
+    from creditnet.directory.errors import RULES
+
+    table = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    for rule, (cls, _) in RULES.items():
+        assert f"| `{rule}` | `{cls.code.name}` |" in table, rule
