@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-GEN    := services/creditnet/v1/__init__.py
-PROTOS := $(wildcard protos/creditnet/v1/*.proto)
+GEN    := services/creditnet/v1/__init__.py services/creditnet/v2/__init__.py
+PROTOS := $(wildcard protos/creditnet/v1/*.proto protos/creditnet/v2/*.proto)
 BUF    := node_modules/.bin/buf
 
 .PHONY: setup proto vectors demo test lint typecheck buf-lint bench clean help
@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-$(GEN): $(STAMP) $(PROTOS) protos/generate.py
+# One run generates every version; a grouped target so make runs it once.
+$(GEN) &: $(STAMP) $(PROTOS) protos/generate.py
 	$(BIN)/python protos/generate.py
 
 setup: $(GEN)
@@ -59,6 +60,12 @@ test: setup lint typecheck buf-lint
 bench: setup
 	$(BIN)/python -m creditnet.bench
 
+# Network directory verification time and size at 5, 50 and 333 cities;
+# prints a table and writes bench-directory.json here.
+.PHONY: bench-directory
+bench-directory: setup
+	$(BIN)/python -m creditnet.bench.directory
+
 # A Shanghai-sized node store (3,000,000 enterprises, 30,000,000 records) on
 # SQLite and PostgreSQL: ingestion rate, memory as it grows, read latency.
 # About an hour on 2 cores; scale down with
@@ -68,4 +75,4 @@ bench-scale: setup
 	$(BIN)/python -m creditnet.bench.scale $(BENCH_SCALE_ARGS)
 
 clean:
-	rm -rf $(VENV) services/creditnet/v1 node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) services/creditnet/v1 services/creditnet/v2 node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,9 @@
-"""Regenerate the Python code for protos/creditnet/v1 into services/creditnet/v1.
+"""Regenerate the Python code for protos/creditnet/vN into services/creditnet/vN.
 
-Generated code lives only there, is never edited by hand, and is not committed:
-`make proto` (and every make target that needs it) runs this script.
+Every protocol version under protos/creditnet (v1 and, beside it while it is
+being built, v2) is generated into its own package. Generated code lives only
+there, is never edited by hand, and is not committed: `make proto` (and every
+make target that needs it) runs this script.
 """
 
 from __future__ import annotations
@@ -16,14 +18,23 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUT = ROOT / "services"
-PACKAGE = OUT / "creditnet" / "v1"
+VERSIONS = ("v1", "v2")
 
 
 def main() -> int:
-    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "creditnet" / "v1").glob("*.proto"))
-    if PACKAGE.exists():
-        shutil.rmtree(PACKAGE)
-    PACKAGE.mkdir(parents=True)
+    for version in VERSIONS:
+        code = generate(version)
+        if code != 0:
+            return code
+    return 0
+
+
+def generate(version: str) -> int:
+    package = OUT / "creditnet" / version
+    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "creditnet" / version).glob("*.proto"))
+    if package.exists():
+        shutil.rmtree(package)
+    package.mkdir(parents=True)
     # protoc finds the mypy plugins next to this interpreter (the venv's bin).
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     include = str(Path(protoc.__file__).parent / "_proto")
@@ -36,18 +47,18 @@ def main() -> int:
         f"--grpc_python_out={OUT}",
         f"--mypy_grpc_out={OUT}",
         "--include_imports",
-        f"--descriptor_set_out={PACKAGE / 'descriptors.binpb'}",
+        f"--descriptor_set_out={package / 'descriptors.binpb'}",
         *sources,
     ]
     code = protoc.main(args)
     if code != 0:
         print("protoc failed", file=sys.stderr)
         return int(code)
-    (PACKAGE / "__init__.py").write_text(
-        '"""Generated from protos/creditnet/v1 by protos/generate.py. Do not edit."""\n'
+    (package / "__init__.py").write_text(
+        f'"""Generated from protos/creditnet/{version} by protos/generate.py. Do not edit."""\n'
     )
-    (PACKAGE / "py.typed").write_text("")
-    print(f"generated {len(sources)} protos into {PACKAGE.relative_to(ROOT)}")
+    (package / "py.typed").write_text("")
+    print(f"generated {len(sources)} protos into {package.relative_to(ROOT)}")
     return 0
 
 

@@ -10,6 +10,7 @@ name, for example::
     creditnet://enterprise/91340100MA2N0U3E6J
     creditnet://provider/hefei/state-grid-hefei?categories=utility
     creditnet://operator/hefei
+    creditnet://governance/alice
 
 Servers also carry a DNS name of their own (``hefei.node.creditnet``,
 ``aggregator.creditnet``) that clients pin with the TLS target name, so that a
@@ -62,6 +63,9 @@ class RoleKind(enum.Enum):
     # An Ed25519 key that signs credit-chain checkpoints and witness
     # cosignatures (C2SP notes); subject is a city or "national".
     LOGKEY = "logkey"
+    # A P-256 key that co-signs the network directory (k of n); subject is
+    # the key's name in the directory's governance list.
+    GOVERNANCE = "governance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,10 @@ class Role:
     @classmethod
     def logkey(cls, name: str) -> Role:
         return cls(RoleKind.LOGKEY, subject=_check_token(name, "log key name"))
+
+    @classmethod
+    def governance(cls, name: str) -> Role:
+        return cls(RoleKind.GOVERNANCE, subject=_check_token(name, "governance key name"))
 
     @classmethod
     def bank(cls, code: str) -> Role:
@@ -173,6 +181,8 @@ class Role:
             return cls.enterprise(parts[0])
         if kind is RoleKind.LOGKEY and len(parts) == 1:
             return cls.logkey(parts[0])
+        if kind is RoleKind.GOVERNANCE and len(parts) == 1:
+            return cls.governance(parts[0])
         raise ValueError(f"malformed role URI {uri!r}")
 
     def __str__(self) -> str:

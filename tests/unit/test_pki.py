@@ -492,7 +492,7 @@ def test_signer_keys_must_be_p256(ca: CertificateAuthority, trust: TrustStore) -
 
 
 def test_role_kinds_cover_the_documented_roles() -> None:
-    documented = {"node", "aggregator", "bank", "enterprise", "provider", "operator", "logkey"}
+    documented = {"node", "aggregator", "bank", "enterprise", "provider", "operator", "logkey", "governance"}
     assert {k.value for k in RoleKind} == documented
 
 

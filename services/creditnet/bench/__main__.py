@@ -6,7 +6,8 @@ Each figure is compared with a baseline measured in the same run:
 - a federated five-city query vs one node, at 16 concurrent clients;
 - store ingestion vs raw sqlite3.executemany of the same rows;
 - durable ledger appends vs SHA-256 of the entries plus one commit per batch;
-- inclusion and consistency proof times at 1,000,000 entries.
+- inclusion and consistency proof times at 1,000,000 entries;
+- network directory verification at 5, 50 and 333 cities vs one ECDSA verify.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import grpc
 
 from creditnet import query as query_mod
 from creditnet.bench.chain import bench_appends, bench_proofs
+from creditnet.bench.directory import bench_directory
+from creditnet.bench.directory import show as show_directory
 from creditnet.bench.scale import bench_backends, show_backends
 from creditnet.config import NodeConfig
 from creditnet.domain import City, Purpose
@@ -337,6 +340,7 @@ def main() -> None:
         results["appends"] = bench_appends(tmp)
         results["proofs"] = bench_proofs(tmp, a.ledger_entries)
         results["backends"] = bench_backends(tmp, a.queries, a.rows)
+        results["directory"] = bench_directory()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = report(results)
@@ -345,6 +349,7 @@ def main() -> None:
     else:
         show(results, ratios)
         show_backends(results["backends"])
+        show_directory(results["directory"])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from creditnet.cli import (
     consent_cmds,
     data_cmds,
     demo,
+    directory_cmds,
     network_cmds,
     node_cmds,
     pki_cmds,
@@ -31,6 +32,7 @@ app.add_typer(consent_cmds.app, name="consent")
 app.add_typer(data_cmds.data_app, name="data")
 app.add_typer(data_cmds.provider_app, name="provider")
 app.add_typer(chain_cmds.app, name="chain")
+app.add_typer(directory_cmds.app, name="directory")
 app.command("query")(query_cmds.query)
 app.command("demo")(demo.demo)
 

@@ -70,13 +70,18 @@ def build_role(
             if not code:
                 raise ValueError("--code (the city, or 'national') is required for a log key")
             return Role.logkey(code)
+        case RoleKind.GOVERNANCE:
+            if not code:
+                raise ValueError("--code (the governance key's name) is required for a governance key")
+            return Role.governance(code)
 
 
 @app.command("issue")
 def issue(
     ca_dir: Annotated[Path, typer.Option("--ca-dir", help="Directory holding ca.pem and ca.key.")],
     role: Annotated[
-        str, typer.Option(help="node, operator, aggregator, bank, enterprise, provider or logkey.")
+        str,
+        typer.Option(help="node, operator, aggregator, bank, enterprise, provider, logkey or governance."),
     ],
     out: Annotated[Path, typer.Option(help="Write OUT.pem (and OUT.key unless --csr is given).")],
     city: Annotated[str | None, typer.Option(help="City, for node/operator/provider.")] = None,
