@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 
+from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.domain import City
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
@@ -26,6 +27,8 @@ async def submit_records(
     Each batch the node acknowledges is committed whole. Re-sending after a
     failure is safe: the node keys records by provider and record_id.
     """
+    if not 1 <= batch_size <= MAX_BATCH_RECORDS:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH_RECORDS} records, not {batch_size}")
     role = identity.role
     if role.kind is not RoleKind.PROVIDER or role.city is None:
         raise ValueError(f"submitting records needs a data-provider certificate, not {role.uri}")
