@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -21,7 +21,7 @@ from creditnet.network import NetworkLayout
 from creditnet.pki import TrustStore, node_server_name
 from creditnet.provider import submit_records
 from creditnet.rpc import secure_channel
-from creditnet.v1 import node_pb2, node_pb2_grpc
+from creditnet.v1 import node_pb2, node_pb2_grpc, records_pb2
 from tests.faults.conftest import FaultNetwork, eventually
 from tests.faults.ingest import BATCH, CITY, batch, enterprise, stored_per_batch
 
@@ -89,3 +89,35 @@ async def test_killed_during_ingestion_keeps_whole_batches_only(
     assert await asyncio.to_thread(stored_per_batch, fault_layout, uscc, f"{run}b") == {
         b: BATCH for b in range(total)
     }
+
+
+async def test_a_provider_stream_cut_by_a_node_kill_fails_unavailable(
+    network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
+) -> None:
+    # gRPC itself answers a write that the broken connection fails with
+    # INTERNAL, whenever the failed write reaches the client before the
+    # transport's UNAVAILABLE does: several kills, at several points of the
+    # stream, give the race its chances.
+    provider = fault_layout.provider(CITY)
+    endpoint = fault_layout.node_endpoint(CITY)
+    codes: list[tuple[grpc.StatusCode, str]] = []
+    for attempt in range(4):
+        run = uuid.uuid4().hex[:8]
+        uscc = enterprise(run)
+        kill_at = 5 + 4 * attempt
+
+        def records(
+            run: str = run, uscc: str = uscc, kill_at: int = kill_at
+        ) -> Iterator[records_pb2.CreditRecord]:
+            for b in range(400):
+                if b == kill_at:
+                    network.proc(CITY).kill()
+                yield from batch(run, b, uscc)
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await submit_records(endpoint, provider, fault_trust, records(), batch_size=BATCH)
+        codes.append((err.value.code(), err.value.details() or ""))
+        await network.wait_exit(CITY)
+        network.restart(CITY)
+        await network.wait_serving(CITY)
+    assert {code for code, _ in codes} == {grpc.StatusCode.UNAVAILABLE}, codes
