@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import ServiceDescriptor
 
 from creditnet.domain import City
 from creditnet.handlers import MALFORMED_RULE
@@ -36,19 +36,20 @@ COMMON_METHODS = [
 ]
 
 
-def methods(services: list[object]) -> list[tuple[str, bool, bool]]:
-    found: list[tuple[str, bool, bool]] = []
-    for service in services:
-        for method in service.methods:  # type: ignore[attr-defined]
-            assert isinstance(method, MethodDescriptor)
-            path = f"/{method.containing_service.full_name}/{method.name}"
-            found.append((path, method.client_streaming, method.server_streaming))
+def methods(services: list[ServiceDescriptor]) -> list[tuple[str, bool, bool]]:
+    """Every method of `services` and the common ones: path, client streaming, server streaming."""
+    found = [
+        (f"/{service.full_name}/{method.name}", method.client_streaming, method.server_streaming)
+        for service in services
+        for method in service.methods
+    ]
     return [*found, *COMMON_METHODS]
 
 
-async def send_raw(channel: grpc.aio.Channel, path: str, streams: tuple[bool, bool], raw: bytes) -> None:
+async def send_raw(
+    channel: grpc.aio.Channel, path: str, client_streaming: bool, server_streaming: bool, raw: bytes
+) -> None:
     """One call of `path` whose request is `raw`, bytes as they are; returns once its responses are read."""
-    client_streaming, server_streaming = streams
 
     async def once() -> AsyncIterator[bytes]:
         yield raw
@@ -70,10 +71,10 @@ async def refusals_of_undecodable_requests(
 ) -> dict[str, tuple[str, str]]:
     """Every call answered otherwise than INVALID_ARGUMENT request.malformed, with its code and details."""
     wrong: dict[str, tuple[str, str]] = {}
-    for path, *streams in calls:
+    for path, client_streaming, server_streaming in calls:
         for raw in (GARBAGE, NESTED):
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await send_raw(channel, path, (streams[0], streams[1]), raw)
+                await send_raw(channel, path, client_streaming, server_streaming, raw)
             code, details = err.value.code(), err.value.details() or ""
             if code != grpc.StatusCode.INVALID_ARGUMENT or not details.startswith(f"{MALFORMED_RULE}: "):
                 wrong[f"{path} {raw[:1]!r}"] = (code.name, details)
