@@ -5,7 +5,8 @@ every participant, each node's SQLite store loaded with synthetic data,
 configs — and `network.json`, the one file that tells tools and clients in
 any language where everything is. `InProcessNetwork` runs the servers inside
 the current event loop (integration tests); `ProcessNetwork` runs each
-server as its own operating-system process (`creditnet network up`, the demo).
+server as its own operating-system process (`creditnet network up`, the demo)
+and, through `supervise`, starts again one that died.
 """
 
 from __future__ import annotations
