@@ -11,6 +11,7 @@ idempotent, so a provider recovers by sending the broken stream again.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -94,28 +95,35 @@ async def test_killed_during_ingestion_keeps_whole_batches_only(
 async def test_a_provider_stream_cut_by_a_node_kill_fails_unavailable(
     network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
 ) -> None:
-    # gRPC itself answers a write that the broken connection fails with
-    # INTERNAL, whenever the failed write reaches the client before the
-    # transport's UNAVAILABLE does: several kills, at several points of the
-    # stream, give the race its chances.
+    # gRPC itself fails a write that the broken connection fails with
+    # INTERNAL, whenever that failure reaches the client before the
+    # transport's UNAVAILABLE does (here about one kill in ten): several kills,
+    # from another thread while the provider writes small batches as fast as
+    # it can, give the race its chances.
     provider = fault_layout.provider(CITY)
     endpoint = fault_layout.node_endpoint(CITY)
     codes: list[tuple[grpc.StatusCode, str]] = []
-    for attempt in range(4):
+    for attempt in range(8):
         run = uuid.uuid4().hex[:8]
         uscc = enterprise(run)
-        kill_at = 5 + 4 * attempt
+        node = network.proc(CITY)
+        killer = threading.Timer(0.3 + 0.05 * attempt, node.kill)
 
         def records(
-            run: str = run, uscc: str = uscc, kill_at: int = kill_at
+            run: str = run, uscc: str = uscc, killer: threading.Timer = killer
         ) -> Iterator[records_pb2.CreditRecord]:
-            for b in range(400):
-                if b == kill_at:
-                    network.proc(CITY).kill()
+            for b in range(20_000):
+                if b == 2:
+                    killer.start()
                 yield from batch(run, b, uscc)
 
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await submit_records(endpoint, provider, fault_trust, records(), batch_size=BATCH)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await submit_records(endpoint, provider, fault_trust, records(), batch_size=5)
+        finally:
+            killer.cancel()
+            if killer.is_alive():
+                killer.join()
         codes.append((err.value.code(), err.value.details() or ""))
         await network.wait_exit(CITY)
         network.restart(CITY)
