@@ -5,7 +5,8 @@ every participant, each node's SQLite store loaded with synthetic data,
 configs — and `network.json`, the one file that tells tools and clients in
 any language where everything is. `InProcessNetwork` runs the servers inside
 the current event loop (integration tests); `ProcessNetwork` runs each
-server as its own operating-system process (`creditnet network up`, the demo).
+server as its own operating-system process (`creditnet network up`, the demo)
+and, through `supervise`, starts again one that died.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import socket
@@ -39,6 +41,8 @@ from creditnet.node.server import RunningNode, start_node
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.store import Store
 from creditnet.v1 import envelope_pb2, records_pb2
+
+log = logging.getLogger(__name__)
 
 DEMO_BANK = "B0310H231000001"
 SECOND_BANK = "B0302H232000001"
@@ -357,6 +361,35 @@ class InProcessNetwork:
         await self.stop()
 
 
+# How long `ProcessNetwork.supervise` waits before restarting a server that
+# died, doubling with each death up to the maximum; a server that then stays
+# up this long is back to the first delay.
+RESTART_BACKOFF = 0.5
+RESTART_BACKOFF_MAX = 30.0
+RESTART_STABLE = 60.0
+AGGREGATOR_PROCESS = "aggregator"
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """A server `supervise` found dead and started again."""
+
+    name: str
+    exit_code: int | None
+    # Restarts of this server in a row (each one sooner than RESTART_STABLE after the last).
+    attempt: int
+    # The least time before the next restart, should it die again.
+    next_delay: float
+
+
+@dataclass
+class _Supervision:
+    delay: float = RESTART_BACKOFF
+    attempt: int = 0
+    not_before: float = 0.0
+    started: float = 0.0
+
+
 @dataclass
 class ProcessNetwork:
     """Each server in its own process, as an operator would run them."""
@@ -364,6 +397,7 @@ class ProcessNetwork:
     layout: NetworkLayout
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_dir: Path | None = None
+    _supervision: dict[str, _Supervision] = field(default_factory=dict, repr=False)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log_dir = self.log_dir or (self.layout.root / "logs")
@@ -379,10 +413,50 @@ class ProcessNetwork:
     def start(self) -> None:
         for city in ALL_CITIES:
             self.start_node(city)
-        self._spawn("aggregator", ["aggregator", "run", "--config", str(self.layout.aggregator_config)])
+        self.start_aggregator()
+
+    def start_aggregator(self) -> None:
+        self._spawn(AGGREGATOR_PROCESS, ["aggregator", "run", "--config", str(self.layout.aggregator_config)])
 
     def start_node(self, city: City) -> None:
         self._spawn(city.value, ["node", "run", "--config", str(self.layout.node_config(city))])
+
+    def supervise(self, now: float | None = None) -> list[Restart]:
+        """Start again every server that died, each after its backoff; what was restarted.
+
+        Call it periodically while the network runs. A server that keeps
+        dying is restarted ever less often (RESTART_BACKOFF doubling up to
+        RESTART_BACKOFF_MAX), so a broken configuration costs a restart every
+        half minute, not a busy loop; its log says why it died.
+        """
+        now = time.monotonic() if now is None else now
+        restarted: list[Restart] = []
+        for name, proc in list(self.procs.items()):
+            state = self._supervision.setdefault(name, _Supervision(started=now))
+            code = proc.poll()
+            if code is None:
+                if state.attempt and now - state.started >= RESTART_STABLE:
+                    self._supervision[name] = _Supervision(started=state.started)
+                continue
+            if now < state.not_before:
+                continue
+            if name == AGGREGATOR_PROCESS:
+                self.start_aggregator()
+            else:
+                self.start_node(City.parse(name))
+            state.attempt += 1
+            state.started = now
+            state.not_before = now + state.delay
+            restarted.append(Restart(name, code, state.attempt, state.delay))
+            log.warning(
+                "%s exited with %s; restarted it (restart %d in a row; next no sooner than %.1f s)",
+                name,
+                code,
+                state.attempt,
+                state.delay,
+            )
+            state.delay = min(state.delay * 2, RESTART_BACKOFF_MAX)
+        return restarted
 
     async def wait_healthy(self, timeout: float = 30.0) -> None:
         from creditnet.health import wait_serving

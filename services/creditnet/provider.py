@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 
+import grpc
+
+from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.domain import City
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
@@ -24,8 +29,11 @@ async def submit_records(
     """Submit `records` to the node of the provider's city; one batch per message.
 
     Each batch the node acknowledges is committed whole. Re-sending after a
-    failure is safe: the node keys records by provider and record_id.
+    failure is safe: the node keys records by provider and record_id. A
+    stream cut by the node's end (a crash, a kill) fails UNAVAILABLE.
     """
+    if not 1 <= batch_size <= MAX_BATCH_RECORDS:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH_RECORDS} records, not {batch_size}")
     role = identity.role
     if role.kind is not RoleKind.PROVIDER or role.city is None:
         raise ValueError(f"submitting records needs a data-provider certificate, not {role.uri}")
@@ -43,5 +51,42 @@ async def submit_records(
 
     async with secure_channel(endpoint, identity, trust, node_server_name(city)) as channel:
         stub = node_pb2_grpc.CityNodeServiceStub(channel)
-        response: node_pb2.SubmitRecordsResponse = await stub.SubmitRecords(batches(), timeout=timeout)
+        call = stub.SubmitRecords(timeout=timeout)
+        sent = 0
+        try:
+            async for request in batches():
+                await call.write(request)
+                sent += 1
+            # A close that the broken connection fails raises gRPC's private
+            # error type; the call's own status, awaited below, says what happened.
+            with contextlib.suppress(Exception):
+                await call.done_writing()
+        except asyncio.InvalidStateError:
+            pass  # the node ended the call first (a refusal): awaiting it below says how
+        except grpc.aio.AioRpcError as exc:
+            raise _stream_cut(exc, sent) from None
+        response: node_pb2.SubmitRecordsResponse = await call
         return response
+
+
+def _stream_cut(exc: grpc.aio.AioRpcError, sent: int) -> grpc.aio.AioRpcError:
+    """The failure of a write, as the caller should see it.
+
+    gRPC answers a write that fails because the connection broke under it
+    (the node was killed mid-stream) with INTERNAL, a status that no peer
+    sent, when the transport's own UNAVAILABLE has not reached the call yet.
+    It is the same event as a connection lost between writes, and worth the
+    same retry: resending is idempotent.
+    """
+    if exc.code() != grpc.StatusCode.INTERNAL:
+        return exc
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=(
+            f"the connection to the node broke while sending batch {sent + 1}; "
+            "no batch of this stream is acknowledged, send them again"
+        ),
+        debug_error_string=exc.debug_error_string(),
+    )

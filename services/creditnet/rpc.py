@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
 from creditnet.errors import CreditnetError, PermissionDenied, Unauthenticated
+from creditnet.handlers import Deserializer, refuse_undecodable
 from creditnet.pki import Identity, Role, RoleKind, TrustStore
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,27 @@ def secure_channel(target: str, identity: Identity, trust: TrustStore, server_na
     return grpc.aio.secure_channel(target, creds, options=options)
 
 
+class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Requests that do not decode are refused INVALID_ARGUMENT request.malformed, on every method.
+
+    `deserializers` read the requests of the methods they name instead of
+    the generated ones (the path is ``/package.Service/Method``).
+    """
+
+    def __init__(self, deserializers: Mapping[str, Deserializer] | None = None) -> None:
+        self.deserializers = dict(deserializers or {})
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return refuse_undecodable(handler, self.deserializers.get(handler_call_details.method))
+
+
 @dataclass
 class ServerHandle:
     server: grpc.aio.Server
@@ -149,6 +171,7 @@ async def start_server(
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     maximum_concurrent_rpcs: int | None = None,
     health_listen: str | None = None,
+    deserializers: Mapping[str, Deserializer] | None = None,
 ) -> ServerHandle:
     """Start a grpc.aio server with health checking and reflection.
 
@@ -157,10 +180,15 @@ async def start_server(
     `health_listen`: a second port that serves only grpc.health.v1 in
     plaintext, for Kubernetes' native gRPC probes (which cannot do mTLS). It
     discloses nothing but SERVING/NOT_SERVING.
+
+    Every method of every server refuses a request that does not decode with
+    INVALID_ARGUMENT ``request.malformed`` (innermost, so the interceptors
+    given count and limit such calls like any other); `deserializers`
+    replace the generated deserializers of the methods they name.
     """
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
-        interceptors=list(interceptors),
+        interceptors=[*interceptors, RequestDecoding(deserializers)],
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     register(server)
@@ -177,7 +205,7 @@ async def start_server(
     if health_listen:
         # Started after the main server: the shared servicer already says
         # SERVING, and draining turns both ports NOT_SERVING together.
-        probe = grpc.aio.server(options=SERVER_OPTIONS)
+        probe = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestDecoding()])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
         probe_port = probe.add_insecure_port(health_listen)
         if probe_port == 0:

@@ -6,7 +6,12 @@ import logging
 
 import pytest
 
-from creditnet.aggregator.directory import DEFAULT_MAX_PENDING_PER_NODE, NodeDirectory, NodeLoad
+from creditnet.aggregator.directory import (
+    DEFAULT_MAX_PENDING_PER_NODE,
+    NodeDirectory,
+    NodeLoad,
+    acting_for,
+)
 from creditnet.domain import City
 from creditnet.network import free_port
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
@@ -26,31 +31,69 @@ def directory(ca: CertificateAuthority, **kw: int) -> NodeDirectory:
 async def test_a_saturated_node_sheds_calls_and_only_that_node(
     ca: CertificateAuthority, caplog: pytest.LogCaptureFixture
 ) -> None:
-    d = directory(ca, max_pending_per_node=3)
+    d = directory(ca, max_pending_per_node=6)
     try:
         hefei, nanjing = d.links[City.HEFEI], d.links[City.NANJING]
         caplog.set_level(logging.INFO, logger="creditnet.aggregator.directory")
-        assert [hefei.try_acquire() for _ in range(5)] == [True, True, True, False, False]
-        assert hefei.saturated and hefei.shed == 2
-        assert "3 calls pending" in hefei.saturation_reason()
+        # Three banks take their shares (6 // (banks + 1) each) until the node is full.
+        for bank, taken in (("A", 3), ("B", 2), ("C", 1)):
+            with acting_for(bank):
+                assert [hefei.try_acquire() for _ in range(taken)] == [True] * taken
+        assert hefei.saturated and hefei.held == {"A": 3, "B": 2, "C": 1}
+        with acting_for("D"):
+            assert [hefei.try_acquire() for _ in range(2)] == [False, False]
+            assert "6 calls pending" in hefei.saturation_reason()
+        assert hefei.shed == 2
         # One warning when shedding starts, not one per shed call.
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "hefei" in warnings[0].getMessage()
-        assert nanjing.try_acquire()
-        assert d.in_flight() == {City.HEFEI: 3, City.NANJING: 1}
-        expected = [NodeLoad(City.HEFEI, 3, 3, 2), NodeLoad(City.NANJING, 1, 3, 0)]
+        with acting_for("D"):
+            assert nanjing.try_acquire()
+        assert d.in_flight() == {City.HEFEI: 6, City.NANJING: 1}
+        expected = [NodeLoad(City.HEFEI, 6, 6, 2), NodeLoad(City.NANJING, 1, 6, 0)]
         assert d.load() == sorted(expected, key=lambda x: x.city.proto)
-        hefei.release()
-        assert hefei.try_acquire()  # a freed slot is usable at once
-        for _ in range(3):
+        with acting_for("C"):
             hefei.release()
+        with acting_for("D"):
+            assert hefei.try_acquire()  # a freed slot is usable at once
+            hefei.release()
+        for bank, taken in (("A", 3), ("B", 2)):
+            with acting_for(bank):
+                for _ in range(taken):
+                    hefei.release()
         assert "no calls pending" in caplog.records[-1].getMessage()
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError), acting_for("A"):
             hefei.release()
-        # Shedding again after recovery warns again.
-        for _ in range(4):
-            hefei.try_acquire()
-        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    finally:
+        await d.close()
+
+
+async def test_no_bank_takes_every_slot_of_a_node(
+    ca: CertificateAuthority, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = directory(ca, max_pending_per_node=8)
+    try:
+        link = d.links[City.HEFEI]
+        caplog.set_level(logging.WARNING, logger="creditnet.aggregator.directory")
+        with acting_for("A"):
+            # Alone, a bank holds half the slots; the rest wait for others.
+            assert sum(link.try_acquire() for _ in range(20)) == 4
+            assert "this bank already has 4 calls pending" in link.saturation_reason()
+        assert not link.saturated
+        with acting_for("B"):
+            # Another bank still gets its share: 8 // 3 with two banks holding slots.
+            assert sum(link.try_acquire() for _ in range(20)) == 2
+        with acting_for("A"):
+            # A, over its new share, gets nothing until it is back under it.
+            link.release()
+            link.release()
+            assert not link.try_acquire()
+        with acting_for("C"):
+            # Slots stay free for a third bank: 8 // 4 now.
+            assert sum(link.try_acquire() for _ in range(20)) == 2
+        assert link.held == {"A": 2, "B": 2, "C": 2} and not link.saturated
+        # One warning per bank when it first reaches its share.
+        assert len([r for r in caplog.records if "its share" in r.getMessage()]) == 3
     finally:
         await d.close()
 

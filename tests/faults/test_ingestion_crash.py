@@ -11,8 +11,9 @@ idempotent, so a provider recovers by sending the broken stream again.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ from creditnet.network import NetworkLayout
 from creditnet.pki import TrustStore, node_server_name
 from creditnet.provider import submit_records
 from creditnet.rpc import secure_channel
-from creditnet.v1 import node_pb2, node_pb2_grpc
+from creditnet.v1 import node_pb2, node_pb2_grpc, records_pb2
 from tests.faults.conftest import FaultNetwork, eventually
 from tests.faults.ingest import BATCH, CITY, batch, enterprise, stored_per_batch
 
@@ -89,3 +90,42 @@ async def test_killed_during_ingestion_keeps_whole_batches_only(
     assert await asyncio.to_thread(stored_per_batch, fault_layout, uscc, f"{run}b") == {
         b: BATCH for b in range(total)
     }
+
+
+async def test_a_provider_stream_cut_by_a_node_kill_fails_unavailable(
+    network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
+) -> None:
+    # gRPC itself fails a write that the broken connection fails with
+    # INTERNAL, whenever that failure reaches the client before the
+    # transport's UNAVAILABLE does (here about one kill in ten): several kills,
+    # from another thread while the provider writes small batches as fast as
+    # it can, give the race its chances.
+    provider = fault_layout.provider(CITY)
+    endpoint = fault_layout.node_endpoint(CITY)
+    codes: list[tuple[grpc.StatusCode, str]] = []
+    for attempt in range(8):
+        run = uuid.uuid4().hex[:8]
+        uscc = enterprise(run)
+        node = network.proc(CITY)
+        killer = threading.Timer(0.3 + 0.05 * attempt, node.kill)
+
+        def records(
+            run: str = run, uscc: str = uscc, killer: threading.Timer = killer
+        ) -> Iterator[records_pb2.CreditRecord]:
+            for b in range(20_000):
+                if b == 2:
+                    killer.start()
+                yield from batch(run, b, uscc)
+
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await submit_records(endpoint, provider, fault_trust, records(), batch_size=5)
+        finally:
+            killer.cancel()
+            if killer.is_alive():
+                killer.join()
+        codes.append((err.value.code(), err.value.details() or ""))
+        await network.wait_exit(CITY)
+        network.restart(CITY)
+        await network.wait_serving(CITY)
+    assert {code for code, _ in codes} == {grpc.StatusCode.UNAVAILABLE}, codes

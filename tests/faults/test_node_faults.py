@@ -171,8 +171,8 @@ async def test_calls_pending_on_a_frozen_node_stay_bounded(
     # Never more calls sent to the frozen node than the bound (they time out,
     # or fail together when the connection is given up); the rest were
     # answered at once instead of piling up in the aggregator.
-    assert len(sections) - len(shed) <= DEFAULT_MAX_PENDING_PER_NODE
+    # One bank alone holds at most half of a node's slots.
+    share = DEFAULT_MAX_PENDING_PER_NODE // 2
+    assert len(sections) - len(shed) <= share
     assert shed and all(s.status is SectionStatus.UNAVAILABLE for s in shed)
-    assert f"node {victim.value} has {DEFAULT_MAX_PENDING_PER_NODE} calls pending" in network.log(
-        "aggregator"
-    )
+    assert f"has {share} calls pending on node {victim.value}, its share" in network.log("aggregator")

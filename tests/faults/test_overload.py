@@ -11,6 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from creditnet import query as query_mod
+from creditnet.aggregator.directory import DEFAULT_MAX_PENDING_PER_NODE
 from creditnet.domain import City, Purpose
 from creditnet.limits import CONCURRENCY_RULE, RATE_LIMITED_RULE, RETRY_AFTER_KEY
 from creditnet.network import DEMO_BANK, SECOND_BANK, NetworkLayout, grant_demo_consent
@@ -18,7 +20,7 @@ from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_ser
 from creditnet.rpc import MAX_RECEIVE_BYTES, secure_channel
 from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
 from creditnet_bank import BankClient
-from tests.faults.conftest import AGGREGATOR, FaultNetwork, eventually
+from tests.faults.conftest import AGGREGATOR, PATIENCE, FaultNetwork, eventually
 from tests.faults.ingest import CITY, batch, enterprise, stored_per_batch
 
 pytestmark = pytest.mark.slow
@@ -176,3 +178,64 @@ async def test_the_bank_sdk_waits_out_a_rate_limit_as_the_server_says(
         ]
     assert all(not r.missing_cities for r in reports), [r.missing_cities for r in reports]
     assert any("retrying in" in r.getMessage() for r in caplog.records)
+
+
+async def test_one_banks_flood_leaves_another_banks_query_every_city(
+    network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
+) -> None:
+    # The per-bank rate would turn most of the flood away at the door; here it
+    # all comes in, as the share of a rate limit that is admitted does.
+    network.env[AGGREGATOR] = {"CREDITNET_RATE_LIMIT_PER_BANK": "off"}
+    await network.kill(AGGREGATOR)
+    network.restart(AGGREGATOR)
+    await network.wait_serving(AGGREGATOR)
+    await eventually(network.aggregator_reaches_all, "the aggregator reaches every node")
+    flooder = fault_layout.bank(DEMO_BANK)
+    flood_consent = grant_demo_consent(fault_layout)
+    other_consent = grant_demo_consent(fault_layout, bank=SECOND_BANK)
+    workers, rounds = 3 * DEFAULT_MAX_PENDING_PER_NODE, 30
+    done = asyncio.Event()
+    flooder_turned_away = asyncio.Event()
+
+    async def flood(stub: aggregator_pb2_grpc.AggregatorServiceStub) -> None:
+        for _ in range(rounds):
+            if done.is_set():
+                return
+            query = query_mod.build(
+                flooder,
+                flood_consent,
+                enterprise_uscc=fault_layout.demo_enterprise,
+                purpose=Purpose.LOAN_APPLICATION,
+            )
+            try:
+                resp = await stub.FederatedQuery(
+                    aggregator_pb2.FederatedQueryRequest(query=query), timeout=30
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            if any("calls pending" in s.reason for s in resp.sections):
+                flooder_turned_away.set()
+
+    target = fault_layout.aggregator_endpoint
+    async with (
+        secure_channel(target, flooder, fault_trust, AGGREGATOR_SERVER_NAME) as channel,
+        BankClient.from_network(fault_layout.root / "network.json", bank=SECOND_BANK) as other,
+    ):
+        stub = aggregator_pb2_grpc.AggregatorServiceStub(channel)
+        flooding = [asyncio.ensure_future(flood(stub)) for _ in range(workers)]
+        try:
+            # The flood holds all the slots it may on some node before the other bank asks.
+            await asyncio.wait_for(flooder_turned_away.wait(), timeout=PATIENCE)
+            reports = [
+                await other.query(
+                    fault_layout.demo_enterprise, other_consent, Purpose.LOAN_APPLICATION, timeout=30
+                )
+                for _ in range(3)
+            ]
+        finally:
+            done.set()
+            await asyncio.gather(*flooding)
+    missing = [
+        [(s.city, s.status, s.reason) for s in r.sections if s.city in r.missing_cities] for r in reports
+    ]
+    assert missing == [[], [], []]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from creditnet.domain import City
 
 CLI = [sys.executable, "-m", "creditnet"]
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
@@ -268,4 +271,83 @@ def test_network_up_query_status_revoke(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             up.kill()
             raise
+    assert up.returncode == 0
+
+
+def children(parent: int) -> dict[int, str]:
+    """The processes whose parent is `parent`, with their command lines."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone meanwhile
+        # The command name in parentheses may hold spaces: the fields after it are fixed.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def node_process(up: subprocess.Popen[str], city: str) -> int | None:
+    config = f"{os.sep}{city}{os.sep}node.json"
+    return next((pid for pid, cmd in children(up.pid).items() if "node run" in cmd and config in cmd), None)
+
+
+@pytest.mark.slow
+def test_network_up_restarts_a_node_that_was_killed(tmp_path: Path) -> None:
+    from creditnet.health import wait_serving
+    from creditnet.network import NetworkLayout
+    from creditnet.pki import node_server_name
+
+    state = tmp_path / "net"
+    up = subprocess.Popen(
+        [*CLI, "network", "up", "--state-dir", str(state), "--enterprises", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (state / "network.json").exists() and run(
+                "network", "status", "--network", str(state), "--json", check=None
+            ).returncode == 0:
+                break
+            assert up.poll() is None, up.stdout.read() if up.stdout else ""
+            time.sleep(0.5)
+        layout = NetworkLayout.load(state)
+        victim = node_process(up, "hefei")
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while (again := node_process(up, "hefei")) in (None, victim) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert again not in (None, victim)
+        # The new process serves the city, with its data and chain as they were.
+        operator = layout.identity("operators", "hefei")
+        asyncio.run(
+            wait_serving(
+                layout.node_endpoint(City.HEFEI),
+                node_server_name(City.HEFEI),
+                operator,
+                layout.ca,
+                timeout=60,
+            )
+        )
+        status = json.loads(run("network", "status", "--network", str(state), "--json").stdout)
+        assert [n["health"] for n in status["nodes"]] == ["serving"] * 5
+        assert up.poll() is None
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    output = up.stdout.read() if up.stdout else ""
+    assert "hefei stopped unexpectedly (exit -9); restarted it" in output, output
     assert up.returncode == 0

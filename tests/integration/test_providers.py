@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from creditnet import uscc as uscc_mod
+from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.dates import date_to_proto
 from creditnet.domain import Category, City
 from creditnet.network import InProcessNetwork, NetworkLayout
-from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
+from creditnet.node.server import SUBMIT_RECORDS
+from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
 from creditnet.provider import submit_records
-from creditnet.v1 import records_pb2
+from creditnet.rpc import secure_channel
+from creditnet.v1 import node_pb2, records_pb2
 
 
 def utility(record_id: str, uscc: str, city: City = City.HEFEI, paid: int = 100) -> records_pb2.CreditRecord:
@@ -133,3 +137,62 @@ async def test_banks_cannot_submit_records(
             )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert uscc_mod.is_valid(uscc)
+
+
+async def submit_raw(layout: NetworkLayout, provider: Identity, trust: TrustStore, *messages: bytes) -> bytes:
+    """A SubmitRecords stream of messages as they are on the wire; the response's bytes."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        for message in messages:
+            yield message
+
+    endpoint = layout.node_endpoint(City.HEFEI)
+    async with secure_channel(endpoint, provider, trust, node_server_name(City.HEFEI)) as channel:
+        response: bytes = await channel.stream_unary(SUBMIT_RECORDS)(stream(), timeout=30)
+        return response
+
+
+async def test_an_undecodable_record_is_rejected_by_its_position_and_the_rest_of_its_batch_is_stored(
+    network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
+) -> None:
+    provider = issue_identity(ca, Role.provider(City.HEFEI, "grid-raw", [Category.UTILITY]))
+    marker = "RAW-MARK-0"
+    batch = node_pb2.SubmitRecordsRequest(
+        records=[utility(f"raw-{i}", uscc) for i in range(3)] + [utility(marker, uscc)]
+    ).SerializeToString()
+    # The record id's bytes made invalid UTF-8, as a client with its own encoder may send them.
+    broken = batch.replace(marker.encode(), b"\xff\xfe" + marker.encode()[2:])
+    assert broken != batch
+    summary = node_pb2.SubmitRecordsResponse.FromString(await submit_raw(layout, provider, trust, broken))
+    assert (summary.received, summary.accepted, summary.rejected) == (4, 3, 1)
+    assert summary.rejections[0].index == 3 and "CreditRecord" in summary.rejections[0].reason
+    stored = await network.nodes[City.HEFEI].store.find_records(
+        uscc, [Category.UTILITY], dt.date(2025, 6, 1), dt.date(2025, 6, 30)
+    )
+    assert {r.record_id for r in stored if r.record_id.startswith("raw-")} == {"raw-0", "raw-1", "raw-2"}
+
+
+async def test_a_batch_of_more_records_than_the_maximum_is_refused_and_earlier_batches_stay(
+    network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
+) -> None:
+    provider = issue_identity(ca, Role.provider(City.HEFEI, "grid-big", [Category.UTILITY]))
+    first = node_pb2.SubmitRecordsRequest(records=[utility("big-0", uscc)]).SerializeToString()
+    # Empty records: two bytes each on the wire, many under the message size limit.
+    oversized = b"\x0a\x00" * (MAX_BATCH_RECORDS + 1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit_raw(layout, provider, trust, first, oversized)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("provider.batch_size: ")
+    stored = await network.nodes[City.HEFEI].store.find_records(
+        uscc, [Category.UTILITY], dt.date(2025, 6, 1), dt.date(2025, 6, 30)
+    )
+    assert "big-0" in {r.record_id for r in stored}
+    # As many as the maximum is one batch like any other.
+    full = node_pb2.SubmitRecordsResponse.FromString(
+        await submit_raw(layout, provider, trust, b"\x0a\x00" * MAX_BATCH_RECORDS)
+    )
+    assert (full.received, full.rejected) == (MAX_BATCH_RECORDS, MAX_BATCH_RECORDS)
+    with pytest.raises(ValueError, match="batch"):
+        await submit_records(
+            layout.node_endpoint(City.HEFEI), provider, trust, [], batch_size=MAX_BATCH_RECORDS + 1
+        )

@@ -6,14 +6,25 @@ with its request and its share of the HTTP/2 connection's buffers, for every
 federated query until each call's deadline, and a flood of queries could pile
 up thousands. Beyond the bound the aggregator answers that city's section at
 once without calling the node; the other cities are unaffected.
+
+The bound is shared fairly between banks: a bank may hold at most
+``bound // (banks + 1)`` of a link's slots, where `banks` counts the banks
+holding slots on it (the asking one included). One bank alone thus holds at
+most half, and however many banks flood, a share stays free for a bank that
+holds none yet, so one bank's burst never leaves another's query without
+the cities it asks. The bank is the one the call is made for
+(`bank_of_call`, bound by `BankOfCall` for the whole incoming call).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -21,8 +32,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditnet.dates import utcnow
 from creditnet.domain import City
-from creditnet.pki import Identity, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
+from creditnet.errors import CreditnetError
+from creditnet.handlers import Finish, wrap_handler
+from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
+from creditnet.rpc import PeerIdentities, secure_channel
 from creditnet.v1 import node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -32,6 +45,60 @@ HEALTH_TIMEOUT = 1.5
 # calls pending even at hundreds of queries a second; this many means it is
 # not answering.
 DEFAULT_MAX_PENDING_PER_NODE = 64
+
+
+# The bank an incoming call is made for ("" when the caller is no bank).
+_bank: contextvars.ContextVar[str] = contextvars.ContextVar("creditnet_bank_of_call", default="")
+
+
+def bank_of_call() -> str:
+    return _bank.get()
+
+
+@contextlib.contextmanager
+def acting_for(bank: str) -> Iterator[None]:
+    """Calls to the nodes made inside are made for `bank`."""
+    token = _bank.set(bank)
+    try:
+        yield
+    finally:
+        _bank.reset(token)
+
+
+class BankOfCall(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Binds the bank of the TLS peer for the call, so that the links can share slots by bank.
+
+    At the aggregator the TLS peer of a FederatedQuery is the bank itself, and
+    the query's verified signer must be that same bank.
+    """
+
+    def __init__(self, trust: TrustStore) -> None:
+        self.peers = PeerIdentities(trust)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        async def around(context: grpc.aio.ServicerContext) -> Finish:
+            try:
+                role = self.peers.role(context)
+            except (CreditnetError, ValueError):
+                # Not ours to refuse: the service answers an unusable peer itself.
+                role = None
+            # Each call runs in its own task: the binding ends with it.
+            _bank.set(role.subject if role is not None and role.kind is RoleKind.BANK else "")
+            return _nothing
+
+        return wrap_handler(handler, around)
+
+
+def _nothing(_exc: BaseException | None) -> None:
+    return None
 
 
 @dataclass
@@ -47,16 +114,26 @@ class NodeLink:
     last_checked: dt.datetime | None = None
     in_flight: int = field(default=0)
     max_in_flight: int = DEFAULT_MAX_PENDING_PER_NODE
-    # Calls answered at once, without asking the node, because it was saturated.
+    # Calls answered at once, without asking the node, because it was saturated
+    # or the bank held its share of the slots.
     shed: int = 0
+    # Slots held by each bank with calls pending ("": calls for no bank).
+    held: dict[str, int] = field(default_factory=dict)
     _shedding: bool = field(default=False, repr=False)
+    _capped: set[str] = field(default_factory=set, repr=False)
 
     @property
     def saturated(self) -> bool:
         return self.in_flight >= self.max_in_flight
 
+    def share(self, bank: str) -> int:
+        """The most slots `bank` may hold now."""
+        banks = len(self.held) + (bank not in self.held)
+        return max(1, self.max_in_flight // (banks + 1))
+
     def try_acquire(self) -> bool:
-        """Take a pending-call slot on this node; False when it already has `max_in_flight`."""
+        """Take a pending-call slot for the bank of the call; False if the node or its share is full."""
+        bank = bank_of_call()
         if self.saturated:
             self.shed += 1
             if not self._shedding:
@@ -67,21 +144,51 @@ class NodeLink:
                     self.in_flight,
                 )
             return False
+        held = self.held.get(bank, 0)
+        if held >= self.share(bank):
+            self.shed += 1
+            if bank not in self._capped:
+                self._capped.add(bank)
+                log.warning(
+                    "bank %s has %d calls pending on node %s, its share of the %d slots; "
+                    "answering its sections for that node at once until some are answered",
+                    bank or "(none)",
+                    held,
+                    self.city.value,
+                    self.max_in_flight,
+                )
+            return False
+        self.held[bank] = held + 1
         self.in_flight += 1
         return True
 
     def release(self) -> None:
-        if self.in_flight <= 0:
+        """Give back a slot the bank of the call took."""
+        bank = bank_of_call()
+        held = self.held.get(bank, 0)
+        if self.in_flight <= 0 or held <= 0:
             raise RuntimeError(f"released a pending call to {self.city.value} that was never taken")
         self.in_flight -= 1
+        if held == 1:
+            del self.held[bank]
+            self._capped.discard(bank)
+        else:
+            self.held[bank] = held - 1
         if self._shedding and self.in_flight == 0:
             self._shedding = False
             log.info("node %s has no calls pending any more; calling it again", self.city.value)
 
     def saturation_reason(self) -> str:
+        """Why try_acquire just refused, for the section's reason."""
+        if self.saturated:
+            return (
+                f"the node already has {self.in_flight} calls pending (bound {self.max_in_flight}); "
+                "not calling it until it answers them"
+            )
+        bank = bank_of_call()
         return (
-            f"the node already has {self.in_flight} calls pending (bound {self.max_in_flight}); "
-            "not calling it until it answers them"
+            f"this bank already has {self.held.get(bank, 0)} calls pending on the node, its share of "
+            f"the {self.max_in_flight} the aggregator allows; not calling it until it answers them"
         )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from creditnet.aggregator.directory import NodeDirectory
+from creditnet.aggregator.directory import BankOfCall, NodeDirectory
 from creditnet.aggregator.head import NetworkCheckpointer
 from creditnet.aggregator.service import AggregatorService
 from creditnet.chain.keys import LogKey
@@ -91,7 +91,7 @@ async def start_aggregator(
         trust=trust,
         register=register,
         service_names=names,
-        interceptors=[*server_interceptors(metrics), *limit_interceptors(limits, trust)],
+        interceptors=[*server_interceptors(metrics), *limit_interceptors(limits, trust), BankOfCall(trust)],
         maximum_concurrent_rpcs=limits.hard_cap,
         health_listen=health_listen,
     )

@@ -27,6 +27,9 @@ from creditnet.config import AggregatorConfig, parse_nodes
 from creditnet.domain import City
 from creditnet.pki import Identity, TrustStore
 
+# Six Python servers starting at once on a busy laptop may take a while.
+STARTUP_TIMEOUT = 120.0
+
 network_app = typer.Typer(help="The five-city network on one machine: up, status.", no_args_is_help=True)
 aggregator_app = typer.Typer(help="The national aggregator: run it.", no_args_is_help=True)
 
@@ -61,6 +64,8 @@ def up(
 ) -> None:
     """Provision (if new) and run the five city nodes and the aggregator until Ctrl-C.
 
+    A server that dies is restarted, after a delay that doubles (up to 30 s) while it keeps dying.
+
     Writes STATE_DIR/network.json with every endpoint, the CA certificate and the demo identities.
     """
     from creditnet.network import NetworkLayout, ProcessNetwork
@@ -72,7 +77,7 @@ def up(
         net = ProcessNetwork(layout)
         net.start()
         try:
-            asyncio.run(net.wait_healthy())
+            asyncio.run(net.wait_healthy(timeout=STARTUP_TIMEOUT))
             table = Table(title=f"creditnet network up — {state_dir / 'network.json'}")
             table.add_column("server")
             table.add_column("endpoint")
@@ -91,9 +96,14 @@ def up(
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGTERM, on_signal)
             while not stopping:
-                dead = [n for n, p in net.procs.items() if p.poll() is not None]
-                if dead:
-                    fail(f"{', '.join(dead)} stopped unexpectedly; see {state_dir / 'logs'}")
+                # A server that dies is started again, after a growing delay
+                # if it keeps dying: killing one is how a local network is
+                # put through its faults.
+                for r in net.supervise():
+                    console.print(
+                        f"[yellow]{r.name} stopped unexpectedly (exit {r.exit_code}); restarted it"
+                        f" (restart {r.attempt} in a row; see {state_dir / 'logs' / (r.name + '.log')})[/]"
+                    )
                 time.sleep(0.5)
         finally:
             console.print("stopping the network")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from creditnet.batches import read_batch
 from creditnet.chain.keys import LogKey
 from creditnet.chain.ledger import Ledger, WitnessLink
 from creditnet.chain.service import ChainService
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 # How often expired query ids are forgotten.
 PRUNE_INTERVAL = 60.0
 SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["CityNodeService"].full_name
+# Read record by record, so that one undecodable record is rejected alone.
+SUBMIT_RECORDS = f"/{SERVICE_NAME}/SubmitRecords"
 CHAIN_SERVICES = [
     chain_pb2.DESCRIPTOR.services_by_name["ChainService"].full_name,
     chain_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name,
@@ -109,6 +112,7 @@ async def start_node(
             interceptors=[*server_interceptors(metrics), *limit_interceptors(limits, trust)],
             maximum_concurrent_rpcs=limits.hard_cap,
             health_listen=health_listen,
+            deserializers={SUBMIT_RECORDS: read_batch},
         )
     except BaseException:
         await store.close()

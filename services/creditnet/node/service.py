@@ -13,6 +13,7 @@ import grpc
 from creditnet import __version__, records
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
+from creditnet.batches import MAX_BATCH_RECORDS, Batch
 from creditnet.chain.ledger import Ledger
 from creditnet.chain.sqlstore import KeptQueryAnswer
 from creditnet.chain.witness import Witness
@@ -20,7 +21,7 @@ from creditnet.consent import verify_revocation
 from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest, sign
-from creditnet.errors import AlreadyExists, CreditnetError, PermissionDenied, Unavailable
+from creditnet.errors import AlreadyExists, CreditnetError, InvalidArgument, PermissionDenied, Unavailable
 from creditnet.observability import NodeMetrics, bind_query_id
 from creditnet.pki import Identity, RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, AuthorizedQuery
@@ -31,6 +32,7 @@ from creditnet.v1 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query
 log = logging.getLogger(__name__)
 
 MAX_REJECTIONS_REPORTED = 100
+UNDECODABLE_RECORD = "not a well-formed CreditRecord (e.g. a text field that is not UTF-8)"
 # How long an answer may wait for witnesses when the caller set no deadline.
 RECEIPT_WAIT = 5.0
 
@@ -256,7 +258,8 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
     @refusals
     async def SubmitRecords(
         self,
-        request_iterator: AsyncIterator[node_pb2.SubmitRecordsRequest],
+        # Batches as `read_batch` reads them off the wire (see node.server).
+        request_iterator: AsyncIterator[Batch | node_pb2.SubmitRecordsRequest],
         context: grpc.aio.ServicerContext,
     ) -> node_pb2.SubmitRecordsResponse:
         role = self.peers.require(context, RoleKind.PROVIDER)
@@ -268,9 +271,22 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         provider_id = f"provider:{role.subject}"
         summary = node_pb2.SubmitRecordsResponse()
         index = 0
-        async for batch in request_iterator:
+        async for request in request_iterator:
+            batch = Batch.of(request)
+            if batch.oversized:
+                # Refused before any record of it is looked at; earlier
+                # batches were committed and stay.
+                raise InvalidArgument(
+                    "provider.batch_size",
+                    f"a batch holds at most {MAX_BATCH_RECORDS} records, this one {batch.count}; "
+                    "send smaller batches",
+                )
             valid: list[records_pb2.CreditRecord] = []
             for rec in batch.records:
+                if rec is None:
+                    self._reject(summary, index, "", UNDECODABLE_RECORD)
+                    index += 1
+                    continue
                 try:
                     category = records.validate_record(rec)
                     _check_provider_scope(rec, category, allowed, self.city)
@@ -279,13 +295,11 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                     # acknowledged by being committed and stay.
                     raise
                 except ValueError as exc:
-                    summary.rejected += 1
-                    if len(summary.rejections) < MAX_REJECTIONS_REPORTED:
-                        summary.rejections.add(index=index, record_id=rec.record_id[:128], reason=str(exc))
+                    self._reject(summary, index, rec.record_id, str(exc))
                 else:
                     valid.append(rec)
                 index += 1
-            summary.received += len(batch.records)
+            summary.received += batch.count
             accepted = duplicates = 0
             if valid:
                 h = hashlib.sha256()
@@ -314,7 +328,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 self.metrics.ingest_batch(
                     accepted=accepted,
                     duplicates=duplicates,
-                    rejected=len(batch.records) - len(valid),
+                    rejected=batch.count - len(valid),
                 )
         log.info(
             "provider %s submitted %d records: %d new, %d duplicate, %d rejected",
@@ -325,6 +339,12 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             summary.rejected,
         )
         return summary
+
+    @staticmethod
+    def _reject(summary: node_pb2.SubmitRecordsResponse, index: int, record_id: str, reason: str) -> None:
+        summary.rejected += 1
+        if len(summary.rejections) < MAX_REJECTIONS_REPORTED:
+            summary.rejections.add(index=index, record_id=record_id[:128], reason=reason)
 
     # -- revocations and info -------------------------------------------------
 

@@ -385,7 +385,7 @@ class NodeLoadCollector:
         )
         shed = CounterMetricFamily(
             "creditnet_aggregator_node_shed",
-            "Sections answered at once because the node had too many calls pending.",
+            "Sections answered at once: the node had too many calls pending, or the bank its share of them.",
             labels=["city"],
         )
         for load in self.load():

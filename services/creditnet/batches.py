@@ -1,0 +1,112 @@
+"""A provider's batch of records as it comes off the wire, read record by record.
+
+`SubmitRecordsRequest` is one repeated field, `records`. Parsed whole, one
+record that does not decode (a text field that is not UTF-8, a broken
+length) fails the whole message, and with it every valid record of the
+batch. Read here from the wire format instead, each record is decoded on its
+own: the ones that fail are rejected by position like any other invalid
+record, and the rest are stored as usual. The number of records is counted
+from their tags before any of them is decoded, so an oversized batch costs
+no decoding at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from google.protobuf.message import DecodeError
+
+from creditnet.v1 import node_pb2, records_pb2
+
+# Records in one SubmitRecords message; more is refused (provider.batch_size)
+# before any is read. The provider CLI's largest --batch-size.
+MAX_BATCH_RECORDS: Final = 10_000
+_RECORDS_FIELD: Final = 1
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+
+
+class MalformedBatch(ValueError):
+    """The message around the records is not a SubmitRecordsRequest."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """One SubmitRecords message: its records in order, None where one did not decode."""
+
+    records: list[records_pb2.CreditRecord | None] = field(default_factory=list)
+    # Records the message holds; beyond MAX_BATCH_RECORDS none was decoded.
+    count: int = 0
+
+    @property
+    def oversized(self) -> bool:
+        return self.count > MAX_BATCH_RECORDS
+
+    @classmethod
+    def of(cls, request: node_pb2.SubmitRecordsRequest | Batch) -> Batch:
+        """A batch from an already parsed request too (a server registered without `read_batch`)."""
+        if isinstance(request, Batch):
+            return request
+        records: list[records_pb2.CreditRecord | None] = list(request.records)
+        return cls(records=records, count=len(records))
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise MalformedBatch("a varint runs past the message or past 64 bits")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes) -> list[tuple[int, int, int, int]]:
+    """(field number, wire type, start, end) of each top-level field; groups are not accepted."""
+    out: list[tuple[int, int, int, int]] = []
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise MalformedBatch("field number 0")
+        start = pos
+        if wire == _VARINT:
+            _, pos = _varint(data, pos)
+        elif wire == _FIXED64:
+            pos += 8
+        elif wire == _FIXED32:
+            pos += 4
+        elif wire == _LENGTH:
+            size, start = _varint(data, pos)
+            pos = start + size
+        else:
+            # Groups (deprecated) nest without a length; no client sends them here.
+            raise MalformedBatch(f"wire type {wire}")
+        if pos > len(data):
+            raise MalformedBatch("a field runs past the message")
+        out.append((number, wire, start, pos))
+    return out
+
+
+def read_batch(raw: bytes) -> Batch:
+    """The batch in the bytes of a SubmitRecordsRequest; MalformedBatch if they are not one."""
+    records: list[tuple[int, int]] = []
+    for number, wire, start, end in _fields(raw):
+        if number != _RECORDS_FIELD:
+            continue  # unknown fields, as protobuf parsers skip them
+        if wire != _LENGTH:
+            raise MalformedBatch("records with another wire type")
+        records.append((start, end))
+    batch = Batch(count=len(records))
+    if batch.oversized:
+        return batch
+    for start, end in records:
+        try:
+            batch.records.append(records_pb2.CreditRecord.FromString(raw[start:end]))
+        except DecodeError:
+            batch.records.append(None)
+    return batch
