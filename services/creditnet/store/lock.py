@@ -97,6 +97,11 @@ class WriterLock:
     def _advisory(cls, conninfo: str, holder: str, name: str) -> WriterLock:
         conn = psycopg.connect(conninfo, autocommit=True, application_name=holder[:63])
         try:
+            # A holder whose host vanished (no FIN ever comes) keeps the lock
+            # until the server gives up on its session: within about 30 s.
+            conn.execute("SET tcp_keepalives_idle = 10")
+            conn.execute("SET tcp_keepalives_interval = 5")
+            conn.execute("SET tcp_keepalives_count = 4")
             got = conn.execute("SELECT pg_try_advisory_lock(%s)", (PG_NODE_LOCK_KEY,)).fetchone()
             if got is None or not got[0]:
                 raise DatabaseInUse(_refusal(f"the PostgreSQL database {name}", _pg_holder(conn)))
