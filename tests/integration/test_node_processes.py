@@ -205,7 +205,12 @@ async def test_a_second_node_process_on_one_database_is_refused_and_the_first_ke
     first = await node.ask(query(layout, grant), trust)
 
     second = node.start(listen=f"127.0.0.1:{free_port()}")
-    code = await asyncio.to_thread(second.wait, 60)
+    try:
+        code = await asyncio.to_thread(second.wait, 60)
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
 
     assert code == 1
     # (The message is wrapped to the terminal's width.)
