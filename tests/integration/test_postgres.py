@@ -1,36 +1,31 @@
 """What only PostgreSQL offers a node: a database outside its process, which
-it can restart against and share with another node process of its city."""
+it can restart against.
+
+A second node process on the same database is refused at start-up (one node
+process per database: `test_node_processes.py`); claims racing across
+processes on one database are shown at the store level
+(`tests/store/test_claims.py::test_processes_claiming_the_same_ids_get_one_ok_each`)."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
 import pytest
-import pytest_asyncio
 from sqlalchemy import create_engine, inspect
 
 from creditnet import query as query_mod
 from creditnet.config import NodeConfig
 from creditnet.domain import City, Purpose
-from creditnet.health import wait_serving
 from creditnet.network import InProcessNetwork, NetworkLayout, free_port
 from creditnet.node.server import start_node
-from creditnet.pki import TrustStore, node_server_name
-from creditnet.rpc import secure_channel
-from creditnet.store import SchemaNotReady, Store
+from creditnet.pki import TrustStore
+from creditnet.store import SchemaNotReady
 from creditnet.store.scratch import ScratchDatabases
-from creditnet.v1 import envelope_pb2, node_pb2, node_pb2_grpc, query_pb2
+from creditnet.v1 import envelope_pb2, query_pb2
 from tests.integration.conftest import POSTGRES
 from tests.integration.helpers import ask_node, consent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("database", [POSTGRES], indirect=True)]
 
-REPO = Path(__file__).resolve().parents[2]
 CITY = City.HEFEI
 
 
@@ -89,73 +84,3 @@ async def test_a_node_refuses_to_start_on_a_database_without_the_schema(
         assert inspect(engine).get_table_names() == []
     finally:
         engine.dispose()
-
-
-@pytest_asyncio.fixture
-async def twin_nodes(
-    layout: NetworkLayout, scratch: ScratchDatabases, tmp_path: Path
-) -> AsyncIterator[list[str]]:
-    """Two node processes of one city on one database (the chain off: one
-    log has one writer; this is about claims)."""
-    url = scratch.create("twins")
-    Store.open(url, migrate=True).close()
-    endpoints: list[str] = []
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for i in range(2):
-            cfg = NodeConfig.load(layout.node_config(CITY))
-            cfg.listen = f"127.0.0.1:{free_port()}"
-            cfg.database_url = url
-            cfg.witnesses = {}
-            cfg.quorum = 0
-            cfg.chain_enabled = False
-            path = tmp_path / f"twin-{i}.json"
-            cfg.save(path)
-            with open(tmp_path / f"twin-{i}.log", "wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "creditnet", "node", "run", "--config", str(path)],
-                        cwd=REPO,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-            # One after the other: each sets up its log's first row at start.
-            await wait_serving(
-                cfg.listen, node_server_name(CITY), layout.bank(), layout.ca, process=procs[-1]
-            )
-            endpoints.append(cfg.listen)
-        yield endpoints
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
-
-
-async def _ask(
-    endpoint: str, q: envelope_pb2.SignedEnvelope, layout: NetworkLayout, trust: TrustStore
-) -> str:
-    """Either ok or the rule id of the node's refusal."""
-    async with secure_channel(endpoint, layout.bank(), trust, node_server_name(CITY)) as ch:
-        try:
-            await node_pb2_grpc.CityNodeServiceStub(ch).Query(node_pb2.QueryRequest(query=q), timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            return (exc.details() or "").split(":")[0]
-    return "ok"
-
-
-async def test_two_node_processes_on_one_database_answer_each_query_once(
-    twin_nodes: list[str], layout: NetworkLayout, trust: TrustStore
-) -> None:
-    # The same query to both processes at once, ten times over.
-    same = [query(layout, consent(layout)) for _ in range(10)]
-    pairs = [list(await asyncio.gather(*(_ask(ep, q, layout, trust) for ep in twin_nodes))) for q in same]
-    # Eight different queries under a consent good for three, split between them.
-    limited = consent(layout, max_uses=3)
-    spread = [query(layout, limited) for _ in range(8)]
-    outcomes = await asyncio.gather(
-        *(_ask(twin_nodes[i % 2], q, layout, trust) for i, q in enumerate(spread))
-    )
-    assert all(sorted(pair) == ["ok", "query.replay"] for pair in pairs), pairs
-    assert sorted(outcomes) == ["consent.uses_exhausted"] * 5 + ["ok"] * 3, outcomes

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from creditnet.domain import Category
-from creditnet.store import ClaimOutcome, QueryClaim, Store
+from creditnet.store import ClaimedQuery, ClaimOutcome, QueryClaim, Store
 from tests.store.factories import PROVIDER, SOON, USCC_A, USCC_B, batch, profile, record
 
 OK, REPLAY, LIMIT, REVOKED = (
@@ -38,6 +38,18 @@ def test_a_query_id_is_answered_once(store: Store) -> None:
     assert store.claim_query("q1", OTHER, 0, SOON) is REPLAY
     assert store.consent_uses(CONSENT) == 1
     assert store.consent_uses(OTHER) == 0
+
+
+def test_a_claim_names_its_query_and_holds_no_answer_until_its_entry_is_written(store: Store) -> None:
+    query_digest = b"\x09" * 32
+    assert store.claim_query("q1", CONSENT, 0, SOON, query_digest=query_digest) is OK
+    # Until the credit chain writes the entry and the kept answer, the claim
+    # says which signed query spent the use, so that only that query's retry
+    # may complete it.
+    assert store.claimed("q1") == ClaimedQuery(query_digest, None)
+    assert store.claim_query("q1", CONSENT, 0, SOON, query_digest=query_digest) is REPLAY
+    assert store.claimed("q1") == ClaimedQuery(query_digest, None)
+    assert store.claimed("q2") is None
 
 
 def test_max_uses_is_enforced_per_consent(store: Store) -> None:

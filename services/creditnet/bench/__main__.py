@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from sqlalchemy import make_url
 
 from creditnet import query as query_mod
 from creditnet.bench.chain import bench_appends, bench_proofs
@@ -156,6 +158,19 @@ async def node_rate(
         return await drive(do_rest, n, conc)
 
 
+def copy_sqlite(url: str, target: Path) -> str:
+    """A consistent copy of a live SQLite database (SQLite's online backup), as a URL."""
+    source = make_url(url).database
+    if source is None:
+        raise ValueError(f"not a SQLite database: {url}")
+    with (
+        contextlib.closing(sqlite3.connect(source)) as src,
+        contextlib.closing(sqlite3.connect(target)) as dst,
+    ):
+        src.backup(dst)
+    return f"sqlite:///{target}"
+
+
 async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
     trust = TrustStore.load(layout.ca)
     bank = layout.bank()
@@ -175,6 +190,8 @@ async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
     cfg = NodeConfig.load(layout.node_config(City.SHANGHAI))
     cfg.listen = f"127.0.0.1:{free_port()}"
     cfg.chain_enabled = False
+    # A node is its database's only process: the baseline gets a copy.
+    cfg.database_url = copy_sqlite(cfg.database_url, layout.root / "nodes" / "shanghai" / "node-nochain.db")
     plain_cfg = layout.root / "nodes" / "shanghai" / "node-nochain.json"
     cfg.save(plain_cfg)
     plain = spawn(["creditnet", "node", "run", "--config", str(plain_cfg)])

@@ -25,6 +25,7 @@ from creditnet.observability import NodeMetrics, server_interceptors
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore
+from creditnet.store.lock import WriterLock
 from creditnet.v1 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class RunningNode:
     service: CityNodeService
     ledger: Ledger
     metrics: NodeMetrics
+    lock: WriterLock
     pruning: asyncio.Task[None] | None = None
 
     @property
@@ -60,8 +62,11 @@ class RunningNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.pruning
         await self.handle.stop(grace)
+        await self.service.drain(grace)
         await self.ledger.stop()
         await self.store.close()
+        # Only once everything is written may another node process start.
+        await asyncio.to_thread(self.lock.release)
         self.metrics.close()
 
 
@@ -80,28 +85,36 @@ async def start_node(
     if log_key.name != config.city.value:
         raise ValueError(f"the log key is for {log_key.name!r}, not for the {config.city.value} node")
     store = await AsyncStore.open(config.database_url)
-    witnesses = [WitnessLink.connect(n, ep, identity, trust) for n, ep in config.witnesses.items()]
-    ledger = await asyncio.to_thread(Ledger, store.store, log_key, witnesses=witnesses, quorum=config.quorum)
-    witness = Witness(store.store, log_key)
-    metrics = NodeMetrics(config.city)
-    metrics.watch_ledger(ledger)
-    service = CityNodeService(
-        city=config.city,
-        identity=identity,
-        trust=trust,
-        store=store,
-        ledger=ledger if config.chain_enabled else None,
-        metrics=metrics,
-        witness=witness,
-    )
-    chain = ChainService(city=config.city, ledger=ledger, trust=trust)
-
-    def register(server: grpc.aio.Server) -> None:
-        node_pb2_grpc.add_CityNodeServiceServicer_to_server(service, server)
-        chain_pb2_grpc.add_ChainServiceServicer_to_server(chain, server)
-        chain_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessService(witness, trust), server)
-
     try:
+        # Before anything is written: a second node process on this database stops here.
+        lock = await asyncio.to_thread(WriterLock.acquire, config.database_url, config.city.value)
+    except BaseException:
+        await store.close()
+        raise
+    try:
+        witnesses = [WitnessLink.connect(n, ep, identity, trust) for n, ep in config.witnesses.items()]
+        ledger = await asyncio.to_thread(
+            Ledger, store.store, log_key, witnesses=witnesses, quorum=config.quorum
+        )
+        witness = Witness(store.store, log_key)
+        metrics = NodeMetrics(config.city)
+        metrics.watch_ledger(ledger)
+        service = CityNodeService(
+            city=config.city,
+            identity=identity,
+            trust=trust,
+            store=store,
+            ledger=ledger if config.chain_enabled else None,
+            metrics=metrics,
+            witness=witness,
+        )
+        chain = ChainService(city=config.city, ledger=ledger, trust=trust)
+
+        def register(server: grpc.aio.Server) -> None:
+            node_pb2_grpc.add_CityNodeServiceServicer_to_server(service, server)
+            chain_pb2_grpc.add_ChainServiceServicer_to_server(chain, server)
+            chain_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessService(witness, trust), server)
+
         handle = await start_server(
             listen=config.listen,
             identity=identity,
@@ -116,6 +129,7 @@ async def start_node(
         )
     except BaseException:
         await store.close()
+        await asyncio.to_thread(lock.release)
         raise
     ledger.start()
     log.info("node %s serving on port %d", config.city.value, handle.port)
@@ -126,6 +140,7 @@ async def start_node(
         service=service,
         ledger=ledger,
         metrics=metrics,
+        lock=lock,
         pruning=asyncio.create_task(prune_expired_queries(store)),
     )
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 
@@ -37,6 +39,15 @@ UNDECODABLE_RECORD = "not a well-formed CreditRecord (e.g. a text field that is 
 RECEIPT_WAIT = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """A query's signed answer and the ledger entry that logged it (index None: no chain)."""
+
+    answer: envelope_pb2.SignedEnvelope
+    index: int | None
+    entry: bytes
+
+
 class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
     def __init__(
         self,
@@ -62,6 +73,8 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         self.metrics = metrics
         self.witness = witness
         self.clock = clock
+        # Queries being claimed, answered and logged, by (query id, digest).
+        self._settling: dict[tuple[str, bytes], asyncio.Task[_Settled]] = {}
 
     # -- queries -------------------------------------------------------------
 
@@ -88,6 +101,49 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         # Only now, with the bank's signature checked, is the query id trusted
         # enough to label logs and spans.
         bind_query_id(aq.terms.query_id)
+        settled = await self._settle(aq, now)
+        if settled.index is None:
+            # Only the benchmark's baseline runs without a chain; banks
+            # refuse answers that carry no receipt.
+            return node_pb2.QueryResponse(answer=settled.answer)
+        assert self.ledger is not None
+        # The answer leaves only with a receipt that witnesses have cosigned.
+        receipt = await self._receipt(self.ledger, settled.index, settled.entry, context)
+        return node_pb2.QueryResponse(answer=settled.answer, receipt=receipt)
+
+    async def _settle(self, aq: AuthorizedQuery, now: dt.datetime) -> _Settled:
+        """Claim, answer and log this query as one step that no caller can split.
+
+        The step runs as its own task: a caller that gives up (its deadline
+        passed, its connection dropped, the node was frozen meanwhile) stops
+        waiting for it, but a claim once submitted is always followed by its
+        answer and ledger entry, or by the refusal it earned. Callers sending
+        this very query (same id and digest) while it runs wait for the same
+        task, so one query is never settled twice at once.
+        """
+        key = (aq.terms.query_id, aq.digest)
+        task = self._settling.get(key)
+        if task is None:
+            task = asyncio.create_task(self._claim_and_answer(aq, now))
+            self._settling[key] = task
+            task.add_done_callback(functools.partial(self._settled, key))
+        return await asyncio.shield(task)
+
+    def _settled(self, key: tuple[str, bytes], task: asyncio.Task[_Settled]) -> None:
+        if self._settling.get(key) is task:
+            del self._settling[key]
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None and not isinstance(failure, CreditnetError):
+            # Every caller may have given up: said here, or nowhere.
+            log.error("answering a query failed", exc_info=failure)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) for the queries being settled, so
+        that a clean stop leaves no claim without its entry."""
+        if self._settling:
+            await asyncio.wait(list(self._settling.values()), timeout=timeout)
+
+    async def _claim_and_answer(self, aq: AuthorizedQuery, now: dt.datetime) -> _Settled:
         # The lookup runs while the claim commits; nothing is disclosed
         # unless the claim succeeds.
         lookup = asyncio.ensure_future(self._lookup(aq))
@@ -95,38 +151,64 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             await self._claim(aq)
         except AlreadyExists as exc:
             lookup.cancel()
-            # A retry of the very query this node answered (its answer was
-            # lost on the way): the same answer again, not a second one.
-            try:
-                again = await self._answer_again(aq, context)
-            except CreditnetError as refused:
-                await self._log_refusal(seen, refused, now)
-                raise
-            if again is not None:
-                return again
-            await self._log_refusal(seen, exc, now)
-            raise
+            return await self._settle_again(aq, now, exc)
         except CreditnetError as exc:
             lookup.cancel()
-            await self._log_refusal(seen, exc, now)
+            await self._log_refusal(_seen(aq), exc, now)
+            raise
+        except BaseException:
+            lookup.cancel()
             raise
         found, profile = await lookup
+        return await self._disclose(aq, now, found, profile)
+
+    async def _disclose(
+        self,
+        aq: AuthorizedQuery,
+        now: dt.datetime,
+        found: list[records_pb2.CreditRecord],
+        profile: records_pb2.EnterpriseProfile | None,
+    ) -> _Settled:
         answer, disclosed = self._answer(aq, now, found, profile)
+        if self.ledger is None:
+            self._answered(disclosed)
+            return _Settled(answer, None, b"")
         entry = _query_entry(aq, self.city, now, chain_pb2.ENTRY_KIND_QUERY_ANSWERED)
         entry.disclosed_digest = digest(answer.payload)
         entry.records_disclosed = disclosed
-        if self.ledger is None:
-            # Only the benchmark's baseline runs without a chain; banks
-            # refuse answers that carry no receipt.
-            self._answered(disclosed)
-            return node_pb2.QueryResponse(answer=answer)
-        # The entry is on disk before anything is disclosed, and the answer
-        # leaves only with a receipt that witnesses have cosigned.
+        # The entry and the kept answer are on disk, together, before
+        # anything is disclosed.
         kept = KeptQueryAnswer(aq.terms.query_id, aq.digest, answer.SerializeToString(deterministic=True))
         appended = await self.ledger.append(entry, aq.terms.enterprise_uscc, answer=kept)
-        receipt = await self._receipt(self.ledger, appended.index, appended.entry, context)
         self._answered(disclosed)
-        return node_pb2.QueryResponse(answer=answer, receipt=receipt)
+        return _Settled(answer, appended.index, appended.entry)
+
+    async def _settle_again(self, aq: AuthorizedQuery, now: dt.datetime, replay: AlreadyExists) -> _Settled:
+        """A query id claimed before: this very query again, or a replay.
+
+        The very query (same id and signed payload) gets the answer kept for
+        it, and nothing new is disclosed or logged. If its claim holds no
+        answer (the node stopped, or its append failed, between the claim's
+        commit and the entry's), the claim is completed now: answered and
+        logged once, spending no second use. A consent revoked since is
+        honoured all the same. Any other query under that id is a replay.
+        """
+        claimed = None if self.ledger is None else await self.store.claimed(aq.terms.query_id)
+        if claimed is None or claimed.query_digest != aq.digest:
+            await self._log_refusal(_seen(aq), replay, now)
+            raise replay
+        if await self.store.is_revoked(aq.consent.digest):
+            revoked = PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
+            await self._log_refusal(_seen(aq), revoked, now)
+            raise revoked
+        if claimed.kept is None:
+            log.warning("query claimed but never answered; answering it now")
+            found, profile = await self._lookup(aq)
+            return await self._disclose(aq, now, found, profile)
+        assert self.ledger is not None
+        index = claimed.kept.ledger_index
+        ((_, entry),) = await asyncio.to_thread(self.ledger.log.entries, index, index + 1)
+        return _Settled(envelope_pb2.SignedEnvelope.FromString(claimed.kept.answer), index, entry)
 
     async def _receipt(
         self, ledger: Ledger, index: int, entry: bytes, context: grpc.aio.ServicerContext
@@ -139,30 +221,6 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             raise Unavailable(
                 "chain.unpublished", "the access is logged but witnesses have not cosigned it yet; retry"
             ) from None
-
-    async def _answer_again(
-        self, aq: AuthorizedQuery, context: grpc.aio.ServicerContext
-    ) -> node_pb2.QueryResponse | None:
-        """The answer kept for this very query (same id and signed payload), or None.
-
-        Nothing new is disclosed and nothing is logged: the answer is the one
-        its credit-chain entry already records. A consent revoked since is
-        honoured all the same.
-        """
-        if self.ledger is None:
-            return None
-        kept = await self.store.kept_answer(aq.terms.query_id, aq.digest)
-        if kept is None:
-            return None
-        if await self.store.is_revoked(aq.consent.digest):
-            raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
-        ((_, entry),) = await asyncio.to_thread(
-            self.ledger.log.entries, kept.ledger_index, kept.ledger_index + 1
-        )
-        receipt = await self._receipt(self.ledger, kept.ledger_index, entry, context)
-        return node_pb2.QueryResponse(
-            answer=envelope_pb2.SignedEnvelope.FromString(kept.answer), receipt=receipt
-        )
 
     def _answered(self, disclosed: int) -> None:
         if self.metrics is not None:
@@ -212,6 +270,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             aq.consent.digest,
             aq.consent.terms.max_uses,
             aq.terms.expires_at + CLOCK_SKEW,
+            query_digest=aq.digest,
         )
         if outcome is ClaimOutcome.REPLAY:
             raise AlreadyExists("query.replay", "this query id was already answered; sign a new query")
@@ -398,6 +457,11 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             evidence = await asyncio.to_thread(self.witness.evidence)
             info.evidence_against.extend(sorted({e.origin for e in evidence}))
         return info
+
+
+def _seen(aq: AuthorizedQuery) -> query_mod.Seen:
+    """A query that passed every stateless rule: its refusal is logged against the enterprise."""
+    return query_mod.Seen(terms=aq.terms, digest=aq.digest, consent=aq.consent)
 
 
 def _query_entry(aq: AuthorizedQuery, city: City, now: dt.datetime, kind: int) -> chain_pb2.LedgerEntry:

@@ -4,6 +4,7 @@ protection, consent use counts and revocations (SQLite or PostgreSQL)."""
 from creditnet.store.aio import AsyncStore, GroupCommitStats
 from creditnet.store.schema import Migration, SchemaNotReady, UnknownRevision, head_revision
 from creditnet.store.store import (
+    ClaimedQuery,
     ClaimOutcome,
     IngestResult,
     InvalidRecord,
@@ -16,6 +17,7 @@ from creditnet.store.store import (
 __all__ = [
     "AsyncStore",
     "ClaimOutcome",
+    "ClaimedQuery",
     "GroupCommitStats",
     "IngestResult",
     "InvalidRecord",

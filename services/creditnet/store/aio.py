@@ -40,7 +40,15 @@ from typing import Any, Final, Self, TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from creditnet.domain import Category
-from creditnet.store.store import ClaimOutcome, IngestResult, KeptAnswer, QueryClaim, Store, StoreStats
+from creditnet.store.store import (
+    ClaimedQuery,
+    ClaimOutcome,
+    IngestResult,
+    KeptAnswer,
+    QueryClaim,
+    Store,
+    StoreStats,
+)
 from creditnet.v1 import records_pb2
 
 log = logging.getLogger(__name__)
@@ -246,9 +254,15 @@ class AsyncStore:
         return await self._write(functools.partial(self._store.upsert_profiles, profiles))
 
     async def claim_query(
-        self, query_id: str, consent_digest: bytes, max_uses: int, expires_at: dt.datetime
+        self,
+        query_id: str,
+        consent_digest: bytes,
+        max_uses: int,
+        expires_at: dt.datetime,
+        *,
+        query_digest: bytes | None = None,
     ) -> ClaimOutcome:
-        claim = QueryClaim(query_id, consent_digest, max_uses, expires_at)
+        claim = QueryClaim(query_id, consent_digest, max_uses, expires_at, query_digest)
         return await asyncio.wrap_future(self._writer.claim(claim))
 
     async def revoke(
@@ -299,6 +313,9 @@ class AsyncStore:
 
     async def kept_answer(self, query_id: str, query_digest: bytes) -> KeptAnswer | None:
         return await self._read(functools.partial(self._store.kept_answer, query_id, query_digest))
+
+    async def claimed(self, query_id: str) -> ClaimedQuery | None:
+        return await self._read(functools.partial(self._store.claimed, query_id))
 
     async def is_revoked(self, consent_digest: bytes) -> bool:
         return await self._read(functools.partial(self._store.is_revoked, consent_digest))

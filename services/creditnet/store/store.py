@@ -132,6 +132,15 @@ class KeptAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimedQuery:
+    """What a claimed query id holds: the digest of the signed query that
+    claimed it and, once its credit-chain entry is written, the kept answer."""
+
+    query_digest: bytes | None
+    kept: KeptAnswer | None
+
+
+@dataclass(frozen=True, slots=True)
 class QueryClaim:
     """One query about to be answered under one consent."""
 
@@ -139,6 +148,10 @@ class QueryClaim:
     consent_digest: bytes
     max_uses: int
     expires_at: dt.datetime
+    # SHA-256 of the signed query's payload: recorded with the claim so that
+    # a retry of this very query can be told from another under the same id
+    # even when the answer was never written.
+    query_digest: bytes | None = None
 
     def __post_init__(self) -> None:
         if not 0 < len(self.query_id) <= MAX_QUERY_ID_LENGTH:
@@ -375,17 +388,25 @@ class Store:
     # -- replay protection and consent use ----------------------------------
 
     def claim_query(
-        self, query_id: str, consent_digest: bytes, max_uses: int, expires_at: dt.datetime
+        self,
+        query_id: str,
+        consent_digest: bytes,
+        max_uses: int,
+        expires_at: dt.datetime,
+        *,
+        query_digest: bytes | None = None,
     ) -> ClaimOutcome:
         """Record that ``query_id`` is answered under the consent, atomically.
 
         The outcome is, in this order of precedence: REPLAY if the query id was
         claimed before; LIMIT_EXCEEDED if ``max_uses > 0`` and the consent has
         been used ``max_uses`` times; REVOKED if the consent is revoked; else
-        OK, and the query id and one more use of the consent are recorded in
-        the same transaction. Nothing is recorded unless the outcome is OK.
+        OK, and the query id (with ``query_digest``, the signed query's) and
+        one more use of the consent are recorded in the same transaction.
+        Nothing is recorded unless the outcome is OK.
         """
-        outcome = self.claim_queries([QueryClaim(query_id, consent_digest, max_uses, expires_at)])[0]
+        claim = QueryClaim(query_id, consent_digest, max_uses, expires_at, query_digest)
+        outcome = self.claim_queries([claim])[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -482,6 +503,25 @@ class Store:
         if row is None or row.ledger_index is None:
             return None
         return KeptAnswer(answer=bytes(row.answer), ledger_index=int(row.ledger_index))
+
+    def claimed(self, query_id: str) -> ClaimedQuery | None:
+        """What the claim of ``query_id`` holds, if the id is claimed.
+
+        A claim without a kept answer is a use spent with nothing disclosed
+        or logged yet: its answer is being written, or the node stopped (or
+        its append failed) between the claim's commit and the entry's.
+        """
+        stmt = select(QUERY_USES.c.query_digest, QUERY_USES.c.answer, QUERY_USES.c.ledger_index).where(
+            QUERY_USES.c.query_id == query_id
+        )
+        with self._reading() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        kept = None
+        if row.answer is not None and row.ledger_index is not None:
+            kept = KeptAnswer(answer=bytes(row.answer), ledger_index=int(row.ledger_index))
+        return ClaimedQuery(None if row.query_digest is None else bytes(row.query_digest), kept)
 
     # -- statistics ------------------------------------------------------
 
@@ -621,6 +661,7 @@ class Store:
             {
                 "query_id": claim.query_id,
                 "consent_digest": claim.consent_digest,
+                "query_digest": claim.query_digest,
                 "used_at": now,
                 "expires_at": claim.expires_at,
             },
@@ -722,6 +763,7 @@ class _ClaimStatements:
             .values(
                 query_id=bindparam("query_id"),
                 consent_digest=bindparam("consent_digest"),
+                query_digest=bindparam("query_digest"),
                 used_at=bindparam("used_at"),
                 expires_at=bindparam("expires_at"),
             )

@@ -1,0 +1,229 @@
+"""A spent consent use always ends with its answer logged and kept: a caller
+that gives up, a node frozen meanwhile or killed between the claim and the
+ledger entry leave nothing a retry cannot complete (rule 28), on SQLite and
+PostgreSQL, with the node as its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+from creditnet import query as query_mod
+from creditnet.domain import City, Purpose
+from creditnet.envelope import digest
+from creditnet.network import NetworkLayout, free_port
+from creditnet.pki import TrustStore
+from creditnet.store import Store
+from creditnet.v1 import chain_pb2, envelope_pb2, query_pb2
+from tests.faults.conftest import eventually
+from tests.integration.conftest import SQLITE
+from tests.integration.helpers import consent
+from tests.integration.processes import NodeProcess, claims, fresh_database, unanswered_claims
+
+pytestmark = pytest.mark.slow
+
+CITY = City.HEFEI
+CLIENTS = 8
+
+
+@pytest.fixture
+def node(
+    database: str,
+    layout: NetworkLayout,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[NodeProcess]:
+    root = tmp_path_factory.mktemp("claims")
+    scratch = None if database == SQLITE else request.getfixturevalue("scratch")
+    name = request.node.name.split("[")[0].removeprefix("test_")[:40]
+    process = NodeProcess(layout, CITY, fresh_database(database, name, root, scratch), root)
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+def query(
+    layout: NetworkLayout, grant: envelope_pb2.SignedEnvelope, query_id: str | None = None
+) -> envelope_pb2.SignedEnvelope:
+    return query_mod.build(
+        layout.bank(),
+        grant,
+        enterprise_uscc=layout.demo_enterprise,
+        purpose=Purpose.LOAN_APPLICATION,
+        cities=(CITY,),
+        query_id=query_id,
+    )
+
+
+def query_id(q: envelope_pb2.SignedEnvelope) -> str:
+    return query_pb2.CreditQuery.FromString(q.payload).query_id
+
+
+def consent_digest(grant: envelope_pb2.SignedEnvelope) -> bytes:
+    return digest(grant.payload)
+
+
+@contextmanager
+def claims_held(url: str) -> Iterator[None]:
+    """Another writer holds what a claim needs (a long transaction, a stuck
+    migration): the node's claims wait until it lets go."""
+    if make_url(url).get_backend_name() == SQLITE:
+        # SQLite has one write lock for the whole file.
+        conn = sqlite3.connect(make_url(url).database or "", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    with psycopg.connect(_libpq(url)) as pg:
+        pg.execute("LOCK TABLE consent_uses IN EXCLUSIVE MODE")
+        yield
+        pg.rollback()
+
+
+@contextmanager
+def appends_stalled(url: str) -> Iterator[None]:
+    """Claims commit but no credit-chain entry can: on PostgreSQL the log's
+    size row is locked (appends wait, and the node dies with its append
+    open); SQLite has one lock for the whole file, so there the entries'
+    insert fails instead."""
+    if make_url(url).get_backend_name() == SQLITE:
+        conn = sqlite3.connect(make_url(url).database or "", isolation_level=None)
+        conn.execute(
+            "CREATE TRIGGER stall BEFORE INSERT ON chain_entry BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+        )
+        try:
+            yield
+        finally:
+            conn.execute("DROP TRIGGER stall")
+            conn.close()
+        return
+    with psycopg.connect(_libpq(url)) as pg:
+        pg.execute("LOCK TABLE chain_meta IN EXCLUSIVE MODE")
+        yield
+        pg.rollback()
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def answered_once(node: NodeProcess, trust: TrustStore, ids: list[str]) -> None:
+    entries = await node.entries(trust)
+    answered = Counter(e.query_id for e in entries if e.kind == chain_pb2.ENTRY_KIND_QUERY_ANSWERED)
+    assert {i: answered[i] for i in ids} == dict.fromkeys(ids, 1)
+    assert unanswered_claims(node.url) == 0
+
+
+async def test_queries_whose_callers_gave_up_while_a_frozen_node_claimed_them_are_answered_on_retry(
+    node: NodeProcess, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    node.start()
+    await node.serving()
+    grant = consent(layout)
+    queries = [query(layout, grant) for _ in range(CLIENTS)]
+    with claims_held(node.url):
+        sent = [asyncio.create_task(node.outcome(q, trust, timeout=3.0)) for q in queries]
+        # Long enough for every query to reach its claim (a bound, not a
+        # timing assertion: a query frozen before its claim is claimed on
+        # retry instead, and passes all the same).
+        await asyncio.sleep(1.0)
+        node.freeze()
+        gave_up = await asyncio.gather(*sent)
+    # The claims commit as the node resumes and sees its callers gone.
+    node.thaw()
+    assert gave_up == ["DEADLINE_EXCEEDED"] * CLIENTS
+
+    retried = await asyncio.gather(*(node.ask(q, trust) for q in queries))
+
+    for q, resp in zip(queries, retried, strict=True):
+        answer = query_pb2.CityAnswer.FromString(resp.answer.payload)
+        assert (answer.query_id, answer.query_digest) == (query_id(q), digest(q.payload))
+        assert chain_pb2.LedgerEntry.FromString(resp.receipt.entry).query_id == query_id(q)
+    await answered_once(node, trust, [query_id(q) for q in queries])
+    with Store.open(node.url) as store:
+        assert store.consent_uses(consent_digest(grant)) == CLIENTS
+
+
+async def test_claims_a_killed_node_left_without_answers_are_answered_once_on_retry(
+    node: NodeProcess, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    node.start()
+    await node.serving()
+    # Exactly one use per query: a retry that spent a second one would be refused.
+    grant = consent(layout, max_uses=CLIENTS)
+    queries = [query(layout, grant) for _ in range(CLIENTS)]
+    with appends_stalled(node.url):
+        sent = [asyncio.create_task(node.outcome(q, trust, timeout=30.0)) for q in queries]
+
+        async def all_claimed() -> bool:
+            return await asyncio.to_thread(claims, node.url) == CLIENTS
+
+        await eventually(all_claimed, "every query claimed")
+        await node.kill()
+    outcomes = await asyncio.gather(*sent)
+    assert "ok" not in outcomes
+    assert unanswered_claims(node.url) == CLIENTS
+
+    node.start()
+    await node.serving()
+    # Each query retried twice at once: one completion, one entry, one answer.
+    pairs = await asyncio.gather(*(asyncio.gather(node.ask(q, trust), node.ask(q, trust)) for q in queries))
+
+    for q, (first, second) in zip(queries, pairs, strict=True):
+        assert first.answer.SerializeToString() == second.answer.SerializeToString()
+        assert first.receipt.index == second.receipt.index
+        answer = query_pb2.CityAnswer.FromString(first.answer.payload)
+        assert (answer.query_id, answer.query_digest) == (query_id(q), digest(q.payload))
+    await answered_once(node, trust, [query_id(q) for q in queries])
+    with Store.open(node.url) as store:
+        assert store.consent_uses(consent_digest(grant)) == CLIENTS
+    # The same again later is the kept answer; another query under one of
+    # those ids is still a replay.
+    again = await node.ask(queries[0], trust)
+    assert again.answer.SerializeToString() == pairs[0][0].answer.SerializeToString()
+    other = query(layout, consent(layout), query_id=query_id(queries[0]))
+    assert await node.outcome(other, trust) == "query.replay"
+
+
+async def test_a_second_node_process_on_one_database_is_refused_and_the_first_keeps_serving(
+    node: NodeProcess, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    node.start()
+    await node.serving()
+    grant = consent(layout)
+    first = await node.ask(query(layout, grant), trust)
+
+    second = node.start(listen=f"127.0.0.1:{free_port()}")
+    try:
+        code = await asyncio.to_thread(second.wait, 60)
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+
+    assert code == 1
+    # (The message is wrapped to the terminal's width.)
+    said = " ".join(node.log_path(2).read_text(encoding="utf-8").split())
+    assert "store.in_use" in said and "already served by creditnet node hefei" in said, said
+    assert "single writer" in said, said
+    # The first is untouched: it serves, and its log goes on.
+    assert node.running().poll() is None
+    later = await node.ask(query(layout, grant), trust)
+    assert later.receipt.index == first.receipt.index + 1
+    # Once it has stopped, the next one starts on the same database.
+    assert await node.stop() == 0
+    node.start()
+    await node.serving()
+    after = await node.ask(query(layout, grant), trust)
+    assert after.receipt.index == later.receipt.index + 1
