@@ -274,7 +274,8 @@ def test_csr_flow_lets_the_ca_decide_the_role(ca: CertificateAuthority, trust: T
     key = generate_key()
     csr = make_csr(key, Role.bank("B-ASKED"))
     assert csr.is_signature_valid
-    cert = ca.issue_from_csr(csr, Role.bank("B-GRANTED"))
+    # Issued as of NOW, however long after import the test runs.
+    cert = ca.issue_from_csr(csr, Role.bank("B-GRANTED"), not_before=ISSUED)
     ident = Identity.from_objects(key, cert)
     assert ident.role == Role.bank("B-GRANTED")
     assert trust.verify_chain(ident.chain_der, NOW).role == Role.bank("B-GRANTED")
@@ -412,7 +413,7 @@ def test_a_leaf_cannot_act_as_a_ca(ca: CertificateAuthority, trust: TrustStore) 
     bank = issued(ca, Role.bank("B1"))
     fake_ca = CertificateAuthority(cert=bank.cert, key=bank.key)
     key = generate_key()
-    child = fake_ca.issue(Role.node(City.HEFEI), key.public_key())
+    child = fake_ca.issue(Role.node(City.HEFEI), key.public_key(), not_before=ISSUED)
     with pytest.raises(Unauthenticated) as err:
         trust.verify_chain([_der(child), bank.chain_der[0]], NOW)
     assert err.value.rule == "cert.untrusted"
