@@ -32,23 +32,40 @@ class MalformedBatch(ValueError):
 
 @dataclass(slots=True)
 class Batch:
-    """One SubmitRecords message: its records in order, None where one did not decode."""
+    """One SubmitRecords message: its records in order, as bytes until decoded."""
 
-    records: list[records_pb2.CreditRecord | None] = field(default_factory=list)
-    # Records the message holds; beyond MAX_BATCH_RECORDS none was decoded.
+    # Each record's bytes, as read off the wire (not yet decoded)...
+    raw: list[bytes] = field(default_factory=list)
+    # ...or the records of a request that was parsed whole.
+    parsed: list[records_pb2.CreditRecord] | None = None
+    # Records the message holds; beyond MAX_BATCH_RECORDS none was kept.
     count: int = 0
 
     @property
     def oversized(self) -> bool:
         return self.count > MAX_BATCH_RECORDS
 
+    def decode(self) -> list[records_pb2.CreditRecord | None]:
+        """The records in order, None where one does not decode.
+
+        CPU work in proportion to the batch: the node calls it off its event loop.
+        """
+        if self.parsed is not None:
+            return list(self.parsed)
+        out: list[records_pb2.CreditRecord | None] = []
+        for data in self.raw:
+            try:
+                out.append(records_pb2.CreditRecord.FromString(data))
+            except DecodeError:
+                out.append(None)
+        return out
+
     @classmethod
     def of(cls, request: node_pb2.SubmitRecordsRequest | Batch) -> Batch:
         """A batch from an already parsed request too (a server registered without `read_batch`)."""
         if isinstance(request, Batch):
             return request
-        records: list[records_pb2.CreditRecord | None] = list(request.records)
-        return cls(records=records, count=len(records))
+        return cls(parsed=list(request.records), count=len(request.records))
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -102,11 +119,8 @@ def read_batch(raw: bytes) -> Batch:
             raise MalformedBatch("records with another wire type")
         records.append((start, end))
     batch = Batch(count=len(records))
-    if batch.oversized:
-        return batch
-    for start, end in records:
-        try:
-            batch.records.append(records_pb2.CreditRecord.FromString(raw[start:end]))
-        except DecodeError:
-            batch.records.append(None)
+    if not batch.oversized:
+        # Only sliced here, in the deserializer on the event loop; decoding
+        # is left for the node's worker thread.
+        batch.raw = [raw[start:end] for start, end in records]
     return batch
