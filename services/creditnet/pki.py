@@ -31,7 +31,7 @@ import ipaddress
 import os
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -476,6 +476,13 @@ class VerifiedCert:
     not_before: dt.datetime
     not_after: dt.datetime
     fingerprint: str
+    # What a revocation list names a certificate by (protocol v2's directory).
+    serial: int = 0
+    spki_sha256: bytes = b""
+
+
+# Whether a verified certificate is revoked now (fed by the network directory).
+RevocationCheck = Callable[[VerifiedCert], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +517,10 @@ class TrustStore:
     The cache maps the SHA-256 of the exact DER chain to what was learnt; a
     hit still checks the validity window against the time of use, so an
     expired certificate is refused even if it was valid when first seen.
+
+    `revocation`, when set (a server holding the network directory), is
+    asked at every use too, cache hit or not: a certificate revoked after it
+    was first seen is refused from the next use, ``cert.revoked``.
     """
 
     def __init__(self, ca_cert: x509.Certificate, *, cache_size: int = 4096) -> None:
@@ -520,6 +531,7 @@ class TrustStore:
         self._log_cache: dict[bytes, VerifiedLogKey] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self.revocation: RevocationCheck | None = None
 
     @classmethod
     def load(cls, ca_path: Path) -> TrustStore:
@@ -541,7 +553,14 @@ class TrustStore:
                 self._cache[digest] = hit
         if not (hit.not_before <= now <= hit.not_after):
             raise Unauthenticated("cert.expired", "certificate is not valid at this time; renew it")
+        self.require_unrevoked(hit)
         return hit
+
+    def require_unrevoked(self, cert: VerifiedCert) -> None:
+        """Refuse a certificate the network directory lists as revoked (UNAUTHENTICATED cert.revoked)."""
+        check = self.revocation
+        if check is not None and check(cert):
+            raise Unauthenticated("cert.revoked", "this certificate has been revoked by the network")
 
     def _verify_uncached(self, chain: Sequence[bytes], now: dt.datetime) -> VerifiedCert:
         leaf = self._validate(chain, now)
@@ -554,6 +573,10 @@ class TrustStore:
             not_before=leaf.not_valid_before_utc,
             not_after=leaf.not_valid_after_utc,
             fingerprint=hashlib.sha256(chain[0]).hexdigest(),
+            serial=leaf.serial_number,
+            spki_sha256=hashlib.sha256(
+                pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            ).digest(),
         )
 
     def verify_log_key(self, der: bytes, at: dt.datetime | None = None) -> VerifiedLogKey:

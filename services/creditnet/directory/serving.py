@@ -11,7 +11,12 @@ Every node and the aggregator that is configured with a directory
   whatever a peer answers;
 - refuses every other creditnet call with UNAVAILABLE ``directory.expired``
   while the newest directory it holds is past `policy.max_age`
-  (`DirectoryGate`), until a fresh one arrives.
+  (`DirectoryGate`), until a fresh one arrives;
+- refuses certificates the held directory revokes (`revocation_check`, set
+  on the server's trust store): a TLS peer's every call with UNAUTHENTICATED
+  ``cert.revoked`` (`DirectoryGate`), a signed object's signer with
+  ``<what>.cert.revoked`` (the envelope verifiers ask the trust store at
+  every use, cached verifications included).
 
 `DirectoryHolder.offer` verifies signatures and fsyncs a file: it always runs
 in a worker thread, never on the event loop.
@@ -35,7 +40,7 @@ from creditnet.directory.sign import load
 from creditnet.directory.verify import DirectoryHolder
 from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
-from creditnet.pki import Identity, TrustStore
+from creditnet.pki import Identity, TrustStore, VerifiedCert
 from creditnet.rpc import PeerIdentities, refusals, secure_channel
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
@@ -50,6 +55,8 @@ UNGATED_PREFIXES: tuple[str, ...] = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.",
 )
+# Calls a revoked peer may still make: health and reflection disclose nothing.
+PROBE_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # One peer's answer may not hold up a refresh round for longer than this.
 PEER_TIMEOUT = 5.0
 # Bounds on the wait between rounds, whatever the directory's policy says:
@@ -101,11 +108,33 @@ class DirectoryServicer(pb_grpc.DirectoryServiceServicer):
         return pb.OfferDirectoryResponse(version=held.version, changed=changed)
 
 
-class DirectoryGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """UNAVAILABLE directory.expired for every creditnet call while the held directory is too old."""
+def revocation_check(holder: DirectoryHolder) -> Callable[[VerifiedCert], bool]:
+    """Whether the directory held now lists a certificate as revoked (by serial or SPKI SHA-256)."""
 
-    def __init__(self, holder: DirectoryHolder) -> None:
+    def revoked(cert: VerifiedCert) -> bool:
+        held = holder.current
+        return held is not None and held.directory.is_revoked(serial=cert.serial, spki=cert.spki_sha256)
+
+    return revoked
+
+
+class DirectoryGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Every call of a revoked TLS peer: UNAUTHENTICATED cert.revoked; every creditnet call while
+    the held directory is too old: UNAVAILABLE directory.expired."""
+
+    def __init__(self, holder: DirectoryHolder, trust: TrustStore) -> None:
         self.holder = holder
+        self.peers = PeerIdentities(trust)
+
+    def _revoked_peer(self, context: grpc.aio.ServicerContext) -> CreditnetError | None:
+        try:
+            self.peers.role(context)
+        except CreditnetError as exc:
+            # Other certificate problems are each service's to answer.
+            return exc if exc.rule == "cert.revoked" else None
+        except ValueError:
+            return None
+        return None
 
     async def intercept_service(
         self,
@@ -113,16 +142,23 @@ class DirectoryGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(UNGATED_PREFIXES):
+        if handler is None:
             return handler
+        method = handler_call_details.method
+        probe = method.startswith(PROBE_PREFIXES)
+        gated = not method.startswith(UNGATED_PREFIXES)
 
         async def around(context: grpc.aio.ServicerContext) -> Finish:
-            # Decided per call, not per handler: a fresh directory takes
-            # effect at the next call.
-            try:
-                self.holder.require_fresh()
-            except CreditnetError as exc:
-                await context.abort(exc.code, exc.reason)
+            # Decided per call, not per handler or connection: a new
+            # directory takes effect at the next call.
+            revoked = None if probe else self._revoked_peer(context)
+            if revoked is not None:
+                await context.abort(revoked.code, revoked.reason)
+            if gated:
+                try:
+                    self.holder.require_fresh()
+                except CreditnetError as exc:
+                    await context.abort(exc.code, exc.reason)
             return lambda _exc: None
 
         return wrap_handler(handler, around)
@@ -226,7 +262,10 @@ async def serve_directory(
 
     `peers`: name -> (endpoint, TLS server name), whom the refresher asks.
     """
-    holder = await asyncio.to_thread(open_holder, config, trust)
+    # The holder checks governance signers against the directories themselves
+    # (V6), with a trust store of its own: the server's store asks the holder.
+    holder = await asyncio.to_thread(open_holder, config, TrustStore(trust.ca_cert))
+    trust.revocation = revocation_check(holder)
     changed = asyncio.Event()
     refresher = DirectoryRefresher(
         holder,
@@ -236,5 +275,5 @@ async def serve_directory(
         changed=changed,
     )
     return ServedDirectory(
-        holder, DirectoryServicer(holder, trust, changed), DirectoryGate(holder), refresher
+        holder, DirectoryServicer(holder, trust, changed), DirectoryGate(holder, trust), refresher
     )
