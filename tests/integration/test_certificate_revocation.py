@@ -21,7 +21,14 @@ from creditnet import query as query_mod
 from creditnet.directory.publish import Target, targets
 from creditnet.directory.revoke import revoke
 from creditnet.domain import ALL_CITIES, City, Purpose
-from creditnet.network import DEMO_BANK, SECOND_BANK, InProcessNetwork, NetworkLayout, provision
+from creditnet.network import (
+    DEMO_BANK,
+    SECOND_BANK,
+    InProcessNetwork,
+    NetworkLayout,
+    provision,
+    wait_federated,
+)
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.rpc import secure_channel
 from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
@@ -152,6 +159,9 @@ async def test_a_node_down_during_a_revocation_refuses_the_certificate_after_one
         raise AssertionError(
             f"hefei does not refuse the revoked certificate within {PATIENCE} refresh intervals"
         )
+    # Leave the network whole for the next test: the aggregator reaches hefei again.
+    operator = rlayout.identity("operators", City.SHANGHAI.value)
+    await wait_federated(rlayout.aggregator_endpoint, operator, TrustStore.load(rlayout.ca), 30)
 
 
 async def test_a_consent_signed_with_a_revoked_certificate_is_refused_though_verified_and_cached_before(
