@@ -30,6 +30,6 @@ def test_the_revocation_benchmark_reports_time_to_refusal_in_refresh_intervals()
 
     result = bench_revocation(runs=1, refresh=dt.timedelta(seconds=1))
     assert result["refresh_interval_s"] == 1.0
-    for case in ("published", "missed"):
+    for case in ("published", "missed", "restarted"):
         assert result[case]["median_s"] > 0
         assert result[case]["median_intervals"] == result[case]["median_s"] / 1.0

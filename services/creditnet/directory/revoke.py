@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from creditnet.dates import utcnow
 from creditnet.directory.model import Directory, Revoked, serial_bytes, spki_sha256
-from creditnet.directory.publish import Offered, publish, targets
+from creditnet.directory.publish import Offered, Target, publish, targets
 from creditnet.directory.sign import load, save, sign
 from creditnet.directory.verify import VerifiedDirectory, verify
 from creditnet.errors import CreditnetError, InvalidArgument
@@ -122,9 +122,16 @@ async def held_directories(
 
 
 async def revoke(
-    layout: NetworkLayout, cert: x509.Certificate, *, reason: int = KEY_COMPROMISE
+    layout: NetworkLayout,
+    cert: x509.Certificate,
+    *,
+    reason: int = KEY_COMPROMISE,
+    only: list[Target] | None = None,
 ) -> Revocation:
-    """Sign the next directory version with `cert` revoked (serial and SPKI) and publish it."""
+    """Sign the next directory version with `cert` revoked (serial and SPKI) and publish it.
+
+    Published to every server, or to `only` these (the others then learn it from their peers).
+    """
     trust = TrustStore.load(layout.ca)
     operator = layout.identity("operators", sorted(layout.data["identities"]["operators"])[0])
     held = await held_directories(layout, operator, trust)
@@ -146,4 +153,4 @@ async def revoke(
     env = sign(d, governance_signers(layout))
     file = layout.path(str(_settings(layout)["file"])).parent / f"directory-v{d.version}.json"
     save(env, file)
-    return Revocation(d, file, await publish(layout, env, operator))
+    return Revocation(d, file, await publish(layout, env, operator, only))

@@ -204,15 +204,17 @@ class DirectoryRefresher:
         return max(held.directory.policy.refresh_interval.total_seconds(), MIN_INTERVAL)
 
     async def _run(self) -> None:
+        # A round first: a server that was down catches up as it starts,
+        # not one interval later.
         while True:
             self.changed.clear()
-            # An offer that changes the policy (e.g. a shorter interval) ends the wait early.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), self.interval())
             try:
                 await self.refresh_once()
             except Exception:
                 log.exception("refreshing the network directory failed; keeping the held one")
+            # An offer that changes the policy (e.g. a shorter interval) ends the wait early.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), self.interval())
 
     async def refresh_once(self) -> int:
         """Ask every peer once; the number of peers whose directory changed the held one."""
@@ -232,7 +234,9 @@ class DirectoryRefresher:
         try:
             changed = await asyncio.to_thread(self.holder.offer, answer.directory)
         except CreditnetError as exc:
-            log.warning("refused the directory %s serves (%s); keeping the held one", peer.name, exc.rule)
+            # A peer behind us is normal (it catches up from us); anything else is worth a look.
+            level = logging.DEBUG if exc.rule == "directory.rollback" else logging.WARNING
+            log.log(level, "refused the directory %s serves (%s); keeping the held one", peer.name, exc.rule)
             return False
         if changed:
             log.info("took network directory version %d from %s", self.holder.require().version, peer.name)
