@@ -188,3 +188,16 @@ async def test_a_consent_signed_with_a_revoked_certificate_is_refused_though_ver
     for city in ALL_CITIES:
         code, details = await node_refusal(rlayout, city, query, bank, trust)
         assert code == grpc.StatusCode.UNAUTHENTICATED and details.startswith("consent.cert.revoked:"), city
+
+
+async def test_pki_revoke_by_serial_finds_the_certificate_in_the_state_dir_and_refuses_an_unknown_one(
+    rlayout: NetworkLayout, rnetwork: InProcessNetwork
+) -> None:
+    provider = rlayout.identity("providers", "jiaxing-all")
+    assert not await refused_everywhere(rlayout, provider)
+    code, out = await pki_revoke(rlayout, "--serial", f"{provider.cert.serial_number:x}")
+    assert code == 0, out
+    assert await refused_everywhere(rlayout, provider)
+
+    code, out = await pki_revoke(rlayout, "--serial", "1234abcd")
+    assert code == 1 and "revoke.unknown" in out, out
