@@ -481,8 +481,8 @@ class VerifiedCert:
     spki_sha256: bytes = b""
 
 
-# Whether a verified certificate is revoked now (fed by the network directory).
-RevocationCheck = Callable[[VerifiedCert], bool]
+# Whether a certificate, by serial and SPKI SHA-256, is revoked now (fed by the network directory).
+RevocationCheck = Callable[[int, bytes], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +491,8 @@ class VerifiedLogKey:
     public_key: bytes
     not_before: dt.datetime
     not_after: dt.datetime
+    serial: int = 0
+    spki_sha256: bytes = b""
 
 
 def _check_key_usage(leaf: x509.Certificate) -> None:
@@ -509,6 +511,11 @@ def _check_key_usage(leaf: x509.Certificate) -> None:
         raise Unauthenticated(
             "cert.key_usage", "certificate keyUsage must be critical and allow digitalSignature"
         )
+
+
+def _spki_sha256(pub: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey) -> bytes:
+    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
 
 
 class TrustStore:
@@ -556,10 +563,10 @@ class TrustStore:
         self.require_unrevoked(hit)
         return hit
 
-    def require_unrevoked(self, cert: VerifiedCert) -> None:
+    def require_unrevoked(self, cert: VerifiedCert | VerifiedLogKey) -> None:
         """Refuse a certificate the network directory lists as revoked (UNAUTHENTICATED cert.revoked)."""
         check = self.revocation
-        if check is not None and check(cert):
+        if check is not None and check(cert.serial, cert.spki_sha256):
             raise Unauthenticated("cert.revoked", "this certificate has been revoked by the network")
 
     def _verify_uncached(self, chain: Sequence[bytes], now: dt.datetime) -> VerifiedCert:
@@ -574,9 +581,7 @@ class TrustStore:
             not_after=leaf.not_valid_after_utc,
             fingerprint=hashlib.sha256(chain[0]).hexdigest(),
             serial=leaf.serial_number,
-            spki_sha256=hashlib.sha256(
-                pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-            ).digest(),
+            spki_sha256=_spki_sha256(pub),
         )
 
     def verify_log_key(self, der: bytes, at: dt.datetime | None = None) -> VerifiedLogKey:
@@ -599,6 +604,8 @@ class TrustStore:
                 public_key=pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
                 not_before=leaf.not_valid_before_utc,
                 not_after=leaf.not_valid_after_utc,
+                serial=leaf.serial_number,
+                spki_sha256=_spki_sha256(pub),
             )
             with self._lock:
                 if len(self._log_cache) >= self._cache_size:
@@ -606,6 +613,7 @@ class TrustStore:
                 self._log_cache[key] = hit
         if not (hit.not_before <= now <= hit.not_after):
             raise Unauthenticated("cert.expired", "log key certificate is not valid at this time")
+        self.require_unrevoked(hit)
         return hit
 
     def _validate(self, chain: Sequence[bytes], now: dt.datetime) -> x509.Certificate:

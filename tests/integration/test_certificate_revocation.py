@@ -201,3 +201,25 @@ async def test_pki_revoke_by_serial_finds_the_certificate_in_the_state_dir_and_r
 
     code, out = await pki_revoke(rlayout, "--serial", "1234abcd")
     assert code == 1 and "revoke.unknown" in out, out
+
+
+async def test_a_revoked_log_key_gets_no_cosignature_so_its_node_answers_nothing_and_the_others_answer(
+    rlayout: NetworkLayout, rnetwork: InProcessNetwork
+) -> None:
+    # The demo enterprise's first certificate was revoked above; a new one (new key) is not.
+    ca = CertificateAuthority.load(rlayout.root / "pki")
+    enterprise = issue_identity(ca, Role.enterprise(rlayout.demo_enterprise))
+    env = consent(rlayout, bank=SECOND_BANK, enterprise=enterprise)
+    code, out = await pki_revoke(rlayout, "--cert", str(rlayout.root / "nodes" / "jiaxing" / "logkey.pem"))
+    assert code == 0, out
+
+    async with BankClient.from_network(rlayout.root / "network.json", SECOND_BANK) as client:
+        report = await client.query(rlayout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+    sections = {s.city: s for s in report.sections}
+    jiaxing = sections.pop(City.JIAXING)
+    # Every witness (the other nodes and the aggregator) refuses its checkpoints.
+    assert jiaxing.status is SectionStatus.UNAVAILABLE and jiaxing.reason.startswith("chain.unpublished"), (
+        jiaxing.status,
+        jiaxing.reason,
+    )
+    assert {s.status for s in sections.values()} <= {SectionStatus.OK, SectionStatus.NO_RECORDS}

@@ -40,7 +40,7 @@ from creditnet.directory.sign import load
 from creditnet.directory.verify import DirectoryHolder
 from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
-from creditnet.pki import Identity, TrustStore, VerifiedCert
+from creditnet.pki import Identity, RevocationCheck, TrustStore
 from creditnet.rpc import PeerIdentities, refusals, secure_channel
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
@@ -108,12 +108,12 @@ class DirectoryServicer(pb_grpc.DirectoryServiceServicer):
         return pb.OfferDirectoryResponse(version=held.version, changed=changed)
 
 
-def revocation_check(holder: DirectoryHolder) -> Callable[[VerifiedCert], bool]:
+def revocation_check(holder: DirectoryHolder) -> RevocationCheck:
     """Whether the directory held now lists a certificate as revoked (by serial or SPKI SHA-256)."""
 
-    def revoked(cert: VerifiedCert) -> bool:
+    def revoked(serial: int, spki: bytes) -> bool:
         held = holder.current
-        return held is not None and held.directory.is_revoked(serial=cert.serial, spki=cert.spki_sha256)
+        return held is not None and held.directory.is_revoked(serial=serial, spki=spki)
 
     return revoked
 
