@@ -66,6 +66,12 @@ bench: setup
 bench-directory: setup
 	$(BIN)/python -m creditnet.bench.directory
 
+# Time from `pki revoke` to refusal at every server, in refresh intervals;
+# prints a table and writes bench-revocation.json here.
+.PHONY: bench-revocation
+bench-revocation: setup
+	$(BIN)/python -m creditnet.bench.revocation
+
 # A Shanghai-sized node store (3,000,000 enterprises, 30,000,000 records) on
 # SQLite and PostgreSQL: ingestion rate, memory as it grows, read latency.
 # About an hour on 2 cores; scale down with

@@ -43,6 +43,40 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """Where a server keeps the signed network directory (protocol v2), and how it got the first one.
+
+    `state` is the holder's file (rewritten on every accepted update);
+    `bootstrap` the first signed directory, taken only while `state` does not
+    exist yet and only if the SHA-256 of its payload is `anchor` (hex).
+    """
+
+    state: Path
+    anchor: str
+    bootstrap: Path
+
+    @classmethod
+    def from_json(cls, base: Path, data: Any) -> DirectoryConfig | None:
+        if data is None:
+            return None
+        anchor = str(data["anchor"]).strip().lower()
+        if len(anchor) != 64 or any(ch not in "0123456789abcdef" for ch in anchor):
+            raise ValueError("'directory.anchor' must be 64 hex digits")
+        return cls(
+            state=_resolve(base, str(data["state"])),
+            anchor=anchor,
+            bootstrap=_resolve(base, str(data["bootstrap"])),
+        )
+
+    def to_json(self, base: Path) -> dict[str, str]:
+        return {
+            "state": _rel(base, self.state),
+            "anchor": self.anchor,
+            "bootstrap": _rel(base, self.bootstrap),
+        }
+
+
 def _write(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -67,6 +101,8 @@ class NodeConfig:
     # False only for the benchmark's no-chain baseline: answers then carry no
     # receipt and every bank client refuses them.
     chain_enabled: bool = True
+    # None: no network directory (protocol v1 only, as before issue 8).
+    directory: DirectoryConfig | None = None
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -88,6 +124,7 @@ class NodeConfig:
                 witnesses={str(k): str(v) for k, v in dict(data.get("witnesses", {})).items()},
                 quorum=int(data.get("quorum", 3)),
                 chain_enabled=bool(data.get("chain_enabled", True)),
+                directory=DirectoryConfig.from_json(base, data.get("directory")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
@@ -111,6 +148,7 @@ class NodeConfig:
                 "witnesses": dict(self.witnesses),
                 "quorum": self.quorum,
                 "chain_enabled": self.chain_enabled,
+                "directory": self.directory.to_json(base) if self.directory else None,
             },
         )
 
@@ -130,6 +168,7 @@ class AggregatorConfig:
     log_key: Path | None = None
     quorum: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
+    directory: DirectoryConfig | None = None
 
     @classmethod
     def load(cls, path: Path) -> AggregatorConfig:
@@ -147,6 +186,7 @@ class AggregatorConfig:
                 log_cert=_resolve(base, str(data["log_cert"])) if data.get("log_cert") else None,
                 log_key=_resolve(base, str(data["log_key"])) if data.get("log_key") else None,
                 quorum=int(data.get("quorum", 3)),
+                directory=DirectoryConfig.from_json(base, data.get("directory")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
@@ -166,6 +206,7 @@ class AggregatorConfig:
                 "log_cert": _rel(base, self.log_cert) if self.log_cert else None,
                 "log_key": _rel(base, self.log_key) if self.log_key else None,
                 "quorum": self.quorum,
+                "directory": self.directory.to_json(base) if self.directory else None,
             },
         )
 

@@ -33,7 +33,7 @@ from creditnet import synthetic
 from creditnet.aggregator.server import RunningAggregator, start_aggregator
 from creditnet.chain.keys import NATIONAL, LogKey
 from creditnet.chain.ledger import DEFAULT_QUORUM
-from creditnet.config import AggregatorConfig, NodeConfig
+from creditnet.config import AggregatorConfig, DirectoryConfig, NodeConfig
 from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, ALL_CITIES, Category, City, Purpose
 from creditnet.envelope import save_envelope
@@ -127,12 +127,21 @@ def provision(
     quorum: int = DEFAULT_QUORUM,
     progress: Callable[[str, int], None] | None = None,
     database_urls: Mapping[City, str] | None = None,
+    directory: bool = True,
+    directory_refresh: dt.timedelta = dt.timedelta(minutes=5),
+    directory_max_age: dt.timedelta = dt.timedelta(days=7),
 ) -> NetworkLayout:
     """Create a complete network in `root` (which must be empty or absent).
 
     Each node's database is a SQLite file in its directory, or the URL given
     for its city in `database_urls` (one database per city: a node's tables
     have no city column); it is migrated and loaded here.
+
+    With `directory` (the default), the network also gets a signed network
+    directory (protocol v2) in ``directory/``: governance keys gov-1..3 (2 of
+    3), version 1 signed, its anchor pinned in every server's config, and
+    the policy's refresh interval and maximum age as given. Without it the
+    servers run protocol v1 only, as before.
     """
     urls = _node_database_urls(root, database_urls)
     root.mkdir(parents=True, exist_ok=True)
@@ -147,6 +156,19 @@ def provision(
     node_endpoints = {city: f"{host}:{free_port()}" for city in ALL_CITIES}
     agg_endpoint = f"{host}:{free_port()}"
     witness_endpoints = {c.value: ep for c, ep in node_endpoints.items()} | {NATIONAL: agg_endpoint}
+    signed_directory: dict[str, Any] | None = None
+    if directory:
+        signed_directory = _provision_directory(
+            root, ca, node_endpoints, agg_endpoint, directory_refresh, directory_max_age
+        )
+
+    def directory_config(state: Path) -> DirectoryConfig | None:
+        if signed_directory is None:
+            return None
+        return DirectoryConfig(
+            state=state, anchor=signed_directory["anchor"], bootstrap=root / signed_directory["file"]
+        )
+
     for city in ALL_CITIES:
         ndir = root / "nodes" / city.value
         LogKey.issue(ca, city.value).save(ndir / "logkey.pem", ndir / "logkey.key")
@@ -173,6 +195,7 @@ def provision(
             log_key=ndir / "logkey.key",
             witnesses={n: ep for n, ep in witness_endpoints.items() if n != city.value},
             quorum=quorum,
+            directory=directory_config(ndir / "directory.binpb"),
         )
         config.save(ndir / "node.json")
         cities[city.value] = {
@@ -194,6 +217,7 @@ def provision(
         log_cert=adir / "logkey.pem",
         log_key=adir / "logkey.key",
         quorum=quorum,
+        directory=directory_config(adir / "directory.binpb"),
     ).save(adir / "aggregator.json")
     for code in (DEMO_BANK, SECOND_BANK):
         identities["banks"][code] = _ident(root, root / "banks", code, issue_identity(ca, Role.bank(code)))
@@ -218,6 +242,7 @@ def provision(
         "cities": {c: {**v, "server_name": f"{c}.node.creditnet"} for c, v in cities.items()},
         "identities": identities,
         "chain": {"quorum": quorum},
+        **({"directory": signed_directory} if signed_directory else {}),
         "demo": {
             "enterprise": demo_uscc,
             "bank": DEMO_BANK,
@@ -229,6 +254,49 @@ def provision(
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, root / "network.json")
     return NetworkLayout(root=root, data=data)
+
+
+def _provision_directory(
+    root: Path,
+    ca: CertificateAuthority,
+    node_endpoints: Mapping[City, str],
+    agg_endpoint: str,
+    refresh: dt.timedelta,
+    max_age: dt.timedelta,
+) -> dict[str, Any]:
+    """Version 1 of the network's directory, as `creditnet directory init --network` makes it."""
+    from creditnet.directory.model import Policy
+    from creditnet.directory.provision import (
+        DEFAULT_GOVERNANCE,
+        DEFAULT_THRESHOLD,
+        init_directory,
+        v1_city_code,
+    )
+
+    out = root / "directory"
+    endpoints = {v1_city_code(c): ep for c, ep in node_endpoints.items()}
+    made = init_directory(
+        ca,
+        out,
+        codes=sorted(endpoints),
+        endpoints=endpoints,
+        aggregator_endpoint=agg_endpoint,
+        governance=DEFAULT_GOVERNANCE,
+        threshold=DEFAULT_THRESHOLD,
+        policy=Policy(refresh_interval=refresh, max_age=max_age),
+    )
+    return {
+        "file": str(made.file.relative_to(root)),
+        "anchor": made.anchor,
+        "threshold": DEFAULT_THRESHOLD,
+        "governance": {
+            name: {
+                "cert": str((out / "governance" / f"{name}.pem").relative_to(root)),
+                "key": str((out / "governance" / f"{name}.key").relative_to(root)),
+            }
+            for name in DEFAULT_GOVERNANCE
+        },
+    }
 
 
 def _node_database_urls(root: Path, given: Mapping[City, str] | None = None) -> dict[City, str]:

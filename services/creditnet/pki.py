@@ -31,7 +31,7 @@ import ipaddress
 import os
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -476,6 +476,13 @@ class VerifiedCert:
     not_before: dt.datetime
     not_after: dt.datetime
     fingerprint: str
+    # What a revocation list names a certificate by (protocol v2's directory).
+    serial: int = 0
+    spki_sha256: bytes = b""
+
+
+# Whether a certificate, by serial and SPKI SHA-256, is revoked now (fed by the network directory).
+RevocationCheck = Callable[[int, bytes], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,6 +491,8 @@ class VerifiedLogKey:
     public_key: bytes
     not_before: dt.datetime
     not_after: dt.datetime
+    serial: int = 0
+    spki_sha256: bytes = b""
 
 
 def _check_key_usage(leaf: x509.Certificate) -> None:
@@ -504,12 +513,21 @@ def _check_key_usage(leaf: x509.Certificate) -> None:
         )
 
 
+def _spki_sha256(pub: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey) -> bytes:
+    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
+
+
 class TrustStore:
     """Validates certificate chains against the network CA, with a cache.
 
     The cache maps the SHA-256 of the exact DER chain to what was learnt; a
     hit still checks the validity window against the time of use, so an
     expired certificate is refused even if it was valid when first seen.
+
+    `revocation`, when set (a server holding the network directory), is
+    asked at every use too, cache hit or not: a certificate revoked after it
+    was first seen is refused from the next use, ``cert.revoked``.
     """
 
     def __init__(self, ca_cert: x509.Certificate, *, cache_size: int = 4096) -> None:
@@ -520,6 +538,7 @@ class TrustStore:
         self._log_cache: dict[bytes, VerifiedLogKey] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self.revocation: RevocationCheck | None = None
 
     @classmethod
     def load(cls, ca_path: Path) -> TrustStore:
@@ -541,7 +560,14 @@ class TrustStore:
                 self._cache[digest] = hit
         if not (hit.not_before <= now <= hit.not_after):
             raise Unauthenticated("cert.expired", "certificate is not valid at this time; renew it")
+        self.require_unrevoked(hit)
         return hit
+
+    def require_unrevoked(self, cert: VerifiedCert | VerifiedLogKey) -> None:
+        """Refuse a certificate the network directory lists as revoked (UNAUTHENTICATED cert.revoked)."""
+        check = self.revocation
+        if check is not None and check(cert.serial, cert.spki_sha256):
+            raise Unauthenticated("cert.revoked", "this certificate has been revoked by the network")
 
     def _verify_uncached(self, chain: Sequence[bytes], now: dt.datetime) -> VerifiedCert:
         leaf = self._validate(chain, now)
@@ -554,6 +580,8 @@ class TrustStore:
             not_before=leaf.not_valid_before_utc,
             not_after=leaf.not_valid_after_utc,
             fingerprint=hashlib.sha256(chain[0]).hexdigest(),
+            serial=leaf.serial_number,
+            spki_sha256=_spki_sha256(pub),
         )
 
     def verify_log_key(self, der: bytes, at: dt.datetime | None = None) -> VerifiedLogKey:
@@ -576,6 +604,8 @@ class TrustStore:
                 public_key=pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
                 not_before=leaf.not_valid_before_utc,
                 not_after=leaf.not_valid_after_utc,
+                serial=leaf.serial_number,
+                spki_sha256=_spki_sha256(pub),
             )
             with self._lock:
                 if len(self._log_cache) >= self._cache_size:
@@ -583,6 +613,7 @@ class TrustStore:
                 self._log_cache[key] = hit
         if not (hit.not_before <= now <= hit.not_after):
             raise Unauthenticated("cert.expired", "log key certificate is not valid at this time")
+        self.require_unrevoked(hit)
         return hit
 
     def _validate(self, chain: Sequence[bytes], now: dt.datetime) -> x509.Certificate:

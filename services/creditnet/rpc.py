@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
 from creditnet.errors import CreditnetError, PermissionDenied, Unauthenticated
 from creditnet.handlers import Deserializer, refuse_undecodable
-from creditnet.pki import Identity, Role, RoleKind, TrustStore
+from creditnet.pki import Identity, Role, RoleKind, TrustStore, VerifiedCert
 
 log = logging.getLogger(__name__)
 
@@ -217,26 +217,34 @@ async def start_server(
 
 
 class PeerIdentities:
-    """The creditnet role of the TLS peer of a call, cached by certificate."""
+    """The creditnet role of the TLS peer of a call, cached by certificate.
+
+    A certificate the trust store's revocation check names is refused
+    ``cert.revoked`` at every call, cached or not. (The TLS handshake itself
+    cannot be refused per certificate with grpc python: the connection
+    opens, and every call on it is refused.)
+    """
 
     def __init__(self, trust: TrustStore) -> None:
         self.trust = trust
-        self._cache: dict[bytes, Role] = {}
+        self._cache: dict[bytes, VerifiedCert] = {}
 
     def role(self, context: grpc.aio.ServicerContext) -> Role:
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
             raise Unauthenticated("peer.certificate", "the call has no client certificate; use mutual TLS")
         pem = pems[0]
-        role = self._cache.get(pem)
-        if role is None:
+        verified = self._cache.get(pem)
+        if verified is None:
             # TLS already validated the chain; this also re-checks validity
             # and extracts the role the CA bound into the certificate.
-            role = self.trust.verify_pem(pem).role
+            verified = self.trust.verify_pem(pem)
             if len(self._cache) > 4096:
                 self._cache.clear()
-            self._cache[pem] = role
-        return role
+            self._cache[pem] = verified
+        else:
+            self.trust.require_unrevoked(verified)
+        return verified.role
 
     def require(self, context: grpc.aio.ServicerContext, *kinds: RoleKind) -> Role:
         role = self.role(context)

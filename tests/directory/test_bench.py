@@ -21,3 +21,15 @@ def test_the_directory_benchmark_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench-directory.json"
     assert main(["--sizes", "1", "--repeat", "1", "--out", str(out)]) == 0
     assert '"runs"' in out.read_text()
+
+
+def test_the_revocation_benchmark_reports_time_to_refusal_in_refresh_intervals() -> None:
+    import datetime as dt
+
+    from creditnet.bench.revocation import bench_revocation
+
+    result = bench_revocation(runs=1, refresh=dt.timedelta(seconds=1))
+    assert result["refresh_interval_s"] == 1.0
+    for case in ("published", "missed", "restarted"):
+        assert result[case]["median_s"] > 0
+        assert result[case]["median_intervals"] == result[case]["median_s"] / 1.0

@@ -12,10 +12,12 @@ from creditnet.aggregator.service import AggregatorService
 from creditnet.chain.keys import LogKey
 from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import AggregatorConfig
+from creditnet.directory.serving import SERVICE_NAME as DIRECTORY_SERVICE
+from creditnet.directory.serving import ServedDirectory, serve_directory
 from creditnet.limits import Limits
 from creditnet.limits import server_interceptors as limit_interceptors
 from creditnet.observability import AggregatorMetrics, server_interceptors
-from creditnet.pki import Identity, TrustStore
+from creditnet.pki import Identity, TrustStore, node_server_name
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import Store
 from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
@@ -31,6 +33,7 @@ class RunningAggregator:
     directory: NodeDirectory
     metrics: AggregatorMetrics
     store: Store | None = None
+    served_directory: ServedDirectory | None = None
 
     @property
     def port(self) -> int:
@@ -40,6 +43,8 @@ class RunningAggregator:
         await self.service.outbox.stop()
         if self.service.head is not None:
             await self.service.head.stop()
+        if self.served_directory is not None:
+            await self.served_directory.stop()
         await self.handle.stop(grace)
         await self.directory.close()
         if self.store is not None:
@@ -80,7 +85,16 @@ async def start_aggregator(
         )
         names.append(chain_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name)
 
+    served: ServedDirectory | None = None
+    if config.directory is not None:
+        # The aggregator refreshes from the nodes it federates to.
+        peers = {c.value: (ep, node_server_name(c)) for c, ep in config.nodes.items()}
+        served = await serve_directory(config.directory, identity, trust, peers)
+        names.append(DIRECTORY_SERVICE)
+
     def register(server: grpc.aio.Server) -> None:
+        if served is not None:
+            served.register(server)
         aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(service, server)
         if witness_service is not None:
             chain_pb2_grpc.add_WitnessServiceServicer_to_server(witness_service, server)
@@ -91,13 +105,26 @@ async def start_aggregator(
         trust=trust,
         register=register,
         service_names=names,
-        interceptors=[*server_interceptors(metrics), *limit_interceptors(limits, trust), BankOfCall(trust)],
+        interceptors=[
+            *server_interceptors(metrics),
+            *limit_interceptors(limits, trust),
+            *([served.gate] if served else []),
+            BankOfCall(trust),
+        ],
         maximum_concurrent_rpcs=limits.hard_cap,
         health_listen=health_listen,
     )
     service.outbox.start()
+    if served is not None:
+        served.refresher.start()
     if service.head is not None:
         service.head.start()
     return RunningAggregator(
-        config=config, handle=handle, service=service, directory=directory, metrics=metrics, store=store
+        config=config,
+        handle=handle,
+        service=service,
+        directory=directory,
+        metrics=metrics,
+        store=store,
+        served_directory=served,
     )

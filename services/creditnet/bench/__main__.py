@@ -7,7 +7,8 @@ Each figure is compared with a baseline measured in the same run:
 - store ingestion vs raw sqlite3.executemany of the same rows;
 - durable ledger appends vs SHA-256 of the entries plus one commit per batch;
 - inclusion and consistency proof times at 1,000,000 entries;
-- network directory verification at 5, 50 and 333 cities vs one ECDSA verify.
+- network directory verification at 5, 50 and 333 cities vs one ECDSA verify;
+- time from `pki revoke` to refusal at every server, in refresh intervals.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from creditnet import query as query_mod
 from creditnet.bench.chain import bench_appends, bench_proofs
 from creditnet.bench.directory import bench_directory
 from creditnet.bench.directory import show as show_directory
+from creditnet.bench.revocation import bench_revocation
+from creditnet.bench.revocation import show as show_revocation
 from creditnet.bench.scale import bench_backends, show_backends
 from creditnet.config import NodeConfig
 from creditnet.domain import City, Purpose
@@ -358,6 +361,7 @@ def main() -> None:
         results["proofs"] = bench_proofs(tmp, a.ledger_entries)
         results["backends"] = bench_backends(tmp, a.queries, a.rows)
         results["directory"] = bench_directory()
+        results["revocation"] = bench_revocation()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = report(results)
@@ -367,6 +371,7 @@ def main() -> None:
         show(results, ratios)
         show_backends(results["backends"])
         show_directory(results["directory"])
+        show_revocation(results["revocation"])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`creditnet directory`: make, sign, check and read the signed network directory (protocol v2).
 
-Files only: `publish` (handing a directory to running servers through
-GetDirectory) comes with the servers' v2 wiring.
+`publish` offers a signed directory to every server of a running network
+(DirectoryService.OfferDirectory); the other commands work on files.
 
 Exit codes: 0 success; 1 the directory is refused (the rule id is printed);
 2 bad usage.
@@ -19,13 +19,13 @@ from cryptography import x509
 from rich.table import Table
 
 from creditnet import divisions
-from creditnet.chain.keys import NATIONAL, LogKey
 from creditnet.cli.common import console, errors, fail, print_json, read_network
 from creditnet.dates import utcnow
 from creditnet.directory import verify
-from creditnet.directory.build import PILOT_CITIES, MemberSpec, issue_governance, make_directory
+from creditnet.directory.build import PILOT_CITIES
 from creditnet.directory.model import Directory, Policy
-from creditnet.directory.sign import add_signature, load, save, sign
+from creditnet.directory.provision import init_directory, v1_city_code
+from creditnet.directory.sign import add_signature, load, save
 from creditnet.directory.verify import VerifiedDirectory
 from creditnet.errors import CreditnetError
 from creditnet.pki import CertificateAuthority, Identity, TrustStore, role_of
@@ -58,11 +58,7 @@ def _endpoints_from_network(state: Path) -> tuple[CertificateAuthority, dict[str
     data: dict[str, Any] = json.loads(read_network(state).read_text(encoding="utf-8"))
     root = read_network(state).parent
     ca = CertificateAuthority.load((root / data["ca"]).parent)
-    # A v1 city's region prefix ("31", "3201") padded to six digits is its code.
-    endpoints = {
-        City(name).region_prefix.ljust(6, "0"): str(entry["endpoint"])
-        for name, entry in data["cities"].items()
-    }
+    endpoints = {v1_city_code(City(name)): str(entry["endpoint"]) for name, entry in data["cities"].items()}
     return ca, endpoints, str(data["aggregator"]["endpoint"])
 
 
@@ -116,33 +112,20 @@ def init(
             if not sep:
                 raise ValueError(f"--endpoint {item!r} is not CODE=HOST:PORT")
             given[divisions.city(code).code] = ep
-        members = []
-        for i, code in enumerate(codes):
-            log = LogKey.issue(ca, code)
-            log.save(out / "logkeys" / f"{code}.pem", out / "logkeys" / f"{code}.key")
-            members.append(MemberSpec(code, (given.get(code, f"127.0.0.1:{7100 + i}"),), log.certificate_der))
-        national = LogKey.issue(ca, NATIONAL)
-        national.save(out / "logkeys" / f"{NATIONAL}.pem", out / "logkeys" / f"{NATIONAL}.key")
-        agg = MemberSpec(NATIONAL, (agg_ep or "127.0.0.1:7099",), national.certificate_der)
-        gov = issue_governance(ca, names)
-        for g in gov:
-            g.save(out / "governance" / f"{g.role.subject}.pem", out / "governance" / f"{g.role.subject}.key")
         policy = Policy(
             refresh_interval=dt.timedelta(seconds=refresh_seconds), max_age=dt.timedelta(hours=max_age_hours)
         )
-        d = make_directory(
-            version=1,
-            issued_at=utcnow().replace(microsecond=0),
-            cities=members,
-            aggregators=[agg],
-            governance=gov,
+        made = init_directory(
+            ca,
+            out,
+            codes=codes,
+            endpoints=given,
+            aggregator_endpoint=agg_ep,
+            governance=names,
             threshold=threshold,
             policy=policy,
         )
-        env = sign(d, gov[:threshold])
-        save(env, out / "directory.json")
-        anchor = hashlib.sha256(env.payload).hexdigest()
-        (out / "anchor.sha256").write_text(anchor + "\n", encoding="utf-8")
+        anchor = made.anchor
         console.print(
             f"directory version 1 of {len(codes)} cities → {out / 'directory.json'}\n"
             f"signed by {', '.join(names[:threshold])} ({threshold} of {len(names)}); trust anchor (pin it):"
@@ -318,3 +301,45 @@ def anchor_cmd(file: Annotated[Path, typer.Argument(help="A directory file.")]) 
         env = load(file)
         Directory.from_payload(env.payload)
         typer.echo(hashlib.sha256(env.payload).hexdigest())
+
+
+@app.command("publish")
+def publish_cmd(
+    file: Annotated[Path, typer.Argument(help="The newly signed directory file.")],
+    network: Annotated[Path, typer.Option("--network", help="A `network up` state dir.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Offer a signed directory to every node and the aggregator of a running network.
+
+    Each server verifies it against the directory it holds and keeps it only
+    if it is valid and newer. Exit 0 when every server holds it afterwards,
+    1 when any refused it or could not be reached (each is listed with why),
+    2 on bad usage.
+    """
+    import asyncio
+
+    from creditnet.directory.publish import publish
+    from creditnet.network import NetworkLayout
+
+    with errors():
+        env = load(file)
+        version = Directory.from_payload(env.payload).version
+        layout = NetworkLayout.load(read_network(network).parent)
+        answers = asyncio.run(publish(layout, env))
+        if json_out:
+            print_json(
+                [
+                    {"server": a.target, "status": a.status, "version": a.version, "changed": a.changed}
+                    | ({"detail": a.detail} if a.detail else {})
+                    for a in answers
+                ]
+            )
+        else:
+            for a in answers:
+                if a.ok:
+                    note = "took it" if a.changed else "already held it"
+                    console.print(f"{a.target}: holds version {a.version} ({note})")
+                else:
+                    console.print(f"{a.target}: [bold red]{a.status}[/] {a.detail}")
+        if not all(a.ok and a.version == version for a in answers):
+            raise typer.Exit(1)

@@ -34,7 +34,7 @@ network_app = typer.Typer(help="The five-city network on one machine: up, status
 aggregator_app = typer.Typer(help="The national aggregator: run it.", no_args_is_help=True)
 
 
-def provision_with_progress(state_dir: Path, enterprises: int, seed: int) -> None:
+def provision_with_progress(state_dir: Path, enterprises: int, seed: int, directory: bool = True) -> None:
     from creditnet.network import provision
 
     with Progress(
@@ -51,7 +51,7 @@ def provision_with_progress(state_dir: Path, enterprises: int, seed: int) -> Non
                 tasks[city] = progress.add_task(f"loading {city:<9}", total=None)
             progress.advance(tasks[city], n)
 
-        provision(state_dir, enterprises_per_city=enterprises, seed=seed, progress=tick)
+        provision(state_dir, enterprises_per_city=enterprises, seed=seed, progress=tick, directory=directory)
 
 
 @network_app.command("up")
@@ -61,6 +61,13 @@ def up(
         int, typer.Option(min=1, help="Synthetic enterprises per city (new networks).")
     ] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 20221118,
+    directory: Annotated[
+        bool,
+        typer.Option(
+            help="New networks: sign a network directory (protocol v2; needs creditnet[names]) "
+            "that every server holds, refreshes and enforces. --no-directory: protocol v1 alone."
+        ),
+    ] = True,
 ) -> None:
     """Provision (if new) and run the five city nodes and the aggregator until Ctrl-C.
 
@@ -72,7 +79,7 @@ def up(
 
     with errors():
         if not (state_dir / "network.json").exists():
-            provision_with_progress(state_dir, enterprises, seed)
+            provision_with_progress(state_dir, enterprises, seed, directory)
         layout = NetworkLayout.load(state_dir)
         net = ProcessNetwork(layout)
         net.start()

@@ -137,3 +137,68 @@ def show(
         else:
             for k, v in info.items():
                 console.print(f"[bold]{k:>10}[/] {v}")
+
+
+@app.command("revoke")
+def revoke_cmd(
+    network: Annotated[Path, typer.Option("--network", help="A running `network up` state dir.")],
+    cert: Annotated[Path | None, typer.Option(help="The certificate to revoke (PEM).")] = None,
+    serial: Annotated[
+        str | None, typer.Option(help="Its serial (hex), if it is one of the state dir's certificates.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Revoke a certificate network-wide: a new directory version, signed and published.
+
+    The newest directory the servers hold (verified from the pinned first
+    one) gets the certificate's serial and SPKI SHA-256 in its revocation
+    list, is signed with the state dir's governance keys and offered to
+    every node and the aggregator; a server missed catches up from its
+    peers within one refresh interval. Exit 0 when every server holds the
+    new version, 1 when any refused it or was unreachable, 2 on bad usage.
+    """
+    import asyncio
+
+    from creditnet.cli.common import read_network
+    from creditnet.directory.revoke import find_certificate, revoke
+    from creditnet.network import NetworkLayout
+    from creditnet.pki import load_cert
+
+    with errors():
+        if (cert is None) == (serial is None):
+            raise ValueError("give exactly one of --cert PEM or --serial HEX")
+        layout = NetworkLayout.load(read_network(network).parent)
+        if cert is not None:
+            target = load_cert(cert)
+        else:
+            try:
+                number = int(str(serial), 16)
+            except ValueError:
+                raise ValueError("--serial is not hexadecimal") from None
+            target = find_certificate(layout, number)
+        done = asyncio.run(revoke(layout, target))
+        answers = [
+            {"server": a.target, "status": a.status, "version": a.version}
+            | ({"detail": a.detail} if a.detail else {})
+            for a in done.answers
+        ]
+        if json_out:
+            print_json(
+                {
+                    "serial": f"{target.serial_number:x}",
+                    "version": done.directory.version,
+                    "file": str(done.file),
+                    "servers": answers,
+                }
+            )
+        else:
+            console.print(
+                f"revoked serial {target.serial_number:x} in directory version {done.directory.version} "
+                f"({done.file})"
+            )
+            for a in done.answers:
+                console.print(
+                    f"{a.target}: " + (f"holds version {a.version}" if a.ok else f"{a.status} {a.detail}")
+                )
+        if not all(a.ok and a.version == done.directory.version for a in done.answers):
+            raise typer.Exit(1)

@@ -18,11 +18,14 @@ from creditnet.chain.service import ChainService
 from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import NodeConfig
 from creditnet.dates import utcnow
+from creditnet.directory.serving import SERVICE_NAME as DIRECTORY_SERVICE
+from creditnet.directory.serving import ServedDirectory, serve_directory
+from creditnet.domain import City
 from creditnet.limits import Limits
 from creditnet.limits import server_interceptors as limit_interceptors
 from creditnet.node.service import CityNodeService
 from creditnet.observability import NodeMetrics, server_interceptors
-from creditnet.pki import Identity, TrustStore
+from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore
 from creditnet.store.lock import WriterLock
@@ -51,6 +54,7 @@ class RunningNode:
     metrics: NodeMetrics
     lock: WriterLock
     pruning: asyncio.Task[None] | None = None
+    directory: ServedDirectory | None = None
 
     @property
     def port(self) -> int:
@@ -61,6 +65,8 @@ class RunningNode:
             self.pruning.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.pruning
+        if self.directory is not None:
+            await self.directory.stop()
         await self.handle.stop(grace)
         await self.service.drain(grace)
         await self.ledger.stop()
@@ -91,6 +97,7 @@ async def start_node(
     except BaseException:
         await store.close()
         raise
+    served: ServedDirectory | None = None
     try:
         witnesses = [WitnessLink.connect(n, ep, identity, trust) for n, ep in config.witnesses.items()]
         ledger = await asyncio.to_thread(
@@ -109,8 +116,12 @@ async def start_node(
             witness=witness,
         )
         chain = ChainService(city=config.city, ledger=ledger, trust=trust)
+        if config.directory is not None:
+            served = await serve_directory(config.directory, identity, trust, directory_peers(config))
 
         def register(server: grpc.aio.Server) -> None:
+            if served is not None:
+                served.register(server)
             node_pb2_grpc.add_CityNodeServiceServicer_to_server(service, server)
             chain_pb2_grpc.add_ChainServiceServicer_to_server(chain, server)
             chain_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessService(witness, trust), server)
@@ -120,18 +131,26 @@ async def start_node(
             identity=identity,
             trust=trust,
             register=register,
-            service_names=[SERVICE_NAME, *CHAIN_SERVICES],
+            service_names=[SERVICE_NAME, *CHAIN_SERVICES, *([DIRECTORY_SERVICE] if served else [])],
             # Observed first, so that calls the limits refuse are counted too.
-            interceptors=[*server_interceptors(metrics), *limit_interceptors(limits, trust)],
+            interceptors=[
+                *server_interceptors(metrics),
+                *limit_interceptors(limits, trust),
+                *([served.gate] if served else []),
+            ],
             maximum_concurrent_rpcs=limits.hard_cap,
             health_listen=health_listen,
             deserializers={SUBMIT_RECORDS: read_batch},
         )
     except BaseException:
+        if served is not None:
+            await served.stop()
         await store.close()
         await asyncio.to_thread(lock.release)
         raise
     ledger.start()
+    if served is not None:
+        served.refresher.start()
     log.info("node %s serving on port %d", config.city.value, handle.port)
     return RunningNode(
         config=config,
@@ -142,7 +161,16 @@ async def start_node(
         metrics=metrics,
         lock=lock,
         pruning=asyncio.create_task(prune_expired_queries(store)),
+        directory=served,
     )
+
+
+def directory_peers(config: NodeConfig) -> dict[str, tuple[str, str]]:
+    """Whom a node asks for newer directories: the peers its v1 config knows (its witnesses)."""
+    return {
+        name: (ep, AGGREGATOR_SERVER_NAME if name == "national" else node_server_name(City.parse(name)))
+        for name, ep in config.witnesses.items()
+    }
 
 
 async def prune_expired_queries(

@@ -1,0 +1,283 @@
+"""Servers holding the signed network directory: serve it, take newer ones, refresh, fail closed.
+
+Every node and the aggregator that is configured with a directory
+(`creditnet.config.DirectoryConfig`):
+
+- serves `creditnet.v2.DirectoryService` (`DirectoryServicer`): GetDirectory
+  answers the envelope it holds; OfferDirectory verifies a candidate (the
+  governance signatures are what count, not who offers) and keeps it if good;
+- refreshes every `policy.refresh_interval` of the directory it holds by
+  asking its peers (`DirectoryRefresher`), keeping its last good directory
+  whatever a peer answers;
+- refuses every other creditnet call with UNAVAILABLE ``directory.expired``
+  while the newest directory it holds is past `policy.max_age`
+  (`DirectoryGate`), until a fresh one arrives;
+- refuses certificates the held directory revokes (`revocation_check`, set
+  on the server's trust store): a TLS peer's every call with UNAUTHENTICATED
+  ``cert.revoked`` (`DirectoryGate`), a signed object's signer with
+  ``<what>.cert.revoked`` (the envelope verifiers ask the trust store at
+  every use, cached verifications included).
+
+`DirectoryHolder.offer` verifies signatures and fsyncs a file: it always runs
+in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+
+from creditnet.config import DirectoryConfig
+from creditnet.directory.errors import refuse
+from creditnet.directory.sign import load
+from creditnet.directory.verify import DirectoryHolder
+from creditnet.errors import CreditnetError
+from creditnet.handlers import Finish, wrap_handler
+from creditnet.pki import Identity, RevocationCheck, TrustStore
+from creditnet.rpc import PeerIdentities, refusals, secure_channel
+from creditnet.v2 import directory_service_pb2 as pb
+from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DirectoryService"].full_name
+# Calls a server answers even with an expired directory: how it recovers, and
+# how orchestrators see it (health reports SERVING; the calls say why not).
+UNGATED_PREFIXES: tuple[str, ...] = (
+    f"/{SERVICE_NAME}/",
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+)
+# Calls a revoked peer may still make: health and reflection disclose nothing.
+PROBE_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# One peer's answer may not hold up a refresh round for longer than this.
+PEER_TIMEOUT = 5.0
+# Bounds on the wait between rounds, whatever the directory's policy says:
+# a short interval must not turn into a busy loop.
+MIN_INTERVAL = 0.2
+
+
+def open_holder(config: DirectoryConfig, trust: TrustStore) -> DirectoryHolder:
+    """The server's holder: its state file, or else the bootstrap file pinned by the anchor.
+
+    Blocking (reads, verifies, fsyncs): call it in a worker thread.
+    """
+    holder = DirectoryHolder(config.state, trust)
+    if holder.current is None:
+        env = load(config.bootstrap)
+        digest = hashlib.sha256(env.payload).digest()
+        if not hmac.compare_digest(digest, bytes.fromhex(config.anchor)):
+            raise refuse("directory.anchor", f"{config.bootstrap} is not the directory the anchor pins")
+        holder.bootstrap(env, digest)
+    return holder
+
+
+class DirectoryServicer(pb_grpc.DirectoryServiceServicer):
+    def __init__(self, holder: DirectoryHolder, trust: TrustStore, changed: asyncio.Event) -> None:
+        self.holder = holder
+        self.peers = PeerIdentities(trust)
+        # Set when an offer changed the directory, so the refresher re-reads the policy now.
+        self.changed = changed
+
+    @refusals
+    async def GetDirectory(
+        self, request: pb.GetDirectoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetDirectoryResponse:
+        self.peers.role(context)
+        return pb.GetDirectoryResponse(directory=self.holder.require().envelope)
+
+    @refusals
+    async def OfferDirectory(
+        self, request: pb.OfferDirectoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.OfferDirectoryResponse:
+        self.peers.role(context)
+        if not request.HasField("directory"):
+            raise refuse("directory.malformed", "the offer carries no directory")
+        changed = await asyncio.to_thread(self.holder.offer, request.directory)
+        held = self.holder.require()
+        if changed:
+            log.info("took network directory version %d (offered)", held.version)
+            self.changed.set()
+        return pb.OfferDirectoryResponse(version=held.version, changed=changed)
+
+
+def revocation_check(holder: DirectoryHolder) -> RevocationCheck:
+    """Whether the directory held now lists a certificate as revoked (by serial or SPKI SHA-256)."""
+
+    def revoked(serial: int, spki: bytes) -> bool:
+        held = holder.current
+        return held is not None and held.directory.is_revoked(serial=serial, spki=spki)
+
+    return revoked
+
+
+class DirectoryGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Every call of a revoked TLS peer: UNAUTHENTICATED cert.revoked; every creditnet call while
+    the held directory is too old: UNAVAILABLE directory.expired."""
+
+    def __init__(self, holder: DirectoryHolder, trust: TrustStore) -> None:
+        self.holder = holder
+        self.peers = PeerIdentities(trust)
+
+    def _revoked_peer(self, context: grpc.aio.ServicerContext) -> CreditnetError | None:
+        try:
+            self.peers.role(context)
+        except CreditnetError as exc:
+            # Other certificate problems are each service's to answer.
+            return exc if exc.rule == "cert.revoked" else None
+        except ValueError:
+            return None
+        return None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        probe = method.startswith(PROBE_PREFIXES)
+        gated = not method.startswith(UNGATED_PREFIXES)
+
+        async def around(context: grpc.aio.ServicerContext) -> Finish:
+            # Decided per call, not per handler or connection: a new
+            # directory takes effect at the next call.
+            revoked = None if probe else self._revoked_peer(context)
+            if revoked is not None:
+                await context.abort(revoked.code, revoked.reason)
+            if gated:
+                try:
+                    self.holder.require_fresh()
+                except CreditnetError as exc:
+                    await context.abort(exc.code, exc.reason)
+            return lambda _exc: None
+
+        return wrap_handler(handler, around)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    name: str
+    endpoint: str
+    server_name: str
+
+
+@dataclass
+class DirectoryRefresher:
+    """Every refresh interval, asks each peer for its directory and offers it to the holder."""
+
+    holder: DirectoryHolder
+    identity: Identity
+    trust: TrustStore
+    peers: tuple[Peer, ...]
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        for p in self.peers:
+            self._channels[p.name] = secure_channel(p.endpoint, self.identity, self.trust, p.server_name)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+    def interval(self) -> float:
+        held = self.holder.current
+        if held is None:
+            return MIN_INTERVAL
+        return max(held.directory.policy.refresh_interval.total_seconds(), MIN_INTERVAL)
+
+    async def _run(self) -> None:
+        # A round first: a server that was down catches up as it starts,
+        # not one interval later.
+        while True:
+            self.changed.clear()
+            try:
+                await self.refresh_once()
+            except Exception:
+                log.exception("refreshing the network directory failed; keeping the held one")
+            # An offer that changes the policy (e.g. a shorter interval) ends the wait early.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), self.interval())
+
+    async def refresh_once(self) -> int:
+        """Ask every peer once; the number of peers whose directory changed the held one."""
+        results = await asyncio.gather(*(self._from(p) for p in self.peers))
+        return sum(results)
+
+    async def _from(self, peer: Peer) -> bool:
+        stub = pb_grpc.DirectoryServiceStub(self._channels[peer.name])
+        try:
+            answer = await stub.GetDirectory(pb.GetDirectoryRequest(), timeout=PEER_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            log.debug("no directory from %s: %s", peer.name, exc.code().name)
+            return False
+        held = self.holder.current
+        if held is not None and answer.directory.payload == held.envelope.payload:
+            return False
+        try:
+            changed = await asyncio.to_thread(self.holder.offer, answer.directory)
+        except CreditnetError as exc:
+            # A peer behind us is normal (it catches up from us); anything else is worth a look.
+            level = logging.DEBUG if exc.rule == "directory.rollback" else logging.WARNING
+            log.log(level, "refused the directory %s serves (%s); keeping the held one", peer.name, exc.rule)
+            return False
+        if changed:
+            log.info("took network directory version %d from %s", self.holder.require().version, peer.name)
+        return changed
+
+
+@dataclass
+class ServedDirectory:
+    """What a server runs for its directory: the holder, the service, the gate and the refresher."""
+
+    holder: DirectoryHolder
+    servicer: DirectoryServicer
+    gate: DirectoryGate
+    refresher: DirectoryRefresher
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_DirectoryServiceServicer_to_server(self.servicer, server)
+
+    async def stop(self) -> None:
+        await self.refresher.stop()
+
+
+async def serve_directory(
+    config: DirectoryConfig, identity: Identity, trust: TrustStore, peers: Mapping[str, tuple[str, str]]
+) -> ServedDirectory:
+    """Open the holder (off the event loop) and build what serves it.
+
+    `peers`: name -> (endpoint, TLS server name), whom the refresher asks.
+    """
+    # The holder checks governance signers against the directories themselves
+    # (V6), with a trust store of its own: the server's store asks the holder.
+    holder = await asyncio.to_thread(open_holder, config, TrustStore(trust.ca_cert))
+    trust.revocation = revocation_check(holder)
+    changed = asyncio.Event()
+    refresher = DirectoryRefresher(
+        holder,
+        identity,
+        trust,
+        tuple(Peer(n, ep, sn) for n, (ep, sn) in sorted(peers.items())),
+        changed=changed,
+    )
+    return ServedDirectory(
+        holder, DirectoryServicer(holder, trust, changed), DirectoryGate(holder, trust), refresher
+    )
