@@ -345,7 +345,8 @@ async def test_the_network_checkpoint_is_signed_and_heads_every_city(
 
     result = await cli("status", "--network", str(layout.root), "--json")
     data = json.loads(result.stdout)
-    assert data["network"]["sequence"] >= head.sequence
+    # The whole response verified: the national note and every city checkpoint it names.
+    assert data["network_error"] == "" and data["network"]["sequence"] >= head.sequence
     assert [n["city"] for n in data["nodes"]] == [c.value for c in City]
     assert all(n["error"] == "" and n["size"] >= 1 for n in data["nodes"])
     assert all(len(n["cosignatures"]) >= quorum(layout) for n in data["nodes"])

@@ -1134,8 +1134,12 @@ async def survey(
         network_error = head
     else:
         pooled.extend(head.key_certificates)
+        # The whole response: the national signature and every city checkpoint
+        # it was built from (chain.network builds on this module, hence here).
+        from creditnet.chain.network import verify_network_response
+
         try:
-            network = verify_network_checkpoint(trust, head.checkpoint, list(head.key_certificates))
+            network = verify_network_response(trust, head, quorum).network
             network_error = ""
         except NetworkCheckpointError as exc:
             network_error = str(exc)
