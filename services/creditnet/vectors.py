@@ -24,7 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -349,6 +349,17 @@ def make_negatives(cast: Cast, envs: Envelopes) -> list[Negative]:
     ) -> Negative:
         return Negative(name, description, env, "consent", CONSENT_TYPE, "consent", rule, code)
 
+    def query_case(
+        name: str, description: str, change: Callable[[query_pb2.CreditQuery], object], rule: str, code: str
+    ) -> Negative:
+        msg = query_pb2.CreditQuery()
+        msg.CopyFrom(query_msg)
+        change(msg)
+        env = sign(QUERY_TYPE, msg.SerializeToString(deterministic=True), cast.bank.identity)
+        return Negative(
+            name, description, env, "query", QUERY_TYPE, "query", rule, code, node_city=City.HEFEI
+        )
+
     return [
         Negative(
             "payload-type-swapped",
@@ -428,6 +439,29 @@ def make_negatives(cast: Cast, envs: Envelopes) -> list[Negative]:
             "FAILED_PRECONDITION",
             at=VERIFY_AT + dt.timedelta(minutes=10),
             node_city=City.HEFEI,
+        ),
+        query_case(
+            "query-id-not-canonical",
+            "The valid query's terms with query_id in upper case, signed by the bank: ids have one "
+            "spelling (lower-case 8-4-4-4-12), or a second spelling would be answered again.",
+            lambda m: setattr(m, "query_id", m.query_id.upper()),
+            "query.malformed",
+            "INVALID_ARGUMENT",
+        ),
+        query_case(
+            "query-uscc-not-canonical",
+            "The valid query's terms with enterprise_uscc in lower case, signed by the bank: USCCs "
+            "travel in canonical form only.",
+            lambda m: setattr(m, "enterprise_uscc", m.enterprise_uscc.lower()),
+            "query.uscc",
+            "INVALID_ARGUMENT",
+        ),
+        query_case(
+            "query-category-repeated",
+            "The valid query's terms with its category listed twice, signed by the bank.",
+            lambda m: m.categories.append(m.categories[0]),
+            "query.malformed",
+            "INVALID_ARGUMENT",
         ),
         Negative(
             "query-city-not-in-scope",
