@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -155,6 +155,20 @@ class ChainService(chain_pb2_grpc.ChainServiceServicer):
             raise AlreadyExists("history.replay", "this history request was used already; sign a new one")
         return uscc, msg
 
+    def _history_page(
+        self,
+        uscc: str,
+        size: int,
+        kinds: Sequence[int],
+        msg: chain_pb2.HistoryRequest,
+        after: int | None,
+        limit: int,
+    ) -> list[tuple[int, bytes, bytes, list[bytes]]]:
+        rows = self.ledger.log.history_page(
+            uscc, size=size, kinds=kinds, newest_first=msg.newest_first, after=after, limit=limit
+        )
+        return [(i, e, salt, self.ledger.log.tree.inclusion_proof(i, size)) for i, e, salt in rows]
+
     async def _history(
         self, uscc: str, msg: chain_pb2.HistoryRequest
     ) -> AsyncIterator[chain_pb2.GetHistoryResponse]:
@@ -181,17 +195,9 @@ class ChainService(chain_pb2_grpc.ChainServiceServicer):
         page = head
         while left is None or left > 0:
             want = HISTORY_PAGE if left is None else min(HISTORY_PAGE, left)
-            rows = await asyncio.to_thread(
-                self.ledger.log.history_page,
-                uscc,
-                size=pub.size,
-                kinds=kinds,
-                newest_first=msg.newest_first,
-                after=after,
-                limit=want,
-            )
-            for idx, entry, salt in rows:
-                proof = await asyncio.to_thread(self.ledger.log.tree.inclusion_proof, idx, pub.size)
+            # One thread hop per page: the rows and every item's proof read together.
+            rows = await asyncio.to_thread(self._history_page, uscc, pub.size, kinds, msg, after, want)
+            for idx, entry, salt, proof in rows:
                 page.items.add(
                     salt=salt,
                     receipt=chain_pb2.Receipt(
