@@ -1,7 +1,7 @@
 """Regenerate the Python code for protos/creditnet/vN into services/creditnet/vN.
 
-Every protocol version under protos/creditnet (v1 and, beside it while it is
-being built, v2) is generated into its own package. Generated code lives only
+Every protocol version listed in VERSIONS (today only v2; a next version is
+built beside it) is generated into its own package. Generated code lives only
 there, is never edited by hand, and is not committed: `make proto` (and every
 make target that needs it) runs this script.
 """
@@ -18,7 +18,7 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUT = ROOT / "services"
-VERSIONS = ("v1", "v2")
+VERSIONS = ("v2",)
 
 
 def main() -> int:

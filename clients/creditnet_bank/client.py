@@ -24,7 +24,7 @@ from creditnet.observability import client_span, query_scope
 from creditnet.observability.context import parse_query_id
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import (
+from creditnet.v2 import (
     aggregator_pb2,
     aggregator_pb2_grpc,
     envelope_pb2,
@@ -205,7 +205,7 @@ class BankClient:
         by_city: dict[City, Section] = {}
         for raw in resp.sections:
             section = verify_section(self.verifier, raw, query_env, query)
-            if section.city not in scope or section.city in by_city:
+            if (scope and section.city not in scope) or section.city in by_city:
                 continue  # an extra or duplicated section is the aggregator's error; ignore it
             by_city[section.city] = section
         # A city the aggregator left out is reported, not silently dropped.
@@ -214,8 +214,7 @@ class BankClient:
             or Section(
                 city=c, status=SectionStatus.UNAVAILABLE, reason="the aggregator returned no answer for it"
             )
-            for c in City
-            if c in scope
+            for c in (scope or sorted(by_city))
         ]
         return merge(query.query_id, query.enterprise_uscc, Purpose.from_proto(query.purpose), sections)
 
@@ -243,7 +242,7 @@ class BankClient:
             return resp
 
 
-FEDERATED_QUERY = "/creditnet.v1.AggregatorService/FederatedQuery"
+FEDERATED_QUERY = "/creditnet.v2.AggregatorService/FederatedQuery"
 
 
 def _query_id(query_env: envelope_pb2.SignedEnvelope) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from creditnet.domain import Category, City, Purpose
-from creditnet.v1 import records_pb2
+from creditnet.v2 import records_pb2
 from creditnet_bank.verify import Section, SectionStatus
 
 _TAX_GRADES = {1: "A", 2: "B", 3: "M", 4: "C", 5: "D"}
@@ -72,7 +72,7 @@ class Report:
         return sum(len(s.records) for s in self.sections)
 
     def section(self, city: City) -> Section | None:
-        return next((s for s in self.sections if s.city is city), None)
+        return next((s for s in self.sections if s.city == city), None)
 
     def to_json(self) -> dict[str, Any]:
         from creditnet.records import record_to_json

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -22,7 +23,7 @@ from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest
 from creditnet.errors import CreditnetError
 from creditnet.pki import RoleKind
-from creditnet.v1 import aggregator_pb2, chain_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
+from creditnet.v2 import aggregator_pb2, chain_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
 
 
 class SectionStatus(enum.Enum):
@@ -71,9 +72,15 @@ def consent_terms(query: query_pb2.CreditQuery) -> ConsentTerms:
     return ConsentTerms.from_proto(msg)
 
 
-def scope_cities(query: query_pb2.CreditQuery) -> tuple[City, ...]:
+def scope_cities(query: query_pb2.CreditQuery, members: Iterable[City] = ()) -> tuple[City, ...]:
+    """The cities a query asks, by code: those it names, else its consent's, else every member.
+
+    `members` are the network's member cities as the bank knows them; when
+    it knows none (empty) and neither the query nor the consent names a
+    city, the result is empty: every city the aggregator answers for is in scope.
+    """
     asked = tuple(City.from_proto(c) for c in query.cities)
-    return asked or consent_terms(query).effective_cities
+    return tuple(sorted(asked or consent_terms(query).cities or set(members)))
 
 
 def verify_section(

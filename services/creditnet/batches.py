@@ -17,7 +17,7 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
-from creditnet.v1 import node_pb2, records_pb2
+from creditnet.v2 import node_pb2, records_pb2
 
 # Records in one SubmitRecords message; more is refused (provider.batch_size)
 # before any is read. The provider CLI's largest --batch-size.

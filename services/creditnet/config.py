@@ -225,7 +225,7 @@ def parse_nodes_generic(spec: str) -> dict[str, str]:
 
 
 def parse_nodes(spec: str) -> dict[City, str]:
-    """``hefei=127.0.0.1:7004,nanjing=...`` → {City.HEFEI: "127.0.0.1:7004", ...}."""
+    """``hefei=127.0.0.1:7004,nanjing=...`` → {pilot.HEFEI: "127.0.0.1:7004", ...}."""
     nodes: dict[City, str] = {}
     for part in spec.split(","):
         if not part.strip():

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from creditnet import uscc as uscc_mod
 from creditnet.dates import date_from_proto, date_to_proto, ts_from_proto, ts_to_proto, utcnow
-from creditnet.domain import ALL_CITIES, Category, City, Purpose, distinct_from_proto
+from creditnet.domain import MAX_SCOPE_CITIES, Category, City, Purpose, distinct_from_proto
 from creditnet.envelope import (
     CONSENT_TYPE,
     REVOCATION_TYPE,
@@ -27,7 +27,7 @@ from creditnet.envelope import (
 )
 from creditnet.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from creditnet.pki import Identity, RoleKind
-from creditnet.v1 import consent_pb2, envelope_pb2
+from creditnet.v2 import consent_pb2, envelope_pb2
 
 MAX_CONSENT_VALIDITY = dt.timedelta(days=3 * 366)
 
@@ -48,9 +48,9 @@ class ConsentTerms:
     consent_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     issued_at: dt.datetime = field(default_factory=utcnow)
 
-    @property
-    def effective_cities(self) -> tuple[City, ...]:
-        return self.cities or ALL_CITIES
+    def covers(self, city: City) -> bool:
+        """Whether the consent lets `city`'s node answer (no cities named: every member city)."""
+        return not self.cities or city in self.cities
 
     def validate(self) -> ConsentTerms:
         """Raise InvalidArgument (rule ``consent.malformed``) if the terms make no sense."""
@@ -105,7 +105,7 @@ class ConsentTerms:
                 categories=distinct_from_proto(
                     Category.from_proto, msg.categories, len(Category), "categories"
                 ),
-                cities=distinct_from_proto(City.from_proto, msg.cities, len(City), "cities"),
+                cities=distinct_from_proto(City.from_proto, msg.cities, MAX_SCOPE_CITIES, "cities"),
                 data_from=date_from_proto(msg.data_from),
                 data_to=date_from_proto(msg.data_to),
                 not_before=ts_from_proto(msg.not_before),

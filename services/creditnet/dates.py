@@ -6,7 +6,7 @@ import datetime as dt
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from creditnet.v1 import common_pb2
+from creditnet.v2 import common_pb2
 
 UTC = dt.UTC
 

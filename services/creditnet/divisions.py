@@ -174,6 +174,16 @@ def city_of_region(region: str) -> Division:
     )
 
 
+def within(city_code: str) -> list[Division]:
+    """The county-level divisions of a network city, by code (a municipality's districts and counties)."""
+    c = city(city_code)
+    if c.is_municipality:
+        inside = [d for d in _index().values() if d.level is Level.COUNTY and d.province == c.code]
+    else:
+        inside = [d for d in _index().values() if d.prefecture == c.code]
+    return sorted(inside, key=lambda d: d.code)
+
+
 def iter_all() -> Iterator[Division]:
     return iter(sorted(_index().values(), key=lambda d: d.code))
 

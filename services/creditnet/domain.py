@@ -1,17 +1,20 @@
 """The network's vocabulary: cities, credit categories and purposes.
 
-These enums are the one place that maps between the names people type
-(``hefei``, ``social_insurance``, ``loan_application``), the protobuf enum
-numbers, and facts such as a city's registering-region codes.
+Categories and purposes are enums: the one place that maps between the names
+people type (``social_insurance``, ``loan_application``) and the protobuf
+enum numbers. Cities are not enumerated: a `City` is a division code, and the
+signed network directory says which cities are members.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Self, TypeVar
 
-from creditnet.v1 import common_pb2
+from creditnet import divisions
+from creditnet.v2 import common_pb2
 
 
 class _Named(enum.Enum):
@@ -39,60 +42,78 @@ class _Named(enum.Enum):
         return str(self.value)
 
 
-class City(_Named):
-    SHANGHAI = "shanghai"
-    NANJING = "nanjing"
-    HANGZHOU = "hangzhou"
-    HEFEI = "hefei"
-    JIAXING = "jiaxing"
+@dataclass(frozen=True, order=True, slots=True)
+class City:
+    """A network city, by its six-digit GB/T 2260 administrative-division code.
+
+    Only prefecture-level divisions and municipalities are cities
+    (`creditnet.divisions`); which of them are members of the network is the
+    signed directory's business, never this class's. Cities order by code,
+    which is the order every list of cities on the wire and in the chain uses.
+    """
+
+    code: str
+
+    def __post_init__(self) -> None:
+        try:
+            divisions.city(self.code)
+        except divisions.DivisionError as exc:
+            raise ValueError(f"city {self.code!r}: {exc.message}") from None
 
     @property
-    def proto(self) -> common_pb2.City.ValueType:
-        return common_pb2.City.Value(f"CITY_{self.name}")
+    def value(self) -> str:
+        """The code: what role URIs, TLS server names, log origins and file names use."""
+        return self.code
+
+    @property
+    def proto(self) -> str:
+        return self.code
 
     @classmethod
-    def from_proto(cls, value: int) -> City:
-        desc = common_pb2.City.DESCRIPTOR.values_by_number.get(value)
-        name = desc.name if desc is not None else ""
-        if not name or value == common_pb2.CITY_UNSPECIFIED:
-            raise ValueError(f"unknown city number {value}")
-        return cls[name.removeprefix("CITY_")]
+    def from_proto(cls, value: str) -> City:
+        return cls(value)
+
+    @classmethod
+    def parse(cls, text: str) -> City:
+        """A six-digit code, or a city's Chinese name with or without its 市 (合肥, 合肥市)."""
+        key = text.strip()
+        if key.isascii():
+            return cls(key)
+        matches = [d.code for d in divisions.cities() if key in (d.name_zh, d.name_zh.removesuffix("市"))]
+        if len(matches) != 1:
+            raise ValueError(f"{text!r} names {'no' if not matches else 'more than one'} city; give its code")
+        return cls(matches[0])
+
+    @classmethod
+    def parse_many(cls, text: str | Iterable[str]) -> tuple[City, ...]:
+        parts = text.split(",") if isinstance(text, str) else list(text)
+        seen: dict[City, None] = {}
+        for part in parts:
+            if part.strip():
+                seen[cls.parse(part)] = None
+        return tuple(seen)
+
+    @property
+    def name_zh(self) -> str:
+        return divisions.lookup(self.code).name_zh
 
     @property
     def display(self) -> str:
-        return _CITY_DISPLAY[self]
-
-    @property
-    def region_prefix(self) -> str:
-        """Leading digits of the registering-region code (USCC positions 3-8)."""
-        return _CITY_REGION[self]
+        return f"{self.name_zh} {self.code}"
 
     @classmethod
-    def from_region_code(cls, region: str) -> City | None:
-        """The pilot city a six-digit administrative division code belongs to, if any."""
-        # Longest prefix first: Shanghai is the whole province-level 31, the
-        # others are prefecture-level cities inside 32, 33 and 34.
-        for city in sorted(cls, key=lambda c: -len(c.region_prefix)):
-            if region.startswith(city.region_prefix):
-                return city
-        return None
+    def of_region(cls, region: str) -> City:
+        """The city a six-digit registering-region code (USCC characters 3-8) belongs to.
 
+        ValueError if the region belongs to no city (docs/directory.md, "City codes").
+        """
+        try:
+            return cls(divisions.city_of_region(region).code)
+        except divisions.DivisionError as exc:
+            raise ValueError(exc.message) from None
 
-_CITY_DISPLAY = {
-    City.SHANGHAI: "Shanghai 上海",
-    City.NANJING: "Nanjing 南京",
-    City.HANGZHOU: "Hangzhou 杭州",
-    City.HEFEI: "Hefei 合肥",
-    City.JIAXING: "Jiaxing 嘉兴",
-}
-
-_CITY_REGION = {
-    City.SHANGHAI: "31",
-    City.NANJING: "3201",
-    City.HANGZHOU: "3301",
-    City.HEFEI: "3401",
-    City.JIAXING: "3304",
-}
+    def __str__(self) -> str:
+        return self.code
 
 
 class Category(_Named):
@@ -148,10 +169,15 @@ class Purpose(_Named):
 
 
 E = TypeVar("E", bound=Hashable)
+W = TypeVar("W")
+
+# The most cities a consent or a query may name: every network city China
+# has (333 prefecture-level divisions and 4 municipalities), with room to spare.
+MAX_SCOPE_CITIES = 400
 
 
 def distinct_from_proto(
-    from_proto: Callable[[int], E], values: Sequence[int], limit: int, what: str
+    from_proto: Callable[[W], E], values: Sequence[W], limit: int, what: str
 ) -> tuple[E, ...]:
     """Decode a repeated enum field, refusing more than `limit` values or any value twice.
 
@@ -166,5 +192,4 @@ def distinct_from_proto(
     return decoded
 
 
-ALL_CITIES: tuple[City, ...] = tuple(City)
 ALL_CATEGORIES: tuple[Category, ...] = tuple(Category)

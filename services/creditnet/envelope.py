@@ -28,13 +28,13 @@ from google.protobuf.message import DecodeError
 
 from creditnet.errors import InvalidArgument, Unauthenticated
 from creditnet.pki import Identity, TrustStore, VerifiedCert
-from creditnet.v1 import envelope_pb2
+from creditnet.v2 import envelope_pb2
 
-CONSENT_TYPE: Final = "application/vnd.creditnet.consent.v1+protobuf"
-REVOCATION_TYPE: Final = "application/vnd.creditnet.revocation.v1+protobuf"
-QUERY_TYPE: Final = "application/vnd.creditnet.query.v1+protobuf"
-ANSWER_TYPE: Final = "application/vnd.creditnet.answer.v1+protobuf"
-HISTORY_REQUEST_TYPE: Final = "application/vnd.creditnet.history-request.v1+protobuf"
+CONSENT_TYPE: Final = "application/vnd.creditnet.consent.v2+protobuf"
+REVOCATION_TYPE: Final = "application/vnd.creditnet.revocation.v2+protobuf"
+QUERY_TYPE: Final = "application/vnd.creditnet.query.v2+protobuf"
+ANSWER_TYPE: Final = "application/vnd.creditnet.answer.v2+protobuf"
+HISTORY_REQUEST_TYPE: Final = "application/vnd.creditnet.history-request.v2+protobuf"
 PAYLOAD_TYPES: Final = frozenset(
     {CONSENT_TYPE, REVOCATION_TYPE, QUERY_TYPE, ANSWER_TYPE, HISTORY_REQUEST_TYPE}
 )

@@ -78,7 +78,7 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 CONTROL_PREFIXES: tuple[str, ...] = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.",
-    "/creditnet.v1.WitnessService/",
+    "/creditnet.v2.WitnessService/",
 )
 
 

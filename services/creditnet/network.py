@@ -1,4 +1,4 @@
-"""A whole five-city network on one machine: provisioning and running it.
+"""A whole network on one machine (the five pilot cities by default): provisioning and running it.
 
 `provision` lays out a state directory — the network CA, an identity for
 every participant, each node's SQLite store loaded with synthetic data,
@@ -29,18 +29,26 @@ from pathlib import Path
 from typing import Any
 
 from creditnet import consent as consent_mod
-from creditnet import synthetic
+from creditnet import pilot, synthetic
 from creditnet.aggregator.server import RunningAggregator, start_aggregator
 from creditnet.chain.keys import NATIONAL, LogKey
 from creditnet.chain.ledger import DEFAULT_QUORUM
 from creditnet.config import AggregatorConfig, DirectoryConfig, NodeConfig
 from creditnet.dates import utcnow
-from creditnet.domain import ALL_CATEGORIES, ALL_CITIES, Category, City, Purpose
+from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
 from creditnet.envelope import save_envelope
 from creditnet.node.server import RunningNode, start_node
-from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
+from creditnet.pki import (
+    AGGREGATOR_SERVER_NAME,
+    CertificateAuthority,
+    Identity,
+    Role,
+    TrustStore,
+    issue_identity,
+    node_server_name,
+)
 from creditnet.store import Store
-from creditnet.v1 import envelope_pb2, records_pb2
+from creditnet.v2 import envelope_pb2, records_pb2
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,11 @@ class NetworkLayout:
     @property
     def aggregator_config(self) -> Path:
         return self.path(self.data["aggregator"]["config"])
+
+    @property
+    def cities(self) -> tuple[City, ...]:
+        """The cities provisioned here, by code (admitted ones included, removed ones not)."""
+        return tuple(sorted(City(code) for code in self.data["cities"]))
 
     def node_endpoint(self, city: City) -> str:
         return str(self.data["cities"][city.value]["endpoint"])
@@ -121,6 +134,7 @@ def _ident(root: Path, directory: Path, name: str, identity: Identity) -> dict[s
 def provision(
     root: Path,
     *,
+    cities: Iterable[City] = pilot.CITIES,
     enterprises_per_city: int = 2000,
     seed: int = 20221118,
     host: str = "127.0.0.1",
@@ -143,23 +157,29 @@ def provision(
     the policy's refresh interval and maximum age as given. Without it the
     servers run protocol v1 only, as before.
     """
-    urls = _node_database_urls(root, database_urls)
+    members = tuple(sorted(set(cities)))
+    if not members:
+        raise ValueError("a network needs at least one city")
+    urls = _node_database_urls(root, members, database_urls)
     root.mkdir(parents=True, exist_ok=True)
     if (root / "network.json").exists():
         raise FileExistsError(f"{root} already holds a network; use another --state-dir or remove it")
     ca = CertificateAuthority.create()
     ca.save(root / "pki")
     ca_rel = "pki/ca.pem"
-    demo_uscc = synthetic.pick_demo_enterprise(seed, enterprises_per_city)
+    demo_uscc = synthetic.pick_demo_enterprise(seed, enterprises_per_city, members)
     identities: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
-    cities: dict[str, dict[str, str]] = {}
-    node_endpoints = {city: f"{host}:{free_port()}" for city in ALL_CITIES}
+    entries: dict[str, dict[str, str]] = {}
+    node_endpoints = {city: f"{host}:{free_port()}" for city in members}
     agg_endpoint = f"{host}:{free_port()}"
     witness_endpoints = {c.value: ep for c, ep in node_endpoints.items()} | {NATIONAL: agg_endpoint}
+    # One log key per server: the one its config names is the one the
+    # directory lists.
+    log_keys = {c.value: LogKey.issue(ca, c.value) for c in members} | {NATIONAL: LogKey.issue(ca, NATIONAL)}
     signed_directory: dict[str, Any] | None = None
     if directory:
         signed_directory = _provision_directory(
-            root, ca, node_endpoints, agg_endpoint, directory_refresh, directory_max_age
+            root, ca, node_endpoints, agg_endpoint, log_keys, directory_refresh, directory_max_age
         )
 
     def directory_config(state: Path) -> DirectoryConfig | None:
@@ -169,9 +189,9 @@ def provision(
             state=state, anchor=signed_directory["anchor"], bootstrap=root / signed_directory["file"]
         )
 
-    for city in ALL_CITIES:
+    for city in members:
         ndir = root / "nodes" / city.value
-        LogKey.issue(ca, city.value).save(ndir / "logkey.pem", ndir / "logkey.key")
+        log_keys[city.value].save(ndir / "logkey.pem", ndir / "logkey.key")
         node_id = issue_identity(ca, Role.node(city))
         identities["nodes"][city.value] = _ident(root, ndir, "node", node_id)
         identities["operators"][city.value] = _ident(
@@ -198,7 +218,7 @@ def provision(
             directory=directory_config(ndir / "directory.binpb"),
         )
         config.save(ndir / "node.json")
-        cities[city.value] = {
+        entries[city.value] = {
             "endpoint": endpoint,
             "config": str((ndir / "node.json").relative_to(root)),
         }
@@ -206,7 +226,7 @@ def provision(
     identities["aggregator"]["national"] = _ident(
         root, adir, "aggregator", issue_identity(ca, Role.aggregator())
     )
-    LogKey.issue(ca, NATIONAL).save(adir / "logkey.pem", adir / "logkey.key")
+    log_keys[NATIONAL].save(adir / "logkey.pem", adir / "logkey.key")
     AggregatorConfig(
         listen=agg_endpoint,
         cert=adir / "aggregator.pem",
@@ -226,6 +246,7 @@ def provision(
     )
     load_synthetic(
         root,
+        cities=members,
         seed=seed,
         enterprises_per_city=enterprises_per_city,
         progress=progress,
@@ -239,7 +260,7 @@ def provision(
             "config": "aggregator/aggregator.json",
             "server_name": "aggregator.creditnet",
         },
-        "cities": {c: {**v, "server_name": f"{c}.node.creditnet"} for c, v in cities.items()},
+        "cities": {c: {**v, "server_name": node_server_name(City(c))} for c, v in entries.items()},
         "identities": identities,
         "chain": {"quorum": quorum},
         **({"directory": signed_directory} if signed_directory else {}),
@@ -261,6 +282,7 @@ def _provision_directory(
     ca: CertificateAuthority,
     node_endpoints: Mapping[City, str],
     agg_endpoint: str,
+    log_keys: Mapping[str, LogKey],
     refresh: dt.timedelta,
     max_age: dt.timedelta,
 ) -> dict[str, Any]:
@@ -270,11 +292,10 @@ def _provision_directory(
         DEFAULT_GOVERNANCE,
         DEFAULT_THRESHOLD,
         init_directory,
-        v1_city_code,
     )
 
     out = root / "directory"
-    endpoints = {v1_city_code(c): ep for c, ep in node_endpoints.items()}
+    endpoints = {c.code: ep for c, ep in node_endpoints.items()}
     made = init_directory(
         ca,
         out,
@@ -284,6 +305,7 @@ def _provision_directory(
         governance=DEFAULT_GOVERNANCE,
         threshold=DEFAULT_THRESHOLD,
         policy=Policy(refresh_interval=refresh, max_age=max_age),
+        log_keys=log_keys,
     )
     return {
         "file": str(made.file.relative_to(root)),
@@ -299,10 +321,12 @@ def _provision_directory(
     }
 
 
-def _node_database_urls(root: Path, given: Mapping[City, str] | None = None) -> dict[City, str]:
-    """Every city's database: the URL given for it, else ``nodes/<city>/node.db`` under `root`."""
+def _node_database_urls(
+    root: Path, cities: Iterable[City], given: Mapping[City, str] | None = None
+) -> dict[City, str]:
+    """Every city's database: the URL given for it, else ``nodes/<code>/node.db`` under `root`."""
     given = dict(given or {})
-    urls = {c: given.pop(c, f"sqlite:///{root / 'nodes' / c.value / 'node.db'}") for c in ALL_CITIES}
+    urls = {c: given.pop(c, f"sqlite:///{root / 'nodes' / c.value / 'node.db'}") for c in cities}
     if given:
         raise ValueError(f"database_urls names unknown cities: {sorted(map(str, given))}")
     if len(set(urls.values())) != len(urls):
@@ -313,6 +337,7 @@ def _node_database_urls(root: Path, given: Mapping[City, str] | None = None) -> 
 def load_synthetic(
     root: Path,
     *,
+    cities: Iterable[City] = pilot.CITIES,
     seed: int,
     enterprises_per_city: int,
     progress: Callable[[str, int], None] | None = None,
@@ -320,10 +345,11 @@ def load_synthetic(
 ) -> dict[City, int]:
     """Generate the synthetic data set and load each city's share into its
     node's store, migrating each database to the current schema first."""
-    urls = _node_database_urls(root, database_urls)
+    members = tuple(sorted(set(cities)))
+    urls = _node_database_urls(root, members, database_urls)
     stores: dict[City, Store] = {}
     try:
-        for c in ALL_CITIES:
+        for c in members:
             stores[c] = Store.open(urls[c], migrate=True)
     except BaseException:
         for opened in stores.values():
@@ -333,7 +359,7 @@ def load_synthetic(
     profiles: dict[City, list[records_pb2.EnterpriseProfile]] = defaultdict(list)
     counts: dict[City, int] = defaultdict(int)
     try:
-        for item in synthetic.generate(seed, enterprises_per_city):
+        for item in synthetic.generate(seed, enterprises_per_city, members):
             if isinstance(item, records_pb2.EnterpriseProfile):
                 city = City.from_proto(item.home_city)
                 profiles[city].append(item)
@@ -395,14 +421,14 @@ def grant_demo_consent(
 
 @dataclass
 class InProcessNetwork:
-    """The five nodes and the aggregator as servers in this event loop."""
+    """The network's nodes and its aggregator as servers in this event loop."""
 
     layout: NetworkLayout
     nodes: dict[City, RunningNode] = field(default_factory=dict)
     aggregator: RunningAggregator | None = None
 
     async def start(self) -> InProcessNetwork:
-        for city in ALL_CITIES:
+        for city in self.layout.cities:
             await self.start_node(city)
         self.aggregator = await start_aggregator(AggregatorConfig.load(self.layout.aggregator_config))
         return self
@@ -479,7 +505,7 @@ class ProcessNetwork:
             )
 
     def start(self) -> None:
-        for city in ALL_CITIES:
+        for city in self.layout.cities:
             self.start_node(city)
         self.start_aggregator()
 
@@ -530,9 +556,9 @@ class ProcessNetwork:
         from creditnet.health import wait_serving
 
         trust_root = self.layout.ca
-        targets = {c.value: (self.layout.node_endpoint(c), f"{c.value}.node.creditnet") for c in ALL_CITIES}
-        targets["aggregator"] = (self.layout.aggregator_endpoint, "aggregator.creditnet")
-        operator = self.layout.identity("operators", City.SHANGHAI.value)
+        targets = {c.value: (self.layout.node_endpoint(c), node_server_name(c)) for c in self.layout.cities}
+        targets["aggregator"] = (self.layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME)
+        operator = self.layout.identity("operators", self.layout.cities[0].value)
         deadline = time.monotonic() + timeout
         for name, (endpoint, server_name) in targets.items():
             proc = self.procs.get(name)
@@ -559,9 +585,8 @@ class ProcessNetwork:
 
 async def wait_federated(endpoint: str, identity: Identity, trust: TrustStore, timeout: float) -> None:
     """Wait until the aggregator at `endpoint` sees every node it knows serving; RuntimeError if not."""
-    from creditnet.pki import AGGREGATOR_SERVER_NAME
     from creditnet.rpc import secure_channel
-    from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc
+    from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
 
     deadline = time.monotonic() + max(timeout, 1.0)
     waiting: list[str] = []

@@ -12,7 +12,7 @@ from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.domain import City
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import node_pb2, node_pb2_grpc, records_pb2
+from creditnet.v2 import node_pb2, node_pb2_grpc, records_pb2
 
 DEFAULT_BATCH = 1000
 

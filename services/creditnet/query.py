@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -18,11 +19,11 @@ from google.protobuf.message import DecodeError
 from creditnet import uscc as uscc_mod
 from creditnet.consent import VerifiedConsent, check_window, verify_consent
 from creditnet.dates import ts_from_proto, ts_to_proto, utcnow
-from creditnet.domain import Category, City, Purpose, distinct_from_proto
+from creditnet.domain import MAX_SCOPE_CITIES, Category, City, Purpose, distinct_from_proto
 from creditnet.envelope import QUERY_TYPE, EnvelopeVerifier, sign
 from creditnet.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from creditnet.pki import Identity, RoleKind, VerifiedCert
-from creditnet.v1 import envelope_pb2, query_pb2
+from creditnet.v2 import envelope_pb2, query_pb2
 
 MAX_QUERY_LIFETIME = dt.timedelta(minutes=5)
 # How far a signer's clock may run ahead of the verifier's.
@@ -56,9 +57,14 @@ class AuthorizedQuery:
     bank: VerifiedCert
     consent: VerifiedConsent
     categories: tuple[Category, ...]
+    # The cities asked, by code; empty means every member city of the network.
     cities: tuple[City, ...]
     data_from: dt.date
     data_to: dt.date
+
+    def scope(self, members: Iterable[City]) -> tuple[City, ...]:
+        """The cities to ask, given the network's member cities; by code."""
+        return self.cities or tuple(sorted(set(members)))
 
 
 @dataclass(slots=True)
@@ -130,7 +136,7 @@ def parse_terms(payload: bytes) -> tuple[QueryTerms, envelope_pb2.SignedEnvelope
             bank_code=msg.bank_code,
             purpose=Purpose.from_proto(msg.purpose),
             categories=distinct_from_proto(Category.from_proto, msg.categories, len(Category), "categories"),
-            cities=distinct_from_proto(City.from_proto, msg.cities, len(City), "cities"),
+            cities=distinct_from_proto(City.from_proto, msg.cities, MAX_SCOPE_CITIES, "cities"),
             issued_at=ts_from_proto(msg.issued_at),
             expires_at=ts_from_proto(msg.expires_at),
         )
@@ -198,11 +204,13 @@ def authorize(
         raise PermissionDenied(
             "consent.category_not_covered", f"categories not in the consent: {', '.join(outside)}"
         )
-    cities = terms.cities or c.effective_cities
-    outside = [x.value for x in cities if x not in c.effective_cities]
+    # No cities named means every member city: of the consent, the
+    # consent's list; of the query, the consent's scope.
+    cities = terms.cities or c.cities
+    outside = [x.value for x in cities if not c.covers(x)]
     if outside:
         raise PermissionDenied("consent.city_not_covered", f"cities not in the consent: {', '.join(outside)}")
-    if city is not None and city not in cities:
+    if city is not None and cities and city not in cities:
         raise PermissionDenied("query.city_not_in_scope", f"the query does not ask the {city.value} node")
     return AuthorizedQuery(
         terms=terms,
@@ -211,7 +219,7 @@ def authorize(
         bank=bank,
         consent=consent,
         categories=tuple(x for x in Category if x in categories),
-        cities=tuple(x for x in City if x in cities),
+        cities=tuple(sorted(cities)),
         data_from=c.data_from,
         data_to=c.data_to,
     )

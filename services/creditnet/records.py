@@ -1,6 +1,6 @@
 """Credit records on the domain side: validation and the JSONL and CSV file formats.
 
-The wire form is ``creditnet.v1.records_pb2.CreditRecord``. This module decides
+The wire form is ``creditnet.v2.records_pb2.CreditRecord``. This module decides
 whether a record makes sense (:func:`validate_record`) and reads and writes
 the two file formats ``creditnet node ingest`` and ``creditnet data generate``
 use.
@@ -8,12 +8,13 @@ use.
 JSONL (``.jsonl`` or ``.ndjson``): one JSON object per line in the protobuf
 JSON mapping with the proto's field names, plus three conveniences for people
 writing files by hand: dates may be ``"YYYY-MM-DD"`` strings, enum values may
-be their short lower-case names (``"hefei"``, ``"electricity"``, ``"a"``) as
-well as their full names (``"CITY_HEFEI"``) or numbers, and an optional
-``"category"`` key must agree with the detail that is set::
+be their short lower-case names (``"electricity"``, ``"a"``) as well as their
+full names (``"UTILITY_KIND_ELECTRICITY"``) or numbers, and an optional
+``"category"`` key must agree with the detail that is set. ``city`` is the
+six-digit division code of the city whose node holds the record::
 
     {"record_id": "HF-UTL-0001", "enterprise_uscc": "91340100MA2N0U3E6T",
-     "city": "hefei", "source": "国网合肥供电公司", "record_date": "2024-03-31",
+     "city": "340100", "source": "国网合肥供电公司", "record_date": "2024-03-31",
      "category": "utility", "utility": {"kind": "electricity", "account_id": "HF-0001",
      "period_start": "2024-03-01", "period_end": "2024-03-31",
      "amount_due_fen": 1234500, "amount_paid_fen": 1234500}}
@@ -51,7 +52,7 @@ from google.protobuf.message import Message
 
 from creditnet import uscc as uscc_mod
 from creditnet.domain import Category, City
-from creditnet.v1 import common_pb2, records_pb2
+from creditnet.v2 import common_pb2, records_pb2
 
 
 class RecordError(ValueError):
@@ -136,9 +137,8 @@ def validate_record(rec: records_pb2.CreditRecord, *, today: dt.date | None = No
         raise RecordError(f"enterprise_uscc must be written in canonical form: {canonical}")
     try:
         City.from_proto(rec.city)
-    except ValueError:
-        cities = ", ".join(c.value for c in City)
-        raise RecordError(f"city must be a pilot city ({cities}): got {rec.city}") from None
+    except ValueError as exc:
+        raise RecordError(f"city must be a city's six-digit division code: {exc}") from None
     _text(rec.source, "source", required=True)
     if rec.provider_id:
         _text(rec.provider_id, "provider_id", required=False)
@@ -412,7 +412,7 @@ def record_to_json(rec: records_pb2.CreditRecord) -> dict[str, Any]:
     out: dict[str, Any] = {
         "record_id": rec.record_id,
         "enterprise_uscc": rec.enterprise_uscc,
-        "city": _enum_json(common_pb2.City.DESCRIPTOR, rec.city),
+        "city": rec.city,
         "source": rec.source,
     }
     if rec.provider_id:
@@ -598,7 +598,7 @@ def _csv_row(rec: records_pb2.CreditRecord) -> list[str]:
     cells = dict.fromkeys(CSV_COLUMNS, "")
     cells["record_id"] = rec.record_id
     cells["enterprise_uscc"] = rec.enterprise_uscc
-    cells["city"] = str(_enum_json(common_pb2.City.DESCRIPTOR, rec.city))
+    cells["city"] = rec.city
     cells["source"] = rec.source
     cells["provider_id"] = rec.provider_id
     if rec.HasField("record_date"):

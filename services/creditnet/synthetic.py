@@ -34,13 +34,14 @@ import datetime as dt
 import itertools
 import math
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
-from creditnet.domain import ALL_CITIES, Category, City
-from creditnet.uscc import DISTRICTS, District, make_uscc
-from creditnet.v1 import common_pb2, records_pb2
+from creditnet import divisions, pilot
+from creditnet.domain import Category, City
+from creditnet.uscc import District, districts, make_uscc
+from creditnet.v2 import common_pb2, records_pb2
 
 AS_OF: Final = dt.date(2026, 10, 31)
 # Registration dates are drawn from these years (and at least six months
@@ -61,36 +62,62 @@ _STREAM_VERSION = "creditnet-synthetic-v1"
 # reference data
 
 _CITY_SHORT = {
-    City.SHANGHAI: "上海",
-    City.NANJING: "南京",
-    City.HANGZHOU: "杭州",
-    City.HEFEI: "合肥",
-    City.JIAXING: "嘉兴",
-}
-_PROVINCE = {
-    City.SHANGHAI: "上海",
-    City.NANJING: "江苏",
-    City.HANGZHOU: "浙江",
-    City.HEFEI: "安徽",
-    City.JIAXING: "浙江",
+    pilot.SHANGHAI: "上海",
+    pilot.NANJING: "南京",
+    pilot.HANGZHOU: "杭州",
+    pilot.HEFEI: "合肥",
+    pilot.JIAXING: "嘉兴",
 }
 # Court-code province abbreviations used in case numbers, e.g. (2024)皖0104民初123号.
 _PROVINCE_ABBR = {"31": "沪", "32": "苏", "33": "浙", "34": "皖"}
 # One-character city abbreviations used in penalty decision numbers.
 _CITY_ABBR = {
-    City.SHANGHAI: "沪",
-    City.NANJING: "宁",
-    City.HANGZHOU: "杭",
-    City.HEFEI: "合",
-    City.JIAXING: "嘉",
+    pilot.SHANGHAI: "沪",
+    pilot.NANJING: "宁",
+    pilot.HANGZHOU: "杭",
+    pilot.HEFEI: "合",
+    pilot.JIAXING: "嘉",
 }
 _CITY_CODE = {
-    City.SHANGHAI: "SH",
-    City.NANJING: "NJ",
-    City.HANGZHOU: "HZ",
-    City.HEFEI: "HF",
-    City.JIAXING: "JX",
+    pilot.SHANGHAI: "SH",
+    pilot.NANJING: "NJ",
+    pilot.HANGZHOU: "HZ",
+    pilot.HEFEI: "HF",
+    pilot.JIAXING: "JX",
 }
+
+
+# Other cities (any member a directory admits) get names derived from the
+# divisions data and generic organisations; the tables above are the pilot's
+# local colour.
+def _short(city: City) -> str:
+    return _CITY_SHORT.get(city) or city.name_zh.removesuffix("市")
+
+
+def _province(city: City) -> str:
+    name = divisions.lookup(divisions.lookup(city.code).province).name_zh
+    for suffix in ("维吾尔自治区", "壮族自治区", "回族自治区", "自治区", "省", "市"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def _province_abbr(region: str) -> str:
+    return _PROVINCE_ABBR.get(region[:2]) or divisions.lookup(region[:2] + "0000").name_zh[:1]
+
+
+def _abbr(city: City) -> str:
+    return _CITY_ABBR.get(city) or _short(city)[:1]
+
+
+def _letters(city: City) -> str:
+    return _CITY_CODE.get(city) or city.code
+
+
+def _local_banks(city: City) -> tuple[tuple[str, str], ...]:
+    return _LOCAL_BANKS.get(city) or ((f"{_short(city)}农村商业银行", f"RCB{city.code}"),)
+
+
 _CATEGORY_CODE = {
     Category.UTILITY: "UTL",
     Category.SOCIAL_INSURANCE: "SI",
@@ -194,12 +221,13 @@ _INDUSTRY_WORDS: dict[str, tuple[tuple[str, str], ...]] = {
 # software and e-commerce, Jiaxing textiles, Shanghai trade and biomedicine.
 _INDUSTRY_WEIGHTS: dict[City, tuple[int, ...]] = {
     #               manu soft bio  ne  semi logi trade cons food text
-    City.SHANGHAI: (14, 14, 14, 6, 8, 10, 20, 6, 4, 4),
-    City.NANJING: (18, 18, 10, 8, 8, 9, 14, 8, 4, 3),
-    City.HANGZHOU: (14, 26, 10, 6, 5, 8, 16, 4, 3, 8),
-    City.HEFEI: (18, 12, 8, 18, 14, 8, 10, 8, 4, 0),
-    City.JIAXING: (22, 6, 4, 10, 0, 10, 12, 6, 8, 22),
+    pilot.SHANGHAI: (14, 14, 14, 6, 8, 10, 20, 6, 4, 4),
+    pilot.NANJING: (18, 18, 10, 8, 8, 9, 14, 8, 4, 3),
+    pilot.HANGZHOU: (14, 26, 10, 6, 5, 8, 16, 4, 3, 8),
+    pilot.HEFEI: (18, 12, 8, 18, 14, 8, 10, 8, 4, 0),
+    pilot.JIAXING: (22, 6, 4, 10, 0, 10, 12, 6, 8, 22),
 }
+_DEFAULT_INDUSTRY_WEIGHTS = (16, 12, 8, 8, 5, 10, 14, 8, 8, 8)
 
 # Monthly electricity bill per employee (CNY), yearly tax per employee (CNY)
 # and employees per million CNY of capital, relative.
@@ -243,12 +271,13 @@ _GAS_USERS = frozenset({"manufacturing", "food", "biomedicine", "textiles"})
 
 # Monthly social-insurance contribution base (CNY) most employers declare.
 _WAGE_BASE = {
-    City.SHANGHAI: 9000,
-    City.NANJING: 7500,
-    City.HANGZHOU: 7500,
-    City.HEFEI: 6000,
-    City.JIAXING: 6500,
+    pilot.SHANGHAI: 9000,
+    pilot.NANJING: 7500,
+    pilot.HANGZHOU: 7500,
+    pilot.HEFEI: 6000,
+    pilot.JIAXING: 6500,
 }
+_DEFAULT_WAGE_BASE = 6000
 _SOCIAL_INSURANCE_RATE = 0.30
 
 _TRADE_NAME_CHARS = (
@@ -302,40 +331,40 @@ _NATIONAL_BANKS = (
     ("中国邮政储蓄银行", "PSBC"),
 )
 _LOCAL_BANKS = {
-    City.SHANGHAI: (("上海银行", "BOS"), ("上海农村商业银行", "SRCB")),
-    City.NANJING: (("南京银行", "BONJ"), ("江苏银行", "JSB"), ("紫金农村商业银行", "ZJRCB")),
-    City.HANGZHOU: (("杭州银行", "HZB"), ("浙商银行", "CZB"), ("杭州联合农村商业银行", "HZURCB")),
-    City.HEFEI: (("徽商银行", "HSB"), ("合肥科技农村商业银行", "HFRCB")),
-    City.JIAXING: (("嘉兴银行", "JXB"), ("浙江禾城农村商业银行", "HCRCB")),
+    pilot.SHANGHAI: (("上海银行", "BOS"), ("上海农村商业银行", "SRCB")),
+    pilot.NANJING: (("南京银行", "BONJ"), ("江苏银行", "JSB"), ("紫金农村商业银行", "ZJRCB")),
+    pilot.HANGZHOU: (("杭州银行", "HZB"), ("浙商银行", "CZB"), ("杭州联合农村商业银行", "HZURCB")),
+    pilot.HEFEI: (("徽商银行", "HSB"), ("合肥科技农村商业银行", "HFRCB")),
+    pilot.JIAXING: (("嘉兴银行", "JXB"), ("浙江禾城农村商业银行", "HCRCB")),
 }
 
 _ELECTRICITY_SOURCE = {
-    City.SHANGHAI: "国网上海市电力公司",
-    City.NANJING: "国网南京供电公司",
-    City.HANGZHOU: "国网杭州供电公司",
-    City.HEFEI: "国网合肥供电公司",
-    City.JIAXING: "国网嘉兴供电公司",
+    pilot.SHANGHAI: "国网上海市电力公司",
+    pilot.NANJING: "国网南京供电公司",
+    pilot.HANGZHOU: "国网杭州供电公司",
+    pilot.HEFEI: "国网合肥供电公司",
+    pilot.JIAXING: "国网嘉兴供电公司",
 }
 _WATER_SOURCE = {
-    City.SHANGHAI: "上海城投水务（集团）有限公司",
-    City.NANJING: "南京水务集团有限公司",
-    City.HANGZHOU: "杭州市水务集团有限公司",
-    City.HEFEI: "合肥供水集团有限公司",
-    City.JIAXING: "嘉兴市水务投资集团有限公司",
+    pilot.SHANGHAI: "上海城投水务（集团）有限公司",
+    pilot.NANJING: "南京水务集团有限公司",
+    pilot.HANGZHOU: "杭州市水务集团有限公司",
+    pilot.HEFEI: "合肥供水集团有限公司",
+    pilot.JIAXING: "嘉兴市水务投资集团有限公司",
 }
 _GAS_SOURCE = {
-    City.SHANGHAI: "上海燃气有限公司",
-    City.NANJING: "南京港华燃气有限公司",
-    City.HANGZHOU: "杭州市燃气集团有限公司",
-    City.HEFEI: "合肥燃气集团有限公司",
-    City.JIAXING: "嘉兴市燃气集团股份有限公司",
+    pilot.SHANGHAI: "上海燃气有限公司",
+    pilot.NANJING: "南京港华燃气有限公司",
+    pilot.HANGZHOU: "杭州市燃气集团有限公司",
+    pilot.HEFEI: "合肥燃气集团有限公司",
+    pilot.JIAXING: "嘉兴市燃气集团股份有限公司",
 }
 _EXCHANGE_NAME = {
-    City.SHANGHAI: "上海市公共信用信息服务中心",
-    City.NANJING: "南京市公共信用信息中心",
-    City.HANGZHOU: "杭州市公共信用信息平台",
-    City.HEFEI: "合肥市公共信用信息共享服务中心",
-    City.JIAXING: "嘉兴市公共信用信息平台",
+    pilot.SHANGHAI: "上海市公共信用信息服务中心",
+    pilot.NANJING: "南京市公共信用信息中心",
+    pilot.HANGZHOU: "杭州市公共信用信息平台",
+    pilot.HEFEI: "合肥市公共信用信息共享服务中心",
+    pilot.JIAXING: "嘉兴市公共信用信息平台",
 }
 
 _GOODS = {
@@ -473,7 +502,8 @@ def data_provider(city: City, category: Category | None = None) -> DataProvider:
     them, so the answer depends on the city only.
     """
     del category  # one exchange per city serves every category
-    return DataProvider(city, DATA_EXCHANGE_SUBJECT, _EXCHANGE_NAME[city], tuple(Category))
+    name = _EXCHANGE_NAME.get(city) or f"{_short(city)}市公共信用信息中心"
+    return DataProvider(city, DATA_EXCHANGE_SUBJECT, name, tuple(Category))
 
 
 def provider_id(item: records_pb2.CreditRecord) -> str:
@@ -487,40 +517,30 @@ def source_for(city: City, category: Category, kind: int = 0) -> str:
 
     `kind` is the UtilityKind for utility records (water, electricity, gas).
     """
-    c = _CITY_SHORT[city]
+    c = _short(city)
     match category:
         case Category.UTILITY:
             if kind == records_pb2.UTILITY_KIND_WATER:
-                return _WATER_SOURCE[city]
+                return _WATER_SOURCE.get(city) or f"{_short(city)}市水务集团有限公司"
             if kind == records_pb2.UTILITY_KIND_GAS:
-                return _GAS_SOURCE[city]
-            return _ELECTRICITY_SOURCE[city]
+                return _GAS_SOURCE.get(city) or f"{_short(city)}市燃气集团有限公司"
+            return _ELECTRICITY_SOURCE.get(city) or f"国网{_short(city)}供电公司"
         case Category.SOCIAL_INSURANCE:
             return f"{c}市社会保险事业管理中心"
         case Category.HOUSING_FUND:
-            return "上海市公积金管理中心" if city is City.SHANGHAI else f"{c}住房公积金管理中心"
+            return "上海市公积金管理中心" if city == pilot.SHANGHAI else f"{c}住房公积金管理中心"
         case Category.LOGISTICS:
             return f"{c}市物流公共信息平台"
         case Category.TAX:
             return f"国家税务总局{c}市税务局"
         case Category.JUDICIAL:
-            return "上海市高级人民法院" if city is City.SHANGHAI else f"{c}市中级人民法院"
+            return "上海市高级人民法院" if city == pilot.SHANGHAI else f"{c}市中级人民法院"
         case Category.PENALTY:
-            return _EXCHANGE_NAME[city]
+            return data_provider(city).name
         case Category.LOAN:
-            return (
-                "中国人民银行征信中心"
-                + {
-                    City.SHANGHAI: "上海",
-                    City.NANJING: "江苏",
-                    City.HANGZHOU: "浙江",
-                    City.HEFEI: "安徽",
-                    City.JIAXING: "浙江",
-                }[city]
-                + "分中心"
-            )
+            return f"中国人民银行征信中心{_province(city)}分中心"
         case Category.IP:
-            return "上海市知识产权局" if city is City.SHANGHAI else f"{c}市市场监督管理局（知识产权局）"
+            return "上海市知识产权局" if city == pilot.SHANGHAI else f"{c}市市场监督管理局（知识产权局）"
     raise AssertionError(category)
 
 
@@ -591,13 +611,24 @@ def _check_as_of(as_of: dt.date) -> dt.date:
     return latest
 
 
-def plan_enterprise(seed: int, city: City, index: int, *, as_of: dt.date = AS_OF) -> EnterprisePlan:
-    """The plan of enterprise number `index` registered in `city` (cheap: no records)."""
+def plan_enterprise(
+    seed: int,
+    city: City,
+    index: int,
+    *,
+    as_of: dt.date = AS_OF,
+    network: Sequence[City] = pilot.CITIES,
+) -> EnterprisePlan:
+    """The plan of enterprise number `index` registered in `city` (cheap: no records).
+
+    Its activity elsewhere (branches, warehouses, suppliers) is in other
+    cities of `network`.
+    """
     if index < 0:
         raise ValueError(f"index must be ≥ 0, got {index}")
     latest = _check_as_of(as_of)
     rng = _rng(seed, city, index, "plan")
-    industry = rng.choices(INDUSTRIES, weights=_INDUSTRY_WEIGHTS[city])[0]
+    industry = rng.choices(INDUSTRIES, weights=_INDUSTRY_WEIGHTS.get(city, _DEFAULT_INDUSTRY_WEIGHTS))[0]
     word, division = rng.choice(_INDUSTRY_WORDS[industry])
 
     years = range(FIRST_FOUNDING_YEAR, latest.year + 1)
@@ -614,7 +645,7 @@ def plan_enterprise(seed: int, city: City, index: int, *, as_of: dt.date = AS_OF
     employees = min(max(employees, 3), 20_000)
 
     uscc = make_uscc(rng, city, serial=index, legacy=founded < dt.date(2015, 10, 1))
-    district = next(d for d in DISTRICTS[city] if d.code == uscc[2:8])
+    district = next(d for d in districts(city) if d.code == uscc[2:8])
     trade_name = "".join(rng.sample(_TRADE_NAME_CHARS, 2))
     name = _company_name(rng, city, trade_name, word, capital_cny)
 
@@ -623,8 +654,9 @@ def plan_enterprise(seed: int, city: City, index: int, *, as_of: dt.date = AS_OF
 
     presences: tuple[Presence, ...] = ()
     if rng.random() < _P_ELSEWHERE:
-        count = rng.choices((1, 2, 3), weights=(55, 30, 15))[0]
-        others = rng.sample([c for c in ALL_CITIES if c is not city], count)
+        elsewhere = sorted(c for c in set(network) if c != city)
+        count = min(rng.choices((1, 2, 3), weights=(55, 30, 15))[0], len(elsewhere))
+        others = rng.sample(elsewhere, count)
         role_weights = (20, 50, 30) if industry in ("logistics", "trade") else (55, 25, 20)
         presences = tuple(Presence(c, rng.choices(_ROLES, weights=role_weights)[0]) for c in others)
 
@@ -658,14 +690,14 @@ def _company_name(rng: random.Random, city: City, trade_name: str, word: str, ca
         form = "股份有限公司"
     else:
         form = "有限责任公司" if rng.random() < 0.15 else "有限公司"
-    place = _CITY_SHORT[city]
+    place = _short(city)
     style = rng.random()
     if style < 0.70:
         return f"{place}{trade_name}{word}{form}"
     if style < 0.82:
         return f"{trade_name}（{place}）{word}{form}"
-    if style < 0.92 and city is not City.SHANGHAI:
-        return f"{_PROVINCE[city]}{trade_name}{word}{form}"
+    if style < 0.92 and city != pilot.SHANGHAI:
+        return f"{_province(city)}{trade_name}{word}{form}"
     return f"{place}市{trade_name}{word}{form}"
 
 
@@ -718,7 +750,7 @@ class _Writer:
         n = self.seq.get(key, 0) + 1
         self.seq[key] = n
         return records_pb2.CreditRecord(
-            record_id=f"{_CITY_CODE[city]}-{_CATEGORY_CODE[category]}-{self.plan.uscc}-{n:03d}",
+            record_id=f"{_letters(city)}-{_CATEGORY_CODE[category]}-{self.plan.uscc}-{n:03d}",
             enterprise_uscc=self.plan.uscc,
             city=city.proto,
             source=source,
@@ -748,18 +780,18 @@ class _Writer:
         return self.rng.lognormvariate(0, sigma)
 
     def place(self, city: City) -> District:
-        districts = [d for d in DISTRICTS[city] if not d.code.endswith("00")]
-        if city is self.plan.home_city and not self.plan.district.code.endswith("00"):
+        regions = [d for d in districts(city) if not d.code.endswith("00")]
+        if city == self.plan.home_city and not self.plan.district.code.endswith("00"):
             return self.plan.district
-        return self.rng.choice(districts)
+        return self.rng.choice(regions)
 
     def lender(self, city: City) -> tuple[str, str]:
         rng = self.rng
         if rng.random() < 0.35:
-            bank, code = rng.choice(_LOCAL_BANKS[city])
+            bank, code = rng.choice(_local_banks(city))
             return f"{bank}{_short_district(self.place(city))}支行", code
         bank, code = rng.choice(_NATIONAL_BANKS)
-        return f"{bank}{_CITY_SHORT[city]}{'市' if city is City.SHANGHAI else ''}分行", code
+        return f"{bank}{_short(city)}{'市' if city == pilot.SHANGHAI else ''}分行", code
 
     def recent_day(self, days_back: int) -> dt.date:
         earliest = max(self.plan.founded + dt.timedelta(days=30), self.as_of - dt.timedelta(days=days_back))
@@ -882,7 +914,7 @@ class _Writer:
             day = self.recent_day(540)
             district = self.place(city)
             warehouse = (
-                f"{_CITY_SHORT[city]}{_short_district(district)}{rng.choice(_WAREHOUSE_WORDS)}"
+                f"{_short(city)}{_short_district(district)}{rng.choice(_WAREHOUSE_WORDS)}"
                 f"{rng.randint(1, 12)}号库"
             )
             pledged = kind == records_pb2.LOGISTICS_KIND_PLEDGE or (
@@ -892,7 +924,7 @@ class _Writer:
             rec = self.record(city, Category.LOGISTICS, day, source)
             d = rec.logistics
             d.kind = kind
-            d.reference = f"{prefix}{day:%Y%m%d}{_CITY_CODE[city]}{rng.randrange(10**6):06d}"
+            d.reference = f"{prefix}{day:%Y%m%d}{_letters(city)}{rng.randrange(10**6):06d}"
             d.warehouse = warehouse
             d.goods = rng.choice(goods)
             d.value_fen = int(max(20_000, plan.employees * 20_000 * self.lognorm(0.8)) * 100)
@@ -916,7 +948,7 @@ class _Writer:
             day = self.recent_day(1000)
             district = self.place(city)
             court = (
-                f"{_CITY_SHORT[city]}市{district.name}人民法院"
+                f"{_short(city)}市{district.name}人民法院"
                 if district.name.endswith("区")
                 else f"{district.name}人民法院"
             )
@@ -932,7 +964,7 @@ class _Writer:
                     closed = rng.random() < (0.8 if old else 0.4)
                     status = records_pb2.CASE_STATUS_CLOSED if closed else records_pb2.CASE_STATUS_OPEN
             number = (
-                f"（{day.year}）{_PROVINCE_ABBR[district.code[:2]]}{district.code[2:6]}{kind}"
+                f"（{day.year}）{_province_abbr(district.code)}{district.code[2:6]}{kind}"
                 f"{rng.randint(100, 29_999)}号"
             )
             rec = self.record(city, Category.JUDICIAL, day, source)
@@ -949,11 +981,11 @@ class _Writer:
     def penalties(self) -> Iterator[records_pb2.CreditRecord]:
         plan, rng = self.plan, self.rng
         city = plan.home_city
-        c = _CITY_SHORT[city]
+        c = _short(city)
         for _ in range(rng.choices((1, 2), weights=(80, 20))[0]):
             dept, abbr, violations, (low, high) = rng.choice(_PENALTIES)
             if dept == "消防救援支队":
-                authority = f"{c}市消防救援支队" if city is not City.SHANGHAI else "上海市消防救援总队"
+                authority = f"{c}市消防救援支队" if city != pilot.SHANGHAI else "上海市消防救援总队"
             elif dept == "税务局稽查局":
                 authority = f"国家税务总局{c}市税务局稽查局"
             else:
@@ -962,7 +994,7 @@ class _Writer:
             fine = round(math.exp(rng.uniform(math.log(low), math.log(high))), -2)
             rec = self.record(city, Category.PENALTY, day, source_for(city, Category.PENALTY))
             d = rec.penalty
-            d.decision_number = f"{_CITY_ABBR[city]}{abbr}罚〔{day.year}〕{rng.randint(1, 3000)}号"
+            d.decision_number = f"{_abbr(city)}{abbr}罚〔{day.year}〕{rng.randint(1, 3000)}号"
             d.authority = authority
             d.violation = rng.choice(violations)
             d.fine_fen = int(fine) * 100
@@ -1001,7 +1033,7 @@ class _Writer:
             rec = self.record(city, Category.LOAN, record_day, lender)
             d = rec.loan
             d.lender = lender
-            d.contract_id = f"{code}{start.year}{_CITY_CODE[city]}{rng.randrange(10**8):08d}"
+            d.contract_id = f"{code}{start.year}{_letters(city)}{rng.randrange(10**8):08d}"
             d.principal_fen = principal
             d.balance_fen = balance
             d.status = status
@@ -1098,7 +1130,7 @@ class _Writer:
                 False,
             )
 
-        wage = _WAGE_BASE[home]
+        wage = _WAGE_BASE.get(home, _DEFAULT_WAGE_BASE)
         insured = max(1, round(staff * rng.uniform(0.85, 1.0)))
         has_fund = rng.random() < (0.55 if staff < 20 else 0.9)
         fund_trouble = plan.contribution_arrears and has_fund and rng.random() < 0.3
@@ -1160,7 +1192,7 @@ class _Writer:
                 Category.SOCIAL_INSURANCE,
                 staff,
                 self.months(rng.randint(2, 4), every=3, align=3),
-                _WAGE_BASE[city] * _SOCIAL_INSURANCE_RATE * 100,
+                _WAGE_BASE.get(city, _DEFAULT_WAGE_BASE) * _SOCIAL_INSURANCE_RATE * 100,
                 False,
             )
         elif presence.role == "warehouse":
@@ -1183,9 +1215,11 @@ def _patent_application(year: int, type_digit: str, serial: int) -> str:
 # public entry points
 
 
-def enterprise_items(seed: int, city: City, index: int, *, as_of: dt.date = AS_OF) -> Iterator[SyntheticItem]:
+def enterprise_items(
+    seed: int, city: City, index: int, *, as_of: dt.date = AS_OF, network: Sequence[City] = pilot.CITIES
+) -> Iterator[SyntheticItem]:
     """The profile and then the records of one enterprise, exactly as :func:`generate` yields them."""
-    plan = plan_enterprise(seed, city, index, as_of=as_of)
+    plan = plan_enterprise(seed, city, index, as_of=as_of, network=network)
     yield plan.profile()
     yield from _Writer(plan, _rng(seed, city, index, "records"), as_of).records()
 
@@ -1193,7 +1227,7 @@ def enterprise_items(seed: int, city: City, index: int, *, as_of: dt.date = AS_O
 def generate(
     seed: int,
     enterprises_per_city: int,
-    cities: Iterable[City] = ALL_CITIES,
+    cities: Iterable[City] = pilot.CITIES,
     *,
     as_of: dt.date = AS_OF,
 ) -> Iterator[SyntheticItem]:
@@ -1211,10 +1245,12 @@ def generate(
     chosen = tuple(cities)
     for city in chosen:
         for index in range(enterprises_per_city):
-            yield from enterprise_items(seed, city, index, as_of=as_of)
+            yield from enterprise_items(seed, city, index, as_of=as_of, network=chosen)
 
 
-def pick_demo_enterprise(seed: int, enterprises_per_city: int, *, as_of: dt.date = AS_OF) -> str:
+def pick_demo_enterprise(
+    seed: int, enterprises_per_city: int, network: Sequence[City] = pilot.CITIES, *, as_of: dt.date = AS_OF
+) -> str:
     """The USCC of a generated enterprise with records in at least three cities.
 
     Prefers one whose activity elsewhere includes utility bills (a branch or
@@ -1222,11 +1258,13 @@ def pick_demo_enterprise(seed: int, enterprises_per_city: int, *, as_of: dt.date
     finds something. Deterministic for a given seed and size.
     """
     fallback: str | None = None
-    for index, city in itertools.product(range(enterprises_per_city), ALL_CITIES):
-        plan = plan_enterprise(seed, city, index, as_of=as_of)
-        if len(plan.cities) < 3:
+    network = tuple(sorted(set(network)))
+    for index, city in itertools.product(range(enterprises_per_city), network):
+        plan = plan_enterprise(seed, city, index, as_of=as_of, network=network)
+        if len(plan.cities) < min(3, len(network)):
             continue
-        if City.SHANGHAI in plan.cities and all(p.role != "supplier" for p in plan.presences):
+        in_shanghai = pilot.SHANGHAI in plan.cities or pilot.SHANGHAI not in network
+        if in_shanghai and all(p.role != "supplier" for p in plan.presences):
             return plan.uscc
         fallback = fallback or plan.uscc
     if fallback is None:

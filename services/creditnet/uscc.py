@@ -15,11 +15,13 @@ character is delegated.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
 from stdnum.cn import uscc as _std
 
+from creditnet import divisions
 from creditnet.domain import City
 
 ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
@@ -33,7 +35,7 @@ class InvalidUSCC(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class District:
-    """A county-level administrative division of a pilot city."""
+    """A registering region of a city: the city itself or one of its county-level divisions."""
 
     code: str
     name: str
@@ -41,84 +43,81 @@ class District:
     weight: int = 1
 
 
-# Real division codes. The city-level code (e.g. 340100) appears in real codes
-# of enterprises registered with the city's own market regulator.
-DISTRICTS: dict[City, tuple[District, ...]] = {
-    City.SHANGHAI: (
-        District("310000", "上海市", 6),
-        District("310101", "黄浦区", 3),
-        District("310104", "徐汇区", 3),
-        District("310105", "长宁区", 2),
-        District("310106", "静安区", 3),
-        District("310107", "普陀区", 2),
-        District("310109", "虹口区", 2),
-        District("310110", "杨浦区", 2),
-        District("310112", "闵行区", 5),
-        District("310113", "宝山区", 3),
-        District("310114", "嘉定区", 5),
-        District("310115", "浦东新区", 12),
-        District("310116", "金山区", 2),
-        District("310117", "松江区", 4),
-        District("310118", "青浦区", 3),
-        District("310120", "奉贤区", 3),
-        District("310151", "崇明区", 2),
-    ),
-    City.NANJING: (
-        District("320100", "南京市", 4),
-        District("320102", "玄武区", 2),
-        District("320104", "秦淮区", 2),
-        District("320105", "建邺区", 3),
-        District("320106", "鼓楼区", 3),
-        District("320111", "浦口区", 3),
-        District("320113", "栖霞区", 3),
-        District("320114", "雨花台区", 3),
-        District("320115", "江宁区", 6),
-        District("320116", "六合区", 2),
-        District("320117", "溧水区", 1),
-        District("320118", "高淳区", 1),
-    ),
-    City.HANGZHOU: (
-        District("330100", "杭州市", 4),
-        District("330102", "上城区", 3),
-        District("330105", "拱墅区", 3),
-        District("330106", "西湖区", 4),
-        District("330108", "滨江区", 5),
-        District("330109", "萧山区", 5),
-        District("330110", "余杭区", 6),
-        District("330111", "富阳区", 2),
-        District("330112", "临安区", 1),
-        District("330113", "临平区", 2),
-        District("330114", "钱塘区", 2),
-        District("330122", "桐庐县", 1),
-        District("330127", "淳安县", 1),
-        District("330182", "建德市", 1),
-    ),
-    City.HEFEI: (
-        District("340100", "合肥市", 5),
-        District("340102", "瑶海区", 2),
-        District("340103", "庐阳区", 2),
-        District("340104", "蜀山区", 5),
-        District("340111", "包河区", 4),
-        District("340121", "长丰县", 1),
-        District("340122", "肥东县", 2),
-        District("340123", "肥西县", 2),
-        District("340124", "庐江县", 1),
-        District("340181", "巢湖市", 1),
-    ),
-    City.JIAXING: (
-        District("330400", "嘉兴市", 3),
-        District("330402", "南湖区", 3),
-        District("330411", "秀洲区", 3),
-        District("330421", "嘉善县", 2),
-        District("330424", "海盐县", 1),
-        District("330481", "海宁市", 3),
-        District("330482", "平湖市", 2),
-        District("330483", "桐乡市", 3),
-    ),
+# How many synthetic enterprises each pilot region gets, relative to the
+# others of its city (the city-level code itself appears in real codes of
+# enterprises registered with the city's own market regulator). A city or
+# region not listed here gets weight 1: its regions come from the divisions
+# data, so synthetic codes exist for every city.
+_PILOT_WEIGHTS: dict[str, int] = {
+    "310000": 6,
+    "310101": 3,
+    "310104": 3,
+    "310105": 2,
+    "310106": 3,
+    "310107": 2,
+    "310109": 2,
+    "310110": 2,
+    "310112": 5,
+    "310113": 3,
+    "310114": 5,
+    "310115": 12,
+    "310116": 2,
+    "310117": 4,
+    "310118": 3,
+    "310120": 3,
+    "310151": 2,
+    "320100": 4,
+    "320102": 2,
+    "320104": 2,
+    "320105": 3,
+    "320106": 3,
+    "320111": 3,
+    "320113": 3,
+    "320114": 3,
+    "320115": 6,
+    "320116": 2,
+    "320117": 1,
+    "320118": 1,
+    "330100": 4,
+    "330102": 3,
+    "330105": 3,
+    "330106": 4,
+    "330108": 5,
+    "330109": 5,
+    "330110": 6,
+    "330111": 2,
+    "330112": 1,
+    "330113": 2,
+    "330114": 2,
+    "330122": 1,
+    "330127": 1,
+    "330182": 1,
+    "340100": 5,
+    "340102": 2,
+    "340103": 2,
+    "340104": 5,
+    "340111": 4,
+    "340121": 1,
+    "340122": 2,
+    "340123": 2,
+    "340124": 1,
+    "340181": 1,
+    "330400": 3,
+    "330402": 3,
+    "330411": 3,
+    "330421": 2,
+    "330424": 1,
+    "330481": 3,
+    "330482": 2,
+    "330483": 3,
 }
 
-_DISTRICT_BY_CODE = {d.code: d for ds in DISTRICTS.values() for d in ds}
-_DISTRICT_WEIGHTS = {city: [d.weight for d in ds] for city, ds in DISTRICTS.items()}
+
+@functools.cache
+def districts(city: City) -> tuple[District, ...]:
+    """The registering regions of `city`: its own code and its county-level divisions, by code."""
+    codes = [city.code, *(d.code for d in divisions.within(city.code))]
+    return tuple(District(c, divisions.lookup(c).name_zh, _PILOT_WEIGHTS.get(c, 1)) for c in sorted(codes))
 
 
 def validate(text: str) -> str:
@@ -177,24 +176,37 @@ def region_code(uscc: str) -> str:
 
 
 def home_city(uscc: str) -> City | None:
-    """The pilot city the enterprise is registered in, or None if it is registered elsewhere."""
-    return City.from_region_code(region_code(uscc))
+    """The city the enterprise is registered in (docs/directory.md, "City codes"), or None.
+
+    None when its registering region belongs to no city: a province-level
+    registration, a county-level division a province administers directly, or
+    a code not in the current division list. Whether the city is a member of
+    the network is the directory's business.
+    """
+    try:
+        return City.of_region(region_code(uscc))
+    except ValueError:
+        return None
 
 
-def require_pilot_city(uscc: str) -> City:
-    """The home city of an enterprise that must be registered in a pilot city."""
+def require_home_city(uscc: str) -> City:
+    """The home city of an enterprise that must be registered in a city."""
     city = home_city(uscc)
     if city is None:
         raise InvalidUSCC(
-            f"{validate(uscc)} is registered in region {region_code(uscc)}, which is not in a "
-            "pilot city (Shanghai 31, Nanjing 3201, Hangzhou 3301, Hefei 3401, Jiaxing 3304)"
+            f"{validate(uscc)} is registered in region {region_code(uscc)}, which is in no "
+            "prefecture-level city or municipality"
         )
     return city
 
 
 def district(uscc: str) -> District | None:
-    """The pilot-city district a code is registered in, if it is one this module knows."""
-    return _DISTRICT_BY_CODE.get(region_code(uscc))
+    """The registering region of a code, if it is in a city."""
+    city = home_city(uscc)
+    if city is None:
+        return None
+    region = region_code(uscc)
+    return next((d for d in districts(city) if d.code == region), None)
 
 
 def org_code_check(body: str) -> str:
@@ -237,7 +249,8 @@ def make_uscc(
     """
     if len(entity) != 2 or any(c not in _ALLOWED for c in entity):
         raise ValueError(f"entity must be two USCC characters such as '91', got {entity!r}")
-    region = rng.choices(DISTRICTS[city], weights=_DISTRICT_WEIGHTS[city])[0].code
+    regions = districts(city)
+    region = rng.choices(regions, weights=[d.weight for d in regions])[0].code
     if legacy:
         n = (
             rng.randrange(_LEGACY_RANGE)

@@ -36,6 +36,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from creditnet import consent as consent_mod
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.dates import UTC, date_to_proto, ts_to_proto
 from creditnet.domain import Category, City, Purpose
@@ -49,7 +50,7 @@ from creditnet.envelope import (
     sign,
 )
 from creditnet.pki import CertificateAuthority, Identity, Role, key_to_pem
-from creditnet.v1 import common_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
+from creditnet.v2 import common_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
 
 FORMAT_VERSION: Final = 1
 
@@ -72,10 +73,10 @@ _P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2F
 _KEY_LABEL_PREFIX: Final = b"creditnet test vector key v1: "
 
 PAYLOAD_MESSAGES: Final = {
-    CONSENT_TYPE: "creditnet.v1.Consent",
-    REVOCATION_TYPE: "creditnet.v1.ConsentRevocation",
-    QUERY_TYPE: "creditnet.v1.CreditQuery",
-    ANSWER_TYPE: "creditnet.v1.CityAnswer",
+    CONSENT_TYPE: "creditnet.v2.Consent",
+    REVOCATION_TYPE: "creditnet.v2.ConsentRevocation",
+    QUERY_TYPE: "creditnet.v2.CreditQuery",
+    ANSWER_TYPE: "creditnet.v2.CityAnswer",
 }
 
 _DOC: Final = "docs/protocol.md#test-vectors"
@@ -192,7 +193,7 @@ def make_cast() -> Cast:
         foreign_ca=foreign,
         enterprise=make_participant("enterprise", ca, enterprise, 0x1001),
         bank=make_participant("bank", ca, Role.bank(BANK_CODE), 0x1002),
-        node=make_participant("node-hefei", ca, Role.node(City.HEFEI), 0x1003),
+        node=make_participant("node-hefei", ca, Role.node(pilot.HEFEI), 0x1003),
         enterprise_expired=make_participant(
             "enterprise-expired",
             ca,
@@ -215,7 +216,7 @@ def consent_terms() -> consent_mod.ConsentTerms:
         bank_code=BANK_CODE,
         purpose=Purpose.LOAN_APPLICATION,
         categories=(Category.UTILITY, Category.TAX, Category.LOAN),
-        cities=(City.HEFEI, City.SHANGHAI),
+        cities=(pilot.HEFEI, pilot.SHANGHAI),
         data_from=dt.date(2022, 1, 1),
         data_to=dt.date(2025, 5, 31),
         not_before=dt.datetime(2025, 5, 1, tzinfo=UTC),
@@ -232,7 +233,7 @@ def query_envelope(bank: Identity, consent_env: envelope_pb2.SignedEnvelope) -> 
         enterprise_uscc=ENTERPRISE_USCC,
         purpose=Purpose.LOAN_APPLICATION,
         categories=(Category.TAX,),
-        cities=(City.HEFEI,),
+        cities=(pilot.HEFEI,),
         lifetime=dt.timedelta(minutes=2),
         now=VERIFY_AT - dt.timedelta(seconds=30),
         query_id=QUERY_ID,
@@ -244,7 +245,7 @@ def answer_payload(query_env: envelope_pb2.SignedEnvelope) -> bytes:
     answer = query_pb2.CityAnswer(
         query_id=QUERY_ID,
         query_digest=digest(query_env.payload),
-        city=City.HEFEI.proto,
+        city=pilot.HEFEI.proto,
         enterprise_uscc=ENTERPRISE_USCC,
         as_of=ts_to_proto(VERIFY_AT),
         categories=[Category.TAX.proto],
@@ -254,7 +255,7 @@ def answer_payload(query_env: envelope_pb2.SignedEnvelope) -> bytes:
             uscc=ENTERPRISE_USCC,
             name="合肥示例科技有限公司",
             industry="software",
-            home_city=City.HEFEI.proto,
+            home_city=pilot.HEFEI.proto,
             registered_capital_fen=500_000_000,
             founded=common_pb2.Date(year=2016, month=3, day=8),
         ),
@@ -262,7 +263,7 @@ def answer_payload(query_env: envelope_pb2.SignedEnvelope) -> bytes:
             records_pb2.CreditRecord(
                 record_id="tax-2024-91340100MA2N0U3E6T",
                 enterprise_uscc=ENTERPRISE_USCC,
-                city=City.HEFEI.proto,
+                city=pilot.HEFEI.proto,
                 source="State Taxation Administration, Hefei",
                 provider_id="provider:hefei-tax",
                 record_date=common_pb2.Date(year=2025, month=4, day=30),
@@ -357,7 +358,7 @@ def make_negatives(cast: Cast, envs: Envelopes) -> list[Negative]:
         change(msg)
         env = sign(QUERY_TYPE, msg.SerializeToString(deterministic=True), cast.bank.identity)
         return Negative(
-            name, description, env, "query", QUERY_TYPE, "query", rule, code, node_city=City.HEFEI
+            name, description, env, "query", QUERY_TYPE, "query", rule, code, node_city=pilot.HEFEI
         )
 
     return [
@@ -426,7 +427,7 @@ def make_negatives(cast: Cast, envs: Envelopes) -> list[Negative]:
             "query",
             "query.signer_role",
             "PERMISSION_DENIED",
-            node_city=City.HEFEI,
+            node_city=pilot.HEFEI,
         ),
         Negative(
             "query-expired",
@@ -438,7 +439,7 @@ def make_negatives(cast: Cast, envs: Envelopes) -> list[Negative]:
             "query.expired",
             "FAILED_PRECONDITION",
             at=VERIFY_AT + dt.timedelta(minutes=10),
-            node_city=City.HEFEI,
+            node_city=pilot.HEFEI,
         ),
         query_case(
             "query-id-not-canonical",
@@ -472,7 +473,7 @@ def make_negatives(cast: Cast, envs: Envelopes) -> list[Negative]:
             "query",
             "query.city_not_in_scope",
             "PERMISSION_DENIED",
-            node_city=City.NANJING,
+            node_city=pilot.NANJING,
         ),
     ]
 

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from creditnet import vectors
+from creditnet import pilot, vectors
 from creditnet.chain.checkpoint import Checkpoint, cosign
 from creditnet.chain.keys import NATIONAL, NETWORK_ORIGIN, LogKey, log_origin, witness_name
 from creditnet.chain.ledger import COMMITMENT_CONTEXT, enterprise_commitment
@@ -37,10 +37,10 @@ from creditnet.chain.note import (
 )
 from creditnet.chain.tree import MemoryHashStore, MerkleTree
 from creditnet.dates import ts_to_proto
-from creditnet.domain import Category, City, Purpose
+from creditnet.domain import Category, Purpose
 from creditnet.envelope import digest
 from creditnet.pki import Role
-from creditnet.v1 import aggregator_pb2, chain_pb2
+from creditnet.v2 import aggregator_pb2, chain_pb2
 
 FORMAT_VERSION: Final = 1
 _DOC: Final = "docs/chain.md#test-vectors"
@@ -132,7 +132,7 @@ def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
         return chain_pb2.LedgerEntry(
             kind=kind,
             time=ts_to_proto(time),
-            city=City.HEFEI.proto,
+            city=pilot.HEFEI.proto,
             enterprise_commitment=enterprise_commitment(uscc, salt),
             query_id=query_id,
             query_digest=digest(envs.query.payload),
@@ -173,7 +173,7 @@ def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
         chain_pb2.LedgerEntry(
             kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
             time=ts_to_proto(at - dt.timedelta(days=30)),
-            city=City.HEFEI.proto,
+            city=pilot.HEFEI.proto,
             provider_id="provider:hefei-tax",
             batch_digest=hashlib.sha256(b"batch one").digest(),
             batch_records=1,
@@ -183,7 +183,7 @@ def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
         chain_pb2.LedgerEntry(
             kind=chain_pb2.ENTRY_KIND_CONSENT_REVOKED,
             time=ts_to_proto(at + dt.timedelta(minutes=1)),
-            city=City.HEFEI.proto,
+            city=pilot.HEFEI.proto,
             enterprise_commitment=enterprise_commitment(uscc, SALT[::-1]),
             consent_id=vectors.CONSENT_ID,
             consent_digest=digest(envs.consent.payload),
@@ -191,7 +191,7 @@ def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
         chain_pb2.LedgerEntry(
             kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
             time=ts_to_proto(at + dt.timedelta(minutes=2)),
-            city=City.HEFEI.proto,
+            city=pilot.HEFEI.proto,
             provider_id="provider:hefei-grid",
             batch_digest=hashlib.sha256(b"batch two").digest(),
             batch_records=250,
@@ -207,7 +207,7 @@ def nanjing_entries() -> list[chain_pb2.LedgerEntry]:
         chain_pb2.LedgerEntry(
             kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
             time=ts_to_proto(at - dt.timedelta(hours=i + 1)),
-            city=City.NANJING.proto,
+            city=pilot.NANJING.proto,
             provider_id=f"provider:nanjing-{i}",
             batch_digest=hashlib.sha256(b"nanjing batch %d" % i).digest(),
             batch_records=i + 1,
@@ -237,16 +237,25 @@ def signed_checkpoint(
     return cp, signed.with_cosignatures(cosigs).encode()
 
 
-def network_note(keys: LogKeys, sequence: int, previous: str, cities: dict[str, tuple[int, bytes]]) -> str:
+PILOT_CODES: tuple[str, ...] = tuple(c.code for c in pilot.CITIES)
+
+
+def network_note(
+    keys: LogKeys,
+    sequence: int,
+    previous: str,
+    cities: dict[str, tuple[int, bytes]],
+    members: Sequence[str] = PILOT_CODES,
+) -> str:
     """As the aggregator signs it (aggregator/head.py)."""
     lines = [
         NETWORK_ORIGIN,
         str(sequence),
         base64.b64encode(hashlib.sha256(previous.encode()).digest()).decode(),
     ]
-    for c in City:
-        size, root = cities.get(c.value, (0, EMPTY_ROOT))
-        lines.append(f"{c.value} {size} {base64.b64encode(root).decode()}")
+    for code in members:
+        size, root = cities.get(code, (0, EMPTY_ROOT))
+        lines.append(f"{code} {size} {base64.b64encode(root).decode()}")
     signer = Signer(NETWORK_ORIGIN, keys[NATIONAL].key.private_key, ALG_ED25519)
     text = "".join(f"{line}\n" for line in lines)
     return Note(text, (signer.sign(text.encode()),)).encode()

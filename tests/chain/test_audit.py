@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from creditnet import pilot
 from creditnet.chain.audit import (
     AuditError,
     AuditState,
@@ -32,7 +33,7 @@ from creditnet.chain.note import ALG_ED25519, Signer, sign_note
 from creditnet.dates import ts_to_proto
 from creditnet.domain import City
 from creditnet.pki import CertificateAuthority, TrustStore
-from creditnet.v1 import chain_pb2
+from creditnet.v2 import chain_pb2
 
 ORIGIN = log_origin("hefei")
 CA = CertificateAuthority.create()
@@ -41,7 +42,7 @@ HEFEI = LogKey.issue(CA, "hefei")
 NATIONAL = LogKey.issue(CA, "national")
 
 
-def entry(i: int, *, city: City = City.HEFEI, bank: str = "B0310H231000001") -> bytes:
+def entry(i: int, *, city: City = pilot.HEFEI, bank: str = "B0310H231000001") -> bytes:
     return chain_pb2.LedgerEntry(
         kind=chain_pb2.ENTRY_KIND_QUERY_ANSWERED,
         time=ts_to_proto(dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i)),
@@ -217,13 +218,13 @@ async def test_two_roots_for_one_size_are_a_split_view_whatever_the_entries() ->
 
 
 def test_entries_must_be_this_nodes_ledger_entries() -> None:
-    assert check_entries(log(4), City.HEFEI) is None
-    foreign = [*log(3), entry(3, city=City.NANJING)]
-    p = check_entries(foreign, City.HEFEI)
+    assert check_entries(log(4), pilot.HEFEI) is None
+    foreign = [*log(3), entry(3, city=pilot.NANJING)]
+    p = check_entries(foreign, pilot.HEFEI)
     assert p is not None and p.kind is ProblemKind.MALFORMED_ENTRY and p.index == 3
-    garbage = check_entries([entry(0), b"\xff\xff\xff"], City.HEFEI)
+    garbage = check_entries([entry(0), b"\xff\xff\xff"], pilot.HEFEI)
     assert garbage is not None and garbage.index == 1
-    unknown = check_entries([chain_pb2.LedgerEntry(city=City.HEFEI.proto).SerializeToString()], City.HEFEI)
+    unknown = check_entries([chain_pb2.LedgerEntry(city=pilot.HEFEI.proto).SerializeToString()], pilot.HEFEI)
     assert unknown is not None and "no known kind" in unknown.message
 
 

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import update
 
+from creditnet import pilot
 from creditnet.chain.checkpoint import Checkpoint
 from creditnet.chain.keys import LogKey
 from creditnet.chain.ledger import COSIGN_TIMEOUT, Ledger, WitnessLink, enterprise_commitment
@@ -21,11 +22,10 @@ from creditnet.chain.models import ENTRIES, HASHES
 from creditnet.chain.receipts import ReceiptError, check_commitment, verify_receipt
 from creditnet.chain.witness import Witness, WitnessService
 from creditnet.dates import ts_to_proto
-from creditnet.domain import City
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import Store
-from creditnet.v1 import chain_pb2, chain_pb2_grpc
+from creditnet.v2 import chain_pb2, chain_pb2_grpc
 from tests.chain.peers import unresponsive_endpoint
 
 USCC = "91340104JURQ283FQ8"
@@ -64,7 +64,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     ca = CertificateAuthority.create()
     trust = TrustStore(ca.cert)
     witnesses = []
-    for city in (City.SHANGHAI, City.NANJING, City.HANGZHOU, City.JIAXING):
+    for city in (pilot.SHANGHAI, pilot.NANJING, pilot.HANGZHOU, pilot.JIAXING):
         key = LogKey.issue(ca, city.value)
         ident = issue_identity(ca, Role.node(city))
         store = Store.open(f"sqlite:///{tmp_path / f'{city.value}.db'}", migrate=True)
@@ -75,11 +75,11 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             identity=ident,
             trust=trust,
             register=lambda s, svc=service: chain_pb2_grpc.add_WitnessServiceServicer_to_server(svc, s),
-            service_names=["creditnet.v1.WitnessService"],
+            service_names=["creditnet.v2.WitnessService"],
         )
         witnesses.append(WitnessNode(city.value, key, witness, handle, store))
     rig = Rig(
-        ca, trust, issue_identity(ca, Role.node(City.HEFEI)), LogKey.issue(ca, "hefei"), witnesses, tmp_path
+        ca, trust, issue_identity(ca, Role.node(pilot.HEFEI)), LogKey.issue(ca, "hefei"), witnesses, tmp_path
     )
     yield rig
     for w in witnesses:
@@ -91,7 +91,7 @@ def entry(i: int) -> chain_pb2.LedgerEntry:
     return chain_pb2.LedgerEntry(
         kind=chain_pb2.ENTRY_KIND_QUERY_ANSWERED,
         time=ts_to_proto(dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i)),
-        city=City.HEFEI.proto,
+        city=pilot.HEFEI.proto,
         query_id=f"q-{i}",
         bank_code="B0310H231000001",
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from creditnet import pilot
 from creditnet.aggregator.directory import NodeDirectory
 from creditnet.aggregator.head import FETCH_TIMEOUT, NetworkCheckpointer
 from creditnet.chain.audit import verify_network_checkpoint
 from creditnet.chain.keys import LogKey
 from creditnet.chain.witness import Witness
-from creditnet.domain import City
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.store import Store
 from tests.chain.peers import unresponsive_endpoint
@@ -22,7 +22,7 @@ async def test_a_frozen_node_holds_back_no_round_of_the_network_checkpoint(tmp_p
     key = LogKey.issue(ca, "national")
     store = Store.open(f"sqlite:///{tmp_path / 'national.db'}", migrate=True)
     async with unresponsive_endpoint() as frozen:
-        directory = NodeDirectory({City.HEFEI: frozen}, issue_identity(ca, Role.aggregator()), trust)
+        directory = NodeDirectory({pilot.HEFEI: frozen}, issue_identity(ca, Role.aggregator()), trust)
         head = NetworkCheckpointer(directory, trust, key, Witness(store, key), tmp_path / "head.json", 3)
         try:
             # Each round ends well before the 2 s a read of the frozen node

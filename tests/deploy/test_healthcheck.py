@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 import pytest_asyncio
 
-from creditnet.domain import City
+from creditnet import pilot
 from creditnet.pki import CertificateAuthority, Role, issue_identity
 from creditnet.rpc import ServerHandle, start_server
 
@@ -55,7 +55,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest_asyncio.fixture
 async def node_server(pki: Pki) -> AsyncIterator[tuple[ServerHandle, dict[str, str]]]:
-    env = pki.identity("hefei-node", Role.node(City.HEFEI))
+    env = pki.identity("hefei-node", Role.node(pilot.HEFEI))
     from creditnet.pki import Identity, TrustStore
 
     handle = await start_server(
@@ -122,7 +122,7 @@ async def test_another_servers_certificate_does_not_pass(
 
 
 async def test_nothing_listening_fails(pki: Pki) -> None:
-    env = {**pki.identity("nanjing-node", Role.node(City.NANJING)), "CREDITNET_LISTEN": "127.0.0.1:9"}
+    env = {**pki.identity("nanjing-node", Role.node(pilot.NANJING)), "CREDITNET_LISTEN": "127.0.0.1:9"}
     code, _, err = await run_check(env)
     assert code == 1
     assert "unhealthy: UNAVAILABLE" in err
@@ -137,7 +137,7 @@ async def test_a_client_certificate_is_refused_as_a_server_identity(pki: Pki) ->
 
 async def test_missing_files_are_named(pki: Pki, tmp_path: Path) -> None:
     env = {
-        **pki.identity("hangzhou-node", Role.node(City.HANGZHOU)),
+        **pki.identity("hangzhou-node", Role.node(pilot.HANGZHOU)),
         "CREDITNET_KEY": str(tmp_path / "none.key"),
     }
     code, _, err = await run_check(env)
@@ -168,7 +168,7 @@ async def test_a_node_started_from_its_environment_passes(pki: Pki, tmp_path: Pa
 
     LogKey.issue(pki.ca, "jiaxing").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
     env = {
-        **pki.identity("jiaxing-node", Role.node(City.JIAXING)),
+        **pki.identity("jiaxing-node", Role.node(pilot.JIAXING)),
         "CREDITNET_CITY": "jiaxing",
         "CREDITNET_LISTEN": f"127.0.0.1:{free_port()}",
         "CREDITNET_LOG_CERT": str(tmp_path / "logkey.pem"),
@@ -217,7 +217,7 @@ async def test_node_run_serves_from_the_environment_as_in_a_container(pki: Pki, 
     LogKey.issue(pki.ca, "hefei").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
     metrics, probe = free_port(), free_port()
     env = {
-        **pki.identity("hefei-env", Role.node(City.HEFEI)),
+        **pki.identity("hefei-env", Role.node(pilot.HEFEI)),
         "CREDITNET_CITY": "hefei",
         "CREDITNET_LISTEN": f"127.0.0.1:{free_port()}",
         "CREDITNET_HEALTH_LISTEN": f"127.0.0.1:{probe}",

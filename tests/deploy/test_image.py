@@ -106,7 +106,7 @@ def test_the_build_stage_generates_the_protobuf_code_into_a_wheel(
     assert '"grpcio==1.75.1"' in pyproject
     order = [runs.index(s) for s in ("protos/generate.py", "pip wheel", "/wheels/creditnet-*.whl")]
     assert order == sorted(order)
-    assert "import creditnet.v1" in runs and "creditnet --version" in runs
+    assert "import creditnet.v2" in runs and "creditnet --version" in runs
 
 
 def test_the_runtime_stage_runs_unprivileged(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
@@ -159,7 +159,7 @@ def test_the_build_context_leaves_out_state_and_secrets() -> None:
     for path in (
         ".venv/bin/python",
         ".git/config",
-        "services/creditnet/v1/node_pb2.py",
+        "services/creditnet/v2/node_pb2.py",
         "services/creditnet/__pycache__/pki.cpython-311.pyc",
         "deploy/compose.yaml",
         "tests/deploy/test_image.py",
@@ -168,7 +168,7 @@ def test_the_build_context_leaves_out_state_and_secrets() -> None:
     ):
         assert ignored(path), path
     assert not ignored("services/creditnet/settings.py")
-    assert not ignored("protos/creditnet/v1/node.proto")
+    assert not ignored("protos/creditnet/v2/node.proto")
 
 
 def test_the_image_serves_what_compose_and_kubernetes_use(

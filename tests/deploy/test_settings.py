@@ -10,8 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
-from creditnet import settings
-from creditnet.domain import City
+from creditnet import pilot, settings
 from creditnet.settings import (
     AggregatorSettings,
     LogFormat,
@@ -71,7 +70,7 @@ def problems_of(exc: pytest.ExceptionInfo[SettingsError]) -> dict[str, str]:
 
 def test_node_settings_from_a_complete_environment(node_env: dict[str, str], files: dict[str, Path]) -> None:
     s = NodeSettings.from_env(node_env)
-    assert s.city is City.HEFEI
+    assert s.city == pilot.HEFEI
     assert s.witnesses == {
         "nanjing": "node-nanjing:7443",
         "national": "aggregator:7400",
@@ -89,7 +88,7 @@ def test_node_settings_from_a_complete_environment(node_env: dict[str, str], fil
     assert s.server.shutdown_grace == 5.0
 
     config = s.to_config()
-    assert config.city is City.HEFEI
+    assert config.city == pilot.HEFEI
     assert config.listen == "0.0.0.0:7443"
     assert (config.cert, config.key, config.ca) == (files["cert.pem"], files["cert.key"], files["ca.pem"])
     assert (config.log_cert, config.log_key) == (files["logkey.pem"], files["logkey.key"])
@@ -244,7 +243,7 @@ def test_bad_password_files(
 
 def test_aggregator_settings_and_config(aggregator_env: dict[str, str], files: dict[str, Path]) -> None:
     s = AggregatorSettings.from_env(aggregator_env)
-    assert s.nodes == {City.HEFEI: "node-hefei:7443", City.NANJING: "[fd00::1]:7443"}
+    assert s.nodes == {pilot.HEFEI: "node-hefei:7443", pilot.NANJING: "[fd00::1]:7443"}
     assert s.server.listen == "0.0.0.0:7400"
     assert s.default_timeout == 10.0
     assert (s.log_cert, s.log_key) == (None, None)

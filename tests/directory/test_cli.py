@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from creditnet import pilot
 from creditnet.cli.main import app
 from creditnet.directory.model import Directory
 from creditnet.directory.sign import load, save, unsigned
@@ -127,7 +128,6 @@ def test_the_directory_command_has_help() -> None:
 
 
 def test_init_from_a_network_state_dir_takes_its_ca_and_endpoints(tmp_path: Path) -> None:
-    from creditnet.domain import City
     from creditnet.network import NetworkLayout, provision
 
     layout: NetworkLayout = provision(tmp_path / "net", enterprises_per_city=5, seed=11)
@@ -135,8 +135,8 @@ def test_init_from_a_network_state_dir_takes_its_ca_and_endpoints(tmp_path: Path
     assert result.exit_code == 0, result.output
     shown = json.loads(cli("directory", "show", tmp_path / "d" / "directory.json", "--json").output)
     endpoints = {c["code"]: c["endpoints"] for c in shown["cities"]}
-    assert endpoints["320100"] == [layout.node_endpoint(City.NANJING)]
-    assert endpoints["310000"] == [layout.node_endpoint(City.SHANGHAI)]
+    assert endpoints["320100"] == [layout.node_endpoint(pilot.NANJING)]
+    assert endpoints["310000"] == [layout.node_endpoint(pilot.SHANGHAI)]
     assert shown["aggregators"][0]["endpoints"] == [layout.aggregator_endpoint]
     anchor = (tmp_path / "d" / "anchor.sha256").read_text().strip()
     ok = cli("directory", "verify", tmp_path / "d" / "directory.json", "--ca", layout.ca, "--anchor", anchor)

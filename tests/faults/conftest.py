@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from creditnet.domain import ALL_CITIES, City
+from creditnet import pilot
+from creditnet.domain import City
 from creditnet.health import wait_serving
 from creditnet.network import NetworkLayout, ProcessNetwork, provision
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 ENTERPRISES_PER_CITY = 20
 AGGREGATOR = "aggregator"
@@ -63,7 +64,7 @@ class FaultNetwork(ProcessNetwork):
             )
 
     def start(self) -> None:
-        for city in ALL_CITIES:
+        for city in pilot.CITIES:
             self.start_node(city)
         self.start_aggregator()
 
@@ -122,7 +123,7 @@ class FaultNetwork(ProcessNetwork):
 
     @property
     def operator(self) -> Identity:
-        return self.layout.identity("operators", City.SHANGHAI.value)
+        return self.layout.identity("operators", pilot.SHANGHAI.value)
 
     async def heal(self) -> None:
         """Every process thawed, running with its normal environment, and SERVING."""
@@ -131,7 +132,7 @@ class FaultNetwork(ProcessNetwork):
         for name in list(self.terminating):
             await self.wait_exit(name)
             self.terminating.discard(name)
-        names = [c.value for c in ALL_CITIES] + [AGGREGATOR]
+        names = [c.value for c in pilot.CITIES] + [AGGREGATOR]
         for name in names:
             proc = self.procs.get(name)
             if name in self.env:
@@ -153,7 +154,7 @@ class FaultNetwork(ProcessNetwork):
                 aggregator_pb2.ListNodesRequest(), timeout=10
             )
         serving = {n.city for n in resp.nodes if n.health == aggregator_pb2.NODE_HEALTH_SERVING}
-        return serving == {c.proto for c in ALL_CITIES}
+        return serving == {c.proto for c in pilot.CITIES}
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}

@@ -6,14 +6,15 @@ import datetime as dt
 import random
 from collections import Counter
 
+from creditnet import pilot
 from creditnet import uscc as uscc_mod
 from creditnet.dates import date_to_proto
-from creditnet.domain import Category, City
+from creditnet.domain import Category
 from creditnet.network import NetworkLayout
 from creditnet.store import Store
-from creditnet.v1 import records_pb2
+from creditnet.v2 import records_pb2
 
-CITY = City.HEFEI
+CITY = pilot.HEFEI
 BATCH = 25
 DAY = dt.date(2025, 6, 30)
 

@@ -13,18 +13,19 @@ import asyncio
 
 import pytest
 
-from creditnet.domain import ALL_CITIES, City, Purpose
+from creditnet import pilot
+from creditnet.domain import Purpose
 from creditnet.network import NetworkLayout, grant_demo_consent
 from creditnet.pki import AGGREGATOR_SERVER_NAME
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2
 from creditnet_bank import BankClient, Report, SectionStatus
 from creditnet_bank.client import DEFAULT_TIMEOUT
 from tests.faults.conftest import FaultNetwork, network_json
 
 pytestmark = pytest.mark.slow
 
-VICTIM = City.JIAXING
+VICTIM = pilot.JIAXING
 ANSWERED = (SectionStatus.OK, SectionStatus.NO_RECORDS)
 
 
@@ -36,7 +37,7 @@ def consent(fault_layout: NetworkLayout) -> envelope_pb2.SignedEnvelope:
 def assert_healthy_cities_answered(report: Report) -> None:
     got = {s.city: s for s in report.sections}
     assert got[VICTIM].status is SectionStatus.TIMEOUT, got[VICTIM]
-    for city in ALL_CITIES:
+    for city in pilot.CITIES:
         if city is not VICTIM:
             # Answered, with a receipt the SDK verified against the network CA.
             assert got[city].status in ANSWERED, (city, got[city].status, got[city].reason)

@@ -6,13 +6,13 @@ import logging
 
 import pytest
 
+from creditnet import pilot
 from creditnet.aggregator.directory import (
     DEFAULT_MAX_PENDING_PER_NODE,
     NodeDirectory,
     NodeLoad,
     acting_for,
 )
-from creditnet.domain import City
 from creditnet.network import free_port
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
 
@@ -24,7 +24,7 @@ def ca() -> CertificateAuthority:
 
 def directory(ca: CertificateAuthority, **kw: int) -> NodeDirectory:
     # Nothing listens there: a link only calls its node when asked to.
-    nodes = {City.HEFEI: f"127.0.0.1:{free_port()}", City.NANJING: f"127.0.0.1:{free_port()}"}
+    nodes = {pilot.HEFEI: f"127.0.0.1:{free_port()}", pilot.NANJING: f"127.0.0.1:{free_port()}"}
     return NodeDirectory(nodes, issue_identity(ca, Role.aggregator()), TrustStore(ca.cert), **kw)
 
 
@@ -33,7 +33,7 @@ async def test_a_saturated_node_sheds_calls_and_only_that_node(
 ) -> None:
     d = directory(ca, max_pending_per_node=6)
     try:
-        hefei, nanjing = d.links[City.HEFEI], d.links[City.NANJING]
+        hefei, nanjing = d.links[pilot.HEFEI], d.links[pilot.NANJING]
         caplog.set_level(logging.INFO, logger="creditnet.aggregator.directory")
         # Three banks take their shares (6 // (banks + 1) each) until the node is full.
         for bank, taken in (("A", 3), ("B", 2), ("C", 1)):
@@ -49,8 +49,8 @@ async def test_a_saturated_node_sheds_calls_and_only_that_node(
         assert len(warnings) == 1 and "hefei" in warnings[0].getMessage()
         with acting_for("D"):
             assert nanjing.try_acquire()
-        assert d.in_flight() == {City.HEFEI: 6, City.NANJING: 1}
-        expected = [NodeLoad(City.HEFEI, 6, 6, 2), NodeLoad(City.NANJING, 1, 6, 0)]
+        assert d.in_flight() == {pilot.HEFEI: 6, pilot.NANJING: 1}
+        expected = [NodeLoad(pilot.HEFEI, 6, 6, 2), NodeLoad(pilot.NANJING, 1, 6, 0)]
         assert d.load() == sorted(expected, key=lambda x: x.city.proto)
         with acting_for("C"):
             hefei.release()
@@ -73,7 +73,7 @@ async def test_no_bank_takes_every_slot_of_a_node(
 ) -> None:
     d = directory(ca, max_pending_per_node=8)
     try:
-        link = d.links[City.HEFEI]
+        link = d.links[pilot.HEFEI]
         caplog.set_level(logging.WARNING, logger="creditnet.aggregator.directory")
         with acting_for("A"):
             # Alone, a bank holds half the slots; the rest wait for others.

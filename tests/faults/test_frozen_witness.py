@@ -14,21 +14,22 @@ import asyncio
 
 import pytest
 
+from creditnet import pilot
 from creditnet.chain.audit import verify_network_checkpoint
 from creditnet.chain.keys import witness_name
 from creditnet.chain.receipts import verify_checkpoint
-from creditnet.domain import ALL_CITIES, City, Purpose
+from creditnet.domain import City, Purpose
 from creditnet.network import NetworkLayout, grant_demo_consent
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, envelope_pb2
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, envelope_pb2
 from creditnet_bank import BankClient, Report, SectionStatus
 from tests.faults.conftest import FaultNetwork, eventually, network_json
 
 pytestmark = pytest.mark.slow
 
-VICTIM = City.HANGZHOU
-OTHERS = [c for c in ALL_CITIES if c is not VICTIM]
+VICTIM = pilot.HANGZHOU
+OTHERS = [c for c in pilot.CITIES if c is not VICTIM]
 ANSWERED = (SectionStatus.OK, SectionStatus.NO_RECORDS)
 # Short enough that a healthy city whose answer waits for the frozen
 # witness's 2 s cosign timeout cannot answer in time.

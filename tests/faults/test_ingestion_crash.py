@@ -22,7 +22,7 @@ from creditnet.network import NetworkLayout
 from creditnet.pki import TrustStore, node_server_name
 from creditnet.provider import submit_records
 from creditnet.rpc import secure_channel
-from creditnet.v1 import node_pb2, node_pb2_grpc, records_pb2
+from creditnet.v2 import node_pb2, node_pb2_grpc, records_pb2
 from tests.faults.conftest import FaultNetwork, eventually
 from tests.faults.ingest import BATCH, CITY, batch, enterprise, stored_per_batch
 

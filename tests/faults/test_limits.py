@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from creditnet.domain import City
+from creditnet import pilot
 from creditnet.limits import (
     CONCURRENCY_RULE,
     PUSHBACK_KEY,
@@ -28,9 +28,9 @@ from creditnet.limits import (
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
 from creditnet.rpc import ServerHandle, secure_channel, start_server
 from creditnet.settings import Rate, SettingsError
-from creditnet.v1 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
+from creditnet.v2 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
 
-CITY = City.HEFEI
+CITY = pilot.HEFEI
 
 
 class Holding(node_pb2_grpc.CityNodeServiceServicer, chain_pb2_grpc.ChainServiceServicer):
@@ -134,7 +134,7 @@ async def serve(ca: CertificateAuthority, identities: dict[str, Identity], limit
         identity=identities["node"],
         trust=trust,
         register=register,
-        service_names=["creditnet.v1.CityNodeService", "creditnet.v1.ChainService"],
+        service_names=["creditnet.v2.CityNodeService", "creditnet.v2.ChainService"],
         interceptors=interceptors,
     )
     return Served(handle, servicer, trust, ca, interceptors)

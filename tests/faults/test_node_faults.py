@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from creditnet import pilot
 from creditnet.aggregator.directory import DEFAULT_MAX_PENDING_PER_NODE
-from creditnet.domain import ALL_CITIES, City, Purpose
+from creditnet.domain import City, Purpose
 from creditnet.network import NetworkLayout, grant_demo_consent
-from creditnet.v1 import envelope_pb2
+from creditnet.v2 import envelope_pb2
 from creditnet_bank import BankClient, Report, SectionStatus
 from tests.faults.conftest import FaultNetwork, eventually, network_json
 
@@ -39,8 +40,8 @@ class Asked:
 async def test_a_killed_node_is_unavailable_and_used_again_once_restarted(
     network: FaultNetwork, fault_layout: NetworkLayout, consent: envelope_pb2.SignedEnvelope
 ) -> None:
-    victim = City.NANJING
-    others = [c for c in ALL_CITIES if c is not victim]
+    victim = pilot.NANJING
+    others = [c for c in pilot.CITIES if c is not victim]
     before = network.pids()
     asked: list[Asked] = []
     dead = asyncio.Event()
@@ -107,7 +108,7 @@ async def test_a_killed_node_is_unavailable_and_used_again_once_restarted(
 async def test_a_frozen_node_times_out_within_the_deadline(
     network: FaultNetwork, fault_layout: NetworkLayout, consent: envelope_pb2.SignedEnvelope
 ) -> None:
-    victim = City.HEFEI
+    victim = pilot.HEFEI
     network.freeze(victim)
     try:
         async with BankClient.from_network(network_json(fault_layout)) as bank:
@@ -126,7 +127,7 @@ async def test_a_frozen_node_times_out_within_the_deadline(
         for report in reports:
             got = statuses(report)
             assert got[victim] is SectionStatus.TIMEOUT, got
-            assert all(got[c] in ANSWERED for c in ALL_CITIES if c is not victim), report.sections
+            assert all(got[c] in ANSWERED for c in pilot.CITIES if c is not victim), report.sections
     finally:
         network.thaw(victim)
 
@@ -144,7 +145,7 @@ async def test_a_frozen_node_times_out_within_the_deadline(
 async def test_calls_pending_on_a_frozen_node_stay_bounded(
     network: FaultNetwork, fault_layout: NetworkLayout, consent: envelope_pb2.SignedEnvelope
 ) -> None:
-    victim = City.HEFEI
+    victim = pilot.HEFEI
     flood = DEFAULT_MAX_PENDING_PER_NODE + 16
     network.freeze(victim)
     try:

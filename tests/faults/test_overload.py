@@ -11,14 +11,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.aggregator.directory import DEFAULT_MAX_PENDING_PER_NODE
-from creditnet.domain import City, Purpose
+from creditnet.domain import Purpose
 from creditnet.limits import CONCURRENCY_RULE, RATE_LIMITED_RULE, RETRY_AFTER_KEY
 from creditnet.network import DEMO_BANK, SECOND_BANK, NetworkLayout, grant_demo_consent
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import MAX_RECEIVE_BYTES, secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
 from creditnet_bank import BankClient
 from tests.faults.conftest import AGGREGATOR, PATIENCE, FaultNetwork, eventually
 from tests.faults.ingest import CITY, batch, enterprise, stored_per_batch
@@ -49,8 +50,8 @@ async def test_requests_over_the_size_limit_are_refused(
     network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
 ) -> None:
     bank = fault_layout.bank(DEMO_BANK)
-    node_target = fault_layout.node_endpoint(City.NANJING)
-    async with oversized_channel(node_target, bank, fault_trust, node_server_name(City.NANJING)) as channel:
+    node_target = fault_layout.node_endpoint(pilot.NANJING)
+    async with oversized_channel(node_target, bank, fault_trust, node_server_name(pilot.NANJING)) as channel:
         stub = node_pb2_grpc.CityNodeServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as big:
             await stub.Query(query_of(MAX_RECEIVE_BYTES + 1024), timeout=30)
@@ -68,7 +69,7 @@ async def test_requests_over_the_size_limit_are_refused(
             await aggregator_pb2_grpc.AggregatorServiceStub(channel).FederatedQuery(request, timeout=30)
         assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # Both servers are still serving.
-    await network.wait_serving(City.NANJING)
+    await network.wait_serving(pilot.NANJING)
     await network.wait_serving(AGGREGATOR)
 
 

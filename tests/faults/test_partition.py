@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from creditnet import pilot
 from creditnet.config import AggregatorConfig, NodeConfig
-from creditnet.domain import ALL_CITIES, City
+from creditnet.domain import City
 from creditnet.network import NetworkLayout, grant_demo_consent, provision
 from tests.faults.conftest import AGGREGATOR, FaultNetwork, eventually
 
@@ -70,7 +71,7 @@ def namespaces() -> Iterator[dict[str, str]]:
         ip("-n", hub, "addr", "add", f"{HUB_ADDRESS}/24", "dev", "br0")
         ip("-n", hub, "link", "set", "br0", "up")
         spaces = {AGGREGATOR: hub}
-        for i, city in enumerate(ALL_CITIES):
+        for i, city in enumerate(pilot.CITIES):
             ns = f"{tag}-{city.value}"
             ip("netns", "add", ns)
             made.append(ns)
@@ -97,11 +98,11 @@ def city_address(index: int) -> str:
 
 def move_to_namespaces(layout: NetworkLayout) -> None:
     """Give every server its namespace's address, in every config and in network.json."""
-    port = {c: layout.node_endpoint(c).rpartition(":")[2] for c in ALL_CITIES}
-    nodes = {c: f"{city_address(i)}:{port[c]}" for i, c in enumerate(ALL_CITIES)}
+    port = {c: layout.node_endpoint(c).rpartition(":")[2] for c in pilot.CITIES}
+    nodes = {c: f"{city_address(i)}:{port[c]}" for i, c in enumerate(pilot.CITIES)}
     aggregator = f"{HUB_ADDRESS}:{layout.aggregator_endpoint.rpartition(':')[2]}"
     witnesses = {c.value: ep for c, ep in nodes.items()} | {"national": aggregator}
-    for city in ALL_CITIES:
+    for city in pilot.CITIES:
         path = layout.node_config(city)
         cfg = NodeConfig.load(path)
         cfg.listen = nodes[city]
@@ -167,13 +168,13 @@ async def test_a_city_cut_off_the_network_leaves_the_others_answering(partitione
     answered = {"ok", "no_records"}
     before = await ask(net, consent)
     assert set(before.values()) <= answered, before
-    cut = City.HANGZHOU
+    cut = pilot.HANGZHOU
     hub = net.prefix[AGGREGATOR][-1]
     ip("-n", hub, "link", "set", port_name(cut), "down")
     try:
         during = await ask(net, consent)
         assert during[cut.value] in ("timeout", "unavailable"), during
-        assert all(during[c.value] in answered for c in ALL_CITIES if c is not cut), during
+        assert all(during[c.value] in answered for c in pilot.CITIES if c is not cut), during
     finally:
         ip("-n", hub, "link", "set", port_name(cut), "up")
 

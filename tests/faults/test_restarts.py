@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from creditnet.domain import ALL_CITIES, City, Purpose
+from creditnet import pilot
+from creditnet.domain import Purpose
 from creditnet.network import NetworkLayout, grant_demo_consent
 from creditnet.pki import TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import node_pb2, node_pb2_grpc, query_pb2
+from creditnet.v2 import node_pb2, node_pb2_grpc, query_pb2
 from creditnet_bank import BankClient, SectionStatus
 from tests.faults.conftest import AGGREGATOR, FaultNetwork, answered, eventually, network_json
 from tests.faults.ingest import CITY as INGEST_CITY
@@ -36,8 +37,8 @@ async def test_a_client_retries_through_an_aggregator_crash_and_no_node_answers_
     network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
 ) -> None:
     # A frozen node keeps the aggregator waiting: the query is surely in flight when it dies.
-    slow = City.JIAXING
-    live = [c for c in ALL_CITIES if c is not slow]
+    slow = pilot.JIAXING
+    live = [c for c in pilot.CITIES if c is not slow]
     operator = network.operator
     old_aggregator = network.proc(AGGREGATOR).pid
     async with BankClient.from_network(network_json(fault_layout)) as bank:
@@ -71,7 +72,7 @@ async def test_a_client_retries_through_an_aggregator_crash_and_no_node_answers_
     # comes: then the retry is a replay, refused.
     assert by_city[slow].status in (*ANSWERED, SectionStatus.DENIED), by_city[slow]
     # Every node answered this query id at most once, whatever reached it.
-    counts = await answered(fault_layout, list(ALL_CITIES), qid, operator, fault_trust)
+    counts = await answered(fault_layout, list(pilot.CITIES), qid, operator, fault_trust)
     assert all(n <= 1 for n in counts.values()), counts
     assert all(counts[c] == 1 for c in live), counts
 
@@ -79,8 +80,8 @@ async def test_a_client_retries_through_an_aggregator_crash_and_no_node_answers_
 async def test_sigterm_drains_the_aggregators_calls_in_flight_and_exits_cleanly(
     network: FaultNetwork, fault_layout: NetworkLayout, fault_trust: TrustStore
 ) -> None:
-    slow = City.HANGZHOU
-    live = [c for c in ALL_CITIES if c is not slow]
+    slow = pilot.HANGZHOU
+    live = [c for c in pilot.CITIES if c is not slow]
     async with BankClient.from_network(network_json(fault_layout)) as bank:
         env = bank.sign_query(
             fault_layout.demo_enterprise, grant_demo_consent(fault_layout), Purpose.LOAN_APPLICATION

@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import URL
 
-from creditnet.domain import ALL_CITIES
+from creditnet import pilot
 from creditnet.network import InProcessNetwork, NetworkLayout, provision
 from creditnet.pki import CertificateAuthority, TrustStore
 from creditnet.store.scratch import ScratchDatabases, ServerUnavailable, server_url
@@ -69,7 +69,7 @@ def layout(
     if database == POSTGRES:
         scratch: ScratchDatabases = request.getfixturevalue("scratch")
         try:
-            urls = {city: scratch.create(city.value) for city in ALL_CITIES}
+            urls = {city: scratch.create(city.value) for city in pilot.CITIES}
         except ServerUnavailable as exc:
             skip_without_postgres(f"{exc}: the PostgreSQL half of the integration tests is skipped")
     return provision(

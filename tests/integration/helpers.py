@@ -12,7 +12,7 @@ from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
 from creditnet.network import DEMO_BANK, NetworkLayout
 from creditnet.pki import Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import envelope_pb2, node_pb2, node_pb2_grpc
+from creditnet.v2 import envelope_pb2, node_pb2, node_pb2_grpc
 
 
 def consent(

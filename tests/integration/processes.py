@@ -23,7 +23,7 @@ from creditnet.rpc import secure_channel
 from creditnet.store import Store
 from creditnet.store.lock import DatabaseInUse, WriterLock
 from creditnet.store.scratch import ScratchDatabases
-from creditnet.v1 import chain_pb2, chain_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
+from creditnet.v2 import chain_pb2, chain_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
 from tests.integration.conftest import SQLITE
 
 REPO = Path(__file__).resolve().parents[2]

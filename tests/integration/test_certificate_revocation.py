@@ -17,10 +17,11 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.directory.publish import Target, targets
 from creditnet.directory.revoke import revoke
-from creditnet.domain import ALL_CITIES, City, Purpose
+from creditnet.domain import Purpose
 from creditnet.network import (
     DEMO_BANK,
     SECOND_BANK,
@@ -31,7 +32,7 @@ from creditnet.network import (
 )
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 from creditnet_bank import BankClient, QueryRefused, SectionStatus
 from tests.integration.helpers import consent, node_refusal
 
@@ -130,7 +131,7 @@ async def test_a_revoked_bank_is_refused_by_every_node_and_the_aggregator_and_an
         bank, consent(rlayout), enterprise_uscc=rlayout.demo_enterprise, purpose=Purpose.LOAN_APPLICATION
     )
     trust = TrustStore.load(rlayout.ca)
-    code_, details = await node_refusal(rlayout, City.SHANGHAI, query, bank, trust)
+    code_, details = await node_refusal(rlayout, pilot.SHANGHAI, query, bank, trust)
     assert code_ == grpc.StatusCode.UNAUTHENTICATED and details.startswith("cert.revoked:")
 
     assert await federated(rlayout, SECOND_BANK) <= {SectionStatus.OK, SectionStatus.NO_RECORDS}
@@ -145,11 +146,11 @@ async def test_a_node_down_during_a_revocation_refuses_the_certificate_after_one
     bank.save(rlayout.root / "banks" / "late.pem", rlayout.root / "banks" / "late.key")
     assert not await refused_everywhere(rlayout, bank)
 
-    await rnetwork.stop_node(City.HEFEI)
+    await rnetwork.stop_node(pilot.HEFEI)
     code, out = await pki_revoke(rlayout, "--cert", str(rlayout.root / "banks" / "late.pem"))
     # One server could not be reached, and the command says so.
     assert code == 1 and '"server": "hefei"' in out, out
-    await rnetwork.start_node(City.HEFEI)
+    await rnetwork.start_node(pilot.HEFEI)
 
     for _ in range(PATIENCE * 5):
         if await refused_everywhere(rlayout, bank):
@@ -160,7 +161,7 @@ async def test_a_node_down_during_a_revocation_refuses_the_certificate_after_one
             f"hefei does not refuse the revoked certificate within {PATIENCE} refresh intervals"
         )
     # Leave the network whole for the next test: the aggregator reaches hefei again.
-    operator = rlayout.identity("operators", City.SHANGHAI.value)
+    operator = rlayout.identity("operators", pilot.SHANGHAI.value)
     await wait_federated(rlayout.aggregator_endpoint, operator, TrustStore.load(rlayout.ca), 30)
 
 
@@ -185,7 +186,7 @@ async def test_a_consent_signed_with_a_revoked_certificate_is_refused_though_ver
     query = query_mod.build(
         bank, env, enterprise_uscc=rlayout.demo_enterprise, purpose=Purpose.LOAN_APPLICATION
     )
-    for city in ALL_CITIES:
+    for city in pilot.CITIES:
         code, details = await node_refusal(rlayout, city, query, bank, trust)
         assert code == grpc.StatusCode.UNAUTHENTICATED and details.startswith("consent.cert.revoked:"), city
 
@@ -216,7 +217,7 @@ async def test_a_revoked_log_key_gets_no_cosignature_so_its_node_answers_nothing
     async with BankClient.from_network(rlayout.root / "network.json", SECOND_BANK) as client:
         report = await client.query(rlayout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
     sections = {s.city: s for s in report.sections}
-    jiaxing = sections.pop(City.JIAXING)
+    jiaxing = sections.pop(pilot.JIAXING)
     # Every witness (the other nodes and the aggregator) refuses its checkpoints.
     assert jiaxing.status is SectionStatus.UNAVAILABLE and jiaxing.reason.startswith("chain.unpublished"), (
         jiaxing.status,

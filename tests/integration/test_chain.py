@@ -20,8 +20,8 @@ import grpc
 import pytest
 from sqlalchemy import update
 
+from creditnet import pilot, synthetic
 from creditnet import query as query_mod
-from creditnet import synthetic
 from creditnet.chain.audit import (
     AuditState,
     NetworkCheckpointError,
@@ -38,7 +38,7 @@ from creditnet.chain.network import verify_network_response
 from creditnet.chain.note import Note
 from creditnet.chain.receipts import verify_receipt
 from creditnet.chain.sqlstore import SqlLog
-from creditnet.domain import ALL_CITIES, Category, City, Purpose
+from creditnet.domain import Category, City, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import (
     AGGREGATOR_SERVER_NAME,
@@ -50,7 +50,7 @@ from creditnet.pki import (
 )
 from creditnet.rpc import secure_channel
 from creditnet.store import Store
-from creditnet.v1 import (
+from creditnet.v2 import (
     aggregator_pb2,
     aggregator_pb2_grpc,
     chain_pb2,
@@ -97,7 +97,7 @@ async def cli(*args: str) -> Ran:
 
 
 def endpoints(layout: NetworkLayout) -> dict[City, str]:
-    return {c: layout.node_endpoint(c) for c in ALL_CITIES}
+    return {c: layout.node_endpoint(c) for c in pilot.CITIES}
 
 
 def quorum(layout: NetworkLayout) -> int:
@@ -142,7 +142,7 @@ async def test_an_enterprise_sees_exactly_the_accesses_to_its_data(
     tmp_path: Path,
 ) -> None:
     # An enterprise of its own, so that no other test's queries are in its history.
-    uscc = synthetic.plan_enterprise(7, City.HANGZHOU, 17).uscc
+    uscc = synthetic.plan_enterprise(7, pilot.HANGZHOU, 17).uscc
     me = issue_identity(ca, Role.enterprise(uscc))
     env = consent(layout, enterprise=me, uscc=uscc)
     terms = consent_pb2.Consent()
@@ -151,12 +151,16 @@ async def test_an_enterprise_sees_exactly_the_accesses_to_its_data(
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         everywhere = await bank.query(uscc, env, Purpose.LOAN_APPLICATION)
         two = await bank.query(
-            uscc, env, Purpose.LOAN_APPLICATION, cities=[City.HEFEI, City.HANGZHOU], categories=[Category.TAX]
+            uscc,
+            env,
+            Purpose.LOAN_APPLICATION,
+            cities=[pilot.HEFEI, pilot.HANGZHOU],
+            categories=[Category.TAX],
         )
     assert not everywhere.missing_cities and not two.missing_cities
     # A purpose the consent does not cover, sent straight to the Nanjing node.
     wrong = query_mod.build(layout.bank(), env, enterprise_uscc=uscc, purpose=Purpose.GUARANTEE)
-    code, reason = await node_refusal(layout, City.NANJING, wrong, layout.bank(), trust)
+    code, reason = await node_refusal(layout, pilot.NANJING, wrong, layout.bank(), trust)
     assert code == grpc.StatusCode.PERMISSION_DENIED and reason.startswith("consent.purpose_mismatch")
     # A query whose bank signature does not verify is refused and not logged:
     # no peer can write entries in a bank's name.
@@ -164,7 +168,7 @@ async def test_an_enterprise_sees_exactly_the_accesses_to_its_data(
     flipped = bytearray(forged.signatures[0].signature)
     flipped[-1] ^= 1
     forged.signatures[0].signature = bytes(flipped)
-    code, reason = await node_refusal(layout, City.NANJING, forged, layout.bank(), trust)
+    code, reason = await node_refusal(layout, pilot.NANJING, forged, layout.bank(), trust)
     assert code == grpc.StatusCode.UNAUTHENTICATED and reason.startswith("query.signature")
 
     history = await fetch_history(
@@ -173,7 +177,7 @@ async def test_an_enterprise_sees_exactly_the_accesses_to_its_data(
     assert history.uscc == uscc and not history.failures
     expected = {(s.city, everywhere.query_id, Outcome.ANSWERED) for s in everywhere.sections}
     expected |= {(s.city, two.query_id, Outcome.ANSWERED) for s in two.sections}
-    expected |= {(City.NANJING, query_id(wrong), Outcome.REFUSED)}
+    expected |= {(pilot.NANJING, query_id(wrong), Outcome.REFUSED)}
     got = [(i.city, i.query_id, i.outcome) for i in history.items]
     assert sorted(got, key=str) == sorted(expected, key=str)  # each access once, nothing else
 
@@ -196,8 +200,8 @@ async def test_an_enterprise_sees_exactly_the_accesses_to_its_data(
     assert any(i.records_disclosed for i in history.items)  # Hangzhou holds its records
 
     # Any doctored item is refused: another salt, another entry, another city, another order.
-    raw, wanted = await read_history(layout, me, trust, City.HANGZHOU)
-    items, summary = verify_history(trust, City.HANGZHOU, raw, wanted)
+    raw, wanted = await read_history(layout, me, trust, pilot.HANGZHOU)
+    items, summary = verify_history(trust, pilot.HANGZHOU, raw, wanted)
     assert len(items) == 2 and summary is not None and summary.verified
     assert (summary.answered, summary.refused, summary.revoked) == (2, 0, 0)
 
@@ -221,20 +225,20 @@ async def test_an_enterprise_sees_exactly_the_accesses_to_its_data(
         del rs[0].items[1]
 
     with pytest.raises(HistoryError, match="commitment is not to"):
-        verify_history(trust, City.HANGZHOU, doctored(salt), wanted)
+        verify_history(trust, pilot.HANGZHOU, doctored(salt), wanted)
     with pytest.raises(HistoryError, match="receipt"):
-        verify_history(trust, City.HANGZHOU, doctored(swap), wanted)
+        verify_history(trust, pilot.HANGZHOU, doctored(swap), wanted)
     with pytest.raises(HistoryError, match="out of order"):
-        verify_history(trust, City.HANGZHOU, doctored(reorder), wanted)
+        verify_history(trust, pilot.HANGZHOU, doctored(reorder), wanted)
     with pytest.raises(HistoryError, match="summary counts"):
-        verify_history(trust, City.HANGZHOU, doctored(drop), wanted)
+        verify_history(trust, pilot.HANGZHOU, doctored(drop), wanted)
     with pytest.raises(HistoryError, match="answered as another city"):
-        verify_history(trust, City.HEFEI, raw, wanted)
+        verify_history(trust, pilot.HEFEI, raw, wanted)
     # Only the enterprise itself can ask.
     with pytest.raises(HistoryError, match="cannot ask"):
-        build_request(layout.enterprise(), City.HANGZHOU, uscc)
+        build_request(layout.enterprise(), pilot.HANGZHOU, uscc)
     with pytest.raises(HistoryError, match="enterprise's own certificate"):
-        build_request(layout.bank(), City.HANGZHOU, uscc)
+        build_request(layout.bank(), pilot.HANGZHOU, uscc)
 
     # The command line shows the same history.
     me.save(tmp_path / "me.pem", tmp_path / "me.key")
@@ -289,7 +293,7 @@ async def test_chain_verify_passes_on_a_healthy_node_and_remembers_checkpoints(
 ) -> None:
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         await bank.query(
-            layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION, cities=[City.HEFEI]
+            layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION, cities=[pilot.HEFEI]
         )
     state = tmp_path / "audit.json"
     args = ["verify", "--city", "hefei", "--network", str(layout.root), "--state", str(state)]
@@ -305,7 +309,7 @@ async def test_chain_verify_passes_on_a_healthy_node_and_remembers_checkpoints(
 
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         await bank.query(
-            layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION, cities=[City.HEFEI]
+            layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION, cities=[pilot.HEFEI]
         )
     second = await cli(*args)
     assert second.exit_code == 0, second.output
@@ -326,7 +330,7 @@ async def test_the_network_checkpoint_is_signed_and_heads_every_city(
 ) -> None:
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         await bank.query(layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION)
-    published = (await settled(network, City.HEFEI)).published
+    published = (await settled(network, pilot.HEFEI)).published
     assert published is not None
     async with secure_channel(layout.aggregator_endpoint, layout.bank(), trust, AGGREGATOR_SERVER_NAME) as ch:
         stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
@@ -370,7 +374,7 @@ async def test_the_network_checkpoint_verifies_from_its_own_response_and_the_ca_
 ) -> None:
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         await bank.query(layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION)
-    published = (await settled(network, City.HEFEI)).published
+    published = (await settled(network, pilot.HEFEI)).published
     assert published is not None
     # Nothing but the CA certificate, as a verifier in another language would have.
     only_ca = TrustStore.load(layout.ca)
@@ -411,9 +415,9 @@ async def test_a_node_that_answers_without_logging_is_caught_by_the_bank(
 ) -> None:
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         await bank.query(
-            layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION, cities=[City.HEFEI]
+            layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION, cities=[pilot.HEFEI]
         )
-        ledger = await settled(network, City.HEFEI)
+        ledger = await settled(network, pilot.HEFEI)
         before = ledger.committed_size
 
         async def append_nothing(
@@ -422,12 +426,12 @@ async def test_a_node_that_answers_without_logging_is_caught_by_the_bank(
             # Claims the newest logged slot for this answer but writes nothing.
             return Appended(index=ledger.committed_size - 1, salt=b"", entry=entry.SerializeToString())
 
-        monkeypatch.setattr(network.nodes[City.HEFEI].service.ledger, "append", append_nothing)
+        monkeypatch.setattr(network.nodes[pilot.HEFEI].service.ledger, "append", append_nothing)
         report = await bank.query(layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION)
-    hefei = report.section(City.HEFEI)
+    hefei = report.section(pilot.HEFEI)
     assert hefei is not None and hefei.status is SectionStatus.INVALID
     assert "receipt" in hefei.reason and hefei.receipt is None and not hefei.records
-    assert report.missing_cities == [City.HEFEI]
+    assert report.missing_cities == [pilot.HEFEI]
     assert ledger.committed_size == before
 
 
@@ -455,7 +459,7 @@ async def test_a_healthy_node_reports_its_chain_and_no_evidence(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
     reader = layout.bank()
-    city = City.HANGZHOU
+    city = pilot.HANGZHOU
     await ask_node(
         layout,
         city,
@@ -475,7 +479,7 @@ async def test_a_healthy_node_reports_its_chain_and_no_evidence(
     assert ledger.published is not None and info.published_size == ledger.published.size >= 1
     assert list(info.evidence_against) == []
     listed = await list_nodes(layout, reader, trust)
-    assert {City.from_proto(n.city): n.evidence for n in listed.nodes} == dict.fromkeys(ALL_CITIES, 0)
+    assert {City.from_proto(n.city): n.evidence for n in listed.nodes} == dict.fromkeys(pilot.CITIES, 0)
 
 
 def sqlite_path(network: InProcessNetwork, city: City) -> Path:
@@ -498,7 +502,7 @@ async def test_tampering_with_a_nodes_log_is_found_and_refused(
 ) -> None:
     if database != "sqlite":
         pytest.skip("edits a node's SQLite file in place; the audit it checks does not depend on the backend")
-    city = City.JIAXING
+    city = pilot.JIAXING
     reader = layout.bank()
     nodes = endpoints(layout)
     q = quorum(layout)
@@ -606,15 +610,15 @@ async def test_tampering_with_a_nodes_log_is_found_and_refused(
         assert any(e["origin"] == log_origin("jiaxing") for e in json.loads(cli_status.stdout)["evidence"])
         # The witnesses' health says so too: each node's info and the aggregator's directory.
         holders = {e.witness for e in against}
-        for other in ALL_CITIES:
-            if other is not city:
+        for other in pilot.CITIES:
+            if other != city:
                 info = await node_info(layout, other, reader, trust)
                 assert (log_origin(city.value) in info.evidence_against) == (other.value in holders)
                 assert all(o == log_origin(city.value) for o in info.evidence_against)
         listed = await list_nodes(layout, reader, trust)
         shown = {City.from_proto(n.city): n.evidence for n in listed.nodes}
         assert (shown[city] > 0) == ("national" in holders)
-        assert all(n == 0 for c, n in shown.items() if c is not city)
+        assert all(n == 0 for c, n in shown.items() if c != city)
     finally:
         if city in network.nodes:
             await network.stop_node(city)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from creditnet.domain import City
+from creditnet import pilot
 
 CLI = [sys.executable, "-m", "creditnet"]
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
@@ -331,8 +331,8 @@ def test_network_up_restarts_a_node_that_was_killed(tmp_path: Path) -> None:
         operator = layout.identity("operators", "hefei")
         asyncio.run(
             wait_serving(
-                layout.node_endpoint(City.HEFEI),
-                node_server_name(City.HEFEI),
+                layout.node_endpoint(pilot.HEFEI),
+                node_server_name(pilot.HEFEI),
                 operator,
                 layout.ca,
                 timeout=60,

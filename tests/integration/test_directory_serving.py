@@ -27,10 +27,9 @@ from creditnet.directory.sign import save, sign
 from creditnet.network import InProcessNetwork, NetworkLayout, provision
 from creditnet.pki import CertificateAuthority, Identity, TrustStore
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, envelope_pb2
 from creditnet.v2 import directory_service_pb2 as dpb
 from creditnet.v2 import directory_service_pb2_grpc as dpb_grpc
-from creditnet.v2 import envelope_pb2
 
 REFRESH = dt.timedelta(seconds=1)
 # Bounded waits, in refresh intervals: generous for a loaded machine, never a timing assertion.

@@ -6,12 +6,13 @@ import asyncio
 
 import grpc
 
+from creditnet import pilot
 from creditnet.config import NodeConfig
-from creditnet.domain import City, Purpose
+from creditnet.domain import Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import start_server
-from creditnet.v1 import node_pb2, node_pb2_grpc
+from creditnet.v2 import node_pb2, node_pb2_grpc
 from creditnet_bank import BankClient, SectionStatus
 from tests.integration.helpers import consent
 
@@ -33,22 +34,22 @@ class HungNode(node_pb2_grpc.CityNodeServiceServicer):
 async def test_stopped_node_is_unavailable_while_the_others_answer(
     network: InProcessNetwork, layout: NetworkLayout
 ) -> None:
-    await network.stop_node(City.NANJING)
+    await network.stop_node(pilot.NANJING)
     try:
         async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
             report = await bank.query(
                 layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION, timeout=5
             )
         by_city = {s.city: s for s in report.sections}
-        assert by_city[City.NANJING].status is SectionStatus.UNAVAILABLE
-        assert report.missing_cities == [City.NANJING]
+        assert by_city[pilot.NANJING].status is SectionStatus.UNAVAILABLE
+        assert report.missing_cities == [pilot.NANJING]
         assert all(
             s.status in (SectionStatus.OK, SectionStatus.NO_RECORDS)
             for c, s in by_city.items()
-            if c is not City.NANJING
+            if c != pilot.NANJING
         )
     finally:
-        await network.start_node(City.NANJING)
+        await network.start_node(pilot.NANJING)
     # Once it is back, the aggregator uses it again over the same channel.
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         for _ in range(50):
@@ -64,15 +65,15 @@ async def test_stopped_node_is_unavailable_while_the_others_answer(
 async def test_hung_node_times_out_within_the_callers_deadline(
     network: InProcessNetwork, layout: NetworkLayout
 ) -> None:
-    await network.stop_node(City.HEFEI)
-    cfg = NodeConfig.load(layout.node_config(City.HEFEI))
+    await network.stop_node(pilot.HEFEI)
+    cfg = NodeConfig.load(layout.node_config(pilot.HEFEI))
     hung = HungNode()
     handle = await start_server(
         listen=cfg.listen,
         identity=Identity.load(cfg.cert, cfg.key),
         trust=TrustStore.load(cfg.ca),
         register=lambda s: node_pb2_grpc.add_CityNodeServiceServicer_to_server(hung, s),
-        service_names=["creditnet.v1.CityNodeService"],
+        service_names=["creditnet.v2.CityNodeService"],
     )
     try:
         async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
@@ -87,8 +88,8 @@ async def test_hung_node_times_out_within_the_callers_deadline(
                     break
         assert report is not None and hung.calls >= 1
         by_city = {s.city: s for s in report.sections}
-        assert by_city[City.HEFEI].status is SectionStatus.TIMEOUT
-        assert report.missing_cities == [City.HEFEI]
+        assert by_city[pilot.HEFEI].status is SectionStatus.TIMEOUT
+        assert report.missing_cities == [pilot.HEFEI]
     finally:
         await handle.server.stop(0)
-        await network.start_node(City.HEFEI)
+        await network.start_node(pilot.HEFEI)

@@ -7,12 +7,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from creditnet import pilot
 from creditnet import query as query_mod
-from creditnet.domain import ALL_CITIES, Category, City, Purpose
+from creditnet.domain import Category, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import query_pb2
+from creditnet.v2 import query_pb2
 from creditnet_bank import BankClient, QueryRefused, SectionStatus
 from tests.integration.helpers import consent
 
@@ -23,7 +24,7 @@ async def test_federated_query_merges_verified_sections_from_several_cities(
     env = consent(layout)
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         report = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
-    assert [s.city for s in report.sections] == list(ALL_CITIES)
+    assert [s.city for s in report.sections] == list(pilot.CITIES)
     assert all(s.status in (SectionStatus.OK, SectionStatus.NO_RECORDS) for s in report.sections), [
         (s.city, s.status, s.reason) for s in report.sections
     ]
@@ -44,10 +45,10 @@ async def test_federated_query_merges_verified_sections_from_several_cities(
 async def test_only_consented_categories_and_cities_leave_the_nodes(
     network: InProcessNetwork, layout: NetworkLayout
 ) -> None:
-    env = consent(layout, categories=(Category.TAX, Category.UTILITY), cities=(City.SHANGHAI, City.HEFEI))
+    env = consent(layout, categories=(Category.TAX, Category.UTILITY), cities=(pilot.SHANGHAI, pilot.HEFEI))
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         report = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
-    assert {s.city for s in report.sections} == {City.SHANGHAI, City.HEFEI}
+    assert {s.city for s in report.sections} == {pilot.SHANGHAI, pilot.HEFEI}
     assert set(report.by_category) <= {Category.TAX, Category.UTILITY}
 
 
@@ -85,7 +86,7 @@ async def test_a_bank_cannot_send_another_banks_query(
 ) -> None:
     from creditnet.network import SECOND_BANK
 
-    env = consent(layout, max_uses=1, cities=(City.NANJING,))
+    env = consent(layout, max_uses=1, cities=(pilot.NANJING,))
     network_json = layout.root / "network.json"
     async with (
         BankClient.from_network(network_json, DEMO_BANK) as bank,
@@ -97,7 +98,7 @@ async def test_a_bank_cannot_send_another_banks_query(
         assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
         assert refused.value.reason.startswith("query.sender")
         with pytest.raises(grpc.aio.AioRpcError) as direct:
-            await other.query_node(layout.node_endpoint(City.NANJING), City.NANJING, signed)
+            await other.query_node(layout.node_endpoint(pilot.NANJING), pilot.NANJING, signed)
         assert direct.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert (direct.value.details() or "").startswith("query.sender")
         # Neither attempt spent the consent's one use: its bank still gets its answer.
@@ -106,7 +107,7 @@ async def test_a_bank_cannot_send_another_banks_query(
 
 
 async def test_use_limit_is_enforced_by_every_node(network: InProcessNetwork, layout: NetworkLayout) -> None:
-    env = consent(layout, max_uses=2, cities=(City.SHANGHAI, City.NANJING))
+    env = consent(layout, max_uses=2, cities=(pilot.SHANGHAI, pilot.NANJING))
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         for _ in range(2):
             report = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
@@ -120,7 +121,7 @@ async def test_use_limit_is_enforced_by_every_node(network: InProcessNetwork, la
 async def test_replayed_query_is_answered_once(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
-    city = City.HANGZHOU
+    city = pilot.HANGZHOU
     env = consent(layout, cities=(city,), max_uses=2)
     ledger = network.nodes[city].ledger
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
@@ -161,9 +162,9 @@ async def test_every_server_serves_health_and_reflection(
 ) -> None:
     ident = layout.bank()
     targets = [
-        (layout.node_endpoint(c), node_server_name(c), "creditnet.v1.CityNodeService") for c in ALL_CITIES
+        (layout.node_endpoint(c), node_server_name(c), "creditnet.v2.CityNodeService") for c in pilot.CITIES
     ]
-    targets.append((layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME, "creditnet.v1.AggregatorService"))
+    targets.append((layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME, "creditnet.v2.AggregatorService"))
     for endpoint, name, service in targets:
         async with secure_channel(endpoint, ident, trust, name) as ch:
             health = await health_pb2_grpc.HealthStub(ch).Check(
@@ -203,9 +204,9 @@ async def test_query_lifetime_is_bounded(layout: NetworkLayout) -> None:
 async def test_bank_reports_cities_the_aggregator_left_out_or_added(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
-    from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc
+    from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
 
-    env = consent(layout, cities=(City.SHANGHAI, City.HEFEI))
+    env = consent(layout, cities=(pilot.SHANGHAI, pilot.HEFEI))
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         q = bank.sign_query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
         async with secure_channel(
@@ -216,15 +217,15 @@ async def test_bank_reports_cities_the_aggregator_left_out_or_added(
             )
         assert len(resp.sections) == 2
         honest = bank.verify_response(q, resp)
-        assert honest.section(City.SHANGHAI) is not None and not honest.missing_cities
+        assert honest.section(pilot.SHANGHAI) is not None and not honest.missing_cities
         dropped = aggregator_pb2.FederatedQueryResponse()
         dropped.CopyFrom(resp)
         del dropped.sections[1]
         extra = dropped.sections.add()
         extra.CopyFrom(resp.sections[0])
-        extra.city = City.JIAXING.proto  # a section for a city outside the query's scope
+        extra.city = pilot.JIAXING.proto  # a section for a city outside the query's scope
         report = bank.verify_response(q, dropped)
-    assert [s.city for s in report.sections] == [City.SHANGHAI, City.HEFEI]
-    hefei = report.section(City.HEFEI)
+    assert [s.city for s in report.sections] == [pilot.SHANGHAI, pilot.HEFEI]
+    hefei = report.section(pilot.HEFEI)
     assert hefei is not None and hefei.status is SectionStatus.UNAVAILABLE
-    assert report.missing_cities == [City.HEFEI]
+    assert report.missing_cities == [pilot.HEFEI]

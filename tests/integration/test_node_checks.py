@@ -7,13 +7,14 @@ import datetime as dt
 import grpc
 import pytest
 
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.dates import utcnow
-from creditnet.domain import ALL_CITIES, Category, City, Purpose
+from creditnet.domain import Category, Purpose
 from creditnet.envelope import QUERY_TYPE, sign
 from creditnet.network import SECOND_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
-from creditnet.v1 import envelope_pb2, query_pb2
+from creditnet.v2 import envelope_pb2, query_pb2
 from tests.integration.helpers import ask_node, consent, node_refusal
 
 SC = grpc.StatusCode
@@ -31,10 +32,10 @@ async def test_bank_may_ask_a_node_directly_and_gets_a_signed_answer(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
     q = _query(layout, consent(layout))
-    resp = await ask_node(layout, City.SHANGHAI, q, layout.bank(), trust)
+    resp = await ask_node(layout, pilot.SHANGHAI, q, layout.bank(), trust)
     answer = query_pb2.CityAnswer()
     answer.ParseFromString(resp.answer.payload)
-    assert answer.city == City.SHANGHAI.proto and answer.enterprise_uscc == layout.demo_enterprise
+    assert answer.city == pilot.SHANGHAI.proto and answer.enterprise_uscc == layout.demo_enterprise
 
 
 def _cases(
@@ -50,7 +51,7 @@ def _cases(
 
     as_consent = envelope_pb2.SignedEnvelope()
     as_consent.CopyFrom(_query(layout, good))
-    as_consent.payload_type = "application/vnd.creditnet.consent.v1+protobuf"
+    as_consent.payload_type = "application/vnd.creditnet.consent.v2+protobuf"
     cases.append(("payload type swapped", as_consent, SC.INVALID_ARGUMENT, "query.type"))
 
     cases.append(("consent signed as query", good, SC.INVALID_ARGUMENT, "query.type"))
@@ -108,11 +109,11 @@ def _cases(
             "consent.category_not_covered",
         )
     )
-    shanghai_only = consent(layout, cities=(City.SHANGHAI,))
+    shanghai_only = consent(layout, cities=(pilot.SHANGHAI,))
     cases.append(
         (
             "city widened",
-            _query(layout, shanghai_only, cities=(City.SHANGHAI, City.HEFEI)),
+            _query(layout, shanghai_only, cities=(pilot.SHANGHAI, pilot.HEFEI)),
             SC.PERMISSION_DENIED,
             "consent.city_not_covered",
         )
@@ -156,7 +157,7 @@ async def test_every_rule_is_enforced_by_every_node_without_the_aggregator(
     cases = _cases(layout, ca)
     failures = []
     for name, env, code, rule in cases:
-        for city in ALL_CITIES:
+        for city in pilot.CITIES:
             got_code, reason = await node_refusal(layout, city, env, layout.bank(), trust)
             if got_code != code or not reason.startswith(rule):
                 failures.append(
@@ -169,8 +170,8 @@ async def test_every_rule_is_enforced_by_every_node_without_the_aggregator(
 async def test_a_node_refuses_a_query_for_a_city_outside_its_scope(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
-    q = _query(layout, consent(layout), cities=(City.SHANGHAI,))
-    code, reason = await node_refusal(layout, City.HEFEI, q, layout.bank(), trust)
+    q = _query(layout, consent(layout), cities=(pilot.SHANGHAI,))
+    code, reason = await node_refusal(layout, pilot.HEFEI, q, layout.bank(), trust)
     assert code == SC.PERMISSION_DENIED and reason.startswith("query.city_not_in_scope")
 
 
@@ -180,7 +181,7 @@ async def test_a_misbehaving_aggregator_can_neither_alter_nor_widen_a_query(
     """The aggregator's own certificate is valid and trusted for forwarding, but
     everything it changes breaks the bank's signature, and it cannot sign as a bank."""
     aggregator = layout.identity("aggregator", "national")
-    narrow = consent(layout, categories=(Category.TAX,), cities=(City.SHANGHAI,))
+    narrow = consent(layout, categories=(Category.TAX,), cities=(pilot.SHANGHAI,))
     original = _query(layout, narrow)
     msg = query_pb2.CreditQuery()
     msg.ParseFromString(original.payload)
@@ -200,7 +201,7 @@ async def test_a_misbehaving_aggregator_can_neither_alter_nor_widen_a_query(
     retargeted_env.CopyFrom(original)
     retargeted_env.payload = retargeted.SerializeToString()
 
-    for city in ALL_CITIES:
+    for city in pilot.CITIES:
         for env, code, rule in (
             (kept_signature, SC.UNAUTHENTICATED, "query.signature"),
             (resigned, SC.PERMISSION_DENIED, "query.signer_role"),
@@ -214,7 +215,7 @@ async def test_callers_other_than_banks_and_the_aggregator_cannot_query(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
     q = _query(layout, consent(layout))
-    code, reason = await node_refusal(layout, City.NANJING, q, layout.enterprise(), trust)
+    code, reason = await node_refusal(layout, pilot.NANJING, q, layout.enterprise(), trust)
     assert code == SC.PERMISSION_DENIED and reason.startswith("peer.role")
 
 
@@ -223,5 +224,5 @@ async def test_oversized_messages_are_refused(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore, size: int
 ) -> None:
     env = envelope_pb2.SignedEnvelope(payload_type=QUERY_TYPE, payload=b"x" * size)
-    code, _ = await node_refusal(layout, City.JIAXING, env, layout.bank(), trust)
+    code, _ = await node_refusal(layout, pilot.JIAXING, env, layout.bank(), trust)
     assert code == SC.RESOURCE_EXHAUSTED

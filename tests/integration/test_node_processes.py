@@ -15,13 +15,14 @@ import psycopg
 import pytest
 from sqlalchemy import make_url
 
+from creditnet import pilot
 from creditnet import query as query_mod
-from creditnet.domain import City, Purpose
+from creditnet.domain import Purpose
 from creditnet.envelope import digest
 from creditnet.network import NetworkLayout, free_port
 from creditnet.pki import TrustStore
 from creditnet.store import Store
-from creditnet.v1 import chain_pb2, envelope_pb2, query_pb2
+from creditnet.v2 import chain_pb2, envelope_pb2, query_pb2
 from tests.faults.conftest import eventually
 from tests.integration.conftest import SQLITE
 from tests.integration.helpers import consent
@@ -29,7 +30,7 @@ from tests.integration.processes import NodeProcess, claims, fresh_database, una
 
 pytestmark = pytest.mark.slow
 
-CITY = City.HEFEI
+CITY = pilot.HEFEI
 CLIENTS = 8
 
 

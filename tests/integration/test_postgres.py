@@ -12,21 +12,22 @@ import grpc
 import pytest
 from sqlalchemy import create_engine, inspect
 
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.config import NodeConfig
-from creditnet.domain import City, Purpose
+from creditnet.domain import Purpose
 from creditnet.network import InProcessNetwork, NetworkLayout, free_port
 from creditnet.node.server import start_node
 from creditnet.pki import TrustStore
 from creditnet.store import SchemaNotReady
 from creditnet.store.scratch import ScratchDatabases
-from creditnet.v1 import envelope_pb2, query_pb2
+from creditnet.v2 import envelope_pb2, query_pb2
 from tests.integration.conftest import POSTGRES
 from tests.integration.helpers import ask_node, consent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("database", [POSTGRES], indirect=True)]
 
-CITY = City.HEFEI
+CITY = pilot.HEFEI
 
 
 def query(layout: NetworkLayout, env: envelope_pb2.SignedEnvelope) -> envelope_pb2.SignedEnvelope:
@@ -38,7 +39,7 @@ def query(layout: NetworkLayout, env: envelope_pb2.SignedEnvelope) -> envelope_p
 async def test_a_restarted_node_keeps_its_records_answers_and_log(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
-    city = City.NANJING
+    city = pilot.NANJING
     assert network.nodes[city].config.database_url.startswith("postgresql+psycopg://")
     before = await network.nodes[city].store.stats()
     answered = query(layout, consent(layout))

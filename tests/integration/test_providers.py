@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from creditnet import pilot
 from creditnet import uscc as uscc_mod
 from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.dates import date_to_proto
@@ -17,10 +18,10 @@ from creditnet.node.server import SUBMIT_RECORDS
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
 from creditnet.provider import submit_records
 from creditnet.rpc import secure_channel
-from creditnet.v1 import node_pb2, records_pb2
+from creditnet.v2 import node_pb2, records_pb2
 
 
-def utility(record_id: str, uscc: str, city: City = City.HEFEI, paid: int = 100) -> records_pb2.CreditRecord:
+def utility(record_id: str, uscc: str, city: City = pilot.HEFEI, paid: int = 100) -> records_pb2.CreditRecord:
     return records_pb2.CreditRecord(
         record_id=record_id,
         enterprise_uscc=uscc,
@@ -42,7 +43,7 @@ def tax(record_id: str, uscc: str) -> records_pb2.CreditRecord:
     return records_pb2.CreditRecord(
         record_id=record_id,
         enterprise_uscc=uscc,
-        city=City.HEFEI.proto,
+        city=pilot.HEFEI.proto,
         source="国家税务总局合肥市税务局",
         record_date=date_to_proto(dt.date(2025, 4, 30)),
         tax=records_pb2.TaxRecord(year=2024, grade=records_pb2.TAX_GRADE_A, tax_paid_fen=1000),
@@ -57,10 +58,10 @@ def uscc(layout: NetworkLayout) -> str:
 async def test_provider_submits_its_own_category_idempotently(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
-    provider = issue_identity(ca, Role.provider(City.HEFEI, "state-grid-hefei", [Category.UTILITY]))
+    provider = issue_identity(ca, Role.provider(pilot.HEFEI, "state-grid-hefei", [Category.UTILITY]))
     recs = [utility(f"sg-{i}", uscc) for i in range(25)]
     bad = utility("sg-bad", "91340100XXXXXXXXX1")
-    endpoint = layout.node_endpoint(City.HEFEI)
+    endpoint = layout.node_endpoint(pilot.HEFEI)
     first = await submit_records(endpoint, provider, trust, [*recs, bad], batch_size=10)
     assert (first.received, first.accepted, first.duplicates, first.rejected, first.batches) == (
         26,
@@ -73,7 +74,7 @@ async def test_provider_submits_its_own_category_idempotently(
     assert "uscc" in first.rejections[0].reason.lower()
     again = await submit_records(endpoint, provider, trust, recs, batch_size=10)
     assert (again.accepted, again.duplicates) == (0, 25)
-    stored = await network.nodes[City.HEFEI].store.find_records(
+    stored = await network.nodes[pilot.HEFEI].store.find_records(
         uscc, [Category.UTILITY], dt.date(2025, 6, 1), dt.date(2025, 6, 30)
     )
     mine = [r for r in stored if r.record_id.startswith("sg-")]
@@ -84,12 +85,12 @@ async def test_provider_submits_its_own_category_idempotently(
 async def test_provider_cannot_submit_other_categories(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
-    provider = issue_identity(ca, Role.provider(City.HEFEI, "state-grid-hefei", [Category.UTILITY]))
+    provider = issue_identity(ca, Role.provider(pilot.HEFEI, "state-grid-hefei", [Category.UTILITY]))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await submit_records(layout.node_endpoint(City.HEFEI), provider, trust, [tax("t-1", uscc)])
+        await submit_records(layout.node_endpoint(pilot.HEFEI), provider, trust, [tax("t-1", uscc)])
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert (err.value.details() or "").startswith("provider.category")
-    stored = await network.nodes[City.HEFEI].store.find_records(
+    stored = await network.nodes[pilot.HEFEI].store.find_records(
         uscc, [Category.TAX], dt.date(2025, 1, 1), dt.date(2025, 12, 31)
     )
     assert all(r.record_id != "t-1" for r in stored)
@@ -98,13 +99,13 @@ async def test_provider_cannot_submit_other_categories(
 async def test_provider_of_another_city_is_refused(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
-    nanjing = issue_identity(ca, Role.provider(City.NANJING, "nj-water", [Category.UTILITY]))
+    nanjing = issue_identity(ca, Role.provider(pilot.NANJING, "nj-water", [Category.UTILITY]))
     from creditnet.pki import node_server_name
     from creditnet.rpc import secure_channel
-    from creditnet.v1 import node_pb2, node_pb2_grpc
+    from creditnet.v2 import node_pb2, node_pb2_grpc
 
     async with secure_channel(
-        layout.node_endpoint(City.HEFEI), nanjing, trust, node_server_name(City.HEFEI)
+        layout.node_endpoint(pilot.HEFEI), nanjing, trust, node_server_name(pilot.HEFEI)
     ) as ch:
         stub = node_pb2_grpc.CityNodeServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -113,10 +114,10 @@ async def test_provider_of_another_city_is_refused(
             )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # A Hefei provider cannot smuggle records of another city into the Hefei node either.
-    hefei = issue_identity(ca, Role.provider(City.HEFEI, "sg", [Category.UTILITY]))
+    hefei = issue_identity(ca, Role.provider(pilot.HEFEI, "sg", [Category.UTILITY]))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await submit_records(
-            layout.node_endpoint(City.HEFEI), hefei, trust, [utility("y", uscc, city=City.NANJING)]
+            layout.node_endpoint(pilot.HEFEI), hefei, trust, [utility("y", uscc, city=pilot.NANJING)]
         )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
@@ -126,10 +127,10 @@ async def test_banks_cannot_submit_records(
 ) -> None:
     from creditnet.pki import node_server_name
     from creditnet.rpc import secure_channel
-    from creditnet.v1 import node_pb2, node_pb2_grpc
+    from creditnet.v2 import node_pb2, node_pb2_grpc
 
     async with secure_channel(
-        layout.node_endpoint(City.HEFEI), layout.bank(), trust, node_server_name(City.HEFEI)
+        layout.node_endpoint(pilot.HEFEI), layout.bank(), trust, node_server_name(pilot.HEFEI)
     ) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await node_pb2_grpc.CityNodeServiceStub(ch).SubmitRecords(
@@ -146,8 +147,8 @@ async def submit_raw(layout: NetworkLayout, provider: Identity, trust: TrustStor
         for message in messages:
             yield message
 
-    endpoint = layout.node_endpoint(City.HEFEI)
-    async with secure_channel(endpoint, provider, trust, node_server_name(City.HEFEI)) as channel:
+    endpoint = layout.node_endpoint(pilot.HEFEI)
+    async with secure_channel(endpoint, provider, trust, node_server_name(pilot.HEFEI)) as channel:
         response: bytes = await channel.stream_unary(SUBMIT_RECORDS)(stream(), timeout=30)
         return response
 
@@ -155,7 +156,7 @@ async def submit_raw(layout: NetworkLayout, provider: Identity, trust: TrustStor
 async def test_an_undecodable_record_is_rejected_by_its_position_and_the_rest_of_its_batch_is_stored(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
-    provider = issue_identity(ca, Role.provider(City.HEFEI, "grid-raw", [Category.UTILITY]))
+    provider = issue_identity(ca, Role.provider(pilot.HEFEI, "grid-raw", [Category.UTILITY]))
     marker = "RAW-MARK-0"
     batch = node_pb2.SubmitRecordsRequest(
         records=[utility(f"raw-{i}", uscc) for i in range(3)] + [utility(marker, uscc)]
@@ -166,7 +167,7 @@ async def test_an_undecodable_record_is_rejected_by_its_position_and_the_rest_of
     summary = node_pb2.SubmitRecordsResponse.FromString(await submit_raw(layout, provider, trust, broken))
     assert (summary.received, summary.accepted, summary.rejected) == (4, 3, 1)
     assert summary.rejections[0].index == 3 and "CreditRecord" in summary.rejections[0].reason
-    stored = await network.nodes[City.HEFEI].store.find_records(
+    stored = await network.nodes[pilot.HEFEI].store.find_records(
         uscc, [Category.UTILITY], dt.date(2025, 6, 1), dt.date(2025, 6, 30)
     )
     assert {r.record_id for r in stored if r.record_id.startswith("raw-")} == {"raw-0", "raw-1", "raw-2"}
@@ -175,7 +176,7 @@ async def test_an_undecodable_record_is_rejected_by_its_position_and_the_rest_of
 async def test_a_batch_of_more_records_than_the_maximum_is_refused_and_earlier_batches_stay(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
-    provider = issue_identity(ca, Role.provider(City.HEFEI, "grid-big", [Category.UTILITY]))
+    provider = issue_identity(ca, Role.provider(pilot.HEFEI, "grid-big", [Category.UTILITY]))
     first = node_pb2.SubmitRecordsRequest(records=[utility("big-0", uscc)]).SerializeToString()
     # Empty records: two bytes each on the wire, many under the message size limit.
     oversized = b"\x0a\x00" * (MAX_BATCH_RECORDS + 1)
@@ -183,7 +184,7 @@ async def test_a_batch_of_more_records_than_the_maximum_is_refused_and_earlier_b
         await submit_raw(layout, provider, trust, first, oversized)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith("provider.batch_size: ")
-    stored = await network.nodes[City.HEFEI].store.find_records(
+    stored = await network.nodes[pilot.HEFEI].store.find_records(
         uscc, [Category.UTILITY], dt.date(2025, 6, 1), dt.date(2025, 6, 30)
     )
     assert "big-0" in {r.record_id for r in stored}
@@ -194,5 +195,5 @@ async def test_a_batch_of_more_records_than_the_maximum_is_refused_and_earlier_b
     assert (full.received, full.rejected) == (MAX_BATCH_RECORDS, MAX_BATCH_RECORDS)
     with pytest.raises(ValueError, match="batch"):
         await submit_records(
-            layout.node_endpoint(City.HEFEI), provider, trust, [], batch_size=MAX_BATCH_RECORDS + 1
+            layout.node_endpoint(pilot.HEFEI), provider, trust, [], batch_size=MAX_BATCH_RECORDS + 1
         )

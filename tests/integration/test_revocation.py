@@ -6,12 +6,13 @@ import grpc
 import pytest
 
 from creditnet import consent as consent_mod
+from creditnet import pilot
 from creditnet import query as query_mod
-from creditnet.domain import ALL_CITIES, Purpose
+from creditnet.domain import Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, consent_pb2, envelope_pb2
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, consent_pb2, envelope_pb2
 from creditnet_bank import BankClient, QueryRefused
 from tests.integration.helpers import consent, node_refusal
 
@@ -51,7 +52,7 @@ async def test_revoked_consent_is_refused_everywhere(
             await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
         assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
         assert refused.value.reason.startswith("consent.revoked")
-    for city in ALL_CITIES:
+    for city in pilot.CITIES:
         code, reason = await node_refusal(layout, city, direct, layout.bank(), trust)
         assert code == grpc.StatusCode.PERMISSION_DENIED and reason.startswith("consent.revoked")
     # Other consents of the same enterprise are unaffected.

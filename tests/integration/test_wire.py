@@ -8,12 +8,12 @@ import grpc
 import pytest
 from google.protobuf.descriptor import ServiceDescriptor
 
-from creditnet.domain import City
+from creditnet import pilot
 from creditnet.handlers import MALFORMED_RULE
 from creditnet.network import InProcessNetwork, NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, chain_pb2, node_pb2
+from creditnet.v2 import aggregator_pb2, chain_pb2, node_pb2
 
 # Not a protobuf message at all (a varint that never ends), and a message
 # nested deeper than any parser follows (start-group tags of an unknown field).
@@ -86,7 +86,7 @@ async def test_undecodable_requests_are_refused_as_malformed_on_every_method_of_
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
     bank = layout.bank()
-    city = City.NANJING
+    city = pilot.NANJING
     # A provider of the city: SubmitRecords checks its caller before it reads the stream.
     provider = layout.provider(city)
     async with secure_channel(layout.node_endpoint(city), provider, trust, node_server_name(city)) as channel:

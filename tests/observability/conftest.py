@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
+from creditnet import pilot
 from creditnet.domain import City
 from creditnet.errors import PermissionDenied
 from creditnet.observability import (
@@ -57,7 +58,7 @@ class Pki:
 @pytest.fixture(scope="session")
 def pki() -> Pki:
     ca = CertificateAuthority.create()
-    nodes = {c: issue_identity(ca, Role.node(c)) for c in (City.HEFEI, City.NANJING)}
+    nodes = {c: issue_identity(ca, Role.node(c)) for c in (pilot.HEFEI, pilot.NANJING)}
     return Pki(ca, TrustStore(ca.cert), issue_identity(ca, Role.bank("B0310H231000001")), nodes)
 
 
@@ -213,7 +214,7 @@ StartProbe = Callable[..., Awaitable[ProbeServer]]
 async def start_probe(pki: Pki) -> AsyncIterator[StartProbe]:
     started: list[ProbeServer] = []
 
-    async def start(city: City = City.HEFEI, metrics: ServerMetrics | None = None) -> ProbeServer:
+    async def start(city: City = pilot.HEFEI, metrics: ServerMetrics | None = None) -> ProbeServer:
         probe = Probe()
         handle = await start_server(
             listen="127.0.0.1:0",

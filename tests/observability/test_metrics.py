@@ -12,12 +12,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from creditnet import pilot
 from creditnet.aggregator.directory import NodeDirectory, acting_for
 from creditnet.chain.keys import LogKey
 from creditnet.chain.ledger import Ledger, WitnessLink
 from creditnet.chain.witness import Witness, WitnessService
 from creditnet.dates import ts_to_proto, utcnow
-from creditnet.domain import ALL_CITIES, City
 from creditnet.observability.metrics import (
     SECTION_STATUSES,
     AggregatorMetrics,
@@ -29,7 +29,7 @@ from creditnet.observability.metrics import (
 from creditnet.pki import Role, issue_identity
 from creditnet.rpc import start_server
 from creditnet.store import Store
-from creditnet.v1 import aggregator_pb2, chain_pb2, chain_pb2_grpc
+from creditnet.v2 import aggregator_pb2, chain_pb2, chain_pb2_grpc
 from tests.observability.conftest import (
     PROBE,
     Pki,
@@ -59,8 +59,8 @@ def unary(method: str, code: str | None = None) -> dict[str, str]:
 
 
 async def test_calls_are_counted_by_method_and_final_status(pki: Pki, start_probe: StartProbe) -> None:
-    metrics = NodeMetrics(City.HEFEI)
-    server = await start_probe(City.HEFEI, metrics)
+    metrics = NodeMetrics(pilot.HEFEI)
+    server = await start_probe(pilot.HEFEI, metrics)
     endpoint = metrics.serve(0, "127.0.0.1")
     ch = probe_channel(pki, server, traced=False)
     assert await call(ch, "Ok", b"a") == b"a"
@@ -96,8 +96,8 @@ async def test_calls_are_counted_by_method_and_final_status(pki: Pki, start_prob
 
 
 async def test_streams_and_cancelled_calls_are_counted(pki: Pki, start_probe: StartProbe) -> None:
-    metrics = NodeMetrics(City.HEFEI)
-    server = await start_probe(City.HEFEI, metrics)
+    metrics = NodeMetrics(pilot.HEFEI)
+    server = await start_probe(pilot.HEFEI, metrics)
     endpoint = metrics.serve(0, "127.0.0.1")
     ch = probe_channel(pki, server, traced=False)
 
@@ -133,9 +133,9 @@ async def test_streams_and_cancelled_calls_are_counted(pki: Pki, start_probe: St
 
 async def test_each_server_has_its_own_registry_and_endpoint(pki: Pki, start_probe: StartProbe) -> None:
     # The same kind of metrics twice in one process: a shared registry would refuse the second.
-    first, second = NodeMetrics(City.HEFEI), NodeMetrics(City.HEFEI)
-    hefei = await start_probe(City.HEFEI, first)
-    await start_probe(City.NANJING, second)
+    first, second = NodeMetrics(pilot.HEFEI), NodeMetrics(pilot.HEFEI)
+    hefei = await start_probe(pilot.HEFEI, first)
+    await start_probe(pilot.NANJING, second)
     first_ep, second_ep = first.serve(0, "127.0.0.1"), second.serve(0, "127.0.0.1")
     assert first_ep.port != second_ep.port
     await call(probe_channel(pki, hefei, traced=False), "Ok")
@@ -144,7 +144,7 @@ async def test_each_server_has_its_own_registry_and_endpoint(pki: Pki, start_pro
 
 
 async def test_the_endpoint_is_served_once_and_closes() -> None:
-    metrics = ServerMetrics("node", City.HEFEI)
+    metrics = ServerMetrics("node", pilot.HEFEI)
     endpoint = metrics.serve(0, "127.0.0.1")
     assert metrics.endpoint is endpoint
     with pytest.raises(MetricsError, match="already served"):
@@ -160,7 +160,7 @@ async def test_the_endpoint_is_served_once_and_closes() -> None:
 
 
 def test_node_query_and_ingestion_counters() -> None:
-    metrics = NodeMetrics(City.HEFEI)
+    metrics = NodeMetrics(pilot.HEFEI)
     value = metrics.registry.get_sample_value
     # Every ingestion outcome exists from the start, at zero.
     assert value("creditnet_ingest_records_total", {"outcome": "rejected"}) == 0
@@ -192,21 +192,21 @@ def test_node_query_and_ingestion_counters() -> None:
 
 async def test_the_ledger_is_reported_at_scrape_time(pki: Pki, tmp_path: Path) -> None:
     """A real ledger with one real witness: sizes, group commits and the witness's progress."""
-    nanjing_key = LogKey.issue(pki.ca, City.NANJING.value)
+    nanjing_key = LogKey.issue(pki.ca, pilot.NANJING.value)
     witness_store = fresh_store(tmp_path / "nanjing.db")
     service = WitnessService(Witness(witness_store, nanjing_key), pki.trust)
     witness_server = await start_server(
         listen="127.0.0.1:0",
-        identity=pki.nodes[City.NANJING],
+        identity=pki.nodes[pilot.NANJING],
         trust=pki.trust,
         register=lambda s: chain_pb2_grpc.add_WitnessServiceServicer_to_server(service, s),
-        service_names=["creditnet.v1.WitnessService"],
+        service_names=["creditnet.v2.WitnessService"],
     )
-    hefei = issue_identity(pki.ca, Role.node(City.HEFEI))
+    hefei = issue_identity(pki.ca, Role.node(pilot.HEFEI))
     link = WitnessLink.connect("nanjing", f"127.0.0.1:{witness_server.port}", hefei, pki.trust)
     store = fresh_store(tmp_path / "hefei.db")
     ledger = Ledger(store, LogKey.issue(pki.ca, "hefei"), witnesses=[link], quorum=1)
-    metrics = NodeMetrics(City.HEFEI)
+    metrics = NodeMetrics(pilot.HEFEI)
     metrics.watch_ledger(ledger)
     endpoint = metrics.serve(0, "127.0.0.1")
     ledger.start()
@@ -219,7 +219,7 @@ async def test_the_ledger_is_reported_at_scrape_time(pki: Pki, tmp_path: Path) -
             chain_pb2.LedgerEntry(
                 kind=chain_pb2.ENTRY_KIND_CONSENT_REVOKED,
                 time=ts_to_proto(utcnow()),
-                city=City.HEFEI.proto,
+                city=pilot.HEFEI.proto,
                 consent_id=f"c-{i}",
             )
             for i in range(6)
@@ -256,23 +256,23 @@ def test_sections_are_counted_by_city_and_status() -> None:
     metrics = AggregatorMetrics()
     value = metrics.registry.get_sample_value
     # Every city and status exists from the start, at zero.
-    for city in ALL_CITIES:
+    for city in pilot.CITIES:
         for status in ("ok", "no_records", "denied", "unavailable", "timeout", "invalid"):
             assert value("creditnet_aggregator_sections_total", {"city": city.value, "status": status}) == 0
     assert set(SECTION_STATUSES) == {"ok", "no_records", "denied", "unavailable", "timeout", "invalid"}
     S = aggregator_pb2
     for city, status, ms in [
-        (City.HEFEI, S.SECTION_STATUS_OK, 12),
-        (City.HEFEI, S.SECTION_STATUS_OK, 30),
-        (City.NANJING, S.SECTION_STATUS_NO_RECORDS, 8),
-        (City.JIAXING, S.SECTION_STATUS_DENIED, 5),
-        (City.SHANGHAI, S.SECTION_STATUS_UNAVAILABLE, 1),
-        (City.HANGZHOU, S.SECTION_STATUS_TIMEOUT, 2000),
+        (pilot.HEFEI, S.SECTION_STATUS_OK, 12),
+        (pilot.HEFEI, S.SECTION_STATUS_OK, 30),
+        (pilot.NANJING, S.SECTION_STATUS_NO_RECORDS, 8),
+        (pilot.JIAXING, S.SECTION_STATUS_DENIED, 5),
+        (pilot.SHANGHAI, S.SECTION_STATUS_UNAVAILABLE, 1),
+        (pilot.HANGZHOU, S.SECTION_STATUS_TIMEOUT, 2000),
     ]:
         metrics.observe_section(S.CitySection(city=city.proto, status=status, latency_ms=ms))
     counts = {
         (c.value, s): value("creditnet_aggregator_sections_total", {"city": c.value, "status": s})
-        for c in ALL_CITIES
+        for c in pilot.CITIES
         for s in SECTION_STATUSES
     }
     assert {k: v for k, v in counts.items() if v} == {
@@ -288,9 +288,9 @@ def test_sections_are_counted_by_city_and_status() -> None:
     assert value("creditnet_aggregator_section_seconds_bucket", {"city": "hangzhou", "le": "2.5"}) == 1
     assert section_status_label(S.SECTION_STATUS_NO_RECORDS) == "no_records"
     with pytest.raises(MetricsError, match="unknown section status"):
-        metrics.observe_section(S.CitySection(city=City.HEFEI.proto, status=S.SECTION_STATUS_UNSPECIFIED))
+        metrics.observe_section(S.CitySection(city=pilot.HEFEI.proto, status=S.SECTION_STATUS_UNSPECIFIED))
     with pytest.raises(MetricsError, match="unknown section status"):
-        metrics.section(City.HEFEI, "lost", 0.1)
+        metrics.section(pilot.HEFEI, "lost", 0.1)
     assert value("creditnet_aggregator_sections_total", {"city": "hefei", "status": "ok"}) == 2
 
 
@@ -298,7 +298,7 @@ async def test_pending_calls_per_node_are_read_from_the_directory(pki: Pki) -> N
     aggregator = issue_identity(pki.ca, Role.aggregator())
     # Channels connect lazily: nothing listens there, and nothing needs to.
     directory = NodeDirectory(
-        {City.HEFEI: "127.0.0.1:9", City.NANJING: "127.0.0.1:9"},
+        {pilot.HEFEI: "127.0.0.1:9", pilot.NANJING: "127.0.0.1:9"},
         aggregator,
         pki.trust,
         max_pending_per_node=2,
@@ -307,7 +307,7 @@ async def test_pending_calls_per_node_are_read_from_the_directory(pki: Pki) -> N
     metrics.watch_directory(directory.load)
     endpoint = metrics.serve(0, "127.0.0.1")
     try:
-        hefei = directory.get(City.HEFEI)
+        hefei = directory.get(pilot.HEFEI)
         assert hefei is not None
         # One slot each for two banks (a bank alone holds at most half): saturated.
         with acting_for("A"):

@@ -10,14 +10,15 @@ import pytest_asyncio
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from creditnet.domain import ALL_CITIES, City
+from creditnet import pilot
+from creditnet.domain import City
 from creditnet.network import InProcessNetwork, grant_demo_consent, provision
-from creditnet.v1 import query_pb2
+from creditnet.v2 import query_pb2
 from creditnet_bank import BankClient
 from tests.observability.conftest import sample, scrape
 
-FEDERATED = "creditnet.v1.AggregatorService/FederatedQuery"
-NODE_QUERY = "creditnet.v1.CityNodeService/Query"
+FEDERATED = "creditnet.v2.AggregatorService/FederatedQuery"
+NODE_QUERY = "creditnet.v2.CityNodeService/Query"
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -51,7 +52,7 @@ async def test_a_federated_query_is_one_trace_from_the_bank_to_every_node(
     trace_id = bank_call.context.trace_id
     assert bank_call.parent is None
     assert aggregator.parent is not None and aggregator.parent.span_id == bank_call.context.span_id
-    assert len(node_calls) == len(node_servers) == len(ALL_CITIES)
+    assert len(node_calls) == len(node_servers) == len(pilot.CITIES)
     assert {s.context.trace_id for s in [aggregator, *node_calls, *node_servers]} == {trace_id}
 
     calls_by_id = {c.context.span_id: c for c in node_calls}
@@ -68,7 +69,7 @@ async def test_a_federated_query_is_one_trace_from_the_bank_to_every_node(
         # The node verified the query id itself.
         assert server.attributes["creditnet.query_id"] == query_id
         assert server.attributes["rpc.grpc.status_code"] == 0
-    assert cities == set(ALL_CITIES)
+    assert cities == set(pilot.CITIES)
     assert aggregator.attributes is not None and aggregator.attributes["creditnet.query_id"] == query_id
     assert bank_call.attributes is not None and bank_call.attributes["creditnet.query_id"] == query_id
 
@@ -81,10 +82,10 @@ async def test_a_federated_query_is_counted_by_the_aggregator_and_every_node(
     agg_metrics = aggregator.metrics
     endpoint = agg_metrics.serve(0, "127.0.0.1")
     try:
-        node_value = {c: network.nodes[c].metrics.registry.get_sample_value for c in ALL_CITIES}
+        node_value = {c: network.nodes[c].metrics.registry.get_sample_value for c in pilot.CITIES}
         answered = {
             "grpc_type": "unary",
-            "grpc_service": "creditnet.v1.CityNodeService",
+            "grpc_service": "creditnet.v2.CityNodeService",
             "grpc_method": "Query",
         }
 
@@ -97,22 +98,24 @@ async def test_a_federated_query_is_counted_by_the_aggregator_and_every_node(
         before = await scrape(endpoint.port)
         handled_before = {
             c: node_value[c]("grpc_server_handled_total", {**answered, "grpc_code": "OK"}) or 0
-            for c in ALL_CITIES
+            for c in pilot.CITIES
         }
-        answered_before = {c: node_value[c]("creditnet_node_queries_answered_total") or 0 for c in ALL_CITIES}
+        answered_before = {
+            c: node_value[c]("creditnet_node_queries_answered_total") or 0 for c in pilot.CITIES
+        }
         await federated_query(network)
         after = await scrape(endpoint.port)
 
         federated = {
             "grpc_type": "unary",
-            "grpc_service": "creditnet.v1.AggregatorService",
+            "grpc_service": "creditnet.v2.AggregatorService",
             "grpc_method": "FederatedQuery",
             "grpc_code": "OK",
         }
         assert (sample(after, "grpc_server_handled_total", **federated) or 0) == (
             sample(before, "grpc_server_handled_total", **federated) or 0
         ) + 1
-        for city in ALL_CITIES:
+        for city in pilot.CITIES:
             assert sections(after, city) == sections(before, city) + 1
             assert sample(after, "creditnet_aggregator_node_in_flight", city=city.value) == 0
             assert (

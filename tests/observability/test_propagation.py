@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from creditnet.domain import City
+from creditnet import pilot
 from creditnet.observability import QUERY_ID_METADATA, client_span, outgoing_metadata, query_scope
 from creditnet.observability.context import bind_query_id, current_query, parse_query_id
 from creditnet.observability.logs import CallContextFilter, JsonFormatter
@@ -99,12 +99,12 @@ async def test_one_trace_from_the_client_through_a_relay_to_the_next_server(
     pki: Pki, start_probe: StartProbe, spans: InMemorySpanExporter, sent_with: str
 ) -> None:
     """As a bank → aggregator → node: every hop's span in one trace, the query id passed on."""
-    relay = await start_probe(City.HEFEI)
-    last = await start_probe(City.NANJING)
-    nanjing = node_server_name(City.NANJING)
+    relay = await start_probe(pilot.HEFEI)
+    last = await start_probe(pilot.NANJING)
+    nanjing = node_server_name(pilot.NANJING)
     explicit = sent_with == "client_span"
     relay.probe.relay_to = channel(
-        last.target, pki.nodes[City.HEFEI], pki.trust, nanjing, traced=not explicit
+        last.target, pki.nodes[pilot.HEFEI], pki.trust, nanjing, traced=not explicit
     )
     relay.probe.relay_server_name = nanjing if explicit else None
     relay.channels.append(relay.probe.relay_to)
@@ -150,7 +150,7 @@ async def test_one_trace_from_the_client_through_a_relay_to_the_next_server(
 async def test_a_call_without_context_starts_a_trace_and_bad_query_ids_are_dropped(
     pki: Pki, start_probe: StartProbe, spans: InMemorySpanExporter
 ) -> None:
-    server = await start_probe(City.HEFEI, NodeMetrics(City.HEFEI))
+    server = await start_probe(pilot.HEFEI, NodeMetrics(pilot.HEFEI))
     ch = probe_channel(pki, server, traced=False)
     answer = json.loads(
         await ch.unary_unary(f"/{PROBE}/Who")(b"", metadata=((QUERY_ID_METADATA, "x'; drop"),), timeout=10)
@@ -166,7 +166,7 @@ async def test_a_call_without_context_starts_a_trace_and_bad_query_ids_are_dropp
 async def test_refusals_and_deadlines_reach_the_caller_unchanged_and_mark_the_spans(
     pki: Pki, start_probe: StartProbe, spans: InMemorySpanExporter
 ) -> None:
-    server = await start_probe(City.HEFEI)
+    server = await start_probe(pilot.HEFEI)
     ch = probe_channel(pki, server)
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await call(ch, "Denied", timeout=10)
@@ -200,7 +200,7 @@ async def test_refusals_and_deadlines_reach_the_caller_unchanged_and_mark_the_sp
 
 
 async def test_probes_are_not_traced(pki: Pki, start_probe: StartProbe, spans: InMemorySpanExporter) -> None:
-    server = await start_probe(City.HEFEI)
+    server = await start_probe(pilot.HEFEI)
     await health_pb2_grpc.HealthStub(probe_channel(pki, server)).Check(
         health_pb2.HealthCheckRequest(), timeout=10
     )
@@ -216,7 +216,7 @@ async def test_client_span_ends_with_the_status_of_what_left_it(spans: InMemoryS
     class Refused(Exception):
         code = grpc.StatusCode.PERMISSION_DENIED
 
-    method = "/creditnet.v1.AggregatorService/FederatedQuery"
+    method = "/creditnet.v2.AggregatorService/FederatedQuery"
     with query_scope(QUERY), client_span(method, "aggregator.creditnet") as metadata:
         sent = dict(metadata)
     for exc in (TimeoutError(), asyncio.CancelledError(), Refused(), RuntimeError("bug")):
@@ -224,7 +224,7 @@ async def test_client_span_ends_with_the_status_of_what_left_it(spans: InMemoryS
             raise exc
     with client_span("/grpc.health.v1.Health/Check") as untraced:
         assert untraced == []
-    ok, *failed = spans_named(spans, "creditnet.v1.AggregatorService/FederatedQuery")
+    ok, *failed = spans_named(spans, "creditnet.v2.AggregatorService/FederatedQuery")
     assert ok.kind is SpanKind.CLIENT and ok.parent is None
     trace_and_span = [f"{ok.context.trace_id:032x}", f"{ok.context.span_id:016x}"]
     assert sent["traceparent"].split("-")[1:3] == trace_and_span

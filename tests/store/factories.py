@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from creditnet import pilot
 from creditnet.dates import date_to_proto
 from creditnet.domain import Category, City
-from creditnet.v1 import records_pb2
+from creditnet.v2 import records_pb2
 
 USCC_A = "913401000000000001"
 USCC_B = "913401000000000002"
@@ -22,7 +23,7 @@ def record(
     uscc: str = USCC_A,
     category: Category = Category.UTILITY,
     day: dt.date = DAY,
-    city: City = City.HEFEI,
+    city: City = pilot.HEFEI,
     source: str = "State Grid Hefei Power Supply",
     amount: int = 100,
 ) -> records_pb2.CreditRecord:
@@ -56,7 +57,7 @@ def profile(
         uscc=uscc,
         name=name,
         industry="C39",
-        home_city=City.HEFEI.proto,
+        home_city=pilot.HEFEI.proto,
         registered_capital_fen=10_000_000_00,
         founded=date_to_proto(dt.date(2016, 5, 4)),
     )

@@ -6,9 +6,10 @@ import datetime as dt
 
 import pytest
 
-from creditnet.domain import Category, City
+from creditnet import pilot
+from creditnet.domain import Category
 from creditnet.store import IngestResult, InvalidRecord, Store
-from creditnet.v1 import records_pb2
+from creditnet.v2 import records_pb2
 from tests.store.factories import PROVIDER, USCC_A, USCC_B, batch, record
 
 ALL_TIME = (dt.date(1900, 1, 1), dt.date(2999, 12, 31))
@@ -159,7 +160,7 @@ def test_inverted_date_range_is_an_error(store: Store) -> None:
 def test_records_survive_reopening(migrated_url: str) -> None:
     first = Store.open(migrated_url)
     try:
-        first.ingest(batch("r", 20, category=Category.TAX, city=City.HEFEI), PROVIDER)
+        first.ingest(batch("r", 20, category=Category.TAX, city=pilot.HEFEI), PROVIDER)
     finally:
         first.close()
     again = Store.open(migrated_url)

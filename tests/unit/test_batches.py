@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from creditnet import synthetic
+from creditnet import pilot, synthetic
 from creditnet.batches import MAX_BATCH_RECORDS, Batch, read_batch
-from creditnet.domain import ALL_CATEGORIES, City
+from creditnet.domain import ALL_CATEGORIES
 from creditnet.node.service import UNDECODABLE_RECORD, _screen
-from creditnet.v1 import node_pb2, records_pb2
+from creditnet.v2 import node_pb2, records_pb2
 
 
 def hefei_records(n: int) -> list[records_pb2.CreditRecord]:
     out: list[records_pb2.CreditRecord] = []
     index = 0
     while len(out) < n:
-        for item in synthetic.enterprise_items(3, City.HEFEI, index):
+        for item in synthetic.enterprise_items(3, pilot.HEFEI, index):
             if isinstance(item, records_pb2.CreditRecord):
                 out.append(item)
         index += 1
@@ -44,7 +44,7 @@ def test_screening_keeps_the_valid_records_and_names_each_rejection_by_its_place
     recs = hefei_records(3)
     recs[2].record_id = ""
     batch = Batch(raw=[r.SerializeToString() for r in recs] + [b"\xff\xff"], count=4)
-    screened = _screen(batch, set(ALL_CATEGORIES), City.HEFEI, first=10)
+    screened = _screen(batch, set(ALL_CATEGORIES), pilot.HEFEI, first=10)
     assert screened.valid == recs[:2]
     assert [(at, reason == UNDECODABLE_RECORD) for at, _, reason in screened.rejections] == [
         (12, False),

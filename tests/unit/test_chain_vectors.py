@@ -35,7 +35,7 @@ from creditnet.chain.note import NoteSignature, Signer, VerifierKey, cosignature
 from creditnet.chain.receipts import ReceiptError, check_commitment, verify_checkpoint, verify_receipt
 from creditnet.errors import Unauthenticated
 from creditnet.pki import TrustStore, role_of
-from creditnet.v1 import aggregator_pb2, chain_pb2
+from creditnet.v2 import aggregator_pb2, chain_pb2
 
 DIR = vectors.default_directory()
 ROOT = DIR.parents[1]

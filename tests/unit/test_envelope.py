@@ -32,7 +32,7 @@ from creditnet.envelope import (
 )
 from creditnet.errors import CreditnetError, InvalidArgument
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
-from creditnet.v1 import envelope_pb2
+from creditnet.v2 import envelope_pb2
 
 NOW = utcnow().replace(microsecond=0)
 # Certificates are issued as of NOW, however long after import a test runs.
@@ -92,7 +92,7 @@ def test_pae_is_dsse_v1() -> None:
 
 
 def test_pae_of_an_empty_body_and_of_binary_bytes() -> None:
-    assert pae(QUERY_TYPE, b"") == b"DSSEv1 43 application/vnd.creditnet.query.v1+protobuf 0 "
+    assert pae(QUERY_TYPE, b"") == b"DSSEv1 43 application/vnd.creditnet.query.v2+protobuf 0 "
     body = bytes(range(256))
     assert pae("t", body) == b"DSSEv1 1 t 256 " + body
 

@@ -16,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorit
 from hypothesis import given
 from hypothesis import strategies as st
 
+from creditnet import pilot
 from creditnet.dates import utcnow
 from creditnet.domain import Category, City
 from creditnet.envelope import CONSENT_TYPE, EnvelopeVerifier, sign
@@ -120,15 +121,15 @@ def _leaf_with_names(
 
 ROLES = [
     *(Role.node(c) for c in City),
-    Role.operator(City.JIAXING),
+    Role.operator(pilot.JIAXING),
     Role.aggregator(),
     Role.aggregator("backup-1"),
     Role.bank("B0001H231000001"),
     Role.enterprise(USCC),
     Role.logkey("hefei"),
     Role.logkey("national"),
-    Role.provider(City.HEFEI, "state-grid-hefei", [Category.UTILITY]),
-    Role.provider(City.NANJING, "tax.nanjing", [Category.TAX, Category.PENALTY, Category.UTILITY]),
+    Role.provider(pilot.HEFEI, "state-grid-hefei", [Category.UTILITY]),
+    Role.provider(pilot.NANJING, "tax.nanjing", [Category.TAX, Category.PENALTY, Category.UTILITY]),
 ]
 
 
@@ -139,14 +140,14 @@ def test_role_uri_round_trips(role: Role) -> None:
 
 
 def test_role_uris_have_the_documented_spelling() -> None:
-    assert Role.node(City.HEFEI).uri == "creditnet://node/hefei"
-    assert Role.operator(City.HEFEI).uri == "creditnet://operator/hefei"
+    assert Role.node(pilot.HEFEI).uri == "creditnet://node/hefei"
+    assert Role.operator(pilot.HEFEI).uri == "creditnet://operator/hefei"
     assert Role.aggregator().uri == "creditnet://aggregator/national"
     assert Role.bank("B0001H231000001").uri == "creditnet://bank/B0001H231000001"
     assert Role.enterprise(USCC).uri == f"creditnet://enterprise/{USCC}"
     assert Role.logkey("hefei").uri == "creditnet://logkey/hefei"
     # Categories are written in protocol order, whatever order they were given in.
-    provider = Role.provider(City.HEFEI, "p1", [Category.TAX, Category.UTILITY, Category.TAX])
+    provider = Role.provider(pilot.HEFEI, "p1", [Category.TAX, Category.UTILITY, Category.TAX])
     assert provider.uri == "creditnet://provider/hefei/p1?categories=utility,tax"
     assert provider.categories == (Category.UTILITY, Category.TAX)
 
@@ -192,7 +193,7 @@ def test_malformed_role_uris_are_refused(uri: str) -> None:
 
 @pytest.mark.parametrize("bad", ["", " ", "a b", "ä", "x" * 65, "a/b", "a?b"])
 def test_role_tokens_are_checked(bad: str) -> None:
-    for make in (Role.bank, Role.aggregator, lambda s: Role.provider(City.HEFEI, s, [Category.TAX])):
+    for make in (Role.bank, Role.aggregator, lambda s: Role.provider(pilot.HEFEI, s, [Category.TAX])):
         with pytest.raises(InvalidArgument) as err:
             make(bad)
         assert err.value.rule == "pki.role"
@@ -200,7 +201,7 @@ def test_role_tokens_are_checked(bad: str) -> None:
 
 def test_a_provider_needs_a_category() -> None:
     with pytest.raises(InvalidArgument, match="at least one category"):
-        Role.provider(City.HEFEI, "p1", [])
+        Role.provider(pilot.HEFEI, "p1", [])
 
 
 def test_an_enterprise_role_needs_a_valid_uscc() -> None:
@@ -210,10 +211,10 @@ def test_an_enterprise_role_needs_a_valid_uscc() -> None:
 
 def test_server_names_are_pinned_per_role() -> None:
     assert (
-        Role.node(City.HANGZHOU).server_name == node_server_name(City.HANGZHOU) == "hangzhou.node.creditnet"
+        Role.node(pilot.HANGZHOU).server_name == node_server_name(pilot.HANGZHOU) == "hangzhou.node.creditnet"
     )
     assert Role.aggregator().server_name == AGGREGATOR_SERVER_NAME == "aggregator.creditnet"
-    for role in (Role.bank("B1"), Role.enterprise(USCC), Role.operator(City.HEFEI)):
+    for role in (Role.bank("B1"), Role.enterprise(USCC), Role.operator(pilot.HEFEI)):
         assert role.server_name is None
 
 
@@ -233,7 +234,7 @@ def test_ca_certificate_profile(ca: CertificateAuthority) -> None:
 
 
 def test_server_certificate_profile(ca: CertificateAuthority) -> None:
-    ident = issued(ca, Role.node(City.HEFEI), dns_names=["node1.example.org"])
+    ident = issued(ca, Role.node(pilot.HEFEI), dns_names=["node1.example.org"])
     cert = ident.cert
     ext = cert.extensions
     bc = ext.get_extension_for_class(x509.BasicConstraints)
@@ -254,7 +255,7 @@ def test_server_certificate_profile(ca: CertificateAuthority) -> None:
     assert cert.not_valid_after_utc - cert.not_valid_before_utc == LEAF_VALIDITY
     assert cert.not_valid_before_utc <= utcnow()
     assert cert.signature_algorithm_oid == SignatureAlgorithmOID.ECDSA_WITH_SHA256
-    assert ident.role == Role.node(City.HEFEI)
+    assert ident.role == Role.node(pilot.HEFEI)
 
 
 def test_client_certificates_carry_no_server_names(ca: CertificateAuthority) -> None:
@@ -380,7 +381,7 @@ def test_role_of_needs_exactly_one_creditnet_uri(ca: CertificateAuthority, trust
 
 
 def test_a_chain_to_the_network_ca_verifies(ca: CertificateAuthority, trust: TrustStore) -> None:
-    ident = issued(ca, Role.provider(City.HEFEI, "grid", [Category.UTILITY]))
+    ident = issued(ca, Role.provider(pilot.HEFEI, "grid", [Category.UTILITY]))
     got = trust.verify_chain(ident.chain_der, NOW)
     assert got.role == ident.role
     assert got.public_key.public_numbers() == ident.key.public_key().public_numbers()
@@ -393,7 +394,7 @@ def test_a_chain_to_the_network_ca_verifies(ca: CertificateAuthority, trust: Tru
 def test_a_certificate_from_a_foreign_ca_is_untrusted(
     foreign_ca: CertificateAuthority, trust: TrustStore
 ) -> None:
-    rogue = issued(foreign_ca, Role.node(City.HEFEI))
+    rogue = issued(foreign_ca, Role.node(pilot.HEFEI))
     with pytest.raises(Unauthenticated) as err:
         trust.verify_chain(rogue.chain_der, NOW)
     assert err.value.rule == "cert.untrusted"
@@ -413,7 +414,7 @@ def test_a_leaf_cannot_act_as_a_ca(ca: CertificateAuthority, trust: TrustStore) 
     bank = issued(ca, Role.bank("B1"))
     fake_ca = CertificateAuthority(cert=bank.cert, key=bank.key)
     key = generate_key()
-    child = fake_ca.issue(Role.node(City.HEFEI), key.public_key(), not_before=ISSUED)
+    child = fake_ca.issue(Role.node(pilot.HEFEI), key.public_key(), not_before=ISSUED)
     with pytest.raises(Unauthenticated) as err:
         trust.verify_chain([_der(child), bank.chain_der[0]], NOW)
     assert err.value.rule == "cert.untrusted"

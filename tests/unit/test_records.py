@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from creditnet import records
+from creditnet import pilot, records
 from creditnet.dates import date_to_proto
-from creditnet.domain import ALL_CATEGORIES, Category, City
+from creditnet.domain import ALL_CATEGORIES, Category
 from creditnet.records import RecordError
-from creditnet.v1 import common_pb2, records_pb2
+from creditnet.v2 import common_pb2, records_pb2
 
 USCC = "91340100MA2N0U3E6T"
 TODAY = dt.date(2026, 11, 28)
@@ -28,7 +28,7 @@ def base(category: Category, record_id: str = "r-1") -> records_pb2.CreditRecord
     rec = records_pb2.CreditRecord(
         record_id=record_id,
         enterprise_uscc=USCC,
-        city=City.HEFEI.proto,
+        city=pilot.HEFEI.proto,
         source="国网合肥供电公司",
         record_date=date_to_proto(dt.date(2025, 6, 30)),
     )
@@ -594,7 +594,7 @@ def test_csv_with_only_the_columns_it_needs(tmp_path: Path) -> None:
     (row,) = records.iter_file(path, today=TODAY)
     assert row.error is None and row.record is not None
     assert row.record.tax.grade == records_pb2.TAX_GRADE_A and row.record.tax.arrears_fen == 0
-    assert row.record.city == City.HEFEI.proto
+    assert row.record.city == pilot.HEFEI.proto
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from creditnet.domain import City
+from creditnet import pilot
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.rpc import secure_channel, start_server
 
@@ -17,10 +17,10 @@ async def test_probe_port_serves_health_only_in_plaintext() -> None:
     ca = CertificateAuthority.create()
     handle = await start_server(
         listen="127.0.0.1:0",
-        identity=issue_identity(ca, Role.node(City.HEFEI)),
+        identity=issue_identity(ca, Role.node(pilot.HEFEI)),
         trust=TrustStore(ca.cert),
         register=lambda s: None,
-        service_names=["creditnet.v1.CityNodeService"],
+        service_names=["creditnet.v2.CityNodeService"],
         health_listen="127.0.0.1:0",
     )
     try:
@@ -30,7 +30,7 @@ async def test_probe_port_serves_health_only_in_plaintext() -> None:
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
             # Nothing else is reachable on the probe port.
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await ch.unary_unary("/creditnet.v1.CityNodeService/GetNodeInfo")(b"", timeout=5)
+                await ch.unary_unary("/creditnet.v2.CityNodeService/GetNodeInfo")(b"", timeout=5)
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
         # The service port itself refuses plaintext.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as ch:
@@ -69,13 +69,13 @@ async def _reflect(channel: grpc.aio.Channel, version: str, request: dict[str, s
 async def test_every_server_answers_reflection_v1_and_v1alpha(version: str) -> None:
     ca = CertificateAuthority.create()
     trust = TrustStore(ca.cert)
-    node = Role.node(City.HEFEI)
+    node = Role.node(pilot.HEFEI)
     handle = await start_server(
         listen="127.0.0.1:0",
         identity=issue_identity(ca, node),
         trust=trust,
         register=lambda s: None,
-        service_names=["creditnet.v1.CityNodeService"],
+        service_names=["creditnet.v2.CityNodeService"],
     )
     try:
         bank = issue_identity(ca, Role.bank("B0001H231000001"))
@@ -83,7 +83,7 @@ async def test_every_server_answers_reflection_v1_and_v1alpha(version: str) -> N
             listed = await _reflect(ch, version, {"list_services": ""})
             names = {s.name for s in listed.list_services_response.service}  # type: ignore[attr-defined]
             assert {
-                "creditnet.v1.CityNodeService",
+                "creditnet.v2.CityNodeService",
                 "grpc.health.v1.Health",
                 "grpc.reflection.v1.ServerReflection",
                 "grpc.reflection.v1alpha.ServerReflection",

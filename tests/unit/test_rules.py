@@ -17,15 +17,16 @@ from typing import Any
 import pytest
 
 from creditnet import consent as consent_mod
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.consent import ConsentTerms, check_window, grant, revoke, verify_consent, verify_revocation
 from creditnet.dates import date_to_proto, ts_to_proto, utcnow
-from creditnet.domain import ALL_CITIES, Category, City, Purpose
+from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import CONSENT_TYPE, QUERY_TYPE, REVOCATION_TYPE, EnvelopeVerifier, sign
 from creditnet.errors import CreditnetError, PermissionDenied
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.query import CLOCK_SKEW, MAX_QUERY_LIFETIME, AuthorizedQuery
-from creditnet.v1 import common_pb2, consent_pb2, envelope_pb2, query_pb2
+from creditnet.v2 import common_pb2, consent_pb2, envelope_pb2, query_pb2
 
 NOW = utcnow().replace(microsecond=0)
 # Certificates are issued as of NOW, however long after import a test runs.
@@ -65,9 +66,9 @@ def w() -> World:
         foreign_enterprise=issued(foreign, Role.enterprise(USCC)),
         bank=issued(ca, Role.bank(BANK)),
         other_bank=issued(ca, Role.bank(OTHER_BANK)),
-        node=issued(ca, Role.node(City.HEFEI)),
+        node=issued(ca, Role.node(pilot.HEFEI)),
         aggregator=issued(ca, Role.aggregator()),
-        provider=issued(ca, Role.provider(City.HEFEI, "grid", [Category.UTILITY])),
+        provider=issued(ca, Role.provider(pilot.HEFEI, "grid", [Category.UTILITY])),
         verifier=EnvelopeVerifier(TrustStore(ca.cert)),
     )
 
@@ -79,7 +80,7 @@ def terms(**changes: object) -> ConsentTerms:
         bank_code=BANK,
         purpose=Purpose.LOAN_APPLICATION,
         categories=(Category.UTILITY, Category.TAX, Category.LOAN),
-        cities=(City.HEFEI, City.SHANGHAI),
+        cities=(pilot.HEFEI, pilot.SHANGHAI),
         data_from=dt.date(2020, 1, 1),
         data_to=dt.date(2025, 12, 31),
         not_before=NOW - dt.timedelta(days=1),
@@ -110,7 +111,7 @@ def query_msg(consent_env: envelope_pb2.SignedEnvelope, **fields: object) -> que
         bank_code=BANK,
         purpose=Purpose.LOAN_APPLICATION.proto,
         categories=[Category.TAX.proto],
-        cities=[City.HEFEI.proto],
+        cities=[pilot.HEFEI.proto],
         issued_at=ts_to_proto(NOW - dt.timedelta(seconds=10)),
         expires_at=ts_to_proto(NOW + dt.timedelta(seconds=110)),
         consent=consent_env,
@@ -134,13 +135,13 @@ def signed(msg: query_pb2.CreditQuery, signer: Identity) -> envelope_pb2.SignedE
 
 
 def ask(
-    w: World, env: envelope_pb2.SignedEnvelope, city: City | None = City.HEFEI, now: dt.datetime = NOW
+    w: World, env: envelope_pb2.SignedEnvelope, city: City | None = pilot.HEFEI, now: dt.datetime = NOW
 ) -> AuthorizedQuery:
     return query_mod.authorize(w.verifier, env, city=city, now=now)
 
 
 def refusal(
-    w: World, env: envelope_pb2.SignedEnvelope, city: City | None = City.HEFEI, now: dt.datetime = NOW
+    w: World, env: envelope_pb2.SignedEnvelope, city: City | None = pilot.HEFEI, now: dt.datetime = NOW
 ) -> tuple[str, str]:
     with pytest.raises(CreditnetError) as err:
         ask(w, env, city, now)
@@ -158,12 +159,12 @@ def test_a_valid_query_is_authorized(w: World) -> None:
         enterprise_uscc=USCC,
         purpose=Purpose.LOAN_APPLICATION,
         categories=(Category.TAX,),
-        cities=(City.HEFEI,),
+        cities=(pilot.HEFEI,),
         now=NOW,
     )
     aq = ask(w, env)
     assert aq.categories == (Category.TAX,)
-    assert aq.cities == (City.HEFEI,)
+    assert aq.cities == (pilot.HEFEI,)
     assert (aq.data_from, aq.data_to) == (dt.date(2020, 1, 1), dt.date(2025, 12, 31))
     assert aq.bank.role == w.bank.role
     assert aq.digest == hashlib.sha256(env.payload).digest()
@@ -178,19 +179,19 @@ def test_an_empty_query_scope_means_the_whole_consent(w: World) -> None:
     env = signed(query_msg(consent(w), categories=[], cities=[]), w.bank)
     aq = ask(w, env)
     assert aq.categories == (Category.UTILITY, Category.TAX, Category.LOAN)
-    assert aq.cities == (City.SHANGHAI, City.HEFEI)  # protocol order
+    assert aq.cities == (pilot.SHANGHAI, pilot.HEFEI)  # protocol order
 
 
 def test_a_consent_without_cities_covers_every_city(w: World) -> None:
     env = signed(query_msg(consent(w, cities=()), cities=[]), w.bank)
-    for city in ALL_CITIES:
-        assert ask(w, env, city).cities == ALL_CITIES
+    for city in pilot.CITIES:
+        assert ask(w, env, city).cities == pilot.CITIES
 
 
 def test_the_aggregator_applies_the_rules_without_a_city(w: World) -> None:
-    env = signed(query_msg(consent(w), cities=[City.SHANGHAI.proto]), w.bank)
-    assert ask(w, env, None).cities == (City.SHANGHAI,)
-    assert refusal(w, env, City.HEFEI) == ("query.city_not_in_scope", "PERMISSION_DENIED")
+    env = signed(query_msg(consent(w), cities=[pilot.SHANGHAI.proto]), w.bank)
+    assert ask(w, env, None).cities == (pilot.SHANGHAI,)
+    assert refusal(w, env, pilot.HEFEI) == ("query.city_not_in_scope", "PERMISSION_DENIED")
 
 
 # --- the query envelope and its signer ------------------------------------------
@@ -237,7 +238,7 @@ def test_the_query_must_name_the_bank_that_signs_it(w: World) -> None:
         {"categories": [0]},
         {"categories": [Category.TAX.proto, 42]},
         {"cities": [0]},
-        {"cities": [City.HEFEI.proto, 17]},
+        {"cities": [pilot.HEFEI.proto, 17]},
     ],
     ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
 )
@@ -264,7 +265,7 @@ def test_a_query_id_in_any_but_the_canonical_spelling_is_refused(
     "fields",
     [
         {"categories": [Category.TAX.proto, Category.TAX.proto]},
-        {"cities": [City.HEFEI.proto, City.HEFEI.proto]},
+        {"cities": [pilot.HEFEI.proto, pilot.HEFEI.proto]},
         {"categories": [Category.TAX.proto] * (len(Category) + 1)},
     ],
     ids=["category-twice", "city-twice", "too-many-categories"],
@@ -535,22 +536,22 @@ def test_categories_outside_the_consent_are_refused(w: World, categories: list[C
 
 @pytest.mark.parametrize(
     "cities",
-    [[City.NANJING], [City.HEFEI, City.NANJING]],
+    [[pilot.NANJING], [pilot.HEFEI, pilot.NANJING]],
     ids=["other", "widened"],
 )
 def test_cities_outside_the_consent_are_refused(w: World, cities: list[City]) -> None:
     env = signed(query_msg(consent(w), cities=[c.proto for c in cities]), w.bank)
     # Refused by every node, the aggregator included, not only by the cities added.
-    for city in (None, City.HEFEI, City.NANJING):
+    for city in (None, pilot.HEFEI, pilot.NANJING):
         assert refusal(w, env, city) == ("consent.city_not_covered", "PERMISSION_DENIED")
 
 
 def test_a_node_outside_the_query_scope_refuses(w: World) -> None:
-    asks_shanghai = signed(query_msg(consent(w), cities=[City.SHANGHAI.proto]), w.bank)
-    assert refusal(w, asks_shanghai, City.HEFEI) == ("query.city_not_in_scope", "PERMISSION_DENIED")
+    asks_shanghai = signed(query_msg(consent(w), cities=[pilot.SHANGHAI.proto]), w.bank)
+    assert refusal(w, asks_shanghai, pilot.HEFEI) == ("query.city_not_in_scope", "PERMISSION_DENIED")
     # An empty query scope is the consent's cities: Nanjing is not among them.
     asks_all = signed(query_msg(consent(w), cities=[]), w.bank)
-    assert refusal(w, asks_all, City.NANJING) == ("query.city_not_in_scope", "PERMISSION_DENIED")
+    assert refusal(w, asks_all, pilot.NANJING) == ("query.city_not_in_scope", "PERMISSION_DENIED")
 
 
 # --- the order of the checks ------------------------------------------------------
@@ -598,7 +599,7 @@ def test_rules_are_checked_in_the_documented_order(w: World) -> None:
         ),
         (
             signed(
-                query_msg(consent(w), categories=[Category.JUDICIAL.proto], cities=[City.NANJING.proto]),
+                query_msg(consent(w), categories=[Category.JUDICIAL.proto], cities=[pilot.NANJING.proto]),
                 w.bank,
             ),
             NOW,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from creditnet import pilot
 from creditnet.domain import City
 from creditnet.network import (
     RESTART_BACKOFF,
@@ -38,7 +39,7 @@ def net(tmp_path: Path) -> StandIns:
 
 def test_a_dead_server_is_restarted_after_a_backoff_that_doubles(net: StandIns) -> None:
     try:
-        net.start_node(City.HEFEI)
+        net.start_node(pilot.HEFEI)
         net.procs["hefei"].wait(30)
         delays = []
         now = 0.0
@@ -59,7 +60,7 @@ def test_a_dead_server_is_restarted_after_a_backoff_that_doubles(net: StandIns) 
 
 def test_a_server_that_stays_up_is_back_to_the_first_delay(net: StandIns) -> None:
     try:
-        net.start_node(City.HEFEI)
+        net.start_node(pilot.HEFEI)
         net.procs["hefei"].wait(30)
         assert net.supervise(0.0)[0].attempt == 1
         net.procs["hefei"].wait(30)

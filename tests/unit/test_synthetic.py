@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from creditnet import records, synthetic, uscc
+from creditnet import pilot, records, synthetic, uscc
 from creditnet.dates import date_from_proto
-from creditnet.domain import ALL_CITIES, Category, City
-from creditnet.v1 import records_pb2
+from creditnet.domain import Category, City
+from creditnet.v2 import records_pb2
 
 SEED = 2024
 PER_CITY = 600  # 3,000 enterprises: enough for the shares to settle
@@ -134,22 +134,22 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not() -> None:
 
 def test_any_enterprise_can_be_regenerated_alone() -> None:
     groups = split(synthetic.generate(5, 8))
-    assert len(groups) == 8 * len(ALL_CITIES)
+    assert len(groups) == 8 * len(pilot.CITIES)
     for n, group in enumerate(groups):
-        city, index = ALL_CITIES[n // 8], n % 8
+        city, index = pilot.CITIES[n // 8], n % 8
         assert list(synthetic.enterprise_items(5, city, index)) == group
 
 
 def test_a_smaller_run_is_a_prefix_of_a_larger_one_per_city() -> None:
-    small = split(synthetic.generate(9, 4, [City.JIAXING, City.NANJING]))
-    large = split(synthetic.generate(9, 10, [City.NANJING, City.JIAXING]))
-    nanjing = [g for g in large if g[0].home_city == City.NANJING.proto]  # type: ignore[union-attr]
-    jiaxing = [g for g in large if g[0].home_city == City.JIAXING.proto]  # type: ignore[union-attr]
+    small = split(synthetic.generate(9, 4, [pilot.JIAXING, pilot.NANJING]))
+    large = split(synthetic.generate(9, 10, [pilot.NANJING, pilot.JIAXING]))
+    nanjing = [g for g in large if g[0].home_city == pilot.NANJING.proto]  # type: ignore[union-attr]
+    jiaxing = [g for g in large if g[0].home_city == pilot.JIAXING.proto]  # type: ignore[union-attr]
     assert small == jiaxing[:4] + nanjing[:4]
 
 
 def test_plan_matches_what_is_generated() -> None:
-    for city in ALL_CITIES:
+    for city in pilot.CITIES:
         for index in range(6):
             plan = synthetic.plan_enterprise(3, city, index)
             profile, *recs = synthetic.enterprise_items(3, city, index)
@@ -163,7 +163,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="too early"):
         next(synthetic.generate(1, 1, as_of=dt.date(1990, 3, 1)))
     with pytest.raises(ValueError, match="index must be ≥ 0"):
-        synthetic.plan_enterprise(1, City.HEFEI, -1)
+        synthetic.plan_enterprise(1, pilot.HEFEI, -1)
     assert list(synthetic.generate(1, 0)) == []
 
 
@@ -181,11 +181,11 @@ def test_every_record_is_valid_unique_and_not_after_as_of(survey: Survey) -> Non
 
 def test_profiles_are_realistic(survey: Survey) -> None:
     usccs = [p.uscc for p in survey.profiles]
-    assert len(usccs) == len(set(usccs)) == PER_CITY * len(ALL_CITIES)
+    assert len(usccs) == len(set(usccs)) == PER_CITY * len(pilot.CITIES)
     industries: Counter[str] = Counter()
     for p in survey.profiles:
         home = City.from_proto(p.home_city)
-        assert uscc.require_pilot_city(p.uscc) is home
+        assert uscc.require_home_city(p.uscc) == home
         assert p.uscc.startswith("91")
         assert p.name.endswith("公司") and len(p.name) >= 8, p.name
         assert any(
@@ -228,8 +228,8 @@ def test_sources_are_the_citys_own_providers(survey: Survey) -> None:
             assert sources >= {synthetic.source_for(city, cat, k) for k in kinds}
         else:
             assert sources == {synthetic.source_for(city, cat)}
-    assert synthetic.source_for(City.HEFEI, Category.UTILITY) == "国网合肥供电公司"
-    assert synthetic.source_for(City.HEFEI, Category.SOCIAL_INSURANCE) == "合肥市社会保险事业管理中心"
+    assert synthetic.source_for(pilot.HEFEI, Category.UTILITY) == "国网合肥供电公司"
+    assert synthetic.source_for(pilot.HEFEI, Category.SOCIAL_INSURANCE) == "合肥市社会保险事业管理中心"
 
 
 # ---------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_about_a_quarter_of_enterprises_are_active_in_other_cities(survey: Surve
 def test_risks_go_together() -> None:
     """Enterprises with a C or D tax grade fall into arrears and overdue loans far more often."""
     by_grade: dict[str, list[bool]] = defaultdict(list)
-    for index, city in itertools.product(range(300), ALL_CITIES):
+    for index, city in itertools.product(range(300), pilot.CITIES):
         plan = synthetic.plan_enterprise(77, city, index)
         trouble = plan.utility_arrears or plan.contribution_arrears or plan.dishonest_debtor
         by_grade["CD" if plan.tax_grade in "CD" else "AB"].append(trouble)
@@ -278,7 +278,7 @@ def test_risks_go_together() -> None:
 def test_arrears_add_up() -> None:
     """A utility account in arrears owes what it did not pay, and clears it when it pays."""
     seen = 0
-    for index, city in itertools.product(range(200), ALL_CITIES):
+    for index, city in itertools.product(range(200), pilot.CITIES):
         plan = synthetic.plan_enterprise(31, city, index)
         if not plan.utility_arrears:
             continue
@@ -315,15 +315,15 @@ def test_as_of_bounds_every_date() -> None:
         n += 1
     assert n > 1_000
     # The same enterprise seen from another as_of keeps its identity.
-    assert synthetic.plan_enterprise(4, City.HEFEI, 0, as_of=as_of).uscc == (
-        synthetic.plan_enterprise(4, City.HEFEI, 0).uscc
+    assert synthetic.plan_enterprise(4, pilot.HEFEI, 0, as_of=as_of).uscc == (
+        synthetic.plan_enterprise(4, pilot.HEFEI, 0).uscc
     )
 
 
 def test_demo_enterprise_has_recent_records_in_three_cities_including_shanghai() -> None:
     uscc_code = synthetic.pick_demo_enterprise(7, 40)
     assert uscc_code == synthetic.pick_demo_enterprise(7, 40)
-    home = uscc.require_pilot_city(uscc_code)
+    home = uscc.require_home_city(uscc_code)
     index = next(i for i in range(40) if synthetic.plan_enterprise(7, home, i).uscc == uscc_code)
     recent: defaultdict[int, set[str]] = defaultdict(set)
     for item in synthetic.enterprise_items(7, home, index):
@@ -333,7 +333,7 @@ def test_demo_enterprise_has_recent_records_in_three_cities_including_shanghai()
         ) >= synthetic.AS_OF - dt.timedelta(days=3 * 365):
             recent[item.city].add(item.WhichOneof("detail") or "")
     assert len(recent) >= 3
-    assert "utility" in recent[City.SHANGHAI.proto]
+    assert "utility" in recent[pilot.SHANGHAI.proto]
     assert synthetic.pick_demo_enterprise(8, 40) != uscc_code
 
 
@@ -343,14 +343,14 @@ def test_demo_enterprise_needs_enough_enterprises() -> None:
 
 
 def test_provider_identity() -> None:
-    rec = next(i for i in synthetic.generate(1, 1, [City.HEFEI]) if isinstance(i, records_pb2.CreditRecord))
+    rec = next(i for i in synthetic.generate(1, 1, [pilot.HEFEI]) if isinstance(i, records_pb2.CreditRecord))
     assert synthetic.provider_id(rec) == "provider:demo-data-exchange"
-    provider = synthetic.data_provider(City.HEFEI, Category.LOAN)
+    provider = synthetic.data_provider(pilot.HEFEI, Category.LOAN)
     assert provider.provider_id == synthetic.provider_id(rec)
-    assert provider.city is City.HEFEI and provider.subject == synthetic.DATA_EXCHANGE_SUBJECT
+    assert provider.city == pilot.HEFEI and provider.subject == synthetic.DATA_EXCHANGE_SUBJECT
     assert provider.name == "合肥市公共信用信息共享服务中心"
     assert set(provider.categories) == set(Category)
-    assert len({synthetic.data_provider(c).name for c in ALL_CITIES}) == len(ALL_CITIES)
+    assert len({synthetic.data_provider(c).name for c in pilot.CITIES}) == len(pilot.CITIES)
 
 
 # ---------------------------------------------------------------------------

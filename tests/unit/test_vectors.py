@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import json_format
 
+from creditnet import pilot, vectors
 from creditnet import query as query_mod
-from creditnet import vectors
 from creditnet.consent import check_window, verify_consent, verify_revocation
 from creditnet.domain import Category, City
 from creditnet.envelope import (
@@ -33,7 +33,7 @@ from creditnet.envelope import (
 )
 from creditnet.errors import CreditnetError
 from creditnet.pki import Role, TrustStore, role_of
-from creditnet.v1 import aggregator_pb2, envelope_pb2, query_pb2
+from creditnet.v2 import aggregator_pb2, envelope_pb2, query_pb2
 from creditnet_bank.verify import Section, SectionStatus, verify_section
 
 DIR = vectors.default_directory()
@@ -189,7 +189,7 @@ def test_positive_vectors_verify(vector: Any, verifier: EnvelopeVerifier) -> Non
     signer = vector["signatures"][0]["certificate_chain"][0]
     assert got.signer.role == role_of(_cert(signer))
     # The payload is the message the JSON rendering shows.
-    assert vector["payload_message"].startswith("creditnet.v1.")
+    assert vector["payload_message"].startswith("creditnet.v2.")
 
 
 @pytest.mark.parametrize("vector", POSITIVE["vectors"], ids=lambda v: v["name"])
@@ -203,7 +203,7 @@ def test_positive_signatures_are_rfc6979_deterministic(vector: Any) -> None:
 
 def test_the_query_vector_passes_every_node_rule(verifier: EnvelopeVerifier) -> None:
     vector = _by_name(POSITIVE)["query"]
-    aq = query_mod.authorize(verifier, _envelope(vector), city=City.HEFEI, now=_time(vector["verify_at"]))
+    aq = query_mod.authorize(verifier, _envelope(vector), city=pilot.HEFEI, now=_time(vector["verify_at"]))
     consent_vector = _by_name(POSITIVE)["consent"]
     assert aq.consent.digest.hex() == consent_vector["payload_sha256_hex"]
     assert aq.terms.query_id == vector["payload_json"]["query_id"]
@@ -238,14 +238,14 @@ def test_the_answer_vector_passes_the_banks_checks_but_needs_a_receipt(verifier:
     query = query_pb2.CreditQuery()
     query.ParseFromString(query_env.payload)
     section = aggregator_pb2.CitySection(
-        city=City.HEFEI.proto,
+        city=pilot.HEFEI.proto,
         status=aggregator_pb2.SECTION_STATUS_OK,
         answer=_envelope(_by_name(POSITIVE)["answer"]),
     )
     got = verify_section(verifier, section, query_env, query)
     assert _passes_the_answer_checks(got), got.reason
     # The same answer claimed for another city is refused.
-    section.city = City.NANJING.proto
+    section.city = pilot.NANJING.proto
     other = verify_section(verifier, section, query_env, query)
     assert other.status is SectionStatus.INVALID and "not by the nanjing node" in other.reason
 
@@ -346,12 +346,12 @@ def test_the_bank_refuses_answers_that_do_not_match_its_query(verifier: Envelope
     query.ParseFromString(query_env.payload)
     # The control: the genuine answer, re-signed unchanged, passes.
     control = aggregator_pb2.CitySection(
-        city=City.HEFEI.proto, status=aggregator_pb2.SECTION_STATUS_OK, answer=_resigned(_answer_msg())
+        city=pilot.HEFEI.proto, status=aggregator_pb2.SECTION_STATUS_OK, answer=_resigned(_answer_msg())
     )
     assert _passes_the_answer_checks(verify_section(verifier, control, query_env, query))
     for name, (answer, reason) in _bad_answers().items():
         section = aggregator_pb2.CitySection(
-            city=City.HEFEI.proto, status=aggregator_pb2.SECTION_STATUS_OK, answer=answer
+            city=pilot.HEFEI.proto, status=aggregator_pb2.SECTION_STATUS_OK, answer=answer
         )
         got = verify_section(verifier, section, query_env, query)
         assert got.status is SectionStatus.INVALID, name

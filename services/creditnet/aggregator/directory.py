@@ -36,7 +36,7 @@ from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import PeerIdentities, secure_channel
-from creditnet.v1 import node_pb2_grpc
+from creditnet.v2 import node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -228,11 +228,15 @@ class NodeDirectory:
     def get(self, city: City) -> NodeLink | None:
         return self.links.get(city)
 
+    def members(self) -> tuple[City, ...]:
+        """The cities this aggregator has a node for, by code."""
+        return tuple(sorted(self.links))
+
     def load(self) -> list[NodeLoad]:
         """Pending calls per node, in city order."""
         return [
             NodeLoad(city=c, in_flight=lk.in_flight, max_in_flight=lk.max_in_flight, shed=lk.shed)
-            for c, lk in sorted(self.links.items(), key=lambda item: item[0].proto)
+            for c, lk in sorted(self.links.items())
         ]
 
     def in_flight(self) -> dict[City, int]:

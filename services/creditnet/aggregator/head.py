@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ from creditnet.chain.receipts import ReceiptError, verify_checkpoint
 from creditnet.chain.witness import Witness
 from creditnet.domain import City
 from creditnet.pki import TrustStore
-from creditnet.v1 import chain_pb2, chain_pb2_grpc
+from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class NetworkCheckpointer:
         self.head = self._load()
         self._task: asyncio.Task[None] | None = None
         self._reading: dict[City, asyncio.Task[Fetched | None]] = {}
-        self._health = {c: WitnessHealth() for c in City}
+        self._health: collections.defaultdict[City, WitnessHealth] = collections.defaultdict(WitnessHealth)
 
     def _load(self) -> NetworkHead:
         if not self.state_file.exists():
@@ -214,7 +215,7 @@ class NetworkCheckpointer:
         head it was read against.
         """
         waited: set[asyncio.Task[Fetched | None]] = set()
-        for city in City:
+        for city in self.directory.members():
             if city in self._reading:
                 continue
             reading = asyncio.create_task(self._fetch_timed(city))
@@ -226,7 +227,7 @@ class NetworkCheckpointer:
         # From here to the new note nothing awaits: GetNetworkCheckpoint never
         # sees a city's checkpoint that the note it serves does not name.
         changed = False
-        for city in City:
+        for city in list(self._reading):
             task = self._reading.get(city)
             if task is None or not task.done():
                 continue
@@ -244,7 +245,9 @@ class NetworkCheckpointer:
             prev_hash = hashlib.sha256(self.head.note.encode()).digest()
             seq = self.head.sequence + 1
             lines = [NETWORK_ORIGIN, str(seq), base64.b64encode(prev_hash).decode()]
-            for c in City:
+            # One line per member city, by code: a city admitted since the
+            # last round appears at size 0 until its checkpoint is read.
+            for c in self.directory.members():
                 size, root = self.head.cities.get(c.value, (0, hashlib.sha256(b"").digest()))
                 lines.append(f"{c.value} {size} {base64.b64encode(root).decode()}")
             note = sign_note("".join(f"{line}\n" for line in lines), [self.signer])

@@ -20,7 +20,7 @@ import grpc
 from creditnet.aggregator.directory import NodeDirectory, NodeLink
 from creditnet.consent import VerifiedRevocation
 from creditnet.domain import City
-from creditnet.v1 import aggregator_pb2, envelope_pb2, node_pb2
+from creditnet.v2 import aggregator_pb2, envelope_pb2, node_pb2
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from creditnet.observability import AggregatorMetrics, server_interceptors
 from creditnet.pki import Identity, TrustStore, node_server_name
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import Store
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
 

@@ -25,11 +25,11 @@ from creditnet.errors import FailedPrecondition, PermissionDenied
 from creditnet.observability import AggregatorMetrics, bind_query_id, client_span
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import PeerIdentities, refusals
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, common_pb2, envelope_pb2, node_pb2, query_pb2
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, query_pb2
 
 log = logging.getLogger(__name__)
 
-NODE_QUERY = "/creditnet.v1.CityNodeService/Query"
+NODE_QUERY = "/creditnet.v2.CityNodeService/Query"
 # How every refusal of a creditnet server begins: its rule id, then the reason.
 _NODE_RULE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+: ")
 # Time kept back from the caller's budget (its deadline less gRPC's rounding
@@ -79,7 +79,8 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
         remaining = caller.remaining()
         budget = self.default_timeout if remaining is None else max(0.0, remaining - DEADLINE_MARGIN)
-        sections = await asyncio.gather(*(self._ask(city, request.query, budget) for city in aq.cities))
+        scope = aq.scope(self.directory.members())
+        sections = await asyncio.gather(*(self._ask(city, request.query, budget) for city in scope))
         return S.FederatedQueryResponse(query_id=aq.terms.query_id, sections=sections)
 
     async def _ask(self, city: City, query: envelope_pb2.SignedEnvelope, budget: float) -> S.CitySection:
@@ -88,7 +89,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             return S.CitySection(
                 city=city.proto,
                 status=S.SECTION_STATUS_UNAVAILABLE,
-                reason="no node configured for this city",
+                reason="the network has no member node for this city",
             )
         start = time.perf_counter()
         section = await self._call(link, query, budget)
@@ -182,7 +183,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         if self.head is None or not self.head.head.note:
             raise FailedPrecondition("chain.unpublished", "no network checkpoint has been made yet")
         head = self.head.head
-        cities = [c.value for c in City if c.value in head.city_notes]
+        cities = sorted(head.city_notes)
         # Everything a verifier needs besides the CA certificate: the national
         # key, and each city's log key and witnesses (docs/chain.md).
         certificates = [self.head.log_key.certificate_der]
@@ -195,7 +196,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         )
 
 
-def _section_for_error(city: common_pb2.City.ValueType, exc: grpc.aio.AioRpcError) -> S.CitySection:
+def _section_for_error(city: str, exc: grpc.aio.AioRpcError) -> S.CitySection:
     code = exc.code()
     details = (exc.details() or "")[:300]
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

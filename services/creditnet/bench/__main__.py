@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 from sqlalchemy import make_url
 
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.bench.chain import bench_appends, bench_proofs
 from creditnet.bench.directory import bench_directory
@@ -45,7 +46,7 @@ from creditnet.health import wait_serving
 from creditnet.network import NetworkLayout, ProcessNetwork, free_port, grant_demo_consent, provision
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
 
 Call = Callable[[int], Awaitable[object]]
 WARMUP = 200
@@ -119,7 +120,7 @@ async def echo_rate(
         ]
     )
     try:
-        async with secure_channel(f"127.0.0.1:{port}", bank, trust, node_server_name(City.SHANGHAI)) as ch:
+        async with secure_channel(f"127.0.0.1:{port}", bank, trust, node_server_name(pilot.SHANGHAI)) as ch:
             call = ch.unary_unary("/bench.Echo/Echo")
             for _ in range(100):
                 try:
@@ -146,7 +147,7 @@ async def node_rate(
     n: int,
     conc: int,
 ) -> dict[str, float]:
-    async with secure_channel(endpoint, bank, trust, node_server_name(City.SHANGHAI)) as ch:
+    async with secure_channel(endpoint, bank, trust, node_server_name(pilot.SHANGHAI)) as ch:
         stub = node_pb2_grpc.CityNodeServiceStub(ch)
 
         async def do(i: int) -> object:
@@ -184,13 +185,13 @@ async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
         layout, bank, trust, node_pb2.QueryRequest(query=sample).SerializeToString(), n
     )
 
-    shanghai = layout.node_endpoint(City.SHANGHAI)
+    shanghai = layout.node_endpoint(pilot.SHANGHAI)
     results["node"] = await node_rate(
-        shanghai, bank, trust, presign(layout, consent, n + WARMUP, (City.SHANGHAI,)), n, 8
+        shanghai, bank, trust, presign(layout, consent, n + WARMUP, (pilot.SHANGHAI,)), n, 8
     )
 
     # The same node without its credit chain, on the same data: the ledger's cost.
-    cfg = NodeConfig.load(layout.node_config(City.SHANGHAI))
+    cfg = NodeConfig.load(layout.node_config(pilot.SHANGHAI))
     cfg.listen = f"127.0.0.1:{free_port()}"
     cfg.chain_enabled = False
     # A node is its database's only process: the baseline gets a copy.
@@ -199,16 +200,16 @@ async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
     cfg.save(plain_cfg)
     plain = spawn(["creditnet", "node", "run", "--config", str(plain_cfg)])
     try:
-        await wait_serving(cfg.listen, node_server_name(City.SHANGHAI), bank, layout.ca, process=plain)
+        await wait_serving(cfg.listen, node_server_name(pilot.SHANGHAI), bank, layout.ca, process=plain)
         results["node_without_chain"] = await node_rate(
-            cfg.listen, bank, trust, presign(layout, consent, n + WARMUP, (City.SHANGHAI,)), n, 8
+            cfg.listen, bank, trust, presign(layout, consent, n + WARMUP, (pilot.SHANGHAI,)), n, 8
         )
     finally:
         plain.terminate()
         plain.wait()
 
     results["node_16"] = await node_rate(
-        shanghai, bank, trust, presign(layout, consent, n + WARMUP, (City.SHANGHAI,)), n, 16
+        shanghai, bank, trust, presign(layout, consent, n + WARMUP, (pilot.SHANGHAI,)), n, 16
     )
     fed_n = max(n // 2, WARMUP)
     federated = presign(layout, consent, fed_n + WARMUP)
@@ -234,7 +235,7 @@ async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
 def bench_ingest(tmp: Path, rows: int) -> dict[str, Any]:
     from creditnet import synthetic
     from creditnet.store import Store
-    from creditnet.v1 import records_pb2
+    from creditnet.v2 import records_pb2
 
     recs: list[records_pb2.CreditRecord] = []
     for item in synthetic.generate(11, max(rows // 20, 10)):

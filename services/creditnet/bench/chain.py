@@ -15,7 +15,7 @@ from creditnet.chain.ledger import Ledger
 from creditnet.chain.sqlstore import PendingEntry, SqlLog
 from creditnet.pki import CertificateAuthority
 from creditnet.store import Store
-from creditnet.v1 import chain_pb2
+from creditnet.v2 import chain_pb2
 
 
 def _entry(i: int) -> chain_pb2.LedgerEntry:

@@ -34,16 +34,16 @@ from typing import Any
 
 import grpc
 
+from creditnet import pilot
 from creditnet.directory.publish import Target, targets
 from creditnet.directory.revoke import revoke
-from creditnet.domain import City
 from creditnet.network import InProcessNetwork, NetworkLayout, provision
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 REFRESH = dt.timedelta(seconds=2)
-MISSED_CITY = City.HEFEI
+MISSED_CITY = pilot.HEFEI
 # Give up on a run after this many intervals (the bound is one).
 PATIENCE = 20
 

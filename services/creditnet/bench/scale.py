@@ -38,15 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from creditnet import pilot, synthetic
 from creditnet import records as records_mod
-from creditnet import synthetic
-from creditnet.domain import ALL_CATEGORIES, ALL_CITIES, City
+from creditnet.domain import ALL_CATEGORIES, City
 from creditnet.store import Store
 from creditnet.store.scratch import ScratchDatabases, ServerUnavailable
-from creditnet.v1 import records_pb2
+from creditnet.v2 import records_pb2
 
 SEED = 20221118
-CITY = City.SHANGHAI
+CITY = pilot.SHANGHAI
 BATCH = 5_000
 MARKS = (0.1, 0.5, 1.0)
 # What a consent typically covers: the last three years of data.
@@ -357,7 +357,7 @@ async def _node_rate(root: Path, queries: int, concurrency: int = 8, warmup: int
     from creditnet.network import NetworkLayout, grant_demo_consent
     from creditnet.pki import TrustStore, node_server_name
     from creditnet.rpc import secure_channel
-    from creditnet.v1 import node_pb2, node_pb2_grpc
+    from creditnet.v2 import node_pb2, node_pb2_grpc
 
     layout = NetworkLayout.load(root)
     bank = layout.bank()
@@ -413,7 +413,7 @@ def bench_backends(tmp: Path, queries: int = 2000, rows: int = 100_000) -> dict[
             ingest_url = f"sqlite:///{tmp / 'ingest-backends.db'}"
             if backend == "postgresql":
                 try:
-                    urls = {c: scratch.create(c.value) for c in ALL_CITIES}
+                    urls = {c: scratch.create(c.value) for c in pilot.CITIES}
                     ingest_url = scratch.create("ingest")
                 except ServerUnavailable as exc:
                     out["postgresql"] = {"skipped": str(exc)}

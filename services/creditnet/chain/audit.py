@@ -56,7 +56,7 @@ from creditnet.dates import ts_from_proto, utcnow
 from creditnet.domain import City
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 __all__ = [
     "AuditError",
@@ -865,7 +865,7 @@ def _witness_stubs(
     channels: Mapping[City, grpc.aio.Channel], aggregator: grpc.aio.Channel | None, *, but: City | None = None
 ) -> dict[str, chain_pb2_grpc.WitnessServiceStub]:
     """Every witness by its name: the nodes (except `but`, the log audited) and the aggregator."""
-    stubs = {c.value: chain_pb2_grpc.WitnessServiceStub(ch) for c, ch in channels.items() if c is not but}
+    stubs = {c.value: chain_pb2_grpc.WitnessServiceStub(ch) for c, ch in channels.items() if c != but}
     if aggregator is not None:
         stubs[NATIONAL] = chain_pb2_grpc.WitnessServiceStub(aggregator)
     return stubs
@@ -921,7 +921,7 @@ async def audit(
             stubs[city],
             trust,
             seen=state.seen(origin) if state else (),
-            witnesses={c.value: s for c, s in stubs.items() if c is not city},
+            witnesses={c.value: s for c, s in stubs.items() if c != city},
             evidence_from=_witness_stubs(channels, agg_channel, but=city),
             certificates=national,
             quorum=quorum,
@@ -1096,7 +1096,7 @@ async def survey(
     """Every node's latest checkpoint, the network checkpoint and every witness's evidence."""
     channels = {c: _node_channel(c, ep, identity, trust) for c, ep in endpoints.items()}
     agg_channel = _aggregator_channel(aggregator, identity, trust)
-    cities = [c for c in City if c in channels]
+    cities = sorted(channels)
 
     async def checkpoint(stub: chain_pb2_grpc.ChainServiceStub) -> chain_pb2.GetCheckpointResponse | str:
         try:

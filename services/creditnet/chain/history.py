@@ -33,7 +33,7 @@ from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import HISTORY_REQUEST_TYPE, sign
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
-from creditnet.v1 import aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, envelope_pb2
+from creditnet.v2 import aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, envelope_pb2
 
 __all__ = [
     "BankRefusals",
@@ -348,7 +348,7 @@ async def fetch_history(
     """
     if not endpoints:
         raise HistoryError("no city node to ask; give a network or at least one node")
-    cities = [c for c in City if c in endpoints]
+    cities = sorted(endpoints)
     requests = {
         c: build_request(enterprise, c, uscc, newest_first=newest_first, limit=limit, outcomes=outcomes)
         for c in cities

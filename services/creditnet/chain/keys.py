@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from creditnet.chain.note import ALG_COSIGNATURE_V1, ALG_ED25519, Signer, VerifierKey
-from creditnet.domain import City
 from creditnet.errors import InvalidArgument, Unauthenticated
 from creditnet.pki import (
     CertificateAuthority,
@@ -140,8 +139,3 @@ def known_keys(trust: TrustStore, ders: Iterable[bytes]) -> dict[str, KnownKey]:
             continue  # an unverifiable certificate simply contributes no key
         out[k.name] = k
     return out
-
-
-def witnesses_for(name: str) -> list[str]:
-    """The default witnesses of a city's log: the other four cities."""
-    return [c.value for c in City if c.value != name]

@@ -34,7 +34,7 @@ from creditnet.dates import utcnow
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
 from creditnet.store import Store
-from creditnet.v1 import chain_pb2, chain_pb2_grpc
+from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
 log = logging.getLogger(__name__)
 

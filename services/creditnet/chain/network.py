@@ -11,6 +11,7 @@ come with its checkpoint (docs/chain.md, "Network checkpoint").
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from creditnet.chain.audit import NetworkCheckpoint, NetworkCheckpointError, verify_network_checkpoint
@@ -23,7 +24,7 @@ from creditnet.chain.receipts import ReceiptError, verify_checkpoint
 from creditnet.domain import City
 from creditnet.errors import CreditnetError
 from creditnet.pki import TrustStore
-from creditnet.v1 import aggregator_pb2
+from creditnet.v2 import aggregator_pb2
 
 __all__ = ["VerifiedNetwork", "verify_network_response"]
 
@@ -35,13 +36,31 @@ class VerifiedNetwork:
 
 
 def verify_network_response(
-    trust: TrustStore, response: aggregator_pb2.GetNetworkCheckpointResponse, quorum: int = DEFAULT_QUORUM
+    trust: TrustStore,
+    response: aggregator_pb2.GetNetworkCheckpointResponse,
+    quorum: int = DEFAULT_QUORUM,
+    *,
+    members: Iterable[City] | None = None,
 ) -> VerifiedNetwork:
-    """Every signature and cosignature in the response; raises NetworkCheckpointError."""
+    """Every signature and cosignature in the response; raises NetworkCheckpointError.
+
+    `members`, the network's member cities as the verifier's directory
+    names them, must be exactly the cities the checkpoint names; without
+    them every name must at least be a city code.
+    """
     certificates = list(response.key_certificates)
     network = verify_network_checkpoint(trust, response.checkpoint, certificates)
-    if set(network.cities) != {c.value for c in City}:
-        raise NetworkCheckpointError("the network checkpoint does not verify: it must name every city once")
+    for name in network.cities:
+        try:
+            City(name)
+        except ValueError:
+            raise NetworkCheckpointError(
+                f"the network checkpoint names {name[:16]!r}, which is not a city code"
+            ) from None
+    if members is not None and set(network.cities) != {c.value for c in members}:
+        raise NetworkCheckpointError(
+            "the network checkpoint does not name exactly the directory's member cities"
+        )
     cities: dict[str, CosignedCheckpoint] = {}
     for note in response.city_checkpoints:
         try:

@@ -12,7 +12,7 @@ from creditnet.chain.ledger import DEFAULT_QUORUM, enterprise_commitment
 from creditnet.chain.merkle import leaf_hash, verify_inclusion
 from creditnet.chain.note import NoteError
 from creditnet.pki import TrustStore
-from creditnet.v1 import chain_pb2
+from creditnet.v2 import chain_pb2
 
 
 class ReceiptError(ValueError):

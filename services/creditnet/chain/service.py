@@ -26,7 +26,7 @@ from creditnet.errors import (
 from creditnet.pki import RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, MAX_QUERY_LIFETIME, is_canonical_uuid
 from creditnet.rpc import PeerIdentities, refusals
-from creditnet.v1 import chain_pb2, chain_pb2_grpc
+from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
 MAX_ENTRIES_PER_CALL = 100_000
 HISTORY_RECEIPT_TIMEOUT = 5.0

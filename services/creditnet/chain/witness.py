@@ -31,7 +31,7 @@ from creditnet.errors import CreditnetError, FailedPrecondition, InvalidArgument
 from creditnet.pki import TrustStore
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.store import Store
-from creditnet.v1 import chain_pb2, chain_pb2_grpc
+from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -91,7 +91,7 @@ def resolve(
     if network is not None:
         network_json = read_network(network)
         layout = NetworkLayout.load(network_json.parent)
-        endpoints = {c: layout.node_endpoint(c) for c in City}
+        endpoints = {c: layout.node_endpoint(c) for c in layout.cities}
         net_quorum = int(layout.data.get("chain", {}).get("quorum", DEFAULT_QUORUM))
         trust_path = ca or layout.ca
         aggregator = aggregator or layout.aggregator_endpoint

@@ -17,7 +17,7 @@ from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
 from creditnet.envelope import CONSENT_TYPE, EnvelopeVerifier, digest, load_envelope, save_envelope
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore
-from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc, consent_pb2
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, consent_pb2
 
 app = typer.Typer(help="Consents: grant one to a bank, show one, revoke one.", no_args_is_help=True)
 
@@ -44,7 +44,12 @@ def grant(
     key: KeyOpt,
     out: Annotated[Path, typer.Option(help="Where to write the signed consent (JSON).")],
     categories: Annotated[str, typer.Option(help="Comma-separated categories, or 'all'.")] = "all",
-    cities: Annotated[str, typer.Option(help="Comma-separated cities; empty means all five.")] = "",
+    cities: Annotated[
+        str,
+        typer.Option(
+            help="City codes (310000,340100) or Chinese names, comma-separated; empty: every member city."
+        ),
+    ] = "",
     data_from: Annotated[
         str | None, typer.Option("--from", help="First date of data covered (default: 3 years ago).")
     ] = None,
@@ -111,7 +116,7 @@ def show(
             "bank": terms.bank_code,
             "purpose": terms.purpose.value,
             "categories": [c.value for c in terms.categories],
-            "cities": [c.value for c in terms.effective_cities],
+            "cities": [c.value for c in terms.cities],
             "data_period": [terms.data_from.isoformat(), terms.data_to.isoformat()],
             "valid": [terms.not_before.isoformat(), terms.not_after.isoformat()],
             "max_uses": terms.max_uses,
@@ -121,6 +126,8 @@ def show(
             print_json(info)
         else:
             for k, v in info.items():
+                if k == "cities" and not v:
+                    v = "every member city of the network"
                 console.print(f"[bold]{k:>18}[/] {', '.join(v) if isinstance(v, list) else v}")
 
 

@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 from rich.progress import Progress
 
+from creditnet import pilot
 from creditnet.cli.common import EXIT_PARTIAL, console, errors, fail, print_json
-from creditnet.domain import ALL_CITIES, City
-from creditnet.v1 import records_pb2
+from creditnet.domain import City
+from creditnet.v2 import records_pb2
 
 data_app = typer.Typer(help="Synthetic data: generate record files.", no_args_is_help=True)
 provider_app = typer.Typer(help="Data providers: submit records to a city node.", no_args_is_help=True)
@@ -37,7 +38,7 @@ def generate(
 
         def stream() -> Iterator[records_pb2.CreditRecord]:
             nonlocal count
-            for item in synthetic.generate(seed, enterprises, ALL_CITIES):
+            for item in synthetic.generate(seed, enterprises, pilot.CITIES):
                 if isinstance(item, records_pb2.CreditRecord) and (only is None or item.city == only.proto):
                     count += 1
                     yield item

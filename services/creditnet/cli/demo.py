@@ -12,10 +12,11 @@ from typing import Annotated
 import typer
 from rich.rule import Rule
 
+from creditnet import pilot
 from creditnet.cli.common import console, errors
 from creditnet.cli.network_cmds import provision_with_progress
 from creditnet.cli.render import render_report
-from creditnet.domain import Category, City, Purpose
+from creditnet.domain import Category, Purpose
 
 
 def demo(
@@ -33,7 +34,7 @@ def demo(
     from creditnet.network import DEMO_BANK, NetworkLayout, ProcessNetwork, grant_demo_consent
     from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore
     from creditnet.rpc import secure_channel
-    from creditnet.v1 import aggregator_pb2, aggregator_pb2_grpc
+    from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
     from creditnet_bank import BankClient, QueryRefused
 
     tmp = None
@@ -54,7 +55,7 @@ def demo(
             net = ProcessNetwork(layout)
             net.start()
             asyncio.run(net.wait_healthy())
-            for c in City:
+            for c in layout.cities:
                 console.print(f"  {c.display:<14} {layout.node_endpoint(c)}  serving")
             console.print(f"  {'aggregator':<14} {layout.aggregator_endpoint}  serving")
 
@@ -98,7 +99,7 @@ def demo(
                             "  judicial records under a tax+utility consent → "
                             f"[red]{exc.code.name}[/] {exc.reason}"
                         )
-                    report = await bank.query(uscc, narrow, Purpose.LOAN_APPLICATION, cities=[City.SHANGHAI])
+                    report = await bank.query(uscc, narrow, Purpose.LOAN_APPLICATION, cities=[pilot.SHANGHAI])
                     console.print(
                         "  same consent, within scope (tax+utility, Shanghai only) → "
                         f"{report.record_count} records"
@@ -108,7 +109,7 @@ def demo(
                 history = await fetch_history(
                     layout.enterprise(),
                     trust,
-                    {c: layout.node_endpoint(c) for c in City},
+                    {c: layout.node_endpoint(c) for c in layout.cities},
                     aggregator=layout.aggregator_endpoint,
                 )
                 render_history(history)

@@ -24,7 +24,7 @@ from creditnet.dates import utcnow
 from creditnet.directory import verify
 from creditnet.directory.build import PILOT_CITIES
 from creditnet.directory.model import Directory, Policy
-from creditnet.directory.provision import init_directory, v1_city_code
+from creditnet.directory.provision import init_directory
 from creditnet.directory.sign import add_signature, load, save
 from creditnet.directory.verify import VerifiedDirectory
 from creditnet.errors import CreditnetError
@@ -53,12 +53,10 @@ def _endpoints_from_network(state: Path) -> tuple[CertificateAuthority, dict[str
     """A `network up` state dir's CA, its cities' endpoints by code, and its aggregator's endpoint."""
     import json
 
-    from creditnet.domain import City
-
     data: dict[str, Any] = json.loads(read_network(state).read_text(encoding="utf-8"))
     root = read_network(state).parent
     ca = CertificateAuthority.load((root / data["ca"]).parent)
-    endpoints = {v1_city_code(City(name)): str(entry["endpoint"]) for name, entry in data["cities"].items()}
+    endpoints = {code: str(entry["endpoint"]) for code, entry in data["cities"].items()}
     return ca, endpoints, str(data["aggregator"]["endpoint"])
 
 

@@ -25,7 +25,7 @@ from creditnet.cli.common import (
 )
 from creditnet.config import AggregatorConfig, parse_nodes
 from creditnet.domain import City
-from creditnet.pki import Identity, TrustStore
+from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 
 # Six Python servers starting at once on a busy laptop may take a while.
 STARTUP_TIMEOUT = 120.0
@@ -89,9 +89,9 @@ def up(
             table.add_column("server")
             table.add_column("endpoint")
             table.add_column("TLS name")
-            table.add_row("aggregator", layout.aggregator_endpoint, "aggregator.creditnet")
-            for c in City:
-                table.add_row(c.display, layout.node_endpoint(c), f"{c.value}.node.creditnet")
+            table.add_row("aggregator", layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME)
+            for c in layout.cities:
+                table.add_row(c.display, layout.node_endpoint(c), node_server_name(c))
             console.print(table)
             console.print(f"logs in {state_dir / 'logs'}; Ctrl-C to stop")
             stopping = False
@@ -132,7 +132,7 @@ def status(
     against its log (`creditnet chain status` shows it), 1 the aggregator cannot be asked.
     """
     from creditnet.network import DEMO_BANK, NetworkLayout
-    from creditnet.v1 import aggregator_pb2
+    from creditnet.v2 import aggregator_pb2
 
     with errors():
         if network is not None:
@@ -150,7 +150,7 @@ def status(
         async def ask() -> aggregator_pb2.ListNodesResponse:
             from creditnet.pki import AGGREGATOR_SERVER_NAME
             from creditnet.rpc import secure_channel
-            from creditnet.v1 import aggregator_pb2_grpc
+            from creditnet.v2 import aggregator_pb2_grpc
 
             async with secure_channel(endpoint, ident, trust, AGGREGATOR_SERVER_NAME) as ch:
                 stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)

@@ -37,7 +37,7 @@ from creditnet.pki import (
     write_private,
     write_public,
 )
-from creditnet.v1 import records_pb2
+from creditnet.v2 import records_pb2
 
 app = typer.Typer(help="Run a city node: init, migrate, run, ingest, stats.", no_args_is_help=True)
 

@@ -7,7 +7,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from creditnet.domain import Category, City
-from creditnet.v1 import records_pb2
+from creditnet.v2 import records_pb2
 from creditnet_bank import Report, SectionStatus
 
 _STATUS_STYLE = {
@@ -98,11 +98,12 @@ def render_report(report: Report, console: Console) -> None:
 
     per = Table(title="records by category and city")
     per.add_column("category")
-    for c in City:
-        per.add_column(c.value, justify="right")
+    scope = [s.city for s in report.sections]
+    for c in scope:
+        per.add_column(c.display, justify="right")
     for cat in Category:
         row = report.by_category.get(cat, {})
-        per.add_row(cat.value, *(str(len(row.get(c, []))) or "" for c in City))
+        per.add_row(cat.value, *(str(len(row.get(c, []))) or "" for c in scope))
     console.print(per)
     if report.missing_cities:
         console.print(

@@ -12,18 +12,12 @@ from creditnet.dates import utcnow
 from creditnet.directory.build import MemberSpec, issue_governance, make_directory
 from creditnet.directory.model import Policy
 from creditnet.directory.sign import save, sign
-from creditnet.domain import City as V1City
 from creditnet.pki import CertificateAuthority
 from creditnet.v2 import envelope_pb2
 
 DEFAULT_AGGREGATOR_ENDPOINT = "127.0.0.1:7099"
 DEFAULT_GOVERNANCE = ("gov-1", "gov-2", "gov-3")
 DEFAULT_THRESHOLD = 2
-
-
-def v1_city_code(city: V1City) -> str:
-    """The division code of a v1 pilot city: its USCC region prefix ("31", "3201") padded to six digits."""
-    return city.region_prefix.ljust(6, "0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,19 +39,22 @@ def init_directory(
     governance: Sequence[str],
     threshold: int,
     policy: Policy,
+    log_keys: Mapping[str, LogKey] | None = None,
 ) -> Initialised:
     """Issue the governance keys and v2 log keys into `out`, sign version 1 with the first k keys.
 
     Writes OUT/directory.json, OUT/anchor.sha256, OUT/governance/NAME.pem|.key
     and OUT/logkeys/NAME.pem|.key. A city without an endpoint in `endpoints`
-    gets 127.0.0.1:7100, 7101, ... in the order of `codes`.
+    gets 127.0.0.1:7100, 7101, ... in the order of `codes`. A member's log
+    key is taken from `log_keys` (its name to the key) if there, else issued.
     """
+    keys = dict(log_keys or {})
     members = []
     for i, code in enumerate(codes):
-        log = LogKey.issue(ca, code)
+        log = keys.get(code) or LogKey.issue(ca, code)
         log.save(out / "logkeys" / f"{code}.pem", out / "logkeys" / f"{code}.key")
         members.append(MemberSpec(code, (endpoints.get(code, f"127.0.0.1:{7100 + i}"),), log.certificate_der))
-    national = LogKey.issue(ca, NATIONAL)
+    national = keys.get(NATIONAL) or LogKey.issue(ca, NATIONAL)
     national.save(out / "logkeys" / f"{NATIONAL}.pem", out / "logkeys" / f"{NATIONAL}.key")
     agg = MemberSpec(
         NATIONAL, (aggregator_endpoint or DEFAULT_AGGREGATOR_ENDPOINT,), national.certificate_der

@@ -29,7 +29,7 @@ from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_ser
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore
 from creditnet.store.lock import WriterLock
-from creditnet.v1 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
+from creditnet.v2 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from creditnet.pki import Identity, RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, AuthorizedQuery
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.store import AsyncStore, ClaimOutcome
-from creditnet.v1 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
+from creditnet.v2 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         witness: Witness | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        if identity.role.kind is not RoleKind.NODE or identity.role.city is not city:
+        if identity.role.kind is not RoleKind.NODE or identity.role.city != city:
             raise ValueError(f"the node of {city.value} needs a node certificate for {city.value}")
         self.city = city
         self.identity = identity
@@ -286,7 +286,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
     ) -> tuple[list[records_pb2.CreditRecord], records_pb2.EnterpriseProfile | None]:
         uscc = aq.terms.enterprise_uscc
         # Only the home city of an enterprise holds (and discloses) its profile.
-        home = uscc_mod.home_city(uscc) is self.city
+        home = uscc_mod.home_city(uscc) == self.city
         return await self.store.lookup(uscc, aq.categories, aq.data_from, aq.data_to, with_profile=home)
 
     def _answer(
@@ -322,7 +322,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> node_pb2.SubmitRecordsResponse:
         role = self.peers.require(context, RoleKind.PROVIDER)
-        if role.city is not self.city:
+        if role.city != self.city:
             raise PermissionDenied(
                 "provider.city", f"this provider certificate is not for the {self.city.value} node"
             )

@@ -25,9 +25,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from creditnet import __version__
-from creditnet.domain import ALL_CITIES, City
+from creditnet.domain import City
 from creditnet.observability.tracing import split_method
-from creditnet.v1 import aggregator_pb2
+from creditnet.v2 import aggregator_pb2
 
 # From a cached answer (~1 ms) to the longest deadline a bank may set.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -399,10 +399,10 @@ class NodeLoadCollector:
 
 
 class SectionLike(Protocol):
-    """A `creditnet.v1.aggregator_pb2.CitySection`."""
+    """A `creditnet.v2.aggregator_pb2.CitySection`."""
 
     @property
-    def city(self) -> int: ...
+    def city(self) -> str: ...
     @property
     def status(self) -> int: ...
     @property
@@ -412,7 +412,7 @@ class SectionLike(Protocol):
 class AggregatorMetrics(ServerMetrics):
     """The aggregator: every city section's outcome and latency, and each node's load."""
 
-    def __init__(self, cities: Iterable[City] = ALL_CITIES) -> None:
+    def __init__(self, cities: Iterable[City] = ()) -> None:
         super().__init__("aggregator")
         self._sections = Counter(
             "creditnet_aggregator_sections_total",

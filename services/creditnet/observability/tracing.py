@@ -50,7 +50,7 @@ def traced(method: str) -> bool:
 
 
 def split_method(method: str) -> tuple[str, str]:
-    """``/creditnet.v1.CityNodeService/Query`` → (``creditnet.v1.CityNodeService``, ``Query``)."""
+    """``/creditnet.v2.CityNodeService/Query`` → (``creditnet.v2.CityNodeService``, ``Query``)."""
     service, _, name = method.lstrip("/").rpartition("/")
     return (service or "unknown"), (name or "unknown")
 

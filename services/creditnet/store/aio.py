@@ -49,7 +49,7 @@ from creditnet.store.store import (
     Store,
     StoreStats,
 )
-from creditnet.v1 import records_pb2
+from creditnet.v2 import records_pb2
 
 log = logging.getLogger(__name__)
 

@@ -73,7 +73,7 @@ from creditnet.store.models import (
     REVOCATIONS,
 )
 from creditnet.store.schema import Migration, SchemaNotReady
-from creditnet.v1 import records_pb2
+from creditnet.v2 import records_pb2
 
 UTC = dt.UTC
 
@@ -101,7 +101,14 @@ _CATEGORY_BY_FIELD: Final = {
     field: Category.from_oneof_field(field).value
     for field in (f.name for f in records_pb2.CreditRecord.DESCRIPTOR.oneofs_by_name["detail"].fields)
 }
-_CITY_BY_PROTO: Final = {int(city.proto): city.value for city in City}
+
+
+def _city_code(code: str) -> str | None:
+    """The code if it names a city, else None (the record is refused)."""
+    try:
+        return City(code).code
+    except ValueError:
+        return None
 
 
 class InvalidRecord(ValueError):
@@ -609,7 +616,7 @@ class Store:
         rows: list[tuple[object, ...]] = []
         append = rows.append
         category_of = _CATEGORY_BY_FIELD.get
-        city_of = _CITY_BY_PROTO.get
+        city_of = _city_code
         date_param = self._date_param
         dates: dict[tuple[int, int, int], object] = {}
         new_record = records_pb2.CreditRecord
