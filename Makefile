@@ -17,7 +17,7 @@ help:
 	@echo "make test   - lint, type-check and run the whole test suite"
 	@echo "make bench  - benchmarks, as ratios against baselines measured in the same run"
 	@echo "make proto  - regenerate Python code from protos/"
-	@echo "make vectors - regenerate docs/test-vectors/ (byte-identical unless the protocol changed)"
+	@echo "make vectors - regenerate docs/test-vectors/v2/ (byte-identical unless the protocol changed)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,7 @@ proto: $(STAMP)
 
 vectors: setup
 	$(BIN)/python -m creditnet.vectors
+	$(BIN)/python -m creditnet.directory.vectors
 
 demo: setup
 	$(BIN)/creditnet demo

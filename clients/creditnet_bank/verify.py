@@ -153,7 +153,7 @@ def _verify_answer(
 ) -> Section:
     verified = verifier.verify(env, ANSWER_TYPE, what="answer")
     signer = verified.signer.role
-    if signer.kind is not RoleKind.NODE or signer.city is not base.city:
+    if signer.kind is not RoleKind.NODE or signer.city != base.city:
         raise AnswerInvalid(f"signed by {signer.uri}, not by the {base.city.value} node")
     answer = query_pb2.CityAnswer()
     try:

@@ -212,7 +212,7 @@ class AggregatorConfig:
 
 
 def parse_nodes_generic(spec: str) -> dict[str, str]:
-    """``hefei=127.0.0.1:7004,national=...`` → {"hefei": "127.0.0.1:7004", ...}."""
+    """``340100=127.0.0.1:7004,national=...`` → {"340100": "127.0.0.1:7004", ...}."""
     out: dict[str, str] = {}
     for part in spec.split(","):
         if not part.strip():
@@ -225,7 +225,7 @@ def parse_nodes_generic(spec: str) -> dict[str, str]:
 
 
 def parse_nodes(spec: str) -> dict[City, str]:
-    """``hefei=127.0.0.1:7004,nanjing=...`` → {pilot.HEFEI: "127.0.0.1:7004", ...}."""
+    """``340100=127.0.0.1:7004,320100=...`` → {pilot.HEFEI: "127.0.0.1:7004", ...}."""
     nodes: dict[City, str] = {}
     for part in spec.split(","):
         if not part.strip():

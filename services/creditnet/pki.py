@@ -4,15 +4,15 @@ Every participant holds an ECDSA P-256 key and a certificate from the network
 CA. The role travels in the certificate as exactly one URI subject-alternative
 name, for example::
 
-    creditnet://node/hefei
+    creditnet://node/340100
     creditnet://aggregator/national
     creditnet://bank/B0001H231000001
     creditnet://enterprise/91340100MA2N0U3E6J
-    creditnet://provider/hefei/state-grid-hefei?categories=utility
-    creditnet://operator/hefei
+    creditnet://provider/340100/state-grid-340100?categories=utility
+    creditnet://operator/340100
     creditnet://governance/alice
 
-Servers also carry a DNS name of their own (``hefei.node.creditnet``,
+Servers also carry a DNS name of their own (``340100.node.creditnet``,
 ``aggregator.creditnet``) that clients pin with the TLS target name, so that a
 TLS connection to "the Hefei node" only succeeds with the Hefei node's
 certificate, whatever address it listens on.

@@ -450,6 +450,13 @@ def record_from_json(obj: object) -> records_pb2.CreditRecord:
             raise RecordError(
                 f"category says {declared.value} but the record's detail is {actual or 'missing'}"
             )
+    if rec.city:
+        # A city name ("hefei") where a code belongs is told at once, not
+        # left for validation to find.
+        try:
+            City(rec.city)
+        except ValueError as exc:
+            raise RecordError(f"city must be a city's six-digit division code: {exc}") from None
     if rec.enterprise_uscc and uscc_mod.is_valid(rec.enterprise_uscc):
         rec.enterprise_uscc = uscc_mod.validate(rec.enterprise_uscc)
     return rec

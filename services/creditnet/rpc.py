@@ -116,7 +116,7 @@ def secure_channel(target: str, identity: Identity, trust: TrustStore, server_na
     """A mutual-TLS channel that only accepts the server named `server_name`.
 
     Pinning the TLS target name to the role's DNS name (e.g.
-    ``hefei.node.creditnet``) means only the certificate the CA issued to
+    ``340100.node.creditnet``) means only the certificate the CA issued to
     that role completes the handshake, whatever address `target` is.
     """
     creds = grpc.ssl_channel_credentials(trust.ca_pem, identity.key_pem, identity.cert_pem)

@@ -191,7 +191,7 @@ def _parse_pairs(text: str, what: str) -> list[tuple[str, str]]:
 
 
 def parse_nodes(text: str) -> dict[City, str]:
-    """``hefei=node-hefei:7443,nanjing=…``: where the aggregator reaches each city's node."""
+    """``340100=node-340100:7443,320100=…``: where the aggregator reaches each city's node."""
     nodes: dict[City, str] = {}
     for name, endpoint in _parse_pairs(text, "CITY"):
         city = City.parse(name)
@@ -202,7 +202,7 @@ def parse_nodes(text: str) -> dict[City, str]:
 
 
 def parse_witnesses(text: str) -> dict[str, str]:
-    """``national=aggregator:7400,nanjing=…``: whom a node asks to cosign its checkpoints."""
+    """``national=aggregator:7400,320100=…``: whom a node asks to cosign its checkpoints."""
     witnesses: dict[str, str] = {}
     for name, endpoint in _parse_pairs(text, "NAME"):
         key = NATIONAL if name.lower() == NATIONAL else City.parse(name).value
@@ -379,7 +379,7 @@ SHUTDOWN_GRACE = Variable(
 
 # The node's.
 CITY = Variable(
-    "CREDITNET_CITY", parse_city, "shanghai | nanjing | hangzhou | hefei | jiaxing",
+    "CREDITNET_CITY", parse_city, "310000 | 320100 | 330100 | 340100 | 330400",
     "The city this node serves.",
 )  # fmt: skip
 NODE_LISTEN = Variable(

@@ -183,8 +183,9 @@ def home_city(uscc: str) -> City | None:
     a code not in the current division list. Whether the city is a member of
     the network is the directory's business.
     """
+    region = region_code(uscc)
     try:
-        return City.of_region(region_code(uscc))
+        return City.of_region(region)
     except ValueError:
         return None
 

@@ -193,7 +193,7 @@ def make_cast() -> Cast:
         foreign_ca=foreign,
         enterprise=make_participant("enterprise", ca, enterprise, 0x1001),
         bank=make_participant("bank", ca, Role.bank(BANK_CODE), 0x1002),
-        node=make_participant("node-hefei", ca, Role.node(pilot.HEFEI), 0x1003),
+        node=make_participant("node-340100", ca, Role.node(pilot.HEFEI), 0x1003),
         enterprise_expired=make_participant(
             "enterprise-expired",
             ca,
@@ -265,7 +265,7 @@ def answer_payload(query_env: envelope_pb2.SignedEnvelope) -> bytes:
                 enterprise_uscc=ENTERPRISE_USCC,
                 city=pilot.HEFEI.proto,
                 source="State Taxation Administration, Hefei",
-                provider_id="provider:hefei-tax",
+                provider_id="provider:340100-tax",
                 record_date=common_pb2.Date(year=2025, month=4, day=30),
                 tax=records_pb2.TaxRecord(
                     year=2024, grade=records_pb2.TAX_GRADE_A, tax_paid_fen=123_456_700, arrears_fen=0
@@ -678,8 +678,8 @@ def generate() -> dict[str, bytes]:
 
 
 def default_directory() -> Path:
-    # services/creditnet/vectors.py -> the repository's docs/test-vectors.
-    return Path(__file__).resolve().parents[2] / "docs" / "test-vectors"
+    # services/creditnet/vectors.py -> the repository's docs/test-vectors/v2.
+    return Path(__file__).resolve().parents[2] / "docs" / "test-vectors" / "v2"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

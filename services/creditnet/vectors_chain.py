@@ -46,7 +46,7 @@ FORMAT_VERSION: Final = 1
 _DOC: Final = "docs/chain.md#test-vectors"
 _KEY_LABEL_PREFIX: Final = b"creditnet test vector key v1: "
 QUORUM: Final = 3
-LOG_CERT_SERIALS: Final = {"hefei": 0x3001, "nanjing": 0x3002, "shanghai": 0x3003, NATIONAL: 0x3004}
+LOG_CERT_SERIALS: Final = {"340100": 0x3001, "320100": 0x3002, "310000": 0x3003, NATIONAL: 0x3004}
 FOREIGN_SERIAL: Final = 0x4001
 # Cosignature timestamps: POSIX seconds, a little before the verification instant.
 _T0: Final = 1748764000
@@ -107,7 +107,7 @@ class LogKeys:
 
 def make_log_keys(cast: vectors.Cast) -> LogKeys:
     keys = {n: _log_key(f"logkey-{n}", n, cast.ca, s) for n, s in LOG_CERT_SERIALS.items()}
-    foreign = _log_key("logkey-hefei-foreign", "hefei", cast.foreign_ca, FOREIGN_SERIAL)
+    foreign = _log_key("logkey-340100-foreign", "340100", cast.foreign_ca, FOREIGN_SERIAL)
     return LogKeys(keys, foreign)
 
 
@@ -174,7 +174,7 @@ def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
             kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
             time=ts_to_proto(at - dt.timedelta(days=30)),
             city=pilot.HEFEI.proto,
-            provider_id="provider:hefei-tax",
+            provider_id="provider:340100-tax",
             batch_digest=hashlib.sha256(b"batch one").digest(),
             batch_records=1,
         ),
@@ -192,7 +192,7 @@ def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
             kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
             time=ts_to_proto(at + dt.timedelta(minutes=2)),
             city=pilot.HEFEI.proto,
-            provider_id="provider:hefei-grid",
+            provider_id="provider:340100-grid",
             batch_digest=hashlib.sha256(b"batch two").digest(),
             batch_records=250,
         ),
@@ -208,8 +208,8 @@ def nanjing_entries() -> list[chain_pb2.LedgerEntry]:
             kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
             time=ts_to_proto(at - dt.timedelta(hours=i + 1)),
             city=pilot.NANJING.proto,
-            provider_id=f"provider:nanjing-{i}",
-            batch_digest=hashlib.sha256(b"nanjing batch %d" % i).digest(),
+            provider_id=f"provider:320100-{i}",
+            batch_digest=hashlib.sha256(b"320100 batch %d" % i).digest(),
             batch_records=i + 1,
         )
         for i in range(2)
@@ -286,11 +286,11 @@ class Chain:
 
     @property
     def hefei_certificates(self) -> list[bytes]:
-        return self.keys.ders("hefei", "nanjing", "shanghai", NATIONAL)
+        return self.keys.ders("340100", "320100", "310000", NATIONAL)
 
 
-HEFEI_WITNESSES: Final = ("nanjing", "shanghai", NATIONAL)
-NANJING_WITNESSES: Final = ("hefei", "shanghai", NATIONAL)
+HEFEI_WITNESSES: Final = ("320100", "310000", NATIONAL)
+NANJING_WITNESSES: Final = ("340100", "310000", NATIONAL)
 RECEIPT_INDEX: Final = 2
 
 
@@ -299,11 +299,11 @@ def make_chain(cast: vectors.Cast, envs: vectors.Envelopes) -> Chain:
     entries = hefei_entries(envs)
     leaves = serialise(entries)
     tree = tree_of(leaves)
-    hefei_4 = signed_checkpoint(keys, "hefei", 4, tree.root(4), HEFEI_WITNESSES, _T0)
-    hefei_7 = signed_checkpoint(keys, "hefei", 7, tree.root(7), HEFEI_WITNESSES, _T0 + 600)
+    hefei_4 = signed_checkpoint(keys, "340100", 4, tree.root(4), HEFEI_WITNESSES, _T0)
+    hefei_7 = signed_checkpoint(keys, "340100", 7, tree.root(7), HEFEI_WITNESSES, _T0 + 600)
     nanjing_tree = tree_of(serialise(nanjing_entries()))
-    nanjing_2 = signed_checkpoint(keys, "nanjing", 2, nanjing_tree.root(2), NANJING_WITNESSES, _T0 + 610)
-    certs = keys.ders("hefei", "nanjing", "shanghai", NATIONAL)
+    nanjing_2 = signed_checkpoint(keys, "320100", 2, nanjing_tree.root(2), NANJING_WITNESSES, _T0 + 610)
+    certs = keys.ders("340100", "320100", "310000", NATIONAL)
     receipt = chain_pb2.Receipt(
         index=RECEIPT_INDEX,
         entry=leaves[RECEIPT_INDEX],
@@ -313,13 +313,13 @@ def make_chain(cast: vectors.Cast, envs: vectors.Envelopes) -> Chain:
         key_certificates=certs,
     )
     national = keys.ders(NATIONAL)
-    note_1 = network_note(keys, 1, "", {"hefei": (4, hefei_4[0].root_hash)})
+    note_1 = network_note(keys, 1, "", {"340100": (4, hefei_4[0].root_hash)})
     network_1 = network_response(note_1, [hefei_4[1]], [*national, *certs])
-    cities_2 = {"hefei": (7, hefei_7[0].root_hash), "nanjing": (2, nanjing_2[0].root_hash)}
+    cities_2 = {"340100": (7, hefei_7[0].root_hash), "320100": (2, nanjing_2[0].root_hash)}
     note_2 = network_note(keys, 2, note_1, cities_2)
     # City order: hefei comes after nanjing.
     network_2 = network_response(
-        note_2, [nanjing_2[1], hefei_7[1]], [*national, *keys.ders("nanjing"), *certs]
+        note_2, [nanjing_2[1], hefei_7[1]], [*national, *keys.ders("320100"), *certs]
     )
     return Chain(keys, entries, leaves, tree, hefei_4, hefei_7, nanjing_2, receipt, network_1, network_2)
 
@@ -346,7 +346,7 @@ def _flip_last(data: bytes) -> bytes:
 
 
 def _checkpoint_case(
-    name: str, description: str, note: str, certificates: Sequence[bytes], reason: str, log: str = "hefei"
+    name: str, description: str, note: str, certificates: Sequence[bytes], reason: str, log: str = "340100"
 ) -> ChainNegative:
     inputs = {"log": log, "quorum": QUORUM, "note": note, "key_certificates_hex": _hexes(certificates)}
     return ChainNegative(name, description, "checkpoint", inputs, reason)
@@ -354,7 +354,7 @@ def _checkpoint_case(
 
 def _receipt_case(name: str, description: str, receipt: chain_pb2.Receipt, reason: str) -> ChainNegative:
     inputs = {
-        "log": "hefei",
+        "log": "340100",
         "quorum": QUORUM,
         "receipt_hex": receipt.SerializeToString(deterministic=True).hex(),
     }
@@ -389,10 +389,10 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
     )
     # "007": signed by the log and every witness, but not canonical.
     padded = text7.replace("\n7\n", "\n007\n")
-    padded_sigs = [keys["hefei"].key.log_signer.sign(padded.encode())] + [
+    padded_sigs = [keys["340100"].key.log_signer.sign(padded.encode())] + [
         keys[w].key.witness_signer.sign(padded.encode(), timestamp=_T0) for w in HEFEI_WITNESSES
     ]
-    own = cosign(cp7, keys["hefei"].key.witness_signer, _T0).to_note_signature()
+    own = cosign(cp7, keys["340100"].key.witness_signer, _T0).to_note_signature()
     foreign_signed = cp7.sign(keys.foreign_hefei.key.log_signer)
     foreign_note = foreign_signed.with_cosignatures(
         [cosign(cp7, keys[w].key.witness_signer, _T0) for w in HEFEI_WITNESSES]
@@ -402,19 +402,19 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
     # log key name (type 0x01) it is a valid signature of a note with that text,
     # which the origin check then refuses: the text is no checkpoint.
     cp_n, note_n = chain.nanjing_2
-    hefei_cosig = next(s for s in Note.parse(note_n).signatures if s.name == witness_name("hefei"))
+    hefei_cosig = next(s for s in Note.parse(note_n).signatures if s.name == witness_name("340100"))
     ts = int.from_bytes(hefei_cosig.signature[:8], "big")
     confused_text = cosignature_message(ts, cp_n.to_note_text().encode()).decode()
     as_log = NoteSignature(
-        log_origin("hefei"), keys["hefei"].key.log_signer.key_id, hefei_cosig.signature[8:]
+        log_origin("340100"), keys["340100"].key.log_signer.key_id, hefei_cosig.signature[8:]
     )
     # Type confusion 2: a plain (type 0x01) signature of Nanjing's checkpoint
     # text by Hefei's key, dressed as Hefei's cosignature of it.
-    plain = keys["hefei"].key.log_signer.sign(cp_n.to_note_text().encode()).signature
+    plain = keys["340100"].key.log_signer.sign(cp_n.to_note_text().encode()).signature
     dressed = NoteSignature(
-        witness_name("hefei"), keys["hefei"].key.witness_signer.key_id, ts.to_bytes(8, "big") + plain
+        witness_name("340100"), keys["340100"].key.witness_signer.key_id, ts.to_bytes(8, "big") + plain
     )
-    nanjing_sigs = [s for s in Note.parse(note_n).signatures if s.name != witness_name("hefei")]
+    nanjing_sigs = [s for s in Note.parse(note_n).signatures if s.name != witness_name("340100")]
 
     def receipt_with(**changes: Any) -> chain_pb2.Receipt:
         r = chain_pb2.Receipt()
@@ -433,12 +433,12 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
         keys,
         2,
         net_note_1,
-        {"hefei": (7, hashlib.sha256(b"x").digest()), "nanjing": (2, chain.nanjing_2[0].root_hash)},
+        {"340100": (7, hashlib.sha256(b"x").digest()), "320100": (2, chain.nanjing_2[0].root_hash)},
     )
     city_signed = Note(
         Note.parse(n2.checkpoint).text,
         (
-            Signer(NETWORK_ORIGIN, keys["hefei"].key.private_key, ALG_ED25519).sign(
+            Signer(NETWORK_ORIGIN, keys["340100"].key.private_key, ALG_ED25519).sign(
                 Note.parse(n2.checkpoint).text.encode()
             ),
         ),
@@ -463,7 +463,7 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
             "checkpoint-of-another-log",
             "Nanjing's cosigned checkpoint checked as Hefei's: it carries no signature by Hefei's log key.",
             note_n,
-            [*certs, *keys.ders("nanjing")],
+            [*certs, *keys.ders("320100")],
             "checkpoint.signature",
         ),
         _checkpoint_case(
@@ -489,9 +489,9 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
             "signature of the same text, under Hefei's witness name and key ID with the same timestamp: "
             "a cosignature/v1 signs 'cosignature/v1\\ntime <t>\\n' || text, never the text alone.",
             Note(Note.parse(note_n).text, (*nanjing_sigs, dressed)).encode(),
-            [*keys.ders("nanjing", "hefei", "shanghai", NATIONAL)],
+            [*keys.ders("320100", "340100", "310000", NATIONAL)],
             "checkpoint.cosignature",
-            log="nanjing",
+            log="320100",
         ),
         _checkpoint_case(
             "cosignature-timestamp-changed",
@@ -526,15 +526,15 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
             "witness-certificates-missing",
             "The valid cosigned checkpoint with only the log key's certificate: no witness key is known.",
             note7,
-            keys.ders("hefei"),
+            keys.ders("340100"),
             "checkpoint.quorum",
         ),
         _checkpoint_case(
             "log-key-from-foreign-ca",
-            "A Hefei checkpoint signed by a 'creditnet://logkey/hefei' key certified by a CA the network "
+            "A Hefei checkpoint signed by a 'creditnet://logkey/340100' key certified by a CA the network "
             "does not trust, with its certificate, cosigned by the three real witnesses.",
             foreign_note,
-            [keys.foreign_hefei.key.certificate_der, *keys.ders("nanjing", "shanghai", NATIONAL)],
+            [keys.foreign_hefei.key.certificate_der, *keys.ders("320100", "310000", NATIONAL)],
             "checkpoint.log_key",
         ),
         _receipt_case(
@@ -819,17 +819,17 @@ def render(chain: Chain, negatives: Sequence[ChainNegative]) -> dict[str, Any]:
             for a, b in ((0, 7), (1, 7), (3, 7), (4, 7), (6, 7), (7, 7), (2, 5))
         ],
         "checkpoints": [
-            _checkpoint_json("hefei-4", chain.keys, *chain.hefei_4, chain.hefei_certificates),
-            _checkpoint_json("hefei-7", chain.keys, *chain.hefei_7, chain.hefei_certificates),
+            _checkpoint_json("340100-4", chain.keys, *chain.hefei_4, chain.hefei_certificates),
+            _checkpoint_json("340100-7", chain.keys, *chain.hefei_7, chain.hefei_certificates),
             _checkpoint_json(
-                "nanjing-2",
+                "320100-2",
                 chain.keys,
                 *chain.nanjing_2,
-                chain.keys.ders("nanjing", "hefei", "shanghai", NATIONAL),
+                chain.keys.ders("320100", "340100", "310000", NATIONAL),
             ),
         ],
         "receipt": {
-            "log": "hefei",
+            "log": "340100",
             "quorum": QUORUM,
             "index": chain.receipt.index,
             "receipt_hex": chain.receipt.SerializeToString(deterministic=True).hex(),

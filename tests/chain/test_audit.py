@@ -35,10 +35,10 @@ from creditnet.domain import City
 from creditnet.pki import CertificateAuthority, TrustStore
 from creditnet.v2 import chain_pb2
 
-ORIGIN = log_origin("hefei")
+ORIGIN = log_origin("340100")
 CA = CertificateAuthority.create()
 TRUST = TrustStore(CA.cert)
-HEFEI = LogKey.issue(CA, "hefei")
+HEFEI = LogKey.issue(CA, "340100")
 NATIONAL = LogKey.issue(CA, "national")
 
 
@@ -251,9 +251,9 @@ def test_state_round_trip_and_bad_files(tmp_path: Path) -> None:
     with pytest.raises(AuditError, match="do not match its note"):
         AuditState.load(path)
     path.write_text(
-        json.dumps({"version": 1, "logs": {log_origin("nanjing"): [cosigned(entries, 2).to_json()]}})
+        json.dumps({"version": 1, "logs": {log_origin("320100"): [cosigned(entries, 2).to_json()]}})
     )
-    with pytest.raises(AuditError, match=r"not 'creditnet\.yrd/log/nanjing'"):
+    with pytest.raises(AuditError, match=r"not 'creditnet\.yrd/log/320100'"):
         AuditState.load(path)
     path.write_text("{not json")
     with pytest.raises(AuditError, match="not JSON"):
@@ -278,15 +278,15 @@ def test_evidence_is_verified_against_the_logs_own_key() -> None:
         detail="two checkpoints of size 4 with different roots",
         found_at=ts_to_proto(dt.datetime(2026, 1, 2, tzinfo=dt.UTC)),
     )
-    assert evidence_item("shanghai", ev, keys).verified
+    assert evidence_item("310000", ev, keys).verified
     # A witness cannot frame the log with a checkpoint the log never signed.
-    rogue = LogKey.issue(CertificateAuthority.create("rogue"), "hefei")
+    rogue = LogKey.issue(CertificateAuthority.create("rogue"), "340100")
     forged = chain_pb2.Evidence()
     forged.CopyFrom(ev)
     forged.second_checkpoint = cosigned(changed(entries, 2), 4, rogue).note
-    item = evidence_item("shanghai", forged, keys)
-    assert not item.verified and item.kind == "split_view" and item.witness == "shanghai"
-    assert not evidence_item("shanghai", ev, {}).verified
+    item = evidence_item("310000", forged, keys)
+    assert not item.verified and item.kind == "split_view" and item.witness == "310000"
+    assert not evidence_item("310000", ev, {}).verified
 
 
 def network_note(signer: Signer, cities: dict[str, tuple[int, bytes]], seq: int = 4) -> str:
@@ -297,7 +297,7 @@ def network_note(signer: Signer, cities: dict[str, tuple[int, bytes]], seq: int 
 
 def test_the_network_checkpoint_is_signed_by_the_national_log_key() -> None:
     signer = Signer(NETWORK_ORIGIN, NATIONAL.private_key, ALG_ED25519)
-    cities = {c.value: (i * 3, bytes([i]) * 32) for i, c in enumerate(City)}
+    cities = {c.value: (i * 3, bytes([i]) * 32) for i, c in enumerate(pilot.CITIES)}
     note = network_note(signer, cities)
     head = verify_network_checkpoint(TRUST, note, [NATIONAL.certificate_der])
     assert head.sequence == 4 and head.previous == b"\x05" * 32 and dict(head.cities) == cities
@@ -307,7 +307,7 @@ def test_the_network_checkpoint_is_signed_by_the_national_log_key() -> None:
     impostor = network_note(Signer(NETWORK_ORIGIN, HEFEI.private_key, ALG_ED25519), cities)
     with pytest.raises(NetworkCheckpointError, match="does not verify"):
         verify_network_checkpoint(TRUST, impostor, [NATIONAL.certificate_der, HEFEI.certificate_der])
-    edited = note.replace(f"hefei {cities['hefei'][0]} ", f"hefei {cities['hefei'][0] + 1} ")
+    edited = note.replace(f"340100 {cities['340100'][0]} ", f"340100 {cities['340100'][0] + 1} ")
     with pytest.raises(NetworkCheckpointError, match="does not verify"):
         verify_network_checkpoint(TRUST, edited, [NATIONAL.certificate_der])
     bad_line = network_note(signer, {"wuhan": (1, b"\x01" * 32)})

@@ -35,11 +35,11 @@ from creditnet.chain.note import (
 from creditnet.chain.tree import MemoryHashStore, MerkleTree
 
 V: dict[str, Any] = json.loads((Path(__file__).parent / "vectors" / "signed_note.json").read_text())
-ORIGIN = "creditnet.example/yrd/hefei"
+ORIGIN = "creditnet.example/yrd/340100"
 LOG = Signer.generate(ORIGIN)
 WITNESSES = [
     Signer.generate(f"creditnet.example/yrd/{city}", ALG_COSIGNATURE_V1)
-    for city in ("shanghai", "nanjing", "hangzhou", "jiaxing")
+    for city in ("310000", "320100", "330100", "330400")
 ]
 WITNESS_KEYS = [w.verifier for w in WITNESSES]
 ROOT = leaf_hash(b"some root")
@@ -138,8 +138,8 @@ def test_sign_and_open() -> None:
 
 def test_open_rejects_wrong_origin_wrong_key_and_tampering() -> None:
     note = signed().encode()
-    with pytest.raises(CheckpointError, match=r"expected 'creditnet\.example/yrd/nanjing'"):
-        open_checkpoint(note, [LOG.verifier], origin="creditnet.example/yrd/nanjing")
+    with pytest.raises(CheckpointError, match=r"expected 'creditnet\.example/yrd/320100'"):
+        open_checkpoint(note, [LOG.verifier], origin="creditnet.example/yrd/320100")
     impostor = Signer.generate(ORIGIN)
     with pytest.raises(NoteVerificationError):
         open_checkpoint(note, [impostor.verifier])

@@ -16,7 +16,7 @@ from creditnet.chain.hedge import (
     plan,
 )
 
-NAMES = ["shanghai", "nanjing", "hangzhou", "jiaxing", "national"]
+NAMES = ["310000", "320100", "330100", "330400", "national"]
 
 
 def rig() -> dict[str, WitnessHealth]:
@@ -34,53 +34,53 @@ def test_healthy_witnesses_are_asked_a_quorum_at_a_time_in_rotation() -> None:
     assert planned(health, 0) == (NAMES[:3], NAMES[3:])
     # Rotation keeps every witness up with the log.
     first, spares = planned(health, 3)
-    assert first == ["jiaxing", "national", "shanghai"] and spares == ["nanjing", "hangzhou"]
+    assert first == ["330400", "national", "310000"] and spares == ["320100", "330100"]
 
 
 def test_a_witness_that_failed_is_asked_last_while_it_rests() -> None:
     health = rig()
-    health["shanghai"].asked()
-    health["shanghai"].failed(now=100.0)
+    health["310000"].asked()
+    health["310000"].failed(now=100.0)
     first, spares = planned(health, 0, now=100.1)
-    assert "shanghai" not in first
-    assert first == ["nanjing", "hangzhou", "jiaxing"] and spares == ["national", "shanghai"]
+    assert "310000" not in first
+    assert first == ["320100", "330100", "330400"] and spares == ["national", "310000"]
 
 
 def test_a_rested_witness_is_probed_on_top_of_the_quorum_not_instead_of_it() -> None:
     health = rig()
-    health["shanghai"].asked()
-    health["shanghai"].failed(now=100.0)
+    health["310000"].asked()
+    health["310000"].failed(now=100.0)
     first, spares = planned(health, 0, now=100.0 + BACKOFF_BASE)
     # Three healthy witnesses are still asked: the probe's answer counts
     # towards the quorum but nothing waits for it.
-    assert first == ["nanjing", "hangzhou", "jiaxing", "shanghai"] and spares == ["national"]
+    assert first == ["320100", "330100", "330400", "310000"] and spares == ["national"]
 
 
 def test_a_failed_witness_with_a_call_outstanding_is_not_asked_again() -> None:
     health = rig()
-    health["shanghai"].asked()
-    health["shanghai"].failed(now=100.0)
-    health["shanghai"].asked()  # the probe, still outstanding
+    health["310000"].asked()
+    health["310000"].failed(now=100.0)
+    health["310000"].asked()  # the probe, still outstanding
     first, spares = planned(health, 0, now=200.0)
-    assert "shanghai" not in first + spares
+    assert "310000" not in first + spares
 
 
 def test_a_healthy_witness_still_busy_is_a_spare_behind_the_idle_ones() -> None:
     health = rig()
-    health["shanghai"].asked()  # e.g. frozen since: its call has not come back yet
+    health["310000"].asked()  # e.g. frozen since: its call has not come back yet
     first, spares = planned(health, 0)
-    assert first == ["nanjing", "hangzhou", "jiaxing"] and spares == ["national", "shanghai"]
+    assert first == ["320100", "330100", "330400"] and spares == ["national", "310000"]
 
 
 def test_with_too_few_idle_witnesses_the_busy_and_resting_ones_make_up_the_quorum() -> None:
     health = rig()
-    for n in ("shanghai", "nanjing"):
+    for n in ("310000", "320100"):
         health[n].asked()
         health[n].failed(now=100.0)
-    health["hangzhou"].asked()
+    health["330100"].asked()
     first, spares = planned(health, 0, now=100.1)
-    assert first == ["jiaxing", "national", "hangzhou"]
-    assert sorted(spares) == ["nanjing", "shanghai"]
+    assert first == ["330400", "national", "330100"]
+    assert sorted(spares) == ["310000", "320100"]
 
 
 def test_backoff_doubles_per_failure_up_to_a_bound_and_an_answer_resets_it() -> None:

@@ -55,7 +55,7 @@ class Rig:
             for w in self.witnesses
             if names is None or w.name in names
         ]
-        store = Store.open(f"sqlite:///{self.tmp / 'hefei.db'}", migrate=True)
+        store = Store.open(f"sqlite:///{self.tmp / '340100.db'}", migrate=True)
         return Ledger(store, self.log_key, witnesses=links, quorum=quorum)
 
 
@@ -79,7 +79,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         )
         witnesses.append(WitnessNode(city.value, key, witness, handle, store))
     rig = Rig(
-        ca, trust, issue_identity(ca, Role.node(pilot.HEFEI)), LogKey.issue(ca, "hefei"), witnesses, tmp_path
+        ca, trust, issue_identity(ca, Role.node(pilot.HEFEI)), LogKey.issue(ca, "340100"), witnesses, tmp_path
     )
     yield rig
     for w in witnesses:
@@ -106,7 +106,7 @@ async def test_concurrent_appends_are_group_committed_and_every_receipt_verifies
         assert ledger.group_commits < 60  # concurrent appends shared transactions
         receipts = await asyncio.gather(*(ledger.receipt(a.index, a.entry, 10) for a in appended))
         for a, r in zip(appended, receipts, strict=True):
-            vr = verify_receipt(rig.trust, r, "hefei")
+            vr = verify_receipt(rig.trust, r, "340100")
             assert vr.index == a.index and vr.entry.SerializeToString(deterministic=True) == a.entry
             assert check_commitment(vr.entry, USCC, a.salt)
             assert not check_commitment(vr.entry, "91310000MA1FL8XQ37", a.salt)
@@ -126,18 +126,18 @@ async def test_receipt_fails_for_a_tampered_entry_or_too_few_witnesses(rig: Rig)
         forged.CopyFrom(r)
         forged.entry = entry(2).SerializeToString()
         with pytest.raises(ReceiptError, match="not in the checkpoint"):
-            verify_receipt(rig.trust, forged, "hefei")
+            verify_receipt(rig.trust, forged, "340100")
         with pytest.raises(ReceiptError):
-            verify_receipt(rig.trust, r, "nanjing")  # not Nanjing's log
+            verify_receipt(rig.trust, r, "320100")  # not Nanjing's log
         with pytest.raises(ReceiptError):
-            verify_receipt(rig.trust, r, "hefei", quorum=5)
+            verify_receipt(rig.trust, r, "340100", quorum=5)
     finally:
         await ledger.stop()
         ledger._store.close()
 
 
 async def test_no_quorum_no_receipt(rig: Rig) -> None:
-    ledger = rig.ledger(names=["shanghai", "nanjing"])  # two witnesses, three needed
+    ledger = rig.ledger(names=["310000", "320100"])  # two witnesses, three needed
     ledger.start()
     try:
         a = await ledger.append(entry(1))
@@ -164,13 +164,13 @@ async def test_a_restarted_log_keeps_its_entries_roots_and_checkpoint(rig: Rig) 
     # What was published before the restart still gives receipts a bank can
     # check: the witnesses' certificates were kept with the checkpoint.
     kept = await again.receipt(6, appended[6].entry, 1)
-    assert verify_receipt(rig.trust, kept, "hefei").index == 6
+    assert verify_receipt(rig.trust, kept, "340100").index == 6
     try:
         a = await again.append(entry(7))
         assert a.index == 7
         # The witnesses accept the restarted log: it extends what they cosigned.
         r = await again.receipt(a.index, a.entry, 10)
-        verify_receipt(rig.trust, r, "hefei")
+        verify_receipt(rig.trust, r, "340100")
         leaves = [leaf_hash(e) for _, e in again.log.entries(0, 8)]
         assert root_from_leaves(leaves) == again.log.tree.root()
     finally:
@@ -219,7 +219,7 @@ async def test_two_heads_of_the_same_size_are_evidence_of_a_split_view(rig: Rig)
         old_size=0, checkpoint=first.encode(), log_key_certificate=rig.log_key.certificate_der
     )
     line, _ = await w.witness.add_checkpoint(rig.trust, req)
-    assert line.startswith("— creditnet.yrd/witness/shanghai ")
+    assert line.startswith("— creditnet.yrd/witness/310000 ")
     from creditnet.errors import FailedPrecondition
 
     with pytest.raises(FailedPrecondition, match="split_view"):
@@ -244,7 +244,7 @@ async def test_two_heads_of_the_same_size_are_evidence_of_a_split_view(rig: Rig)
 
 
 async def test_a_log_key_from_another_ca_is_refused(rig: Rig) -> None:
-    foreign = LogKey.issue(CertificateAuthority.create("rogue"), "hefei")
+    foreign = LogKey.issue(CertificateAuthority.create("rogue"), "340100")
     cp = Checkpoint(foreign.origin, 1, b"\x01" * 32).sign(foreign.log_signer)
     from creditnet.errors import PermissionDenied
 
@@ -288,7 +288,7 @@ async def test_a_witness_that_never_answers_is_hedged_around_not_waited_for(rig:
                 # Well inside the 2 s a frozen witness takes to time out: no
                 # answer waits for it, not even the first.
                 r = await ledger.receipt(a.index, a.entry, COSIGN_TIMEOUT * 0.75)
-                vr = verify_receipt(rig.trust, r, "hefei")
+                vr = verify_receipt(rig.trust, r, "340100")
                 assert len(vr.checkpoint.cosignatures) >= 3
             # Remembered: not healthy, or still holding the one call it was sent.
             assert frozen.health.busy or not frozen.health.healthy

@@ -30,7 +30,7 @@ async def test_a_frozen_node_holds_back_no_round_of_the_network_checkpoint(tmp_p
             # next ones not at all.
             notes = [await asyncio.wait_for(head.refresh(), FETCH_TIMEOUT * 0.75) for _ in range(3)]
             signed = verify_network_checkpoint(trust, notes[-1], [key.certificate_der])
-            assert signed.sequence >= 1 and signed.cities["hefei"][0] == 0
+            assert signed.sequence >= 1 and signed.cities["340100"][0] == 0
         finally:
             await head.stop()
             for link in directory.links.values():

@@ -167,7 +167,7 @@ def test_sign_needs_a_signer() -> None:
 
 def test_generated_keys_round_trip_through_text_forms() -> None:
     for alg in (ALG_ED25519, ALG_COSIGNATURE_V1):
-        signer = Signer.generate("creditnet.example/yrd/hefei", alg)
+        signer = Signer.generate("creditnet.example/yrd/340100", alg)
         again = Signer.parse(signer.encode())
         assert again.verifier == signer.verifier
         assert VerifierKey.parse(signer.verifier.encode()) == signer.verifier

@@ -15,7 +15,7 @@ DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-CITIES = ("shanghai", "nanjing", "hangzhou", "hefei", "jiaxing")
+CITIES = ("310000", "320100", "330100", "340100", "330400")
 
 
 def tool(name: str) -> str | None:

@@ -44,9 +44,9 @@ def test_valid_by_the_compose_specification(
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        (("services", "node-hefei", "depends_on", "db-hefei", "condition"), "service_done"),
-        (("services", "node-hefei", "restrat"), "always"),
-        (("services", "db-hefei", "healthcheck", "test"), 42),
+        (("services", "node-340100", "depends_on", "db-340100", "condition"), "service_done"),
+        (("services", "node-340100", "restrat"), "always"),
+        (("services", "db-340100", "healthcheck", "test"), 42),
         (("services", "aggregator", "volumes", 1, "volume", "subpth"), "aggregator"),
     ],
 )

@@ -55,7 +55,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest_asyncio.fixture
 async def node_server(pki: Pki) -> AsyncIterator[tuple[ServerHandle, dict[str, str]]]:
-    env = pki.identity("hefei-node", Role.node(pilot.HEFEI))
+    env = pki.identity("340100-node", Role.node(pilot.HEFEI))
     from creditnet.pki import Identity, TrustStore
 
     handle = await start_server(
@@ -122,7 +122,7 @@ async def test_another_servers_certificate_does_not_pass(
 
 
 async def test_nothing_listening_fails(pki: Pki) -> None:
-    env = {**pki.identity("nanjing-node", Role.node(pilot.NANJING)), "CREDITNET_LISTEN": "127.0.0.1:9"}
+    env = {**pki.identity("320100-node", Role.node(pilot.NANJING)), "CREDITNET_LISTEN": "127.0.0.1:9"}
     code, _, err = await run_check(env)
     assert code == 1
     assert "unhealthy: UNAVAILABLE" in err
@@ -137,7 +137,7 @@ async def test_a_client_certificate_is_refused_as_a_server_identity(pki: Pki) ->
 
 async def test_missing_files_are_named(pki: Pki, tmp_path: Path) -> None:
     env = {
-        **pki.identity("hangzhou-node", Role.node(pilot.HANGZHOU)),
+        **pki.identity("330100-node", Role.node(pilot.HANGZHOU)),
         "CREDITNET_KEY": str(tmp_path / "none.key"),
     }
     code, _, err = await run_check(env)
@@ -151,7 +151,7 @@ async def test_missing_files_are_named(pki: Pki, tmp_path: Path) -> None:
         ("0.0.0.0:7443", "127.0.0.1:7443"),
         ("[::]:7400", "127.0.0.1:7400"),
         ("10.0.0.7:7443", "10.0.0.7:7443"),
-        ("node-hefei:7443", "node-hefei:7443"),
+        ("node-340100:7443", "node-340100:7443"),
     ],
 )
 def test_target(listen: str, target: str) -> None:
@@ -166,10 +166,10 @@ async def test_a_node_started_from_its_environment_passes(pki: Pki, tmp_path: Pa
     from creditnet.settings import NodeSettings
     from creditnet.store import Store
 
-    LogKey.issue(pki.ca, "jiaxing").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
+    LogKey.issue(pki.ca, "330400").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
     env = {
-        **pki.identity("jiaxing-node", Role.node(pilot.JIAXING)),
-        "CREDITNET_CITY": "jiaxing",
+        **pki.identity("330400-node", Role.node(pilot.JIAXING)),
+        "CREDITNET_CITY": "330400",
         "CREDITNET_LISTEN": f"127.0.0.1:{free_port()}",
         "CREDITNET_LOG_CERT": str(tmp_path / "logkey.pem"),
         "CREDITNET_LOG_KEY": str(tmp_path / "logkey.key"),
@@ -194,7 +194,7 @@ async def test_an_aggregator_started_from_its_environment_passes(pki: Pki, tmp_p
     env = {
         **pki.identity("aggregator-env", Role.aggregator()),
         "CREDITNET_LISTEN": f"127.0.0.1:{free_port()}",
-        "CREDITNET_NODES": "hefei=127.0.0.1:9,nanjing=127.0.0.1:9",
+        "CREDITNET_NODES": "340100=127.0.0.1:9,320100=127.0.0.1:9",
         "CREDITNET_STATE_DIR": str(tmp_path / "state"),
     }
     aggregator = await start_aggregator(AggregatorSettings.from_env(env).to_config())
@@ -214,11 +214,11 @@ async def test_node_run_serves_from_the_environment_as_in_a_container(pki: Pki, 
     from creditnet.chain.keys import LogKey
     from creditnet.network import free_port
 
-    LogKey.issue(pki.ca, "hefei").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
+    LogKey.issue(pki.ca, "340100").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
     metrics, probe = free_port(), free_port()
     env = {
-        **pki.identity("hefei-env", Role.node(pilot.HEFEI)),
-        "CREDITNET_CITY": "hefei",
+        **pki.identity("340100-env", Role.node(pilot.HEFEI)),
+        "CREDITNET_CITY": "340100",
         "CREDITNET_LISTEN": f"127.0.0.1:{free_port()}",
         "CREDITNET_HEALTH_LISTEN": f"127.0.0.1:{probe}",
         "CREDITNET_METRICS_PORT": str(metrics),
@@ -255,12 +255,12 @@ async def test_node_run_serves_from_the_environment_as_in_a_container(pki: Pki, 
     assert any(
         "CREDITNET_LISTN" in line["message"] and "CREDITNET_LISTEN" in line["message"] for line in lines
     )
-    assert all(line.get("service") == "node" and line.get("city") == "hefei" for line in lines)
+    assert all(line.get("service") == "node" and line.get("city") == "340100" for line in lines)
 
 
 async def test_node_run_names_every_bad_variable_and_does_not_start(tmp_path: Path) -> None:
     keep = {k: v for k, v in os.environ.items() if not k.startswith("CREDITNET_") and k != "DATABASE_URL"}
-    env = {**keep, "CREDITNET_CITY": "suzhou", "CREDITNET_QUORUM": "many", "DATABASE_URL": "sqlite:///x.db"}
+    env = {**keep, "CREDITNET_CITY": "320500", "CREDITNET_QUORUM": "many", "DATABASE_URL": "sqlite:///x.db"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

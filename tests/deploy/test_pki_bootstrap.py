@@ -20,7 +20,7 @@ from creditnet.pki import Identity, Role, TrustStore, role_of
 from tests.deploy.helpers import DEPLOY, env_path, load_compose, tool
 
 SCRIPT = DEPLOY / "pki-bootstrap.sh"
-RUN_CITIES = ("hefei", "nanjing")
+RUN_CITIES = ("340100", "320100")
 
 
 def logkey_issuance_problem(tmp: Path) -> str | None:
@@ -38,7 +38,7 @@ def logkey_issuance_problem(tmp: Path) -> str | None:
             "--role",
             "logkey",
             "--code",
-            "hefei",
+            "340100",
             "--out",
             str(tmp / "lk"),
         ],

@@ -43,8 +43,8 @@ def node_env(files: dict[str, Path]) -> dict[str, str]:
         "CREDITNET_CA": str(files["ca.pem"]),
         "CREDITNET_LOG_CERT": str(files["logkey.pem"]),
         "CREDITNET_LOG_KEY": str(files["logkey.key"]),
-        "DATABASE_URL": "postgresql+psycopg://creditnet@db-hefei:5432/creditnet",
-        "CREDITNET_WITNESSES": "nanjing=node-nanjing:7443, national=aggregator:7400,shanghai=10.0.0.5:7443",
+        "DATABASE_URL": "postgresql+psycopg://creditnet@db-340100:5432/creditnet",
+        "CREDITNET_WITNESSES": "320100=node-320100:7443, national=aggregator:7400,310000=10.0.0.5:7443",
         "CREDITNET_QUORUM": "2",
     }
 
@@ -55,7 +55,7 @@ def aggregator_env(files: dict[str, Path], tmp_path: Path) -> dict[str, str]:
         "CREDITNET_CERT": str(files["cert.pem"]),
         "CREDITNET_KEY": str(files["cert.key"]),
         "CREDITNET_CA": str(files["ca.pem"]),
-        "CREDITNET_NODES": "hefei=node-hefei:7443,nanjing=[fd00::1]:7443",
+        "CREDITNET_NODES": "340100=node-340100:7443,320100=[fd00::1]:7443",
         "CREDITNET_STATE_DIR": str(tmp_path / "state" / "aggregator"),
         "CREDITNET_QUORUM": "1",
     }
@@ -72,9 +72,9 @@ def test_node_settings_from_a_complete_environment(node_env: dict[str, str], fil
     s = NodeSettings.from_env(node_env)
     assert s.city == pilot.HEFEI
     assert s.witnesses == {
-        "nanjing": "node-nanjing:7443",
+        "320100": "node-320100:7443",
         "national": "aggregator:7400",
-        "shanghai": "10.0.0.5:7443",
+        "310000": "10.0.0.5:7443",
     }
     assert s.quorum == 2
     assert s.server.listen == "0.0.0.0:7443"
@@ -98,7 +98,7 @@ def test_node_settings_from_a_complete_environment(node_env: dict[str, str], fil
 
 
 def test_every_problem_is_reported_at_once_and_named(node_env: dict[str, str]) -> None:
-    node_env["CREDITNET_CITY"] = "suzhou"
+    node_env["CREDITNET_CITY"] = "320500"
     node_env["CREDITNET_LISTEN"] = "7443"
     del node_env["DATABASE_URL"]
     node_env["CREDITNET_LOG_FORMAT"] = "yaml"
@@ -106,7 +106,7 @@ def test_every_problem_is_reported_at_once_and_named(node_env: dict[str, str]) -
         NodeSettings.from_env(node_env)
     found = problems_of(exc)
     assert set(found) == {"CREDITNET_CITY", "CREDITNET_LISTEN", "DATABASE_URL", "CREDITNET_LOG_FORMAT"}
-    assert "suzhou" in found["CREDITNET_CITY"] and "hefei" in found["CREDITNET_CITY"]
+    assert "320500" in found["CREDITNET_CITY"] and "340100" in found["CREDITNET_CITY"]
     assert "HOST:PORT" in found["CREDITNET_LISTEN"]
     assert found["DATABASE_URL"].startswith("is required")
     message = str(exc.value)
@@ -141,7 +141,7 @@ def test_every_declared_variable_is_read(node_env: dict[str, str], aggregator_en
     ("changes", "variable", "fragment"),
     [
         (
-            {"CREDITNET_WITNESSES": "hefei=node-hefei:7443,national=aggregator:7400"},
+            {"CREDITNET_WITNESSES": "340100=node-340100:7443,national=aggregator:7400"},
             "CREDITNET_WITNESSES",
             "own city",
         ),
@@ -199,19 +199,19 @@ def test_the_password_file_goes_into_the_url_exactly(
         f.write_text("x")
     files["pw"].write_bytes(password.encode() + b"\n")
     env = {
-        "CREDITNET_CITY": "jiaxing",
+        "CREDITNET_CITY": "330400",
         "CREDITNET_CERT": str(files["c"]),
         "CREDITNET_KEY": str(files["k"]),
         "CREDITNET_CA": str(files["a"]),
         "CREDITNET_LOG_CERT": str(files["lc"]),
         "CREDITNET_LOG_KEY": str(files["lk"]),
         "CREDITNET_QUORUM": "0",
-        "DATABASE_URL": "postgresql+psycopg://creditnet@db-jiaxing:5432/creditnet?sslmode=require",
+        "DATABASE_URL": "postgresql+psycopg://creditnet@db-330400:5432/creditnet?sslmode=require",
         "CREDITNET_DATABASE_PASSWORD_FILE": str(files["pw"]),
     }
     url = make_url(NodeSettings.from_env(env).database_url)
     assert url.password == password
-    assert (url.username, url.host, url.port, url.database) == ("creditnet", "db-jiaxing", 5432, "creditnet")
+    assert (url.username, url.host, url.port, url.database) == ("creditnet", "db-330400", 5432, "creditnet")
     assert url.query == {"sslmode": "require"}
 
 
@@ -243,7 +243,7 @@ def test_bad_password_files(
 
 def test_aggregator_settings_and_config(aggregator_env: dict[str, str], files: dict[str, Path]) -> None:
     s = AggregatorSettings.from_env(aggregator_env)
-    assert s.nodes == {pilot.HEFEI: "node-hefei:7443", pilot.NANJING: "[fd00::1]:7443"}
+    assert s.nodes == {pilot.HEFEI: "node-340100:7443", pilot.NANJING: "[fd00::1]:7443"}
     assert s.server.listen == "0.0.0.0:7400"
     assert s.default_timeout == 10.0
     assert (s.log_cert, s.log_key) == (None, None)
@@ -272,10 +272,10 @@ def test_aggregator_log_key_needs_both_files(aggregator_env: dict[str, str], fil
 @pytest.mark.parametrize(
     ("changes", "variable", "fragment"),
     [
-        ({"CREDITNET_NODES": "hefei=a:1,HEFEI=b:2"}, "CREDITNET_NODES", "listed twice"),
-        ({"CREDITNET_NODES": "hefei"}, "CREDITNET_NODES", "CITY=HOST:PORT"),
+        ({"CREDITNET_NODES": "340100=a:1,HEFEI=b:2"}, "CREDITNET_NODES", "listed twice"),
+        ({"CREDITNET_NODES": "340100"}, "CREDITNET_NODES", "CITY=HOST:PORT"),
         ({"CREDITNET_NODES": " , "}, "CREDITNET_NODES", "at least one"),
-        ({"CREDITNET_NODES": "hefei=fd00::1:7443"}, "CREDITNET_NODES", "brackets"),
+        ({"CREDITNET_NODES": "340100=fd00::1:7443"}, "CREDITNET_NODES", "brackets"),
         ({"CREDITNET_DEFAULT_TIMEOUT": "0s"}, "CREDITNET_DEFAULT_TIMEOUT", "more than 0"),
     ],
 )
@@ -300,7 +300,7 @@ def test_state_dir_under_a_file_is_refused(aggregator_env: dict[str, str], files
 
 
 @pytest.mark.parametrize(
-    "text", ["node-hefei:7443", "10.1.2.3:1", "[::1]:65535", "a.b.example:80", "0.0.0.0:7443"]
+    "text", ["node-340100:7443", "10.1.2.3:1", "[::1]:65535", "a.b.example:80", "0.0.0.0:7443"]
 )
 def test_good_endpoints(text: str) -> None:
     assert settings.parse_endpoint(text) == text
@@ -356,7 +356,7 @@ def test_unknown_variables_name_the_likely_intent() -> None:
         "CREDITNET_AGGREGATOR_SERVICE_PORT_GRPC": "7400",
         "CREDITNET_AGGREGATOR_PORT": "tcp://10.0.0.1:7400",
         "CREDITNET_AGGREGATOR_PORT_7400_TCP_ADDR": "10.0.0.1",
-        "CREDITNET_CITY": "hefei",
+        "CREDITNET_CITY": "340100",
         "PATH": "/usr/bin",
     }
     assert settings.unknown_variables(env) == [

@@ -38,7 +38,7 @@ def assert_healthy_cities_answered(report: Report) -> None:
     got = {s.city: s for s in report.sections}
     assert got[VICTIM].status is SectionStatus.TIMEOUT, got[VICTIM]
     for city in pilot.CITIES:
-        if city is not VICTIM:
+        if city != VICTIM:
             # Answered, with a receipt the SDK verified against the network CA.
             assert got[city].status in ANSWERED, (city, got[city].status, got[city].reason)
             assert got[city].receipt is not None and got[city].ledger_index is not None

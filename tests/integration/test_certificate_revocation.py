@@ -149,7 +149,7 @@ async def test_a_node_down_during_a_revocation_refuses_the_certificate_after_one
     await rnetwork.stop_node(pilot.HEFEI)
     code, out = await pki_revoke(rlayout, "--cert", str(rlayout.root / "banks" / "late.pem"))
     # One server could not be reached, and the command says so.
-    assert code == 1 and '"server": "hefei"' in out, out
+    assert code == 1 and '"server": "340100"' in out, out
     await rnetwork.start_node(pilot.HEFEI)
 
     for _ in range(PATIENCE * 5):
@@ -158,7 +158,7 @@ async def test_a_node_down_during_a_revocation_refuses_the_certificate_after_one
         await asyncio.sleep(REFRESH.total_seconds() / 5)
     else:
         raise AssertionError(
-            f"hefei does not refuse the revoked certificate within {PATIENCE} refresh intervals"
+            f"340100 does not refuse the revoked certificate within {PATIENCE} refresh intervals"
         )
     # Leave the network whole for the next test: the aggregator reaches hefei again.
     operator = rlayout.identity("operators", pilot.SHANGHAI.value)
@@ -194,7 +194,7 @@ async def test_a_consent_signed_with_a_revoked_certificate_is_refused_though_ver
 async def test_pki_revoke_by_serial_finds_the_certificate_in_the_state_dir_and_refuses_an_unknown_one(
     rlayout: NetworkLayout, rnetwork: InProcessNetwork
 ) -> None:
-    provider = rlayout.identity("providers", "jiaxing-all")
+    provider = rlayout.identity("providers", "330400-all")
     assert not await refused_everywhere(rlayout, provider)
     code, out = await pki_revoke(rlayout, "--serial", f"{provider.cert.serial_number:x}")
     assert code == 0, out
@@ -211,7 +211,7 @@ async def test_a_revoked_log_key_gets_no_cosignature_so_its_node_answers_nothing
     ca = CertificateAuthority.load(rlayout.root / "pki")
     enterprise = issue_identity(ca, Role.enterprise(rlayout.demo_enterprise))
     env = consent(rlayout, bank=SECOND_BANK, enterprise=enterprise)
-    code, out = await pki_revoke(rlayout, "--cert", str(rlayout.root / "nodes" / "jiaxing" / "logkey.pem"))
+    code, out = await pki_revoke(rlayout, "--cert", str(rlayout.root / "nodes" / "330400" / "logkey.pem"))
     assert code == 0, out
 
     async with BankClient.from_network(rlayout.root / "network.json", SECOND_BANK) as client:

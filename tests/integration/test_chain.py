@@ -296,7 +296,7 @@ async def test_chain_verify_passes_on_a_healthy_node_and_remembers_checkpoints(
             layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION, cities=[pilot.HEFEI]
         )
     state = tmp_path / "audit.json"
-    args = ["verify", "--city", "hefei", "--network", str(layout.root), "--state", str(state)]
+    args = ["verify", "--city", "340100", "--network", str(layout.root), "--state", str(state)]
     first = await cli(*args, "--json")
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
@@ -304,7 +304,7 @@ async def test_chain_verify_passes_on_a_healthy_node_and_remembers_checkpoints(
     size = report["checkpoint"]["size"]
     assert size >= 1 and report["entries"] >= size and len(report["cosignatures"]) >= quorum(layout)
     assert report["evidence"] == [] and report["witness_errors"] == {}
-    remembered = AuditState.load(state).seen(log_origin("hefei"))
+    remembered = AuditState.load(state).seen(log_origin("340100"))
     assert [c.size for c in remembered] == [size]
 
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
@@ -313,14 +313,14 @@ async def test_chain_verify_passes_on_a_healthy_node_and_remembers_checkpoints(
         )
     second = await cli(*args)
     assert second.exit_code == 0, second.output
-    assert "the hefei log is sound" in second.stdout
-    sizes = [c.size for c in AuditState.load(state).seen(log_origin("hefei"))]
+    assert "the 340100 log is sound" in second.stdout
+    sizes = [c.size for c in AuditState.load(state).seen(log_origin("340100"))]
     assert sizes[0] == size and len(sizes) == 2 and sizes[1] > size
 
     # A state file that is not one is refused, and left as it was.
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
-    refused = await cli("verify", "--city", "hefei", "--network", str(layout.root), "--state", str(bad))
+    refused = await cli("verify", "--city", "340100", "--network", str(layout.root), "--state", str(bad))
     assert refused.exit_code == 2 and "not a version 1" in refused.output
     assert bad.read_text() == "[]"
 
@@ -338,25 +338,25 @@ async def test_the_network_checkpoint_is_signed_and_heads_every_city(
         for _ in range(100):
             resp = await stub.GetNetworkCheckpoint(aggregator_pb2.GetNetworkCheckpointRequest(), timeout=5)
             head = verify_network_checkpoint(trust, resp.checkpoint, list(resp.key_certificates))
-            if head.cities["hefei"][0] >= published.size:
+            if head.cities["340100"][0] >= published.size:
                 break
             await asyncio.sleep(0.1)
-    assert head.sequence >= 1 and set(head.cities) == {c.value for c in City}
-    for c in City:
+    assert head.sequence >= 1 and set(head.cities) == {c.value for c in pilot.CITIES}
+    for c in pilot.CITIES:
         size, root = head.cities[c.value]
         assert network.nodes[c].ledger.log.tree.root(size) == root
-    assert head.cities["hefei"][0] >= published.size
+    assert head.cities["340100"][0] >= published.size
 
     result = await cli("status", "--network", str(layout.root), "--json")
     data = json.loads(result.stdout)
     # The whole response verified: the national note and every city checkpoint it names.
     assert data["network_error"] == "" and data["network"]["sequence"] >= head.sequence
-    assert [n["city"] for n in data["nodes"]] == [c.value for c in City]
+    assert [n["city"] for n in data["nodes"]] == [c.value for c in pilot.CITIES]
     assert all(n["error"] == "" and n["size"] >= 1 for n in data["nodes"])
     assert all(len(n["cosignatures"]) >= quorum(layout) for n in data["nodes"])
     # Exit 3 exactly when some witness holds evidence (a later test makes some).
     direct = []
-    witnesses = [(layout.node_endpoint(c), node_server_name(c)) for c in City]
+    witnesses = [(layout.node_endpoint(c), node_server_name(c)) for c in pilot.CITIES]
     for endpoint, name in [*witnesses, (layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME)]:
         async with secure_channel(endpoint, layout.bank(), trust, name) as ch:
             resp = await chain_pb2_grpc.WitnessServiceStub(ch).ListEvidence(
@@ -385,15 +385,15 @@ async def test_the_network_checkpoint_verifies_from_its_own_response_and_the_ca_
         for _ in range(100):
             resp = await stub.GetNetworkCheckpoint(aggregator_pb2.GetNetworkCheckpointRequest(), timeout=5)
             verified = verify_network_response(only_ca, resp, quorum(layout))
-            if verified.network.cities["hefei"][0] >= published.size:
+            if verified.network.cities["340100"][0] >= published.size:
                 break
             await asyncio.sleep(0.1)
-    assert sorted(verified.cities) == sorted(c.value for c in City)
+    assert sorted(verified.cities) == sorted(c.value for c in pilot.CITIES)
     for name, cp in verified.cities.items():
         assert verified.network.cities[name] == (cp.checkpoint.size, cp.checkpoint.root_hash)
         assert len(cp.cosignatures) >= quorum(layout)
     assert [Note.parse(n).text.split("\n")[0] for n in resp.city_checkpoints] == [
-        log_origin(c.value) for c in City
+        log_origin(c.value) for c in pilot.CITIES
     ]
     # Each part of the response is needed: without the witnesses' certificates
     # no city checkpoint reaches its quorum; a city left out is noticed.
@@ -565,7 +565,7 @@ async def test_tampering_with_a_nodes_log_is_found_and_refused(
             f"entry {target} does not match: the root recomputed at size {top} differs from "
             "the checkpoint the witnesses cosigned"
         )
-        shown = await cli("verify", "--city", "jiaxing", "--network", str(layout.root), "--json")
+        shown = await cli("verify", "--city", "330400", "--network", str(layout.root), "--json")
         assert shown.exit_code == 1
         assert json.loads(shown.stdout)["problem"]["index"] == target
 
@@ -607,7 +607,7 @@ async def test_tampering_with_a_nodes_log_is_found_and_refused(
         assert not status.healthy
         cli_status = await cli("status", "--network", str(layout.root), "--json")
         assert cli_status.exit_code == 3
-        assert any(e["origin"] == log_origin("jiaxing") for e in json.loads(cli_status.stdout)["evidence"])
+        assert any(e["origin"] == log_origin("330400") for e in json.loads(cli_status.stdout)["evidence"])
         # The witnesses' health says so too: each node's info and the aggregator's directory.
         holders = {e.witness for e in against}
         for other in pilot.CITIES:

@@ -57,13 +57,13 @@ def test_operator_and_enterprise_workflow(tmp_path: Path) -> None:
     ca = tmp_path / "ca"
     run("pki", "init", "--ca-dir", str(ca))
     run("pki", "init", "--ca-dir", str(ca), check=1)  # never overwrites a CA
-    node = tmp_path / "hefei"
-    run("node", "init", "--city", "hefei", "--dir", str(node), "--ca-dir", str(ca))
+    node = tmp_path / "340100"
+    run("node", "init", "--city", "340100", "--dir", str(node), "--ca-dir", str(ca))
     shown = json.loads(run("pki", "show", str(node / "node.pem"), "--json").stdout)
-    assert shown["role"] == "creditnet://node/hefei"
+    assert shown["role"] == "creditnet://node/340100"
 
-    data = tmp_path / "hefei.jsonl"
-    run("data", "generate", "--out", str(data), "--enterprises", "15", "--seed", "3", "--city", "hefei")
+    data = tmp_path / "340100.jsonl"
+    run("data", "generate", "--out", str(data), "--enterprises", "15", "--seed", "3", "--city", "340100")
     rows = data.read_text(encoding="utf-8").count("\n")
     assert rows > 0
     first = json.loads(run("node", "ingest", str(data), "--config", str(node / "node.json"), "--json").stdout)
@@ -170,7 +170,7 @@ def test_network_up_query_status_revoke(tmp_path: Path) -> None:
             assert up.poll() is None, up.stdout.read() if up.stdout else ""
             time.sleep(0.5)
         net = json.loads((state / "network.json").read_text())
-        assert set(net["cities"]) == {"shanghai", "nanjing", "hangzhou", "hefei", "jiaxing"}
+        assert set(net["cities"]) == {"310000", "320100", "330100", "340100", "330400"}
         assert set(net["identities"]) >= {"banks", "enterprises", "operators", "nodes", "aggregator"}
         status = json.loads(run("network", "status", "--network", str(state), "--json").stdout)
         assert [n["health"] for n in status["nodes"]] == ["serving"] * 5
@@ -320,15 +320,15 @@ def test_network_up_restarts_a_node_that_was_killed(tmp_path: Path) -> None:
             assert up.poll() is None, up.stdout.read() if up.stdout else ""
             time.sleep(0.5)
         layout = NetworkLayout.load(state)
-        victim = node_process(up, "hefei")
+        victim = node_process(up, "340100")
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while (again := node_process(up, "hefei")) in (None, victim) and time.monotonic() < deadline:
+        while (again := node_process(up, "340100")) in (None, victim) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert again not in (None, victim)
         # The new process serves the city, with its data and chain as they were.
-        operator = layout.identity("operators", "hefei")
+        operator = layout.identity("operators", "340100")
         asyncio.run(
             wait_serving(
                 layout.node_endpoint(pilot.HEFEI),
@@ -349,5 +349,5 @@ def test_network_up_restarts_a_node_that_was_killed(tmp_path: Path) -> None:
             up.kill()
             raise
     output = up.stdout.read() if up.stdout else ""
-    assert "hefei stopped unexpectedly (exit -9); restarted it" in output, output
+    assert "340100 stopped unexpectedly (exit -9); restarted it" in output, output
     assert up.returncode == 0

@@ -216,7 +216,7 @@ async def test_a_second_node_process_on_one_database_is_refused_and_the_first_ke
     assert code == 1
     # (The message is wrapped to the terminal's width.)
     said = " ".join(node.log_path(2).read_text(encoding="utf-8").split())
-    assert "store.in_use" in said and "already served by creditnet node hefei" in said, said
+    assert "store.in_use" in said and "already served by creditnet node 340100" in said, said
     assert "single writer" in said, said
     # The first is untouched: it serves, and its log goes on.
     assert node.running().poll() is None

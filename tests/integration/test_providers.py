@@ -58,7 +58,7 @@ def uscc(layout: NetworkLayout) -> str:
 async def test_provider_submits_its_own_category_idempotently(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
-    provider = issue_identity(ca, Role.provider(pilot.HEFEI, "state-grid-hefei", [Category.UTILITY]))
+    provider = issue_identity(ca, Role.provider(pilot.HEFEI, "state-grid-340100", [Category.UTILITY]))
     recs = [utility(f"sg-{i}", uscc) for i in range(25)]
     bad = utility("sg-bad", "91340100XXXXXXXXX1")
     endpoint = layout.node_endpoint(pilot.HEFEI)
@@ -79,13 +79,13 @@ async def test_provider_submits_its_own_category_idempotently(
     )
     mine = [r for r in stored if r.record_id.startswith("sg-")]
     assert len(mine) == 25
-    assert all(r.provider_id == "provider:state-grid-hefei" for r in mine)
+    assert all(r.provider_id == "provider:state-grid-340100" for r in mine)
 
 
 async def test_provider_cannot_submit_other_categories(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
-    provider = issue_identity(ca, Role.provider(pilot.HEFEI, "state-grid-hefei", [Category.UTILITY]))
+    provider = issue_identity(ca, Role.provider(pilot.HEFEI, "state-grid-340100", [Category.UTILITY]))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await submit_records(layout.node_endpoint(pilot.HEFEI), provider, trust, [tax("t-1", uscc)])
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

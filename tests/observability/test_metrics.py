@@ -91,7 +91,7 @@ async def test_calls_are_counted_by_method_and_final_status(pki: Pki, start_prob
     )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets) and buckets[-1][1] == 1
     assert (sample(got, "grpc_server_handling_seconds_sum", **unary("Ok")) or 0) > 0
-    info = {"role": "node", "city": "hefei"}
+    info = {"role": "node", "city": "340100"}
     assert any(n == "creditnet_server_info" and info.items() <= dict(lb).items() for n, lb in got)
 
 
@@ -193,7 +193,7 @@ def test_node_query_and_ingestion_counters() -> None:
 async def test_the_ledger_is_reported_at_scrape_time(pki: Pki, tmp_path: Path) -> None:
     """A real ledger with one real witness: sizes, group commits and the witness's progress."""
     nanjing_key = LogKey.issue(pki.ca, pilot.NANJING.value)
-    witness_store = fresh_store(tmp_path / "nanjing.db")
+    witness_store = fresh_store(tmp_path / "320100.db")
     service = WitnessService(Witness(witness_store, nanjing_key), pki.trust)
     witness_server = await start_server(
         listen="127.0.0.1:0",
@@ -203,9 +203,9 @@ async def test_the_ledger_is_reported_at_scrape_time(pki: Pki, tmp_path: Path) -
         service_names=["creditnet.v2.WitnessService"],
     )
     hefei = issue_identity(pki.ca, Role.node(pilot.HEFEI))
-    link = WitnessLink.connect("nanjing", f"127.0.0.1:{witness_server.port}", hefei, pki.trust)
-    store = fresh_store(tmp_path / "hefei.db")
-    ledger = Ledger(store, LogKey.issue(pki.ca, "hefei"), witnesses=[link], quorum=1)
+    link = WitnessLink.connect("320100", f"127.0.0.1:{witness_server.port}", hefei, pki.trust)
+    store = fresh_store(tmp_path / "340100.db")
+    ledger = Ledger(store, LogKey.issue(pki.ca, "340100"), witnesses=[link], quorum=1)
     metrics = NodeMetrics(pilot.HEFEI)
     metrics.watch_ledger(ledger)
     endpoint = metrics.serve(0, "127.0.0.1")
@@ -214,7 +214,7 @@ async def test_the_ledger_is_reported_at_scrape_time(pki: Pki, tmp_path: Path) -
         before = await scrape(endpoint.port)
         assert sample(before, "creditnet_chain_size") == 0
         assert sample(before, "creditnet_chain_published_size") == 0
-        assert sample(before, "creditnet_chain_witness_size", witness="nanjing") == -1
+        assert sample(before, "creditnet_chain_witness_size", witness="320100") == -1
         entries = [
             chain_pb2.LedgerEntry(
                 kind=chain_pb2.ENTRY_KIND_CONSENT_REVOKED,
@@ -242,8 +242,8 @@ async def test_the_ledger_is_reported_at_scrape_time(pki: Pki, tmp_path: Path) -
         assert sample(got, "creditnet_chain_published_cosignatures") == 1
         commits = sample(got, "creditnet_chain_group_commits_total")
         assert commits == ledger.group_commits and commits is not None and 1 <= commits <= 6
-        assert sample(got, "creditnet_chain_witness_size", witness="nanjing") == 6
-        assert sample(got, "creditnet_chain_witness_ok", witness="nanjing") == 1
+        assert sample(got, "creditnet_chain_witness_size", witness="320100") == 6
+        assert sample(got, "creditnet_chain_witness_ok", witness="320100") == 1
     finally:
         metrics.close()
         await ledger.stop()
@@ -276,22 +276,22 @@ def test_sections_are_counted_by_city_and_status() -> None:
         for s in SECTION_STATUSES
     }
     assert {k: v for k, v in counts.items() if v} == {
-        ("hefei", "ok"): 2,
-        ("nanjing", "no_records"): 1,
-        ("jiaxing", "denied"): 1,
-        ("shanghai", "unavailable"): 1,
-        ("hangzhou", "timeout"): 1,
+        ("340100", "ok"): 2,
+        ("320100", "no_records"): 1,
+        ("330400", "denied"): 1,
+        ("310000", "unavailable"): 1,
+        ("330100", "timeout"): 1,
     }
-    assert value("creditnet_aggregator_section_seconds_count", {"city": "hefei"}) == 2
-    assert value("creditnet_aggregator_section_seconds_sum", {"city": "hefei"}) == pytest.approx(0.042)
-    assert value("creditnet_aggregator_section_seconds_bucket", {"city": "hangzhou", "le": "1.0"}) == 0
-    assert value("creditnet_aggregator_section_seconds_bucket", {"city": "hangzhou", "le": "2.5"}) == 1
+    assert value("creditnet_aggregator_section_seconds_count", {"city": "340100"}) == 2
+    assert value("creditnet_aggregator_section_seconds_sum", {"city": "340100"}) == pytest.approx(0.042)
+    assert value("creditnet_aggregator_section_seconds_bucket", {"city": "330100", "le": "1.0"}) == 0
+    assert value("creditnet_aggregator_section_seconds_bucket", {"city": "330100", "le": "2.5"}) == 1
     assert section_status_label(S.SECTION_STATUS_NO_RECORDS) == "no_records"
     with pytest.raises(MetricsError, match="unknown section status"):
         metrics.observe_section(S.CitySection(city=pilot.HEFEI.proto, status=S.SECTION_STATUS_UNSPECIFIED))
     with pytest.raises(MetricsError, match="unknown section status"):
         metrics.section(pilot.HEFEI, "lost", 0.1)
-    assert value("creditnet_aggregator_sections_total", {"city": "hefei", "status": "ok"}) == 2
+    assert value("creditnet_aggregator_sections_total", {"city": "340100", "status": "ok"}) == 2
 
 
 async def test_pending_calls_per_node_are_read_from_the_directory(pki: Pki) -> None:
@@ -316,14 +316,14 @@ async def test_pending_calls_per_node_are_read_from_the_directory(pki: Pki) -> N
             assert hefei.try_acquire()
             assert not hefei.try_acquire()  # shed
         got = await scrape(endpoint.port)
-        assert sample(got, "creditnet_aggregator_node_in_flight", city="hefei") == 2
-        assert sample(got, "creditnet_aggregator_node_in_flight", city="nanjing") == 0
-        assert sample(got, "creditnet_aggregator_node_max_in_flight", city="hefei") == 2
-        assert sample(got, "creditnet_aggregator_node_shed_total", city="hefei") == 1
+        assert sample(got, "creditnet_aggregator_node_in_flight", city="340100") == 2
+        assert sample(got, "creditnet_aggregator_node_in_flight", city="320100") == 0
+        assert sample(got, "creditnet_aggregator_node_max_in_flight", city="340100") == 2
+        assert sample(got, "creditnet_aggregator_node_shed_total", city="340100") == 1
         with acting_for("B"):
             hefei.release()
         got = await scrape(endpoint.port)
-        assert sample(got, "creditnet_aggregator_node_in_flight", city="hefei") == 1
+        assert sample(got, "creditnet_aggregator_node_in_flight", city="340100") == 1
     finally:
         metrics.close()
         await directory.close()

@@ -12,7 +12,7 @@ from creditnet.v2 import records_pb2
 
 USCC_A = "913401000000000001"
 USCC_B = "913401000000000002"
-PROVIDER = "provider:hefei-data"
+PROVIDER = "provider:340100-data"
 DAY = dt.date(2024, 3, 31)
 SOON = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 

@@ -28,16 +28,16 @@ def said(result: Result) -> str:
 
 @pytest.fixture
 def node_json(db_url: str, tmp_path: Path) -> Path:
-    node = tmp_path / "hefei"
-    cli("node", "init", "--city", "hefei", "--dir", str(node), "--database-url", db_url, "--no-migrate")
+    node = tmp_path / "340100"
+    cli("node", "init", "--city", "340100", "--dir", str(node), "--database-url", db_url, "--no-migrate")
     return node / "node.json"
 
 
 def test_init_creates_the_schema_unless_told_not_to(db_url: str, tmp_path: Path) -> None:
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    cli("node", "init", "--city", "hefei", "--dir", a, "--database-url", db_url, "--no-migrate")
+    cli("node", "init", "--city", "340100", "--dir", a, "--database-url", db_url, "--no-migrate")
     assert Store.revision(db_url) is None
-    shown = cli("node", "init", "--city", "hefei", "--dir", b, "--database-url", db_url)
+    shown = cli("node", "init", "--city", "340100", "--dir", b, "--database-url", db_url)
     assert f"database schema created: none → {head_revision()}" in said(shown)
     assert Store.revision(db_url) == head_revision()
 
@@ -69,7 +69,7 @@ def test_an_unknown_revision_is_a_usage_error(node_json: Path) -> None:
 def test_an_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
     node = tmp_path / "n"
     url = "postgresql+psycopg://creditnet:secret@127.0.0.1:9/creditnet"
-    cli("node", "init", "--city", "hefei", "--dir", str(node), "--database-url", url, "--no-migrate")
+    cli("node", "init", "--city", "340100", "--dir", str(node), "--database-url", url, "--no-migrate")
     out = cli("node", "migrate", "--config", str(node / "node.json"), code=1)
     assert "cannot use the database postgresql+psycopg://creditnet:***@127.0.0.1:9/creditnet" in said(out)
     assert "secret" not in out.output

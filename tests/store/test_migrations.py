@@ -134,7 +134,7 @@ def test_a_database_at_the_first_revision_upgrades_with_its_data_intact(db_url: 
         inserts.append(
             (
                 "INSERT INTO records (provider_id, record_id, uscc, category, city, record_date, source,"
-                " payload) VALUES (:p, :r, :u, :c, 'hefei', :d, 'old source', :b)",
+                " payload) VALUES (:p, :r, :u, :c, '340100', :d, 'old source', :b)",
                 {
                     "p": provider,
                     "r": record_id,
@@ -148,7 +148,7 @@ def test_a_database_at_the_first_revision_upgrades_with_its_data_intact(db_url: 
     old_profile = profile(USCC_A)
     inserts += [
         (
-            "INSERT INTO enterprises (uscc, name, home_city, payload) VALUES (:u, :n, 'hefei', :b)",
+            "INSERT INTO enterprises (uscc, name, home_city, payload) VALUES (:u, :n, '340100', :b)",
             {"u": USCC_A, "n": old_profile.name, "b": old_profile.SerializeToString(deterministic=True)},
         ),
         (
@@ -241,7 +241,7 @@ def test_a_database_created_before_migrations_is_adopted(db_url: str) -> None:
         db_url,
         (
             "INSERT INTO records (provider_id, record_id, uscc, category, city, record_date, source, payload)"
-            " VALUES (:p, 'legacy', :u, 'utility', 'hefei', :d, 'src', :b)",
+            " VALUES (:p, 'legacy', :u, 'utility', '340100', :d, 'src', :b)",
             {"p": PROVIDER, "u": USCC_A, "d": dt.date(2024, 3, 31), "b": payload},
         ),
     )

@@ -38,7 +38,7 @@ from creditnet.pki import TrustStore, role_of
 from creditnet.v2 import aggregator_pb2, chain_pb2
 
 DIR = vectors.default_directory()
-ROOT = DIR.parents[1]
+ROOT = DIR.parents[2]
 
 
 def _load(name: str) -> Any:
@@ -112,7 +112,7 @@ def test_log_key_certificates_validate_only_under_the_trust_anchor(trust: TrustS
             with pytest.raises(Unauthenticated) as err:
                 trust.verify_log_key(der, VERIFY_AT)
             assert err.value.rule == "cert.untrusted"
-            assert label == "logkey-hefei-foreign"
+            assert label == "logkey-340100-foreign"
 
 
 # --- entries, tree, proofs, commitment ----------------------------------------------------
@@ -326,17 +326,17 @@ def test_chain_negative_vectors_fail_for_the_documented_reason(vector: Any, trus
 
 
 def test_the_checks_pass_the_valid_objects_the_negatives_are_made_from(trust: TrustStore) -> None:
-    hefei_7 = next(c for c in CHAIN["checkpoints"] if c["name"] == "hefei-7")
+    hefei_7 = next(c for c in CHAIN["checkpoints"] if c["name"] == "340100-7")
     certs = [LOG_KEYS[label]["certificate_der_hex"] for label in hefei_7["key_certificates"]]
     valid = [
         {
             "check": "checkpoint",
-            "log": "hefei",
+            "log": "340100",
             "quorum": 3,
             "note": hefei_7["note"],
             "key_certificates_hex": certs,
         },
-        {"check": "receipt", "log": "hefei", "quorum": 3, "receipt_hex": CHAIN["receipt"]["receipt_hex"]},
+        {"check": "receipt", "log": "340100", "quorum": 3, "receipt_hex": CHAIN["receipt"]["receipt_hex"]},
         {"check": "network", "quorum": 3, "response_hex": CHAIN["network_checkpoints"][1]["response_hex"]},
         {
             "check": "commitment",

@@ -120,16 +120,16 @@ def _leaf_with_names(
 # --- role URIs -------------------------------------------------------------------
 
 ROLES = [
-    *(Role.node(c) for c in City),
+    *(Role.node(c) for c in pilot.CITIES),
     Role.operator(pilot.JIAXING),
     Role.aggregator(),
     Role.aggregator("backup-1"),
     Role.bank("B0001H231000001"),
     Role.enterprise(USCC),
-    Role.logkey("hefei"),
+    Role.logkey("340100"),
     Role.logkey("national"),
-    Role.provider(pilot.HEFEI, "state-grid-hefei", [Category.UTILITY]),
-    Role.provider(pilot.NANJING, "tax.nanjing", [Category.TAX, Category.PENALTY, Category.UTILITY]),
+    Role.provider(pilot.HEFEI, "state-grid-340100", [Category.UTILITY]),
+    Role.provider(pilot.NANJING, "tax.320100", [Category.TAX, Category.PENALTY, Category.UTILITY]),
 ]
 
 
@@ -140,15 +140,15 @@ def test_role_uri_round_trips(role: Role) -> None:
 
 
 def test_role_uris_have_the_documented_spelling() -> None:
-    assert Role.node(pilot.HEFEI).uri == "creditnet://node/hefei"
-    assert Role.operator(pilot.HEFEI).uri == "creditnet://operator/hefei"
+    assert Role.node(pilot.HEFEI).uri == "creditnet://node/340100"
+    assert Role.operator(pilot.HEFEI).uri == "creditnet://operator/340100"
     assert Role.aggregator().uri == "creditnet://aggregator/national"
     assert Role.bank("B0001H231000001").uri == "creditnet://bank/B0001H231000001"
     assert Role.enterprise(USCC).uri == f"creditnet://enterprise/{USCC}"
-    assert Role.logkey("hefei").uri == "creditnet://logkey/hefei"
+    assert Role.logkey("340100").uri == "creditnet://logkey/340100"
     # Categories are written in protocol order, whatever order they were given in.
     provider = Role.provider(pilot.HEFEI, "p1", [Category.TAX, Category.UTILITY, Category.TAX])
-    assert provider.uri == "creditnet://provider/hefei/p1?categories=utility,tax"
+    assert provider.uri == "creditnet://provider/340100/p1?categories=utility,tax"
     assert provider.categories == (Category.UTILITY, Category.TAX)
 
 
@@ -160,28 +160,28 @@ def test_any_valid_bank_code_round_trips(code: str) -> None:
 @pytest.mark.parametrize(
     "uri",
     [
-        "https://node/hefei",
+        "https://node/340100",
         "creditnet://",
         "creditnet://node",
         "creditnet://node/",
         "creditnet://node/wuhan",
-        "creditnet://node/hefei/extra",
+        "creditnet://node/340100/extra",
         "creditnet://node/HEFEI",
-        "creditnet://node/hefei?categories=tax",
-        "creditnet://node/hefei#frag",
-        "creditnet://node//hefei",
-        "creditnet://judge/hefei",
+        "creditnet://node/340100?categories=tax",
+        "creditnet://node/340100#frag",
+        "creditnet://node//340100",
+        "creditnet://judge/340100",
         "creditnet://bank/",
         "creditnet://bank/two words",
         "creditnet://bank/" + "B" * 65,
         "creditnet://bank/B1/B2",
         "creditnet://enterprise/91340100MA2N0U3E6X",
         "creditnet://enterprise/not-a-uscc",
-        "creditnet://provider/hefei",
-        "creditnet://provider/hefei/p1",
-        "creditnet://provider/hefei/p1?categories=",
-        "creditnet://provider/hefei/p1?categories=gossip",
-        "creditnet://provider/hefei/p1?categories=tax,utility",
+        "creditnet://provider/340100",
+        "creditnet://provider/340100/p1",
+        "creditnet://provider/340100/p1?categories=",
+        "creditnet://provider/340100/p1?categories=gossip",
+        "creditnet://provider/340100/p1?categories=tax,utility",
         "creditnet://provider/wuhan/p1?categories=tax",
         "creditnet://aggregator/",
     ],
@@ -211,7 +211,7 @@ def test_an_enterprise_role_needs_a_valid_uscc() -> None:
 
 def test_server_names_are_pinned_per_role() -> None:
     assert (
-        Role.node(pilot.HANGZHOU).server_name == node_server_name(pilot.HANGZHOU) == "hangzhou.node.creditnet"
+        Role.node(pilot.HANGZHOU).server_name == node_server_name(pilot.HANGZHOU) == "330100.node.creditnet"
     )
     assert Role.aggregator().server_name == AGGREGATOR_SERVER_NAME == "aggregator.creditnet"
     for role in (Role.bank("B1"), Role.enterprise(USCC), Role.operator(pilot.HEFEI)):
@@ -245,8 +245,12 @@ def test_server_certificate_profile(ca: CertificateAuthority) -> None:
     eku = ext.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
     san = ext.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["creditnet://node/hefei"]
-    assert san.get_values_for_type(x509.DNSName) == ["hefei.node.creditnet", "node1.example.org", "localhost"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["creditnet://node/340100"]
+    assert san.get_values_for_type(x509.DNSName) == [
+        "340100.node.creditnet",
+        "node1.example.org",
+        "localhost",
+    ]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     aki = ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -348,7 +352,7 @@ def test_key_and_certificate_files_are_checked(tmp_path: Path) -> None:
 
 
 def test_role_of_needs_exactly_one_creditnet_uri(ca: CertificateAuthority, trust: TrustStore) -> None:
-    node, bank = "creditnet://node/hefei", "creditnet://bank/B1"
+    node, bank = "creditnet://node/340100", "creditnet://bank/B1"
     no_san = _leaf_with_names(ca, None)
     with pytest.raises(Unauthenticated) as err:
         role_of(no_san)
@@ -358,7 +362,7 @@ def test_role_of_needs_exactly_one_creditnet_uri(ca: CertificateAuthority, trust
         trust.verify_chain([_der(no_san)], NOW)
     assert err.value.rule == "cert.untrusted"
     cases: list[list[x509.GeneralName]] = [
-        [x509.DNSName("hefei.node.creditnet")],
+        [x509.DNSName("340100.node.creditnet")],
         [x509.UniformResourceIdentifier("https://example.org/")],
         [x509.UniformResourceIdentifier(node), x509.UniformResourceIdentifier(bank)],
         [x509.UniformResourceIdentifier("creditnet://node/wuhan")],
@@ -528,12 +532,12 @@ def test_a_certificate_that_does_not_allow_signing_is_refused(
 def test_a_log_key_certificate_that_does_not_allow_signing_is_refused(
     ca: CertificateAuthority, trust: TrustStore, key_usage: tuple[x509.KeyUsage, bool] | None
 ) -> None:
-    names = [x509.UniformResourceIdentifier("creditnet://logkey/hefei")]
+    names = [x509.UniformResourceIdentifier("creditnet://logkey/340100")]
     key = ed25519.Ed25519PrivateKey.generate()
     with pytest.raises(Unauthenticated) as err:
         trust.verify_log_key(_der(_leaf_with_names(ca, names, key, key_usage=key_usage)), NOW)
     assert err.value.rule == "cert.key_usage"
-    assert trust.verify_log_key(_der(_leaf_with_names(ca, names, key)), NOW).name == "hefei"
+    assert trust.verify_log_key(_der(_leaf_with_names(ca, names, key)), NOW).name == "340100"
 
 
 def test_an_envelope_signed_under_a_certificate_not_for_signing_is_refused(

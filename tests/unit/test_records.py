@@ -188,8 +188,8 @@ FAILURES: list[tuple[Category, Mutator, str]] = [
     (Category.TAX, _set("record_id", "a\nb"), "record_id has unprintable"),
     (Category.TAX, _set("enterprise_uscc", USCC[:-1] + "0"), "enterprise_uscc: the check character"),
     (Category.TAX, _set("enterprise_uscc", "91340100ma2n0u3e6t"), "canonical form: 91340100MA2N0U3E6T"),
-    (Category.TAX, _set("city", 0), "city must be a pilot city"),
-    (Category.TAX, _set("city", 42), "city must be a pilot city"),
+    (Category.TAX, _set("city", ""), "city must be a city's six-digit division code"),
+    (Category.TAX, _set("city", "340000"), "city must be a city's six-digit division code"),
     (Category.TAX, _set("source", " "), "source is empty"),
     (Category.TAX, _set("source", "s" * 300), "source is longer than 256"),
     (Category.TAX, _set("provider_id", "p\x00"), "provider_id has unprintable"),
@@ -396,7 +396,7 @@ def test_validation_defaults_to_today_in_china() -> None:
 @pytest.mark.parametrize("category", ALL_CATEGORIES)
 def test_json_round_trip(category: Category) -> None:
     rec = base(category)
-    rec.provider_id = "provider:hefei-exchange"
+    rec.provider_id = "provider:340100-exchange"
     data = records.record_to_json(rec)
     assert data["category"] == category.value
     assert json.loads(json.dumps(data, ensure_ascii=False)) == data
@@ -408,7 +408,7 @@ def test_human_json_form() -> None:
     assert data == {
         "record_id": "r-1",
         "enterprise_uscc": USCC,
-        "city": "hefei",
+        "city": "340100",
         "source": "国网合肥供电公司",
         "record_date": "2025-06-30",
         "category": "utility",
@@ -429,13 +429,13 @@ def test_json_accepts_the_protobuf_mapping_too() -> None:
     proto_form = {
         "recordId": "r-1",
         "enterpriseUscc": USCC.lower(),
-        "city": "CITY_HEFEI",
+        "city": "340100",
         "source": "国网合肥供电公司",
         "recordDate": {"year": 2025, "month": 6, "day": 30},
         "tax": {"year": 2024, "grade": "TAX_GRADE_B", "taxPaidFen": "12340000"},
     }
     assert records.record_from_json(proto_form) == base(Category.TAX)
-    numeric = {**proto_form, "city": 4, "tax": {"year": 2024, "grade": 2, "tax_paid_fen": 12_340_000}}
+    numeric = {**proto_form, "tax": {"year": 2024, "grade": 2, "tax_paid_fen": 12_340_000}}
     assert records.record_from_json(numeric) == base(Category.TAX)
 
 
@@ -444,7 +444,8 @@ def test_json_accepts_the_protobuf_mapping_too() -> None:
     [
         ({"colour": "red"}, "unknown field 'colour'; expected one of: record_id"),
         ({"tax": {"year": 2024, "grade": "e"}}, "tax.grade must be one of a, b, m, c, d: got 'e'"),
-        ({"city": "suzhou"}, "city must be one of shanghai, nanjing, hangzhou, hefei, jiaxing"),
+        ({"city": "hefei"}, "city must be a city's six-digit division code"),
+        ({"city": "340000"}, "is not a prefecture-level division or a municipality"),
         ({"record_date": "2025-02-30"}, "record_date is not a real date: 2025-02-30"),
         ({"record_date": "30/06/2025"}, "record_date must be a date written YYYY-MM-DD"),
         ({"tax": {"year": "twenty"}}, "tax.year must be an integer: got 'twenty'"),
@@ -585,7 +586,7 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
 
 
 TAX_HEADER = [*records.COMMON_COLUMNS, "year", "grade", "tax_paid_fen", "arrears_fen"]
-TAX_ROW = ["t-1", USCC, "hefei", "国家税务总局合肥市税务局", "2025-04-30", "tax", "2024", "A", "100", ""]
+TAX_ROW = ["t-1", USCC, "340100", "国家税务总局合肥市税务局", "2025-04-30", "tax", "2024", "A", "100", ""]
 
 
 def test_csv_with_only_the_columns_it_needs(tmp_path: Path) -> None:
@@ -621,7 +622,7 @@ def test_csv_empty_file_has_no_header(tmp_path: Path) -> None:
 
 
 def test_csv_broken_rows_become_error_rows_with_their_line(tmp_path: Path) -> None:
-    utility_row = ["u-1", USCC, "hefei", "国网合肥供电公司", "2025-06-30", "utility", "", "", "", ""]
+    utility_row = ["u-1", USCC, "340100", "国网合肥供电公司", "2025-06-30", "utility", "", "", "", ""]
     text = csv_text(
         TAX_HEADER,
         [
@@ -634,7 +635,7 @@ def test_csv_broken_rows_become_error_rows_with_their_line(tmp_path: Path) -> No
             [*TAX_ROW[:2], "", *TAX_ROW[3:]],  # 8: no city
         ],
     )
-    text += '"t-2,' + USCC + ",hefei\n"  # 9-10: an unterminated quote swallows the rest
+    text += '"t-2,' + USCC + ",340100\n"  # 9-10: an unterminated quote swallows the rest
     text += "x,y\n"
     path = tmp_path / "broken.csv"
     path.write_text(text, encoding="utf-8")
@@ -646,7 +647,7 @@ def test_csv_broken_rows_become_error_rows_with_their_line(tmp_path: Path) -> No
     assert errors[5] == "expected 10 columns as in the header, got 9"
     assert errors[6] == "tax.tax_paid_fen must be an integer: got 'lots'"
     assert errors[7] is not None and errors[7].startswith("the CSV has no column(s) kind, account_id")
-    assert errors[8] is not None and errors[8].startswith("city must be a pilot city")
+    assert errors[8] is not None and errors[8].startswith("city must be a city's six-digit division code")
     assert errors[9] is not None
     assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8, 9]
 

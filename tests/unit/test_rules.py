@@ -182,10 +182,12 @@ def test_an_empty_query_scope_means_the_whole_consent(w: World) -> None:
     assert aq.cities == (pilot.SHANGHAI, pilot.HEFEI)  # protocol order
 
 
-def test_a_consent_without_cities_covers_every_city(w: World) -> None:
+def test_a_consent_without_cities_covers_every_member_city(w: World) -> None:
     env = signed(query_msg(consent(w, cities=()), cities=[]), w.bank)
-    for city in pilot.CITIES:
-        assert ask(w, env, city).cities == pilot.CITIES
+    for city in (*pilot.CITIES, City("320500")):
+        aq = ask(w, env, city)
+        assert aq.cities == ()
+        assert aq.scope([City("320500"), *pilot.CITIES]) == tuple(sorted((*pilot.CITIES, City("320500"))))
 
 
 def test_the_aggregator_applies_the_rules_without_a_city(w: World) -> None:
@@ -237,8 +239,10 @@ def test_the_query_must_name_the_bank_that_signs_it(w: World) -> None:
         {"purpose": 99},
         {"categories": [0]},
         {"categories": [Category.TAX.proto, 42]},
-        {"cities": [0]},
-        {"cities": [pilot.HEFEI.proto, 17]},
+        {"cities": [""]},
+        {"cities": [pilot.HEFEI.proto, "17"]},
+        {"cities": [pilot.HEFEI.proto, "340000"]},
+        {"cities": [pilot.HEFEI.proto, pilot.HEFEI.proto]},
     ],
     ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
 )
@@ -441,7 +445,8 @@ MALFORMED_CONSENTS: dict[str, Callable[[consent_pb2.Consent], object]] = {
     "unknown-purpose": lambda m: setattr(m, "purpose", 77),
     "no-categories": lambda m: m.ClearField("categories"),
     "unknown-category": lambda m: m.categories.append(common_pb2.Category.ValueType(42)),
-    "unknown-city": lambda m: m.cities.append(common_pb2.City.ValueType(17)),
+    "unknown-city": lambda m: m.cities.append("340000"),
+    "malformed-city": lambda m: m.cities.append("hefei"),
     "no-data-from": lambda m: m.ClearField("data_from"),
     "impossible-date": _set_date("data_to", year=2025, month=2, day=30),
     "data-period-inverted": lambda m: m.data_from.CopyFrom(date_to_proto(dt.date(2026, 1, 1))),

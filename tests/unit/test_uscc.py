@@ -79,12 +79,23 @@ def test_not_text() -> None:
         uscc.validate(913100001322115800)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("code", [BEIJING, IFLYTEK_ANHUI])
-def test_codes_outside_the_pilot_cities(code: str) -> None:
-    assert uscc.is_valid(code)
-    assert uscc.home_city(code) is None
-    with pytest.raises(uscc.InvalidUSCC, match=f"region {code[2:8]}, which is not in a pilot city"):
-        uscc.require_home_city(code)
+def test_a_municipality_is_a_city_outside_the_pilot_too() -> None:
+    assert uscc.home_city(BEIJING) == City("110000")
+
+
+def test_a_province_level_registration_is_in_no_city() -> None:
+    assert uscc.is_valid(IFLYTEK_ANHUI)
+    assert uscc.home_city(IFLYTEK_ANHUI) is None
+    with pytest.raises(uscc.InvalidUSCC, match="region 340000, which is in no prefecture-level city"):
+        uscc.require_home_city(IFLYTEK_ANHUI)
+
+
+def test_a_county_level_city_belongs_to_its_prefecture() -> None:
+    # 320582 Zhangjiagang is a county-level city of 320500 Suzhou.
+    base = "91320582MA1MXXXXX"[:8] + "MA1N0U3E6"[:8]
+    base = base + uscc.org_code_check(base[8:16])
+    code = base + stdnum_uscc.calc_check_digit(base)
+    assert uscc.home_city(code) == City("320500")
 
 
 def test_invalid_code_is_refused_before_the_region_is_read() -> None:
@@ -101,16 +112,16 @@ def test_organisation_code_check_matches_real_codes() -> None:
         uscc.org_code_check("1234567")
 
 
-def test_district_table_uses_each_citys_own_codes() -> None:
-    for city, districts in uscc.DISTRICTS.items():
-        assert districts, city
-        for d in districts:
-            assert len(d.code) == 6 and d.code.isdigit()
-            assert City.from_region_code(d.code) == city, d
-            assert d.weight > 0
-    assert next(d.name for d in uscc.DISTRICTS[pilot.SHANGHAI] if d.code == "310115") == "浦东新区"
+@pytest.mark.parametrize("city", [*pilot.CITIES, City("320500"), City("110000")])
+def test_a_citys_regions_come_from_the_division_data(city: City) -> None:
+    regions = uscc.districts(city)
+    assert regions[0].code == city.code and len(regions) > 1
+    for d in regions:
+        assert City.of_region(d.code) == city, d
+        assert d.weight > 0
+    assert next(d.name for d in uscc.districts(pilot.SHANGHAI) if d.code == "310115") == "浦东新区"
     assert uscc.district(ALIBABA_HANGZHOU) == uscc.District("330100", "杭州市", 4)
-    assert uscc.district(BEIJING) is None
+    assert uscc.district(IFLYTEK_ANHUI) is None
 
 
 @pytest.mark.parametrize("city", pilot.CITIES)
@@ -118,7 +129,7 @@ def test_district_table_uses_each_citys_own_codes() -> None:
 def test_make_uscc_gives_valid_codes_of_the_city(city: City, legacy: bool) -> None:
     rng = random.Random(f"{city}-{legacy}")
     codes = [uscc.make_uscc(rng, city, legacy=legacy) for _ in range(300)]
-    codes_by_district = {d.code for d in uscc.DISTRICTS[city]}
+    codes_by_district = {d.code for d in uscc.districts(city)}
     for code in codes:
         assert uscc.validate(code) == code
         assert stdnum_uscc.is_valid(code)

@@ -105,7 +105,7 @@ async def echo_rate(
     layout: NetworkLayout, bank: Identity, trust: TrustStore, body: bytes, n: int
 ) -> dict[str, float]:
     port = free_port()
-    ident = layout.data["identities"]["nodes"]["shanghai"]
+    ident = layout.data["identities"]["nodes"]["310000"]
     proc = spawn(
         [
             "creditnet.bench.echo",
@@ -195,8 +195,8 @@ async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
     cfg.listen = f"127.0.0.1:{free_port()}"
     cfg.chain_enabled = False
     # A node is its database's only process: the baseline gets a copy.
-    cfg.database_url = copy_sqlite(cfg.database_url, layout.root / "nodes" / "shanghai" / "node-nochain.db")
-    plain_cfg = layout.root / "nodes" / "shanghai" / "node-nochain.json"
+    cfg.database_url = copy_sqlite(cfg.database_url, layout.root / "nodes" / "310000" / "node-nochain.db")
+    plain_cfg = layout.root / "nodes" / "310000" / "node-nochain.json"
     cfg.save(plain_cfg)
     plain = spawn(["creditnet", "node", "run", "--config", str(plain_cfg)])
     try:

@@ -33,7 +33,7 @@ def _entry(i: int) -> chain_pb2.LedgerEntry:
 async def _appends(tmp: Path, n: int, concurrency: int) -> tuple[float, int]:
     ca = CertificateAuthority.create()
     store = Store.open(f"sqlite:///{tmp / 'ledger-bench.db'}", migrate=True)
-    ledger = Ledger(store, LogKey.issue(ca, "shanghai"), quorum=0)
+    ledger = Ledger(store, LogKey.issue(ca, "310000"), quorum=0)
     ledger.start()
     entries = [_entry(i) for i in range(n)]
     next_i = 0

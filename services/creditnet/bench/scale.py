@@ -249,11 +249,11 @@ def run_scale(
     try:
         for name in backend_names:
             if name == "sqlite":
-                url = f"sqlite:///{work / 'shanghai.db'}"
+                url = f"sqlite:///{work / '310000.db'}"
             elif name == "postgresql":
                 scratch = scratch or ScratchDatabases("creditnet_scale")
                 try:
-                    url = scratch.create("shanghai")
+                    url = scratch.create("310000")
                 except ServerUnavailable as exc:
                     result["skipped"][name] = str(exc)
                     progress(f"postgresql skipped: {exc}")

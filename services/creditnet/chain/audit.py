@@ -1011,11 +1011,13 @@ def verify_network_checkpoint(
         if len(parts) != 3 or not _DECIMAL.fullmatch(parts[1]):
             raise NetworkCheckpointError(f"city line {line!r} is not '<city> <size> <base64 root>'")
         try:
-            name = City.parse(parts[0]).value
+            name = City(parts[0]).value
         except ValueError as exc:
-            raise NetworkCheckpointError(str(exc)) from None
+            raise NetworkCheckpointError(f"unknown city in the network checkpoint: {exc}") from None
         if name in cities:
             raise NetworkCheckpointError(f"{name} appears twice in the network checkpoint")
+        if cities and name < max(cities):
+            raise NetworkCheckpointError("the network checkpoint's cities are not in ascending code order")
         cities[name] = (int(parts[1]), _b64_hash(parts[2], f"root of {name}"))
     return NetworkCheckpoint(int(lines[1]), previous, cities, note)
 

@@ -8,7 +8,7 @@ A checkpoint (c2sp.org/tlog-checkpoint) is the note text::
     [extension lines, each non-empty]
 
 signed as a :mod:`~creditnet.chain.note` by the log's Ed25519 key (type 0x01;
-the key name should equal the origin, e.g. ``creditnet.example/yrd/hefei``).
+the key name should equal the origin, e.g. ``creditnet.example/yrd/340100``).
 Witnesses (the other city nodes) add cosignature/v1 lines (type 0x04,
 c2sp.org/tlog-cosignature) after checking consistency with what they saw
 before; a client trusts a checkpoint once the log's signature and k of n known

@@ -46,7 +46,7 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The node's node
 
 @app.command("init")
 def init(
-    city: Annotated[str, typer.Option(help="shanghai, nanjing, hangzhou, hefei or jiaxing.")],
+    city: Annotated[str, typer.Option(help="310000, 320100, 330100, 340100 or 330400.")],
     node_dir: Annotated[Path, typer.Option("--dir", help="The node's directory (created).")],
     ca_dir: Annotated[
         Path | None,

@@ -1,8 +1,8 @@
 """Test vectors for the signed network directory (docs/directory.md#test-vectors).
 
 ``python -m creditnet.directory.vectors [DIRECTORY]`` writes
-docs/test-vectors/v2/directory.json (protocol v2's vectors live beside v1's
-until v1 is removed); ``--check`` compares instead. Like the
+docs/test-vectors/v2/directory.json, beside the envelope and chain
+vectors; ``--check`` compares instead. Like the
 envelope vectors (creditnet.vectors), every input is fixed: keys derived
 from labels, certificates with fixed serials and validity re-signed with
 deterministic ECDSA, fixed directory contents and times, deterministic
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from creditnet.vectors import default_directory
 
-    out: Path = args.directory or default_directory() / "v2"
+    out: Path = args.directory or default_directory()
     files = generate()
     if args.check:
         stale = [n for n, data in files.items() if not (out / n).is_file() or (out / n).read_bytes() != data]

@@ -155,7 +155,7 @@ def configure_logging(
 ) -> logging.Handler:
     """Send every log record to `stream` (default stderr) in `fmt`, replacing the root's handlers.
 
-    `static` fields are added to every JSON line (e.g. ``{"service": "node", "city": "hefei"}``).
+    `static` fields are added to every JSON line (e.g. ``{"service": "node", "city": "340100"}``).
     Returns the handler installed.
     """
     formatter = make_formatter(fmt, static)

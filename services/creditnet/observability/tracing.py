@@ -193,7 +193,7 @@ class TracingClientInterceptor(
 ):
     """Send the trace context and query id with every call; a CLIENT span for each unary call.
 
-    `server_name` is the TLS name the channel is pinned to (``hefei.node.creditnet``),
+    `server_name` is the TLS name the channel is pinned to (``340100.node.creditnet``),
     so the aggregator's spans name the city each call went to.
 
     For channels whose every call should be followed. grpc.aio makes each
