@@ -15,7 +15,7 @@
 set -eu
 
 PKI_DIR=${PKI_DIR:-/var/lib/creditnet}
-PKI_CITIES=${PKI_CITIES:-shanghai nanjing hangzhou hefei jiaxing}
+PKI_CITIES=${PKI_CITIES:-310000 320100 330100 340100 330400}
 umask 077
 
 fail() {
