@@ -379,8 +379,8 @@ SHUTDOWN_GRACE = Variable(
 
 # The node's.
 CITY = Variable(
-    "CREDITNET_CITY", parse_city, "310000 | 320100 | 330100 | 340100 | 330400",
-    "The city this node serves.",
+    "CREDITNET_CITY", parse_city, "division code",
+    "The city this node serves: its six-digit GB/T 2260 code, e.g. 340100 (Hefei).",
 )  # fmt: skip
 NODE_LISTEN = Variable(
     "CREDITNET_LISTEN", parse_endpoint, "HOST:PORT",

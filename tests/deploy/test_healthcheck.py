@@ -260,7 +260,7 @@ async def test_node_run_serves_from_the_environment_as_in_a_container(pki: Pki, 
 
 async def test_node_run_names_every_bad_variable_and_does_not_start(tmp_path: Path) -> None:
     keep = {k: v for k, v in os.environ.items() if not k.startswith("CREDITNET_") and k != "DATABASE_URL"}
-    env = {**keep, "CREDITNET_CITY": "320500", "CREDITNET_QUORUM": "many", "DATABASE_URL": "sqlite:///x.db"}
+    env = {**keep, "CREDITNET_CITY": "suzhou", "CREDITNET_QUORUM": "many", "DATABASE_URL": "sqlite:///x.db"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

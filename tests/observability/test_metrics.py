@@ -253,7 +253,7 @@ async def test_the_ledger_is_reported_at_scrape_time(pki: Pki, tmp_path: Path) -
 
 
 def test_sections_are_counted_by_city_and_status() -> None:
-    metrics = AggregatorMetrics()
+    metrics = AggregatorMetrics(pilot.CITIES)
     value = metrics.registry.get_sample_value
     # Every city and status exists from the start, at zero.
     for city in pilot.CITIES:
@@ -303,7 +303,7 @@ async def test_pending_calls_per_node_are_read_from_the_directory(pki: Pki) -> N
         pki.trust,
         max_pending_per_node=2,
     )
-    metrics = AggregatorMetrics()
+    metrics = AggregatorMetrics(pilot.CITIES)
     metrics.watch_directory(directory.load)
     endpoint = metrics.serve(0, "127.0.0.1")
     try:

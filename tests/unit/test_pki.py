@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from creditnet import pilot
 from creditnet.dates import utcnow
-from creditnet.domain import Category, City
+from creditnet.domain import Category
 from creditnet.envelope import CONSENT_TYPE, EnvelopeVerifier, sign
 from creditnet.errors import InvalidArgument, Unauthenticated
 from creditnet.pki import (
