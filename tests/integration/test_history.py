@@ -49,7 +49,7 @@ async def history_refusal(
 async def test_a_history_goes_only_to_the_enterprise_that_signed_for_that_node_and_only_once(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore, ca: CertificateAuthority
 ) -> None:
-    uscc, me = fresh_enterprise(ca, 31)
+    uscc, me = fresh_enterprise(ca, 39)
     env = consent(layout, enterprise=me, uscc=uscc)
     await ask_node(
         layout,
@@ -93,6 +93,7 @@ async def test_a_history_goes_only_to_the_enterprise_that_signed_for_that_node_a
         assert code == grpc.StatusCode.INVALID_ARGUMENT and reason.startswith("history.malformed"), reason
 
     # A code in another spelling is refused too (the CLI normalises what people type).
+    assert uscc.lower() != uscc, "the test needs a code with letters"
     msg.request_id, msg.enterprise_uscc = str(uuid.uuid4()), uscc.lower()
     lower = sign(HISTORY_REQUEST_TYPE, msg.SerializeToString(deterministic=True), me)
     code, reason = await history_refusal(layout, me, trust, pilot.HEFEI, lower)
