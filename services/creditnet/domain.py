@@ -105,7 +105,7 @@ class City:
     def of_region(cls, region: str) -> City:
         """The city a six-digit registering-region code (USCC characters 3-8) belongs to.
 
-        ValueError if the region belongs to no city (docs/directory.md, "City codes").
+        ValueError if the region belongs to no city (docs/directory.md, "Division codes").
         """
         try:
             return cls(divisions.city_of_region(region).code)

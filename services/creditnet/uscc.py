@@ -176,7 +176,7 @@ def region_code(uscc: str) -> str:
 
 
 def home_city(uscc: str) -> City | None:
-    """The city the enterprise is registered in (docs/directory.md, "City codes"), or None.
+    """The city the enterprise is registered in (docs/directory.md, "Division codes"), or None.
 
     None when its registering region belongs to no city: a province-level
     registration, a county-level division a province administers directly, or
