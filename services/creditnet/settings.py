@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar, cast
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from creditnet.config import AggregatorConfig, NodeConfig
+from creditnet.config import AggregatorConfig, DirectoryConfig, NodeConfig
 from creditnet.domain import City
 
 T = TypeVar("T")
@@ -146,6 +146,30 @@ def parse_directory(text: str) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{probe} is not writable by this user (uid {os.getuid()})")
     return path
+
+
+def parse_state_file(text: str) -> Path:
+    """A file this server may write: in a directory that exists or can be created; readable if it exists."""
+    path = _absolute(text)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give the file to keep the directory in")
+    parse_directory(str(path.parent))
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise ValueError(f"{path} is not readable and writable by this user (uid {os.getuid()})")
+    return path
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_anchor(text: str) -> str:
+    """The SHA-256 (64 hex digits) of the first directory's payload (`creditnet directory anchor`)."""
+    anchor = text.strip().lower()
+    if not _HEX64.match(anchor):
+        raise ValueError(
+            f"expected 64 hex digits (the SHA-256 `creditnet directory anchor FILE` prints), got {text!r}"
+        )
+    return anchor
 
 
 def parse_city(text: str) -> City:
@@ -441,6 +465,28 @@ AGGREGATOR_LOG_KEY = dataclasses.replace(
     NODE_LOG_KEY, default=None, unset="no witnessing (set both or neither)"
 )
 
+# The signed network directory (protocol v2), both servers: all three or none.
+DIRECTORY_ANCHOR = Variable(
+    "CREDITNET_DIRECTORY_ANCHOR", parse_anchor, "64 hex digits",
+    "SHA-256 of the network's first signed directory (creditnet directory anchor FILE), "
+    "given out of band with the CA certificate; setting it makes the server hold, serve and "
+    "enforce the directory.",
+    unset="no network directory: protocol v1 alone",
+)  # fmt: skip
+DIRECTORY_BOOTSTRAP = Variable(
+    "CREDITNET_DIRECTORY_BOOTSTRAP", parse_file, "path",
+    "The network's first signed directory (JSON or binary), read while the state file does not "
+    "exist; it must be the one the anchor pins.",
+    unset=f"required with {DIRECTORY_ANCHOR.name}",
+)  # fmt: skip
+DIRECTORY_STATE = Variable(
+    "CREDITNET_DIRECTORY_STATE", parse_state_file, "path",
+    "This server's copy of the newest directory it took (rewritten atomically); keep it on a "
+    "persistent volume.",
+    unset=f"required with {DIRECTORY_ANCHOR.name}",
+)  # fmt: skip
+DIRECTORY_VARIABLES: tuple[Variable[Any], ...] = (DIRECTORY_ANCHOR, DIRECTORY_BOOTSTRAP, DIRECTORY_STATE)
+
 SERVER_VARIABLES: tuple[Variable[Any], ...] = (
     CERT,
     KEY,
@@ -452,6 +498,7 @@ SERVER_VARIABLES: tuple[Variable[Any], ...] = (
     MAX_CONCURRENT_RPCS,
     RATE_LIMIT_PER_BANK,
     SHUTDOWN_GRACE,
+    *DIRECTORY_VARIABLES,
 )
 NODE_VARIABLES: tuple[Variable[Any], ...] = (
     CITY,
@@ -538,6 +585,7 @@ class NodeSettings:
     witnesses: dict[str, str]
     quorum: int
     server: ServerSettings
+    directory: DirectoryConfig | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NodeSettings:
@@ -554,6 +602,7 @@ class NodeSettings:
         server = ServerSettings.read(env, NODE_LISTEN, problems)
         log_cert = NODE_LOG_CERT.value(env, problems)
         log_key = NODE_LOG_KEY.value(env, problems)
+        directory = read_directory(env, problems)
         if isinstance(city, City) and city.value in witnesses:
             problems.append(
                 (WITNESSES.name, f"names this node's own city {city.value}; no log witnesses itself")
@@ -573,6 +622,7 @@ class NodeSettings:
             witnesses=witnesses,
             quorum=quorum,
             server=server,
+            directory=directory,
         )
 
     def to_config(self) -> NodeConfig:
@@ -587,6 +637,7 @@ class NodeSettings:
             log_key=self.log_key,
             witnesses=dict(self.witnesses),
             quorum=self.quorum,
+            directory=self.directory,
         )
 
 
@@ -601,6 +652,7 @@ class AggregatorSettings:
     log_key: Path | None
     quorum: int
     server: ServerSettings
+    directory: DirectoryConfig | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AggregatorSettings:
@@ -617,6 +669,7 @@ class AggregatorSettings:
             log_key=AGGREGATOR_LOG_KEY.optional(env, problems),
             quorum=quorum,
             server=ServerSettings.read(env, AGGREGATOR_LISTEN, problems),
+            directory=read_directory(env, problems),
         )
         cert_set, key_set = AGGREGATOR_LOG_CERT.is_set(env), AGGREGATOR_LOG_KEY.is_set(env)
         if cert_set != key_set:
@@ -649,7 +702,56 @@ class AggregatorSettings:
             log_cert=self.log_cert,
             log_key=self.log_key,
             quorum=self.quorum,
+            directory=self.directory,
         )
+
+
+def read_directory(env: Mapping[str, str], problems: Problems) -> DirectoryConfig | None:
+    """The directory settings (all three variables or none); problems are recorded for the caller.
+
+    The bootstrap file must be the signed directory the anchor pins: a
+    mismatch is found here, under the variable's name, not at the first start
+    that needs it.
+    """
+    given = [v for v in DIRECTORY_VARIABLES if v.is_set(env)]
+    if not given:
+        return None
+    for missing in (v for v in DIRECTORY_VARIABLES if v not in given):
+        problems.append((missing.name, f"must be set together with {given[0].name}"))
+    anchor = DIRECTORY_ANCHOR.optional(env, problems)
+    bootstrap = DIRECTORY_BOOTSTRAP.optional(env, problems)
+    state = DIRECTORY_STATE.optional(env, problems)
+    if anchor is None or bootstrap is None or state is None:
+        return None
+    if anchor is _FAILED or bootstrap is _FAILED or state is _FAILED:
+        return None
+    if problem := _bootstrap_problem(bootstrap, anchor):
+        problems.append((DIRECTORY_BOOTSTRAP.name, problem))
+        return None
+    return DirectoryConfig(state=state, anchor=anchor, bootstrap=bootstrap)
+
+
+def _bootstrap_problem(bootstrap: Path, anchor: str) -> str | None:
+    """Why `bootstrap` is not the signed directory `anchor` pins, or None when it is."""
+    import hashlib
+    import hmac
+
+    from creditnet.directory.sign import DIRECTORY_TYPE, load
+    from creditnet.errors import CreditnetError
+
+    try:
+        env = load(bootstrap)
+    except (CreditnetError, OSError, ValueError) as exc:
+        return f"{bootstrap} is not a signed network directory ({exc})"
+    if env.payload_type != DIRECTORY_TYPE:
+        return f"{bootstrap} is not a signed network directory (payload type {env.payload_type[:80]!r})"
+    digest = hashlib.sha256(env.payload).hexdigest()
+    if not hmac.compare_digest(digest, anchor):
+        return (
+            f"{bootstrap} is not the directory {DIRECTORY_ANCHOR.name} pins "
+            f"(the SHA-256 of its payload is {digest}); directory.anchor"
+        )
+    return None
 
 
 def _with_password(url_text: str, password_file: Path, problems: Problems) -> str:

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -164,11 +165,42 @@ def test_the_vendored_schema_is_the_recorded_one() -> None:
     assert hashlib.sha256((SCHEMAS / "compose-spec.json").read_bytes()).hexdigest() == recorded[1]
 
 
+PIN_ANCHOR = (
+    "CREDITNET_DIRECTORY_ANCHOR=$(cat /etc/creditnet/tls/anchor.sha256)"
+    " && export CREDITNET_DIRECTORY_ANCHOR && "
+)
+
+
 def test_every_node_migrates_its_database_before_serving(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         if name.startswith("node-"):
-            assert service["entrypoint"] == [
+            # yaml keeps Compose's $$ escape; Compose hands the shell a single $.
+            assert [part.replace("$$", "$") for part in service["entrypoint"]] == [
                 "/bin/sh",
                 "-c",
-                "creditnet node migrate && exec creditnet node run",
+                PIN_ANCHOR + "creditnet node migrate && exec creditnet node run",
             ], name
+
+
+def test_every_server_holds_the_directory_on_its_own_volume(compose: dict[str, Any]) -> None:
+    """The bootstrap directory and the anchor come from the server's pki mount; its state from its volume."""
+    services = compose["services"]
+    servers = {"aggregator": "aggregator run", **{f"node-{c}": "node run" for c in CITIES}}
+    volumes_of: dict[str, set[str]] = {}
+    for name, run in servers.items():
+        service = services[name]
+        env = service["environment"]
+        # yaml keeps Compose's $$ escape; Compose hands the shell a single $.
+        command = service["entrypoint"][2].replace("$$", "$")
+        assert command.startswith(PIN_ANCHOR) and command.endswith(f"exec creditnet {run}"), name
+        assert env["CREDITNET_DIRECTORY_BOOTSTRAP"] == "/etc/creditnet/tls/directory.json", name
+        state = Path(env["CREDITNET_DIRECTORY_STATE"])
+        named = {
+            v.split(":")[1]: v.split(":")[0] for v in service["volumes"] if isinstance(v, str) and ":" in v
+        }
+        assert str(state.parent) in named, f"{name}: the directory state is not on a volume"
+        volumes_of[name] = {named[str(state.parent)]}
+        assert named[str(state.parent)] in compose["volumes"], name
+    # No two servers share a state volume.
+    owners = [v for vs in volumes_of.values() for v in vs]
+    assert len(owners) == len(set(owners))

@@ -228,15 +228,40 @@ def test_settings_are_known_parse_and_point_into_mounts(
         if variable.parse is settings.parse_file:
             path = PurePosixPath(value)
             volume = volumes[mounts[str(path.parent)]]
-            items = {i["path"] for i in volume["secret"]["items"]}
-            assert path.name in items, f"{variable.name}={value} is not in the {volume['name']} Secret"
+            source = volume.get("secret") or volume["configMap"]
+            items = {i["path"] for i in source["items"]}
+            assert path.name in items, f"{variable.name}={value} is not in the {volume['name']} volume"
             assert next(m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent))[
                 "readOnly"
             ]
         elif variable.parse is settings.parse_directory:
             assert mounts[value] in claims, f"{variable.name}={value} is not on a persistent volume"
+        elif variable.parse is settings.parse_state_file:
+            parent = str(PurePosixPath(value).parent)
+            assert mounts[parent] in claims, f"{variable.name}={value} is not on a persistent volume"
         else:
             variable.parse(value)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_pins_the_directory_its_operator_was_given(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    """The anchor and the first directory come from the creditnet-directory ConfigMap the operator makes."""
+    pod = one(rendered[overlay], "StatefulSet")["spec"]["template"]["spec"]
+    data = one(rendered[overlay], "ConfigMap")["data"]
+    assert "CREDITNET_DIRECTORY_ANCHOR" not in data, "the anchor is the network's, not in the manifests"
+    assert {"CREDITNET_DIRECTORY_BOOTSTRAP", "CREDITNET_DIRECTORY_STATE"} <= set(data)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # The migration reads the node's settings too: every container gets all three.
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        (anchor,) = [e for e in container.get("env", []) if e["name"] == "CREDITNET_DIRECTORY_ANCHOR"]
+        assert anchor["valueFrom"]["configMapKeyRef"] == {"name": "creditnet-directory", "key": "anchor"}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        bootstrap = PurePosixPath(data["CREDITNET_DIRECTORY_BOOTSTRAP"])
+        volume = volumes[mounts[str(bootstrap.parent)]]
+        assert volume["configMap"]["name"] == "creditnet-directory"
+        assert str(PurePosixPath(data["CREDITNET_DIRECTORY_STATE"]).parent) in mounts, container["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -150,13 +150,53 @@ def test_the_compose_mounts_find_their_files(pki_dir: Path) -> None:
             if isinstance(v, dict) and v.get("source") == "pki"
         }
         for key, value in service.get("environment", {}).items():
-            if not (key.endswith(("_CERT", "_KEY", "_CA", "_FILE"))):
+            if not (key.endswith(("_CERT", "_KEY", "_CA", "_FILE", "_BOOTSTRAP"))):
                 continue
             path = Path(value)
             assert str(path.parent) in mounts, f"{name}: {key}={value} is outside its pki mounts"
             assert (mounts[str(path.parent)] / path.name).is_file(), f"{name}: {key}={value} does not exist"
             checked += 1
     assert checked >= 2 * 7 + 1, "the Compose services name fewer files than expected"
+
+
+def test_each_server_gets_the_signed_directory_and_the_anchor_that_pins_it(pki_dir: Path) -> None:
+    """What each container reads: its settings take the bootstrap its anchor pins, and it verifies."""
+    from creditnet.directory.model import Directory
+    from creditnet.directory.sign import load
+    from creditnet.directory.verify import verify
+    from creditnet.settings import read_directory
+
+    services = load_compose()["services"]
+    trust = TrustStore.load(pki_dir / "ca" / "ca.pem")
+    anchors = set()
+    for name in (*(f"node-{c}" for c in RUN_CITIES), "aggregator"):
+        service = services[name]
+        mounts = {
+            v["target"]: pki_dir / v["volume"]["subpath"]
+            for v in service["volumes"]
+            if isinstance(v, dict) and v.get("source") == "pki"
+        }
+        env = dict(service["environment"])
+        bootstrap = Path(env["CREDITNET_DIRECTORY_BOOTSTRAP"])
+        host = mounts[str(bootstrap.parent)]
+        # As the entrypoint does: the anchor from the mount, the state on the server's volume.
+        env["CREDITNET_DIRECTORY_ANCHOR"] = (host / "anchor.sha256").read_text().strip()
+        env["CREDITNET_DIRECTORY_BOOTSTRAP"] = str(host / bootstrap.name)
+        env["CREDITNET_DIRECTORY_STATE"] = str(pki_dir / "state" / name / "directory.binpb")
+        problems: list[tuple[str, str]] = []
+        config = read_directory(env, problems)
+        assert problems == [] and config is not None, (name, problems)
+        anchors.add(config.anchor)
+        env_ = load(config.bootstrap)
+        d = verify(env_, trust=trust, anchor_sha256=bytes.fromhex(config.anchor)).directory
+        assert d.version == 1
+    assert len(anchors) == 1, "every server pins the same first directory"
+    assert not any((pki_dir / c / "node" / "governance").exists() for c in RUN_CITIES)
+    first = Directory.from_payload(load(pki_dir / "directory" / "directory.json").payload)
+    # The directory says where the Compose services are.
+    assert {c.endpoints for c in first.cities} == {("node-340100:7443",), ("node-320100:7443",)}
+    assert {c.code for c in first.cities} == {"340100", "320100"}
+    assert [a.endpoints for a in first.aggregators] == [("aggregator:7400",)]
 
 
 def test_the_ca_key_is_mounted_by_the_pki_job_only() -> None:

@@ -87,9 +87,10 @@ async def start_aggregator(
 
     served: ServedDirectory | None = None
     if config.directory is not None:
-        # The aggregator refreshes from the nodes it federates to.
+        # The aggregator refreshes from the members its directory lists; the
+        # nodes it federates to when none of them answers.
         peers = {c.value: (ep, node_server_name(c)) for c, ep in config.nodes.items()}
-        served = await serve_directory(config.directory, identity, trust, peers)
+        served = await serve_directory(config.directory, identity, trust, peers, identity.role.subject)
         names.append(DIRECTORY_SERVICE)
 
     def register(server: grpc.aio.Server) -> None:

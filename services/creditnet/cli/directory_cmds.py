@@ -310,13 +310,15 @@ def publish_cmd(
     """Offer a signed directory to every node and the aggregator of a running network.
 
     Each server verifies it against the directory it holds and keeps it only
-    if it is valid and newer. Exit 0 when every server holds it afterwards,
+    if it is valid and newer. A version any server took is kept as
+    STATE/directory/directory-vN.json (`pki revoke` walks them across a
+    governance rotation). Exit 0 when every server holds it afterwards,
     1 when any refused it or could not be reached (each is listed with why),
     2 on bad usage.
     """
     import asyncio
 
-    from creditnet.directory.publish import publish
+    from creditnet.directory.publish import keep, publish
     from creditnet.network import NetworkLayout
 
     with errors():
@@ -324,6 +326,9 @@ def publish_cmd(
         version = Directory.from_payload(env.payload).version
         layout = NetworkLayout.load(read_network(network).parent)
         answers = asyncio.run(publish(layout, env))
+        if any(a.ok and a.version == version for a in answers):
+            # Taken by a server: a version `pki revoke` may need to walk (a rotation).
+            keep(layout, env)
         if json_out:
             print_json(
                 [

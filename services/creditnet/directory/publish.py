@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
+from creditnet.directory.model import Directory
+from creditnet.directory.sign import save
 from creditnet.network import NetworkLayout
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import secure_channel
@@ -62,6 +65,24 @@ async def offer_to(
         except grpc.aio.AioRpcError as exc:
             return Offered(target.name, status=exc.code().name, detail=exc.details() or "")
     return Offered(target.name, version=answer.version, changed=answer.changed)
+
+
+def keep(layout: NetworkLayout, envelope: envelope_pb2.SignedEnvelope) -> Path | None:
+    """Keep a published directory in the state dir (STATE/directory/directory-vN.json).
+
+    `pki revoke` walks these to verify the servers' newest directory from the
+    pinned first one (a governance rotation cannot be skipped). A file of
+    that name already there is left as it is; returns the file written.
+    """
+    section = layout.data.get("directory")
+    if not isinstance(section, dict):
+        return None
+    version = Directory.from_payload(bytes(envelope.payload)).version
+    file = layout.path(str(section["file"])).parent / f"directory-v{version}.json"
+    if file.exists():
+        return None
+    save(envelope, file)
+    return file
 
 
 async def publish(

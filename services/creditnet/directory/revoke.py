@@ -25,7 +25,7 @@ from creditnet.directory.sign import load, save, sign
 from creditnet.directory.verify import VerifiedDirectory, verify
 from creditnet.errors import CreditnetError, InvalidArgument
 from creditnet.network import NetworkLayout
-from creditnet.pki import Identity, TrustStore, load_cert
+from creditnet.pki import Identity, RoleKind, TrustStore, load_cert
 from creditnet.rpc import secure_channel
 from creditnet.v2 import directory_pb2, envelope_pb2
 from creditnet.v2 import directory_service_pb2 as pb
@@ -50,15 +50,50 @@ def _settings(layout: NetworkLayout) -> dict[str, object]:
     return section
 
 
-def governance_signers(layout: NetworkLayout) -> list[Identity]:
-    """The first k governance keys of the state directory: enough to sign a new version."""
+def governance_identities(layout: NetworkLayout) -> list[Identity]:
+    """Every governance key the state directory holds: network.json's and STATE/directory/governance/*."""
     section = _settings(layout)
     keys = section["governance"]
     assert isinstance(keys, dict)
-    threshold = int(str(section["threshold"]))
-    return [
-        Identity.load(layout.path(k["cert"]), layout.path(k["key"])) for k in list(keys.values())[:threshold]
+    pairs = [(layout.path(k["cert"]), layout.path(k["key"])) for k in keys.values()]
+    folder = layout.path(str(section["file"])).parent / "governance"
+    pairs += [(pem, pem.with_suffix(".key")) for pem in sorted(folder.glob("*.pem"))]
+    found: dict[bytes, Identity] = {}
+    for cert, key in pairs:
+        if not (cert.is_file() and key.is_file()):
+            continue
+        ident = Identity.load(cert, key)
+        if ident.role.kind is RoleKind.GOVERNANCE:
+            found.setdefault(spki_sha256(ident.key.public_key()), ident)
+    return list(found.values())
+
+
+def governance_signers(layout: NetworkLayout, directory: Directory) -> list[Identity]:
+    """Enough governance keys of the state directory to sign the version after `directory`.
+
+    They are the keys `directory` lists (after a rotation: the new ones,
+    never the retired ones), matched by name and SPKI SHA-256 and not revoked,
+    k of them (its threshold); ``revoke.signers`` if the state dir has fewer.
+    """
+    gov = directory.governance
+    listed = {(k.name, k.spki_sha256) for k in gov.keys}
+    signers = [
+        ident
+        for ident in governance_identities(layout)
+        if (ident.role.subject, spki_sha256(ident.key.public_key())) in listed
+        and not directory.is_certificate_revoked(ident.cert)
     ]
+    signers.sort(key=lambda i: [k.name for k in gov.keys].index(i.role.subject))
+    if len(signers) < gov.threshold:
+        have = ", ".join(i.role.subject for i in signers) or "none"
+        folder = layout.path(str(_settings(layout)["file"])).parent / "governance"
+        raise InvalidArgument(
+            "revoke.signers",
+            f"directory version {directory.version} is signed by {gov.threshold} of "
+            f"{', '.join(k.name for k in gov.keys)}; {layout.root} holds the keys of {have} "
+            f"(put the others' NAME.pem and NAME.key in {folder})",
+        )
+    return signers[: gov.threshold]
 
 
 def find_certificate(layout: NetworkLayout, serial: int) -> x509.Certificate:
@@ -77,9 +112,31 @@ def find_certificate(layout: NetworkLayout, serial: int) -> x509.Certificate:
     )
 
 
+def known_directories(layout: NetworkLayout) -> list[envelope_pb2.SignedEnvelope]:
+    """The signed directories kept in the state dir (STATE/directory/*.json: the first one, those
+    `pki revoke` and `directory publish --network` wrote, any an operator put there)."""
+    folder = layout.path(str(_settings(layout)["file"])).parent
+    out = []
+    for file in sorted(folder.glob("*.json")):
+        try:
+            out.append(load(file))
+        except CreditnetError:
+            continue
+    return out
+
+
 def _verified_newest(
     layout: NetworkLayout, trust: TrustStore, held: list[envelope_pb2.SignedEnvelope]
 ) -> VerifiedDirectory:
+    """The newest directory that verifies from the pinned first one, walking every version at hand.
+
+    A governance rotation cannot be skipped (rule V8): the versions after it
+    verify only against it. So the servers' directories and the state dir's
+    are walked in version order, each verified against the last that was.
+    A server holding a newer directory than that walk reaches is refused
+    with ``revoke.chain``: signing on an older base would fork the network
+    under keys it may have retired.
+    """
     section = _settings(layout)
     first_env = load(layout.path(str(section["file"])))
     anchor = bytes.fromhex(str(section["anchor"]))
@@ -87,18 +144,35 @@ def _verified_newest(
         raise InvalidArgument(
             "directory.anchor", "the state directory's first directory is not the pinned one"
         )
-    first = verify(
+    best = verify(
         first_env, trust=trust, anchor_sha256=anchor, at=Directory.from_payload(first_env.payload).issued_at
     )
-    best = first
-    for env in held:
+    candidates: dict[bytes, tuple[int, envelope_pb2.SignedEnvelope]] = {}
+    for env in [*known_directories(layout), *held]:
         try:
-            candidate = verify(env, trust=trust, trusted=first)
+            version = Directory.from_payload(bytes(env.payload)).version
         except CreditnetError:
-            # A server's word is not enough; an unverifiable one is skipped.
             continue
-        if candidate.version > best.version:
-            best = candidate
+        candidates.setdefault(bytes(env.payload), (version, env))
+    now = utcnow()
+    for version, env in sorted(candidates.values(), key=lambda c: c[0]):
+        if version <= best.version:
+            continue
+        d = Directory.from_payload(bytes(env.payload))
+        try:
+            # As of now, or of its expiry for one the network has moved past.
+            best = verify(env, trust=trust, trusted=best, at=min(now, d.expires_at))
+        except CreditnetError:
+            # A server's word (or a stray file) is not enough; an unverifiable one is skipped.
+            continue
+    newer = [v for v, env in (c for c in candidates.values()) if v > best.version and env in held]
+    if newer:
+        raise InvalidArgument(
+            "revoke.chain",
+            f"a server holds directory version {max(newer)}, which does not verify from the pinned one "
+            f"through the versions at hand (newest verified: {best.version}); put the missing versions "
+            f"(a governance rotation) in {layout.path(str(section['file'])).parent}",
+        )
     return best
 
 
@@ -135,7 +209,8 @@ async def revoke(
     trust = TrustStore.load(layout.ca)
     operator = layout.identity("operators", sorted(layout.data["identities"]["operators"])[0])
     held = await held_directories(layout, operator, trust)
-    base = (await asyncio.to_thread(_verified_newest, layout, trust, held)).directory
+    verified = await asyncio.to_thread(_verified_newest, layout, trust, held)
+    base = verified.directory
     serial = serial_bytes(cert.serial_number)
     pub = cert.public_key()
     if not isinstance(pub, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
@@ -150,7 +225,9 @@ async def revoke(
         issued_at=now,
         revoked=(*base.revoked, Revoked(serial, spki, reason, now)),
     )
-    env = sign(d, governance_signers(layout))
+    env = sign(d, governance_signers(layout, base))
+    # Never publish what the servers would refuse: it must verify as their next version.
+    await asyncio.to_thread(verify, env, trust=trust, trusted=verified)
     file = layout.path(str(_settings(layout)["file"])).parent / f"directory-v{d.version}.json"
     save(env, file)
     return Revocation(d, file, await publish(layout, env, operator, only))

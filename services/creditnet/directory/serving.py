@@ -7,8 +7,9 @@ Every node and the aggregator that is configured with a directory
   answers the envelope it holds; OfferDirectory verifies a candidate (the
   governance signatures are what count, not who offers) and keeps it if good;
 - refreshes every `policy.refresh_interval` of the directory it holds by
-  asking its peers (`DirectoryRefresher`), keeping its last good directory
-  whatever a peer answers;
+  asking the members that directory lists (`DirectoryRefresher`; its
+  configured peers only when none of them answers), keeping its last good
+  directory whatever a peer answers;
 - refuses every other creditnet call with UNAVAILABLE ``directory.expired``
   while the newest directory it holds is past `policy.max_age`
   (`DirectoryGate`), until a fresh one arrives;
@@ -36,11 +37,12 @@ import grpc
 
 from creditnet.config import DirectoryConfig
 from creditnet.directory.errors import refuse
+from creditnet.directory.model import Directory
 from creditnet.directory.sign import load
 from creditnet.directory.verify import DirectoryHolder
 from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
-from creditnet.pki import Identity, RevocationCheck, TrustStore
+from creditnet.pki import Identity, RevocationCheck, TrustStore, node_server_name
 from creditnet.rpc import PeerIdentities, refusals, secure_channel
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
@@ -171,21 +173,46 @@ class Peer:
     server_name: str
 
 
+def directory_peers(directory: Directory, member: str | None) -> tuple[tuple[Peer, ...], ...]:
+    """Whom a holder of `directory` asks: every member city and aggregator but `member` (itself).
+
+    One group per member, its endpoints in the directory's order (the first
+    that answers is enough).
+    """
+    groups: list[tuple[Peer, ...]] = []
+    for c in directory.cities:
+        if c.code != member:
+            name = c.tls_server_name
+            groups.append(tuple(Peer(c.code, ep, name) for ep in c.endpoints))
+    for a in directory.aggregators:
+        if a.name != member:
+            groups.append(tuple(Peer(a.name, ep, a.tls_server_name) for ep in a.endpoints))
+    return tuple(groups)
+
+
 @dataclass
 class DirectoryRefresher:
-    """Every refresh interval, asks each peer for its directory and offers it to the holder."""
+    """Every refresh interval, asks each peer for its directory and offers it to the holder.
+
+    The peers are the members the held directory lists (every city's node and
+    every aggregator, but `member`, this server's own name there), re-read at
+    each round: a member the governance admits is asked from the next round,
+    one it removes no longer. `peers`, from the server's configuration, are
+    the fallback, asked only in a round where no member the directory lists
+    (other than itself) answered.
+    """
 
     holder: DirectoryHolder
     identity: Identity
     trust: TrustStore
     peers: tuple[Peer, ...]
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    member: str | None = None
+    _channels: dict[tuple[str, str], grpc.aio.Channel] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+    _asked: tuple[str, ...] = ()
 
     def start(self) -> None:
-        for p in self.peers:
-            self._channels[p.name] = secure_channel(p.endpoint, self.identity, self.trust, p.server_name)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -203,6 +230,11 @@ class DirectoryRefresher:
             return MIN_INTERVAL
         return max(held.directory.policy.refresh_interval.total_seconds(), MIN_INTERVAL)
 
+    def member_peers(self) -> tuple[tuple[Peer, ...], ...]:
+        """The peers the held directory lists now, grouped by member (none while none is held)."""
+        held = self.holder.current
+        return () if held is None else directory_peers(held.directory, self.member)
+
     async def _run(self) -> None:
         # A round first: a server that was down catches up as it starts,
         # not one interval later.
@@ -218,16 +250,45 @@ class DirectoryRefresher:
 
     async def refresh_once(self) -> int:
         """Ask every peer once; the number of peers whose directory changed the held one."""
-        results = await asyncio.gather(*(self._from(p) for p in self.peers))
-        return sum(results)
+        groups = self.member_peers()
+        asked = tuple(g[0].name for g in groups)
+        if asked != self._asked:
+            log.info("asking %s for newer directories", ", ".join(asked) or "no member")
+            self._asked = asked
+        results = list(await asyncio.gather(*(self._from_member(g) for g in groups)))
+        if not any(r is not None for r in results) and self.peers:
+            # Nobody the directory lists answered (or it lists nobody else): the configured peers.
+            results += await asyncio.gather(*(self._from_member((p,)) for p in self.peers))
+            groups = (*groups, *((p,) for p in self.peers))
+        await self._close_unused({(p.endpoint, p.server_name) for g in groups for p in g})
+        return sum(1 for r in results if r)
 
-    async def _from(self, peer: Peer) -> bool:
-        stub = pb_grpc.DirectoryServiceStub(self._channels[peer.name])
+    def _channel(self, peer: Peer) -> grpc.aio.Channel:
+        key = (peer.endpoint, peer.server_name)
+        if key not in self._channels:
+            self._channels[key] = secure_channel(peer.endpoint, self.identity, self.trust, peer.server_name)
+        return self._channels[key]
+
+    async def _close_unused(self, used: set[tuple[str, str]]) -> None:
+        for key in [k for k in self._channels if k not in used]:
+            await self._channels.pop(key).close()
+
+    async def _from_member(self, endpoints: tuple[Peer, ...]) -> bool | None:
+        """The member's answer from the first of its endpoints that answers; None if none did."""
+        for peer in endpoints:
+            result = await self._from(peer)
+            if result is not None:
+                return result
+        return None
+
+    async def _from(self, peer: Peer) -> bool | None:
+        """Whether `peer`'s directory changed the held one; None when it did not answer."""
+        stub = pb_grpc.DirectoryServiceStub(self._channel(peer))
         try:
             answer = await stub.GetDirectory(pb.GetDirectoryRequest(), timeout=PEER_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
-            log.debug("no directory from %s: %s", peer.name, exc.code().name)
-            return False
+            log.debug("no directory from %s at %s: %s", peer.name, peer.endpoint, exc.code().name)
+            return None
         held = self.holder.current
         if held is not None and answer.directory.payload == held.envelope.payload:
             return False
@@ -260,11 +321,18 @@ class ServedDirectory:
 
 
 async def serve_directory(
-    config: DirectoryConfig, identity: Identity, trust: TrustStore, peers: Mapping[str, tuple[str, str]]
+    config: DirectoryConfig,
+    identity: Identity,
+    trust: TrustStore,
+    peers: Mapping[str, tuple[str, str]],
+    member: str | None = None,
 ) -> ServedDirectory:
     """Open the holder (off the event loop) and build what serves it.
 
-    `peers`: name -> (endpoint, TLS server name), whom the refresher asks.
+    The refresher asks the members the held directory lists, but `member`
+    (this server's name there: its city's code or its aggregator name);
+    `peers` (name -> (endpoint, TLS server name), from the configuration) only
+    when none of them answers.
     """
     # The holder checks governance signers against the directories themselves
     # (V6), with a trust store of its own: the server's store asks the holder.
@@ -277,6 +345,7 @@ async def serve_directory(
         trust,
         tuple(Peer(n, ep, sn) for n, (ep, sn) in sorted(peers.items())),
         changed=changed,
+        member=member,
     )
     return ServedDirectory(
         holder, DirectoryServicer(holder, trust, changed), DirectoryGate(holder, trust), refresher

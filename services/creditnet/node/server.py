@@ -117,7 +117,9 @@ async def start_node(
         )
         chain = ChainService(city=config.city, ledger=ledger, trust=trust)
         if config.directory is not None:
-            served = await serve_directory(config.directory, identity, trust, directory_peers(config))
+            served = await serve_directory(
+                config.directory, identity, trust, directory_peers(config), config.city.code
+            )
 
         def register(server: grpc.aio.Server) -> None:
             if served is not None:
@@ -166,7 +168,7 @@ async def start_node(
 
 
 def directory_peers(config: NodeConfig) -> dict[str, tuple[str, str]]:
-    """Whom a node asks for newer directories: the peers its v1 config knows (its witnesses)."""
+    """Whom a node asks for newer directories when no member its directory lists answers: its witnesses."""
     return {
         name: (ep, AGGREGATOR_SERVER_NAME if name == "national" else node_server_name(City.parse(name)))
         for name, ep in config.witnesses.items()
