@@ -42,7 +42,7 @@ from creditnet.directory.sign import load
 from creditnet.directory.verify import DirectoryHolder
 from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
-from creditnet.pki import Identity, RevocationCheck, TrustStore, node_server_name
+from creditnet.pki import Identity, RevocationCheck, TrustStore
 from creditnet.rpc import PeerIdentities, refusals, secure_channel
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
