@@ -122,7 +122,10 @@ class BankDirectory:
     def require_fresh(self) -> Directory:
         """The held directory; UNAVAILABLE directory.missing / directory.expired when there is none fit."""
         if self._holder is None:
-            raise refuse("directory.missing", "the bank client holds no network directory")
+            raise refuse(
+                "directory.missing",
+                "the bank client has not opened its network directory yet (await ready_directory() first)",
+            )
         return self._holder.require_fresh()
 
     def revocation_check(self) -> RevocationCheck:
