@@ -17,8 +17,10 @@ from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
 from creditnet.deadlines import answer_reserve, budget_metadata
+from creditnet.directory.model import Directory
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import EnvelopeVerifier, load_envelope
+from creditnet.errors import CreditnetError
 from creditnet.limits import RETRY_AFTER_KEY
 from creditnet.observability import client_span, query_scope
 from creditnet.observability.context import parse_query_id
@@ -27,11 +29,15 @@ from creditnet.rpc import secure_channel
 from creditnet.v2 import (
     aggregator_pb2,
     aggregator_pb2_grpc,
+    directory_service_pb2,
+    directory_service_pb2_grpc,
     envelope_pb2,
     node_pb2,
     node_pb2_grpc,
     query_pb2,
 )
+from creditnet.v2 import envelope_pb2 as v2_envelope_pb2
+from creditnet_bank.directory import BankDirectory, DirectorySettings
 from creditnet_bank.report import Report, merge
 from creditnet_bank.verify import Section, SectionStatus, scope_cities, verify_section
 
@@ -50,12 +56,30 @@ class QueryRefused(Exception):
         self.reason = reason
 
 
+class DirectoryRefused(QueryRefused):
+    """The client's network directory is missing or expired (or could not be taken): nothing was sent.
+
+    `rule` is the directory rule (``directory.expired``, ``directory.missing``, ``directory.anchor``…).
+    """
+
+    def __init__(self, exc: CreditnetError) -> None:
+        super().__init__(exc.code, exc.reason)
+        self.rule = exc.rule
+
+
 class BankClient:
     """Ask the network about an enterprise, with its consent.
 
     >>> async with BankClient.from_files(aggregator="localhost:7000", cert=..., key=..., ca=...) as bank:
     ...     report = await bank.query("91340100...", consent=Path("acme.consent.json"),
     ...                               purpose="loan_application")
+
+    With `directory` (protocol v2), the client holds the signed network
+    directory (`creditnet_bank.directory`): it refreshes it from the
+    aggregator, refuses every certificate it revokes (the signers of the
+    nodes' answers and log checkpoints, the aggregator's TLS certificate),
+    expects the cities it lists, and sends nothing while it holds only an
+    expired one (`DirectoryRefused`, ``directory.expired``).
     """
 
     def __init__(
@@ -65,15 +89,22 @@ class BankClient:
         identity: Identity,
         trust: TrustStore,
         timeout: float = DEFAULT_TIMEOUT,
+        directory: DirectorySettings | None = None,
     ) -> None:
         if identity.role.kind is not RoleKind.BANK:
             raise ValueError(f"a bank client needs a bank certificate, not {identity.role.uri}")
         self.identity = identity
         self.trust = trust
         self.timeout = timeout
+        self.directory = BankDirectory(directory, trust) if directory is not None else None
+        if self.directory is not None:
+            # Every verification with this store (answers, receipts, the
+            # aggregator's certificate) asks the directory held at that moment.
+            trust.revocation = self.directory.revocation_check()
         self.verifier = EnvelopeVerifier(trust)
         self._channel = secure_channel(aggregator, identity, trust, AGGREGATOR_SERVER_NAME)
         self._stub = aggregator_pb2_grpc.AggregatorServiceStub(self._channel)
+        self._directory_stub = directory_service_pb2_grpc.DirectoryServiceStub(self._channel)
 
     @classmethod
     def from_files(
@@ -84,27 +115,63 @@ class BankClient:
         key: Path | str,
         ca: Path | str,
         timeout: float = DEFAULT_TIMEOUT,
+        directory_anchor: str | None = None,
+        directory_state: Path | str | None = None,
+        directory_bootstrap: Path | str | None = None,
     ) -> BankClient:
+        """`directory_anchor` (SHA-256 hex of the first trusted directory) and
+        `directory_state` (the file the client keeps it in) go together; with
+        them the client holds the network directory. `directory_bootstrap`: the
+        first signed directory, if at hand (otherwise fetched and pinned)."""
+        settings: DirectorySettings | None = None
+        if directory_anchor is not None or directory_state is not None:
+            if directory_anchor is None or directory_state is None:
+                raise ValueError("a directory anchor and a directory state file go together")
+            settings = DirectorySettings(
+                anchor=directory_anchor,
+                state=Path(directory_state),
+                bootstrap=Path(directory_bootstrap) if directory_bootstrap is not None else None,
+            )
         return cls(
             aggregator=aggregator,
             identity=Identity.load(Path(cert), Path(key)),
             trust=TrustStore.load(Path(ca)),
             timeout=timeout,
+            directory=settings,
         )
 
     @classmethod
-    def from_network(cls, network_json: Path | str, bank: str | None = None, **kw: float) -> BankClient:
-        """Connect with the endpoints and a bank identity listed in a network.json."""
+    def from_network(
+        cls,
+        network_json: Path | str,
+        bank: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        directory_state: Path | str | None = None,
+    ) -> BankClient:
+        """Connect with the endpoints and a bank identity listed in a network.json.
+
+        A network with a directory (`creditnet network up`) gives its anchor
+        and first signed directory; the client keeps it in `directory_state`,
+        by default ``banks/<code>.directory.binpb`` next to the network.json.
+        """
         net = json.loads(Path(network_json).read_text())
         base = Path(network_json).parent
         banks = net["identities"]["banks"]
-        ident = banks[bank] if bank else next(iter(banks.values()))
+        code = bank or next(iter(banks))
+        ident = banks[code]
+        signed = net.get("directory")
         return cls.from_files(
             aggregator=net["aggregator"]["endpoint"],
             cert=base / ident["cert"],
             key=base / ident["key"],
             ca=base / net["ca"],
-            **kw,
+            timeout=timeout,
+            directory_anchor=signed["anchor"] if signed else None,
+            directory_state=(directory_state or base / "banks" / f"{code}.directory.binpb")
+            if signed
+            else None,
+            directory_bootstrap=base / signed["file"] if signed else None,
         )
 
     async def __aenter__(self) -> Self:
@@ -120,6 +187,37 @@ class BankClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+    async def _fetch_directory(self) -> v2_envelope_pb2.SignedEnvelope:
+        resp: directory_service_pb2.GetDirectoryResponse = await self._directory_stub.GetDirectory(
+            directory_service_pb2.GetDirectoryRequest(), timeout=min(self.timeout, 5.0)
+        )
+        return resp.directory
+
+    async def refresh_directory(self) -> int:
+        """Fetch the aggregator's directory now; the version held afterwards.
+
+        Raises the rule that refused it (``directory.rollback``, …, a
+        CreditnetError) or the call's AioRpcError; the last good one is kept.
+        """
+        if self.directory is None:
+            raise ValueError("this client was not given a network directory")
+        return await self.directory.refresh(self._fetch_directory)
+
+    async def offer_directory(self, envelope: v2_envelope_pb2.SignedEnvelope) -> bool:
+        """Take a signed directory received another way, verified as any; True if it changed."""
+        if self.directory is None:
+            raise ValueError("this client was not given a network directory")
+        return await self.directory.offer(envelope)
+
+    async def ready_directory(self) -> Directory | None:
+        """The directory to act by, refreshed when due; DirectoryRefused when there is no fresh one."""
+        if self.directory is None:
+            return None
+        try:
+            return await self.directory.ready(self._fetch_directory)
+        except CreditnetError as exc:
+            raise DirectoryRefused(exc) from None
 
     def sign_query(
         self,
@@ -164,6 +262,8 @@ class BankClient:
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
         delay = 0.1
+        # Fail closed before anything leaves: no fresh directory, no query.
+        await self.ready_directory()
         query_id = _query_id(query_env)
         # One client span for the query, retries included: the servers' spans
         # of every attempt hang under it.
@@ -201,21 +301,36 @@ class BankClient:
     ) -> Report:
         query = query_pb2.CreditQuery()
         query.ParseFromString(query_env.payload)
-        scope = scope_cities(query)
+        # The cities the network has: the directory's members; without a
+        # directory, whichever cities the aggregator answers for.
+        members: set[City] | None = None
+        version = 0
+        if self.directory is not None:
+            try:
+                directory = self.directory.require_fresh()
+            except CreditnetError as exc:
+                raise DirectoryRefused(exc) from None
+            members, version = set(self.directory.member_cities(directory)), directory.version
+        scope = scope_cities(query, members or ())
         by_city: dict[City, Section] = {}
         for raw in resp.sections:
             section = verify_section(self.verifier, raw, query_env, query)
-            if (scope and section.city not in scope) or section.city in by_city:
+            outside = (scope and section.city not in scope) or (
+                members is not None and section.city not in members
+            )
+            if outside or section.city in by_city:
                 continue  # an extra or duplicated section is the aggregator's error; ignore it
             by_city[section.city] = section
-        # A city the aggregator left out is reported, not silently dropped.
-        sections = [
-            by_city.get(c)
-            or Section(
-                city=c, status=SectionStatus.UNAVAILABLE, reason="the aggregator returned no answer for it"
-            )
-            for c in (scope or sorted(by_city))
-        ]
+
+        def missing(c: City) -> Section:
+            # A city the aggregator left out is reported, not silently dropped.
+            if members is not None and c not in members:
+                reason = f"not a member of the network directory (version {version})"
+            else:
+                reason = "the aggregator returned no answer for it"
+            return Section(city=c, status=SectionStatus.UNAVAILABLE, reason=reason)
+
+        sections = [by_city.get(c) or missing(c) for c in (scope or sorted(by_city))]
         return merge(query.query_id, query.enterprise_uscc, Purpose.from_proto(query.purpose), sections)
 
     async def nodes(self, *, timeout: float | None = None) -> aggregator_pb2.ListNodesResponse:

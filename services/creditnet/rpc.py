@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 from creditnet.errors import CreditnetError, PermissionDenied, Unauthenticated
 from creditnet.handlers import Deserializer, refuse_undecodable
 from creditnet.pki import Identity, Role, RoleKind, TrustStore, VerifiedCert
+from creditnet.server_certs import server_certificate_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +119,19 @@ def secure_channel(target: str, identity: Identity, trust: TrustStore, server_na
     Pinning the TLS target name to the role's DNS name (e.g.
     ``340100.node.creditnet``) means only the certificate the CA issued to
     that role completes the handshake, whatever address `target` is.
+
+    While `trust` has a revocation check (a network directory is held), a
+    server whose certificate the directory revokes is refused before each
+    call, UNAUTHENTICATED ``cert.revoked`` (`creditnet.server_certs`).
     """
     creds = grpc.ssl_channel_credentials(trust.ca_pem, identity.key_pem, identity.cert_pem)
     options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
-    return grpc.aio.secure_channel(target, creds, options=options)
+    return grpc.aio.secure_channel(
+        target,
+        creds,
+        options=options,
+        interceptors=server_certificate_interceptors(target, identity, trust, server_name),
+    )
 
 
 class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from creditnet import pilot
 from creditnet.chain.keys import LogKey
 from creditnet.config import DirectoryConfig
 from creditnet.directory.model import Directory, Policy
 from creditnet.directory.provision import init_directory
-from creditnet.domain import City
 from creditnet.network import free_port
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.rpc import secure_channel
@@ -66,7 +66,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Network:
 def node_env(network: Network, tmp_path: Path) -> dict[str, str]:
     LogKey.issue(network.ca, "340100").save(tmp_path / "logkey.pem", tmp_path / "logkey.key")
     return {
-        **network.server_env("340100-node", Role.node(City.HEFEI)),
+        **network.server_env("340100-node", Role.node(pilot.HEFEI)),
         "CREDITNET_CITY": "340100",
         "CREDITNET_LISTEN": f"127.0.0.1:{free_port()}",
         "CREDITNET_LOG_CERT": str(tmp_path / "logkey.pem"),

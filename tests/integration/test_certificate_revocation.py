@@ -223,4 +223,6 @@ async def test_a_revoked_log_key_gets_no_cosignature_so_its_node_answers_nothing
         jiaxing.status,
         jiaxing.reason,
     )
-    assert {s.status for s in sections.values()} <= {SectionStatus.OK, SectionStatus.NO_RECORDS}
+    assert {s.status for s in sections.values()} <= {SectionStatus.OK, SectionStatus.NO_RECORDS}, [
+        s.reason for s in sections.values()
+    ]

@@ -209,6 +209,8 @@ async def test_bank_reports_cities_the_aggregator_left_out_or_added(
     env = consent(layout, cities=(pilot.SHANGHAI, pilot.HEFEI))
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         q = bank.sign_query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
+        # Verifying without sending: the client's network directory is read first.
+        await bank.ready_directory()
         async with secure_channel(
             layout.aggregator_endpoint, layout.bank(), trust, AGGREGATOR_SERVER_NAME
         ) as ch:

@@ -27,10 +27,11 @@ from sqlalchemy import insert, select, update
 
 from creditnet.chain.checkpoint import Checkpoint, Cosignature, SignedCheckpoint
 from creditnet.chain.hedge import WitnessHealth, hedge_delay, plan
-from creditnet.chain.keys import LogKey
+from creditnet.chain.keys import LogKey, known_key
 from creditnet.chain.models import CHECKPOINTS, pack_certificates, unpack_certificates
 from creditnet.chain.sqlstore import CacheMiss, KeptQueryAnswer, PendingEntry, SqlLog
 from creditnet.dates import utcnow
+from creditnet.errors import CreditnetError
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
 from creditnet.store import Store
@@ -58,6 +59,10 @@ class WitnessLink:
     size: int | None = None
     last_error: str = ""
     health: WitnessHealth = field(default_factory=WitnessHealth)
+    # When set, the witness's key certificate is checked at every cosignature
+    # (validity and the directory's revocations): a revoked witness key's
+    # cosignature does not count towards the quorum.
+    trust: TrustStore | None = None
 
     @classmethod
     def connect(cls, name: str, endpoint: str, identity: Identity, trust: TrustStore) -> WitnessLink:
@@ -66,7 +71,11 @@ class WitnessLink:
         server = AGGREGATOR_SERVER_NAME if name == "national" else node_server_name(City.parse(name))
         channel = secure_channel(endpoint, identity, trust, server)
         return cls(
-            name=name, endpoint=endpoint, stub=chain_pb2_grpc.WitnessServiceStub(channel), channel=channel
+            name=name,
+            endpoint=endpoint,
+            stub=chain_pb2_grpc.WitnessServiceStub(channel),
+            channel=channel,
+            trust=trust,
         )
 
 
@@ -373,6 +382,12 @@ class Ledger:
             # Calls to one witness may finish out of order (a late one from an
             # earlier round): the size it holds only ever grows.
             w.size = max(w.size or 0, size)
+            if w.trust is not None:
+                try:
+                    known_key(w.trust, resp.witness_key_certificate)
+                except CreditnetError as exc:
+                    w.last_error = f"witness key: {exc.reason}"
+                    return None
             w.last_error = ""
             self.witness_certs[w.name] = resp.witness_key_certificate
             try:

@@ -28,10 +28,26 @@ def query(
         typer.Option(help="A network.json (or its directory): endpoints and the demo bank identity."),
     ] = None,
     bank: Annotated[str | None, typer.Option(help="With --network: which bank identity to use.")] = None,
+    directory_anchor: Annotated[
+        str | None,
+        typer.Option(help="SHA-256 (hex) of the first trusted network directory (`directory anchor`)."),
+    ] = None,
+    directory_state: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the client keeps the network directory (with --network: banks/CODE.directory.binpb)."
+        ),
+    ] = None,
+    directory_bootstrap: Annotated[
+        Path | None, typer.Option(help="The first signed directory, if at hand (else fetched and pinned).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds for the whole federated query.")] = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
 ) -> None:
     """Ask every consented city about an enterprise and print the verified, merged report.
+
+    With a network directory (a --network with one, or --directory-anchor and --directory-state) the
+    client verifies every answer against it and sends nothing while it holds only an expired one.
 
     Exit codes: 0 every city answered, 3 some cities are missing (denied, down, timed out or
     invalid; the report says which), 1 the query was refused as a whole.
@@ -39,13 +55,26 @@ def query(
     with errors():
         if network is None and not (aggregator and cert and key and ca):
             fail("give --network, or all of --aggregator, --cert, --key and --ca")
+        if network is None and (directory_anchor is None) != (directory_state is None):
+            fail("--directory-anchor and --directory-state go together")
 
         def connect() -> BankClient:
             # Inside the event loop: a gRPC channel belongs to the loop it was made in.
             if network is not None:
-                return BankClient.from_network(read_network(network), bank, timeout=timeout)
+                return BankClient.from_network(
+                    read_network(network), bank, timeout=timeout, directory_state=directory_state
+                )
             assert aggregator and cert and key and ca
-            return BankClient.from_files(aggregator=aggregator, cert=cert, key=key, ca=ca, timeout=timeout)
+            return BankClient.from_files(
+                aggregator=aggregator,
+                cert=cert,
+                key=key,
+                ca=ca,
+                timeout=timeout,
+                directory_anchor=directory_anchor,
+                directory_state=directory_state,
+                directory_bootstrap=directory_bootstrap,
+            )
 
         async def run() -> object:
             async with connect() as client:
