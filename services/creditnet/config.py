@@ -101,7 +101,7 @@ class NodeConfig:
     # False only for the benchmark's no-chain baseline: answers then carry no
     # receipt and every bank client refuses them.
     chain_enabled: bool = True
-    # None: no network directory (protocol v1 only, as before issue 8).
+    # None: no network directory (members from this configuration).
     directory: DirectoryConfig | None = None
 
     @classmethod

@@ -155,7 +155,7 @@ def provision(
     directory (protocol v2) in ``directory/``: governance keys gov-1..3 (2 of
     3), version 1 signed, its anchor pinned in every server's config, and
     the policy's refresh interval and maximum age as given. Without it the
-    servers run protocol v1 only, as before.
+    servers hold none and take their members from their configs.
     """
     members = tuple(sorted(set(cities)))
     if not members:

@@ -18,7 +18,7 @@ so a directory that revokes the certificate takes effect at the next call.
 Fail closed: while the trust store has a revocation check (a directory is
 held) and the server's certificate could not be read, calls are refused
 UNAVAILABLE ``peer.unverified``; a revoked one UNAUTHENTICATED
-``cert.revoked``. Without a revocation check (protocol v1 alone) calls pass
+``cert.revoked``. Without a revocation check (a server holding no directory) calls pass
 untouched.
 
 Known limit: the probe and gRPC's own connection are two TCP connections. An

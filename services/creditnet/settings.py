@@ -471,7 +471,7 @@ DIRECTORY_ANCHOR = Variable(
     "SHA-256 of the network's first signed directory (creditnet directory anchor FILE), "
     "given out of band with the CA certificate; setting it makes the server hold, serve and "
     "enforce the directory.",
-    unset="no network directory: protocol v1 alone",
+    unset="no network directory: members from the configuration",
 )  # fmt: skip
 DIRECTORY_BOOTSTRAP = Variable(
     "CREDITNET_DIRECTORY_BOOTSTRAP", parse_file, "path",

@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from creditnet import pilot
 from creditnet.cli.common import (
     EXIT_USAGE,
     MetricsPortOpt,
@@ -34,7 +35,13 @@ network_app = typer.Typer(help="The five-city network on one machine: up, status
 aggregator_app = typer.Typer(help="The national aggregator: run it.", no_args_is_help=True)
 
 
-def provision_with_progress(state_dir: Path, enterprises: int, seed: int, directory: bool = True) -> None:
+def provision_with_progress(
+    state_dir: Path,
+    enterprises: int,
+    seed: int,
+    directory: bool = True,
+    cities: tuple[City, ...] = pilot.CITIES,
+) -> None:
     from creditnet.network import provision
 
     with Progress(
@@ -51,7 +58,14 @@ def provision_with_progress(state_dir: Path, enterprises: int, seed: int, direct
                 tasks[city] = progress.add_task(f"loading {city:<9}", total=None)
             progress.advance(tasks[city], n)
 
-        provision(state_dir, enterprises_per_city=enterprises, seed=seed, progress=tick, directory=directory)
+        provision(
+            state_dir,
+            cities=cities,
+            enterprises_per_city=enterprises,
+            seed=seed,
+            progress=tick,
+            directory=directory,
+        )
 
 
 @network_app.command("up")
@@ -61,15 +75,24 @@ def up(
         int, typer.Option(min=1, help="Synthetic enterprises per city (new networks).")
     ] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 20221118,
+    cities: Annotated[
+        str,
+        typer.Option(
+            help="New networks: the member cities, as comma-separated division codes "
+            "(default: the five pilot cities 310000,320100,330100,330400,340100)."
+        ),
+    ] = "",
     directory: Annotated[
         bool,
         typer.Option(
             help="New networks: sign a network directory (protocol v2; needs creditnet[names]) "
-            "that every server holds, refreshes and enforces. --no-directory: protocol v1 alone."
+            "that every server holds, refreshes and enforces. --no-directory: members from each config."
         ),
     ] = True,
 ) -> None:
-    """Provision (if new) and run the five city nodes and the aggregator until Ctrl-C.
+    """Provision (if new) and run the city nodes and the aggregator until Ctrl-C.
+
+    A new network has the five pilot cities unless --cities names others.
 
     A server that dies is restarted, after a delay that doubles (up to 30 s) while it keeps dying.
 
@@ -79,7 +102,10 @@ def up(
 
     with errors():
         if not (state_dir / "network.json").exists():
-            provision_with_progress(state_dir, enterprises, seed, directory)
+            members = City.parse_many(cities) if cities.strip() else pilot.CITIES
+            provision_with_progress(state_dir, enterprises, seed, directory, members)
+        elif cities.strip():
+            raise ValueError(f"{state_dir} holds a network already: --cities applies to new networks only")
         layout = NetworkLayout.load(state_dir)
         net = ProcessNetwork(layout)
         net.start()
