@@ -305,6 +305,7 @@ class BankClient:
         # directory, whichever cities the aggregator answers for.
         members: set[City] | None = None
         version = 0
+        directory: Directory | None = None
         if self.directory is not None:
             try:
                 directory = self.directory.require_fresh()
@@ -314,7 +315,7 @@ class BankClient:
         scope = scope_cities(query, members or ())
         by_city: dict[City, Section] = {}
         for raw in resp.sections:
-            section = verify_section(self.verifier, raw, query_env, query)
+            section = verify_section(self.verifier, raw, query_env, query, directory)
             outside = (scope and section.city not in scope) or (
                 members is not None and section.city not in members
             )

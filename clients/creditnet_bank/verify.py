@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
+from creditnet.chain.ledger import DEFAULT_QUORUM
 from creditnet.chain.receipts import ReceiptError, verify_receipt
 from creditnet.consent import ConsentTerms
 from creditnet.dates import date_from_proto, ts_from_proto
+from creditnet.directory.model import Directory
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest
 from creditnet.errors import CreditnetError
@@ -88,7 +90,10 @@ def verify_section(
     section: aggregator_pb2.CitySection,
     query_env: envelope_pb2.SignedEnvelope,
     query: query_pb2.CreditQuery,
+    directory: Directory | None = None,
 ) -> Section:
+    """Verify one city's section; with the bank's `directory`, its receipt is
+    checked against the witnesses the directory assigns to the city's log."""
     try:
         city = City.from_proto(section.city)
     except ValueError:
@@ -105,7 +110,7 @@ def verify_section(
         return base
     try:
         verified = _verify_answer(verifier, base, section.answer, query_env, query)
-        _verify_receipt(verifier, verified, section, query_env, query)
+        _verify_receipt(verifier, verified, section, query_env, query, directory)
         return verified
     except (AnswerInvalid, CreditnetError, ValueError) as exc:
         # Nothing of a section that failed verification is kept.
@@ -124,12 +129,19 @@ def _verify_receipt(
     raw: aggregator_pb2.CitySection,
     query_env: envelope_pb2.SignedEnvelope,
     query: query_pb2.CreditQuery,
+    directory: Directory | None,
 ) -> None:
     """The answer must come with a receipt: the access is on the node's log."""
     if not raw.HasField("receipt"):
         raise AnswerInvalid("the answer carries no credit-chain receipt")
+    quorum, assigned = DEFAULT_QUORUM, None
+    if directory is not None:
+        assignment = directory.witnesses_of(section.city.code)
+        if assignment is None:
+            raise AnswerInvalid("receipt: the network directory assigns no witnesses to this city's log")
+        quorum, assigned = assignment.quorum, assignment.witnesses
     try:
-        vr = verify_receipt(verifier.trust, raw.receipt, section.city.value)
+        vr = verify_receipt(verifier.trust, raw.receipt, section.city.value, quorum, assigned=assigned)
     except ReceiptError as exc:
         raise AnswerInvalid(f"receipt: {exc}") from None
     entry = vr.entry

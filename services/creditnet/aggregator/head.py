@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from creditnet.chain.merkle import ProofError, verify_consistency
 from creditnet.chain.note import ALG_ED25519, Signer, sign_note
 from creditnet.chain.receipts import ReceiptError, verify_checkpoint
 from creditnet.chain.witness import Witness
+from creditnet.directory.model import WitnessAssignment
 from creditnet.domain import City
 from creditnet.pki import TrustStore
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
@@ -78,6 +80,9 @@ class NetworkCheckpointer:
         self.witness = witness
         self.state_file = state_file
         self.quorum = quorum
+        # Set when the aggregator holds a network directory: the witnesses it
+        # assigns to a log, against which that log's checkpoints are verified.
+        self.assignments: Callable[[str], WitnessAssignment | None] | None = None
         self.signer = Signer(NETWORK_ORIGIN, log_key.private_key, ALG_ED25519)
         self.head = self._load()
         self._task: asyncio.Task[None] | None = None
@@ -143,8 +148,17 @@ class NetworkCheckpointer:
         stub = chain_pb2_grpc.ChainServiceStub(link.channel)
         try:
             resp = await stub.GetCheckpoint(chain_pb2.GetCheckpointRequest(), timeout=FETCH_TIMEOUT)
+            quorum, assigned = self.quorum, None
+            assignment = self.assignments(city.code) if self.assignments is not None else None
+            if assignment is not None:
+                quorum, assigned = assignment.quorum, assignment.witnesses
             cp = verify_checkpoint(
-                self.trust, resp.checkpoint, list(resp.key_certificates), city.value, self.quorum
+                self.trust,
+                resp.checkpoint,
+                list(resp.key_certificates),
+                city.value,
+                quorum,
+                assigned=assigned,
             )
         except ReceiptError as exc:
             log.info("no checkpoint from %s this round: %s", city.value, exc)

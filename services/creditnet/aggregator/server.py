@@ -92,6 +92,11 @@ async def start_aggregator(
         peers = {c.value: (ep, node_server_name(c)) for c, ep in config.nodes.items()}
         served = await serve_directory(config.directory, identity, trust, peers, identity.role.subject)
         names.append(DIRECTORY_SERVICE)
+        if service.head is not None:
+            holder = served.holder
+            service.head.assignments = lambda log: (
+                held.directory.witnesses_of(log) if (held := holder.current) is not None else None
+            )
 
     def register(server: grpc.aio.Server) -> None:
         if served is not None:

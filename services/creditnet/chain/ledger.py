@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -65,10 +65,14 @@ class WitnessLink:
     trust: TrustStore | None = None
 
     @classmethod
-    def connect(cls, name: str, endpoint: str, identity: Identity, trust: TrustStore) -> WitnessLink:
+    def connect(
+        cls, name: str, endpoint: str, identity: Identity, trust: TrustStore, server_name: str | None = None
+    ) -> WitnessLink:
         from creditnet.domain import City
 
-        server = AGGREGATOR_SERVER_NAME if name == "national" else node_server_name(City.parse(name))
+        server = server_name or (
+            AGGREGATOR_SERVER_NAME if name == "national" else node_server_name(City.parse(name))
+        )
         channel = secure_channel(endpoint, identity, trust, server)
         return cls(
             name=name,
@@ -110,6 +114,8 @@ class Ledger:
         self._log_signer = log_key.log_signer
         self.witnesses = list(witnesses)
         self.quorum = quorum
+        # Set by a node holding a network directory: its log's witnesses and quorum.
+        self.follow: Callable[[], tuple[list[WitnessLink], int]] | None = None
         self._store = store
         self._writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain-writer")
         self.log = SqlLog(store)
@@ -266,6 +272,10 @@ class Ledger:
         """Cosignatures from the first `quorum` witnesses to answer, hedged (see `chain.hedge`)."""
         cosigs: list[Cosignature] = []
         certs: list[bytes] = [self.log_key.certificate_der]
+        if self.follow is not None:
+            # The witnesses the network directory assigns now (admissions
+            # and removals change them), read at every round.
+            self.witnesses, self.quorum = self.follow()
         if not self.witnesses:
             return cosigs, certs
         loop = asyncio.get_running_loop()

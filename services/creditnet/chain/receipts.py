@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -27,14 +28,24 @@ class VerifiedReceipt:
 
 
 def verify_checkpoint(
-    trust: TrustStore, note: str, certificates: list[bytes], name: str, quorum: int = DEFAULT_QUORUM
+    trust: TrustStore,
+    note: str,
+    certificates: list[bytes],
+    name: str,
+    quorum: int = DEFAULT_QUORUM,
+    *,
+    assigned: Collection[str] | None = None,
 ) -> CosignedCheckpoint:
-    """The log `name`'s signature and `quorum` cosignatures by other witnesses."""
+    """The log `name`'s signature and `quorum` cosignatures by other witnesses.
+
+    With `assigned` (the witnesses the network directory assigns to the log)
+    only their cosignatures count: any other log key's is ignored.
+    """
     keys = known_keys(trust, certificates)
     own = keys.get(name)
     if own is None:
         raise ReceiptError(f"no valid log-key certificate for {name}")
-    witnesses = [k.witness for n, k in keys.items() if n != name]
+    witnesses = [k.witness for n, k in keys.items() if n != name and (assigned is None or n in assigned)]
     if len(witnesses) < quorum:
         raise ReceiptError(f"{len(witnesses)} witness key certificates, {quorum} cosignatures needed")
     try:
@@ -44,9 +55,16 @@ def verify_checkpoint(
 
 
 def verify_receipt(
-    trust: TrustStore, receipt: chain_pb2.Receipt, name: str, quorum: int = DEFAULT_QUORUM
+    trust: TrustStore,
+    receipt: chain_pb2.Receipt,
+    name: str,
+    quorum: int = DEFAULT_QUORUM,
+    *,
+    assigned: Collection[str] | None = None,
 ) -> VerifiedReceipt:
-    cp = verify_checkpoint(trust, receipt.checkpoint, list(receipt.key_certificates), name, quorum)
+    cp = verify_checkpoint(
+        trust, receipt.checkpoint, list(receipt.key_certificates), name, quorum, assigned=assigned
+    )
     if receipt.tree_size != cp.checkpoint.size:
         raise ReceiptError("the proof is for another tree size than the checkpoint")
     try:

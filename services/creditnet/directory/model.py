@@ -133,6 +133,18 @@ class Directory:
     def city(self, code: str) -> City | None:
         return next((c for c in self.cities if c.code == code), None)
 
+    def witnesses_of(self, log: str) -> WitnessAssignment | None:
+        """Who cosigns the log of member `log` (a city code or an aggregator name), and how many must."""
+        return next((w for w in self.witness_assignments if w.log == log), None)
+
+    def reach(self, member: str) -> tuple[tuple[str, ...], str] | None:
+        """A member's endpoints and the TLS server name it is checked against; None if no member."""
+        city = self.city(member)
+        if city is not None:
+            return city.endpoints, city.tls_server_name
+        agg = next((a for a in self.aggregators if a.name == member), None)
+        return (agg.endpoints, agg.tls_server_name) if agg is not None else None
+
     def is_revoked(self, *, serial: int | None = None, spki: bytes | None = None) -> bool:
         return (serial is not None and serial_bytes(serial) in self._revoked_serials) or (
             spki is not None and spki in self._revoked_spkis

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 
 from creditnet.batches import read_batch
+from creditnet.chain.assignment import AssignedWitnesses
 from creditnet.chain.keys import LogKey
 from creditnet.chain.ledger import Ledger, WitnessLink
 from creditnet.chain.service import ChainService
@@ -119,6 +120,14 @@ async def start_node(
         if config.directory is not None:
             served = await serve_directory(
                 config.directory, identity, trust, directory_peers(config), config.city.code
+            )
+            holder = served.holder
+            ledger.follow = AssignedWitnesses(
+                config.city.code,
+                lambda: held.directory if (held := holder.current) is not None else None,
+                identity,
+                trust,
+                (witnesses, config.quorum),
             )
 
         def register(server: grpc.aio.Server) -> None:
