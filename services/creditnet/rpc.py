@@ -22,6 +22,9 @@ from creditnet.server_certs import server_certificate_interceptors
 
 log = logging.getLogger(__name__)
 
+# What a creditnet server says of its own failures (INTERNAL): never more.
+INTERNAL_DETAILS = "internal error; the operator has the details"
+
 # Bounds on what a peer may make us read or buffer.
 MAX_RECEIVE_BYTES = 8 * 1024 * 1024
 MAX_SEND_BYTES = 32 * 1024 * 1024
@@ -286,7 +289,7 @@ def refusals(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             # Nothing about the data may leak: the client gets a generic
             # message, the operator the traceback.
             log.exception("internal error in %s", method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the operator has the details")
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_DETAILS)
         raise AssertionError("unreachable")
 
     return wrapper

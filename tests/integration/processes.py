@@ -46,7 +46,8 @@ def fresh_database(database: str, name: str, tmp_path: Path, scratch: ScratchDat
 class NodeProcess:
     """`creditnet node run` of one city on `url`, with the credit chain on and
     no witnesses (quorum 0): it cosigns nothing with the test network's nodes,
-    whose logs of that city are others."""
+    whose logs of that city are others. It holds no network directory, whose
+    witness assignment would otherwise name those nodes."""
 
     layout: NetworkLayout
     city: City
@@ -62,6 +63,7 @@ class NodeProcess:
         cfg.database_url = self.url
         cfg.witnesses = {}
         cfg.quorum = 0
+        cfg.directory = None
         cfg.chain_enabled = True
         self.starts += 1
         path = self.root / f"{self.city.value}-{self.starts}.json"
