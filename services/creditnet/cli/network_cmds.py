@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from creditnet.cli.common import (
+    EXIT_FAILURE,
     EXIT_USAGE,
     MetricsPortOpt,
     ServeOptions,
@@ -240,6 +241,12 @@ def _membership_report(
     console.print(f"network.json updated in {state}")
 
 
+def _exit_if_partial(change: MembershipChange) -> None:
+    """Exit 1 when a server refused the new version or was not reached (it catches up from its peers)."""
+    if change.accepted < len(change.answers):
+        raise typer.Exit(EXIT_FAILURE)
+
+
 @network_app.command("admit")
 def admit_city(
     network: Annotated[Path, typer.Option(help="The network's state directory (or its network.json).")],
@@ -269,6 +276,7 @@ def admit_city(
             json_out,
             {"endpoint": change.endpoint, "server_name": node_server_name(City(change.city))},
         )
+        _exit_if_partial(change)
 
 
 @network_app.command("remove")
@@ -289,6 +297,7 @@ def remove_city(
         layout = NetworkLayout.load(read_network(network).parent)
         change = asyncio.run(remove(layout, city.strip()))
         _membership_report("removed", change, layout.root, json_out)
+        _exit_if_partial(change)
 
 
 @aggregator_app.command("run")
