@@ -275,6 +275,10 @@ class NodeDirectory:
     def get(self, city: City) -> NodeLink | None:
         return self.links.get(city)
 
+    def server_name(self, city: City) -> str:
+        """The TLS server name the link to `city` checks; KeyError if there is none."""
+        return self._server_names[city]
+
     def members(self) -> tuple[City, ...]:
         """The cities this aggregator has a node for, by code."""
         return tuple(sorted(self.links))

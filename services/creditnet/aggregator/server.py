@@ -48,12 +48,20 @@ def directory_nodes(held: VerifiedDirectory) -> dict[City, tuple[str, str]]:
 
 @dataclass
 class DirectoryFollower:
-    """Keeps the aggregator's node links those of the member cities of the directory it holds."""
+    """Keeps the aggregator's node links those of the member cities of the directory it holds.
+
+    A city's link is made at the endpoint and TLS server name the directory
+    lists when the city is admitted or its entry changes. A link the config
+    made for a member city is kept as long as the directory does not change
+    that city's entry (a deployment may reach a node at another address
+    than the one it publishes, e.g. through a proxy or a private network).
+    """
 
     holder: DirectoryHolder
     nodes: NodeDirectory
     interval: float = FOLLOW_INTERVAL
     _seen: VerifiedDirectory | None = None
+    _listed: dict[City, tuple[str, str]] | None = None
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def follow_once(self) -> tuple[list[City], list[City]]:
@@ -61,8 +69,14 @@ class DirectoryFollower:
         held = self.holder.current
         if held is None or held is self._seen:
             return [], []
-        self._seen = held
-        return self.nodes.sync(directory_nodes(held))
+        listed = directory_nodes(held)
+        wanted: dict[City, tuple[str, str]] = {}
+        for city, entry in listed.items():
+            link = self.nodes.get(city)
+            unchanged = self._listed is None or self._listed.get(city) == entry
+            wanted[city] = (link.endpoint, self.nodes.server_name(city)) if link and unchanged else entry
+        self._seen, self._listed = held, listed
+        return self.nodes.sync(wanted)
 
     def start(self) -> None:
         self.follow_once()
