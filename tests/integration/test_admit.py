@@ -33,7 +33,7 @@ from creditnet_bank.report import Report
 from tests.integration.helpers import consent
 
 SUZHOU = City("320500")
-REFRESH = dt.timedelta(seconds=2)
+REFRESH = dt.timedelta(seconds=3)
 PATIENCE = 30.0
 ANSWERED = {SectionStatus.OK, SectionStatus.NO_RECORDS}
 
