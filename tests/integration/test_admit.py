@@ -24,7 +24,7 @@ import pytest_asyncio
 from creditnet import pilot
 from creditnet.directory.publish import Target, targets
 from creditnet.domain import City, Purpose
-from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, provision
+from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, ProcessNetwork, provision
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
@@ -176,3 +176,44 @@ async def test_a_sixth_city_is_admitted_to_a_running_network_and_then_removed(
     # Every remaining server refuses the removed node's certificate.
     found = await asyncio.gather(*(refusal(alayout, t, suzhou_node) for t in targets(alayout)))
     assert set(found) == {"PERMISSION_DENIED directory.not_member"}, found
+
+
+async def test_network_up_starts_an_admitted_city_and_stops_a_removed_one_without_restarting_others(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The same with every server its own process, followed as `network up` follows network.json."""
+    layout = provision(
+        tmp_path_factory.mktemp("admit-processes"), enterprises_per_city=5, seed=29, directory_refresh=REFRESH
+    )
+    net = ProcessNetwork(layout)
+    net.start()
+    try:
+        await net.wait_healthy(timeout=PATIENCE * 4)
+        pids = {name: proc.pid for name, proc in net.procs.items()}
+        rc, out = await network_cli(layout, "admit", "--city", SUZHOU.value)
+        assert rc == 0, out
+        assert "320500" in out and "taken by 6 of 6 servers" in out, out
+        assert net.follow().started == (SUZHOU,)
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            report = await federated(layout)
+            suzhou = [s for s in report.sections if s.city == SUZHOU]
+            if suzhou and suzhou[0].status in ANSWERED:
+                break
+            assert time.monotonic() < deadline, [(s.city.value, s.status, s.reason) for s in report.sections]
+            await asyncio.sleep(0.2)
+        assert suzhou[0].receipt is not None
+        assert net.supervise() == []
+        assert {name: net.procs[name].pid for name in pids} == pids
+
+        rc, out = await network_cli(layout, "remove", "--city", SUZHOU.value)
+        assert rc == 0, out
+        suzhou_proc = net.procs[SUZHOU.value]
+        assert net.follow().stopped == (SUZHOU,)
+        assert suzhou_proc.poll() is not None and SUZHOU.value not in net.procs
+        report = await federated(layout)
+        assert {s.city for s in report.sections} == set(pilot.CITIES)
+        assert net.supervise() == []
+        assert {name: proc.pid for name, proc in net.procs.items()} == pids
+    finally:
+        await asyncio.to_thread(net.stop)
