@@ -253,7 +253,7 @@ def admit_city(
     city: Annotated[str, typer.Option(help="The city's six-digit GB/T 2260 code, e.g. 320500.")],
     name_en: Annotated[
         str | None,
-        typer.Option(help="Its English name, if creditnet[names] is not installed to derive it."),
+        typer.Option(help="Its English name, if creditnet\\[names] is not installed to derive it."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:

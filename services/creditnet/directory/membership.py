@@ -156,6 +156,7 @@ async def admit(
     host = host or layout.aggregator_endpoint.rpartition(":")[0]
     endpoint = f"{host}:{free_port()}"
     ca = CertificateAuthority.load(layout.ca.parent)
+    written: list[Path] = []
     try:
         ndir.mkdir(parents=True)
         log_key = LogKey.issue(ca, div.code)
@@ -184,8 +185,15 @@ async def admit(
             log_key_certificate=log_key.certificate_der,
             node_spki_sha256=spki_sha256(node_id.key.public_key()),
         )
+        written += [
+            layout.path(ident[part])
+            for group in ("operators", "providers")
+            for ident in identities[group].values()
+            for part in ("cert", "key")
+        ]
         d = _next_version(base, (*base.cities, member))
         env, file = _sign_and_save(layout, d)
+        written.append(file)
         section = _settings(layout)
         # Witnessed by every other member and the national aggregator, as provisioned nodes are.
         witnesses = {c: str(e["endpoint"]) for c, e in layout.data["cities"].items()}
@@ -223,7 +231,10 @@ async def admit(
         answers = await publish(layout, env, operator)
         _require_some_took(answers, d.version)
     except BaseException:
+        # Nothing of a failed admission stays behind: network.json was not touched yet.
         shutil.rmtree(ndir, ignore_errors=True)
+        for path in written:
+            path.unlink(missing_ok=True)
         raise
     for group, entries in identities.items():
         layout.data["identities"].setdefault(group, {}).update(entries)
