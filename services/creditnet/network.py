@@ -419,6 +419,14 @@ def grant_demo_consent(
     return env
 
 
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Node servers started and stopped because network.json gained or lost their cities."""
+
+    started: tuple[City, ...] = ()
+    stopped: tuple[City, ...] = ()
+
+
 @dataclass
 class InProcessNetwork:
     """The network's nodes and its aggregator as servers in this event loop."""
@@ -441,6 +449,19 @@ class InProcessNetwork:
     async def stop_node(self, city: City) -> None:
         node = self.nodes.pop(city)
         await node.stop(grace=0)
+
+    async def follow(self) -> Membership:
+        """Re-read network.json and start the nodes of cities added to it, stop those of cities
+        removed from it (`creditnet network admit|remove`); the other servers are left running."""
+        self.layout = NetworkLayout.load(self.layout.root)
+        wanted = set(self.layout.cities)
+        started = sorted(wanted - set(self.nodes))
+        stopped = sorted(set(self.nodes) - wanted)
+        for city in stopped:
+            await self.stop_node(city)
+        for city in started:
+            await self.start_node(city)
+        return Membership(tuple(started), tuple(stopped))
 
     async def stop(self) -> None:
         if self.aggregator:
@@ -552,6 +573,37 @@ class ProcessNetwork:
             state.delay = min(state.delay * 2, RESTART_BACKOFF_MAX)
         return restarted
 
+    def follow(self, stop_timeout: float = 10.0) -> Membership:
+        """Re-read network.json; start the nodes of cities added to it and stop those of cities
+        removed from it (`creditnet network admit|remove`). No other server is restarted.
+
+        Call it periodically while the network runs, as `supervise`. A
+        network.json that cannot be read now (being replaced, say) changes
+        nothing.
+        """
+        try:
+            fresh = NetworkLayout.load(self.layout.root)
+            wanted = {c.value for c in fresh.cities}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "cannot read %s (%s); node membership unchanged", self.layout.root / "network.json", exc
+            )
+            return Membership()
+        self.layout = fresh
+        running = {name for name in self.procs if name != AGGREGATOR_PROCESS}
+        stopped = sorted(running - wanted)
+        started = sorted(wanted - running)
+        for name in stopped:
+            # Out of supervision first: a stopped member is not restarted.
+            proc = self.procs.pop(name)
+            self._supervision.pop(name, None)
+            _terminate(proc, stop_timeout)
+            log.info("stopped the node of %s: no longer in network.json", name)
+        for name in started:
+            self.start_node(City(name))
+            log.info("started the node of %s: added to network.json", name)
+        return Membership(tuple(City(n) for n in started), tuple(City(n) for n in stopped))
+
     async def wait_healthy(self, timeout: float = 30.0) -> None:
         from creditnet.health import wait_serving
 
@@ -581,6 +633,18 @@ class ProcessNetwork:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
         self.procs.clear()
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
 
 
 async def wait_federated(endpoint: str, identity: Identity, trust: TrustStore, timeout: float) -> None:

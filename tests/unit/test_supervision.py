@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,5 +76,41 @@ def test_a_server_that_stays_up_is_back_to_the_first_delay(net: StandIns) -> Non
         net.procs["340100"].wait(30)
         again = net.supervise(now + RESTART_STABLE + 0.1)
         assert [(r.attempt, r.next_delay) for r in again] == [(1, RESTART_BACKOFF)]
+    finally:
+        net.stop()
+
+
+def _write_cities(root: Path, codes: list[str]) -> None:
+    cities = {c: {"endpoint": "127.0.0.1:1", "config": f"nodes/{c}/node.json"} for c in codes}
+    (root / "network.json").write_text(json.dumps({"cities": cities}), encoding="utf-8")
+
+
+def test_follow_starts_admitted_cities_and_stops_removed_ones_only(tmp_path: Path) -> None:
+    """`network up` re-reads network.json: a city added gets its node, a city removed loses it
+    (and is not restarted); the other servers' processes are left alone."""
+    codes = [c.value for c in pilot.CITIES]
+    _write_cities(tmp_path, codes)
+    net = StandIns(NetworkLayout.load(tmp_path), exits=False)
+    try:
+        for c in pilot.CITIES:
+            net.start_node(c)
+        before = dict(net.procs)
+        assert net.follow().started == () and net.procs == before
+
+        _write_cities(tmp_path, [*codes, "320500"])
+        change = net.follow()
+        assert change.started == (City("320500"),) and change.stopped == ()
+        assert all(net.procs[name] is proc for name, proc in before.items())
+
+        suzhou = net.procs["320500"]
+        _write_cities(tmp_path, codes)
+        change = net.follow()
+        assert change.stopped == (City("320500"),) and "320500" not in net.procs
+        assert suzhou.poll() is not None
+        assert net.supervise() == [] and "320500" not in net.procs
+        assert all(net.procs[name] is proc and proc.poll() is None for name, proc in before.items())
+
+        (tmp_path / "network.json").write_text("{", encoding="utf-8")
+        assert net.follow().started == () and net.procs == before
     finally:
         net.stop()

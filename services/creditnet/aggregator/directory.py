@@ -24,7 +24,7 @@ import contextvars
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -45,6 +45,8 @@ HEALTH_TIMEOUT = 1.5
 # calls pending even at hundreds of queries a second; this many means it is
 # not answering.
 DEFAULT_MAX_PENDING_PER_NODE = 64
+# How long a link the directory dropped keeps its channel open for the calls still pending on it.
+RETIRE_GRACE = 10.0
 
 
 # The bank an incoming call is made for ("" when the caller is no bank).
@@ -213,20 +215,69 @@ class NodeDirectory:
     ) -> None:
         if max_pending_per_node < 1:
             raise ValueError(f"max_pending_per_node must be at least 1, got {max_pending_per_node}")
+        self.identity = identity
+        self.trust = trust
+        self.max_pending_per_node = max_pending_per_node
         self.links: dict[City, NodeLink] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._server_names: dict[City, str] = {}
         for city, endpoint in nodes.items():
-            channel = secure_channel(endpoint, identity, trust, node_server_name(city))
-            self.links[city] = NodeLink(
-                city=city,
-                endpoint=endpoint,
-                channel=channel,
-                stub=node_pb2_grpc.CityNodeServiceStub(channel),
-                health=health_pb2_grpc.HealthStub(channel),
-                max_in_flight=max_pending_per_node,
+            self._add(city, endpoint, node_server_name(city))
+
+    def _add(self, city: City, endpoint: str, server_name: str) -> None:
+        channel = secure_channel(endpoint, self.identity, self.trust, server_name)
+        self.links[city] = NodeLink(
+            city=city,
+            endpoint=endpoint,
+            channel=channel,
+            stub=node_pb2_grpc.CityNodeServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+            max_in_flight=self.max_pending_per_node,
+        )
+        self._server_names[city] = server_name
+
+    def sync(self, members: Mapping[City, tuple[str, str]]) -> tuple[list[City], list[City]]:
+        """Make the links exactly `members` (city -> (endpoint, TLS server name)); (added, removed).
+
+        A link whose endpoint or server name changed is replaced. A dropped
+        link's channel is closed in the background, after a grace period for
+        the calls still pending on it; new calls no longer find it.
+        """
+        added: list[City] = []
+        removed: list[City] = []
+        for city in sorted(self.links):
+            link = self.links[city]
+            want = members.get(city)
+            if want is None or want != (link.endpoint, self._server_names[city]):
+                del self.links[city]
+                del self._server_names[city]
+                self._retire(link)
+                if want is None:
+                    removed.append(city)
+        for city, (endpoint, server_name) in sorted(members.items()):
+            if city not in self.links:
+                self._add(city, endpoint, server_name)
+                if city not in removed:
+                    added.append(city)
+        if added or removed:
+            log.info(
+                "node links follow the directory: added %s, removed %s",
+                ", ".join(c.value for c in added) or "none",
+                ", ".join(c.value for c in removed) or "none",
             )
+        return added, removed
+
+    def _retire(self, link: NodeLink) -> None:
+        task = asyncio.get_running_loop().create_task(link.channel.close(grace=RETIRE_GRACE))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def get(self, city: City) -> NodeLink | None:
         return self.links.get(city)
+
+    def server_name(self, city: City) -> str:
+        """The TLS server name the link to `city` checks; KeyError if there is none."""
+        return self._server_names[city]
 
     def members(self) -> tuple[City, ...]:
         """The cities this aggregator has a node for, by code."""
@@ -261,4 +312,4 @@ class NodeDirectory:
         return list(await asyncio.gather(*(self.check(link) for link in self.links.values())))
 
     async def close(self) -> None:
-        await asyncio.gather(*(link.channel.close() for link in self.links.values()))
+        await asyncio.gather(*(link.channel.close() for link in self.links.values()), *self._retiring)

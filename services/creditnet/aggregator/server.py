@@ -1,8 +1,17 @@
-"""Run the aggregator: channels to every node, serve until stopped."""
+"""Run the aggregator: channels to every node, serve until stopped.
+
+With a network directory, the node links follow it (`DirectoryFollower`):
+the member cities of the directory held now are the nodes federated queries
+(and the network checkpointer) ask, at the endpoint and TLS server name the
+directory lists; a city admitted or removed takes effect without a restart.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -14,6 +23,8 @@ from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import AggregatorConfig
 from creditnet.directory.serving import SERVICE_NAME as DIRECTORY_SERVICE
 from creditnet.directory.serving import ServedDirectory, serve_directory
+from creditnet.directory.verify import DirectoryHolder, VerifiedDirectory
+from creditnet.domain import City
 from creditnet.limits import Limits
 from creditnet.limits import server_interceptors as limit_interceptors
 from creditnet.observability import AggregatorMetrics, server_interceptors
@@ -23,6 +34,67 @@ from creditnet.store import Store
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
+# How often the aggregator looks whether its held directory changed (an offer
+# or a refresh may replace it at any time; looking costs an attribute read).
+FOLLOW_INTERVAL = 0.2
+
+log = logging.getLogger(__name__)
+
+
+def directory_nodes(held: VerifiedDirectory) -> dict[City, tuple[str, str]]:
+    """The member cities of a directory: city -> (its first endpoint, its TLS server name)."""
+    return {City(c.code): (c.endpoints[0], c.tls_server_name) for c in held.directory.cities}
+
+
+@dataclass
+class DirectoryFollower:
+    """Keeps the aggregator's node links those of the member cities of the directory it holds.
+
+    A city's link is made at the endpoint and TLS server name the directory
+    lists when the city is admitted or its entry changes. A link the config
+    made for a member city is kept as long as the directory does not change
+    that city's entry (a deployment may reach a node at another address
+    than the one it publishes, e.g. through a proxy or a private network).
+    """
+
+    holder: DirectoryHolder
+    nodes: NodeDirectory
+    interval: float = FOLLOW_INTERVAL
+    _seen: VerifiedDirectory | None = None
+    _listed: dict[City, tuple[str, str]] | None = None
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def follow_once(self) -> tuple[list[City], list[City]]:
+        """Sync the links if the held directory changed since last time; (added, removed)."""
+        held = self.holder.current
+        if held is None or held is self._seen:
+            return [], []
+        listed = directory_nodes(held)
+        wanted: dict[City, tuple[str, str]] = {}
+        for city, entry in listed.items():
+            link = self.nodes.get(city)
+            unchanged = self._listed is None or self._listed.get(city) == entry
+            wanted[city] = (link.endpoint, self.nodes.server_name(city)) if link and unchanged else entry
+        self._seen, self._listed = held, listed
+        return self.nodes.sync(wanted)
+
+    def start(self) -> None:
+        self.follow_once()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.follow_once()
+            except Exception:
+                log.exception("following the network directory failed; keeping the node links")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 @dataclass
@@ -34,6 +106,7 @@ class RunningAggregator:
     metrics: AggregatorMetrics
     store: Store | None = None
     served_directory: ServedDirectory | None = None
+    follower: DirectoryFollower | None = None
 
     @property
     def port(self) -> int:
@@ -43,6 +116,8 @@ class RunningAggregator:
         await self.service.outbox.stop()
         if self.service.head is not None:
             await self.service.head.stop()
+        if self.follower is not None:
+            await self.follower.stop()
         if self.served_directory is not None:
             await self.served_directory.stop()
         await self.handle.stop(grace)
@@ -121,7 +196,11 @@ async def start_aggregator(
         health_listen=health_listen,
     )
     service.outbox.start()
+    follower: DirectoryFollower | None = None
     if served is not None:
+        # Before the first query: the links are the held directory's members from the start.
+        follower = DirectoryFollower(served.holder, directory)
+        follower.start()
         served.refresher.start()
     if service.head is not None:
         service.head.start()
@@ -133,4 +212,5 @@ async def start_aggregator(
         metrics=metrics,
         store=store,
         served_directory=served,
+        follower=follower,
     )

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
@@ -14,6 +14,7 @@ from rich.table import Table
 
 from creditnet import pilot
 from creditnet.cli.common import (
+    EXIT_FAILURE,
     EXIT_USAGE,
     MetricsPortOpt,
     ServeOptions,
@@ -28,10 +29,15 @@ from creditnet.config import AggregatorConfig, parse_nodes
 from creditnet.domain import City
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 
+if TYPE_CHECKING:
+    from creditnet.directory.membership import MembershipChange
+
 # Six Python servers starting at once on a busy laptop may take a while.
 STARTUP_TIMEOUT = 120.0
 
-network_app = typer.Typer(help="The five-city network on one machine: up, status.", no_args_is_help=True)
+network_app = typer.Typer(
+    help="The network on one machine: up, status, admit and remove a city.", no_args_is_help=True
+)
 aggregator_app = typer.Typer(help="The national aggregator: run it.", no_args_is_help=True)
 
 
@@ -95,6 +101,8 @@ def up(
     A new network has the five pilot cities unless --cities names others.
 
     A server that dies is restarted, after a delay that doubles (up to 30 s) while it keeps dying.
+    A city admitted or removed meanwhile (`creditnet network admit|remove`) has its node started
+    or stopped; no other server is restarted.
 
     Writes STATE_DIR/network.json with every endpoint, the CA certificate and the demo identities.
     """
@@ -132,6 +140,13 @@ def up(
                 # A server that dies is started again, after a growing delay
                 # if it keeps dying: killing one is how a local network is
                 # put through its faults.
+                # Cities admitted or removed (`creditnet network admit|remove`) since
+                # the last look: their nodes are started or stopped, no other server is.
+                change = net.follow()
+                for c in change.started:
+                    console.print(f"[green]{c.value} was admitted; started its node[/]")
+                for c in change.stopped:
+                    console.print(f"[yellow]{c.value} was removed; stopped its node[/]")
                 for r in net.supervise():
                     console.print(
                         f"[yellow]{r.name} stopped unexpectedly (exit {r.exit_code}); restarted it"
@@ -216,6 +231,99 @@ def status(
             console.print(table)
         if any(r["health"] != "serving" or r["evidence"] for r in rows):
             raise typer.Exit(3)
+
+
+def _membership_report(
+    what: str, change: MembershipChange, state: Path, json_out: bool, extra: dict[str, Any] | None = None
+) -> None:
+    answers = [
+        {
+            "server": a.target,
+            "status": a.status,
+            "version": a.version,
+            "changed": a.changed,
+            "detail": a.detail,
+        }
+        for a in change.answers
+    ]
+    if json_out:
+        print_json(
+            {
+                what: change.city,
+                "version": change.directory.version,
+                "file": str(change.file),
+                **(extra or {}),
+                "published": answers,
+            }
+        )
+        return
+    console.print(
+        f"directory version {change.directory.version} ({change.file}) {what} {change.city}; "
+        f"taken by {change.accepted} of {len(answers)} servers"
+    )
+    for a in answers:
+        style = "green" if a["status"] == "OK" else "red"
+        console.print(f"  {a['server']:<10} [{style}]{a['status']}[/] {a['detail']}")
+    console.print(f"network.json updated in {state}")
+
+
+def _exit_if_partial(change: MembershipChange) -> None:
+    """Exit 1 when a server refused the new version or was not reached (it catches up from its peers)."""
+    if change.accepted < len(change.answers):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@network_app.command("admit")
+def admit_city(
+    network: Annotated[Path, typer.Option(help="The network's state directory (or its network.json).")],
+    city: Annotated[str, typer.Option(help="The city's six-digit GB/T 2260 code, e.g. 320500.")],
+    name_en: Annotated[
+        str | None,
+        typer.Option(help="Its English name, if creditnet\\[names] is not installed to derive it."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Admit CITY to a running network: its node's identities, store and config, and the next
+    directory version listing it, signed with the governance keys and published to every server.
+
+    `network up` then starts the new node; no other server is restarted. Refused (exit 1) for a
+    code that is not a prefecture-level city or municipality, or a city already a member.
+    """
+    from creditnet.directory.membership import admit
+    from creditnet.network import NetworkLayout
+
+    with errors():
+        layout = NetworkLayout.load(read_network(network).parent)
+        change = asyncio.run(admit(layout, city.strip(), name_en=name_en))
+        _membership_report(
+            "admitted",
+            change,
+            layout.root,
+            json_out,
+            {"endpoint": change.endpoint, "server_name": node_server_name(City(change.city))},
+        )
+        _exit_if_partial(change)
+
+
+@network_app.command("remove")
+def remove_city(
+    network: Annotated[Path, typer.Option(help="The network's state directory (or its network.json).")],
+    city: Annotated[str, typer.Option(help="The member city's six-digit code.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Remove CITY from a running network: the next directory version without it, published to
+    every other server; `network up` then stops its node, and every server refuses its calls.
+
+    Its node directory (store and keys) is kept. Refused (exit 1) for a city that is not a member.
+    """
+    from creditnet.directory.membership import remove
+    from creditnet.network import NetworkLayout
+
+    with errors():
+        layout = NetworkLayout.load(read_network(network).parent)
+        change = asyncio.run(remove(layout, city.strip()))
+        _membership_report("removed", change, layout.root, json_out)
+        _exit_if_partial(change)
 
 
 @aggregator_app.command("run")

@@ -11,6 +11,7 @@ from creditnet.errors import (
     CreditnetError,
     FailedPrecondition,
     InvalidArgument,
+    PermissionDenied,
     Unauthenticated,
     Unavailable,
 )
@@ -43,6 +44,10 @@ RULES: Final[dict[str, tuple[type[CreditnetError], str]]] = {
     "directory.future": (FailedPrecondition, "issued further in the future than the clock skew allows"),
     "directory.expired": (Unavailable, "older than the policy's maximum age"),
     "directory.missing": (Unavailable, "no trusted directory is held"),
+    "directory.not_member": (
+        PermissionDenied,
+        "a node whose city is not a member of the held directory (never admitted, or removed)",
+    ),
 }
 
 

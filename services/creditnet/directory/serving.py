@@ -13,6 +13,9 @@ Every node and the aggregator that is configured with a directory
 - refuses every other creditnet call with UNAVAILABLE ``directory.expired``
   while the newest directory it holds is past `policy.max_age`
   (`DirectoryGate`), until a fresh one arrives;
+- refuses every call (health and reflection aside) of a node whose city the
+  held directory does not list, with PERMISSION_DENIED ``directory.not_member``
+  (`DirectoryGate`): a removed city's node is no longer accepted;
 - refuses certificates the held directory revokes (`revocation_check`, set
   on the server's trust store): a TLS peer's every call with UNAUTHENTICATED
   ``cert.revoked`` (`DirectoryGate`), a signed object's signer with
@@ -42,7 +45,7 @@ from creditnet.directory.sign import load
 from creditnet.directory.verify import DirectoryHolder
 from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
-from creditnet.pki import Identity, RevocationCheck, TrustStore
+from creditnet.pki import Identity, RevocationCheck, RoleKind, TrustStore
 from creditnet.rpc import PeerIdentities, refusals, secure_channel
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
@@ -121,21 +124,31 @@ def revocation_check(holder: DirectoryHolder) -> RevocationCheck:
 
 
 class DirectoryGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Every call of a revoked TLS peer: UNAUTHENTICATED cert.revoked; every creditnet call while
-    the held directory is too old: UNAVAILABLE directory.expired."""
+    """Every call of a revoked TLS peer: UNAUTHENTICATED cert.revoked; every call of a node whose
+    city the held directory does not list: PERMISSION_DENIED directory.not_member; every creditnet
+    call while the held directory is too old: UNAVAILABLE directory.expired."""
 
     def __init__(self, holder: DirectoryHolder, trust: TrustStore) -> None:
         self.holder = holder
         self.peers = PeerIdentities(trust)
 
-    def _revoked_peer(self, context: grpc.aio.ServicerContext) -> CreditnetError | None:
+    def _refused_peer(self, context: grpc.aio.ServicerContext) -> CreditnetError | None:
         try:
-            self.peers.role(context)
+            role = self.peers.role(context)
         except CreditnetError as exc:
             # Other certificate problems are each service's to answer.
             return exc if exc.rule == "cert.revoked" else None
         except ValueError:
             return None
+        if role.kind is RoleKind.NODE and role.city is not None:
+            held = self.holder.current
+            # Fail closed: with no directory held, no node is known to be a member.
+            if held is None or held.directory.city(role.city.value) is None:
+                version = "no directory" if held is None else f"directory version {held.version}"
+                return refuse(
+                    "directory.not_member",
+                    f"the node of {role.city.value} is not a member of the network ({version})",
+                )
         return None
 
     async def intercept_service(
@@ -153,9 +166,9 @@ class DirectoryGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def around(context: grpc.aio.ServicerContext) -> Finish:
             # Decided per call, not per handler or connection: a new
             # directory takes effect at the next call.
-            revoked = None if probe else self._revoked_peer(context)
-            if revoked is not None:
-                await context.abort(revoked.code, revoked.reason)
+            refused = None if probe else self._refused_peer(context)
+            if refused is not None:
+                await context.abort(refused.code, refused.reason)
             if gated:
                 try:
                     self.holder.require_fresh()
