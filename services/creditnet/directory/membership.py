@@ -104,7 +104,8 @@ def _next_version(base: Directory, cities: tuple[CityMember, ...]) -> Directory:
 
 
 def _sign_and_save(layout: NetworkLayout, d: Directory) -> tuple[envelope_pb2.SignedEnvelope, Path]:
-    env = sign(d, governance_signers(layout))
+    # Admission and removal leave the governance as it is: the keys `d` lists sign it.
+    env = sign(d, governance_signers(layout, d))
     file = layout.path(str(_settings(layout)["file"])).parent / f"directory-v{d.version}.json"
     save(env, file)
     return env, file
