@@ -47,8 +47,9 @@ from creditnet.pki import Identity, TrustStore, VerifiedCert
 
 # Re-read a server's certificate at least this often (seconds).
 PROBE_TTL = 60.0
-# The probe's own connect and handshake bound (seconds), shortened by the call's deadline.
-PROBE_TIMEOUT = 5.0
+# The probe's connect and handshake bound (seconds) for a call without a deadline;
+# a call with one gives its probe all of it.
+PROBE_TIMEOUT = 10.0
 
 
 def _split_target(target: str) -> tuple[str, int]:
@@ -160,7 +161,10 @@ class ServerCertificate:
             async with self._lock:
                 verified = self._verified
                 if verified is None or self._stale():
-                    bound = PROBE_TIMEOUT if timeout is None else max(min(timeout, PROBE_TIMEOUT), 0.05)
+                    # The call's whole deadline: on a loaded machine a handshake may
+                    # take seconds, and a probe cut short would refuse a call that
+                    # would have gone through.
+                    bound = PROBE_TIMEOUT if timeout is None else max(timeout, 0.05)
                     try:
                         verified = await asyncio.to_thread(self._probe, bound)
                     except CreditnetError as exc:
