@@ -65,6 +65,7 @@ def provision_with_progress(
             seed=seed,
             progress=tick,
             directory=directory,
+            routing=True,
         )
 
 
