@@ -162,6 +162,9 @@ class Router:
                 self._problem(city, f"{exc.code().name}: {(exc.details() or '')[:200]}")
                 return
             if resp.unchanged and held is not None:
+                # The node stands by the filter held (still judged by its own
+                # issued_at): whatever was refused since was not from it now.
+                self.problems[city] = ""
                 return
             try:
                 # Up to megabytes to hash and parse: off the event loop.
