@@ -28,11 +28,27 @@ from creditnet.dates import date_to_proto, utcnow
 from creditnet.domain import City, Purpose
 from creditnet.errors import CreditnetError
 from creditnet.network import InProcessNetwork, NetworkLayout, provision
-from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
+from creditnet.pki import (
+    AGGREGATOR_SERVER_NAME,
+    CertificateAuthority,
+    Identity,
+    Role,
+    TrustStore,
+    issue_identity,
+    node_server_name,
+)
 from creditnet.routing import MAX_AGE
 from creditnet.rpc import secure_channel
-from creditnet.v2 import aggregator_pb2, chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc, records_pb2
-from creditnet_bank import BankClient, SectionStatus
+from creditnet.v2 import (
+    aggregator_pb2,
+    aggregator_pb2_grpc,
+    chain_pb2,
+    chain_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    records_pb2,
+)
+from creditnet_bank import BankClient, Report, SectionStatus
 from tests.integration.helpers import consent
 
 SHANGHAI, NANJING, HANGZHOU, HEFEI, JIAXING = (
@@ -292,3 +308,59 @@ async def test_stale_or_missing_filters_mean_the_city_is_asked(
     assert all(d.asked for d in decisions.values())
     assert decisions[HEFEI].routing == aggregator_pb2.ROUTING_REGISTRATION
     assert "no filter fetched yet" in decisions[JIAXING].detail
+
+
+async def test_the_bank_refuses_not_asked_claims_it_can_check(
+    rnetwork: InProcessNetwork,
+    rlayout: NetworkLayout,
+    rtrust: TrustStore,
+    enterprise: Identity,
+    routed: str,
+) -> None:
+    env = consent(rlayout, enterprise=enterprise, uscc=routed)
+    async with BankClient.from_network(rlayout.root / "network.json") as bank:
+        await bank.ready_directory()
+        query = bank.sign_query(routed, env, Purpose.LOAN_APPLICATION)
+        async with secure_channel(
+            rlayout.aggregator_endpoint, rlayout.bank(), rtrust, AGGREGATOR_SERVER_NAME
+        ) as ch:
+            resp = await aggregator_pb2_grpc.AggregatorServiceStub(ch).FederatedQuery(
+                aggregator_pb2.FederatedQueryRequest(query=query), timeout=10
+            )
+        honest = bank.verify_response(query, resp)
+        # Jiaxing holds records once the test above ran.
+        left_out = honest.not_asked_cities
+        assert left_out in ([HANGZHOU], [HANGZHOU, JIAXING]) and not honest.missing_cities
+
+        def lie(city: City, *, keep_answer: bool = False) -> aggregator_pb2.FederatedQueryResponse:
+            forged = aggregator_pb2.FederatedQueryResponse()
+            forged.CopyFrom(resp)
+            for section in forged.sections:
+                if section.city == city.code:
+                    answer, receipt = section.answer, section.receipt
+                    section.Clear()
+                    section.city, section.status = city.code, aggregator_pb2.SECTION_STATUS_NOT_ASKED
+                    section.routing = aggregator_pb2.ROUTING_NOT_ASKED
+                    if keep_answer:
+                        section.answer.CopyFrom(answer)
+                        section.receipt.CopyFrom(receipt)
+            return forged
+
+        def status(report: Report, city: City) -> SectionStatus:
+            section = report.section(city)
+            assert section is not None
+            return section.status
+
+        # The registration city is always asked.
+        report = bank.verify_response(query, lie(HEFEI))
+        assert status(report, HEFEI) is SectionStatus.INVALID and report.missing_cities == [HEFEI]
+        # Not asked, yet carrying an answer: one of the two claims is false.
+        report = bank.verify_response(query, lie(NANJING, keep_answer=True))
+        assert status(report, NANJING) is SectionStatus.INVALID
+        # In an exhaustive query nobody may be left out.
+        report = bank.verify_response(query, resp, exhaustive=True)
+        assert all(status(report, c) is SectionStatus.INVALID for c in left_out)
+        assert report.missing_cities == left_out
+        # What it cannot check: a holder of records reported not asked, on the aggregator's word.
+        report = bank.verify_response(query, lie(NANJING))
+        assert report.not_asked_cities == [NANJING, *left_out] and not report.missing_cities
