@@ -91,9 +91,11 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         by_city = {d.city.proto: section for d, section in zip(asked, answers, strict=True)}
         sections = []
         for d in decisions:
-            section = by_city.get(d.city.proto) or S.CitySection(
-                city=d.city.proto, status=S.SECTION_STATUS_NOT_ASKED, reason=d.detail
-            )
+            section = by_city.get(d.city.proto)
+            if section is None:
+                section = S.CitySection(city=d.city.proto, status=S.SECTION_STATUS_NOT_ASKED, reason=d.detail)
+                if self.metrics is not None:
+                    self.metrics.not_asked(d.city)
             section.asked, section.routing, section.routing_detail = d.asked, d.routing, d.detail  # type: ignore[assignment]
             sections.append(section)
         return S.FederatedQueryResponse(query_id=aq.terms.query_id, sections=sections)
