@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 from pathlib import Path
@@ -137,6 +138,36 @@ async def test_the_node_keeps_its_filter_current_with_every_commit_in_and_out_of
         assert publisher.current is not None
         v2 = verify_filter(verifier, publisher.current, city=HEFEI, members=MEMBERS, key=key, now=utcnow())
         assert v2.holds(key.tag(a)) and v2.holds(key.tag(b))
+    finally:
+        await publisher.stop()
+        await store.close()
+
+
+async def test_no_committed_enterprise_is_lost_when_rebuilds_race_with_ingestion(
+    tmp_path: Path, key: RoutingKey, hefei: Identity, verifier: EnvelopeVerifier
+) -> None:
+    store = await AsyncStore.open(f"sqlite:///{tmp_path / 'node.db'}", migrate=True)
+    publisher = MembershipPublisher(city=HEFEI, identity=hefei, key=key, store=store, check_interval=3600)
+    committed: list[str] = []
+
+    async def ingest(uscc: str, n: int) -> None:
+        async with publisher.ingesting({uscc}):
+            result = await store.ingest([record(f"race-{n}", uscc=uscc)], "p:1")
+            publisher.committed(result.accepted)
+        committed.append(uscc)
+        await publisher.publish()
+
+    try:
+        await publisher.rebuild()
+        batch = usccs(HEFEI, 60, 8)
+        jobs = [ingest(u, n) for n, u in enumerate(batch)]
+        rebuilds = [publisher.rebuild() for _ in range(5)] + [publisher.check() for _ in range(5)]
+        await asyncio.gather(*jobs, *rebuilds)
+        assert publisher.current is not None
+        v = verify_filter(verifier, publisher.current, city=HEFEI, members=MEMBERS, key=key, now=utcnow())
+        assert sorted(committed) == sorted(batch)
+        assert all(v.holds(key.tag(u)) for u in committed)
+        assert publisher.accounted == await store.record_total() == 60
     finally:
         await publisher.stop()
         await store.close()

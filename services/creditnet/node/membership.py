@@ -74,6 +74,8 @@ class MembershipPublisher:
         self._turn = asyncio.Condition()
         self._ingesting = 0
         self._exclusive = False
+        # Rebuilds waiting: new ingests let them go first (no starvation).
+        self._wanting = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -95,7 +97,7 @@ class MembershipPublisher:
     async def ingesting(self, usccs: Collection[str]) -> AsyncIterator[None]:
         """Around one batch's commit: its enterprises are in the live filter before it commits."""
         async with self._turn:
-            await self._turn.wait_for(lambda: not self._exclusive)
+            await self._turn.wait_for(lambda: not self._exclusive and not self._wanting)
             self._ingesting += 1
         try:
             bloom = self.bloom
@@ -115,7 +117,12 @@ class MembershipPublisher:
     @contextlib.asynccontextmanager
     async def _alone(self) -> AsyncIterator[None]:
         async with self._turn:
-            await self._turn.wait_for(lambda: self._ingesting == 0 and not self._exclusive)
+            self._wanting += 1
+            try:
+                await self._turn.wait_for(lambda: self._ingesting == 0 and not self._exclusive)
+            finally:
+                self._wanting -= 1
+                self._turn.notify_all()
             self._exclusive = True
         try:
             yield
