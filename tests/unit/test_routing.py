@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import random
 from pathlib import Path
 
@@ -295,3 +296,20 @@ def test_routing_key_files_round_trip_and_refuse_garbage(tmp_path: Path, key: Ro
     with pytest.raises(CreditnetError) as err:
         RoutingKey.load(tmp_path / "bad.key")
     assert err.value.rule == "config.routing_key"
+
+
+def test_the_worked_example_of_protocol_md() -> None:
+    key = RoutingKey(bytes(range(32)))
+    assert key.key_id.hex() == "3bbd6b558e905325"
+    tag = key.tag("91340100MA2N0U3E6T")
+    assert tag.hex() == "b6b7b1a90cc56ef585e574cb542d7dd9cc50d4de3de7a282fde7ed4f39de2814"
+    h1, h2 = int.from_bytes(tag[:8], "big"), int.from_bytes(tag[8:16], "big") | 1
+    assert (h1, h2) == (13166187375262789365, 9648246193350606297)
+    assert [(h1 + i * h2) % 1024 for i in range(7)] == [757, 206, 679, 128, 601, 50, 523]
+    bloom = BloomFilter(1024, 7)
+    bloom.add(tag)
+    assert {i: b for i, b in enumerate(bloom.bits) if b} == {
+        6: 0x04, 16: 0x01, 25: 0x40, 65: 0x08, 75: 0x02, 84: 0x80, 94: 0x20,
+    }  # fmt: skip
+    # The tag is HMAC-SHA256 as RFC 2104 defines it.
+    assert tag == hmac.digest(bytes(range(32)), b"creditnet/route/v1\x0091340100MA2N0U3E6T", "sha256")
