@@ -282,8 +282,9 @@ def test_outsiders_cannot_test_membership_without_the_key(key: RoutingKey) -> No
     held = usccs(HEFEI, 1000, 6)
     bloom = small(key, held)
     guess = RoutingKey.generate()
-    # With any other key, the enterprises held look like everything else.
-    assert sum(guess.tag(u) in bloom for u in held) <= 5
+    # With any other key, the enterprises held look like everything else:
+    # they match at the false-positive rate (about 0.3% here), not at 100%.
+    assert sum(guess.tag(u) in bloom for u in held) <= 20
     # Tags are keyed: the same USCC under two keys has unrelated tags.
     assert key.tag(held[0]) != guess.tag(held[0])
 

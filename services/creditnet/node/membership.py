@@ -42,6 +42,8 @@ def build_filter(store: Store, key: RoutingKey) -> tuple[BloomFilter, int]:
     total = store.scan_record_usccs(usccs.append)
     bloom = BloomFilter.sized(len(usccs))
     bloom.add_many(key.tag(u) for u in usccs)
+    # Exact here (add_many counts a tag whose bits were all set already as old).
+    bloom.entries = len(usccs)
     return bloom, total
 
 
