@@ -47,6 +47,10 @@ def build_filter(store: Store, key: RoutingKey) -> tuple[BloomFilter, int]:
     return bloom, total
 
 
+def _insert(bloom: BloomFilter, key: RoutingKey, usccs: list[str]) -> None:
+    bloom.add_many(key.tag(u) for u in usccs)
+
+
 class MembershipPublisher:
     def __init__(
         self,
@@ -104,7 +108,8 @@ class MembershipPublisher:
         try:
             bloom = self.bloom
             if bloom is not None and usccs:
-                await asyncio.to_thread(bloom.add_many, [self.key.tag(u) for u in usccs])
+                # Tags and bits off the event loop (a batch holds up to 10,000 enterprises).
+                await asyncio.to_thread(_insert, bloom, self.key, list(usccs))
                 self._changes += 1
             yield
         finally:
