@@ -2,18 +2,20 @@
 # The one-shot PKI job of the Compose network (deploy/compose.yaml).
 #
 # Creates the network CA, every server's TLS identity and credit-chain log key,
-# one database password per city, and the network's signed directory
+# one database password per city, the network's routing key (docs/protocol.md,
+# "Routing": members and the aggregator only), and the network's signed directory
 # (protocol v2: governance keys gov-1..3, version 1 signed by 2 of them, its
 # anchor), laid out for the services' mounts:
 #
 #   $PKI_DIR/ca/                 ca.pem ca.key              mounted by no service
 #   $PKI_DIR/directory/          directory.json anchor.sha256, governance/ and
 #                                logkeys/ (private keys)    mounted by no service
+#   $PKI_DIR/routing.key         the routing key            mounted by no service
 #   $PKI_DIR/<city>/node/        cert.pem cert.key ca.pem logkey.pem logkey.key
-#                                directory.json anchor.sha256
+#                                directory.json anchor.sha256 routing.key
 #   $PKI_DIR/<city>/db/password  the city database's password (node and database)
 #   $PKI_DIR/aggregator/         cert.pem cert.key ca.pem logkey.pem logkey.key
-#                                directory.json anchor.sha256
+#                                directory.json anchor.sha256 routing.key
 #
 # Files that exist are kept, so running it again (every `docker compose up`
 # does) never rotates a key or a password. Everything is written 0600/0700 for
@@ -77,6 +79,17 @@ password() {
     echo "created $1"
 }
 
+# routing_key: the network's routing key (64 hex digits), made once.
+routing_key() {
+    if [ -s "$PKI_DIR/routing.key" ]; then
+        echo "kept $PKI_DIR/routing.key"
+        return
+    fi
+    python -c 'import secrets; print(secrets.token_hex(32))' >"$PKI_DIR/routing.key.tmp"
+    mv "$PKI_DIR/routing.key.tmp" "$PKI_DIR/routing.key"
+    echo "created $PKI_DIR/routing.key"
+}
+
 # code CITY: CITY itself, if it is a six-digit division code (as the directory names cities).
 code() {
     case $1 in
@@ -105,16 +118,18 @@ directory() {
     mv "$PKI_DIR/directory.tmp" "$PKI_DIR/directory"
 }
 
-# pin DIR: the first directory and its anchor, for the server that mounts DIR.
+# pin DIR: the first directory and its anchor, and the routing key, for the server that mounts DIR.
 pin() {
     cp "$PKI_DIR/directory/directory.json" "$1/directory.json"
     cp "$PKI_DIR/directory/anchor.sha256" "$1/anchor.sha256"
+    cp "$PKI_DIR/routing.key" "$1/routing.key"
 }
 
 for city in $PKI_CITIES; do
     code "$city" >/dev/null
 done
 directory
+routing_key
 for city in $PKI_CITIES; do
     identity "$PKI_DIR/$city/node" --role node --city "$city" --dns "node-$city"
     logkey "$PKI_DIR/$city/node" "$city"

@@ -249,15 +249,26 @@ class BankClient:
         categories: Sequence[Category | str] = (),
         cities: Sequence[City | str] = (),
         timeout: float | None = None,
+        exhaustive: bool = False,
     ) -> Report:
+        """Sign and send a query; `exhaustive` asks every city in scope, whatever the routing."""
         env = self.sign_query(uscc, consent, purpose, categories=categories, cities=cities)
-        return await self.send(env, timeout=timeout)
+        return await self.send(env, timeout=timeout, exhaustive=exhaustive)
 
-    async def send(self, query_env: envelope_pb2.SignedEnvelope, *, timeout: float | None = None) -> Report:
+    async def send(
+        self,
+        query_env: envelope_pb2.SignedEnvelope,
+        *,
+        timeout: float | None = None,
+        exhaustive: bool = False,
+    ) -> Report:
         """Send a signed query; retried with backoff while the aggregator is unreachable.
 
         A retry resends the same envelope: nodes answer a query id at most
-        once, so a retry can never be answered twice.
+        once, so a retry can never be answered twice. With `exhaustive` the
+        aggregator asks every city in scope, so that each gives its signed
+        word; otherwise it asks only the cities that may hold records
+        (docs/protocol.md, "Routing") and reports the others NOT_ASKED.
         """
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
@@ -272,7 +283,7 @@ class BankClient:
                 remaining = deadline - time.monotonic()
                 try:
                     resp = await self._stub.FederatedQuery(
-                        aggregator_pb2.FederatedQueryRequest(query=query_env),
+                        aggregator_pb2.FederatedQueryRequest(query=query_env, exhaustive=exhaustive),
                         timeout=max(remaining, 0.001),
                         # gRPC rounds the deadline it sends up (10 s goes out as
                         # 10.1 s), and the answer needs time to come back: the
@@ -294,10 +305,14 @@ class BankClient:
                         await asyncio.sleep(hint)
                         continue
                     raise QueryRefused(exc.code(), exc.details() or "") from None
-        return self.verify_response(query_env, resp)
+        return self.verify_response(query_env, resp, exhaustive=exhaustive)
 
     def verify_response(
-        self, query_env: envelope_pb2.SignedEnvelope, resp: aggregator_pb2.FederatedQueryResponse
+        self,
+        query_env: envelope_pb2.SignedEnvelope,
+        resp: aggregator_pb2.FederatedQueryResponse,
+        *,
+        exhaustive: bool = False,
     ) -> Report:
         query = query_pb2.CreditQuery()
         query.ParseFromString(query_env.payload)
@@ -315,7 +330,7 @@ class BankClient:
         scope = scope_cities(query, members or ())
         by_city: dict[City, Section] = {}
         for raw in resp.sections:
-            section = verify_section(self.verifier, raw, query_env, query, directory)
+            section = verify_section(self.verifier, raw, query_env, query, directory, exhaustive=exhaustive)
             outside = (scope and section.city not in scope) or (
                 members is not None and section.city not in members
             )

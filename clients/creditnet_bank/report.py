@@ -65,7 +65,14 @@ class Report:
 
     @property
     def missing_cities(self) -> list[City]:
-        return [s.city for s in self.sections if s.status not in (SectionStatus.OK, SectionStatus.NO_RECORDS)]
+        """Cities asked (or that should have been) that gave no verified answer; not those not asked."""
+        done = (SectionStatus.OK, SectionStatus.NO_RECORDS, SectionStatus.NOT_ASKED)
+        return [s.city for s in self.sections if s.status not in done]
+
+    @property
+    def not_asked_cities(self) -> list[City]:
+        """Cities the aggregator did not ask: by its routing they hold nothing on the enterprise."""
+        return [s.city for s in self.sections if s.status is SectionStatus.NOT_ASKED]
 
     @property
     def record_count(self) -> int:
@@ -88,6 +95,9 @@ class Report:
                     "city": s.city.value,
                     "status": s.status.value,
                     "reason": s.reason,
+                    "asked": s.asked,
+                    "routing": s.routing,
+                    "routing_detail": s.routing_detail,
                     "code": s.code,
                     "latency_ms": s.latency_ms,
                     "as_of": s.as_of.isoformat() if s.as_of else None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
+from creditnet import uscc as uscc_mod
 from creditnet.chain.ledger import DEFAULT_QUORUM
 from creditnet.chain.receipts import ReceiptError, verify_receipt
 from creditnet.consent import ConsentTerms
@@ -35,6 +36,10 @@ class SectionStatus(enum.Enum):
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     INVALID = "invalid"
+    # The aggregator did not ask this city: by its routing, the city holds
+    # no records of the enterprise. The aggregator's word (docs/protocol.md,
+    # "Routing"); `exhaustive=True` asks every city instead.
+    NOT_ASKED = "not_asked"
 
     @classmethod
     def from_proto(cls, value: int) -> SectionStatus:
@@ -61,6 +66,11 @@ class Section:
     # The credit-chain receipt proving the access was logged, and where.
     receipt: chain_pb2.Receipt | None = None
     ledger_index: int | None = None
+    # Whether the aggregator says it asked this city, and why ("registration",
+    # "holds_records", "asked_for", "not_asked"; "" from an aggregator that does not route).
+    asked: bool = True
+    routing: str = ""
+    routing_detail: str = ""
 
 
 class AnswerInvalid(Exception):
@@ -91,21 +101,34 @@ def verify_section(
     query_env: envelope_pb2.SignedEnvelope,
     query: query_pb2.CreditQuery,
     directory: Directory | None = None,
+    *,
+    exhaustive: bool = False,
 ) -> Section:
     """Verify one city's section; with the bank's `directory`, its receipt is
-    checked against the witnesses the directory assigns to the city's log."""
+    checked against the witnesses the directory assigns to the city's log.
+
+    A section the aggregator says it did not ask is taken as such only when
+    the bank can find nothing wrong with the claim: the query was not
+    exhaustive, the city is not the enterprise's registration city, and the
+    section carries no answer. Otherwise it is INVALID."""
     try:
         city = City.from_proto(section.city)
     except ValueError:
         raise AnswerInvalid("the aggregator returned a section for an unknown city") from None
     status = SectionStatus.from_proto(section.status)
+    routing = aggregator_pb2.Routing.DESCRIPTOR.values_by_number.get(section.routing)
     base = Section(
         city=city,
         status=status,
         reason=section.reason,
         code=section.code,
         latency_ms=section.latency_ms,
+        asked=status is not SectionStatus.NOT_ASKED,
+        routing=routing.name.removeprefix("ROUTING_").lower() if routing and section.routing else "",
+        routing_detail=section.routing_detail,
     )
+    if status is SectionStatus.NOT_ASKED:
+        return _check_not_asked(base, section, query, exhaustive)
     if status not in (SectionStatus.OK, SectionStatus.NO_RECORDS):
         return base
     try:
@@ -121,6 +144,27 @@ def verify_section(
             code=base.code,
             latency_ms=base.latency_ms,
         )
+
+
+def _check_not_asked(
+    base: Section, raw: aggregator_pb2.CitySection, query: query_pb2.CreditQuery, exhaustive: bool
+) -> Section:
+    why = ""
+    if exhaustive:
+        why = "the bank asked for an exhaustive query, yet the aggregator did not ask this city"
+    elif uscc_mod.home_city(query.enterprise_uscc) == base.city:
+        why = "the aggregator did not ask the enterprise's registration city"
+    elif raw.HasField("answer") or raw.HasField("receipt") or raw.asked:
+        why = "a section said not to be asked carries an answer, a receipt or asked=true"
+    if not why:
+        return base
+    return Section(
+        city=base.city,
+        status=SectionStatus.INVALID,
+        reason=f"routing rejected by the bank client: {why}",
+        routing=base.routing,
+        routing_detail=base.routing_detail,
+    )
 
 
 def _verify_receipt(

@@ -103,6 +103,9 @@ class NodeConfig:
     chain_enabled: bool = True
     # None: no network directory (members from this configuration).
     directory: DirectoryConfig | None = None
+    # The network's routing key (docs/protocol.md, "Routing"); None: the
+    # node publishes no membership filter and is asked about every enterprise.
+    routing_key: Path | None = None
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -125,6 +128,7 @@ class NodeConfig:
                 quorum=int(data.get("quorum", 3)),
                 chain_enabled=bool(data.get("chain_enabled", True)),
                 directory=DirectoryConfig.from_json(base, data.get("directory")),
+                routing_key=_resolve(base, str(data["routing_key"])) if data.get("routing_key") else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
@@ -149,6 +153,7 @@ class NodeConfig:
                 "quorum": self.quorum,
                 "chain_enabled": self.chain_enabled,
                 "directory": self.directory.to_json(base) if self.directory else None,
+                "routing_key": _rel(base, self.routing_key) if self.routing_key else None,
             },
         )
 
@@ -169,6 +174,8 @@ class AggregatorConfig:
     quorum: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
     directory: DirectoryConfig | None = None
+    # The network's routing key; None: every city in scope is asked.
+    routing_key: Path | None = None
 
     @classmethod
     def load(cls, path: Path) -> AggregatorConfig:
@@ -187,6 +194,7 @@ class AggregatorConfig:
                 log_key=_resolve(base, str(data["log_key"])) if data.get("log_key") else None,
                 quorum=int(data.get("quorum", 3)),
                 directory=DirectoryConfig.from_json(base, data.get("directory")),
+                routing_key=_resolve(base, str(data["routing_key"])) if data.get("routing_key") else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
@@ -207,6 +215,7 @@ class AggregatorConfig:
                 "log_key": _rel(base, self.log_key) if self.log_key else None,
                 "quorum": self.quorum,
                 "directory": self.directory.to_json(base) if self.directory else None,
+                "routing_key": _rel(base, self.routing_key) if self.routing_key else None,
             },
         )
 

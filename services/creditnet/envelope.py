@@ -35,8 +35,9 @@ REVOCATION_TYPE: Final = "application/vnd.creditnet.revocation.v2+protobuf"
 QUERY_TYPE: Final = "application/vnd.creditnet.query.v2+protobuf"
 ANSWER_TYPE: Final = "application/vnd.creditnet.answer.v2+protobuf"
 HISTORY_REQUEST_TYPE: Final = "application/vnd.creditnet.history-request.v2+protobuf"
+MEMBERSHIP_FILTER_TYPE: Final = "application/vnd.creditnet.membership-filter.v2+protobuf"
 PAYLOAD_TYPES: Final = frozenset(
-    {CONSENT_TYPE, REVOCATION_TYPE, QUERY_TYPE, ANSWER_TYPE, HISTORY_REQUEST_TYPE}
+    {CONSENT_TYPE, REVOCATION_TYPE, QUERY_TYPE, ANSWER_TYPE, HISTORY_REQUEST_TYPE, MEMBERSHIP_FILTER_TYPE}
 )
 
 MAX_PAYLOAD_BYTES: Final = 1 << 20

@@ -47,6 +47,7 @@ from creditnet.pki import (
     issue_identity,
     node_server_name,
 )
+from creditnet.routing import RoutingKey
 from creditnet.store import Store
 from creditnet.v2 import envelope_pb2, records_pb2
 
@@ -144,6 +145,7 @@ def provision(
     directory: bool = True,
     directory_refresh: dt.timedelta = dt.timedelta(minutes=5),
     directory_max_age: dt.timedelta = dt.timedelta(days=7),
+    routing: bool = False,
 ) -> NetworkLayout:
     """Create a complete network in `root` (which must be empty or absent).
 
@@ -156,6 +158,11 @@ def provision(
     3), version 1 signed, its anchor pinned in every server's config, and
     the policy's refresh interval and maximum age as given. Without it the
     servers hold none and take their members from their configs.
+
+    With `routing`, every node and the aggregator get the network's routing
+    key (``routing.key`` next to their keys): nodes publish membership
+    filters and the aggregator asks only the cities that may hold records
+    (docs/protocol.md, "Routing"). Without it every city in scope is asked.
     """
     members = tuple(sorted(set(cities)))
     if not members:
@@ -176,6 +183,8 @@ def provision(
     # One log key per server: the one its config names is the one the
     # directory lists.
     log_keys = {c.value: LogKey.issue(ca, c.value) for c in members} | {NATIONAL: LogKey.issue(ca, NATIONAL)}
+    # The routing key: every member and the aggregator, nobody else (docs/protocol.md, "Routing").
+    routing_key = RoutingKey.generate() if routing else None
     signed_directory: dict[str, Any] | None = None
     if directory:
         signed_directory = _provision_directory(
@@ -192,6 +201,8 @@ def provision(
     for city in members:
         ndir = root / "nodes" / city.value
         log_keys[city.value].save(ndir / "logkey.pem", ndir / "logkey.key")
+        if routing_key is not None:
+            routing_key.save(ndir / "routing.key")
         node_id = issue_identity(ca, Role.node(city))
         identities["nodes"][city.value] = _ident(root, ndir, "node", node_id)
         identities["operators"][city.value] = _ident(
@@ -216,6 +227,7 @@ def provision(
             witnesses={n: ep for n, ep in witness_endpoints.items() if n != city.value},
             quorum=quorum,
             directory=directory_config(ndir / "directory.binpb"),
+            routing_key=ndir / "routing.key" if routing_key is not None else None,
         )
         config.save(ndir / "node.json")
         entries[city.value] = {
@@ -227,6 +239,8 @@ def provision(
         root, adir, "aggregator", issue_identity(ca, Role.aggregator())
     )
     log_keys[NATIONAL].save(adir / "logkey.pem", adir / "logkey.key")
+    if routing_key is not None:
+        routing_key.save(adir / "routing.key")
     AggregatorConfig(
         listen=agg_endpoint,
         cert=adir / "aggregator.pem",
@@ -238,6 +252,7 @@ def provision(
         log_key=adir / "logkey.key",
         quorum=quorum,
         directory=directory_config(adir / "directory.binpb"),
+        routing_key=adir / "routing.key" if routing_key is not None else None,
     ).save(adir / "aggregator.json")
     for code in (DEMO_BANK, SECOND_BANK):
         identities["banks"][code] = _ident(root, root / "banks", code, issue_identity(ca, Role.bank(code)))

@@ -487,6 +487,15 @@ DIRECTORY_STATE = Variable(
 )  # fmt: skip
 DIRECTORY_VARIABLES: tuple[Variable[Any], ...] = (DIRECTORY_ANCHOR, DIRECTORY_BOOTSTRAP, DIRECTORY_STATE)
 
+# Routing (docs/protocol.md, "Routing"), both servers.
+ROUTING_KEY_FILE = Variable(
+    "CREDITNET_ROUTING_KEY_FILE", parse_file, "path",
+    "The network's routing key (64 hex digits), given to the member nodes and the aggregator "
+    "only, like a private key: nodes publish membership filters under it, the aggregator asks "
+    "only the cities whose filter holds the enterprise.",
+    unset="no routing: a node publishes no filter; the aggregator asks every city in scope",
+)  # fmt: skip
+
 SERVER_VARIABLES: tuple[Variable[Any], ...] = (
     CERT,
     KEY,
@@ -499,6 +508,7 @@ SERVER_VARIABLES: tuple[Variable[Any], ...] = (
     RATE_LIMIT_PER_BANK,
     SHUTDOWN_GRACE,
     *DIRECTORY_VARIABLES,
+    ROUTING_KEY_FILE,
 )
 NODE_VARIABLES: tuple[Variable[Any], ...] = (
     CITY,
@@ -586,6 +596,7 @@ class NodeSettings:
     quorum: int
     server: ServerSettings
     directory: DirectoryConfig | None = None
+    routing_key: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NodeSettings:
@@ -603,6 +614,7 @@ class NodeSettings:
         log_cert = NODE_LOG_CERT.value(env, problems)
         log_key = NODE_LOG_KEY.value(env, problems)
         directory = read_directory(env, problems)
+        routing_key = ROUTING_KEY_FILE.optional(env, problems)
         if isinstance(city, City) and city.value in witnesses:
             problems.append(
                 (WITNESSES.name, f"names this node's own city {city.value}; no log witnesses itself")
@@ -623,6 +635,7 @@ class NodeSettings:
             quorum=quorum,
             server=server,
             directory=directory,
+            routing_key=routing_key,
         )
 
     def to_config(self) -> NodeConfig:
@@ -638,6 +651,7 @@ class NodeSettings:
             witnesses=dict(self.witnesses),
             quorum=self.quorum,
             directory=self.directory,
+            routing_key=self.routing_key,
         )
 
 
@@ -653,6 +667,7 @@ class AggregatorSettings:
     quorum: int
     server: ServerSettings
     directory: DirectoryConfig | None = None
+    routing_key: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AggregatorSettings:
@@ -670,6 +685,7 @@ class AggregatorSettings:
             quorum=quorum,
             server=ServerSettings.read(env, AGGREGATOR_LISTEN, problems),
             directory=read_directory(env, problems),
+            routing_key=ROUTING_KEY_FILE.optional(env, problems),
         )
         cert_set, key_set = AGGREGATOR_LOG_CERT.is_set(env), AGGREGATOR_LOG_KEY.is_set(env)
         if cert_set != key_set:
@@ -703,6 +719,7 @@ class AggregatorSettings:
             log_key=self.log_key,
             quorum=self.quorum,
             directory=self.directory,
+            routing_key=self.routing_key,
         )
 
 

@@ -208,6 +208,27 @@ def test_network_up_query_status_revoke(tmp_path: Path) -> None:
         )
         assert [s["status"] for s in report["sections"]].count("ok") >= 3
         assert report["profile"]["uscc"] == uscc
+        # `network up` routes: each city asked or not, and why.
+        reasons = {"registration", "holds_records", "asked_for", "not_asked"}
+        assert {s["routing"] for s in report["sections"]} <= reasons
+        assert all(s["asked"] == (s["status"] != "not_asked") for s in report["sections"])
+        everyone = json.loads(
+            run(
+                "query",
+                "--network",
+                str(state),
+                "--uscc",
+                uscc,
+                "--consent",
+                str(consent_file),
+                "--purpose",
+                "loan_application",
+                "--exhaustive",
+                "--json",
+            ).stdout
+        )
+        assert len(everyone["sections"]) == 5 and all(s["asked"] for s in everyone["sections"])
+        assert {s["status"] for s in everyone["sections"]} <= {"ok", "no_records"}
         human = run(
             "query",
             "--network",

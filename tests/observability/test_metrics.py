@@ -257,9 +257,11 @@ def test_sections_are_counted_by_city_and_status() -> None:
     value = metrics.registry.get_sample_value
     # Every city and status exists from the start, at zero.
     for city in pilot.CITIES:
-        for status in ("ok", "no_records", "denied", "unavailable", "timeout", "invalid"):
+        for status in ("ok", "no_records", "denied", "unavailable", "timeout", "invalid", "not_asked"):
             assert value("creditnet_aggregator_sections_total", {"city": city.value, "status": status}) == 0
-    assert set(SECTION_STATUSES) == {"ok", "no_records", "denied", "unavailable", "timeout", "invalid"}
+    assert set(SECTION_STATUSES) == {
+        "ok", "no_records", "denied", "unavailable", "timeout", "invalid", "not_asked",
+    }  # fmt: skip
     S = aggregator_pb2
     for city, status, ms in [
         (pilot.HEFEI, S.SECTION_STATUS_OK, 12),
@@ -270,6 +272,7 @@ def test_sections_are_counted_by_city_and_status() -> None:
         (pilot.HANGZHOU, S.SECTION_STATUS_TIMEOUT, 2000),
     ]:
         metrics.observe_section(S.CitySection(city=city.proto, status=status, latency_ms=ms))
+    metrics.not_asked(pilot.JIAXING)
     counts = {
         (c.value, s): value("creditnet_aggregator_sections_total", {"city": c.value, "status": s})
         for c in pilot.CITIES
@@ -281,6 +284,7 @@ def test_sections_are_counted_by_city_and_status() -> None:
         ("330400", "denied"): 1,
         ("310000", "unavailable"): 1,
         ("330100", "timeout"): 1,
+        ("330400", "not_asked"): 1,
     }
     assert value("creditnet_aggregator_section_seconds_count", {"city": "340100"}) == 2
     assert value("creditnet_aggregator_section_seconds_sum", {"city": "340100"}) == pytest.approx(0.042)

@@ -17,6 +17,7 @@ import grpc
 
 from creditnet.aggregator.directory import BankOfCall, NodeDirectory
 from creditnet.aggregator.head import NetworkCheckpointer
+from creditnet.aggregator.routing import Router
 from creditnet.aggregator.service import AggregatorService
 from creditnet.chain.keys import LogKey
 from creditnet.chain.witness import Witness, WitnessService
@@ -29,6 +30,7 @@ from creditnet.limits import Limits
 from creditnet.limits import server_interceptors as limit_interceptors
 from creditnet.observability import AggregatorMetrics, server_interceptors
 from creditnet.pki import Identity, TrustStore, node_server_name
+from creditnet.routing import RoutingKey
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import Store
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
@@ -114,6 +116,8 @@ class RunningAggregator:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.service.outbox.stop()
+        if self.service.router is not None:
+            await self.service.router.stop()
         if self.service.head is not None:
             await self.service.head.stop()
         if self.follower is not None:
@@ -145,6 +149,8 @@ async def start_aggregator(
         default_timeout=config.default_timeout,
         metrics=metrics,
     )
+    if config.routing_key is not None:
+        service.router = Router(directory, service.verifier, RoutingKey.load(config.routing_key))
     store: Store | None = None
     witness_service: WitnessService | None = None
     names = [SERVICE_NAME]
@@ -196,6 +202,8 @@ async def start_aggregator(
         health_listen=health_listen,
     )
     service.outbox.start()
+    if service.router is not None:
+        service.router.start()
     follower: DirectoryFollower | None = None
     if served is not None:
         # Before the first query: the links are the held directory's members from the start.

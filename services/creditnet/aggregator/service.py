@@ -12,9 +12,11 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
+from creditnet import uscc as uscc_mod
 from creditnet.aggregator.directory import NodeDirectory, NodeLink
 from creditnet.aggregator.head import NetworkCheckpointer
 from creditnet.aggregator.revocations import RevocationOutbox
+from creditnet.aggregator.routing import Decision, Router
 from creditnet.chain.keys import log_origin
 from creditnet.consent import verify_revocation
 from creditnet.dates import ts_to_proto, utcnow
@@ -36,6 +38,7 @@ _NODE_RULE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+: ")
 # of it, or the budget it stated) to assemble and send the answer.
 DEADLINE_MARGIN = 0.05
 S = aggregator_pb2
+NO_KEY = "this aggregator has no routing key"
 
 
 class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
@@ -57,6 +60,8 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self.outbox = RevocationOutbox(state_dir / "revocations", directory)
         self.head: NetworkCheckpointer | None = None
         self.metrics = metrics
+        # Routing by the nodes' membership filters (None: no routing key, every city is asked).
+        self.router: Router | None = None
 
     @refusals
     async def FederatedQuery(
@@ -80,8 +85,31 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         remaining = caller.remaining()
         budget = self.default_timeout if remaining is None else max(0.0, remaining - DEADLINE_MARGIN)
         scope = aq.scope(self.directory.members())
-        sections = await asyncio.gather(*(self._ask(city, request.query, budget) for city in scope))
+        decisions = self._route(aq.terms.enterprise_uscc, scope, exhaustive=request.exhaustive)
+        asked = [d for d in decisions if d.asked]
+        answers = await asyncio.gather(*(self._ask(d.city, request.query, budget) for d in asked))
+        by_city = {d.city.proto: section for d, section in zip(asked, answers, strict=True)}
+        sections = []
+        for d in decisions:
+            section = by_city.get(d.city.proto)
+            if section is None:
+                section = S.CitySection(city=d.city.proto, status=S.SECTION_STATUS_NOT_ASKED, reason=d.detail)
+                if self.metrics is not None:
+                    self.metrics.not_asked(d.city)
+            section.asked, section.routing, section.routing_detail = d.asked, d.routing, d.detail  # type: ignore[assignment]
+            sections.append(section)
         return S.FederatedQueryResponse(query_id=aq.terms.query_id, sections=sections)
+
+    def _route(self, uscc: str, scope: tuple[City, ...], *, exhaustive: bool) -> list[Decision]:
+        if self.router is not None:
+            return self.router.route(uscc, scope, exhaustive=exhaustive)
+        home = uscc_mod.home_city(uscc)
+        return [
+            Decision(c, True, S.ROUTING_REGISTRATION, "the enterprise's registration city")
+            if c == home
+            else Decision(c, True, S.ROUTING_ASKED_FOR, f"no usable filter: {NO_KEY}")
+            for c in scope
+        ]
 
     async def _ask(self, city: City, query: envelope_pb2.SignedEnvelope, budget: float) -> S.CitySection:
         link = self.directory.get(city)

@@ -71,6 +71,7 @@ def provision_with_progress(
             seed=seed,
             progress=tick,
             directory=directory,
+            routing=True,
         )
 
 

@@ -69,6 +69,13 @@ def init(
         ),
     ] = None,
     quorum: Annotated[int, typer.Option(min=0, help="Cosignatures a checkpoint needs to be published.")] = 3,
+    routing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The network's routing key file (given to members out of band): the node then publishes"
+            " its membership filter to the aggregator (docs/protocol.md, Routing)."
+        ),
+    ] = None,
     migrate: Annotated[
         bool,
         typer.Option(
@@ -90,6 +97,10 @@ def init(
         if (node_dir / "node.key").exists():
             fail(f"{node_dir} already holds a node key; refusing to overwrite it")
         witnesses = parse_nodes_generic(",".join(witness or []))
+        if routing_key is not None:
+            from creditnet.routing import RoutingKey
+
+            RoutingKey.load(routing_key)  # config.routing_key before anything is written
         key = generate_key()
         write_private(node_dir / "node.key", key_to_pem(key))
         csr = make_csr(key, Role.node(c))
@@ -125,6 +136,7 @@ def init(
             log_key=node_dir / "logkey.key",
             witnesses=witnesses,
             quorum=quorum,
+            routing_key=routing_key.resolve() if routing_key is not None else None,
         ).save(node_dir / "node.json")
         console.print(f"node {c.value} initialised in {node_dir}")
         if migrate:

@@ -42,6 +42,13 @@ def query(
         Path | None, typer.Option(help="The first signed directory, if at hand (else fetched and pinned).")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds for the whole federated query.")] = 10.0,
+    exhaustive: Annotated[
+        bool,
+        typer.Option(
+            "--exhaustive",
+            help="Ask every city in scope, not only those that may hold records: each gives its signed word.",
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
 ) -> None:
     """Ask every consented city about an enterprise and print the verified, merged report.
@@ -49,7 +56,11 @@ def query(
     With a network directory (a --network with one, or --directory-anchor and --directory-state) the
     client verifies every answer against it and sends nothing while it holds only an expired one.
 
-    Exit codes: 0 every city answered, 3 some cities are missing (denied, down, timed out or
+    The aggregator asks only the cities that may hold records of the enterprise (its registration
+    city and those whose membership filter holds it); the others are reported "not_asked", on the
+    aggregator's word. --exhaustive asks every city in scope.
+
+    Exit codes: 0 every city asked answered, 3 some cities are missing (denied, down, timed out or
     invalid; the report says which), 1 the query was refused as a whole.
     """
     with errors():
@@ -84,6 +95,7 @@ def query(
                     purpose,
                     categories=[c for c in categories.split(",") if c],
                     cities=[c for c in cities.split(",") if c],
+                    exhaustive=exhaustive,
                 )
 
         try:

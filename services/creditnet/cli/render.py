@@ -17,6 +17,7 @@ _STATUS_STYLE = {
     SectionStatus.UNAVAILABLE: "yellow",
     SectionStatus.TIMEOUT: "yellow",
     SectionStatus.INVALID: "bold red",
+    SectionStatus.NOT_ASKED: "dim",
 }
 
 
@@ -47,7 +48,7 @@ def render_report(report: Report, console: Console) -> None:
         title="per-city answers (each verified: the node's signature, and its credit-chain"
         " receipt cosigned by witnesses)"
     )
-    for col in ("city", "status", "records", "as of", "latency", "credit chain", "reason"):
+    for col in ("city", "status", "records", "as of", "latency", "credit chain", "routing", "reason"):
         cities.add_column(col)
     for s in report.sections:
         style = _STATUS_STYLE.get(s.status, "")
@@ -58,7 +59,8 @@ def render_report(report: Report, console: Console) -> None:
             s.as_of.strftime("%Y-%m-%d %H:%M:%S") if s.as_of else "",
             f"{s.latency_ms} ms",
             f"logged #{s.ledger_index} ✓" if s.ledger_index is not None else "",
-            s.reason,
+            s.routing.replace("_", " "),
+            s.reason if s.status is not SectionStatus.NOT_ASKED else s.routing_detail,
         )
     console.print(cities)
 

@@ -24,9 +24,11 @@ from creditnet.directory.serving import ServedDirectory, serve_directory
 from creditnet.domain import City
 from creditnet.limits import Limits
 from creditnet.limits import server_interceptors as limit_interceptors
+from creditnet.node.membership import MembershipPublisher
 from creditnet.node.service import CityNodeService
 from creditnet.observability import NodeMetrics, server_interceptors
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
+from creditnet.routing import RoutingKey
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore
 from creditnet.store.lock import WriterLock
@@ -68,6 +70,8 @@ class RunningNode:
                 await self.pruning
         if self.directory is not None:
             await self.directory.stop()
+        if self.service.membership is not None:
+            await self.service.membership.stop()
         await self.handle.stop(grace)
         await self.service.drain(grace)
         await self.ledger.stop()
@@ -116,6 +120,12 @@ async def start_node(
             metrics=metrics,
             witness=witness,
         )
+        if config.routing_key is not None:
+            service.membership = MembershipPublisher(
+                city=config.city, identity=identity, key=RoutingKey.load(config.routing_key), store=store
+            )
+            # Built before serving: the first filter covers every record already stored.
+            await service.membership.rebuild()
         chain = ChainService(city=config.city, ledger=ledger, trust=trust)
         if config.directory is not None:
             served = await serve_directory(
@@ -162,6 +172,8 @@ async def start_node(
     ledger.start()
     if served is not None:
         served.refresher.start()
+    if service.membership is not None:
+        service.membership.start_checking()
     log.info("node %s serving on port %d", config.city.value, handle.port)
     return RunningNode(
         config=config,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -24,6 +25,7 @@ from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.errors import AlreadyExists, CreditnetError, InvalidArgument, PermissionDenied, Unavailable
+from creditnet.node.membership import MembershipPublisher
 from creditnet.observability import NodeMetrics, bind_query_id
 from creditnet.pki import Identity, RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, AuthorizedQuery
@@ -73,6 +75,8 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         self.metrics = metrics
         self.witness = witness
         self.clock = clock
+        # The signed membership filter for routing (None: no routing key).
+        self.membership: MembershipPublisher | None = None
         # Queries being claimed, answered and logged, by (query id, digest).
         self._settling: dict[tuple[str, bytes], asyncio.Task[_Settled]] = {}
 
@@ -351,20 +355,28 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             summary.received += batch.count
             accepted = duplicates = 0
             if valid:
-                # Logged before it is stored: a crash in between leaves a
-                # logged batch the provider resends (records are idempotent),
-                # never stored records that no entry accounts for.
-                await self._log(
-                    chain_pb2.LedgerEntry(
-                        kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
-                        time=ts_to_proto(self.clock()),
-                        city=self.city.proto,
-                        provider_id=provider_id,
-                        batch_digest=screened.digest,
-                        batch_records=len(valid),
+                # The batch's enterprises enter the membership filter before
+                # it commits, and a filter holding them is signed before the
+                # provider hears of the commit (docs/protocol.md, "Routing").
+                async with self._filter_turn({r.enterprise_uscc for r in valid}):
+                    # Logged before it is stored: a crash in between leaves a
+                    # logged batch the provider resends (records are idempotent),
+                    # never stored records that no entry accounts for.
+                    await self._log(
+                        chain_pb2.LedgerEntry(
+                            kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
+                            time=ts_to_proto(self.clock()),
+                            city=self.city.proto,
+                            provider_id=provider_id,
+                            batch_digest=screened.digest,
+                            batch_records=len(valid),
+                        )
                     )
-                )
-                result = await self.store.ingest(valid, provider_id)
+                    result = await self.store.ingest(valid, provider_id)
+                    if self.membership is not None:
+                        self.membership.committed(result.accepted)
+                if self.membership is not None:
+                    await self.membership.publish()
                 accepted, duplicates = result.accepted, result.duplicates
                 summary.accepted += accepted
                 summary.duplicates += duplicates
@@ -384,6 +396,11 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             summary.rejected,
         )
         return summary
+
+    def _filter_turn(self, usccs: set[str]) -> contextlib.AbstractAsyncContextManager[None]:
+        if self.membership is None:
+            return contextlib.nullcontext()
+        return self.membership.ingesting(usccs)
 
     @staticmethod
     def _reject(summary: node_pb2.SubmitRecordsResponse, index: int, record_id: str, reason: str) -> None:
@@ -420,6 +437,19 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 rev.enterprise_uscc,
             )
         return node_pb2.RevokeConsentResponse(newly_revoked=newly)
+
+    @refusals
+    async def GetMembershipFilter(
+        self, request: node_pb2.GetMembershipFilterRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.GetMembershipFilterResponse:
+        # Only the aggregator routes: nobody else needs to know whom a node holds.
+        self.peers.require(context, RoleKind.AGGREGATOR)
+        current = None if self.membership is None else self.membership.current
+        if self.membership is None or current is None:
+            raise Unavailable("filter.unavailable", "this node publishes no membership filter")
+        if request.known_version and request.known_version == self.membership.version:
+            return node_pb2.GetMembershipFilterResponse(unchanged=True)
+        return node_pb2.GetMembershipFilterResponse(filter=current)
 
     @refusals
     async def GetNodeInfo(

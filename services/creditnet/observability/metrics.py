@@ -439,6 +439,10 @@ class AggregatorMetrics(ServerMetrics):
         self._sections.labels(city.value, status).inc()
         self._section_seconds.labels(city.value).observe(max(0.0, seconds))
 
+    def not_asked(self, city: City) -> None:
+        """Count a city routing left out of a query (no call: no latency observed)."""
+        self._sections.labels(city.value, "not_asked").inc()
+
     def observe_section(self, section: SectionLike) -> None:
         """Count a `CitySection` as the aggregator returns it (status, city, latency_ms)."""
         self.section(

@@ -326,6 +326,9 @@ class AsyncStore:
     async def stats(self) -> StoreStats:
         return await self._read(self._store.stats)
 
+    async def record_total(self) -> int:
+        return await self._read(self._store.record_total)
+
     # -- internals -------------------------------------------------------------
 
     async def _write(self, fn: Callable[[], T]) -> T:

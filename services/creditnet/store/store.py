@@ -530,6 +530,32 @@ class Store:
             kept = KeptAnswer(answer=bytes(row.answer), ledger_index=int(row.ledger_index))
         return ClaimedQuery(None if row.query_digest is None else bytes(row.query_digest), kept)
 
+    # -- routing ---------------------------------------------------------
+
+    def record_total(self) -> int:
+        """How many records the node holds, from the kept counts (a few rows, not a scan)."""
+        with self._reading() as conn:
+            return sum(int(n) for _, _, n in conn.execute(_RECORD_COUNTS))
+
+    def scan_record_usccs(self, consume: Callable[[str], None], *, chunk: int = 10_000) -> int:
+        """Call `consume` with the USCC of every enterprise the node holds records of
+        (each once, in code order); returns the record total read *before* the scan.
+
+        A batch committed during the scan may be in it or not, but is never
+        counted in the total without being in it: a caller that compares the
+        total later sees the change and scans again.
+        """
+        total = self.record_total()
+        last = ""
+        while True:
+            with self._reading() as conn:
+                rows = conn.execute(_RECORD_USCCS, {"after": last, "limit": chunk}).scalars().all()
+            for uscc in rows:
+                consume(str(uscc))
+            if len(rows) < chunk:
+                return total
+            last = str(rows[-1])
+
     # -- statistics ------------------------------------------------------
 
     def stats(self) -> StoreStats:
@@ -743,6 +769,13 @@ _FIND_RECORDS: Final = (
     .order_by(RECORDS.c.category, RECORDS.c.record_date, RECORDS.c.id)
 )
 _RECORD_COUNTS: Final = select(RECORD_COUNTS.c.provider_id, RECORD_COUNTS.c.category, RECORD_COUNTS.c.records)
+_RECORD_USCCS: Final = (
+    select(RECORDS.c.uscc)
+    .where(RECORDS.c.uscc > bindparam("after"))
+    .group_by(RECORDS.c.uscc)
+    .order_by(RECORDS.c.uscc)
+    .limit(bindparam("limit"))
+)
 _GET_PROFILE: Final = select(ENTERPRISES.c.payload).where(ENTERPRISES.c.uscc == bindparam("uscc"))
 _IS_REVOKED: Final = select(REVOCATIONS.c.consent_digest).where(
     REVOCATIONS.c.consent_digest == bindparam("consent_digest")

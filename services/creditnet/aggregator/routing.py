@@ -1,0 +1,206 @@
+"""Routing: which cities of a query's scope the aggregator asks (docs/protocol.md, "Routing").
+
+The aggregator polls every member node for its signed membership filter
+(``GetMembershipFilter`` with the version it holds: an unchanged filter costs
+a few bytes), verifies each new one in a worker thread and keeps the last
+good one per city. A query goes to the enterprise's registration city and to
+every city whose filter, verified and fresh, holds the enterprise's tag. A
+city whose filter is missing, stale, refused, or made with another key is
+asked: routing never skips a city it cannot vouch for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from creditnet import uscc as uscc_mod
+from creditnet.aggregator.directory import NodeDirectory, NodeLink
+from creditnet.dates import utcnow
+from creditnet.domain import City
+from creditnet.envelope import EnvelopeVerifier
+from creditnet.errors import CreditnetError
+from creditnet.routing import RoutingKey, VerifiedFilter, verify_filter
+from creditnet.v2 import aggregator_pb2, envelope_pb2, node_pb2
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 1.0
+FETCH_TIMEOUT = 5.0
+# Filters fetched at once (each may be megabytes).
+FETCH_CONCURRENCY = 8
+A = aggregator_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    city: City
+    asked: bool
+    routing: int
+    detail: str
+
+
+class Router:
+    def __init__(
+        self,
+        directory: NodeDirectory,
+        verifier: EnvelopeVerifier,
+        key: RoutingKey,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.directory = directory
+        self.verifier = verifier
+        self.key = key
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.held: dict[City, VerifiedFilter] = {}
+        # Why the last fetch of a city's filter gave nothing usable ("" once one was taken).
+        self.problems: dict[City, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._fetching = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+    # -- routing ---------------------------------------------------------------
+
+    def route(self, uscc: str, scope: Iterable[City], *, exhaustive: bool) -> list[Decision]:
+        """For each city of `scope` (in order): ask it or not, and why."""
+        home = uscc_mod.home_city(uscc)
+        tag = self.key.tag(uscc)
+        now = self.clock()
+        out: list[Decision] = []
+        for city in scope:
+            held = self.held.get(city)
+            # The last fetch must have succeeded too: a node serving a filter
+            # that is refused (or not answering) is asked until one is taken.
+            usable = (
+                held is not None
+                and held.fresh(now)
+                and city in self.directory.links
+                and not self.problems.get(city)
+            )
+            if city == home:
+                out.append(Decision(city, True, A.ROUTING_REGISTRATION, "the enterprise's registration city"))
+            elif usable and held is not None and held.holds(tag):
+                detail = f"its filter (version {held.version}) holds it"
+                out.append(Decision(city, True, A.ROUTING_HOLDS_RECORDS, detail))
+            elif exhaustive:
+                detail = "the bank asked for an exhaustive query"
+                out.append(Decision(city, True, A.ROUTING_ASKED_FOR, detail))
+            elif not usable:
+                detail = f"no usable filter: {self.why_unusable(city)}"
+                out.append(Decision(city, True, A.ROUTING_ASKED_FOR, detail))
+            else:
+                assert held is not None
+                out.append(
+                    Decision(
+                        city,
+                        False,
+                        A.ROUTING_NOT_ASKED,
+                        f"its filter (version {held.version}, issued {held.issued_at:%Y-%m-%dT%H:%M:%SZ}) "
+                        "does not hold the enterprise",
+                    )
+                )
+        return out
+
+    def why_unusable(self, city: City) -> str:
+        held = self.held.get(city)
+        if city not in self.directory.links:
+            return "the network has no member node for this city"
+        if self.problems.get(city):
+            return self.problems[city]
+        if held is not None and not held.fresh(self.clock()):
+            return f"filter.stale: the filter held (version {held.version}) is too old"
+        return "no filter fetched yet"
+
+    # -- fetching --------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except Exception:
+                log.exception("polling membership filters failed; trying again")
+            await asyncio.sleep(self.poll_interval)
+
+    async def poll(self) -> None:
+        """Fetch every member's filter once (those unchanged cost a few bytes)."""
+        links = dict(self.directory.links)
+        for gone in set(self.held) - set(links):
+            del self.held[gone]
+        for gone in set(self.problems) - set(links):
+            del self.problems[gone]
+        await asyncio.gather(*(self._fetch(link) for link in links.values()))
+
+    async def _fetch(self, link: NodeLink) -> None:
+        city = link.city
+        held = self.held.get(city)
+        async with self._fetching:
+            try:
+                resp = await link.stub.GetMembershipFilter(
+                    node_pb2.GetMembershipFilterRequest(known_version=held.version if held else 0),
+                    timeout=FETCH_TIMEOUT,
+                )
+            except grpc.aio.AioRpcError as exc:
+                self._problem(city, f"{exc.code().name}: {(exc.details() or '')[:200]}")
+                return
+            if resp.unchanged and held is not None:
+                # The node stands by the filter held (still judged by its own
+                # issued_at): whatever was refused since was not from it now.
+                self.problems[city] = ""
+                return
+            try:
+                # Up to megabytes to hash and parse: off the event loop.
+                verified = await asyncio.to_thread(self.verify, city, resp.filter)
+            except CreditnetError as exc:
+                self._problem(city, exc.reason)
+                return
+            self.hold(verified)
+
+    def verify(self, city: City, env: envelope_pb2.SignedEnvelope) -> VerifiedFilter:
+        """Verify `env` as `city`'s filter against the one held (blocking); raises the refusing rule."""
+        return verify_filter(
+            self.verifier,
+            env,
+            city=city,
+            members=frozenset(self.directory.links),
+            key=self.key,
+            now=self.clock(),
+            held=self.held.get(city),
+        )
+
+    def hold(self, verified: VerifiedFilter) -> None:
+        self.held[verified.city] = verified
+        self.problems[verified.city] = ""
+
+    async def offer(self, city: City, env: envelope_pb2.SignedEnvelope) -> VerifiedFilter:
+        """Verify and hold `env` as `city`'s filter; raises the rule that refused it (the held one stays)."""
+        try:
+            verified = await asyncio.to_thread(self.verify, city, env)
+        except CreditnetError as exc:
+            self._problem(city, exc.reason)
+            raise
+        self.hold(verified)
+        return verified
+
+    def _problem(self, city: City, reason: str) -> None:
+        if self.problems.get(city) != reason:
+            log.warning("membership filter of %s not taken: %s", city.value, reason)
+        self.problems[city] = reason
