@@ -64,6 +64,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket stays bound until all are chosen.
+
+    Asking `free_port` several times may hand out one port twice (the
+    kernel reuses a port released a moment ago), and a directory refuses two
+    members at one endpoint.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 @dataclass
 class NetworkLayout:
     """Where everything of a provisioned network lives, from network.json."""
@@ -177,8 +191,9 @@ def provision(
     demo_uscc = synthetic.pick_demo_enterprise(seed, enterprises_per_city, members)
     identities: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     entries: dict[str, dict[str, str]] = {}
-    node_endpoints = {city: f"{host}:{free_port()}" for city in members}
-    agg_endpoint = f"{host}:{free_port()}"
+    *node_ports, agg_port = free_ports(len(members) + 1)
+    node_endpoints = {city: f"{host}:{port}" for city, port in zip(members, node_ports, strict=True)}
+    agg_endpoint = f"{host}:{agg_port}"
     witness_endpoints = {c.value: ep for c, ep in node_endpoints.items()} | {NATIONAL: agg_endpoint}
     # One log key per server: the one its config names is the one the
     # directory lists.
