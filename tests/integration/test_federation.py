@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.domain import Category, Purpose
-from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
+from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, wait_federated
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
 from creditnet.v2 import query_pb2
@@ -22,6 +22,10 @@ async def test_federated_query_merges_verified_sections_from_several_cities(
     network: InProcessNetwork, layout: NetworkLayout
 ) -> None:
     env = consent(layout)
+    # Tests before this one stop and restart nodes: the aggregator's channels
+    # back off (up to 2 s) before they reach a restarted node again.
+    operator = layout.identity("operators", pilot.SHANGHAI.value)
+    await wait_federated(layout.aggregator_endpoint, operator, TrustStore.load(layout.ca), 30)
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         report = await bank.query(layout.demo_enterprise, env, Purpose.LOAN_APPLICATION)
     assert [s.city for s in report.sections] == list(pilot.CITIES)

@@ -13,7 +13,7 @@ from creditnet.directory.model import Directory
 from creditnet.directory.sign import load
 from creditnet.domain import Purpose
 from creditnet.envelope import EnvelopeVerifier
-from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
+from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, wait_federated
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore
 from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, query_pb2
@@ -36,6 +36,10 @@ class Asked:
 
 async def federated(layout: NetworkLayout, trust: TrustStore) -> Asked:
     """A federated query of the demo bank; the raw response and the SDK's verified report of it."""
+    # Other tests stop nodes and put impostors at their addresses: wait until
+    # the aggregator reaches every node again (its channels back off up to 2 s).
+    operator = layout.identity("operators", layout.cities[0].value)
+    await wait_federated(layout.aggregator_endpoint, operator, trust, 30)
     async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
         q = bank.sign_query(layout.demo_enterprise, consent(layout), Purpose.LOAN_APPLICATION)
         await bank.ready_directory()
