@@ -60,6 +60,11 @@ class AnswerSuite(enum.Enum):
         return Suite(kem, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
 
     @property
+    def hpke_enc_length(self) -> int:
+        """Bytes of the KEM's encapsulation at the head of a ciphertext."""
+        return (KEM.MLKEM768_X25519 if self is AnswerSuite.MLKEM768_X25519 else KEM.X25519).enc_length()
+
+    @property
     def key_bytes(self) -> int:
         return (
             MLKEM768_KEY_BYTES + X25519_KEY_BYTES if self is AnswerSuite.MLKEM768_X25519 else X25519_KEY_BYTES
