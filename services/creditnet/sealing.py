@@ -140,10 +140,13 @@ def parse_answer_key(msg: query_pb2.CreditQuery) -> AnswerKey:
             f"an answer key of suite {suite.name} is {suite.key_bytes} bytes, not {len(raw)}",
         )
     try:
+        x = x25519.X25519PublicKey.from_public_bytes(raw[-X25519_KEY_BYTES:])
+        # A low-order X25519 point gives an all-zero shared secret, which
+        # HPKE refuses: refuse it here, before anything is claimed or logged.
+        x25519.X25519PrivateKey.generate().exchange(x)
         if suite is AnswerSuite.X25519:
-            return AnswerKey(suite, x25519.X25519PublicKey.from_public_bytes(raw))
+            return AnswerKey(suite, x)
         m = mlkem.MLKEM768PublicKey.from_public_bytes(raw[:MLKEM768_KEY_BYTES])
-        x = x25519.X25519PublicKey.from_public_bytes(raw[MLKEM768_KEY_BYTES:])
     except ValueError:
         raise InvalidArgument("query.answer_key", "the answer key is not a valid public key") from None
     return AnswerKey(suite, MLKEM768X25519PublicKey(m, x))

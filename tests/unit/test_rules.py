@@ -755,8 +755,23 @@ def test_an_answer_key_of_the_wrong_size_is_refused(w: World, suite: AnswerSuite
     assert refusal(w, env) == ("query.answer_key", "INVALID_ARGUMENT")
 
 
-def test_a_malformed_ml_kem_key_is_refused(w: World) -> None:
-    key = query_pb2.AnswerKey(suite=AnswerSuite.MLKEM768_X25519.proto, public_key=b"\xff" * 1216)
+def _low_order_x25519(suite: AnswerSuite) -> bytes:
+    good = AnswerKeyPair.generate(suite).public_bytes
+    return good[:-32] + bytes(32)  # the X25519 point 0: an all-zero shared secret
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        query_pb2.AnswerKey(suite=AnswerSuite.MLKEM768_X25519.proto, public_key=b"\xff" * 1216),
+        query_pb2.AnswerKey(suite=AnswerSuite.X25519.proto, public_key=_low_order_x25519(AnswerSuite.X25519)),
+        query_pb2.AnswerKey(
+            suite=AnswerSuite.MLKEM768_X25519.proto, public_key=_low_order_x25519(AnswerSuite.MLKEM768_X25519)
+        ),
+    ],
+    ids=["ml-kem-out-of-range", "x25519-low-order", "hybrid-x25519-low-order"],
+)
+def test_a_malformed_answer_key_is_refused(w: World, key: query_pb2.AnswerKey) -> None:
     env = signed(query_msg(consent(w), answer_key=key), w.bank)
     assert refusal(w, env) == ("query.answer_key", "INVALID_ARGUMENT")
 
