@@ -26,6 +26,7 @@ from creditnet.observability import client_span, query_scope
 from creditnet.observability.context import parse_query_id
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
+from creditnet.sealing import DEFAULT_SUITE, AnswerKeyPair, AnswerSuite
 from creditnet.v2 import (
     aggregator_pb2,
     aggregator_pb2_grpc,
@@ -227,7 +228,9 @@ class BankClient:
         *,
         categories: Sequence[Category | str] = (),
         cities: Sequence[City | str] = (),
+        suite: AnswerSuite = DEFAULT_SUITE,
     ) -> envelope_pb2.SignedEnvelope:
+        """Sign a query whose answers are sealed to a fresh key of `suite`, kept in this process."""
         consent_env = (
             consent if isinstance(consent, envelope_pb2.SignedEnvelope) else load_envelope(Path(consent))
         )
@@ -238,6 +241,7 @@ class BankClient:
             purpose=purpose if isinstance(purpose, Purpose) else Purpose.parse(purpose),
             categories=tuple(c if isinstance(c, Category) else Category.parse(c) for c in categories),
             cities=tuple(c if isinstance(c, City) else City.parse(c) for c in cities),
+            answer_key=AnswerKeyPair.generate(suite),
         )
 
     async def query(
@@ -250,9 +254,13 @@ class BankClient:
         cities: Sequence[City | str] = (),
         timeout: float | None = None,
         exhaustive: bool = False,
+        suite: AnswerSuite = DEFAULT_SUITE,
     ) -> Report:
-        """Sign and send a query; `exhaustive` asks every city in scope, whatever the routing."""
-        env = self.sign_query(uscc, consent, purpose, categories=categories, cities=cities)
+        """Sign and send a query; `exhaustive` asks every city in scope, whatever the routing.
+
+        The answers come sealed to a fresh key of `suite` (docs/protocol.md, "Sealed answers").
+        """
+        env = self.sign_query(uscc, consent, purpose, categories=categories, cities=cities, suite=suite)
         return await self.send(env, timeout=timeout, exhaustive=exhaustive)
 
     async def send(

@@ -1,8 +1,10 @@
 """Offline verification of a federated answer, section by section.
 
-The bank trusts neither the aggregator nor any single node: each section must
-be signed by the node of exactly the city it claims, answer exactly this
-query (id and digest), and disclose nothing outside the consented scope. A
+The bank trusts neither the aggregator nor any single node: each section's
+sealed answer must open, with the bank's key for the query, as the answer of
+exactly that city to exactly this query, and the answer inside must be
+signed by the node of exactly the city it claims, answer exactly this query
+(id and digest), and disclose nothing outside the consented scope. A
 section that fails any check is reported as INVALID with the reason, and its
 content is dropped.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
+from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
 from creditnet.chain.ledger import DEFAULT_QUORUM
 from creditnet.chain.receipts import ReceiptError, verify_receipt
@@ -26,6 +29,7 @@ from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest
 from creditnet.errors import CreditnetError
 from creditnet.pki import RoleKind
+from creditnet.sealing import AnswerKeyPair, SealError, open_sealed
 from creditnet.v2 import aggregator_pb2, chain_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
 
 
@@ -103,9 +107,15 @@ def verify_section(
     directory: Directory | None = None,
     *,
     exhaustive: bool = False,
+    answer_key: AnswerKeyPair | None = None,
 ) -> Section:
     """Verify one city's section; with the bank's `directory`, its receipt is
     checked against the witnesses the directory assigns to the city's log.
+
+    The sealed answer is opened with `answer_key` (by default the key this
+    process made for the query, `query.answer_key_for`) as this city's
+    answer to this query, then its node signature, terms and receipt are
+    checked as of any answer.
 
     A section the aggregator says it did not ask is taken as such only when
     the bank can find nothing wrong with the claim: the query was not
@@ -132,10 +142,11 @@ def verify_section(
     if status not in (SectionStatus.OK, SectionStatus.NO_RECORDS):
         return base
     try:
-        verified = _verify_answer(verifier, base, section.answer, query_env, query)
+        env = _open(section, query_env, city, answer_key or query_mod.answer_key_for(query_env))
+        verified = _verify_answer(verifier, base, env, query_env, query)
         _verify_receipt(verifier, verified, section, query_env, query, directory)
         return verified
-    except (AnswerInvalid, CreditnetError, ValueError) as exc:
+    except (AnswerInvalid, SealError, CreditnetError, ValueError) as exc:
         # Nothing of a section that failed verification is kept.
         return Section(
             city=base.city,
@@ -154,7 +165,7 @@ def _check_not_asked(
         why = "the bank asked for an exhaustive query, yet the aggregator did not ask this city"
     elif uscc_mod.home_city(query.enterprise_uscc) == base.city:
         why = "the aggregator did not ask the enterprise's registration city"
-    elif raw.HasField("answer") or raw.HasField("receipt") or raw.asked:
+    elif raw.HasField("sealed_answer") or raw.HasField("receipt") or raw.asked:
         why = "a section said not to be asked carries an answer, a receipt or asked=true"
     if not why:
         return base
@@ -165,6 +176,20 @@ def _check_not_asked(
         routing=base.routing,
         routing_detail=base.routing_detail,
     )
+
+
+def _open(
+    raw: aggregator_pb2.CitySection,
+    query_env: envelope_pb2.SignedEnvelope,
+    city: City,
+    answer_key: AnswerKeyPair | None,
+) -> envelope_pb2.SignedEnvelope:
+    """The node's signed answer, opened as `city`'s answer to this query (SealError otherwise)."""
+    if answer_key is None:
+        raise AnswerInvalid("the bank holds no answer key for this query: the answer cannot be opened")
+    if not raw.HasField("sealed_answer"):
+        raise AnswerInvalid("the section carries no sealed answer")
+    return open_sealed(answer_key, raw.sealed_answer, digest(query_env.payload), city)
 
 
 def _verify_receipt(

@@ -20,9 +20,10 @@ from creditnet import uscc as uscc_mod
 from creditnet.consent import VerifiedConsent, check_window, verify_consent
 from creditnet.dates import ts_from_proto, ts_to_proto, utcnow
 from creditnet.domain import MAX_SCOPE_CITIES, Category, City, Purpose, distinct_from_proto
-from creditnet.envelope import QUERY_TYPE, EnvelopeVerifier, sign
+from creditnet.envelope import QUERY_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from creditnet.pki import Identity, RoleKind, VerifiedCert
+from creditnet.sealing import AnswerKey, AnswerKeyPair, parse_answer_key
 from creditnet.v2 import envelope_pb2, query_pb2
 
 MAX_QUERY_LIFETIME = dt.timedelta(minutes=5)
@@ -45,6 +46,8 @@ class QueryTerms:
     cities: tuple[City, ...]
     issued_at: dt.datetime
     expires_at: dt.datetime
+    # The bank's HPKE key for this query's sealed answers.
+    answer_key: AnswerKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +96,14 @@ def build(
     lifetime: dt.timedelta = DEFAULT_QUERY_LIFETIME,
     now: dt.datetime | None = None,
     query_id: str | None = None,
+    answer_key: AnswerKeyPair | None = None,
 ) -> envelope_pb2.SignedEnvelope:
-    """Sign a query as `bank` (its certificate must be a bank certificate)."""
+    """Sign a query as `bank` (its certificate must be a bank certificate).
+
+    `answer_key` is the key pair the answers are sealed to; by default a
+    fresh one of the default suite. Its private half stays in this process
+    (`answer_key_for`) for as long as the query may be answered.
+    """
     if bank.role.kind is not RoleKind.BANK:
         raise PermissionDenied("query.signer_role", "queries are signed with a bank certificate")
     if lifetime > MAX_QUERY_LIFETIME:
@@ -111,7 +120,29 @@ def build(
         expires_at=ts_to_proto(issued + lifetime),
         consent=consent,
     )
-    return sign(QUERY_TYPE, msg.SerializeToString(deterministic=True), bank)
+    pair = answer_key or AnswerKeyPair.generate()
+    msg.answer_key.CopyFrom(pair.proto)
+    env = sign(QUERY_TYPE, msg.SerializeToString(deterministic=True), bank)
+    _remember(env, pair, issued + lifetime)
+    return env
+
+
+# The private answer keys of the queries this process built, by query
+# digest, until the query expires (plus the clock skew a node allows).
+_ANSWER_KEYS: dict[bytes, tuple[AnswerKeyPair, dt.datetime]] = {}
+
+
+def _remember(env: envelope_pb2.SignedEnvelope, pair: AnswerKeyPair, expires_at: dt.datetime) -> None:
+    now = utcnow()
+    for key in [k for k, (_, until) in _ANSWER_KEYS.items() if until < now]:
+        del _ANSWER_KEYS[key]
+    _ANSWER_KEYS[digest(env.payload)] = (pair, expires_at + CLOCK_SKEW)
+
+
+def answer_key_for(env: envelope_pb2.SignedEnvelope) -> AnswerKeyPair | None:
+    """The private answer key of a query this process built, None if unknown or forgotten."""
+    held = _ANSWER_KEYS.get(digest(env.payload))
+    return held[0] if held is not None else None
 
 
 def parse_terms(payload: bytes) -> tuple[QueryTerms, envelope_pb2.SignedEnvelope]:
@@ -139,6 +170,7 @@ def parse_terms(payload: bytes) -> tuple[QueryTerms, envelope_pb2.SignedEnvelope
             cities=distinct_from_proto(City.from_proto, msg.cities, MAX_SCOPE_CITIES, "cities"),
             issued_at=ts_from_proto(msg.issued_at),
             expires_at=ts_from_proto(msg.expires_at),
+            answer_key=parse_answer_key(msg),
         )
     except ValueError as exc:
         raise InvalidArgument("query.malformed", f"query fields are invalid: {exc}") from None

@@ -50,6 +50,7 @@ from creditnet.envelope import (
     sign,
 )
 from creditnet.pki import CertificateAuthority, Identity, Role, key_to_pem
+from creditnet.sealing import DEFAULT_SUITE, AnswerSuite
 from creditnet.v2 import common_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
 
 FORMAT_VERSION: Final = 1
@@ -226,7 +227,11 @@ def consent_terms() -> consent_mod.ConsentTerms:
     )
 
 
-def query_envelope(bank: Identity, consent_env: envelope_pb2.SignedEnvelope) -> envelope_pb2.SignedEnvelope:
+def query_envelope(
+    bank: Identity, consent_env: envelope_pb2.SignedEnvelope, *, suite: AnswerSuite = DEFAULT_SUITE
+) -> envelope_pb2.SignedEnvelope:
+    from creditnet import vectors_sealed
+
     return query_mod.build(
         bank,
         consent_env,
@@ -237,6 +242,7 @@ def query_envelope(bank: Identity, consent_env: envelope_pb2.SignedEnvelope) -> 
         lifetime=dt.timedelta(minutes=2),
         now=VERIFY_AT - dt.timedelta(seconds=30),
         query_id=QUERY_ID,
+        answer_key=vectors_sealed.answer_key(suite),
     )
 
 
@@ -663,17 +669,21 @@ def render(
 
 
 def generate() -> dict[str, bytes]:
-    from creditnet import vectors_chain
+    from creditnet import vectors_chain, vectors_sealed
 
     cast = make_cast()
     envs = make_envelopes(cast)
     chain = vectors_chain.make_chain(cast, envs)
+    sealed_cases = vectors_sealed.make_cases(cast.bank.identity, cast.node.identity, envs.consent)
     return render(
         cast,
         envs,
         make_negatives(cast, envs),
         log_keys=vectors_chain.log_keys_json(chain.keys),
-        extra=vectors_chain.render(chain, vectors_chain.make_chain_negatives(chain)),
+        extra={
+            **vectors_chain.render(chain, vectors_chain.make_chain_negatives(chain)),
+            "sealed.json": vectors_sealed.render(sealed_cases, message_json),
+        },
     )
 
 

@@ -7,11 +7,14 @@ import datetime as dt
 import grpc
 
 from creditnet import consent as consent_mod
+from creditnet import query as query_mod
 from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
+from creditnet.envelope import digest
 from creditnet.network import DEMO_BANK, NetworkLayout
 from creditnet.pki import Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
+from creditnet.sealing import open_sealed
 from creditnet.v2 import envelope_pb2, node_pb2, node_pb2_grpc
 
 
@@ -72,3 +75,12 @@ async def node_refusal(
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""
     raise AssertionError(f"the {city.value} node answered a query it should refuse")
+
+
+def opened_answer(
+    resp: node_pb2.QueryResponse, query: envelope_pb2.SignedEnvelope, city: City
+) -> envelope_pb2.SignedEnvelope:
+    """A node's signed answer, opened with the key this process made for `query` (it was built here)."""
+    pair = query_mod.answer_key_for(query)
+    assert pair is not None, "the query was not built in this process"
+    return open_sealed(pair, resp.sealed_answer, digest(query.payload), city)

@@ -15,7 +15,7 @@ from creditnet.envelope import QUERY_TYPE, sign
 from creditnet.network import SECOND_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.v2 import envelope_pb2, query_pb2
-from tests.integration.helpers import ask_node, consent, node_refusal
+from tests.integration.helpers import ask_node, consent, node_refusal, opened_answer
 
 SC = grpc.StatusCode
 
@@ -34,7 +34,7 @@ async def test_bank_may_ask_a_node_directly_and_gets_a_signed_answer(
     q = _query(layout, consent(layout))
     resp = await ask_node(layout, pilot.SHANGHAI, q, layout.bank(), trust)
     answer = query_pb2.CityAnswer()
-    answer.ParseFromString(resp.answer.payload)
+    answer.ParseFromString(opened_answer(resp, q, pilot.SHANGHAI).payload)
     assert answer.city == pilot.SHANGHAI.proto and answer.enterprise_uscc == layout.demo_enterprise
 
 

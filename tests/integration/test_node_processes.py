@@ -25,7 +25,7 @@ from creditnet.store import Store
 from creditnet.v2 import chain_pb2, envelope_pb2, query_pb2
 from tests.faults.conftest import eventually
 from tests.integration.conftest import SQLITE
-from tests.integration.helpers import consent
+from tests.integration.helpers import consent, opened_answer
 from tests.integration.processes import NodeProcess, claims, fresh_database, unanswered_claims
 
 pytestmark = pytest.mark.slow
@@ -148,7 +148,7 @@ async def test_queries_whose_callers_gave_up_while_a_frozen_node_claimed_them_ar
     retried = await asyncio.gather(*(node.ask(q, trust) for q in queries))
 
     for q, resp in zip(queries, retried, strict=True):
-        answer = query_pb2.CityAnswer.FromString(resp.answer.payload)
+        answer = query_pb2.CityAnswer.FromString(opened_answer(resp, q, node.city).payload)
         assert (answer.query_id, answer.query_digest) == (query_id(q), digest(q.payload))
         assert chain_pb2.LedgerEntry.FromString(resp.receipt.entry).query_id == query_id(q)
     await answered_once(node, trust, [query_id(q) for q in queries])
@@ -182,9 +182,10 @@ async def test_claims_a_killed_node_left_without_answers_are_answered_once_on_re
     pairs = await asyncio.gather(*(asyncio.gather(node.ask(q, trust), node.ask(q, trust)) for q in queries))
 
     for q, (first, second) in zip(queries, pairs, strict=True):
-        assert first.answer.SerializeToString() == second.answer.SerializeToString()
+        signed = opened_answer(first, q, node.city)
+        assert signed == opened_answer(second, q, node.city)
         assert first.receipt.index == second.receipt.index
-        answer = query_pb2.CityAnswer.FromString(first.answer.payload)
+        answer = query_pb2.CityAnswer.FromString(signed.payload)
         assert (answer.query_id, answer.query_digest) == (query_id(q), digest(q.payload))
     await answered_once(node, trust, [query_id(q) for q in queries])
     with Store.open(node.url) as store:
@@ -192,7 +193,7 @@ async def test_claims_a_killed_node_left_without_answers_are_answered_once_on_re
     # The same again later is the kept answer; another query under one of
     # those ids is still a replay.
     again = await node.ask(queries[0], trust)
-    assert again.answer.SerializeToString() == pairs[0][0].answer.SerializeToString()
+    assert opened_answer(again, queries[0], node.city) == opened_answer(pairs[0][0], queries[0], node.city)
     other = query(layout, consent(layout), query_id=query_id(queries[0]))
     assert await node.outcome(other, trust) == "query.replay"
 

@@ -337,12 +337,12 @@ async def test_the_bank_refuses_not_asked_claims_it_can_check(
             forged.CopyFrom(resp)
             for section in forged.sections:
                 if section.city == city.code:
-                    answer, receipt = section.answer, section.receipt
+                    answer, receipt = section.sealed_answer, section.receipt
                     section.Clear()
                     section.city, section.status = city.code, aggregator_pb2.SECTION_STATUS_NOT_ASKED
                     section.routing = aggregator_pb2.ROUTING_NOT_ASKED
                     if keep_answer:
-                        section.answer.CopyFrom(answer)
+                        section.sealed_answer.CopyFrom(answer)
                         section.receipt.CopyFrom(receipt)
             return forged
 

@@ -26,6 +26,7 @@ from creditnet.envelope import CONSENT_TYPE, QUERY_TYPE, REVOCATION_TYPE, Envelo
 from creditnet.errors import CreditnetError, PermissionDenied
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.query import CLOCK_SKEW, MAX_QUERY_LIFETIME, AuthorizedQuery
+from creditnet.sealing import AnswerKeyPair, AnswerSuite
 from creditnet.v2 import common_pb2, consent_pb2, envelope_pb2, query_pb2
 
 NOW = utcnow().replace(microsecond=0)
@@ -115,6 +116,7 @@ def query_msg(consent_env: envelope_pb2.SignedEnvelope, **fields: object) -> que
         issued_at=ts_to_proto(NOW - dt.timedelta(seconds=10)),
         expires_at=ts_to_proto(NOW + dt.timedelta(seconds=110)),
         consent=consent_env,
+        answer_key=AnswerKeyPair.generate(AnswerSuite.X25519).proto,
     )
     loose: Any = msg  # fields are set by name, including deliberately invalid values
     for name, value in fields.items():
@@ -125,6 +127,8 @@ def query_msg(consent_env: envelope_pb2.SignedEnvelope, **fields: object) -> que
             getattr(msg, name).CopyFrom(ts_to_proto(value))
         elif value is None:
             loose.ClearField(name)
+        elif isinstance(value, query_pb2.AnswerKey):
+            getattr(msg, name).CopyFrom(value)
         else:
             setattr(msg, name, value)
     return msg
@@ -717,3 +721,63 @@ def test_a_revocation_envelope_is_checked_as_one(w: World) -> None:
     with pytest.raises(CreditnetError) as sig_err:
         verify_revocation(w.verifier, tampered, consent_env, at=NOW)
     assert sig_err.value.rule == "revocation.signature"
+
+
+# -- the answer key (docs/protocol.md, "Sealed answers") ------------------------
+
+
+def test_a_query_without_an_answer_key_is_refused(w: World) -> None:
+    env = signed(query_msg(consent(w), answer_key=None), w.bank)
+    assert refusal(w, env) == ("query.answer_key_missing", "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("suite", [0, 3, 99])
+def test_an_answer_key_of_an_unknown_suite_is_refused(w: World, suite: int) -> None:
+    key = query_pb2.AnswerKey(suite=suite, public_key=bytes(32))  # type: ignore[arg-type]
+    env = signed(query_msg(consent(w), answer_key=key), w.bank)
+    assert refusal(w, env) == ("query.answer_key_suite", "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize(
+    ("suite", "size"),
+    [
+        (AnswerSuite.X25519, 31),
+        (AnswerSuite.X25519, 33),
+        (AnswerSuite.X25519, 1216),
+        (AnswerSuite.MLKEM768_X25519, 32),
+        (AnswerSuite.MLKEM768_X25519, 1217),
+        (AnswerSuite.MLKEM768_X25519, 60_000),
+    ],
+)
+def test_an_answer_key_of_the_wrong_size_is_refused(w: World, suite: AnswerSuite, size: int) -> None:
+    key = query_pb2.AnswerKey(suite=suite.proto, public_key=bytes(size))
+    env = signed(query_msg(consent(w), answer_key=key), w.bank)
+    assert refusal(w, env) == ("query.answer_key", "INVALID_ARGUMENT")
+
+
+def _low_order_x25519(suite: AnswerSuite) -> bytes:
+    good = AnswerKeyPair.generate(suite).public_bytes
+    return good[:-32] + bytes(32)  # the X25519 point 0: an all-zero shared secret
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        query_pb2.AnswerKey(suite=AnswerSuite.MLKEM768_X25519.proto, public_key=b"\xff" * 1216),
+        query_pb2.AnswerKey(suite=AnswerSuite.X25519.proto, public_key=_low_order_x25519(AnswerSuite.X25519)),
+        query_pb2.AnswerKey(
+            suite=AnswerSuite.MLKEM768_X25519.proto, public_key=_low_order_x25519(AnswerSuite.MLKEM768_X25519)
+        ),
+    ],
+    ids=["ml-kem-out-of-range", "x25519-low-order", "hybrid-x25519-low-order"],
+)
+def test_a_malformed_answer_key_is_refused(w: World, key: query_pb2.AnswerKey) -> None:
+    env = signed(query_msg(consent(w), answer_key=key), w.bank)
+    assert refusal(w, env) == ("query.answer_key", "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("suite", list(AnswerSuite))
+def test_both_suites_are_authorized_and_carry_the_key(w: World, suite: AnswerSuite) -> None:
+    pair = AnswerKeyPair.generate(suite)
+    aq = ask(w, signed(query_msg(consent(w), answer_key=pair.proto), w.bank))
+    assert aq.terms.answer_key.suite is suite

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
+from cryptography.hazmat.primitives.hpke import MLKEM768X25519PrivateKey
 from google.protobuf import json_format
 
-from creditnet import pilot, vectors
+from creditnet import pilot, vectors, vectors_sealed
 from creditnet import query as query_mod
 from creditnet.consent import check_window, verify_consent, verify_revocation
 from creditnet.domain import Category, City
@@ -28,11 +30,13 @@ from creditnet.envelope import (
     QUERY_TYPE,
     REVOCATION_TYPE,
     EnvelopeVerifier,
+    digest,
     pae,
     sign,
 )
 from creditnet.errors import CreditnetError
 from creditnet.pki import Role, TrustStore, role_of
+from creditnet.sealing import DEFAULT_SUITE, AnswerSuite, PrivateKey, parse_answer_key, seal, seal_info
 from creditnet.v2 import aggregator_pb2, envelope_pb2, query_pb2
 from creditnet_bank.verify import Section, SectionStatus, verify_section
 
@@ -238,17 +242,37 @@ def test_the_answer_vector_passes_the_banks_checks_but_needs_a_receipt(verifier:
     query_env = _envelope(_by_name(POSITIVE)["query"])
     query = query_pb2.CreditQuery()
     query.ParseFromString(query_env.payload)
-    section = aggregator_pb2.CitySection(
-        city=pilot.HEFEI.proto,
-        status=aggregator_pb2.SECTION_STATUS_OK,
-        answer=_envelope(_by_name(POSITIVE)["answer"]),
-    )
-    got = verify_section(verifier, section, query_env, query)
+    answer = _envelope(_by_name(POSITIVE)["answer"])
+    section = _sealed_section(answer, query_env)
+    got = _verify(verifier, section, query_env, query)
     assert _passes_the_answer_checks(got), got.reason
-    # The same answer claimed for another city is refused.
+    # The same sealed answer claimed for another city does not even open.
     section.city = pilot.NANJING.proto
-    other = verify_section(verifier, section, query_env, query)
-    assert other.status is SectionStatus.INVALID and "not by the 320100 node" in other.reason
+    other = _verify(verifier, section, query_env, query)
+    assert other.status is SectionStatus.INVALID and "does not open" in other.reason
+    # Sealed afresh for that city (the key is public), the node's signature gives it away.
+    resealed = _verify(verifier, _sealed_section(answer, query_env, pilot.NANJING), query_env, query)
+    assert resealed.status is SectionStatus.INVALID and "not by the 320100 node" in resealed.reason
+
+
+def _sealed_section(
+    answer: envelope_pb2.SignedEnvelope, query_env: envelope_pb2.SignedEnvelope, city: City = pilot.HEFEI
+) -> aggregator_pb2.CitySection:
+    """A section with `answer` sealed to the vector query's key as `city`'s answer to it."""
+    key = parse_answer_key(query_pb2.CreditQuery.FromString(query_env.payload))
+    sealed = seal(key, answer, digest(query_env.payload), city, discloses=True)
+    return aggregator_pb2.CitySection(
+        city=city.proto, status=aggregator_pb2.SECTION_STATUS_OK, sealed_answer=sealed
+    )
+
+
+def _verify(
+    verifier: EnvelopeVerifier,
+    section: aggregator_pb2.CitySection,
+    query_env: envelope_pb2.SignedEnvelope,
+    query: query_pb2.CreditQuery,
+) -> Section:
+    return verify_section(verifier, section, query_env, query, answer_key=vectors_sealed.answer_key())
 
 
 # --- negative vectors -------------------------------------------------------------------
@@ -346,15 +370,74 @@ def test_the_bank_refuses_answers_that_do_not_match_its_query(verifier: Envelope
     query = query_pb2.CreditQuery()
     query.ParseFromString(query_env.payload)
     # The control: the genuine answer, re-signed unchanged, passes.
-    control = aggregator_pb2.CitySection(
-        city=pilot.HEFEI.proto, status=aggregator_pb2.SECTION_STATUS_OK, answer=_resigned(_answer_msg())
-    )
-    assert _passes_the_answer_checks(verify_section(verifier, control, query_env, query))
+    control = _sealed_section(_resigned(_answer_msg()), query_env)
+    assert _passes_the_answer_checks(_verify(verifier, control, query_env, query))
     for name, (answer, reason) in _bad_answers().items():
-        section = aggregator_pb2.CitySection(
-            city=pilot.HEFEI.proto, status=aggregator_pb2.SECTION_STATUS_OK, answer=answer
-        )
-        got = verify_section(verifier, section, query_env, query)
+        section = _sealed_section(answer, query_env)
+        got = _verify(verifier, section, query_env, query)
         assert got.status is SectionStatus.INVALID, name
         assert reason in got.reason, (name, got.reason)
         assert not got.records and got.profile is None, name
+
+
+# --- sealed answers (sealed.json) ----------------------------------------------------
+
+SEALED = _load("sealed.json")
+
+
+def _recipient(vector: Any) -> PrivateKey:
+    material = vector["recipient"]
+    x = x25519.X25519PrivateKey.from_private_bytes(bytes.fromhex(material["x25519_private_key"]))
+    if "mlkem768_seed" not in material:
+        return x
+    m = mlkem.MLKEM768PrivateKey.from_seed_bytes(bytes.fromhex(material["mlkem768_seed"]))
+    return MLKEM768X25519PrivateKey(m, x)
+
+
+def _suite(vector: Any) -> AnswerSuite:
+    return AnswerSuite.from_proto(query_pb2.HpkeSuite.Value(vector["suite"]))
+
+
+def test_sealed_vectors_cover_both_suites() -> None:
+    assert {_suite(v) for v in SEALED["vectors"]} == set(AnswerSuite)
+
+
+@pytest.mark.parametrize("vector", SEALED["vectors"], ids=lambda v: v["name"])
+def test_sealed_vectors_open_to_the_signed_answer(vector: Any, verifier: EnvelopeVerifier) -> None:
+    suite = _suite(vector)
+    query_env = json_format.ParseDict(vector["query_envelope_json"], envelope_pb2.SignedEnvelope())
+    assert digest(query_env.payload).hex() == vector["query_digest"]
+    query = query_pb2.CreditQuery.FromString(query_env.payload)
+    # The query's signed key is the recipient's public key.
+    assert query.answer_key.suite == suite.proto
+    assert query.answer_key.public_key.hex() == vector["recipient"]["public_key"]
+    info = bytes.fromhex(vector["info"])
+    assert info == seal_info(suite, bytes.fromhex(vector["query_digest"]), City(vector["city"]))
+    ciphertext = bytes.fromhex(vector["ciphertext"])
+    assert len(ciphertext) > vector["enc_length"] == suite.hpke_enc_length
+    # Plain RFC 9180: the HPKE suite, the private key and info, nothing of creditnet.
+    plaintext = suite.hpke.decrypt(ciphertext, _recipient(vector), info=info)
+    assert plaintext.hex() == vector["plaintext"]
+    answer = envelope_pb2.SignedEnvelope.FromString(plaintext)
+    assert digest(answer.payload).hex() == vector["answer_payload_digest"]
+    if suite is DEFAULT_SUITE:
+        assert query_env == _envelope(_by_name(POSITIVE)["query"])
+        assert answer == _envelope(_by_name(POSITIVE)["answer"])
+    # And through the bank's verification: all but the receipt passes.
+    section = aggregator_pb2.CitySection(
+        city=vector["city"],
+        status=aggregator_pb2.SECTION_STATUS_OK,
+        sealed_answer=query_pb2.SealedAnswer(suite=suite.proto, ciphertext=ciphertext),
+    )
+    got = verify_section(verifier, section, query_env, query, answer_key=vectors_sealed.answer_key(suite))
+    assert _passes_the_answer_checks(got), got.reason
+
+
+@pytest.mark.parametrize("negative", SEALED["negative"], ids=lambda v: v["name"])
+def test_sealed_negative_vectors_do_not_open(negative: Any) -> None:
+    vector = next(v for v in SEALED["vectors"] if v["name"] == negative["vector"])
+    suite = _suite(vector)
+    with pytest.raises(InvalidTag):
+        suite.hpke.decrypt(
+            bytes.fromhex(vector["ciphertext"]), _recipient(vector), info=bytes.fromhex(negative["info"])
+        )

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
@@ -27,7 +26,7 @@ from creditnet.errors import FailedPrecondition, PermissionDenied
 from creditnet.observability import AggregatorMetrics, bind_query_id, client_span
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import PeerIdentities, refusals
-from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, query_pb2
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +149,17 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             return _section_for_error(city, exc)
         finally:
             link.release()
-        answer = query_pb2.CityAnswer()
-        try:
-            answer.ParseFromString(resp.answer.payload)
-        except DecodeError:
+        # The answer is sealed to the bank: the aggregator relays it unread,
+        # reporting the node's unsigned word on whether it discloses anything
+        # (the bank takes the status from the answer it opens).
+        if not resp.HasField("sealed_answer") or not resp.sealed_answer.ciphertext:
             return S.CitySection(
-                city=city, status=S.SECTION_STATUS_INVALID, reason="the node's answer is malformed"
+                city=city, status=S.SECTION_STATUS_INVALID, reason="the node sent no sealed answer"
             )
-        empty = not answer.records and not answer.HasField("profile")
         return S.CitySection(
             city=city,
-            status=S.SECTION_STATUS_NO_RECORDS if empty else S.SECTION_STATUS_OK,
-            answer=resp.answer,
+            status=S.SECTION_STATUS_OK if resp.sealed_answer.discloses else S.SECTION_STATUS_NO_RECORDS,
+            sealed_answer=resp.sealed_answer,
             receipt=resp.receipt,
         )
 

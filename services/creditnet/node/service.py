@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from creditnet import __version__, records
+from creditnet import __version__, records, sealing
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
 from creditnet.batches import MAX_BATCH_RECORDS, Batch
@@ -106,14 +106,23 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         # enough to label logs and spans.
         bind_query_id(aq.terms.query_id)
         settled = await self._settle(aq, now)
+        # The signed answer leaves only sealed to the bank's key for this
+        # query, bound to the query and this city (docs/protocol.md, "Sealed answers").
+        sealed = await self._seal(aq, settled.answer)
         if settled.index is None:
             # Only the benchmark's baseline runs without a chain; banks
             # refuse answers that carry no receipt.
-            return node_pb2.QueryResponse(answer=settled.answer)
+            return node_pb2.QueryResponse(sealed_answer=sealed)
         assert self.ledger is not None
         # The answer leaves only with a receipt that witnesses have cosigned.
         receipt = await self._receipt(self.ledger, settled.index, settled.entry, context)
-        return node_pb2.QueryResponse(answer=settled.answer, receipt=receipt)
+        return node_pb2.QueryResponse(sealed_answer=sealed, receipt=receipt)
+
+    async def _seal(self, aq: AuthorizedQuery, answer: envelope_pb2.SignedEnvelope) -> query_pb2.SealedAnswer:
+        """Seal a signed answer to the query's key; a large one off the event loop."""
+        if len(answer.payload) > sealing.OFF_LOOP_BYTES:
+            return await asyncio.to_thread(_seal_answer, aq, answer, self.city)
+        return _seal_answer(aq, answer, self.city)
 
     async def _settle(self, aq: AuthorizedQuery, now: dt.datetime) -> _Settled:
         """Claim, answer and log this query as one step that no caller can split.
@@ -473,6 +482,14 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             evidence = await asyncio.to_thread(self.witness.evidence)
             info.evidence_against.extend(sorted({e.origin for e in evidence}))
         return info
+
+
+def _seal_answer(
+    aq: AuthorizedQuery, answer: envelope_pb2.SignedEnvelope, city: City
+) -> query_pb2.SealedAnswer:
+    shown = query_pb2.CityAnswer.FromString(answer.payload)
+    discloses = bool(shown.records) or shown.HasField("profile")
+    return sealing.seal(aq.terms.answer_key, answer, aq.digest, city, discloses=discloses)
 
 
 def _seen(aq: AuthorizedQuery) -> query_mod.Seen:
