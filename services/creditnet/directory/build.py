@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
-from creditnet import divisions
+from creditnet import divisions, pilot
 from creditnet.directory.model import (
     Aggregator,
     City,
@@ -29,7 +29,10 @@ from creditnet.directory.model import (
 )
 from creditnet.pki import CertificateAuthority, Identity, Role, issue_identity
 
-PILOT_CITIES = ("310000", "320100", "330100", "340100", "330400")
+# The pilot's codes (creditnet.pilot), in the order the test vectors were made in.
+PILOT_CITIES = tuple(
+    c.code for c in (pilot.SHANGHAI, pilot.NANJING, pilot.HANGZHOU, pilot.HEFEI, pilot.JIAXING)
+)
 NETWORK = "creditnet.yrd"
 RING_WITNESSES = 3
 
