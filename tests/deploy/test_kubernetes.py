@@ -265,6 +265,24 @@ def test_every_container_pins_the_directory_its_operator_was_given(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_holds_the_routing_key_its_operator_was_given(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    """Nodes publish filters and the aggregator routes under the key in the role's routing-key Secret."""
+    pod = one(rendered[overlay], "StatefulSet")["spec"]["template"]["spec"]
+    data = one(rendered[overlay], "ConfigMap")["data"]
+    key = PurePosixPath(data["CREDITNET_ROUTING_KEY_FILE"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        mount = mounts[str(key.parent)]
+        assert mount["readOnly"], container["name"]
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == f"{role_of(overlay)[0]}-routing-key"
+        assert secret["items"] == [{"key": "routing.key", "path": key.name}]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_no_secret_is_in_the_manifests(rendered: dict[str, list[Manifest]], overlay: str) -> None:
     manifests = rendered[overlay]
     assert all(m["kind"] != "Secret" for m in manifests)
