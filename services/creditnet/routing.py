@@ -68,11 +68,9 @@ class RoutingKey:
             raise ValueError(f"a routing key is {KEY_BYTES} bytes, not {len(key)}")
         self._key = key
         self.key_id = hashlib.sha256(KEY_ID_LABEL + key).digest()[:8]
-        # HMAC-SHA256 (RFC 2104) with its two keyed states made once: a tag
-        # then costs two hash-state copies, not a key schedule.
-        block = key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        # The keyed HMAC state is made once; a tag copies it instead of
+        # running the key schedule again.
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
 
     @classmethod
     def generate(cls) -> RoutingKey:
@@ -97,11 +95,9 @@ class RoutingKey:
 
     def tag(self, uscc: str) -> bytes:
         """HMAC-SHA256(K, TAG_LABEL || USCC)."""
-        inner = self._inner.copy()
-        inner.update(TAG_LABEL + uscc.encode("ascii"))
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        mac = self._mac.copy()
+        mac.update(TAG_LABEL + uscc.encode("ascii"))
+        return mac.digest()
 
 
 class BloomFilter:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import functools
 import sqlite3
 import threading
 import time
@@ -103,6 +104,7 @@ _CATEGORY_BY_FIELD: Final = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
 def _city_code(code: str) -> str | None:
     """The code if it names a city, else None (the record is refused)."""
     try:
