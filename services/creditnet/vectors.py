@@ -669,9 +669,11 @@ def render(
 
 
 def generate() -> dict[str, bytes]:
-    from creditnet import vectors_chain, vectors_sealed
+    from creditnet import vectors_chain, vectors_routing, vectors_sealed
 
     cast = make_cast()
+    # Served-for-another-city cases of routing.json need a second node.
+    other_node = make_participant("node-320100", cast.ca, Role.node(pilot.NANJING), 0x1005)
     envs = make_envelopes(cast)
     chain = vectors_chain.make_chain(cast, envs)
     sealed_cases = vectors_sealed.make_cases(cast.bank.identity, cast.node.identity, envs.consent)
@@ -683,6 +685,7 @@ def generate() -> dict[str, bytes]:
         extra={
             **vectors_chain.render(chain, vectors_chain.make_chain_negatives(chain)),
             "sealed.json": vectors_sealed.render(sealed_cases, message_json),
+            "routing.json": vectors_routing.render(cast, VERIFY_AT, other_node),
         },
     )
 
