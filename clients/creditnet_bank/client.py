@@ -40,7 +40,8 @@ from creditnet.v2 import (
 from creditnet.v2 import envelope_pb2 as v2_envelope_pb2
 from creditnet_bank.directory import BankDirectory, DirectorySettings
 from creditnet_bank.report import Report, merge
-from creditnet_bank.verify import Section, SectionStatus, scope_cities, verify_section
+from creditnet_bank.scope import account
+from creditnet_bank.verify import Section, scope_cities, verify_section
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -324,8 +325,9 @@ class BankClient:
     ) -> Report:
         query = query_pb2.CreditQuery()
         query.ParseFromString(query_env.payload)
-        # The cities the network has: the directory's members; without a
-        # directory, whichever cities the aggregator answers for.
+        # The cities the network has: the directory's members. Without a
+        # directory and with no city named in the query or its consent, the
+        # bank cannot know its scope and takes the cities the aggregator answers for.
         members: set[City] | None = None
         version = 0
         directory: Directory | None = None
@@ -335,26 +337,17 @@ class BankClient:
             except CreditnetError as exc:
                 raise DirectoryRefused(exc) from None
             members, version = set(self.directory.member_cities(directory)), directory.version
-        scope = scope_cities(query, members or ())
-        by_city: dict[City, Section] = {}
-        for raw in resp.sections:
-            section = verify_section(self.verifier, raw, query_env, query, directory, exhaustive=exhaustive)
-            outside = (scope and section.city not in scope) or (
-                members is not None and section.city not in members
-            )
-            if outside or section.city in by_city:
-                continue  # an extra or duplicated section is the aggregator's error; ignore it
-            by_city[section.city] = section
 
-        def missing(c: City) -> Section:
-            # A city the aggregator left out is reported, not silently dropped.
-            if members is not None and c not in members:
-                reason = f"not a member of the network directory (version {version})"
-            else:
-                reason = "the aggregator returned no answer for it"
-            return Section(city=c, status=SectionStatus.UNAVAILABLE, reason=reason)
+        def check(raw: aggregator_pb2.CitySection) -> Section:
+            return verify_section(self.verifier, raw, query_env, query, directory, exhaustive=exhaustive)
 
-        sections = [by_city.get(c) or missing(c) for c in (scope or sorted(by_city))]
+        sections = account(
+            resp.sections,
+            scope_cities(query, members or ()),
+            check,
+            members=members,
+            directory_version=version,
+        )
         return merge(query.query_id, query.enterprise_uscc, Purpose.from_proto(query.purpose), sections)
 
     async def nodes(self, *, timeout: float | None = None) -> aggregator_pb2.ListNodesResponse:

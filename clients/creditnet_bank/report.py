@@ -12,6 +12,7 @@ from creditnet.domain import Category, City, Purpose
 from creditnet.v2 import records_pb2
 from creditnet_bank.verify import Section, SectionStatus
 
+_ANSWERED = (SectionStatus.OK, SectionStatus.NO_RECORDS)
 _TAX_GRADES = {1: "A", 2: "B", 3: "M", 4: "C", 5: "D"}
 
 
@@ -60,19 +61,35 @@ class Report:
     indicators: Indicators = field(default_factory=Indicators)
 
     @property
+    def scope(self) -> list[City]:
+        """The effective scope the bank accounted for: one section each (creditnet_bank.scope)."""
+        return [s.city for s in self.sections if s.in_scope]
+
+    @property
     def answered_cities(self) -> list[City]:
-        return [s.city for s in self.sections if s.status in (SectionStatus.OK, SectionStatus.NO_RECORDS)]
+        return [s.city for s in self.sections if s.in_scope and s.status in _ANSWERED]
 
     @property
     def missing_cities(self) -> list[City]:
-        """Cities asked (or that should have been) that gave no verified answer; not those not asked."""
-        done = (SectionStatus.OK, SectionStatus.NO_RECORDS, SectionStatus.NOT_ASKED)
-        return [s.city for s in self.sections if s.status not in done]
+        """Cities of the scope without a verified answer: denied, down, timed out, invalid or
+        MISSING (no section at all); not those the aggregator says it did not ask."""
+        done = (*_ANSWERED, SectionStatus.NOT_ASKED)
+        return [s.city for s in self.sections if s.in_scope and s.status not in done]
 
     @property
     def not_asked_cities(self) -> list[City]:
         """Cities the aggregator did not ask: by its routing they hold nothing on the enterprise."""
         return [s.city for s in self.sections if s.status is SectionStatus.NOT_ASKED]
+
+    @property
+    def unexpected_cities(self) -> list[City]:
+        """Cities outside the scope the aggregator returned a section for (INVALID, never opened)."""
+        return [s.city for s in self.sections if not s.in_scope]
+
+    @property
+    def complete(self) -> bool:
+        """Every city of the scope answered or was not asked, and nothing else came back."""
+        return not self.missing_cities and not self.unexpected_cities
 
     @property
     def record_count(self) -> int:
@@ -90,11 +107,15 @@ class Report:
             "purpose": self.purpose.value,
             "profile": _profile_json(self.profile),
             "indicators": self.indicators.as_dict(),
+            "scope": [c.value for c in self.scope],
+            "missing_cities": [c.value for c in self.missing_cities],
+            "unexpected_cities": [c.value for c in self.unexpected_cities],
             "sections": [
                 {
                     "city": s.city.value,
                     "status": s.status.value,
                     "reason": s.reason,
+                    "in_scope": s.in_scope,
                     "asked": s.asked,
                     "routing": s.routing,
                     "routing_detail": s.routing_detail,

@@ -44,12 +44,15 @@ class SectionStatus(enum.Enum):
     # no records of the enterprise. The aggregator's word (docs/protocol.md,
     # "Routing"); `exhaustive=True` asks every city instead.
     NOT_ASKED = "not_asked"
+    # The bank's own status, never on the wire: a city of the effective scope
+    # for which the aggregator returned no section at all (creditnet_bank.scope).
+    MISSING = "missing"
 
     @classmethod
     def from_proto(cls, value: int) -> SectionStatus:
         desc = aggregator_pb2.SectionStatus.DESCRIPTOR.values_by_number.get(value)
         name = desc.name.removeprefix("SECTION_STATUS_") if desc is not None else ""
-        return cls[name] if name in cls.__members__ else cls.INVALID
+        return cls[name] if name in cls.__members__ and name != "MISSING" else cls.INVALID
 
 
 @dataclass(slots=True)
@@ -75,6 +78,9 @@ class Section:
     asked: bool = True
     routing: str = ""
     routing_detail: str = ""
+    # False for a section the aggregator returned for a city outside the
+    # effective scope: reported INVALID, never opened (creditnet_bank.scope).
+    in_scope: bool = True
 
 
 class AnswerInvalid(Exception):
@@ -249,7 +255,13 @@ def _verify_answer(
         raise AnswerInvalid("answer is about a different enterprise")
     categories = tuple(Category.from_proto(c) for c in answer.categories)
     terms = consent_terms(query)
-    asked = {Category.from_proto(c) for c in query.categories} or set(terms.categories)
+    if not terms.covers(base.city):
+        raise AnswerInvalid("answer from a city the consent does not cover")
+    # The consent bounds every answer, whether or not the query named categories;
+    # a query can only narrow it (a category it names outside the consent bounds nothing).
+    consented = set(terms.categories)
+    named = {Category.from_proto(c) for c in query.categories}
+    asked = named & consented if named else consented
     if not set(categories) <= asked:
         raise AnswerInvalid("answer discloses categories that were not asked for or not consented")
     data_from, data_to = date_from_proto(answer.data_from), date_from_proto(answer.data_to)

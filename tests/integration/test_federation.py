@@ -9,7 +9,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from creditnet import pilot
 from creditnet import query as query_mod
-from creditnet.domain import Category, Purpose
+from creditnet.domain import Category, City, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, wait_federated
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
@@ -205,7 +205,7 @@ async def test_query_lifetime_is_bounded(layout: NetworkLayout) -> None:
         )
 
 
-async def test_bank_reports_cities_the_aggregator_left_out_or_added(
+async def test_bank_reports_cities_the_aggregator_left_out_added_or_doubled(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
     from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
@@ -231,7 +231,23 @@ async def test_bank_reports_cities_the_aggregator_left_out_or_added(
         extra.CopyFrom(resp.sections[0])
         extra.city = pilot.JIAXING.proto  # a section for a city outside the query's scope
         report = bank.verify_response(q, dropped)
-    assert [s.city for s in report.sections] == [pilot.SHANGHAI, pilot.HEFEI]
+        twice = aggregator_pb2.FederatedQueryResponse()
+        twice.CopyFrom(resp)
+        twice.sections.add().CopyFrom(resp.sections[0])
+        doubled = bank.verify_response(q, twice)
+    # Every city of the scope has its row, the one left out MISSING; the extra one is INVALID,
+    # out of scope and never opened.
+    assert [(s.city, s.in_scope) for s in report.sections] == [
+        (pilot.SHANGHAI, True),
+        (pilot.HEFEI, True),
+        (pilot.JIAXING, False),
+    ]
     hefei = report.section(pilot.HEFEI)
-    assert hefei is not None and hefei.status is SectionStatus.UNAVAILABLE
-    assert report.missing_cities == [pilot.HEFEI]
+    assert hefei is not None and hefei.status is SectionStatus.MISSING
+    assert hefei.reason == "the aggregator returned no section for this city"
+    assert report.missing_cities == [pilot.HEFEI] and report.unexpected_cities == [pilot.JIAXING]
+    jiaxing = report.section(pilot.JIAXING)
+    assert jiaxing is not None and jiaxing.status is SectionStatus.INVALID and not jiaxing.records
+    # A city sent twice is INVALID: the bank does not pick the copy it likes.
+    first = doubled.section(City.from_proto(resp.sections[0].city))
+    assert first is not None and first.status is SectionStatus.INVALID and "2 sections" in first.reason

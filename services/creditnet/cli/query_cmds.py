@@ -11,6 +11,7 @@ import typer
 from creditnet.cli.common import EXIT_PARTIAL, console, errors, fail, print_json, read_network
 from creditnet.cli.render import render_report
 from creditnet_bank import BankClient, QueryRefused
+from creditnet_bank.verify import AnswerInvalid
 
 
 def query(
@@ -60,8 +61,13 @@ def query(
     city and those whose membership filter holds it); the others are reported "not_asked", on the
     aggregator's word. --exhaustive asks every city in scope.
 
-    Exit codes: 0 every city asked answered, 3 some cities are missing (denied, down, timed out or
-    invalid; the report says which), 1 the query was refused as a whole.
+    Every city of the scope (the query's cities, else the consent's, else every member of the
+    directory) gets a row: one the aggregator returned nothing for is "missing"; a section for a
+    city outside the scope, or a second one for a city, is "invalid".
+
+    Exit codes: 0 every city asked answered, 3 some cities are missing (no section, denied, down,
+    timed out or invalid; the report says which) or a section came back for a city outside the
+    scope, 1 the query (or the aggregator's answer as a whole) was refused.
     """
     with errors():
         if network is None and not (aggregator and cert and key and ca):
@@ -104,6 +110,10 @@ def query(
             if json_out:
                 print_json({"refused": True, "code": exc.code.name, "reason": exc.reason})
             fail(f"query refused: {exc.code.name}: {exc.reason}")
+        except AnswerInvalid as exc:
+            if json_out:
+                print_json({"refused": True, "code": "ANSWER_INVALID", "reason": str(exc)})
+            fail(f"the aggregator's answer was refused: {exc}")
         from creditnet_bank import Report
 
         assert isinstance(report, Report)
@@ -111,5 +121,5 @@ def query(
             print_json(report.to_json())
         else:
             render_report(report, console)
-        if report.missing_cities:
+        if not report.complete:
             raise typer.Exit(EXIT_PARTIAL)

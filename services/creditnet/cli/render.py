@@ -18,6 +18,7 @@ _STATUS_STYLE = {
     SectionStatus.TIMEOUT: "yellow",
     SectionStatus.INVALID: "bold red",
     SectionStatus.NOT_ASKED: "dim",
+    SectionStatus.MISSING: "bold red",
 }
 
 
@@ -53,7 +54,7 @@ def render_report(report: Report, console: Console) -> None:
     for s in report.sections:
         style = _STATUS_STYLE.get(s.status, "")
         cities.add_row(
-            s.city.display,
+            s.city.display if s.in_scope else f"{s.city.display} (outside the scope)",
             f"[{style}]{s.status.value}[/]",
             str(len(s.records)),
             s.as_of.strftime("%Y-%m-%d %H:%M:%S") if s.as_of else "",
@@ -100,7 +101,7 @@ def render_report(report: Report, console: Console) -> None:
 
     per = Table(title="records by category and city")
     per.add_column("category")
-    scope = [s.city for s in report.sections]
+    scope = report.scope
     for c in scope:
         per.add_column(c.display, justify="right")
     for cat in Category:
@@ -113,4 +114,9 @@ def render_report(report: Report, console: Console) -> None:
                 f"[yellow]missing cities:[/] {', '.join(c.value for c in report.missing_cities)} "
                 "— the report is incomplete for them"
             )
+        )
+    if report.unexpected_cities:
+        console.print(
+            f"[bold red]sections outside the query's scope:[/] "
+            f"{', '.join(c.value for c in report.unexpected_cities)} — refused, not opened"
         )
