@@ -470,6 +470,7 @@ def make_negatives(cast: Cast, envs: Envelopes) -> list[Negative]:
             "query.malformed",
             "INVALID_ARGUMENT",
         ),
+        *answer_key_cases(query_case),
         Negative(
             "query-city-not-in-scope",
             "The valid query (it asks Hefei only) checked by the Nanjing node.",
@@ -480,6 +481,76 @@ def make_negatives(cast: Cast, envs: Envelopes) -> list[Negative]:
             "query.city_not_in_scope",
             "PERMISSION_DENIED",
             node_city=pilot.NANJING,
+        ),
+    ]
+
+
+def answer_key_cases(
+    query_case: Callable[[str, str, Callable[[query_pb2.CreditQuery], object], str, str], Negative],
+) -> list[Negative]:
+    """The answer-key refusals (rule 12a, docs/protocol.md "Sealed answers"): the valid query's
+    terms with its answer key changed, re-signed by the bank."""
+
+    def key(suite: int, public_key: bytes) -> Callable[[query_pb2.CreditQuery], object]:
+        def change(m: query_pb2.CreditQuery) -> None:
+            m.answer_key.suite = suite  # type: ignore[assignment]
+            m.answer_key.public_key = public_key
+
+        return change
+
+    hybrid = AnswerSuite.MLKEM768_X25519.proto
+    x25519_only = AnswerSuite.X25519.proto
+    return [
+        query_case(
+            "query-answer-key-missing",
+            "The valid query's terms without an answer key, signed by the bank: answers travel only "
+            "sealed, so there is no query without one.",
+            lambda m: m.ClearField("answer_key"),
+            "query.answer_key_missing",
+            "INVALID_ARGUMENT",
+        ),
+        query_case(
+            "query-answer-key-suite-unspecified",
+            "The valid query's answer key with suite HPKE_SUITE_UNSPECIFIED (0).",
+            lambda m: setattr(m.answer_key, "suite", 0),
+            "query.answer_key_suite",
+            "INVALID_ARGUMENT",
+        ),
+        query_case(
+            "query-answer-key-suite-unknown",
+            "The valid query's answer key with suite 3, a value no version of the protocol defines.",
+            lambda m: setattr(m.answer_key, "suite", 3),
+            "query.answer_key_suite",
+            "INVALID_ARGUMENT",
+        ),
+        query_case(
+            "query-answer-key-too-long",
+            "The valid query's ML-KEM-768 + X25519 answer key with one byte more (1217 bytes).",
+            lambda m: setattr(m.answer_key, "public_key", m.answer_key.public_key + b"\x00"),
+            "query.answer_key",
+            "INVALID_ARGUMENT",
+        ),
+        query_case(
+            "query-answer-key-of-the-other-suite",
+            "The valid query's 1216-byte hybrid key labelled as an X25519 key (which is 32 bytes).",
+            lambda m: setattr(m.answer_key, "suite", x25519_only),
+            "query.answer_key",
+            "INVALID_ARGUMENT",
+        ),
+        query_case(
+            "query-answer-key-mlkem-out-of-range",
+            "A hybrid answer key of 1216 bytes 0xff: the ML-KEM-768 coefficients are out of range.",
+            key(hybrid, b"\xff" * 1216),
+            "query.answer_key",
+            "INVALID_ARGUMENT",
+        ),
+        query_case(
+            "query-answer-key-x25519-low-order",
+            "An X25519 answer key that is the point 0 (32 zero bytes): a low-order point gives an "
+            "all-zero shared secret.",
+            key(x25519_only, bytes(32)),
+            "query.answer_key",
+            "INVALID_ARGUMENT",
         ),
     ]
 

@@ -297,6 +297,32 @@ def test_negative_vectors_fail_with_the_documented_rule(vector: Any, verifier: E
     assert {"rule": err.value.rule, "code": err.value.code.name} == vector["expect"]
 
 
+def test_negative_vectors_cover_every_answer_key_refusal() -> None:
+    """Rule 12a's three rule ids, each with a vector, and the key's malformed forms each once."""
+    rules = {
+        v["expect"]["rule"] for v in NEGATIVE["vectors"] if v["expect"]["rule"].startswith("query.answer_key")
+    }
+    assert rules == {"query.answer_key_missing", "query.answer_key_suite", "query.answer_key"}
+    names = set(_by_name(NEGATIVE))
+    assert {
+        "query-answer-key-too-long",
+        "query-answer-key-of-the-other-suite",
+        "query-answer-key-mlkem-out-of-range",
+        "query-answer-key-x25519-low-order",
+    } <= names
+
+
+def test_answer_key_vectors_change_only_the_answer_key() -> None:
+    positive = query_pb2.CreditQuery.FromString(bytes.fromhex(_by_name(POSITIVE)["query"]["payload_hex"]))
+    for vector in NEGATIVE["vectors"]:
+        if not vector["name"].startswith("query-answer-key"):
+            continue
+        changed = query_pb2.CreditQuery.FromString(_envelope(vector).payload)
+        assert changed.answer_key != positive.answer_key, vector["name"]
+        changed.answer_key.CopyFrom(positive.answer_key)
+        assert changed == positive, vector["name"]
+
+
 def test_negative_vectors_differ_from_a_positive_one_in_one_respect() -> None:
     """Each negative is built from the positive consent or query, so the refusal is about that one change."""
     positive = _by_name(POSITIVE)
