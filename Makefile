@@ -61,6 +61,12 @@ test: setup lint typecheck buf-lint
 bench: setup
 	$(BIN)/python -m creditnet.bench
 
+# Sealed answers alone: seal + open per HPKE suite and sealing's share of federated server CPU;
+# prints a table and writes bench-sealing.json here.
+.PHONY: bench-sealing
+bench-sealing: setup
+	$(BIN)/python -m creditnet.bench.sealing
+
 # Network directory verification time and size at 5, 50 and 333 cities;
 # prints a table and writes bench-directory.json here.
 .PHONY: bench-directory

@@ -8,7 +8,9 @@ Each figure is compared with a baseline measured in the same run:
 - durable ledger appends vs SHA-256 of the entries plus one commit per batch;
 - inclusion and consistency proof times at 1,000,000 entries;
 - network directory verification at 5, 50 and 333 cities vs one ECDSA verify;
-- time from `pki revoke` to refusal at every server, in refresh intervals.
+- time from `pki revoke` to refusal at every server, in refresh intervals;
+- seal + open time per answer for each HPKE suite, and sealing's share of the
+  federated run's server CPU (creditnet.bench.sealing says how it is computed).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from creditnet.bench.directory import show as show_directory
 from creditnet.bench.revocation import bench_revocation
 from creditnet.bench.revocation import show as show_revocation
 from creditnet.bench.scale import bench_backends, show_backends
+from creditnet.bench.sealing import bench_sealing, cpu_seconds, demo_answers
+from creditnet.bench.sealing import show as show_sealing
 from creditnet.config import NodeConfig
 from creditnet.domain import City, Purpose
 from creditnet.health import wait_serving
@@ -175,7 +179,8 @@ def copy_sqlite(url: str, target: Path) -> str:
     return f"sqlite:///{target}"
 
 
-async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
+async def bench_network(layout: NetworkLayout, n: int, pids: Sequence[int] = ()) -> dict[str, Any]:
+    """`pids`: the network's server processes, whose CPU time the federated run is charged with."""
     trust = TrustStore.load(layout.ca)
     bank = layout.bank()
     consent = grant_demo_consent(layout)
@@ -228,7 +233,11 @@ async def bench_network(layout: NetworkLayout, n: int) -> dict[str, Any]:
 
         await drive(do_fed, WARMUP, 16)
         federated = federated[WARMUP:]
+        cpu_before = cpu_seconds(pids)
         results["federated_16"] = await drive(do_fed, fed_n, 16)
+        results["federated_16"]["server_cpu_seconds"] = cpu_seconds(pids) - cpu_before
+    answers = await demo_answers(layout, consent)
+    results["sealing"] = bench_sealing(layout, answers, results["federated_16"] if pids else None)
     return results
 
 
@@ -298,6 +307,8 @@ def report(r: dict[str, Any]) -> dict[str, float]:
         / r["ingest"]["raw_executemany_per_second"],
         "appends_vs_floor": r["appends"]["appends_per_second"] / r["appends"]["floor_per_second"],
     }
+    if "federated" in r["sealing"]:
+        ratios["sealing_share_of_federated_server_cpu"] = r["sealing"]["federated"]["sealing_share"]
     return ratios
 
 
@@ -354,7 +365,8 @@ def main() -> None:
         net.start()
         try:
             asyncio.run(net.wait_healthy())
-            results = asyncio.run(bench_network(layout, a.queries))
+            pids = [proc.pid for proc in net.procs.values()]
+            results = asyncio.run(bench_network(layout, a.queries, pids))
         finally:
             net.stop()
         results["ingest"] = bench_ingest(tmp, a.rows)
@@ -373,6 +385,7 @@ def main() -> None:
         show_backends(results["backends"])
         show_directory(results["directory"])
         show_revocation(results["revocation"])
+        show_sealing(results["sealing"])
 
 
 if __name__ == "__main__":
