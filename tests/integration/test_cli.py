@@ -212,6 +212,9 @@ def test_network_up_query_status_revoke(tmp_path: Path) -> None:
         reasons = {"registration", "holds_records", "asked_for", "not_asked"}
         assert {s["routing"] for s in report["sections"]} <= reasons
         assert all(s["asked"] == (s["status"] != "not_asked") for s in report["sections"])
+        # Every city of the scope (the directory's five members) is accounted for, nothing else.
+        assert len(report["scope"]) == 5 and report["scope"] == [s["city"] for s in report["sections"]]
+        assert report["missing_cities"] == report["unexpected_cities"] == []
         everyone = json.loads(
             run(
                 "query",
