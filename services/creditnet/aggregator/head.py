@@ -211,10 +211,16 @@ class NetworkCheckpointer:
             got = _outcome(city, task)
             if got is not None:
                 fetched[city.value] = got
+        news = {
+            code: got
+            for code, got in fetched.items()
+            if self.head.cities.get(code)
+            != (got.checkpoint.checkpoint.size, got.checkpoint.checkpoint.root_hash)
+        }
+        if not news and self.head.note:
+            return self.head.note  # nothing to sign: no lock taken, nothing written
         members = [c.value for c in self.directory.members()]
-        self.head = await asyncio.to_thread(
-            self.state.advance, lambda head: self._next(head, fetched, members)
-        )
+        self.head = await asyncio.to_thread(self.state.advance, lambda head: self._next(head, news, members))
         return self.head.note
 
     def _next(
