@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
@@ -223,3 +225,34 @@ def test_a_replica_that_cannot_reach_its_database_refuses_with_the_rule() -> Non
             state.head()
     finally:
         state.close()
+
+
+def test_an_aggregator_upgraded_from_files_keeps_its_chain_and_its_undelivered_revocations(
+    replicas: tuple[AggregatorState, AggregatorState], tmp_path: Path
+) -> None:
+    a, _ = replicas
+    # What an aggregator before revision 0005 left in its state directory.
+    old = signed_next(NetworkHead(sequence=6), "a")
+    (tmp_path / "network-head.json").write_text(
+        json.dumps(
+            {
+                "sequence": old.sequence,
+                "note": old.note,
+                "city_notes": {},
+                "cities": {"340100": [4, base64.b64encode(bytes(32)).decode()]},
+            }
+        )
+    )
+    outbox = tmp_path / "revocations"
+    outbox.mkdir()
+    digest = hashlib.sha256(b"a consent").digest()
+    (outbox / f"{digest.hex()}.revocation").write_bytes(node_pb2.RevokeConsentRequest().SerializeToString())
+    (outbox / f"{digest.hex()}.delivered").write_text("340100\n")
+    a.adopt_files(tmp_path)
+    a.adopt_files(tmp_path)  # read once: the files are set aside
+    assert a.head().sequence == 7 and a.head().cities["340100"][0] == 4
+    # The next checkpoint follows the adopted one, not a new chain at 1.
+    assert a.advance(lambda head: signed_next(head, "a")).sequence == 8
+    assert a.is_revoked(digest)
+    assert [p.cities for p in a.pending([pilot.HEFEI, pilot.SHANGHAI])] == [frozenset({pilot.SHANGHAI})]
+    assert not (tmp_path / "network-head.json").exists()
