@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import grpc
 import pytest
 
 from creditnet.domain import Purpose
-from creditnet.network import InProcessNetwork, NetworkLayout, free_port, grant_demo_consent
+from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, free_port, grant_demo_consent
 from creditnet.pki import TrustStore
 from creditnet_bank import BankClient, QueryRefused, SectionStatus
 from creditnet_bank.client import aggregator_endpoints
@@ -89,6 +91,27 @@ async def test_with_every_endpoint_down_the_query_fails_unavailable_within_its_d
             )
     assert refused.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     # Both endpoints were tried.
+    assert accepted and accepted_second
+
+
+async def test_the_cli_takes_repeated_aggregator_endpoints_and_tries_each(
+    layout: NetworkLayout, tmp_path: Path
+) -> None:
+    bank = layout.data["identities"]["banks"][DEMO_BANK]
+    consent_file = tmp_path / "consent.json"
+    grant_demo_consent(layout, save_to=consent_file)
+    async with counting_listener() as (first, accepted), counting_listener() as (second, accepted_second):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "creditnet", "query",
+            "--uscc", layout.demo_enterprise, "--consent", str(consent_file), "--purpose", "loan_application",
+            "--aggregator", first, "--aggregator", second,
+            "--cert", str(layout.path(bank["cert"])), "--key", str(layout.path(bank["key"])),
+            "--ca", str(layout.ca), "--timeout", "1.5",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "query refused" in err.decode()
     assert accepted and accepted_second
 
 
