@@ -5,6 +5,8 @@ checkpoint, verifies the city's signature and the witness quorum, checks it is
 consistent with the last one it accepted from that city (keeping evidence if
 not), and signs a network checkpoint that names every city's size and root
 and the hash of the previous network checkpoint — a hash chain of tree heads.
+The chain is kept in the aggregator's database (AggregatorState), where
+replicas of the aggregator extend it one at a time.
 """
 
 from __future__ import annotations
