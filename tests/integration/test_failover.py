@@ -115,6 +115,26 @@ async def test_the_cli_takes_repeated_aggregator_endpoints_and_tries_each(
     assert accepted and accepted_second
 
 
+async def test_a_revocation_is_delivered_through_the_next_aggregator_when_the_first_is_down(
+    network: InProcessNetwork, layout: NetworkLayout, tmp_path: Path
+) -> None:
+    enterprise = layout.data["identities"]["enterprises"][layout.demo_enterprise]
+    consent_file = tmp_path / "consent.json"
+    grant_demo_consent(layout, save_to=consent_file)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "creditnet", "consent", "revoke",
+        "--consent", str(consent_file), "--out", str(tmp_path / "revocation.json"),
+        "--cert", str(layout.path(enterprise["cert"])), "--key", str(layout.path(enterprise["key"])),
+        "--aggregator", f"127.0.0.1:{free_port()}", "--aggregator", layout.aggregator_endpoint,
+        "--ca", str(layout.ca),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    delivered = [line.split()[0] for line in out.decode().splitlines() if line.endswith(" delivered")]
+    assert delivered == [c.value for c in layout.cities]
+
+
 def test_endpoints_are_a_list_or_comma_separated_and_never_repeated() -> None:
     assert aggregator_endpoints("a:1, b:2") == ["a:1", "b:2"]
     assert aggregator_endpoints(["a:1", "b:2,c:3"]) == ["a:1", "b:2", "c:3"]
