@@ -2,7 +2,7 @@
 # The one-shot PKI job of the Compose network (deploy/compose.yaml).
 #
 # Creates the network CA, every server's TLS identity and credit-chain log key,
-# one database password per city, the network's routing key (docs/protocol.md,
+# one database password per city and one for the national database, the network's routing key (docs/protocol.md,
 # "Routing": members and the aggregator only), and the network's signed directory
 # (protocol v2: governance keys gov-1..3, version 1 signed by 2 of them, its
 # anchor), laid out for the services' mounts:
@@ -14,6 +14,7 @@
 #   $PKI_DIR/<city>/node/        cert.pem cert.key ca.pem logkey.pem logkey.key
 #                                directory.json anchor.sha256 routing.key
 #   $PKI_DIR/<city>/db/password  the city database's password (node and database)
+#   $PKI_DIR/national/db/password  the national database's password (aggregators and database)
 #   $PKI_DIR/aggregator/         cert.pem cert.key ca.pem logkey.pem logkey.key
 #                                directory.json anchor.sha256 routing.key
 #
@@ -26,7 +27,8 @@ PKI_DIR=${PKI_DIR:-/var/lib/creditnet}
 PKI_CITIES=${PKI_CITIES:-310000 320100 330100 340100 330400}
 # Where the directory says each server is reached (the Compose services).
 PKI_NODE_PORT=${PKI_NODE_PORT:-7443}
-PKI_AGGREGATOR_ENDPOINT=${PKI_AGGREGATOR_ENDPOINT:-aggregator:7400}
+# The aggregator's replicas, comma-separated: the directory lists them all.
+PKI_AGGREGATOR_ENDPOINT=${PKI_AGGREGATOR_ENDPOINT:-aggregator:7400,aggregator-2:7400}
 umask 077
 
 fail() {
@@ -136,7 +138,9 @@ for city in $PKI_CITIES; do
     password "$PKI_DIR/$city/db/password"
     pin "$PKI_DIR/$city/node"
 done
-identity "$PKI_DIR/aggregator" --role aggregator --dns aggregator
+# One identity for both replicas: banks check the aggregator's TLS server name, not the host.
+identity "$PKI_DIR/aggregator" --role aggregator --dns aggregator --dns aggregator-2
+password "$PKI_DIR/national/db/password"
 logkey "$PKI_DIR/aggregator" national
 pin "$PKI_DIR/aggregator"
 

@@ -7,10 +7,10 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -44,6 +44,10 @@ from creditnet_bank.scope import account
 from creditnet_bank.verify import Section, scope_cities, verify_section
 
 DEFAULT_TIMEOUT = 10.0
+# After every endpoint failed once in a row, the pause before the next round (doubling, capped).
+FIRST_BACKOFF, MAX_BACKOFF = 0.1, 2.0
+
+T = TypeVar("T")
 
 
 log = logging.getLogger(__name__)
@@ -76,6 +80,12 @@ class BankClient:
     ...     report = await bank.query("91340100...", consent=Path("acme.consent.json"),
     ...                               purpose="loan_application")
 
+    `aggregator` may name several endpoints (replicas of one aggregator, as a
+    list or comma-separated): a call goes to the one that answered last, and
+    moves to the next when one is unreachable or answers UNAVAILABLE, within
+    the call's one deadline. A refusal (PERMISSION_DENIED, INVALID_ARGUMENT…)
+    is the network's answer and is not asked of another replica.
+
     With `directory` (protocol v2), the client holds the signed network
     directory (`creditnet_bank.directory`): it refreshes it from the
     aggregator, refuses every certificate it revokes (the signers of the
@@ -87,7 +97,7 @@ class BankClient:
     def __init__(
         self,
         *,
-        aggregator: str,
+        aggregator: str | Sequence[str],
         identity: Identity,
         trust: TrustStore,
         timeout: float = DEFAULT_TIMEOUT,
@@ -95,6 +105,7 @@ class BankClient:
     ) -> None:
         if identity.role.kind is not RoleKind.BANK:
             raise ValueError(f"a bank client needs a bank certificate, not {identity.role.uri}")
+        self.endpoints = aggregator_endpoints(aggregator)
         self.identity = identity
         self.trust = trust
         self.timeout = timeout
@@ -104,15 +115,16 @@ class BankClient:
             # aggregator's certificate) asks the directory held at that moment.
             trust.revocation = self.directory.revocation_check()
         self.verifier = EnvelopeVerifier(trust)
-        self._channel = secure_channel(aggregator, identity, trust, AGGREGATOR_SERVER_NAME)
-        self._stub = aggregator_pb2_grpc.AggregatorServiceStub(self._channel)
-        self._directory_stub = directory_service_pb2_grpc.DirectoryServiceStub(self._channel)
+        # Replicas share the aggregator's certificate and its TLS server name.
+        self._replicas = [_Replica(ep, identity, trust) for ep in self.endpoints]
+        # Which replica a call tries first: the last one that answered.
+        self._preferred = 0
 
     @classmethod
     def from_files(
         cls,
         *,
-        aggregator: str,
+        aggregator: str | Sequence[str],
         cert: Path | str,
         key: Path | str,
         ca: Path | str,
@@ -163,8 +175,10 @@ class BankClient:
         code = bank or next(iter(banks))
         ident = banks[code]
         signed = net.get("directory")
+        listed = net["aggregator"]
         return cls.from_files(
-            aggregator=net["aggregator"]["endpoint"],
+            # A network with replicas lists them all; "endpoint" is the first.
+            aggregator=listed.get("endpoints") or listed["endpoint"],
             cert=base / ident["cert"],
             key=base / ident["key"],
             ca=base / net["ca"],
@@ -188,13 +202,57 @@ class BankClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        for replica in self._replicas:
+            await replica.channel.close()
+
+    async def _failover(self, call: Callable[[_Replica, float], Awaitable[T]], deadline: float) -> T:
+        """`call` on one replica after another until one answers, all before `deadline` (monotonic).
+
+        A replica that cannot be reached, or answers UNAVAILABLE (its
+        database or its directory is not usable, it is shutting down…), is
+        passed over for the next at once; once every one has failed in a row,
+        the next round waits a little (with jitter), never past the deadline.
+        Anything else, an answer or a refusal, ends the call; so does the
+        deadline, with the last failure.
+        """
+        delay = FIRST_BACKOFF
+        failed_in_a_row = 0
+        while True:
+            index = self._preferred
+            remaining = deadline - time.monotonic()
+            try:
+                result = await call(self._replicas[index], max(remaining, 0.001))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                failed_in_a_row += 1
+                if len(self._replicas) > 1:
+                    log.info(
+                        "aggregator %s unavailable (%s); trying the next",
+                        self._replicas[index].endpoint,
+                        (exc.details() or "")[:120],
+                    )
+                self._preferred = (index + 1) % len(self._replicas)
+                remaining = deadline - time.monotonic()
+                if failed_in_a_row % len(self._replicas) == 0:
+                    pause = delay * (0.5 + random.random())
+                    if remaining <= pause * 2:
+                        raise
+                    await asyncio.sleep(pause)
+                    delay = min(delay * 2, MAX_BACKOFF)
+                elif remaining <= 0.001:
+                    raise
+                continue
+            return result
 
     async def _fetch_directory(self) -> v2_envelope_pb2.SignedEnvelope:
-        resp: directory_service_pb2.GetDirectoryResponse = await self._directory_stub.GetDirectory(
-            directory_service_pb2.GetDirectoryRequest(), timeout=min(self.timeout, 5.0)
-        )
-        return resp.directory
+        async def get(replica: _Replica, timeout: float) -> directory_service_pb2.GetDirectoryResponse:
+            resp: directory_service_pb2.GetDirectoryResponse = await replica.directory.GetDirectory(
+                directory_service_pb2.GetDirectoryRequest(), timeout=timeout
+            )
+            return resp
+
+        return (await self._failover(get, time.monotonic() + min(self.timeout, 5.0))).directory
 
     async def refresh_directory(self) -> int:
         """Fetch the aggregator's directory now; the version held afterwards.
@@ -271,41 +329,43 @@ class BankClient:
         timeout: float | None = None,
         exhaustive: bool = False,
     ) -> Report:
-        """Send a signed query; retried with backoff while the aggregator is unreachable.
+        """Send a signed query; retried (on the next replica, if several) while the aggregator is unreachable.
 
         A retry resends the same envelope: nodes answer a query id at most
-        once, so a retry can never be answered twice. With `exhaustive` the
+        once (a node asked again re-sends the answer it gave), so a retry can
+        never be answered twice. With `exhaustive` the
         aggregator asks every city in scope, so that each gives its signed
         word; otherwise it asks only the cities that may hold records
         (docs/protocol.md, "Routing") and reports the others NOT_ASKED.
         """
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
-        delay = 0.1
         # Fail closed before anything leaves: no fresh directory, no query.
         await self.ready_directory()
         query_id = _query_id(query_env)
         # One client span for the query, retries included: the servers' spans
         # of every attempt hang under it.
+        request = aggregator_pb2.FederatedQueryRequest(query=query_env, exhaustive=exhaustive)
         with query_scope(query_id), client_span(FEDERATED_QUERY, AGGREGATOR_SERVER_NAME) as metadata:
+
+            async def ask(replica: _Replica, remaining: float) -> aggregator_pb2.FederatedQueryResponse:
+                resp: aggregator_pb2.FederatedQueryResponse = await replica.stub.FederatedQuery(
+                    request,
+                    timeout=remaining,
+                    # gRPC rounds the deadline it sends up (10 s goes out as
+                    # 10.1 s), and the answer needs time to come back: the
+                    # aggregator is told exactly when to have answered, so
+                    # that the sections that arrived are never lost.
+                    metadata=[*metadata, budget_metadata(remaining - answer_reserve(remaining))],
+                )
+                return resp
+
             while True:
-                remaining = deadline - time.monotonic()
                 try:
-                    resp = await self._stub.FederatedQuery(
-                        aggregator_pb2.FederatedQueryRequest(query=query_env, exhaustive=exhaustive),
-                        timeout=max(remaining, 0.001),
-                        # gRPC rounds the deadline it sends up (10 s goes out as
-                        # 10.1 s), and the answer needs time to come back: the
-                        # aggregator is told exactly when to have answered, so
-                        # that the sections that arrived are never lost.
-                        metadata=[*metadata, budget_metadata(remaining - answer_reserve(remaining))],
-                    )
+                    resp = await self._failover(ask, deadline)
                     break
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE and remaining > delay * 2:
-                        await asyncio.sleep(delay * (0.5 + random.random()))
-                        delay = min(delay * 2, 2.0)
-                        continue
+                    remaining = deadline - time.monotonic()
                     hint = _retry_after(exc)
                     if hint is not None and remaining - hint > 0.05:
                         # Turned away before any node saw the query (rate or
@@ -351,10 +411,13 @@ class BankClient:
         return merge(query.query_id, query.enterprise_uscc, Purpose.from_proto(query.purpose), sections)
 
     async def nodes(self, *, timeout: float | None = None) -> aggregator_pb2.ListNodesResponse:
-        resp: aggregator_pb2.ListNodesResponse = await self._stub.ListNodes(
-            aggregator_pb2.ListNodesRequest(), timeout=timeout or self.timeout
-        )
-        return resp
+        async def ask(replica: _Replica, remaining: float) -> aggregator_pb2.ListNodesResponse:
+            resp: aggregator_pb2.ListNodesResponse = await replica.stub.ListNodes(
+                aggregator_pb2.ListNodesRequest(), timeout=remaining
+            )
+            return resp
+
+        return await self._failover(ask, time.monotonic() + (timeout or self.timeout))
 
     async def query_node(
         self,
@@ -375,6 +438,27 @@ class BankClient:
 
 
 FEDERATED_QUERY = "/creditnet.v2.AggregatorService/FederatedQuery"
+
+
+class _Replica:
+    """One aggregator endpoint: its channel and stubs."""
+
+    def __init__(self, endpoint: str, identity: Identity, trust: TrustStore) -> None:
+        self.endpoint = endpoint
+        self.channel = secure_channel(endpoint, identity, trust, AGGREGATOR_SERVER_NAME)
+        self.stub = aggregator_pb2_grpc.AggregatorServiceStub(self.channel)
+        self.directory = directory_service_pb2_grpc.DirectoryServiceStub(self.channel)
+
+
+def aggregator_endpoints(given: str | Sequence[str]) -> list[str]:
+    """HOST:PORT endpoints from a list or a comma-separated string; ValueError if none or repeated."""
+    items = given.split(",") if isinstance(given, str) else list(given)
+    endpoints = [e.strip() for item in items for e in item.split(",") if e.strip()]
+    if not endpoints:
+        raise ValueError("no aggregator endpoint given")
+    if len(set(endpoints)) != len(endpoints):
+        raise ValueError(f"an aggregator endpoint is given twice: {', '.join(endpoints)}")
+    return endpoints
 
 
 def _query_id(query_env: envelope_pb2.SignedEnvelope) -> str | None:

@@ -176,6 +176,10 @@ class AggregatorConfig:
     directory: DirectoryConfig | None = None
     # The network's routing key; None: every city in scope is asked.
     routing_key: Path | None = None
+    # Where the aggregator keeps its state (network checkpoints, revocations,
+    # witness state); None: a SQLite file in state_dir. Replicas share one
+    # PostgreSQL database (docs/deployment.md, "Aggregator replicas").
+    database_url: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> AggregatorConfig:
@@ -195,6 +199,7 @@ class AggregatorConfig:
                 quorum=int(data.get("quorum", 3)),
                 directory=DirectoryConfig.from_json(base, data.get("directory")),
                 routing_key=_resolve(base, str(data["routing_key"])) if data.get("routing_key") else None,
+                database_url=str(data["database_url"]) if data.get("database_url") else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
@@ -216,6 +221,7 @@ class AggregatorConfig:
                 "quorum": self.quorum,
                 "directory": self.directory.to_json(base) if self.directory else None,
                 "routing_key": _rel(base, self.routing_key) if self.routing_key else None,
+                "database_url": self.database_url,
             },
         )
 

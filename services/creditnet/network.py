@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,18 @@ class NetworkLayout:
         return self.path(self.data["aggregator"]["config"])
 
     @property
+    def aggregator_endpoints(self) -> list[str]:
+        """Every replica's endpoint, the first being `aggregator_endpoint` (one without replicas)."""
+        agg = self.data["aggregator"]
+        return [str(e) for e in agg.get("endpoints") or [agg["endpoint"]]]
+
+    @property
+    def aggregator_configs(self) -> list[Path]:
+        """Every replica's config, in the order of `aggregator_endpoints`."""
+        agg = self.data["aggregator"]
+        return [self.path(c) for c in agg.get("configs") or [agg["config"]]]
+
+    @property
     def cities(self) -> tuple[City, ...]:
         """The cities provisioned here, by code (admitted ones included, removed ones not)."""
         return tuple(sorted(City(code) for code in self.data["cities"]))
@@ -160,6 +172,8 @@ def provision(
     directory_refresh: dt.timedelta = dt.timedelta(minutes=5),
     directory_max_age: dt.timedelta = dt.timedelta(days=7),
     routing: bool = False,
+    aggregator_replicas: int = 1,
+    aggregator_database_url: str | None = None,
 ) -> NetworkLayout:
     """Create a complete network in `root` (which must be empty or absent).
 
@@ -177,10 +191,19 @@ def provision(
     key (``routing.key`` next to their keys): nodes publish membership
     filters and the aggregator asks only the cities that may hold records
     (docs/protocol.md, "Routing"). Without it every city in scope is asked.
+
+    With `aggregator_replicas` above 1, that many aggregator processes serve
+    the network, each on its own port with its own config, sharing the
+    aggregator's identity, log key and one database: `aggregator_database_url`
+    (PostgreSQL), else one SQLite file under ``aggregator/``. The directory
+    and network.json list every replica's endpoint; node i asks replica
+    i mod n to witness its log, so every replica witnesses.
     """
     members = tuple(sorted(set(cities)))
     if not members:
         raise ValueError("a network needs at least one city")
+    if aggregator_replicas < 1:
+        raise ValueError("a network needs at least one aggregator")
     urls = _node_database_urls(root, members, database_urls)
     root.mkdir(parents=True, exist_ok=True)
     if (root / "network.json").exists():
@@ -191,10 +214,12 @@ def provision(
     demo_uscc = synthetic.pick_demo_enterprise(seed, enterprises_per_city, members)
     identities: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     entries: dict[str, dict[str, str]] = {}
-    *node_ports, agg_port = free_ports(len(members) + 1)
+    ports = free_ports(len(members) + aggregator_replicas)
+    node_ports, agg_ports = ports[: len(members)], ports[len(members) :]
     node_endpoints = {city: f"{host}:{port}" for city, port in zip(members, node_ports, strict=True)}
-    agg_endpoint = f"{host}:{agg_port}"
-    witness_endpoints = {c.value: ep for c, ep in node_endpoints.items()} | {NATIONAL: agg_endpoint}
+    agg_endpoints = [f"{host}:{port}" for port in agg_ports]
+    agg_endpoint = agg_endpoints[0]
+    witness_endpoints = {c.value: ep for c, ep in node_endpoints.items()}
     # One log key per server: the one its config names is the one the
     # directory lists.
     log_keys = {c.value: LogKey.issue(ca, c.value) for c in members} | {NATIONAL: LogKey.issue(ca, NATIONAL)}
@@ -203,7 +228,7 @@ def provision(
     signed_directory: dict[str, Any] | None = None
     if directory:
         signed_directory = _provision_directory(
-            root, ca, node_endpoints, agg_endpoint, log_keys, directory_refresh, directory_max_age
+            root, ca, node_endpoints, agg_endpoints, log_keys, directory_refresh, directory_max_age
         )
 
     def directory_config(state: Path) -> DirectoryConfig | None:
@@ -213,7 +238,7 @@ def provision(
             state=state, anchor=signed_directory["anchor"], bootstrap=root / signed_directory["file"]
         )
 
-    for city in members:
+    for i, city in enumerate(members):
         ndir = root / "nodes" / city.value
         log_keys[city.value].save(ndir / "logkey.pem", ndir / "logkey.key")
         if routing_key is not None:
@@ -239,7 +264,8 @@ def provision(
             database_url=urls[city],
             log_cert=ndir / "logkey.pem",
             log_key=ndir / "logkey.key",
-            witnesses={n: ep for n, ep in witness_endpoints.items() if n != city.value},
+            witnesses={n: ep for n, ep in witness_endpoints.items() if n != city.value}
+            | {NATIONAL: agg_endpoints[i % len(agg_endpoints)]},
             quorum=quorum,
             directory=directory_config(ndir / "directory.binpb"),
             routing_key=ndir / "routing.key" if routing_key is not None else None,
@@ -256,19 +282,29 @@ def provision(
     log_keys[NATIONAL].save(adir / "logkey.pem", adir / "logkey.key")
     if routing_key is not None:
         routing_key.save(adir / "routing.key")
-    AggregatorConfig(
-        listen=agg_endpoint,
-        cert=adir / "aggregator.pem",
-        key=adir / "aggregator.key",
-        ca=root / ca_rel,
-        nodes=node_endpoints,
-        state_dir=adir,
-        log_cert=adir / "logkey.pem",
-        log_key=adir / "logkey.key",
-        quorum=quorum,
-        directory=directory_config(adir / "directory.binpb"),
-        routing_key=adir / "routing.key" if routing_key is not None else None,
-    ).save(adir / "aggregator.json")
+    shared_url = aggregator_database_url
+    if shared_url is None and aggregator_replicas > 1:
+        shared_url = f"sqlite:///{adir / 'witness.db'}"
+    agg_configs = []
+    for i, endpoint in enumerate(agg_endpoints):
+        # Replica 0 keeps the single aggregator's files; the others a directory each.
+        rdir = adir if i == 0 else adir / f"replica-{i}"
+        cfg_path = adir / ("aggregator.json" if i == 0 else f"replica-{i}.json")
+        AggregatorConfig(
+            listen=endpoint,
+            cert=adir / "aggregator.pem",
+            key=adir / "aggregator.key",
+            ca=root / ca_rel,
+            nodes=node_endpoints,
+            state_dir=rdir,
+            log_cert=adir / "logkey.pem",
+            log_key=adir / "logkey.key",
+            quorum=quorum,
+            directory=directory_config(rdir / "directory.binpb"),
+            routing_key=adir / "routing.key" if routing_key is not None else None,
+            database_url=shared_url,
+        ).save(cfg_path)
+        agg_configs.append(str(cfg_path.relative_to(root)))
     for code in (DEMO_BANK, SECOND_BANK):
         identities["banks"][code] = _ident(root, root / "banks", code, issue_identity(ca, Role.bank(code)))
     identities["enterprises"][demo_uscc] = _ident(
@@ -289,6 +325,8 @@ def provision(
             "endpoint": agg_endpoint,
             "config": "aggregator/aggregator.json",
             "server_name": "aggregator.creditnet",
+            # Replicas (docs/deployment.md): every endpoint, the first being "endpoint".
+            **({"endpoints": agg_endpoints, "configs": agg_configs} if aggregator_replicas > 1 else {}),
         },
         "cities": {c: {**v, "server_name": node_server_name(City(c))} for c, v in entries.items()},
         "identities": identities,
@@ -311,7 +349,7 @@ def _provision_directory(
     root: Path,
     ca: CertificateAuthority,
     node_endpoints: Mapping[City, str],
-    agg_endpoint: str,
+    agg_endpoints: Sequence[str],
     log_keys: Mapping[str, LogKey],
     refresh: dt.timedelta,
     max_age: dt.timedelta,
@@ -331,7 +369,7 @@ def _provision_directory(
         out,
         codes=sorted(endpoints),
         endpoints=endpoints,
-        aggregator_endpoint=agg_endpoint,
+        aggregator_endpoint=agg_endpoints,
         governance=DEFAULT_GOVERNANCE,
         threshold=DEFAULT_THRESHOLD,
         policy=Policy(refresh_interval=refresh, max_age=max_age),
@@ -464,11 +502,15 @@ class InProcessNetwork:
     layout: NetworkLayout
     nodes: dict[City, RunningNode] = field(default_factory=dict)
     aggregator: RunningAggregator | None = None
+    # Every aggregator replica, `aggregator` first (a network without replicas has one).
+    aggregators: list[RunningAggregator] = field(default_factory=list)
 
     async def start(self) -> InProcessNetwork:
         for city in self.layout.cities:
             await self.start_node(city)
-        self.aggregator = await start_aggregator(AggregatorConfig.load(self.layout.aggregator_config))
+        for path in self.layout.aggregator_configs:
+            self.aggregators.append(await start_aggregator(AggregatorConfig.load(path)))
+        self.aggregator = self.aggregators[0]
         return self
 
     async def start_node(self, city: City) -> RunningNode:
@@ -494,8 +536,9 @@ class InProcessNetwork:
         return Membership(tuple(started), tuple(stopped))
 
     async def stop(self) -> None:
-        if self.aggregator:
-            await self.aggregator.stop(grace=0)
+        for agg in self.aggregators or ([self.aggregator] if self.aggregator else []):
+            await agg.stop(grace=0)
+        self.aggregators.clear()
         await asyncio.gather(*(n.stop(grace=0) for n in self.nodes.values()))
         self.nodes.clear()
 
@@ -513,6 +556,18 @@ RESTART_BACKOFF = 0.5
 RESTART_BACKOFF_MAX = 30.0
 RESTART_STABLE = 60.0
 AGGREGATOR_PROCESS = "aggregator"
+
+
+def aggregator_process(replica: int) -> str:
+    """The process name of an aggregator replica: ``aggregator``, then ``aggregator-1``, …"""
+    return AGGREGATOR_PROCESS if replica == 0 else f"{AGGREGATOR_PROCESS}-{replica}"
+
+
+def _replica_of(name: str) -> int | None:
+    if name == AGGREGATOR_PROCESS:
+        return 0
+    rest = name.removeprefix(f"{AGGREGATOR_PROCESS}-")
+    return int(rest) if rest != name and rest.isdigit() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,10 +613,12 @@ class ProcessNetwork:
     def start(self) -> None:
         for city in self.layout.cities:
             self.start_node(city)
-        self.start_aggregator()
+        for replica in range(len(self.layout.aggregator_configs)):
+            self.start_aggregator(replica)
 
-    def start_aggregator(self) -> None:
-        self._spawn(AGGREGATOR_PROCESS, ["aggregator", "run", "--config", str(self.layout.aggregator_config)])
+    def start_aggregator(self, replica: int = 0) -> None:
+        config = self.layout.aggregator_configs[replica]
+        self._spawn(aggregator_process(replica), ["aggregator", "run", "--config", str(config)])
 
     def start_node(self, city: City) -> None:
         self._spawn(city.value, ["node", "run", "--config", str(self.layout.node_config(city))])
@@ -585,8 +642,9 @@ class ProcessNetwork:
                 continue
             if now < state.not_before:
                 continue
-            if name == AGGREGATOR_PROCESS:
-                self.start_aggregator()
+            replica = _replica_of(name)
+            if replica is not None:
+                self.start_aggregator(replica)
             else:
                 self.start_node(City.parse(name))
             state.attempt += 1
@@ -620,7 +678,7 @@ class ProcessNetwork:
             )
             return Membership()
         self.layout = fresh
-        running = {name for name in self.procs if name != AGGREGATOR_PROCESS}
+        running = {name for name in self.procs if _replica_of(name) is None}
         stopped = sorted(running - wanted)
         started = sorted(wanted - running)
         for name in stopped:
@@ -639,7 +697,8 @@ class ProcessNetwork:
 
         trust_root = self.layout.ca
         targets = {c.value: (self.layout.node_endpoint(c), node_server_name(c)) for c in self.layout.cities}
-        targets["aggregator"] = (self.layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME)
+        for replica, endpoint in enumerate(self.layout.aggregator_endpoints):
+            targets[aggregator_process(replica)] = (endpoint, AGGREGATOR_SERVER_NAME)
         operator = self.layout.identity("operators", self.layout.cities[0].value)
         deadline = time.monotonic() + timeout
         for name, (endpoint, server_name) in targets.items():
@@ -649,7 +708,8 @@ class ProcessNetwork:
         # reaches every node (its channels may still be backing off from
         # connection attempts made while the nodes were starting).
         trust = TrustStore.load(trust_root)
-        await wait_federated(self.layout.aggregator_endpoint, operator, trust, deadline - time.monotonic())
+        for endpoint in self.layout.aggregator_endpoints:
+            await wait_federated(endpoint, operator, trust, deadline - time.monotonic())
 
     def stop(self, timeout: float = 10.0) -> None:
         for proc in self.procs.values():

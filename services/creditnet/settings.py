@@ -413,7 +413,8 @@ NODE_LISTEN = Variable(
 )  # fmt: skip
 DATABASE_URL = Variable(
     "DATABASE_URL", parse_database_url, "SQLAlchemy URL",
-    "The node's database, e.g. postgresql+psycopg://creditnet@db:5432/creditnet.",
+    "The server's database, e.g. postgresql+psycopg://creditnet@db:5432/creditnet; "
+    "aggregator replicas share one.",
 )  # fmt: skip
 DATABASE_PASSWORD_FILE = Variable(
     "CREDITNET_DATABASE_PASSWORD_FILE", parse_file, "path",
@@ -450,7 +451,8 @@ NODES = Variable(
 )  # fmt: skip
 STATE_DIR = Variable(
     "CREDITNET_STATE_DIR", parse_directory, "path",
-    "Directory of the aggregator's durable state (revocations, witness database); created if missing.",
+    "Directory of the aggregator's durable state (its SQLite database unless DATABASE_URL names "
+    "one); created if missing.",
     default="/var/lib/creditnet",
 )  # fmt: skip
 DEFAULT_TIMEOUT = Variable(
@@ -463,6 +465,10 @@ AGGREGATOR_LOG_CERT = dataclasses.replace(
 )
 AGGREGATOR_LOG_KEY = dataclasses.replace(
     NODE_LOG_KEY, default=None, unset="no witnessing (set both or neither)"
+)
+# Replicas of the aggregator share one PostgreSQL database (docs/deployment.md).
+AGGREGATOR_DATABASE_URL = dataclasses.replace(
+    DATABASE_URL, default=None, unset="a SQLite file in CREDITNET_STATE_DIR (a single aggregator)"
 )
 
 # The signed network directory (protocol v2), both servers: all three or none.
@@ -525,6 +531,8 @@ AGGREGATOR_VARIABLES: tuple[Variable[Any], ...] = (
     AGGREGATOR_LISTEN,
     NODES,
     STATE_DIR,
+    AGGREGATOR_DATABASE_URL,
+    DATABASE_PASSWORD_FILE,
     DEFAULT_TIMEOUT,
     AGGREGATOR_LOG_CERT,
     AGGREGATOR_LOG_KEY,
@@ -668,6 +676,7 @@ class AggregatorSettings:
     server: ServerSettings
     directory: DirectoryConfig | None = None
     routing_key: Path | None = None
+    database_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AggregatorSettings:
@@ -676,6 +685,15 @@ class AggregatorSettings:
         problems: Problems = []
         nodes = NODES.value(env, problems)
         quorum = QUORUM.value(env, problems)
+        url = AGGREGATOR_DATABASE_URL.optional(env, problems)
+        password_file = DATABASE_PASSWORD_FILE.optional(env, problems)
+        if password_file is not None and password_file is not _FAILED:
+            if url is None:
+                problems.append(
+                    (DATABASE_PASSWORD_FILE.name, f"needs {DATABASE_URL.name} to put the password in")
+                )
+            elif url is not _FAILED:
+                url = _with_password(url, password_file, problems)
         settings = cls(
             nodes=nodes,
             state_dir=STATE_DIR.value(env, problems),
@@ -686,6 +704,7 @@ class AggregatorSettings:
             server=ServerSettings.read(env, AGGREGATOR_LISTEN, problems),
             directory=read_directory(env, problems),
             routing_key=ROUTING_KEY_FILE.optional(env, problems),
+            database_url=url if isinstance(url, str) else None,
         )
         cert_set, key_set = AGGREGATOR_LOG_CERT.is_set(env), AGGREGATOR_LOG_KEY.is_set(env)
         if cert_set != key_set:
@@ -720,6 +739,7 @@ class AggregatorSettings:
             quorum=self.quorum,
             directory=self.directory,
             routing_key=self.routing_key,
+            database_url=self.database_url,
         )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from creditnet import pilot
 from creditnet.aggregator.directory import NodeDirectory
 from creditnet.aggregator.head import FETCH_TIMEOUT, NetworkCheckpointer
+from creditnet.aggregator.state import AggregatorState
 from creditnet.chain.audit import verify_network_checkpoint
 from creditnet.chain.keys import LogKey
 from creditnet.chain.witness import Witness
@@ -23,7 +24,7 @@ async def test_a_frozen_node_holds_back_no_round_of_the_network_checkpoint(tmp_p
     store = Store.open(f"sqlite:///{tmp_path / 'national.db'}", migrate=True)
     async with unresponsive_endpoint() as frozen:
         directory = NodeDirectory({pilot.HEFEI: frozen}, issue_identity(ca, Role.aggregator()), trust)
-        head = NetworkCheckpointer(directory, trust, key, Witness(store, key), tmp_path / "head.json", 3)
+        head = NetworkCheckpointer(directory, trust, key, Witness(store, key), AggregatorState(store), 3)
         try:
             # Each round ends well before the 2 s a read of the frozen node
             # takes to time out: the first waits a bounded while for it, the

@@ -17,6 +17,7 @@ from creditnet import settings
 from tests.deploy.helpers import CITIES, COMPOSE, SCHEMAS, load_compose
 
 FILE_PARSERS = (settings.parse_file, settings.parse_directory)
+AGGREGATORS = ("aggregator", "aggregator-2")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,13 @@ def test_the_schema_catches_mistakes(
 
 def test_every_city_has_a_node_and_its_own_database(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    expected = {"pki", "aggregator", *(f"node-{c}" for c in CITIES), *(f"db-{c}" for c in CITIES)}
+    expected = {
+        "pki",
+        *AGGREGATORS,
+        "db-national",
+        *(f"node-{c}" for c in CITIES),
+        *(f"db-{c}" for c in CITIES),
+    }
     assert set(services) == expected
     for city in CITIES:
         node, db = services[f"node-{city}"], services[f"db-{city}"]
@@ -77,7 +84,25 @@ def test_every_city_has_a_node_and_its_own_database(compose: dict[str, Any]) -> 
         assert db["depends_on"] == {"pki": {"condition": "service_completed_successfully"}}
         assert "pg_isready" in db["healthcheck"]["test"]
         assert db["volumes"][0] == f"pgdata-{city}:/var/lib/postgresql/data"
-    assert services["aggregator"]["depends_on"] == {"pki": {"condition": "service_completed_successfully"}}
+    for name in AGGREGATORS:
+        assert services[name]["depends_on"] == {
+            "pki": {"condition": "service_completed_successfully"},
+            "db-national": {"condition": "service_healthy"},
+        }
+
+
+def test_the_aggregator_replicas_share_the_national_database_and_its_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    (network,) = services["db-national"]["networks"]
+    assert compose["networks"][network] == {"internal": True}
+    on_it = sorted(name for name, s in services.items() if network in s.get("networks", []))
+    assert on_it == sorted([*AGGREGATORS, "db-national"])
+    urls = {services[name]["environment"]["DATABASE_URL"] for name in AGGREGATORS}
+    (url,) = urls
+    assert make_url(url).host == "db-national"
+    # One identity and log key for both (the same pki mount); state volumes of their own.
+    mounts = [[v for v in services[name]["volumes"] if not isinstance(v, str)] for name in AGGREGATORS]
+    assert mounts[0] == mounts[1]
 
 
 def test_each_database_is_reachable_from_its_own_node_only(compose: dict[str, Any]) -> None:
@@ -110,9 +135,9 @@ def test_endpoints_name_real_services_and_ports(compose: dict[str, Any]) -> None
         assert 1 <= quorum <= len(witnesses)
 
 
-@pytest.mark.parametrize("service", ["aggregator", *(f"node-{c}" for c in CITIES)])
+@pytest.mark.parametrize("service", [*AGGREGATORS, *(f"node-{c}" for c in CITIES)])
 def test_server_environments_are_settings_that_parse(compose: dict[str, Any], service: str) -> None:
-    variables = settings.AGGREGATOR_VARIABLES if service == "aggregator" else settings.NODE_VARIABLES
+    variables = settings.AGGREGATOR_VARIABLES if service in AGGREGATORS else settings.NODE_VARIABLES
     declared = {v.name: v for v in variables}
     env = compose["services"][service]["environment"]
     assert settings.unknown_variables(env) == []
@@ -155,7 +180,7 @@ def test_servers_are_locked_down(compose: dict[str, Any]) -> None:
         assert "user" not in service, f"{name} must run as the image's unprivileged user"
         assert "healthcheck" not in service or name == "pki", f"{name} must keep the image's health check"
     published = [p.split(":")[0] for s in compose["services"].values() for p in s.get("ports", [])]
-    assert len(published) == len(set(published)) == len(CITIES) + 1
+    assert len(published) == len(set(published)) == len(CITIES) + len(AGGREGATORS)
 
 
 def test_the_vendored_schema_is_the_recorded_one() -> None:
@@ -185,7 +210,7 @@ def test_every_node_migrates_its_database_before_serving(compose: dict[str, Any]
 def test_every_server_holds_the_directory_on_its_own_volume(compose: dict[str, Any]) -> None:
     """The bootstrap directory and the anchor come from the server's pki mount; its state from its volume."""
     services = compose["services"]
-    servers = {"aggregator": "aggregator run", **{f"node-{c}": "node run" for c in CITIES}}
+    servers = {**dict.fromkeys(AGGREGATORS, "aggregator run"), **{f"node-{c}": "node run" for c in CITIES}}
     volumes_of: dict[str, set[str]] = {}
     for name, run in servers.items():
         service = services[name]

@@ -62,6 +62,17 @@ def quantity(text: str | int) -> float:
     return float(number) * units[unit]
 
 
+def workload_kind(overlay: str) -> str:
+    """Nodes run as a StatefulSet of one; the aggregator as a Deployment of replicas on one database."""
+    return "Deployment" if overlay == "national" else "StatefulSet"
+
+
+def workload(manifests: list[Manifest]) -> Manifest:
+    kinds = {m["kind"] for m in manifests} & {"Deployment", "StatefulSet"}
+    assert len(kinds) == 1, kinds
+    return one(manifests, kinds.pop())
+
+
 def role_of(overlay: str) -> tuple[str, tuple[settings.Variable[Any], ...]]:
     if overlay == "national":
         return "creditnet-aggregator", settings.AGGREGATOR_VARIABLES
@@ -76,17 +87,15 @@ def test_base_manifests_are_valid() -> None:
     for path, doc in base_manifests():
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
         kinds.add((path.parent.name, doc["kind"]))
-    for part in ("node", "aggregator"):
-        assert {
-            (part, k) for k in ("StatefulSet", "Service", "PodDisruptionBudget", "ServiceAccount")
-        } <= kinds
+    for part, workload in (("node", "StatefulSet"), ("aggregator", "Deployment")):
+        assert {(part, k) for k in (workload, "Service", "PodDisruptionBudget", "ServiceAccount")} <= kinds
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rendered_overlays_are_valid(rendered: dict[str, list[Manifest]], overlay: str) -> None:
     manifests = rendered[overlay]
     assert {m["kind"] for m in manifests} == {
-        "Namespace", "ServiceAccount", "ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget",
+        "Namespace", "ServiceAccount", "ConfigMap", "Service", workload_kind(overlay), "PodDisruptionBudget",
     }  # fmt: skip
     for manifest in manifests:
         kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
@@ -123,7 +132,7 @@ def test_namespace_enforces_restricted_pods(rendered: dict[str, list[Manifest]],
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pods_are_unprivileged(rendered: dict[str, list[Manifest]], overlay: str) -> None:
     """The checks of the restricted Pod Security Standard, and a read-only root filesystem."""
-    statefulset = one(rendered[overlay], "StatefulSet")
+    statefulset = workload(rendered[overlay])
     pod = statefulset["spec"]["template"]["spec"]
     context = pod["securityContext"]
     assert context["runAsNonRoot"] is True
@@ -146,7 +155,7 @@ def test_pods_are_unprivileged(rendered: dict[str, list[Manifest]], overlay: str
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_resources_are_requested_and_limited(rendered: dict[str, list[Manifest]], overlay: str) -> None:
-    for container in one(rendered[overlay], "StatefulSet")["spec"]["template"]["spec"]["containers"]:
+    for container in workload(rendered[overlay])["spec"]["template"]["spec"]["containers"]:
         resources = container["resources"]
         for what in ("cpu", "memory"):
             assert quantity(resources["requests"][what]) <= quantity(resources["limits"][what]), what
@@ -156,7 +165,7 @@ def test_resources_are_requested_and_limited(rendered: dict[str, list[Manifest]]
 def test_probes_ask_the_health_only_port(rendered: dict[str, list[Manifest]], overlay: str) -> None:
     manifests = rendered[overlay]
     config = one(manifests, "ConfigMap")
-    (container,) = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    (container,) = workload(manifests)["spec"]["template"]["spec"]["containers"]
     assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
     health = settings.port_of(config["data"]["CREDITNET_HEALTH_LISTEN"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -168,17 +177,17 @@ def test_probes_ask_the_health_only_port(rendered: dict[str, list[Manifest]], ov
     # The liveness probe must not kill a pod that is still starting or draining.
     live = container["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] >= 30
-    grace = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = workload(manifests)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > settings.parse_duration(config["data"]["CREDITNET_SHUTDOWN_GRACE"]) + 5
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_one_pod_with_a_budget_and_services_that_select_it(
+@pytest.mark.parametrize("overlay", CITIES)
+def test_a_node_is_one_pod_with_a_budget_and_services_that_select_it(
     rendered: dict[str, list[Manifest]], overlay: str
 ) -> None:
     manifests = rendered[overlay]
     name, _ = role_of(overlay)
-    statefulset = one(manifests, "StatefulSet")
+    statefulset = workload(manifests)
     assert statefulset["metadata"]["name"] == name
     assert statefulset["spec"]["replicas"] == 1
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
@@ -200,6 +209,38 @@ def test_one_pod_with_a_budget_and_services_that_select_it(
     assert statefulset["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
 
+def test_the_aggregator_is_two_replicas_on_one_database_and_a_drain_keeps_one(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    manifests = rendered["national"]
+    name, _ = role_of("national")
+    deployment = one(manifests, "Deployment")
+    assert deployment["metadata"]["name"] == name
+    assert deployment["spec"]["replicas"] == 2
+    # A rollout never takes a ready replica away before its successor is ready.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert matches(deployment["spec"]["selector"]["matchLabels"], labels)
+    budget = one(manifests, "PodDisruptionBudget")
+    assert matches(budget["spec"]["selector"]["matchLabels"], labels)
+    assert budget["spec"]["minAvailable"] == 1 < deployment["spec"]["replicas"]
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    (spread,) = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert matches(spread["labelSelector"]["matchLabels"], labels)
+    services = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Service"}
+    assert set(services) == {name}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {p["targetPort"] for p in services[name]["spec"]["ports"]} <= {
+        p["name"] for p in container["ports"]
+    }
+    assert matches(services[name]["spec"]["selector"], labels)
+    # The replicas' shared state is the database's, never a volume of one pod.
+    data = one(manifests, "ConfigMap")["data"]
+    assert make_url(data["DATABASE_URL"]).get_backend_name() == "postgresql"
+    assert "volumeClaimTemplates" not in deployment["spec"]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_settings_are_known_parse_and_point_into_mounts(
     rendered: dict[str, list[Manifest]], overlay: str
@@ -214,13 +255,16 @@ def test_settings_are_known_parse_and_point_into_mounts(
     assert {v.name for v in variables if v.required} <= set(data)
     if overlay != "national":
         assert data["CREDITNET_CITY"] == overlay
-    pod = one(manifests, "StatefulSet")["spec"]["template"]["spec"]
+    pod = workload(manifests)["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    claims = {
-        c["metadata"]["name"] for c in one(manifests, "StatefulSet")["spec"].get("volumeClaimTemplates", [])
-    }
+    claims = {c["metadata"]["name"] for c in workload(manifests)["spec"].get("volumeClaimTemplates", [])}
+    if overlay == "national":
+        # The aggregator's durable state is in its database; a pod's state
+        # directory holds only its directory copy, remade from the bootstrap.
+        assert make_url(data["DATABASE_URL"]).get_backend_name() == "postgresql"
+        claims = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     for variable in variables:
         value = data.get(variable.name, variable.default)
         if value is None:
@@ -248,7 +292,7 @@ def test_every_container_pins_the_directory_its_operator_was_given(
     rendered: dict[str, list[Manifest]], overlay: str
 ) -> None:
     """The anchor and the first directory come from the creditnet-directory ConfigMap the operator makes."""
-    pod = one(rendered[overlay], "StatefulSet")["spec"]["template"]["spec"]
+    pod = workload(rendered[overlay])["spec"]["template"]["spec"]
     data = one(rendered[overlay], "ConfigMap")["data"]
     assert "CREDITNET_DIRECTORY_ANCHOR" not in data, "the anchor is the network's, not in the manifests"
     assert {"CREDITNET_DIRECTORY_BOOTSTRAP", "CREDITNET_DIRECTORY_STATE"} <= set(data)
@@ -269,7 +313,7 @@ def test_every_container_holds_the_routing_key_its_operator_was_given(
     rendered: dict[str, list[Manifest]], overlay: str
 ) -> None:
     """Nodes publish filters and the aggregator routes under the key in the role's routing-key Secret."""
-    pod = one(rendered[overlay], "StatefulSet")["spec"]["template"]["spec"]
+    pod = workload(rendered[overlay])["spec"]["template"]["spec"]
     data = one(rendered[overlay], "ConfigMap")["data"]
     key = PurePosixPath(data["CREDITNET_ROUTING_KEY_FILE"])
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -292,7 +336,7 @@ def test_no_secret_is_in_the_manifests(rendered: dict[str, list[Manifest]], over
     if "DATABASE_URL" in data:
         assert make_url(data["DATABASE_URL"]).password is None
         assert "CREDITNET_DATABASE_PASSWORD_FILE" in data
-    volumes = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
+    volumes = workload(manifests)["spec"]["template"]["spec"]["volumes"]
     secrets = [v["secret"]["secretName"] for v in volumes if "secret" in v]
     name, _ = role_of(overlay)
     assert all(s.startswith(f"{name}-") for s in secrets)
@@ -320,10 +364,10 @@ def test_every_endpoint_is_a_rendered_service(rendered: dict[str, list[Manifest]
 
 def test_every_overlay_runs_this_version(rendered: dict[str, list[Manifest]]) -> None:
     for overlay, manifests in rendered.items():
-        (container,) = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+        (container,) = workload(manifests)["spec"]["template"]["spec"]["containers"]
         assert container["image"] == f"creditnet:{__version__}", overlay
         assert container["args"] == (["aggregator", "run"] if overlay == "national" else ["node", "run"])
-        init = one(manifests, "StatefulSet")["spec"]["template"]["spec"].get("initContainers", [])
+        init = workload(manifests)["spec"]["template"]["spec"].get("initContainers", [])
         if overlay == "national":
             assert init == []
         else:

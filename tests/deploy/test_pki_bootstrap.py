@@ -113,6 +113,8 @@ def test_secrets_are_private_and_passwords_distinct(pki_dir: Path) -> None:
         text = path.read_text()
         assert text.endswith("\n") and text.count("\n") == 1 and len(text.strip()) >= 32
         passwords.add(text)
+    national = (pki_dir / "national" / "db" / "password").read_text()
+    assert len(national.strip()) >= 32 and national not in passwords
     assert len(passwords) == len(RUN_CITIES)
     private = [*pki_dir.rglob("*.key"), *pki_dir.rglob("password")]
     assert private
@@ -169,7 +171,7 @@ def test_each_server_gets_the_signed_directory_and_the_anchor_that_pins_it(pki_d
     services = load_compose()["services"]
     trust = TrustStore.load(pki_dir / "ca" / "ca.pem")
     anchors = set()
-    for name in (*(f"node-{c}" for c in RUN_CITIES), "aggregator"):
+    for name in (*(f"node-{c}" for c in RUN_CITIES), "aggregator", "aggregator-2"):
         service = services[name]
         mounts = {
             v["target"]: pki_dir / v["volume"]["subpath"]
@@ -196,7 +198,8 @@ def test_each_server_gets_the_signed_directory_and_the_anchor_that_pins_it(pki_d
     # The directory says where the Compose services are.
     assert {c.endpoints for c in first.cities} == {("node-340100:7443",), ("node-320100:7443",)}
     assert {c.code for c in first.cities} == {"340100", "320100"}
-    assert [a.endpoints for a in first.aggregators] == [("aggregator:7400",)]
+    # One aggregator member with both replicas' endpoints.
+    assert [a.endpoints for a in first.aggregators] == [("aggregator:7400", "aggregator-2:7400")]
 
 
 def test_the_ca_key_is_mounted_by_the_pki_job_only() -> None:

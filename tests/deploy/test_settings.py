@@ -263,6 +263,27 @@ def test_aggregator_settings_and_config(aggregator_env: dict[str, str], files: d
     assert s.default_timeout == 2.5
 
 
+def test_aggregator_replicas_take_one_database_url_with_its_password_file(
+    aggregator_env: dict[str, str], files: dict[str, Path]
+) -> None:
+    # Alone: no URL, the state directory's SQLite file (the config says None).
+    assert AggregatorSettings.from_env(aggregator_env).to_config().database_url is None
+    files["password"].write_bytes(b"hunter2\n")
+    env = {
+        **aggregator_env,
+        "DATABASE_URL": "postgresql+psycopg://creditnet@db-national:5432/creditnet",
+        "CREDITNET_DATABASE_PASSWORD_FILE": str(files["password"]),
+    }
+    url = make_url(AggregatorSettings.from_env(env).to_config().database_url or "")
+    assert (url.host, url.password) == ("db-national", "hunter2")
+    # A password file with no URL to put it in is a mistake, named.
+    without_url = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    with pytest.raises(SettingsError) as exc:
+        AggregatorSettings.from_env(without_url)
+    assert list(problems_of(exc)) == ["CREDITNET_DATABASE_PASSWORD_FILE"]
+    assert "hunter2" not in str(exc.value)
+
+
 def test_aggregator_log_key_needs_both_files(aggregator_env: dict[str, str], files: dict[str, Path]) -> None:
     with pytest.raises(SettingsError) as exc:
         AggregatorSettings.from_env({**aggregator_env, "CREDITNET_LOG_CERT": str(files["logkey.pem"])})

@@ -23,7 +23,7 @@ import pytest_asyncio
 from creditnet import pilot
 from creditnet.domain import City
 from creditnet.health import wait_serving
-from creditnet.network import NetworkLayout, ProcessNetwork, provision
+from creditnet.network import NetworkLayout, ProcessNetwork, aggregator_process, provision
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
@@ -68,8 +68,9 @@ class FaultNetwork(ProcessNetwork):
             self.start_node(city)
         self.start_aggregator()
 
-    def start_aggregator(self) -> None:
-        self._spawn(AGGREGATOR, ["aggregator", "run", "--config", str(self.layout.aggregator_config)])
+    def start_aggregator(self, replica: int = 0) -> None:
+        config = self.layout.aggregator_configs[replica]
+        self._spawn(aggregator_process(replica), ["aggregator", "run", "--config", str(config)])
 
     def restart(self, who: City | str) -> None:
         name = name_of(who)

@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, make_url
 
+from creditnet.aggregator.models import AGGREGATOR_METADATA
 from creditnet.chain.models import CHAIN_METADATA
 from creditnet.domain import Category
 from creditnet.store import (
@@ -28,7 +29,7 @@ from creditnet.store.schema import revisions
 from tests.store.factories import PROVIDER, SOON, USCC_A, USCC_B, batch, profile, record
 
 ALL_TIME = (dt.date(1900, 1, 1), dt.date(2999, 12, 31))
-FIRST, SECOND, HEAD = "0001", "0002", "0004"
+FIRST, SECOND, HEAD = "0001", "0002", "0005"
 DIGEST = b"\x07" * 32
 NODE_TABLES = {"enterprises", "records", "query_uses", "consent_uses", "revocations"}
 CHAIN_TABLES = {
@@ -38,6 +39,12 @@ CHAIN_TABLES = {
     "chain_checkpoint",
     "witness_state",
     "chain_evidence",
+}
+AGGREGATOR_TABLES = {
+    "network_head",
+    "network_checkpoint",
+    "aggregator_revocation",
+    "aggregator_revocation_delivery",
 }
 
 
@@ -55,7 +62,7 @@ def schema_drift(url: str) -> list[object]:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
-            return list(compare_metadata(context, [METADATA, CHAIN_METADATA]))
+            return list(compare_metadata(context, [METADATA, CHAIN_METADATA, AGGREGATOR_METADATA]))
     finally:
         engine.dispose()
 
@@ -71,13 +78,16 @@ def execute(url: str, *statements: tuple[str, dict[str, object]]) -> None:
 
 
 def test_the_migrations_are_one_line_of_revisions() -> None:
-    assert revisions() == [FIRST, SECOND, "0003", HEAD]
+    assert revisions() == [FIRST, SECOND, "0003", "0004", HEAD]
     assert head_revision() == HEAD
 
 
 def test_migrating_creates_exactly_the_tables_the_models_describe(db_url: str) -> None:
     assert Store.migrate(db_url) == Migration(before=None, after=HEAD)
-    assert tables(db_url) == NODE_TABLES | CHAIN_TABLES | {"record_counts", "alembic_version"}
+    assert tables(db_url) == NODE_TABLES | CHAIN_TABLES | AGGREGATOR_TABLES | {
+        "record_counts",
+        "alembic_version",
+    }
     assert schema_drift(db_url) == []
     # Migrating again changes nothing.
     assert Store.migrate(db_url) == Migration(before=HEAD, after=HEAD)

@@ -5,6 +5,8 @@ checkpoint, verifies the city's signature and the witness quorum, checks it is
 consistent with the last one it accepted from that city (keeping evidence if
 not), and signs a network checkpoint that names every city's size and root
 and the hash of the previous network checkpoint — a hash chain of tree heads.
+The chain is kept in the aggregator's database (AggregatorState), where
+replicas of the aggregator extend it one at a time.
 """
 
 from __future__ import annotations
@@ -13,16 +15,14 @@ import asyncio
 import base64
 import collections
 import hashlib
-import json
 import logging
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import grpc
 
 from creditnet.aggregator.directory import NodeDirectory
+from creditnet.aggregator.state import AggregatorState, NetworkHead
 from creditnet.chain.checkpoint import CosignedCheckpoint
 from creditnet.chain.hedge import WitnessHealth
 from creditnet.chain.keys import NETWORK_ORIGIN, LogKey
@@ -46,22 +46,14 @@ ROUND_WAIT = 1.0
 UNRESPONSIVE = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
 
 
-@dataclass
-class NetworkHead:
-    sequence: int = 0
-    note: str = ""
-    city_notes: dict[str, str] = field(default_factory=dict)
-    cities: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    # The log-key certificates each city's checkpoint came with (its own and
-    # its witnesses'), so that GetNetworkCheckpoint is verifiable on its own.
-    city_certificates: dict[str, list[bytes]] = field(default_factory=dict)
-
-
 @dataclass(frozen=True, slots=True)
 class Fetched:
     checkpoint: CosignedCheckpoint
     note: str
     certificates: list[bytes]
+    # The city's (size, root) in the head it was checked against: it is taken
+    # only into a head that still holds that (another replica may have moved on).
+    against: tuple[int, bytes] | None
 
 
 class NetworkCheckpointer:
@@ -71,57 +63,24 @@ class NetworkCheckpointer:
         trust: TrustStore,
         log_key: LogKey,
         witness: Witness,
-        state_file: Path,
+        state: AggregatorState,
         quorum: int,
     ) -> None:
         self.directory = directory
         self.trust = trust
         self.log_key = log_key
         self.witness = witness
-        self.state_file = state_file
+        self.state = state
         self.quorum = quorum
         # Set when the aggregator holds a network directory: the witnesses it
         # assigns to a log, against which that log's checkpoints are verified.
         self.assignments: Callable[[str], WitnessAssignment | None] | None = None
         self.signer = Signer(NETWORK_ORIGIN, log_key.private_key, ALG_ED25519)
-        self.head = self._load()
+        # The committed head as this replica last read it (refreshed every round).
+        self.head = NetworkHead()
         self._task: asyncio.Task[None] | None = None
         self._reading: dict[City, asyncio.Task[Fetched | None]] = {}
         self._health: collections.defaultdict[City, WitnessHealth] = collections.defaultdict(WitnessHealth)
-
-    def _load(self) -> NetworkHead:
-        if not self.state_file.exists():
-            return NetworkHead()
-        data = json.loads(self.state_file.read_text())
-        return NetworkHead(
-            sequence=int(data["sequence"]),
-            note=str(data["note"]),
-            city_notes=dict(data["city_notes"]),
-            cities={k: (int(v[0]), base64.b64decode(v[1])) for k, v in data["cities"].items()},
-            city_certificates={
-                k: [base64.b64decode(c) for c in v] for k, v in data.get("city_certificates", {}).items()
-            },
-        )
-
-    def _save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {
-                    "sequence": self.head.sequence,
-                    "note": self.head.note,
-                    "city_notes": self.head.city_notes,
-                    "cities": {
-                        k: [v[0], base64.b64encode(v[1]).decode()] for k, v in self.head.cities.items()
-                    },
-                    "city_certificates": {
-                        k: [base64.b64encode(c).decode() for c in v]
-                        for k, v in self.head.city_certificates.items()
-                    },
-                }
-            )
-        )
-        os.replace(tmp, self.state_file)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -185,7 +144,7 @@ class NetworkCheckpointer:
         elif prev is not None:
             await self._evidence(city, "rollback", resp.checkpoint, f"size {cp.checkpoint.size} < {prev[0]}")
             return None
-        return Fetched(cp, resp.checkpoint, list(resp.key_certificates))
+        return Fetched(cp, resp.checkpoint, list(resp.key_certificates), prev)
 
     async def _fetch_timed(self, city: City) -> Fetched | None:
         """`_fetch`, keeping the city's health: whether it answers at all, and how fast."""
@@ -227,7 +186,14 @@ class NetworkCheckpointer:
         running goes on in the background and counts in the round after it
         ends. One read per city at a time, so each is checked against the
         head it was read against.
+
+        The head is the database's: read at the start of the round, and the
+        next checkpoint is signed inside the transaction that holds it locked
+        (AggregatorState.advance), chaining to the one committed there. Of two
+        replicas, the one that commits second sees the first's checkpoint and
+        signs only if its own reads add to it.
         """
+        self.head = await asyncio.to_thread(self.state.head)
         waited: set[asyncio.Task[Fetched | None]] = set()
         for city in self.directory.members():
             if city in self._reading:
@@ -238,36 +204,60 @@ class NetworkCheckpointer:
                 waited.add(reading)
         if waited:
             await asyncio.wait(waited, timeout=ROUND_WAIT)
-        # From here to the new note nothing awaits: GetNetworkCheckpoint never
-        # sees a city's checkpoint that the note it serves does not name.
-        changed = False
+        fetched: dict[str, Fetched] = {}
         for city in list(self._reading):
             task = self._reading.get(city)
             if task is None or not task.done():
                 continue
             del self._reading[city]
-            fetched = _outcome(city, task)
-            if fetched is None:
-                continue
-            cp = fetched.checkpoint
-            if self.head.cities.get(city.value) != (cp.checkpoint.size, cp.checkpoint.root_hash):
-                self.head.cities[city.value] = (cp.checkpoint.size, cp.checkpoint.root_hash)
-                changed = True
-            self.head.city_notes[city.value] = fetched.note
-            self.head.city_certificates[city.value] = fetched.certificates
-        if changed or not self.head.note:
-            prev_hash = hashlib.sha256(self.head.note.encode()).digest()
-            seq = self.head.sequence + 1
-            lines = [NETWORK_ORIGIN, str(seq), base64.b64encode(prev_hash).decode()]
-            # One line per member city, by code: a city admitted since the
-            # last round appears at size 0 until its checkpoint is read.
-            for c in self.directory.members():
-                size, root = self.head.cities.get(c.value, (0, hashlib.sha256(b"").digest()))
-                lines.append(f"{c.value} {size} {base64.b64encode(root).decode()}")
-            note = sign_note("".join(f"{line}\n" for line in lines), [self.signer])
-            self.head.sequence, self.head.note = seq, note
-            await asyncio.to_thread(self._save)
+            got = _outcome(city, task)
+            if got is not None:
+                fetched[city.value] = got
+        news = {
+            code: got
+            for code, got in fetched.items()
+            if self.head.cities.get(code)
+            != (got.checkpoint.checkpoint.size, got.checkpoint.checkpoint.root_hash)
+        }
+        if not news and self.head.note:
+            return self.head.note  # nothing to sign: no lock taken, nothing written
+        members = [c.value for c in self.directory.members()]
+        self.head = await asyncio.to_thread(self.state.advance, lambda head: self._next(head, news, members))
         return self.head.note
+
+    def _next(
+        self, committed: NetworkHead, fetched: dict[str, Fetched], members: list[str]
+    ) -> NetworkHead | None:
+        """The checkpoint after `committed` naming what was read, or None if it adds nothing (head locked)."""
+        head = NetworkHead(
+            sequence=committed.sequence,
+            note=committed.note,
+            city_notes=dict(committed.city_notes),
+            cities=dict(committed.cities),
+            city_certificates=dict(committed.city_certificates),
+        )
+        changed = False
+        for code, got in fetched.items():
+            if committed.cities.get(code) != got.against:
+                continue  # checked against a head that is no longer the committed one
+            cp = got.checkpoint.checkpoint
+            if head.cities.get(code) != (cp.size, cp.root_hash):
+                head.cities[code] = (cp.size, cp.root_hash)
+                head.city_notes[code] = got.note
+                head.city_certificates[code] = got.certificates
+                changed = True
+        if not changed and committed.note:
+            return None
+        prev_hash = hashlib.sha256(committed.note.encode()).digest()
+        head.sequence = committed.sequence + 1
+        lines = [NETWORK_ORIGIN, str(head.sequence), base64.b64encode(prev_hash).decode()]
+        # One line per member city, by code: a city admitted since the
+        # last round appears at size 0 until its checkpoint is read.
+        for code in members:
+            size, root = head.cities.get(code, (0, hashlib.sha256(b"").digest()))
+            lines.append(f"{code} {size} {base64.b64encode(root).decode()}")
+        head.note = sign_note("".join(f"{line}\n" for line in lines), [self.signer])
+        return head
 
 
 def _outcome(city: City, task: asyncio.Task[Fetched | None]) -> Fetched | None:

@@ -1,10 +1,12 @@
 """Revocations the aggregator has seen, and their delivery to every node.
 
-A revocation is kept as its signed envelope in a file named by the revoked
-consent's digest, so it survives restarts. Every node gets it as soon as it
-is published; a node that is down gets it from the retry loop when it comes
-back. The aggregator also refuses revoked consents itself, so a revocation
-takes effect for federated queries at once.
+A revocation is kept in the aggregator's database (AggregatorState), with the
+member nodes that acknowledged it, so it survives restarts and every replica
+sees it. Every node gets it as soon as it is published; a node that is down
+gets it from the retry loop (any replica's) when it comes back. The
+aggregator also refuses revoked consents itself, reading the database on
+every query, so a revocation takes effect for federated queries at once
+whichever replica accepted it.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from pathlib import Path
 
 import grpc
 
 from creditnet.aggregator.directory import NodeDirectory, NodeLink
+from creditnet.aggregator.state import AggregatorState
 from creditnet.consent import VerifiedRevocation
-from creditnet.domain import City
+from creditnet.errors import CreditnetError
 from creditnet.v2 import aggregator_pb2, envelope_pb2, node_pb2
 
 log = logging.getLogger(__name__)
@@ -29,55 +30,53 @@ RETRY_INTERVAL = 2.0
 
 
 class RevocationOutbox:
-    def __init__(self, directory_path: Path, nodes: NodeDirectory) -> None:
-        self.path = directory_path
-        self.path.mkdir(parents=True, exist_ok=True)
+    def __init__(self, state: AggregatorState, nodes: NodeDirectory) -> None:
+        self.state = state
         self.nodes = nodes
-        # digest -> the request every node gets (revocation and the consent it revokes)
-        self._revoked: dict[bytes, node_pb2.RevokeConsentRequest] = {}
-        # digest -> cities that still need it
-        self._pending: dict[bytes, set[City]] = {}
-        for f in sorted(self.path.glob("*.revocation")):
-            env = node_pb2.RevokeConsentRequest()
-            try:
-                env.ParseFromString(f.read_bytes())
-                digest = bytes.fromhex(f.stem)
-            except ValueError:
-                log.warning("ignoring unreadable revocation file %s", f.name)
-                continue
-            self._revoked[digest] = env
-            delivered = {City.parse(c) for c in _read_marks(f)}
-            self._pending[digest] = set(self.nodes.links) - delivered
+        # Revocations are permanent: a consent once seen revoked needs no
+        # second look. Anything not here is looked up in the database.
+        self._known: set[bytes] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def is_revoked(self, consent_digest: bytes) -> bool:
-        return consent_digest in self._revoked
+    async def is_revoked(self, consent_digest: bytes) -> bool:
+        """Whether any replica accepted a revocation of the consent (raises aggregator.database)."""
+        if consent_digest in self._known:
+            return True
+        if await asyncio.to_thread(self.state.is_revoked, consent_digest):
+            self._known.add(consent_digest)
+            return True
+        return False
 
     async def publish(
         self, rev: VerifiedRevocation, consent: envelope_pb2.SignedEnvelope
     ) -> list[aggregator_pb2.RevocationDelivery]:
         digest = rev.consent_digest
-        if digest not in self._revoked:
-            file = self.path / f"{digest.hex()}.revocation"
-            request = node_pb2.RevokeConsentRequest(revocation=rev.envelope, consent=consent)
-            await asyncio.to_thread(_write_atomic, file, request.SerializeToString())
-            self._revoked[digest] = request
-            self._pending[digest] = set(self.nodes.links)
-        results = await asyncio.gather(*(self._deliver(digest, link) for link in self.nodes.links.values()))
+        request = node_pb2.RevokeConsentRequest(revocation=rev.envelope, consent=consent)
+        # Committed before anything is delivered or answered: once the bank
+        # hears it was accepted, every replica refuses the consent.
+        await asyncio.to_thread(self.state.add_revocation, digest, request)
+        self._known.add(digest)
+        kept = await asyncio.to_thread(self.state.revocation, digest) or request
+        results = await asyncio.gather(
+            *(self._deliver(digest, kept, link) for link in self.nodes.links.values())
+        )
         return list(results)
 
-    async def _deliver(self, digest: bytes, link: NodeLink) -> aggregator_pb2.RevocationDelivery:
-        request = self._revoked[digest]
+    async def _deliver(
+        self, digest: bytes, request: node_pb2.RevokeConsentRequest, link: NodeLink
+    ) -> aggregator_pb2.RevocationDelivery:
         try:
             await link.stub.RevokeConsent(request, timeout=DELIVERY_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             return aggregator_pb2.RevocationDelivery(
                 city=link.city.proto, delivered=False, error=f"{exc.code().name}: will retry"
             )
-        pending = self._pending.get(digest)
-        if pending is not None and link.city in pending:
-            pending.discard(link.city)
-            await asyncio.to_thread(_mark, self.path / f"{digest.hex()}.revocation", link.city)
+        try:
+            await asyncio.to_thread(self.state.mark_delivered, digest, link.city)
+        except CreditnetError:
+            # Delivered but not marked: the retry loop delivers it again
+            # (a node takes a revocation it holds as a no-op).
+            log.warning("could not mark a revocation delivered to %s", link.city.value)
         return aggregator_pb2.RevocationDelivery(city=link.city.proto, delivered=True)
 
     def start(self) -> None:
@@ -89,34 +88,18 @@ class RevocationOutbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def retry_once(self) -> None:
+        """Deliver every revocation a member node has not acknowledged."""
+        for pending in await asyncio.to_thread(self.state.pending, list(self.nodes.links)):
+            for city in pending.cities:
+                link = self.nodes.get(city)
+                if link is not None:
+                    await self._deliver(pending.digest, pending.request, link)
+
     async def _retry_loop(self) -> None:
         while True:
             await asyncio.sleep(RETRY_INTERVAL)
-            for digest, cities in list(self._pending.items()):
-                for city in list(cities):
-                    link = self.nodes.get(city)
-                    if link is not None:
-                        await self._deliver(digest, link)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _marks_file(path: Path) -> Path:
-    return path.with_suffix(".delivered")
-
-
-def _read_marks(path: Path) -> list[str]:
-    f = _marks_file(path)
-    return f.read_text().split() if f.exists() else []
-
-
-def _mark(path: Path, city: City) -> None:
-    with open(_marks_file(path), "a") as fh:
-        fh.write(city.value + "\n")
+            try:
+                await self.retry_once()
+            except CreditnetError as exc:
+                log.warning("revocation retry skipped: %s", exc.reason)

@@ -19,6 +19,7 @@ from creditnet.aggregator.directory import BankOfCall, NodeDirectory
 from creditnet.aggregator.head import NetworkCheckpointer
 from creditnet.aggregator.routing import Router
 from creditnet.aggregator.service import AggregatorService
+from creditnet.aggregator.state import AggregatorState, sqlite_url
 from creditnet.chain.keys import LogKey
 from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import AggregatorConfig
@@ -32,7 +33,6 @@ from creditnet.observability import AggregatorMetrics, server_interceptors
 from creditnet.pki import Identity, TrustStore, node_server_name
 from creditnet.routing import RoutingKey
 from creditnet.rpc import ServerHandle, start_server
-from creditnet.store import Store
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
@@ -106,7 +106,7 @@ class RunningAggregator:
     service: AggregatorService
     directory: NodeDirectory
     metrics: AggregatorMetrics
-    store: Store | None = None
+    state: AggregatorState | None = None
     served_directory: ServedDirectory | None = None
     follower: DirectoryFollower | None = None
 
@@ -126,8 +126,8 @@ class RunningAggregator:
             await self.served_directory.stop()
         await self.handle.stop(grace)
         await self.directory.close()
-        if self.store is not None:
-            self.store.close()
+        if self.state is not None:
+            self.state.close()
         self.metrics.close()
 
 
@@ -138,6 +138,14 @@ async def start_aggregator(
     limits = Limits.from_env() if limits is None else limits
     identity = Identity.load(config.cert, config.key)
     trust = TrustStore.load(config.ca)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    # Replicas share one database (config.database_url); alone, a SQLite file.
+    state = await asyncio.to_thread(AggregatorState.open, config.database_url or sqlite_url(config.state_dir))
+    try:
+        await asyncio.to_thread(state.adopt_files, config.state_dir)
+    except BaseException:
+        state.close()
+        raise
     directory = NodeDirectory(config.nodes, identity, trust)
     metrics = AggregatorMetrics(config.nodes)
     metrics.watch_directory(directory.load)
@@ -145,25 +153,21 @@ async def start_aggregator(
         identity=identity,
         trust=trust,
         directory=directory,
-        state_dir=config.state_dir,
+        state=state,
         default_timeout=config.default_timeout,
         metrics=metrics,
     )
     if config.routing_key is not None:
         service.router = Router(directory, service.verifier, RoutingKey.load(config.routing_key))
-    store: Store | None = None
     witness_service: WitnessService | None = None
     names = [SERVICE_NAME]
     if config.log_key is not None and config.log_cert is not None:
         # The aggregator witnesses every city's log and heads the network chain.
         log_key = LogKey.load(config.log_cert, config.log_key)
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        store = Store.open(f"sqlite:///{config.state_dir / 'witness.db'}", migrate=True)
-        witness = Witness(store, log_key)
+        # Replicas witness with one key on one database (shared: no cached state).
+        witness = Witness(state.store, log_key, shared=True)
         witness_service = WitnessService(witness, trust)
-        service.head = NetworkCheckpointer(
-            directory, trust, log_key, witness, config.state_dir / "network-head.json", config.quorum
-        )
+        service.head = NetworkCheckpointer(directory, trust, log_key, witness, state, config.quorum)
         names.append(chain_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name)
 
     served: ServedDirectory | None = None
@@ -218,7 +222,7 @@ async def start_aggregator(
         service=service,
         directory=directory,
         metrics=metrics,
-        store=store,
+        state=state,
         served_directory=served,
         follower=follower,
     )

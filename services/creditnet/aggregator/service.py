@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import time
-from pathlib import Path
 
 import grpc
 
@@ -16,6 +15,7 @@ from creditnet.aggregator.directory import NodeDirectory, NodeLink
 from creditnet.aggregator.head import NetworkCheckpointer
 from creditnet.aggregator.revocations import RevocationOutbox
 from creditnet.aggregator.routing import Decision, Router
+from creditnet.aggregator.state import AggregatorState
 from creditnet.chain.keys import log_origin
 from creditnet.consent import verify_revocation
 from creditnet.dates import ts_to_proto, utcnow
@@ -47,7 +47,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         identity: Identity,
         trust: TrustStore,
         directory: NodeDirectory,
-        state_dir: Path,
+        state: AggregatorState,
         default_timeout: float = 10.0,
         metrics: AggregatorMetrics | None = None,
     ) -> None:
@@ -56,7 +56,8 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self.peers = PeerIdentities(trust)
         self.directory = directory
         self.default_timeout = default_timeout
-        self.outbox = RevocationOutbox(state_dir / "revocations", directory)
+        self.state = state
+        self.outbox = RevocationOutbox(state, directory)
         self.head: NetworkCheckpointer | None = None
         self.metrics = metrics
         # Routing by the nodes' membership filters (None: no routing key, every city is asked).
@@ -79,7 +80,10 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
                 "query.sender", "this query was signed by another bank; a bank sends only its own queries"
             )
         bind_query_id(aq.terms.query_id)
-        if self.outbox.is_revoked(aq.consent.digest):
+        # Read through to the database every replica writes: a revocation
+        # accepted by another replica a moment ago counts (aggregator.database
+        # when the database cannot say, rather than answering without it).
+        if await self.outbox.is_revoked(aq.consent.digest):
             raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
         remaining = caller.remaining()
         budget = self.default_timeout if remaining is None else max(0.0, remaining - DEADLINE_MARGIN)
@@ -206,9 +210,12 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self, request: S.GetNetworkCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> S.GetNetworkCheckpointResponse:
         self.peers.role(context)
-        if self.head is None or not self.head.head.note:
+        if self.head is None:
             raise FailedPrecondition("chain.unpublished", "no network checkpoint has been made yet")
-        head = self.head.head
+        # The committed head, whichever replica signed it.
+        head = await asyncio.to_thread(self.state.head)
+        if not head.note:
+            raise FailedPrecondition("chain.unpublished", "no network checkpoint has been made yet")
         cities = sorted(head.city_notes)
         # Everything a verifier needs besides the CA certificate: the national
         # key, and each city's log key and witnesses (docs/chain.md).

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from creditnet.chain.checkpoint import SignedCheckpoint, cosign, open_checkpoint
 from creditnet.chain.keys import LogKey, known_key, log_origin
@@ -27,7 +28,13 @@ from creditnet.chain.merkle import ProofError, verify_consistency
 from creditnet.chain.models import EVIDENCE, WITNESS
 from creditnet.chain.note import NoteError
 from creditnet.dates import ts_to_proto, utcnow
-from creditnet.errors import CreditnetError, FailedPrecondition, InvalidArgument, PermissionDenied
+from creditnet.errors import (
+    CreditnetError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+)
 from creditnet.pki import TrustStore
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.store import Store
@@ -47,11 +54,19 @@ class WitnessedState:
 
 
 class Witness:
-    """Witness state and evidence, on a store's database."""
+    """Witness state and evidence, on a store's database.
 
-    def __init__(self, store: Store, key: LogKey) -> None:
+    `shared`: other processes (aggregator replicas) witness with the same key
+    on the same database. The state is then read from the database for every
+    checkpoint, not kept in memory, and the compare-and-set that advances it
+    (committed before the cosignature is made) is what makes one of two
+    replicas offered different checkpoints of one size refuse.
+    """
+
+    def __init__(self, store: Store, key: LogKey, *, shared: bool = False) -> None:
         self.store = store
         self.key = key
+        self.shared = shared
         # Built once: a signer derives its key id, which every cosignature carries.
         self._signer = key.witness_signer
         # Per log: one checkpoint at a time, and the state kept in memory
@@ -79,17 +94,25 @@ class Witness:
             "note": new.encode(),
             "updated_at": utcnow(),
         }
-        with self.store.write_transaction() as conn:
-            if old is None:
-                conn.execute(insert(WITNESS).values(origin=origin, **values))
-            else:
-                moved = conn.execute(
-                    update(WITNESS)
-                    .where(WITNESS.c.origin == origin, WITNESS.c.size == old.size)
-                    .values(**values)
-                ).rowcount
-                if moved != 1:
-                    raise FailedPrecondition("witness.conflict", "the witness state moved meanwhile; retry")
+        conflict = FailedPrecondition("witness.conflict", "the witness state moved meanwhile; retry")
+        try:
+            with self.store.write_transaction() as conn:
+                if old is None:
+                    conn.execute(insert(WITNESS).values(origin=origin, **values))
+                else:
+                    # Compare-and-set: the row is locked by the update, and a
+                    # concurrent one re-reads it after the first commits.
+                    moved = conn.execute(
+                        update(WITNESS)
+                        .where(
+                            WITNESS.c.origin == origin, WITNESS.c.size == old.size, WITNESS.c.root == old.root
+                        )
+                        .values(**values)
+                    ).rowcount
+                    if moved != 1:
+                        raise conflict
+        except IntegrityError:
+            raise conflict from None
 
     def record_evidence(self, origin: str, kind: str, first: str, second: str, detail: str) -> None:
         with self.store.write_transaction() as conn:
@@ -138,47 +161,66 @@ class Witness:
             raise InvalidArgument("witness.old_size", "old_size is larger than the checkpoint's size")
         loop = asyncio.get_running_loop()
         async with self._locks.setdefault(origin, asyncio.Lock()):
-            if origin not in self._states:
-                self._states[origin] = await loop.run_in_executor(self._db, self.state, origin)
-            old = self._states[origin]
-            held = old.size if old else 0
-            if req.old_size != held:
-                raise _Conflict(held)
-            if old is not None and new.checkpoint.size == old.size:
-                if new.checkpoint.root_hash != old.root:
-                    await asyncio.to_thread(
-                        self.record_evidence,
-                        origin,
-                        "split_view",
-                        old.note,
-                        new.encode(),
-                        f"two checkpoints of size {old.size} with different roots",
-                    )
-                    raise FailedPrecondition(
-                        "witness.split_view", "a different checkpoint of this size was cosigned before"
-                    )
-            elif old is not None:
-                try:
-                    verify_consistency(
-                        old.size,
-                        new.checkpoint.size,
-                        list(req.consistency_proof),
-                        old.root,
-                        new.checkpoint.root_hash,
-                    )
-                except ProofError as exc:
-                    await asyncio.to_thread(
-                        self.record_evidence, origin, "inconsistent", old.note, new.encode(), str(exc)
-                    )
-                    raise FailedPrecondition(
-                        "witness.inconsistent",
-                        "the checkpoint is not consistent with the one cosigned before",
-                    ) from None
-            if old is None or new.checkpoint.size > old.size:
-                await loop.run_in_executor(self._db, self._advance, origin, old, new)
-                self._states[origin] = WitnessedState(
-                    origin, new.checkpoint.size, new.checkpoint.root_hash, new.encode()
+            try:
+                return await self._add(loop, origin, new, req)
+            except SQLAlchemyError:
+                log.warning("the witness database failed on a checkpoint of %s", origin)
+                raise Unavailable(
+                    "witness.database", "the witness cannot reach its database; retry"
+                ) from None
+            except FailedPrecondition:
+                # Whatever moved the state, the next checkpoint is judged by the database's.
+                self._states.pop(origin, None)
+                raise
+
+    async def _add(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: str,
+        new: SignedCheckpoint,
+        req: chain_pb2.AddCheckpointRequest,
+    ) -> tuple[str, int | None]:
+        if self.shared or origin not in self._states:
+            self._states[origin] = await loop.run_in_executor(self._db, self.state, origin)
+        old = self._states[origin]
+        held = old.size if old else 0
+        if req.old_size != held:
+            raise _Conflict(held)
+        if old is not None and new.checkpoint.size == old.size:
+            if new.checkpoint.root_hash != old.root:
+                await asyncio.to_thread(
+                    self.record_evidence,
+                    origin,
+                    "split_view",
+                    old.note,
+                    new.encode(),
+                    f"two checkpoints of size {old.size} with different roots",
                 )
+                raise FailedPrecondition(
+                    "witness.split_view", "a different checkpoint of this size was cosigned before"
+                )
+        elif old is not None:
+            try:
+                verify_consistency(
+                    old.size,
+                    new.checkpoint.size,
+                    list(req.consistency_proof),
+                    old.root,
+                    new.checkpoint.root_hash,
+                )
+            except ProofError as exc:
+                await asyncio.to_thread(
+                    self.record_evidence, origin, "inconsistent", old.note, new.encode(), str(exc)
+                )
+                raise FailedPrecondition(
+                    "witness.inconsistent",
+                    "the checkpoint is not consistent with the one cosigned before",
+                ) from None
+        if old is None or new.checkpoint.size > old.size:
+            await loop.run_in_executor(self._db, self._advance, origin, old, new)
+            self._states[origin] = WitnessedState(
+                origin, new.checkpoint.size, new.checkpoint.root_hash, new.encode()
+            )
         cosig = cosign(new.checkpoint, self._signer)
         return cosig.encode(), None
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 from google.protobuf.message import DecodeError
 
@@ -139,7 +141,11 @@ def revoke(
     out: Annotated[Path, typer.Option(help="Where to write the signed revocation.")],
     reason: Annotated[str, typer.Option(help="Why (kept with the revocation).")] = "",
     aggregator: Annotated[
-        str | None, typer.Option(help="Also deliver it through this aggregator (HOST:PORT) to every node.")
+        list[str] | None,
+        typer.Option(
+            help="Also deliver it through this aggregator (HOST:PORT) to every node; repeat it for "
+            "replicas, tried in turn while one is unavailable."
+        ),
     ] = None,
     ca: Annotated[
         Path | None, typer.Option(help="The network CA certificate (needed with --aggregator).")
@@ -153,7 +159,8 @@ def revoke(
         env = consent_mod.revoke(ident, consent_env, reason=reason)
         save_envelope(env, out)
         console.print(f"revocation written to {out}")
-        if aggregator is None:
+        endpoints = [e.strip() for item in aggregator or [] for e in item.split(",") if e.strip()]
+        if not endpoints:
             return
         if ca is None:
             fail("--ca is required with --aggregator")
@@ -162,13 +169,21 @@ def revoke(
         async def deliver() -> aggregator_pb2.BroadcastRevocationResponse:
             from creditnet.rpc import secure_channel
 
-            async with secure_channel(aggregator, ident, trust, AGGREGATOR_SERVER_NAME) as ch:
-                stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
-                resp: aggregator_pb2.BroadcastRevocationResponse = await stub.BroadcastRevocation(
-                    aggregator_pb2.BroadcastRevocationRequest(revocation=env, consent=consent_env),
-                    timeout=timeout,
-                )
-                return resp
+            deadline = time.monotonic() + timeout
+            for i, endpoint in enumerate(endpoints):
+                async with secure_channel(endpoint, ident, trust, AGGREGATOR_SERVER_NAME) as ch:
+                    stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
+                    try:
+                        resp: aggregator_pb2.BroadcastRevocationResponse = await stub.BroadcastRevocation(
+                            aggregator_pb2.BroadcastRevocationRequest(revocation=env, consent=consent_env),
+                            timeout=max(deadline - time.monotonic(), 0.001),
+                        )
+                        return resp
+                    except grpc.aio.AioRpcError as exc:
+                        # Unavailable: the next replica, within the one deadline; a refusal is the answer.
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE or i == len(endpoints) - 1:
+                            raise
+            raise AssertionError("unreachable")
 
         resp = asyncio.run(deliver())
         for d in resp.deliveries:

@@ -76,7 +76,8 @@ def init(
         list[str] | None, typer.Option(help="CODE=HOST:PORT (repeatable); default 127.0.0.1:7100, 7101, ...")
     ] = None,
     aggregator_endpoint: Annotated[
-        str | None, typer.Option(help="HOST:PORT of the national aggregator.")
+        str | None,
+        typer.Option(help="HOST:PORT of the national aggregator; comma-separated for its replicas."),
     ] = None,
     governance: Annotated[
         str, typer.Option(help="Governance key names, comma-separated.")
@@ -118,7 +119,7 @@ def init(
             out,
             codes=codes,
             endpoints=given,
-            aggregator_endpoint=agg_ep,
+            aggregator_endpoint=[e.strip() for e in agg_ep.split(",") if e.strip()] if agg_ep else None,
             governance=names,
             threshold=threshold,
             policy=policy,

@@ -335,7 +335,15 @@ def run_aggregator(
     cert: Annotated[Path | None, typer.Option(help="Aggregator certificate.")] = None,
     key: Annotated[Path | None, typer.Option(help="Aggregator key.")] = None,
     ca: Annotated[Path | None, typer.Option(help="Network CA certificate.")] = None,
-    state_dir: Annotated[Path, typer.Option(help="Where revocations are kept.")] = Path("aggregator-state"),
+    state_dir: Annotated[
+        Path, typer.Option(help="The aggregator's state (its SQLite database unless --database-url).")
+    ] = Path("aggregator-state"),
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The database replicas share (postgresql+psycopg://…); default a file in --state-dir."
+        ),
+    ] = None,
     metrics_port: MetricsPortOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -355,7 +363,13 @@ def run_aggregator(
                 cfg = AggregatorConfig.load(config)
             elif nodes and cert and key and ca:
                 cfg = AggregatorConfig(
-                    listen=listen, cert=cert, key=key, ca=ca, nodes=parse_nodes(nodes), state_dir=state_dir
+                    listen=listen,
+                    cert=cert,
+                    key=key,
+                    ca=ca,
+                    nodes=parse_nodes(nodes),
+                    state_dir=state_dir,
+                    database_url=database_url,
                 )
             else:
                 fail("give --config, or --nodes with --cert, --key and --ca", EXIT_USAGE)

@@ -20,7 +20,13 @@ def query(
     purpose: Annotated[str, typer.Option(help="Must match the consent's purpose.")],
     categories: Annotated[str, typer.Option(help="Comma-separated; default all of the consent.")] = "",
     cities: Annotated[str, typer.Option(help="Comma-separated; default all of the consent.")] = "",
-    aggregator: Annotated[str | None, typer.Option(help="Aggregator HOST:PORT.")] = None,
+    aggregator: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Aggregator HOST:PORT; repeat it (or separate by commas) for replicas, tried in turn "
+            "within the deadline when one is unavailable."
+        ),
+    ] = None,
     cert: Annotated[Path | None, typer.Option(help="The bank's certificate.")] = None,
     key: Annotated[Path | None, typer.Option(help="The bank's private key.")] = None,
     ca: Annotated[Path | None, typer.Option(help="The network CA certificate.")] = None,

@@ -35,7 +35,7 @@ def init_directory(
     *,
     codes: Sequence[str],
     endpoints: Mapping[str, str],
-    aggregator_endpoint: str | None,
+    aggregator_endpoint: str | Sequence[str] | None,
     governance: Sequence[str],
     threshold: int,
     policy: Policy,
@@ -56,9 +56,11 @@ def init_directory(
         members.append(MemberSpec(code, (endpoints.get(code, f"127.0.0.1:{7100 + i}"),), log.certificate_der))
     national = keys.get(NATIONAL) or LogKey.issue(ca, NATIONAL)
     national.save(out / "logkeys" / f"{NATIONAL}.pem", out / "logkeys" / f"{NATIONAL}.key")
-    agg = MemberSpec(
-        NATIONAL, (aggregator_endpoint or DEFAULT_AGGREGATOR_ENDPOINT,), national.certificate_der
+    # Replicas of the aggregator are one member with several endpoints.
+    agg_endpoints = (
+        (aggregator_endpoint,) if isinstance(aggregator_endpoint, str) else tuple(aggregator_endpoint or ())
     )
+    agg = MemberSpec(NATIONAL, agg_endpoints or (DEFAULT_AGGREGATOR_ENDPOINT,), national.certificate_der)
     gov = issue_governance(ca, governance)
     for g in gov:
         g.save(out / "governance" / f"{g.role.subject}.pem", out / "governance" / f"{g.role.subject}.key")

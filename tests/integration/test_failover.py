@@ -1,0 +1,144 @@
+"""The bank SDK given several aggregator endpoints: it passes over one that is down, never a refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from creditnet.domain import Purpose
+from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, free_port, grant_demo_consent
+from creditnet.pki import TrustStore
+from creditnet_bank import BankClient, QueryRefused, SectionStatus
+from creditnet_bank.client import aggregator_endpoints
+
+ANSWERED = (SectionStatus.OK, SectionStatus.NO_RECORDS)
+
+
+@asynccontextmanager
+async def counting_listener() -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP port that accepts and drops connections, counting them: an endpoint that never answers."""
+    accepted: list[int] = []
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}", accepted
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_query_passes_over_an_endpoint_where_nothing_listens(
+    network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    async with BankClient(
+        aggregator=[dead, layout.aggregator_endpoint], identity=layout.bank(), trust=trust, timeout=10
+    ) as bank:
+        report = await bank.query(
+            layout.demo_enterprise, grant_demo_consent(layout), Purpose.LOAN_APPLICATION
+        )
+        assert all(s.status in ANSWERED for s in report.sections)
+        # The next call goes to the endpoint that answered.
+        assert bank.endpoints[bank._preferred] == layout.aggregator_endpoint
+
+
+async def test_a_refusal_is_an_answer_and_is_not_asked_of_another_endpoint(
+    network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    # The consent was granted to another bank: the aggregator refuses the query.
+    foreign = grant_demo_consent(layout, bank="B0002H231000002")
+    async with (
+        counting_listener() as (other, accepted),
+        BankClient(
+            aggregator=[layout.aggregator_endpoint, other], identity=layout.bank(), trust=trust, timeout=5
+        ) as bank,
+    ):
+        with pytest.raises(QueryRefused) as refused:
+            await bank.query(layout.demo_enterprise, foreign, Purpose.LOAN_APPLICATION)
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert accepted == []
+
+
+async def test_with_every_endpoint_down_the_query_fails_unavailable_within_its_deadline(
+    layout: NetworkLayout, trust: TrustStore
+) -> None:
+    async with (
+        counting_listener() as (first, accepted),
+        counting_listener() as (second, accepted_second),
+        BankClient(aggregator=[first, second], identity=layout.bank(), trust=trust) as bank,
+    ):
+        with pytest.raises(QueryRefused) as refused:
+            # wait_for only bounds a hang: the client gives up at its own deadline.
+            await asyncio.wait_for(
+                bank.query(
+                    layout.demo_enterprise,
+                    grant_demo_consent(layout),
+                    Purpose.LOAN_APPLICATION,
+                    timeout=1.5,
+                ),
+                10,
+            )
+    assert refused.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    # Both endpoints were tried.
+    assert accepted and accepted_second
+
+
+async def test_the_cli_takes_repeated_aggregator_endpoints_and_tries_each(
+    layout: NetworkLayout, tmp_path: Path
+) -> None:
+    bank = layout.data["identities"]["banks"][DEMO_BANK]
+    consent_file = tmp_path / "consent.json"
+    grant_demo_consent(layout, save_to=consent_file)
+    async with counting_listener() as (first, accepted), counting_listener() as (second, accepted_second):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "creditnet", "query",
+            "--uscc", layout.demo_enterprise, "--consent", str(consent_file), "--purpose", "loan_application",
+            "--aggregator", first, "--aggregator", second,
+            "--cert", str(layout.path(bank["cert"])), "--key", str(layout.path(bank["key"])),
+            "--ca", str(layout.ca), "--timeout", "1.5",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "query refused" in err.decode()
+    assert accepted and accepted_second
+
+
+async def test_a_revocation_is_delivered_through_the_next_aggregator_when_the_first_is_down(
+    network: InProcessNetwork, layout: NetworkLayout, tmp_path: Path
+) -> None:
+    enterprise = layout.data["identities"]["enterprises"][layout.demo_enterprise]
+    consent_file = tmp_path / "consent.json"
+    grant_demo_consent(layout, save_to=consent_file)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "creditnet", "consent", "revoke",
+        "--consent", str(consent_file), "--out", str(tmp_path / "revocation.json"),
+        "--cert", str(layout.path(enterprise["cert"])), "--key", str(layout.path(enterprise["key"])),
+        "--aggregator", f"127.0.0.1:{free_port()}", "--aggregator", layout.aggregator_endpoint,
+        "--ca", str(layout.ca),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    delivered = [line.split()[0] for line in out.decode().splitlines() if line.endswith(" delivered")]
+    assert delivered == [c.value for c in layout.cities]
+
+
+def test_endpoints_are_a_list_or_comma_separated_and_never_repeated() -> None:
+    assert aggregator_endpoints("a:1, b:2") == ["a:1", "b:2"]
+    assert aggregator_endpoints(["a:1", "b:2,c:3"]) == ["a:1", "b:2", "c:3"]
+    with pytest.raises(ValueError, match="no aggregator endpoint"):
+        aggregator_endpoints(" , ")
+    with pytest.raises(ValueError, match="given twice"):
+        aggregator_endpoints(["a:1", "a:1"])
