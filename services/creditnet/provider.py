@@ -1,4 +1,10 @@
-"""A data provider's client: stream records to its city node in batches."""
+"""A data provider's client: stream records to its city node in batches, each signed.
+
+Every batch goes with the provider's signed RecordBatch manifest over its
+records' exact bytes (docs/protocol.md, "Records signed at their source").
+A record without a provider_id gets the provider's own; one naming another
+provider is sent as is, and the node refuses its batch (batch.provider_id).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
+from creditnet import provenance
 from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.domain import City
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
@@ -38,16 +45,22 @@ async def submit_records(
     if role.kind is not RoleKind.PROVIDER or role.city is None:
         raise ValueError(f"submitting records needs a data-provider certificate, not {role.uri}")
     city: City = role.city
+    own_id = provenance.provider_id_of(role)
 
     async def batches() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
         batch: list[records_pb2.CreditRecord] = []
         for rec in records:
+            if not rec.provider_id:
+                owned = records_pb2.CreditRecord()
+                owned.CopyFrom(rec)
+                owned.provider_id = own_id
+                rec = owned
             batch.append(rec)
             if len(batch) >= batch_size:
-                yield node_pb2.SubmitRecordsRequest(records=batch)
+                yield await asyncio.to_thread(signed_request, identity, batch)
                 batch = []
         if batch:
-            yield node_pb2.SubmitRecordsRequest(records=batch)
+            yield await asyncio.to_thread(signed_request, identity, batch)
 
     async with secure_channel(endpoint, identity, trust, node_server_name(city)) as channel:
         stub = node_pb2_grpc.CityNodeServiceStub(channel)
@@ -75,6 +88,14 @@ async def submit_records(
                 raise
             raise _stream_cut(exc, sent) from None
         return response
+
+
+def signed_request(
+    identity: Identity, batch: list[records_pb2.CreditRecord]
+) -> node_pb2.SubmitRecordsRequest:
+    """One SubmitRecords message: the records and the provider's signed manifest over their bytes."""
+    manifest = provenance.sign_batch(identity, provenance.encode(batch))
+    return node_pb2.SubmitRecordsRequest(records=batch, manifest=manifest)
 
 
 def _stream_cut(exc: grpc.aio.AioRpcError, sent: int) -> grpc.aio.AioRpcError:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from creditnet import pilot
+from creditnet import pilot, provenance
 from creditnet import uscc as uscc_mod
 from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.dates import date_to_proto
@@ -153,17 +153,39 @@ async def submit_raw(layout: NetworkLayout, provider: Identity, trust: TrustStor
         return response
 
 
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field, as any encoder writes it."""
+    size, prefix = len(data), b""
+    while True:
+        byte = size & 0x7F
+        size >>= 7
+        prefix += bytes([byte | (0x80 if size else 0)])
+        if not size:
+            return bytes([number << 3 | 2]) + prefix + data
+
+
+def signed_message(provider: Identity, raws: list[bytes]) -> bytes:
+    """A SubmitRecords message of records' bytes as they are, with the provider's manifest over them."""
+    manifest = provenance.sign_batch(provider, raws)
+    return b"".join(_field(1, r) for r in raws) + _field(2, manifest.SerializeToString())
+
+
+def owned(provider: Identity, *recs: records_pb2.CreditRecord) -> list[bytes]:
+    for rec in recs:
+        rec.provider_id = provenance.provider_id_of(provider.role)
+    return provenance.encode(recs)
+
+
 async def test_an_undecodable_record_is_rejected_by_its_position_and_the_rest_of_its_batch_is_stored(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
     provider = issue_identity(ca, Role.provider(pilot.HEFEI, "grid-raw", [Category.UTILITY]))
     marker = "RAW-MARK-0"
-    batch = node_pb2.SubmitRecordsRequest(
-        records=[utility(f"raw-{i}", uscc) for i in range(3)] + [utility(marker, uscc)]
-    ).SerializeToString()
-    # The record id's bytes made invalid UTF-8, as a client with its own encoder may send them.
-    broken = batch.replace(marker.encode(), b"\xff\xfe" + marker.encode()[2:])
-    assert broken != batch
+    raws = owned(provider, *[utility(f"raw-{i}", uscc) for i in range(3)], utility(marker, uscc))
+    # The record id's bytes made invalid UTF-8, as a client with its own encoder may send them
+    # (and its provider signed them so).
+    raws[3] = raws[3].replace(marker.encode(), b"\xff\xfe" + marker.encode()[2:])
+    broken = signed_message(provider, raws)
     summary = node_pb2.SubmitRecordsResponse.FromString(await submit_raw(layout, provider, trust, broken))
     assert (summary.received, summary.accepted, summary.rejected) == (4, 3, 1)
     assert summary.rejections[0].index == 3 and "CreditRecord" in summary.rejections[0].reason
@@ -177,7 +199,7 @@ async def test_a_batch_of_more_records_than_the_maximum_is_refused_and_earlier_b
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
     provider = issue_identity(ca, Role.provider(pilot.HEFEI, "grid-big", [Category.UTILITY]))
-    first = node_pb2.SubmitRecordsRequest(records=[utility("big-0", uscc)]).SerializeToString()
+    first = signed_message(provider, owned(provider, utility("big-0", uscc)))
     # Empty records: two bytes each on the wire, many under the message size limit.
     oversized = b"\x0a\x00" * (MAX_BATCH_RECORDS + 1)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -190,7 +212,7 @@ async def test_a_batch_of_more_records_than_the_maximum_is_refused_and_earlier_b
     assert "big-0" in {r.record_id for r in stored}
     # As many as the maximum is one batch like any other.
     full = node_pb2.SubmitRecordsResponse.FromString(
-        await submit_raw(layout, provider, trust, b"\x0a\x00" * MAX_BATCH_RECORDS)
+        await submit_raw(layout, provider, trust, signed_message(provider, [b""] * MAX_BATCH_RECORDS))
     )
     assert (full.received, full.rejected) == (MAX_BATCH_RECORDS, MAX_BATCH_RECORDS)
     with pytest.raises(ValueError, match="batch"):
