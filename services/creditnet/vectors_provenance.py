@@ -167,7 +167,7 @@ def refused_cases(batch: Batch, enterprise_uscc: str) -> list[Refused]:
     forged = envelope_pb2.SignedEnvelope()
     forged.CopyFrom(batch.envelope)
     manifest = _manifest(batch)
-    manifest.record_count = 5
+    manifest.record_count += 1
     forged.payload = manifest.SerializeToString(deterministic=True)
     other_city = sign_batch(
         batch.other_city_provider.identity, batch.raw, batch_id=BATCH_ID, now=_signed_at(batch)
