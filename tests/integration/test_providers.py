@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
-from creditnet import pilot, provenance
+from creditnet import pilot
 from creditnet import uscc as uscc_mod
 from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.dates import date_to_proto
 from creditnet.domain import Category, City
 from creditnet.network import InProcessNetwork, NetworkLayout
-from creditnet.node.server import SUBMIT_RECORDS
-from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
+from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity, node_server_name
 from creditnet.provider import submit_records
 from creditnet.rpc import secure_channel
 from creditnet.v2 import node_pb2, records_pb2
+from tests.integration.provider_wire import owned, signed_message, submit_raw
 
 
 def utility(record_id: str, uscc: str, city: City = pilot.HEFEI, paid: int = 100) -> records_pb2.CreditRecord:
@@ -100,8 +99,6 @@ async def test_provider_of_another_city_is_refused(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
     nanjing = issue_identity(ca, Role.provider(pilot.NANJING, "nj-water", [Category.UTILITY]))
-    from creditnet.pki import node_server_name
-    from creditnet.rpc import secure_channel
     from creditnet.v2 import node_pb2, node_pb2_grpc
 
     async with secure_channel(
@@ -125,8 +122,6 @@ async def test_provider_of_another_city_is_refused(
 async def test_banks_cannot_submit_records(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore, uscc: str
 ) -> None:
-    from creditnet.pki import node_server_name
-    from creditnet.rpc import secure_channel
     from creditnet.v2 import node_pb2, node_pb2_grpc
 
     async with secure_channel(
@@ -138,42 +133,6 @@ async def test_banks_cannot_submit_records(
             )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert uscc_mod.is_valid(uscc)
-
-
-async def submit_raw(layout: NetworkLayout, provider: Identity, trust: TrustStore, *messages: bytes) -> bytes:
-    """A SubmitRecords stream of messages as they are on the wire; the response's bytes."""
-
-    async def stream() -> AsyncIterator[bytes]:
-        for message in messages:
-            yield message
-
-    endpoint = layout.node_endpoint(pilot.HEFEI)
-    async with secure_channel(endpoint, provider, trust, node_server_name(pilot.HEFEI)) as channel:
-        response: bytes = await channel.stream_unary(SUBMIT_RECORDS)(stream(), timeout=30)
-        return response
-
-
-def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited protobuf field, as any encoder writes it."""
-    size, prefix = len(data), b""
-    while True:
-        byte = size & 0x7F
-        size >>= 7
-        prefix += bytes([byte | (0x80 if size else 0)])
-        if not size:
-            return bytes([number << 3 | 2]) + prefix + data
-
-
-def signed_message(provider: Identity, raws: list[bytes]) -> bytes:
-    """A SubmitRecords message of records' bytes as they are, with the provider's manifest over them."""
-    manifest = provenance.sign_batch(provider, raws)
-    return b"".join(_field(1, r) for r in raws) + _field(2, manifest.SerializeToString())
-
-
-def owned(provider: Identity, *recs: records_pb2.CreditRecord) -> list[bytes]:
-    for rec in recs:
-        rec.provider_id = provenance.provider_id_of(provider.role)
-    return provenance.encode(recs)
 
 
 async def test_an_undecodable_record_is_rejected_by_its_position_and_the_rest_of_its_batch_is_stored(
