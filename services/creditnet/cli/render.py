@@ -45,8 +45,8 @@ def render_report(report: Report, console: Console) -> None:
     console.print(Panel(head, title=f"[bold]credit report — {title}[/]", expand=False))
 
     cities = Table(
-        title="per-city answers (each verified: the node's signature, and its credit-chain"
-        " receipt cosigned by witnesses)"
+        title="per-city answers (each verified: the node's signature, every record's provider"
+        " signature, and its credit-chain receipt cosigned by witnesses)"
     )
     for col in ("city", "status", "records", "as of", "latency", "credit chain", "routing", "reason"):
         cities.add_column(col)
