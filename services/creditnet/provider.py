@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import grpc
 
@@ -45,16 +45,10 @@ async def submit_records(
     if role.kind is not RoleKind.PROVIDER or role.city is None:
         raise ValueError(f"submitting records needs a data-provider certificate, not {role.uri}")
     city: City = role.city
-    own_id = provenance.provider_id_of(role)
 
     async def batches() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
         batch: list[records_pb2.CreditRecord] = []
         for rec in records:
-            if not rec.provider_id:
-                owned = records_pb2.CreditRecord()
-                owned.CopyFrom(rec)
-                owned.provider_id = own_id
-                rec = owned
             batch.append(rec)
             if len(batch) >= batch_size:
                 yield await asyncio.to_thread(signed_request, identity, batch)
@@ -91,11 +85,21 @@ async def submit_records(
 
 
 def signed_request(
-    identity: Identity, batch: list[records_pb2.CreditRecord]
+    identity: Identity, batch: Sequence[records_pb2.CreditRecord]
 ) -> node_pb2.SubmitRecordsRequest:
-    """One SubmitRecords message: the records and the provider's signed manifest over their bytes."""
-    manifest = provenance.sign_batch(identity, provenance.encode(batch))
-    return node_pb2.SubmitRecordsRequest(records=batch, manifest=manifest)
+    """One SubmitRecords message: the records (those without a provider_id get the provider's)
+    and the provider's signed manifest over their bytes. The caller's messages are not changed."""
+    own_id = provenance.provider_id_of(identity.role)
+    owned: list[records_pb2.CreditRecord] = []
+    for rec in batch:
+        if not rec.provider_id:
+            copy = records_pb2.CreditRecord()
+            copy.CopyFrom(rec)
+            copy.provider_id = own_id
+            rec = copy
+        owned.append(rec)
+    manifest = provenance.sign_batch(identity, provenance.encode(owned))
+    return node_pb2.SubmitRecordsRequest(records=owned, manifest=manifest)
 
 
 def _stream_cut(exc: grpc.aio.AioRpcError, sent: int) -> grpc.aio.AioRpcError:
