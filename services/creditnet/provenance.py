@@ -41,6 +41,7 @@ __all__ = [
     "provider_id_of",
     "sign_batch",
     "sign_records",
+    "split_path",
     "signed_batch",
     "tree",
     "verify_batch",
