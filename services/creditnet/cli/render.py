@@ -55,7 +55,10 @@ def render_report(report: Report, console: Console) -> None:
         cities.add_row(
             s.city.display,
             f"[{style}]{s.status.value}[/]",
-            str(len(s.records)),
+            # Records no provider signed are never shown, only counted.
+            f"{len(s.records)} (+{s.withheld_unsigned} unsigned, withheld)"
+            if s.withheld_unsigned
+            else str(len(s.records)),
             s.as_of.strftime("%Y-%m-%d %H:%M:%S") if s.as_of else "",
             f"{s.latency_ms} ms",
             f"logged #{s.ledger_index} ✓" if s.ledger_index is not None else "",
