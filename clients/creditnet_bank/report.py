@@ -124,6 +124,8 @@ class Report:
                     "as_of": s.as_of.isoformat() if s.as_of else None,
                     "categories": [c.value for c in s.categories],
                     "records": [record_to_json(r) for r in s.records],
+                    # Records the node holds but no provider signed: counted, never shown.
+                    "withheld_unsigned": s.withheld_unsigned,
                 }
                 for s in self.sections
             ],

@@ -31,6 +31,7 @@ from creditnet.errors import CreditnetError
 from creditnet.pki import RoleKind
 from creditnet.sealing import AnswerKeyPair, SealError, open_sealed
 from creditnet.v2 import aggregator_pb2, chain_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
+from creditnet_bank.provenance import proven_records
 
 
 class SectionStatus(enum.Enum):
@@ -68,6 +69,8 @@ class Section:
     data_to: dt.date | None = None
     profile: records_pb2.EnterpriseProfile | None = None
     records: list[records_pb2.CreditRecord] = field(default_factory=list)
+    # Records the node holds in scope but withheld: no provider signature covers them.
+    withheld_unsigned: int = 0
     # The node's signed answer, kept so the bank can show it to others.
     answer: envelope_pb2.SignedEnvelope | None = None
     # The credit-chain receipt proving the access was logged, and where.
@@ -267,7 +270,9 @@ def _verify_answer(
     data_from, data_to = date_from_proto(answer.data_from), date_from_proto(answer.data_to)
     if data_from < terms.data_from or data_to > terms.data_to:
         raise AnswerInvalid("answer covers a period outside the consent")
-    for rec in answer.records:
+    # Every record as its provider signed it, or the section is INVALID.
+    records = proven_records(verifier, answer, base.city)
+    for rec in records:
         field_name = rec.WhichOneof("detail")
         if field_name is None or Category.from_oneof_field(field_name) not in categories:
             raise AnswerInvalid("a record lies outside the disclosed categories")
@@ -279,7 +284,8 @@ def _verify_answer(
     base.categories = categories
     base.data_from, base.data_to = data_from, data_to
     base.profile = answer.profile if answer.HasField("profile") else None
-    base.records = list(answer.records)
+    base.records = records
+    base.withheld_unsigned = answer.withheld_unsigned
     base.answer = env
     base.status = SectionStatus.OK if (base.records or base.profile) else SectionStatus.NO_RECORDS
     return base

@@ -8,6 +8,10 @@ own: the ones that fail are rejected by position like any other invalid
 record, and the rest are stored as usual. The number of records is counted
 from their tags before any of them is decoded, so an oversized batch costs
 no decoding at all.
+
+Each record's bytes are kept exactly as they came: the provider's signed
+manifest (`manifest`, field 2) commits to them, and the node hashes, stores and
+discloses those bytes, never a re-serialisation.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
-from creditnet.v2 import node_pb2, records_pb2
+from creditnet.v2 import envelope_pb2, node_pb2, records_pb2
 
 # Records in one SubmitRecords message; more is refused (provider.batch_size)
 # before any is read. The provider CLI's largest --batch-size.
 MAX_BATCH_RECORDS: Final = 10_000
 _RECORDS_FIELD: Final = 1
+_MANIFEST_FIELD: Final = 2
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
@@ -40,6 +45,8 @@ class Batch:
     parsed: list[records_pb2.CreditRecord] | None = None
     # Records the message holds; beyond MAX_BATCH_RECORDS none was kept.
     count: int = 0
+    # The provider-signed RecordBatch manifest, None when the message has none.
+    manifest: envelope_pb2.SignedEnvelope | None = None
 
     @property
     def oversized(self) -> bool:
@@ -60,12 +67,21 @@ class Batch:
                 out.append(None)
         return out
 
+    def records_bytes(self) -> list[bytes]:
+        """Each record's bytes as received (re-encoded only for a request parsed whole)."""
+        if self.parsed is not None:
+            # Only a server registered without `read_batch` gets here; bytes
+            # that differ from the signed ones fail the root check (batch.root).
+            return [r.SerializeToString() for r in self.parsed]
+        return self.raw
+
     @classmethod
     def of(cls, request: node_pb2.SubmitRecordsRequest | Batch) -> Batch:
         """A batch from an already parsed request too (a server registered without `read_batch`)."""
         if isinstance(request, Batch):
             return request
-        return cls(parsed=list(request.records), count=len(request.records))
+        manifest = request.manifest if request.HasField("manifest") else None
+        return cls(parsed=list(request.records), count=len(request.records), manifest=manifest)
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -112,13 +128,26 @@ def _fields(data: bytes) -> list[tuple[int, int, int, int]]:
 def read_batch(raw: bytes) -> Batch:
     """The batch in the bytes of a SubmitRecordsRequest; MalformedBatch if they are not one."""
     records: list[tuple[int, int]] = []
+    manifest: tuple[int, int] | None = None
     for number, wire, start, end in _fields(raw):
-        if number != _RECORDS_FIELD:
+        if number not in (_RECORDS_FIELD, _MANIFEST_FIELD):
             continue  # unknown fields, as protobuf parsers skip them
         if wire != _LENGTH:
-            raise MalformedBatch("records with another wire type")
-        records.append((start, end))
+            raise MalformedBatch("records or manifest with another wire type")
+        if number == _RECORDS_FIELD:
+            records.append((start, end))
+        else:
+            # A repeated singular message field: protobuf merges; refused
+            # here, as a manifest is signed whole.
+            if manifest is not None:
+                raise MalformedBatch("more than one manifest")
+            manifest = (start, end)
     batch = Batch(count=len(records))
+    if manifest is not None:
+        try:
+            batch.manifest = envelope_pb2.SignedEnvelope.FromString(raw[manifest[0] : manifest[1]])
+        except DecodeError:
+            raise MalformedBatch("the manifest is not a SignedEnvelope") from None
     if not batch.oversized:
         # Only sliced here, in the deserializer on the event loop; decoding
         # is left for the node's worker thread.

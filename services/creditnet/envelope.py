@@ -36,8 +36,17 @@ QUERY_TYPE: Final = "application/vnd.creditnet.query.v2+protobuf"
 ANSWER_TYPE: Final = "application/vnd.creditnet.answer.v2+protobuf"
 HISTORY_REQUEST_TYPE: Final = "application/vnd.creditnet.history-request.v2+protobuf"
 MEMBERSHIP_FILTER_TYPE: Final = "application/vnd.creditnet.membership-filter.v2+protobuf"
+RECORD_BATCH_TYPE: Final = "application/vnd.creditnet.record-batch.v2+protobuf"
 PAYLOAD_TYPES: Final = frozenset(
-    {CONSENT_TYPE, REVOCATION_TYPE, QUERY_TYPE, ANSWER_TYPE, HISTORY_REQUEST_TYPE, MEMBERSHIP_FILTER_TYPE}
+    {
+        CONSENT_TYPE,
+        REVOCATION_TYPE,
+        QUERY_TYPE,
+        ANSWER_TYPE,
+        HISTORY_REQUEST_TYPE,
+        MEMBERSHIP_FILTER_TYPE,
+        RECORD_BATCH_TYPE,
+    }
 )
 
 MAX_PAYLOAD_BYTES: Final = 1 << 20

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from creditnet import consent as consent_mod
-from creditnet import pilot, synthetic
+from creditnet import pilot, provenance, synthetic
 from creditnet.aggregator.server import RunningAggregator, start_aggregator
 from creditnet.chain.keys import NATIONAL, LogKey
 from creditnet.chain.ledger import DEFAULT_QUORUM
@@ -402,6 +402,17 @@ def _node_database_urls(
     return urls
 
 
+def provisioned_provider(root: Path, city: City) -> Identity:
+    """The data-exchange provider identity provisioned for `city` (``providers/<code>-all``)."""
+    name = f"{city.value}-all"
+    return Identity.load(root / "providers" / f"{name}.pem", root / "providers" / f"{name}.key")
+
+
+def _ingest_signed(store: Store, provider: Identity, recs: list[records_pb2.CreditRecord]) -> None:
+    signed_records, signed = provenance.sign_records(provider, recs)
+    store.ingest(signed_records, signed.provider_id, signed=signed, leaves=range(len(signed_records)))
+
+
 def load_synthetic(
     root: Path,
     *,
@@ -423,6 +434,9 @@ def load_synthetic(
         for opened in stores.values():
             opened.close()
         raise
+    # Each city's records are signed by the data exchange provisioned for
+    # it, as if it had submitted them (docs/protocol.md, "Records signed at their source").
+    providers = {c: provisioned_provider(root, c) for c in members}
     batches: dict[City, list[records_pb2.CreditRecord]] = defaultdict(list)
     profiles: dict[City, list[records_pb2.EnterpriseProfile]] = defaultdict(list)
     counts: dict[City, int] = defaultdict(int)
@@ -437,14 +451,12 @@ def load_synthetic(
             city = City.from_proto(item.city)
             batches[city].append(item)
             if len(batches[city]) >= INGEST_BATCH:
-                stores[city].ingest(batches.pop(city), synthetic.provider_id(item))
+                _ingest_signed(stores[city], providers[city], batches.pop(city))
                 counts[city] += INGEST_BATCH
                 if progress:
                     progress(city.value, INGEST_BATCH)
         for city, recs in batches.items():
-            # Provider ids only record provenance; the generator names the
-            # data exchange each city's records came through.
-            stores[city].ingest(recs, synthetic.provider_id(recs[0]))
+            _ingest_signed(stores[city], providers[city], recs)
             counts[city] += len(recs)
             if progress:
                 progress(city.value, len(recs))

@@ -1,13 +1,20 @@
-"""A data provider's client: stream records to its city node in batches."""
+"""A data provider's client: stream records to its city node in batches, each signed.
+
+Every batch goes with the provider's signed RecordBatch manifest over its
+records' exact bytes (docs/protocol.md, "Records signed at their source").
+A record without a provider_id gets the provider's own; one naming another
+provider is sent as is, and the node refuses its batch (batch.provider_id).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import grpc
 
+from creditnet import provenance
 from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.domain import City
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
@@ -44,10 +51,10 @@ async def submit_records(
         for rec in records:
             batch.append(rec)
             if len(batch) >= batch_size:
-                yield node_pb2.SubmitRecordsRequest(records=batch)
+                yield await asyncio.to_thread(signed_request, identity, batch)
                 batch = []
         if batch:
-            yield node_pb2.SubmitRecordsRequest(records=batch)
+            yield await asyncio.to_thread(signed_request, identity, batch)
 
     async with secure_channel(endpoint, identity, trust, node_server_name(city)) as channel:
         stub = node_pb2_grpc.CityNodeServiceStub(channel)
@@ -75,6 +82,24 @@ async def submit_records(
                 raise
             raise _stream_cut(exc, sent) from None
         return response
+
+
+def signed_request(
+    identity: Identity, batch: Sequence[records_pb2.CreditRecord]
+) -> node_pb2.SubmitRecordsRequest:
+    """One SubmitRecords message: the records (those without a provider_id get the provider's)
+    and the provider's signed manifest over their bytes. The caller's messages are not changed."""
+    own_id = provenance.provider_id_of(identity.role)
+    owned: list[records_pb2.CreditRecord] = []
+    for rec in batch:
+        if not rec.provider_id:
+            copy = records_pb2.CreditRecord()
+            copy.CopyFrom(rec)
+            copy.provider_id = own_id
+            rec = copy
+        owned.append(rec)
+    manifest = provenance.sign_batch(identity, provenance.encode(owned))
+    return node_pb2.SubmitRecordsRequest(records=owned, manifest=manifest)
 
 
 def _stream_cut(exc: grpc.aio.AioRpcError, sent: int) -> grpc.aio.AioRpcError:

@@ -179,16 +179,30 @@ class Cast:
     node: Participant
     enterprise_expired: Participant
     enterprise_foreign: Participant
+    # Data providers: the signer of provenance.json's batch, and one of another city.
+    provider: Participant
+    provider_other_city: Participant
 
     @property
     def participants(self) -> tuple[Participant, ...]:
-        return (self.enterprise, self.bank, self.node, self.enterprise_expired, self.enterprise_foreign)
+        return (
+            self.enterprise,
+            self.bank,
+            self.node,
+            self.enterprise_expired,
+            self.enterprise_foreign,
+            self.provider,
+            self.provider_other_city,
+        )
 
 
 def make_cast() -> Cast:
+    from creditnet import vectors_provenance
+
     ca = make_ca("ca", "creditnet test-vector CA", 0x01)
     foreign = make_ca("foreign-ca", "a CA the network does not trust", 0x02)
     enterprise = Role.enterprise(ENTERPRISE_USCC)
+    provider, provider_other_city = vectors_provenance.provider_roles()
     return Cast(
         ca=ca,
         foreign_ca=foreign,
@@ -204,6 +218,8 @@ def make_cast() -> Cast:
             not_after=EXPIRED_NOT_AFTER,
         ),
         enterprise_foreign=make_participant("enterprise-foreign", foreign, enterprise, 0x2001),
+        provider=make_participant("provider-340100-exchange", ca, provider, 0x1006),
+        provider_other_city=make_participant("provider-310000-exchange", ca, provider_other_city, 0x1007),
     )
 
 
@@ -246,8 +262,19 @@ def query_envelope(
     )
 
 
-def answer_payload(query_env: envelope_pb2.SignedEnvelope) -> bytes:
+# When the provider signed the batch the answer discloses a record of.
+BATCH_SIGNED_AT: Final = dt.datetime(2025, 5, 2, 9, 0, 0, tzinfo=UTC)
+
+
+def provenance_batch(cast: Cast) -> Any:
+    from creditnet import vectors_provenance
+
+    return vectors_provenance.make_batch(cast, ENTERPRISE_USCC, BATCH_SIGNED_AT)
+
+
+def answer_payload(query_env: envelope_pb2.SignedEnvelope, cast: Cast) -> bytes:
     terms = consent_terms()
+    batch = provenance_batch(cast)
     answer = query_pb2.CityAnswer(
         query_id=QUERY_ID,
         query_digest=digest(query_env.payload),
@@ -265,19 +292,8 @@ def answer_payload(query_env: envelope_pb2.SignedEnvelope) -> bytes:
             registered_capital_fen=500_000_000,
             founded=common_pb2.Date(year=2016, month=3, day=8),
         ),
-        records=[
-            records_pb2.CreditRecord(
-                record_id="tax-2024-91340100MA2N0U3E6T",
-                enterprise_uscc=ENTERPRISE_USCC,
-                city=pilot.HEFEI.proto,
-                source="State Taxation Administration, Hefei",
-                provider_id="provider:340100-tax",
-                record_date=common_pb2.Date(year=2025, month=4, day=30),
-                tax=records_pb2.TaxRecord(
-                    year=2024, grade=records_pb2.TAX_GRADE_A, tax_paid_fen=123_456_700, arrears_fen=0
-                ),
-            )
-        ],
+        batches=[batch.envelope],
+        proven_records=[batch.proven(0)],
     )
     return answer.SerializeToString(deterministic=True)
 
@@ -302,7 +318,7 @@ def make_envelopes(cast: Cast) -> Envelopes:
             now=VERIFY_AT - dt.timedelta(hours=1),
         ),
         query=query_env,
-        answer=sign(ANSWER_TYPE, answer_payload(query_env), cast.node.identity),
+        answer=sign(ANSWER_TYPE, answer_payload(query_env, cast), cast.node.identity),
     )
 
 
@@ -747,7 +763,7 @@ def generate() -> dict[str, bytes]:
     other_node = make_participant("node-320100", cast.ca, Role.node(pilot.NANJING), 0x1005)
     envs = make_envelopes(cast)
     chain = vectors_chain.make_chain(cast, envs)
-    sealed_cases = vectors_sealed.make_cases(cast.bank.identity, cast.node.identity, envs.consent)
+    sealed_cases = vectors_sealed.make_cases(cast, envs.consent)
     return render(
         cast,
         envs,
@@ -757,8 +773,17 @@ def generate() -> dict[str, bytes]:
             **vectors_chain.render(chain, vectors_chain.make_chain_negatives(chain)),
             "sealed.json": vectors_sealed.render(sealed_cases, message_json),
             "routing.json": vectors_routing.render(cast, VERIFY_AT, other_node),
+            "provenance.json": _provenance(cast),
         },
     )
+
+
+def _provenance(cast: Cast) -> Any:
+    from creditnet import vectors_provenance
+
+    batch = provenance_batch(cast)
+    refused = vectors_provenance.refused_cases(batch, ENTERPRISE_USCC)
+    return vectors_provenance.render(batch, refused, message_json, time_text(VERIFY_AT))
 
 
 def default_directory() -> Path:

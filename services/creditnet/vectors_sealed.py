@@ -28,7 +28,6 @@ from typing import Any, Final
 from creditnet import pilot
 from creditnet.domain import City
 from creditnet.envelope import digest
-from creditnet.pki import Identity
 from creditnet.sealing import (
     DEFAULT_SUITE,
     INFO_LABEL,
@@ -183,14 +182,17 @@ def render(cases: Sequence[SealedCase], message_json: Any) -> dict[str, Any]:
     }
 
 
-def make_cases(bank: Identity, node: Identity, consent: envelope_pb2.SignedEnvelope) -> list[SealedCase]:
+def make_cases(cast: Any, consent: envelope_pb2.SignedEnvelope) -> list[SealedCase]:
+    """`cast` is the vectors' `Cast`: its bank asks, its node answers."""
     from creditnet import vectors
     from creditnet.envelope import ANSWER_TYPE, sign
 
     cases = []
+    node = cast.node.identity
     for suite in AnswerSuite:
-        q = vectors.query_envelope(bank, consent, suite=suite)
-        cases.append(SealedCase(suite, q, sign(ANSWER_TYPE, vectors.answer_payload(q), node), pilot.HEFEI))
+        q = vectors.query_envelope(cast.bank.identity, consent, suite=suite)
+        answer = sign(ANSWER_TYPE, vectors.answer_payload(q, cast), node)
+        cases.append(SealedCase(suite, q, answer, pilot.HEFEI))
     return cases
 
 
@@ -205,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("nothing to do: pass --reseal (python -m creditnet.vectors writes the vectors)")
     cast = vectors.make_cast()
     consent = consent_mod.grant(cast.enterprise.identity, vectors.consent_terms())
-    recorded = reseal(make_cases(cast.bank.identity, cast.node.identity, consent))
+    recorded = reseal(make_cases(cast, consent))
     RECORDED.write_text(json.dumps(recorded, indent=2) + "\n", "utf-8")
     print(RECORDED)
     return 0

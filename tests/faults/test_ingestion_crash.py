@@ -20,7 +20,7 @@ import pytest
 
 from creditnet.network import NetworkLayout
 from creditnet.pki import TrustStore, node_server_name
-from creditnet.provider import submit_records
+from creditnet.provider import signed_request, submit_records
 from creditnet.rpc import secure_channel
 from creditnet.v2 import node_pb2, node_pb2_grpc, records_pb2
 from tests.faults.conftest import FaultNetwork, eventually
@@ -57,7 +57,7 @@ async def test_killed_during_ingestion_keeps_whole_batches_only(
                 # Set first: the broken stream may cancel this generator at once.
                 killed.set()
                 await network.kill(CITY)
-            yield node_pb2.SubmitRecordsRequest(records=batch(f"{run}b", b, uscc))
+            yield signed_request(provider, batch(f"{run}b", b, uscc))
 
     async with secure_channel(endpoint, provider, fault_trust, node_server_name(CITY)) as channel:
         stub = node_pb2_grpc.CityNodeServiceStub(channel)

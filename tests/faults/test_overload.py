@@ -18,6 +18,7 @@ from creditnet.domain import Purpose
 from creditnet.limits import CONCURRENCY_RULE, RATE_LIMITED_RULE, RETRY_AFTER_KEY
 from creditnet.network import DEMO_BANK, SECOND_BANK, NetworkLayout, grant_demo_consent
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
+from creditnet.provider import signed_request
 from creditnet.rpc import MAX_RECEIVE_BYTES, secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
 from creditnet_bank import BankClient
@@ -88,7 +89,7 @@ async def test_calls_beyond_a_nodes_bound_are_refused_at_once_and_it_keeps_servi
 
     def holding_stream(run: str) -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
         async def stream() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
-            yield node_pb2.SubmitRecordsRequest(records=batch(run, 0, uscc))
+            yield signed_request(provider, batch(run, 0, uscc))
             await release.wait()
 
         return stream()

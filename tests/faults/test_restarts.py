@@ -13,6 +13,7 @@ from creditnet import pilot
 from creditnet.domain import Purpose
 from creditnet.network import NetworkLayout, grant_demo_consent
 from creditnet.pki import TrustStore, node_server_name
+from creditnet.provider import signed_request
 from creditnet.rpc import secure_channel
 from creditnet.v2 import node_pb2, node_pb2_grpc, query_pb2
 from creditnet_bank import BankClient, SectionStatus
@@ -117,7 +118,7 @@ async def test_sigterm_stops_a_node_within_the_grace_period_even_with_a_stream_l
     never = asyncio.Event()
 
     async def open_stream() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
-        yield node_pb2.SubmitRecordsRequest(records=batch(run, 0, enterprise(run)))
+        yield signed_request(provider, batch(run, 0, enterprise(run)))
         await never.wait()  # a provider that never finishes its stream
 
     provider = fault_layout.provider(city)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from creditnet import pilot
+from creditnet.domain import Category
 
 CLI = [sys.executable, "-m", "creditnet"]
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
@@ -66,9 +67,26 @@ def test_operator_and_enterprise_workflow(tmp_path: Path) -> None:
     run("data", "generate", "--out", str(data), "--enterprises", "15", "--seed", "3", "--city", "340100")
     rows = data.read_text(encoding="utf-8").count("\n")
     assert rows > 0
-    first = json.loads(run("node", "ingest", str(data), "--config", str(node / "node.json"), "--json").stdout)
+    # The city's data provider signs what the operator loads (protocol.md, "Records signed at their source").
+    provider = tmp_path / "exchange"
+    categories = ",".join(c.value for c in Category)
+    run(
+        *("pki", "issue", "--ca-dir", str(ca), "--role", "provider", "--city", "340100"),
+        *("--provider-id", "exchange", "--categories", categories, "--out", str(provider)),
+    )
+    signer = (
+        "--provider-cert",
+        str(provider.with_suffix(".pem")),
+        "--provider-key",
+        str(provider.with_suffix(".key")),
+    )
+    first = json.loads(
+        run("node", "ingest", str(data), "--config", str(node / "node.json"), "--json", *signer).stdout
+    )
     assert first["accepted"] == rows and first["rejected"] == 0
-    again = json.loads(run("node", "ingest", str(data), "--config", str(node / "node.json"), "--json").stdout)
+    again = json.loads(
+        run("node", "ingest", str(data), "--config", str(node / "node.json"), "--json", *signer).stdout
+    )
     assert (again["accepted"], again["duplicates"]) == (0, rows)
     stats = json.loads(run("node", "stats", "--config", str(node / "node.json"), "--json").stdout)
     assert stats["records"] == rows
@@ -84,14 +102,14 @@ def test_operator_and_enterprise_workflow(tmp_path: Path) -> None:
     mixed.write_text(
         "\n".join([json.dumps(good_record, ensure_ascii=False), "{not json", json.dumps(bad_record)]) + "\n"
     )
-    out = run("node", "ingest", str(mixed), "--config", str(node / "node.json"), "--json", check=3)
+    out = run("node", "ingest", str(mixed), "--config", str(node / "node.json"), "--json", *signer, check=3)
     summary = json.loads(out.stdout)
     assert (summary["accepted"], summary["rejected"]) == (1, 2)
     assert [r["line"] for r in summary["rejections"]] == [2, 3]
 
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(os.urandom(2048))
-    proc = run("node", "ingest", str(garbage), "--config", str(node / "node.json"), check=None)
+    proc = run("node", "ingest", str(garbage), "--config", str(node / "node.json"), *signer, check=None)
     assert proc.returncode != 0 and "error" in proc.stderr
     assert (
         json.loads(run("node", "stats", "--config", str(node / "node.json"), "--json").stdout)["records"]

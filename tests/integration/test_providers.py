@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -14,11 +13,11 @@ from creditnet.batches import MAX_BATCH_RECORDS
 from creditnet.dates import date_to_proto
 from creditnet.domain import Category, City
 from creditnet.network import InProcessNetwork, NetworkLayout
-from creditnet.node.server import SUBMIT_RECORDS
-from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
+from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity, node_server_name
 from creditnet.provider import submit_records
 from creditnet.rpc import secure_channel
 from creditnet.v2 import node_pb2, records_pb2
+from tests.integration.provider_wire import owned, signed_message, submit_raw
 
 
 def utility(record_id: str, uscc: str, city: City = pilot.HEFEI, paid: int = 100) -> records_pb2.CreditRecord:
@@ -100,8 +99,6 @@ async def test_provider_of_another_city_is_refused(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
     nanjing = issue_identity(ca, Role.provider(pilot.NANJING, "nj-water", [Category.UTILITY]))
-    from creditnet.pki import node_server_name
-    from creditnet.rpc import secure_channel
     from creditnet.v2 import node_pb2, node_pb2_grpc
 
     async with secure_channel(
@@ -125,8 +122,6 @@ async def test_provider_of_another_city_is_refused(
 async def test_banks_cannot_submit_records(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore, uscc: str
 ) -> None:
-    from creditnet.pki import node_server_name
-    from creditnet.rpc import secure_channel
     from creditnet.v2 import node_pb2, node_pb2_grpc
 
     async with secure_channel(
@@ -140,30 +135,16 @@ async def test_banks_cannot_submit_records(
     assert uscc_mod.is_valid(uscc)
 
 
-async def submit_raw(layout: NetworkLayout, provider: Identity, trust: TrustStore, *messages: bytes) -> bytes:
-    """A SubmitRecords stream of messages as they are on the wire; the response's bytes."""
-
-    async def stream() -> AsyncIterator[bytes]:
-        for message in messages:
-            yield message
-
-    endpoint = layout.node_endpoint(pilot.HEFEI)
-    async with secure_channel(endpoint, provider, trust, node_server_name(pilot.HEFEI)) as channel:
-        response: bytes = await channel.stream_unary(SUBMIT_RECORDS)(stream(), timeout=30)
-        return response
-
-
 async def test_an_undecodable_record_is_rejected_by_its_position_and_the_rest_of_its_batch_is_stored(
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
     provider = issue_identity(ca, Role.provider(pilot.HEFEI, "grid-raw", [Category.UTILITY]))
     marker = "RAW-MARK-0"
-    batch = node_pb2.SubmitRecordsRequest(
-        records=[utility(f"raw-{i}", uscc) for i in range(3)] + [utility(marker, uscc)]
-    ).SerializeToString()
-    # The record id's bytes made invalid UTF-8, as a client with its own encoder may send them.
-    broken = batch.replace(marker.encode(), b"\xff\xfe" + marker.encode()[2:])
-    assert broken != batch
+    raws = owned(provider, *[utility(f"raw-{i}", uscc) for i in range(3)], utility(marker, uscc))
+    # The record id's bytes made invalid UTF-8, as a client with its own encoder may send them
+    # (and its provider signed them so).
+    raws[3] = raws[3].replace(marker.encode(), b"\xff\xfe" + marker.encode()[2:])
+    broken = signed_message(provider, raws)
     summary = node_pb2.SubmitRecordsResponse.FromString(await submit_raw(layout, provider, trust, broken))
     assert (summary.received, summary.accepted, summary.rejected) == (4, 3, 1)
     assert summary.rejections[0].index == 3 and "CreditRecord" in summary.rejections[0].reason
@@ -177,7 +158,7 @@ async def test_a_batch_of_more_records_than_the_maximum_is_refused_and_earlier_b
     network: InProcessNetwork, layout: NetworkLayout, ca: CertificateAuthority, trust: TrustStore, uscc: str
 ) -> None:
     provider = issue_identity(ca, Role.provider(pilot.HEFEI, "grid-big", [Category.UTILITY]))
-    first = node_pb2.SubmitRecordsRequest(records=[utility("big-0", uscc)]).SerializeToString()
+    first = signed_message(provider, owned(provider, utility("big-0", uscc)))
     # Empty records: two bytes each on the wire, many under the message size limit.
     oversized = b"\x0a\x00" * (MAX_BATCH_RECORDS + 1)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -190,7 +171,7 @@ async def test_a_batch_of_more_records_than_the_maximum_is_refused_and_earlier_b
     assert "big-0" in {r.record_id for r in stored}
     # As many as the maximum is one batch like any other.
     full = node_pb2.SubmitRecordsResponse.FromString(
-        await submit_raw(layout, provider, trust, b"\x0a\x00" * MAX_BATCH_RECORDS)
+        await submit_raw(layout, provider, trust, signed_message(provider, [b""] * MAX_BATCH_RECORDS))
     )
     assert (full.received, full.rejected) == (MAX_BATCH_RECORDS, MAX_BATCH_RECORDS)
     with pytest.raises(ValueError, match="batch"):

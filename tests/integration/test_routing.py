@@ -37,6 +37,7 @@ from creditnet.pki import (
     issue_identity,
     node_server_name,
 )
+from creditnet.provider import signed_request
 from creditnet.routing import MAX_AGE
 from creditnet.rpc import secure_channel
 from creditnet.v2 import (
@@ -116,7 +117,7 @@ async def submit(layout: NetworkLayout, trust: TrustStore, city: City, uscc: str
     """A provider of `city` submits one record of `uscc` over SubmitRecords."""
 
     async def stream() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
-        yield node_pb2.SubmitRecordsRequest(records=[utility(uscc, city, f"route-{city.code}")])
+        yield signed_request(layout.provider(city), [utility(uscc, city, f"route-{city.code}")])
 
     async with secure_channel(
         layout.node_endpoint(city), layout.provider(city), trust, node_server_name(city)

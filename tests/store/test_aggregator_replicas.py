@@ -231,7 +231,7 @@ def test_an_aggregator_upgraded_from_files_keeps_its_chain_and_its_undelivered_r
     replicas: tuple[AggregatorState, AggregatorState], tmp_path: Path
 ) -> None:
     a, _ = replicas
-    # What an aggregator before revision 0005 left in its state directory.
+    # What an aggregator before revision 0006 left in its state directory.
     old = signed_next(NetworkHead(sequence=6), "a")
     (tmp_path / "network-head.json").write_text(
         json.dumps(

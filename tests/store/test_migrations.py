@@ -29,7 +29,7 @@ from creditnet.store.schema import revisions
 from tests.store.factories import PROVIDER, SOON, USCC_A, USCC_B, batch, profile, record
 
 ALL_TIME = (dt.date(1900, 1, 1), dt.date(2999, 12, 31))
-FIRST, SECOND, HEAD = "0001", "0002", "0005"
+FIRST, SECOND, HEAD = "0001", "0002", "0006"
 DIGEST = b"\x07" * 32
 NODE_TABLES = {"enterprises", "records", "query_uses", "consent_uses", "revocations"}
 CHAIN_TABLES = {
@@ -78,16 +78,14 @@ def execute(url: str, *statements: tuple[str, dict[str, object]]) -> None:
 
 
 def test_the_migrations_are_one_line_of_revisions() -> None:
-    assert revisions() == [FIRST, SECOND, "0003", "0004", HEAD]
+    assert revisions() == [FIRST, SECOND, "0003", "0004", "0005", HEAD]
     assert head_revision() == HEAD
 
 
 def test_migrating_creates_exactly_the_tables_the_models_describe(db_url: str) -> None:
     assert Store.migrate(db_url) == Migration(before=None, after=HEAD)
-    assert tables(db_url) == NODE_TABLES | CHAIN_TABLES | AGGREGATOR_TABLES | {
-        "record_counts",
-        "alembic_version",
-    }
+    later = {"record_counts", "record_batches", "alembic_version"}
+    assert tables(db_url) == NODE_TABLES | CHAIN_TABLES | AGGREGATOR_TABLES | later
     assert schema_drift(db_url) == []
     # Migrating again changes nothing.
     assert Store.migrate(db_url) == Migration(before=HEAD, after=HEAD)
@@ -244,6 +242,8 @@ def test_a_database_created_before_migrations_is_adopted(db_url: str) -> None:
             # Columns added by later revisions were not there yet.
             for column in ("query_digest", "answer", "ledger_index"):
                 conn.execute(sa.text(f"ALTER TABLE query_uses DROP COLUMN {column}"))
+            for column in ("batch", "leaf_index", "inclusion_path"):
+                conn.execute(sa.text(f"ALTER TABLE records DROP COLUMN {column}"))
     finally:
         engine.dispose()
     payload = record("legacy").SerializeToString()

@@ -16,14 +16,14 @@ import pytest
 from rich.console import Console
 
 from creditnet import consent as consent_mod
-from creditnet import pilot, vectors, vectors_sealed
+from creditnet import pilot, provenance, vectors, vectors_sealed
 from creditnet import query as query_mod
 from creditnet.cli.render import render_report
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.pki import Identity, Role, TrustStore
 from creditnet.sealing import parse_answer_key, seal
-from creditnet.v2 import aggregator_pb2, common_pb2, envelope_pb2, query_pb2, records_pb2
+from creditnet.v2 import aggregator_pb2, common_pb2, envelope_pb2, provenance_pb2, query_pb2, records_pb2
 from creditnet_bank.report import merge
 from creditnet_bank.scope import NO_SECTION, OUTSIDE_SCOPE, account
 from creditnet_bank.verify import Section, SectionStatus, scope_cities, verify_section
@@ -32,6 +32,11 @@ CAST = vectors.make_cast()
 ENVS = vectors.make_envelopes(CAST)
 # A node of a city the vector consent (Hefei and Shanghai) does not cover.
 NANJING_NODE = vectors.make_participant("node-320100", CAST.ca, Role.node(pilot.NANJING), 0x1005)
+# A Hefei provider accredited for every category: records of any category can be signed at their
+# source, so that a case fails on the consent check it is about and not on provenance.
+EVERY_CATEGORY = vectors.make_participant(
+    "provider-340100-every", CAST.ca, Role.provider(pilot.HEFEI, "340100-every", tuple(Category)), 0x1008
+)
 RECEIPT_ONLY = "the answer carries no credit-chain receipt"
 
 
@@ -65,7 +70,7 @@ NAMES_NOTHING = _query()
 
 def _answer(query_env: envelope_pb2.SignedEnvelope) -> query_pb2.CityAnswer:
     """The vector answer (one 2025-04-30 tax record, the consent's period), for `query_env`."""
-    msg = query_pb2.CityAnswer.FromString(vectors.answer_payload(query_env))
+    msg = query_pb2.CityAnswer.FromString(vectors.answer_payload(query_env, CAST))
     msg.query_id = query_pb2.CreditQuery.FromString(query_env.payload).query_id
     return msg
 
@@ -96,16 +101,36 @@ def _date(d: dt.date) -> common_pb2.Date:
     return common_pb2.Date(year=d.year, month=d.month, day=d.day)
 
 
+def _add_signed(msg: query_pb2.CityAnswer, rec: records_pb2.CreditRecord) -> None:
+    """Disclose `rec` as signed at its source by a Hefei provider, in a batch of its own."""
+    _, batch = provenance.sign_records(EVERY_CATEGORY.identity, [rec], now=vectors.BATCH_SIGNED_AT)
+    msg.batches.append(envelope_pb2.SignedEnvelope.FromString(batch.envelope))
+    msg.proven_records.append(
+        provenance_pb2.ProvenRecord(record=batch.raw[0], batch=len(msg.batches) - 1, leaf_index=0)
+    )
+
+
+def _record(category: Category, day: dt.date = dt.date(2025, 4, 30)) -> records_pb2.CreditRecord:
+    rec = records_pb2.CreditRecord(
+        record_id=f"{category.value}-{day.isoformat()}",
+        enterprise_uscc=vectors.ENTERPRISE_USCC,
+        city=pilot.HEFEI.proto,
+        source="test",
+        record_date=_date(day),
+    )
+    if category is Category.JUDICIAL:
+        rec.judicial.CopyFrom(records_pb2.JudicialRecord(case_number="(2024)皖0104民初1号"))
+    elif category is Category.LOAN:
+        rec.loan.CopyFrom(records_pb2.LoanRecord(lender="bank", contract_id="c-1", balance_fen=1))
+    else:
+        rec.tax.CopyFrom(records_pb2.TaxRecord(year=day.year, grade=records_pb2.TAX_GRADE_A))
+    return rec
+
+
 def _discloses(category: Category) -> Callable[[query_pb2.CityAnswer], None]:
     def change(msg: query_pb2.CityAnswer) -> None:
         msg.categories.append(category.proto)
-        rec = msg.records.add()
-        rec.CopyFrom(msg.records[0])
-        rec.record_id = f"{category.value}-1"
-        if category is Category.JUDICIAL:
-            rec.judicial.CopyFrom(records_pb2.JudicialRecord(case_number="(2024)皖0104民初1号"))
-        else:
-            rec.loan.CopyFrom(records_pb2.LoanRecord(lender="bank", contract_id="c-1", balance_fen=1))
+        _add_signed(msg, _record(category))
 
     return change
 
@@ -119,8 +144,12 @@ def _answer_period(start: dt.date, end: dt.date) -> Callable[[query_pb2.CityAnsw
 
 
 def _record_dated(day: dt.date) -> Callable[[query_pb2.CityAnswer], None]:
+    """The answer's one tax record replaced by one dated `day`, signed at its source."""
+
     def change(msg: query_pb2.CityAnswer) -> None:
-        msg.records[0].record_date.CopyFrom(_date(day))
+        del msg.proven_records[:]
+        del msg.batches[:]
+        _add_signed(msg, _record(Category.TAX, day))
 
     return change
 
@@ -201,8 +230,6 @@ def test_an_answer_from_a_city_the_consent_does_not_cover_is_invalid(verifier: E
     query_env = _query(cities=(pilot.HEFEI, pilot.NANJING))
     msg = _answer(query_env)
     msg.city = pilot.NANJING.proto
-    for rec in msg.records:
-        rec.city = pilot.NANJING.proto
     got = _verify(verifier, _section(msg, query_env, pilot.NANJING, NANJING_NODE.identity), query_env)
     assert got.status is SectionStatus.INVALID and "consent does not cover" in got.reason, got.reason
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from creditnet import pilot, synthetic
+from creditnet import pilot, provenance, synthetic
 from creditnet.batches import MAX_BATCH_RECORDS, Batch, read_batch
 from creditnet.domain import ALL_CATEGORIES
+from creditnet.envelope import EnvelopeVerifier
 from creditnet.node.service import UNDECODABLE_RECORD, _screen
+from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.v2 import node_pb2, records_pb2
+
+CA = CertificateAuthority.create()
+PROVIDER = issue_identity(CA, Role.provider(pilot.HEFEI, "exchange", ALL_CATEGORIES))
 
 
 def hefei_records(n: int) -> list[records_pb2.CreditRecord]:
@@ -40,12 +45,30 @@ def test_an_oversized_batch_is_counted_but_nothing_of_it_is_kept() -> None:
     assert batch.oversized and batch.count == MAX_BATCH_RECORDS + 1 and batch.raw == []
 
 
+def test_reading_a_batch_keeps_the_manifest_and_the_records_bytes_as_sent() -> None:
+    recs = hefei_records(2)
+    raws = provenance.encode(recs)
+    manifest = provenance.sign_batch(PROVIDER, raws)
+    batch = read_batch(node_pb2.SubmitRecordsRequest(records=recs, manifest=manifest).SerializeToString())
+    assert batch.manifest == manifest and batch.records_bytes() == raws
+
+
 def test_screening_keeps_the_valid_records_and_names_each_rejection_by_its_place_in_the_stream() -> None:
     recs = hefei_records(3)
+    for rec in recs:
+        rec.provider_id = provenance.provider_id_of(PROVIDER.role)
     recs[2].record_id = ""
     batch = Batch(raw=[r.SerializeToString() for r in recs] + [b"\xff\xff"], count=4)
-    screened = _screen(batch, set(ALL_CATEGORIES), pilot.HEFEI, first=10)
-    assert screened.valid == recs[:2]
+    batch.manifest = provenance.sign_batch(PROVIDER, batch.raw)
+    checked, signed = provenance.verify_batch(
+        EnvelopeVerifier(TrustStore(CA.cert)),
+        batch.manifest,
+        batch.raw,
+        city=pilot.HEFEI,
+        caller=PROVIDER.role,
+    )
+    screened = _screen(batch, set(ALL_CATEGORIES), pilot.HEFEI, first=10, checked=checked, signed=signed)
+    assert screened.valid == recs[:2] and screened.leaves == [0, 1]
     assert [(at, reason == UNDECODABLE_RECORD) for at, _, reason in screened.rejections] == [
         (12, False),
         (13, True),

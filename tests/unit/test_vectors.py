@@ -37,7 +37,7 @@ from creditnet.envelope import (
 from creditnet.errors import CreditnetError
 from creditnet.pki import Role, TrustStore, role_of
 from creditnet.sealing import DEFAULT_SUITE, AnswerSuite, PrivateKey, parse_answer_key, seal, seal_info
-from creditnet.v2 import aggregator_pb2, envelope_pb2, query_pb2
+from creditnet.v2 import aggregator_pb2, envelope_pb2, query_pb2, records_pb2
 from creditnet_bank.verify import Section, SectionStatus, verify_section
 
 DIR = vectors.default_directory()
@@ -372,12 +372,18 @@ def _bad_answers() -> dict[str, tuple[envelope_pb2.SignedEnvelope, str]]:
     other_enterprise.enterprise_uscc = "91310000MA1FL8XQ37"
     unasked = _answer_msg()
     unasked.categories.append(Category.LOAN.proto)
+    # Records their provider did sign, each outside what the answer may disclose.
+    batch = vectors.provenance_batch(vectors.make_cast())
     outside_categories = _answer_msg()
-    outside_categories.records[0].utility.arrears_months = 1  # the record becomes a utility record
+    outside_categories.proven_records[0].CopyFrom(batch.proven(3))  # a utility record
     outside_period = _answer_msg()
-    outside_period.records[0].record_date.year = 2021
+    outside_period.proven_records[0].CopyFrom(batch.proven(1))  # dated 2021
     record_of_another = _answer_msg()
-    record_of_another.records[0].enterprise_uscc = "91310000MA1FL8XQ37"
+    record_of_another.proven_records[0].CopyFrom(batch.proven(2))
+    unsigned = _answer_msg()
+    altered = records_pb2.CreditRecord.FromString(unsigned.proven_records[0].record)
+    altered.tax.arrears_fen = 1
+    unsigned.proven_records[0].record = altered.SerializeToString()
     return {
         "tampered payload": (tampered, "signature does not verify"),
         "signed by the bank": (_resigned(_answer_msg(), "bank"), "not by the 340100 node"),
@@ -388,6 +394,10 @@ def _bad_answers() -> dict[str, tuple[envelope_pb2.SignedEnvelope, str]]:
         "record outside the disclosed categories": (_resigned(outside_categories), "disclosed categories"),
         "record outside the consented period": (_resigned(outside_period), "consented period"),
         "record about another enterprise": (_resigned(record_of_another), "different enterprise"),
+        "record its provider did not sign": (
+            _resigned(unsigned),
+            "record 0: not in its provider's signed batch",
+        ),
     }
 
 

@@ -1,6 +1,6 @@
 """The aggregator's tables, kept in its database beside its witness state.
 
-Created and changed by the store's migrations (revision 0005); these
+Created and changed by the store's migrations (revision 0006); these
 classes must match them. What each table is for: the migration's docstring.
 """
 

@@ -48,7 +48,7 @@ HEAD_ID = 1
 def sqlite_url(state_dir: Path) -> str:
     """The default database: one SQLite file in the state directory (a single aggregator).
 
-    Named as before revision 0005, when it held only the witness state: an
+    Named as before revision 0006, when it held only the witness state: an
     upgraded aggregator keeps what it cosigned.
     """
     return f"sqlite:///{state_dir / 'witness.db'}"
@@ -238,7 +238,7 @@ class AggregatorState:
     # -- adopting a single aggregator's files -----------------------------------------
 
     def adopt_files(self, state_dir: Path) -> None:
-        """Take the head and outbox an aggregator kept as files before revision 0005, once.
+        """Take the head and outbox an aggregator kept as files before revision 0006, once.
 
         Without this an upgraded aggregator would start a new chain at
         sequence 1 and forget revocations not yet delivered. The files are

@@ -11,6 +11,7 @@ Each figure is compared with a baseline measured in the same run:
 - time from `pki revoke` to refusal at every server, in refresh intervals;
 - seal + open time per answer for each HPKE suite, and sealing's share of the
   federated run's server CPU (creditnet.bench.sealing says how it is computed).
+- answer size and bank-side verify time per record with provider proofs vs without.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from creditnet import query as query_mod
 from creditnet.bench.chain import bench_appends, bench_proofs
 from creditnet.bench.directory import bench_directory
 from creditnet.bench.directory import show as show_directory
+from creditnet.bench.provenance import bench_provenance
+from creditnet.bench.provenance import show as show_provenance
 from creditnet.bench.revocation import bench_revocation
 from creditnet.bench.revocation import show as show_revocation
 from creditnet.bench.scale import bench_backends, show_backends
@@ -288,10 +291,17 @@ def bench_ingest(tmp: Path, rows: int) -> dict[str, Any]:
     raw = len(tuples) / (time.perf_counter() - t0)
     db.close()
 
+    # Signed before the clock starts, as the node receives batches signed:
+    # the store keeps each record's bytes with its batch and inclusion path.
+    from creditnet.bench.provenance import bench_provider, signed_batches
+    from creditnet.pki import CertificateAuthority
+
+    provider = bench_provider(CertificateAuthority.create(), pilot.HEFEI)
+    signed = signed_batches(provider, recs, batch)
     store = Store.open(f"sqlite:///{tmp / 'store.db'}", migrate=True)
     t0 = time.perf_counter()
-    for i in range(0, len(recs), batch):
-        store.ingest(recs[i : i + batch], "bench")
+    for part, proof in signed:
+        store.ingest(part, proof.provider_id, signed=proof, leaves=range(len(part)))
     ours = len(recs) / (time.perf_counter() - t0)
     store.close()
     return {"rows": len(recs), "raw_executemany_per_second": raw, "store_ingest_per_second": ours}
@@ -309,6 +319,10 @@ def report(r: dict[str, Any]) -> dict[str, float]:
     }
     if "federated" in r["sealing"]:
         ratios["sealing_share_of_federated_server_cpu"] = r["sealing"]["federated"]["sealing_share"]
+    # An answer of 100 records from one provider batch, as a bank verifies it cold.
+    (proofs,) = [x for x in r["provenance"]["rows"] if x["records"] == 100 and x["batches"] == "one batch"]
+    ratios["provider_proofs_answer_size"] = proofs["size_ratio"]
+    ratios["provider_proofs_verify_time"] = proofs["verify_ratio"]
     return ratios
 
 
@@ -375,6 +389,7 @@ def main() -> None:
         results["backends"] = bench_backends(tmp, a.queries, a.rows)
         results["directory"] = bench_directory()
         results["revocation"] = bench_revocation()
+        results["provenance"] = bench_provenance()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = report(results)
@@ -386,6 +401,7 @@ def main() -> None:
         show_directory(results["directory"])
         show_revocation(results["revocation"])
         show_sealing(results["sealing"])
+        show_provenance(results["provenance"])
 
 
 if __name__ == "__main__":

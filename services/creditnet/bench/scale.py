@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from creditnet import pilot, synthetic
+from creditnet import pilot, provenance, synthetic
 from creditnet import records as records_mod
+from creditnet.bench.provenance import bench_provider, signed_batches
 from creditnet.domain import ALL_CATEGORIES, City
+from creditnet.pki import CertificateAuthority
 from creditnet.store import Store
 from creditnet.store.scratch import ScratchDatabases, ServerUnavailable
 from creditnet.v2 import records_pb2
@@ -90,13 +92,13 @@ class Backend:
         self,
         profiles: list[records_pb2.EnterpriseProfile],
         recs: list[records_pb2.CreditRecord],
-        provider: str,
+        signed: provenance.SignedBatch | None,
     ) -> None:
         t0 = time.perf_counter()
         if profiles:
             self.store.upsert_profiles(profiles)
-        if recs:
-            self.store.ingest(recs, provider)
+        if recs and signed is not None:
+            self.store.ingest(recs, signed.provider_id, signed=signed, leaves=range(len(recs)))
         self.seconds += time.perf_counter() - t0
 
 
@@ -162,6 +164,7 @@ class Load:
 
 
 def load(load_spec: Load, backends: list[Backend], progress: Callable[[str], None]) -> dict[str, Any]:
+    provider = bench_provider(CertificateAuthority.create(), CITY)
     generate_s = validate_s = 0.0
     marks = list(MARKS)
     rss: list[dict[str, float]] = []
@@ -174,9 +177,12 @@ def load(load_spec: Load, backends: list[Backend], progress: Callable[[str], Non
             records_mod.validate_record(rec, today=synthetic.AS_OF)
         t2 = time.perf_counter()
         validate_s += t2 - t1
-        provider = synthetic.provider_id(recs[0]) if recs else ""
+        # Signed as the city's provider would have (not counted as store time).
+        signed = None
+        if recs:
+            recs, signed = provenance.sign_records(provider, recs)
         for b in backends:
-            b.write(profiles, recs, provider)
+            b.write(profiles, recs, signed)
         done = load_spec.rows_done + len(profiles) + len(recs)
         while marks and done >= marks[0] * load_spec.rows:
             mark = marks.pop(0)
@@ -213,10 +219,11 @@ def query_latency(store: Store, usccs: Sequence[str]) -> dict[str, Any]:
     found = 0
     for uscc in usccs:
         t0 = time.perf_counter()
-        recs = store.find_records(uscc, ALL_CATEGORIES, *PERIOD)
-        profile = store.get_profile(uscc)
+        # What a node reads to answer: the signed records, their batches, the profile.
+        disclosed = store.disclose(uscc, ALL_CATEGORIES, *PERIOD, with_profile=True)
+        profile = disclosed.profile
         latencies.append(time.perf_counter() - t0)
-        found += len(recs)
+        found += len(disclosed.records)
         if profile is None:
             raise RuntimeError(f"enterprise {uscc} has no profile in the {store.backend} store")
     stats = []
@@ -389,10 +396,11 @@ async def _node_rate(root: Path, queries: int, concurrency: int = 8, warmup: int
 
 
 def _ingest_rate(url: str, recs: list[records_pb2.CreditRecord]) -> float:
+    signed = signed_batches(bench_provider(CertificateAuthority.create(), CITY), recs, BATCH)
     with Store.open(url, migrate=True) as store:
         t0 = time.perf_counter()
-        for i in range(0, len(recs), BATCH):
-            store.ingest(recs[i : i + BATCH], "bench")
+        for part, proof in signed:
+            store.ingest(part, proof.provider_id, signed=proof, leaves=range(len(part)))
         return len(recs) / (time.perf_counter() - t0)
 
 

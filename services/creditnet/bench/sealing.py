@@ -96,13 +96,13 @@ def large_answer(
 ) -> envelope_pb2.SignedEnvelope:
     """The demo answer with its records repeated to `records`, signed by the same city's node key."""
     msg = query_pb2.CityAnswer.FromString(demo.payload)
-    if not msg.records:
+    if not msg.proven_records:
         raise RuntimeError("the demo answer has no records to repeat")
-    base = list(msg.records)
-    while len(msg.records) < records:
-        rec = msg.records.add()
-        rec.CopyFrom(base[len(msg.records) % len(base)])
-        rec.record_id = f"{rec.record_id}-{len(msg.records)}"
+    # Sealing cost depends on the answer's size, not on what the records
+    # say: each proven record (bytes, batch, proof) is repeated as it is.
+    base = list(msg.proven_records)
+    while len(msg.proven_records) < records:
+        msg.proven_records.add().CopyFrom(base[len(msg.proven_records) % len(base)])
     ident = layout.data["identities"]["nodes"][City.from_proto(msg.city).code]
     node = Identity.load(layout.path(ident["cert"]), layout.path(ident["key"]))
     return sign(ANSWER_TYPE, msg.SerializeToString(deterministic=True), node)
@@ -122,7 +122,7 @@ def _node_seal(key: AnswerKey, answer: envelope_pb2.SignedEnvelope, city: City) 
 
     The key was parsed when the query was authorized, so parsing it is not counted here."""
     shown = query_pb2.CityAnswer.FromString(answer.payload)
-    discloses = bool(shown.records) or shown.HasField("profile")
+    discloses = bool(shown.proven_records) or shown.HasField("profile")
     return seal(key, answer, bytes(32), city, discloses=discloses)
 
 
@@ -135,7 +135,7 @@ def seal_open(answer: envelope_pb2.SignedEnvelope, suite: AnswerSuite, repeat: i
         raise RuntimeError("a sealed answer did not open to itself")
     return {
         "suite": suite.name,
-        "records": len(query_pb2.CityAnswer.FromString(answer.payload).records),
+        "records": len(query_pb2.CityAnswer.FromString(answer.payload).proven_records),
         "answer_bytes": answer.ByteSize(),
         "sealed_bytes": sealed.ByteSize(),
         "seal_us": _median_us(lambda: _node_seal(key, answer, city), repeat),

@@ -62,7 +62,7 @@ def submit(
     batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 1000,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Stream a file of records to the node over mutual TLS.
+    """Stream a file of records to the node over mutual TLS, each batch signed with the provider's key.
 
     Rows that fail to parse are reported here and not sent. Exit 3 if any row was rejected.
     """

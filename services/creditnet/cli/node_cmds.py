@@ -261,24 +261,44 @@ def _count_lines(path: Path) -> int:
 def ingest(
     file: Annotated[Path, typer.Argument(help="Records as JSONL (.jsonl) or CSV (.csv).")],
     config: ConfigOpt,
-    provider_id: Annotated[
-        str | None, typer.Option(help="Provenance recorded with every row (default: operator:<city>).")
-    ] = None,
+    provider_cert: Annotated[
+        Path,
+        typer.Option(help="The data provider's certificate (of this city) that signs every batch."),
+    ],
+    provider_key: Annotated[Path, typer.Option(help="Its private key.")],
     batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per transaction.")] = 5000,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,
 ) -> None:
-    """Load a file of records. Every row is validated; each batch is one transaction.
+    """Load a file of records, each batch signed by its data provider. Every row is validated;
+    each batch is one transaction.
 
+    A node discloses only records their provider signed (docs/protocol.md, "Records signed at
+    their source"): the provider's certificate and key sign each batch here as `creditnet data
+    submit` would. Rows get the provider's provider_id; a row naming another provider, or of a
+    category its certificate does not list, is rejected.
     Loading the same file twice changes nothing (rows are keyed by provider and record_id).
     Exit codes: 0 all rows stored or already present, 3 some rows were rejected (the valid rows
     are stored), 1 the file could not be read, 2 bad arguments.
     """
-    from creditnet import records
-    from creditnet.store import Store
+    from creditnet import provenance, records
+    from creditnet.pki import Identity, RoleKind, TrustStore
+    from creditnet.store import IngestResult, Store
 
     with errors():
         cfg = NodeConfig.load(config)
-        pid = provider_id or f"operator:{cfg.city.value}"
+        provider = Identity.load(provider_cert, provider_key)
+        role = provider.role
+        if role.kind is not RoleKind.PROVIDER or role.city != cfg.city:
+            fail(f"{provider_cert} is not a data-provider certificate of {cfg.city.value} ({role.uri})")
+        # A certificate the network does not trust signs nothing a bank accepts.
+        TrustStore.load(cfg.ca).verify_chain(list(provider.chain_der))
+        pid = provenance.provider_id_of(role)
+        covered = set(role.categories)
+
+        def ingest_signed(batch: list[records_pb2.CreditRecord]) -> IngestResult:
+            signed_records, signed = provenance.sign_records(provider, batch)
+            return store.ingest(signed_records, pid, signed=signed, leaves=range(len(signed_records)))
+
         total = _count_lines(file)
         rows = records.iter_file(file)
         store = Store.open(cfg.database_url)
@@ -303,7 +323,11 @@ def ingest(
                     rec, error = row.record, row.error
                     if rec is not None and error is None:
                         try:
-                            records.validate_record(rec)
+                            category = records.validate_record(rec)
+                            if rec.provider_id and rec.provider_id != pid:
+                                raise ValueError(f"provider_id names another provider than {pid}")
+                            if category not in covered:
+                                raise ValueError(f"the provider's certificate does not list {category.value}")
                             if rec.city != cfg.city.proto:
                                 wrong_city += 1
                                 raise ValueError(
@@ -318,13 +342,13 @@ def ingest(
                         assert rec is not None
                         batch.append(rec)
                     if len(batch) >= batch_size:
-                        result = store.ingest(batch, pid)
+                        result = ingest_signed(batch)
                         accepted += result.accepted
                         duplicates += result.duplicates
                         batch = []
                     progress.advance(task)
                 if batch:
-                    result = store.ingest(batch, pid)
+                    result = ingest_signed(batch)
                     accepted += result.accepted
                     duplicates += result.duplicates
         finally:

@@ -46,8 +46,8 @@ def render_report(report: Report, console: Console) -> None:
     console.print(Panel(head, title=f"[bold]credit report — {title}[/]", expand=False))
 
     cities = Table(
-        title="per-city answers (each verified: the node's signature, and its credit-chain"
-        " receipt cosigned by witnesses)"
+        title="per-city answers (each verified: the node's signature, every record's provider"
+        " signature, and its credit-chain receipt cosigned by witnesses)"
     )
     for col in ("city", "status", "records", "as of", "latency", "credit chain", "routing", "reason"):
         cities.add_column(col)
@@ -56,7 +56,10 @@ def render_report(report: Report, console: Console) -> None:
         cities.add_row(
             s.city.display if s.in_scope else f"{s.city.display} (outside the scope)",
             f"[{style}]{s.status.value}[/]",
-            str(len(s.records)),
+            # Records no provider signed are never shown, only counted.
+            f"{len(s.records)} (+{s.withheld_unsigned} unsigned, withheld)"
+            if s.withheld_unsigned
+            else str(len(s.records)),
             s.as_of.strftime("%Y-%m-%d %H:%M:%S") if s.as_of else "",
             f"{s.latency_ms} ms",
             f"logged #{s.ledger_index} ✓" if s.ledger_index is not None else "",

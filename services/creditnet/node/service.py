@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from creditnet import __version__, records, sealing
+from creditnet import __version__, provenance, records, sealing
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
 from creditnet.batches import MAX_BATCH_RECORDS, Batch
@@ -27,10 +27,10 @@ from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.errors import AlreadyExists, CreditnetError, InvalidArgument, PermissionDenied, Unavailable
 from creditnet.node.membership import MembershipPublisher
 from creditnet.observability import NodeMetrics, bind_query_id
-from creditnet.pki import Identity, RoleKind, TrustStore
+from creditnet.pki import Identity, Role, RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, AuthorizedQuery
 from creditnet.rpc import PeerIdentities, refusals
-from creditnet.store import AsyncStore, ClaimOutcome
+from creditnet.store import AsyncStore, ClaimOutcome, Disclosure
 from creditnet.v2 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
 
 log = logging.getLogger(__name__)
@@ -172,17 +172,10 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         except BaseException:
             lookup.cancel()
             raise
-        found, profile = await lookup
-        return await self._disclose(aq, now, found, profile)
+        return await self._disclose(aq, now, await lookup)
 
-    async def _disclose(
-        self,
-        aq: AuthorizedQuery,
-        now: dt.datetime,
-        found: list[records_pb2.CreditRecord],
-        profile: records_pb2.EnterpriseProfile | None,
-    ) -> _Settled:
-        answer, disclosed = self._answer(aq, now, found, profile)
+    async def _disclose(self, aq: AuthorizedQuery, now: dt.datetime, found: Disclosure) -> _Settled:
+        answer, disclosed = self._answer(aq, now, found)
         if self.ledger is None:
             self._answered(disclosed)
             return _Settled(answer, None, b"")
@@ -216,8 +209,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             raise revoked
         if claimed.kept is None:
             log.warning("query claimed but never answered; answering it now")
-            found, profile = await self._lookup(aq)
-            return await self._disclose(aq, now, found, profile)
+            return await self._disclose(aq, now, await self._lookup(aq))
         assert self.ledger is not None
         index = claimed.kept.ledger_index
         ((_, entry),) = await asyncio.to_thread(self.ledger.log.entries, index, index + 1)
@@ -294,20 +286,14 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 "consent.uses_exhausted", "the consent's maximum number of uses is reached"
             )
 
-    async def _lookup(
-        self, aq: AuthorizedQuery
-    ) -> tuple[list[records_pb2.CreditRecord], records_pb2.EnterpriseProfile | None]:
+    async def _lookup(self, aq: AuthorizedQuery) -> Disclosure:
         uscc = aq.terms.enterprise_uscc
         # Only the home city of an enterprise holds (and discloses) its profile.
         home = uscc_mod.home_city(uscc) == self.city
-        return await self.store.lookup(uscc, aq.categories, aq.data_from, aq.data_to, with_profile=home)
+        return await self.store.disclose(uscc, aq.categories, aq.data_from, aq.data_to, with_profile=home)
 
     def _answer(
-        self,
-        aq: AuthorizedQuery,
-        now: dt.datetime,
-        found: list[records_pb2.CreditRecord],
-        profile: records_pb2.EnterpriseProfile | None,
+        self, aq: AuthorizedQuery, now: dt.datetime, found: Disclosure
     ) -> tuple[envelope_pb2.SignedEnvelope, int]:
         uscc = aq.terms.enterprise_uscc
         answer = query_pb2.CityAnswer(
@@ -319,11 +305,26 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             categories=[c.proto for c in aq.categories],
             data_from=date_to_proto(aq.data_from),
             data_to=date_to_proto(aq.data_to),
-            records=found,
+            withheld_unsigned=found.withheld,
         )
-        if profile is not None:
-            answer.profile.CopyFrom(profile)
-        return sign(ANSWER_TYPE, answer.SerializeToString(deterministic=True), self.identity), len(found)
+        # Each record as its provider signed it, with its proof, and each
+        # batch manifest once (docs/protocol.md, "Records signed at their source").
+        position: dict[int, int] = {}
+        for rec in found.records:
+            at = position.get(rec.batch)
+            if at is None:
+                at = position[rec.batch] = len(answer.batches)
+                answer.batches.add().ParseFromString(found.batches[rec.batch])
+            answer.proven_records.add(
+                record=rec.payload,
+                batch=at,
+                leaf_index=rec.leaf_index,
+                inclusion_path=provenance.split_path(rec.inclusion_path),
+            )
+        if found.profile is not None:
+            answer.profile.CopyFrom(found.profile)
+        payload = answer.SerializeToString(deterministic=True)
+        return sign(ANSWER_TYPE, payload, self.identity), len(found.records)
 
     # -- data providers ------------------------------------------------------
 
@@ -339,8 +340,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             raise PermissionDenied(
                 "provider.city", f"this provider certificate is not for the {self.city.value} node"
             )
-        allowed = set(role.categories)
-        provider_id = f"provider:{role.subject}"
+        provider_id = provenance.provider_id_of(role)
         summary = node_pb2.SubmitRecordsResponse()
         index = 0
         async for request in request_iterator:
@@ -353,10 +353,11 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                     f"a batch holds at most {MAX_BATCH_RECORDS} records, this one {batch.count}; "
                     "send smaller batches",
                 )
-            # Decoding, checking and hashing up to MAX_BATCH_RECORDS records
-            # takes hundreds of milliseconds of CPU: off the event loop, so
-            # that queries keep being answered meanwhile.
-            screened = await asyncio.to_thread(_screen, batch, allowed, self.city, index)
+            # Verifying the provider's signature over the batch, decoding,
+            # checking and hashing up to MAX_BATCH_RECORDS records takes
+            # hundreds of milliseconds of CPU: off the event loop, so that
+            # queries keep being answered meanwhile.
+            screened = await asyncio.to_thread(self._screen_signed, batch, role, index)
             for at, record_id, reason in screened.rejections:
                 self._reject(summary, at, record_id, reason)
             valid = screened.valid
@@ -381,7 +382,9 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                             batch_records=len(valid),
                         )
                     )
-                    result = await self.store.ingest(valid, provider_id)
+                    result = await self.store.ingest(
+                        valid, provider_id, signed=screened.signed, leaves=screened.leaves
+                    )
                     if self.membership is not None:
                         self.membership.committed(result.accepted)
                 if self.membership is not None:
@@ -405,6 +408,19 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             summary.rejected,
         )
         return summary
+
+    def _screen_signed(self, batch: Batch, role: Role, first: int) -> _Screened:
+        """The provider's signed manifest over exactly these bytes, then each record.
+
+        A batch whose manifest is missing, does not verify, or does not
+        cover exactly these records is refused whole before any record is
+        decoded (docs/protocol.md, "Records signed at their source").
+        """
+        raw = batch.records_bytes()
+        checked, signed = provenance.verify_batch(
+            self.verifier, batch.manifest, raw, city=self.city, caller=role, at=self.clock()
+        )
+        return _screen(batch, set(role.categories), self.city, first, checked=checked, signed=signed)
 
     def _filter_turn(self, usccs: set[str]) -> contextlib.AbstractAsyncContextManager[None]:
         if self.membership is None:
@@ -488,7 +504,7 @@ def _seal_answer(
     aq: AuthorizedQuery, answer: envelope_pb2.SignedEnvelope, city: City
 ) -> query_pb2.SealedAnswer:
     shown = query_pb2.CityAnswer.FromString(answer.payload)
-    discloses = bool(shown.records) or shown.HasField("profile")
+    discloses = bool(shown.proven_records) or shown.HasField("profile")
     return sealing.seal(aq.terms.answer_key, answer, aq.digest, city, discloses=discloses)
 
 
@@ -519,31 +535,59 @@ class _Screened:
     rejections: list[tuple[int, str, str]]
     # SHA-256 over the valid records, each as a 4-byte length and its bytes.
     digest: bytes
+    # The provider-signed batch and each valid record's position in it.
+    signed: provenance.SignedBatch | None = None
+    leaves: list[int] | None = None
 
 
-def _screen(batch: Batch, allowed: set[Category], city: City, first: int) -> _Screened:
-    """Decode and check a provider's batch; PermissionDenied refuses all of it."""
+def _screen(
+    batch: Batch,
+    allowed: set[Category],
+    city: City,
+    first: int,
+    *,
+    checked: provenance.VerifiedManifest,
+    signed: provenance.SignedBatch,
+) -> _Screened:
+    """Decode and check a provider's signed batch; PermissionDenied refuses all of it."""
     valid: list[records_pb2.CreditRecord] = []
+    leaves: list[int] = []
     rejections: list[tuple[int, str, str]] = []
     h = hashlib.sha256()
-    for at, rec in enumerate(batch.decode(), start=first):
+    provider_id = checked.manifest.provider_id
+    signer_allows = set(checked.signer.categories)
+    for leaf, rec in enumerate(batch.decode()):
+        at = first + leaf
         if rec is None:
             rejections.append((at, "", UNDECODABLE_RECORD))
             continue
         try:
             category = records.validate_record(rec)
+            if rec.provider_id != provider_id:
+                # The provider signed this record as another's: the batch is
+                # not its own to submit.
+                raise PermissionDenied(
+                    "batch.provider_id", "a record of the batch names another provider_id than its signer"
+                )
             # A record outside the certificate's scope refuses the whole
             # batch (PermissionDenied); earlier batches were committed and stay.
             _check_provider_scope(rec, category, allowed, city)
+            if category not in signer_allows:
+                # The caller's certificate allows it, the one that signed does not.
+                raise PermissionDenied(
+                    "batch.category",
+                    f"the certificate that signed the batch does not allow {category.value} records",
+                )
         except PermissionDenied:
             raise
         except ValueError as exc:
             rejections.append((at, rec.record_id, str(exc)))
         else:
             valid.append(rec)
+            leaves.append(leaf)
             data = rec.SerializeToString(deterministic=True)
             h.update(len(data).to_bytes(4, "big") + data)
-    return _Screened(valid, rejections, h.digest())
+    return _Screened(valid, rejections, h.digest(), signed, leaves)
 
 
 def _check_provider_scope(

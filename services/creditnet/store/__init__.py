@@ -6,6 +6,8 @@ from creditnet.store.schema import Migration, SchemaNotReady, UnknownRevision, h
 from creditnet.store.store import (
     ClaimedQuery,
     ClaimOutcome,
+    DisclosedRecord,
+    Disclosure,
     IngestResult,
     InvalidRecord,
     KeptAnswer,
@@ -18,6 +20,8 @@ __all__ = [
     "AsyncStore",
     "ClaimOutcome",
     "ClaimedQuery",
+    "DisclosedRecord",
+    "Disclosure",
     "GroupCommitStats",
     "IngestResult",
     "InvalidRecord",

@@ -40,9 +40,11 @@ from typing import Any, Final, Self, TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from creditnet.domain import Category
+from creditnet.provenance import SignedBatch
 from creditnet.store.store import (
     ClaimedQuery,
     ClaimOutcome,
+    Disclosure,
     IngestResult,
     KeptAnswer,
     QueryClaim,
@@ -247,8 +249,17 @@ class AsyncStore:
 
     # -- writes (the writer thread) -------------------------------------------
 
-    async def ingest(self, records: Sequence[records_pb2.CreditRecord], provider_id: str) -> IngestResult:
-        return await self._write(functools.partial(self._store.ingest, records, provider_id))
+    async def ingest(
+        self,
+        records: Sequence[records_pb2.CreditRecord],
+        provider_id: str,
+        *,
+        signed: SignedBatch | None = None,
+        leaves: Sequence[int] | None = None,
+    ) -> IngestResult:
+        return await self._write(
+            functools.partial(self._store.ingest, records, provider_id, signed=signed, leaves=leaves)
+        )
 
     async def upsert_profiles(self, profiles: Sequence[records_pb2.EnterpriseProfile]) -> int:
         return await self._write(functools.partial(self._store.upsert_profiles, profiles))
@@ -305,6 +316,21 @@ class AsyncStore:
         return await self._read(
             functools.partial(
                 self._store.lookup, uscc, categories, date_from, date_to, with_profile=with_profile
+            )
+        )
+
+    async def disclose(
+        self,
+        uscc: str,
+        categories: Collection[Category],
+        date_from: dt.date,
+        date_to: dt.date,
+        *,
+        with_profile: bool,
+    ) -> Disclosure:
+        return await self._read(
+            functools.partial(
+                self._store.disclose, uscc, categories, date_from, date_to, with_profile=with_profile
             )
         )
 

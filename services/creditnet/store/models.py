@@ -109,7 +109,36 @@ class RecordRow(NodeModel, table=True):
     city: str = Field(sa_column=Column(String(16), nullable=False))
     record_date: dt.date = Field(sa_column=Column(Date, nullable=False))
     source: str = Field(sa_column=Column(String, nullable=False))
+    # The exact bytes the provider signed (for records stored before batches
+    # were signed: the node's re-serialisation, never disclosed).
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # The signed batch the record came in (record_batches.id), its position
+    # there and its inclusion path (hashes concatenated); NULL for records
+    # stored before batches were signed, which the node never discloses.
+    batch: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    leaf_index: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    inclusion_path: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+
+class RecordBatchRow(NodeModel, table=True):
+    """A provider-signed batch manifest (SignedEnvelope bytes), kept once per batch."""
+
+    __tablename__ = "record_batches"
+    __table_args__ = (UniqueConstraint("digest", name="uq_record_batches_digest"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    # SHA-256 of the manifest's payload: the same batch sent twice is kept once.
+    digest: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    provider_id: str = Field(sa_column=Column(String, nullable=False))
+    batch_id: str = Field(sa_column=Column(String, nullable=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    envelope: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class RecordCountRow(NodeModel, table=True):
@@ -175,6 +204,7 @@ METADATA = NodeModel.metadata
 # ingest and the atomic upserts).
 ENTERPRISES = METADATA.tables[EnterpriseRow.__tablename__]
 RECORDS = METADATA.tables[RecordRow.__tablename__]
+RECORD_BATCHES = METADATA.tables[RecordBatchRow.__tablename__]
 RECORD_COUNTS = METADATA.tables[RecordCountRow.__tablename__]
 QUERY_USES = METADATA.tables[QueryUseRow.__tablename__]
 CONSENT_USES = METADATA.tables[ConsentUseRow.__tablename__]

@@ -63,12 +63,14 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from creditnet.domain import Category, City
+from creditnet.provenance import SignedBatch
 from creditnet.store import schema
 from creditnet.store.models import (
     CONSENT_USES,
     ENTERPRISES,
     MAX_QUERY_ID_LENGTH,
     QUERY_USES,
+    RECORD_BATCHES,
     RECORD_COUNTS,
     RECORDS,
     REVOCATIONS,
@@ -95,6 +97,9 @@ _RECORD_COLUMNS: Final = (
     "record_date",
     "source",
     "payload",
+    "batch",
+    "leaf_index",
+    "inclusion_path",
 )
 
 
@@ -130,6 +135,30 @@ class ClaimOutcome(enum.Enum):
 class IngestResult:
     accepted: int
     duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class DisclosedRecord:
+    """A stored record as it is disclosed: the provider's exact bytes and its place in its signed batch."""
+
+    payload: bytes
+    # record_batches.id of its batch.
+    batch: int
+    leaf_index: int
+    # The inclusion path, its 32-byte hashes concatenated.
+    inclusion_path: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Disclosure:
+    """What the node may disclose of one enterprise in a scope, read in one go."""
+
+    records: list[DisclosedRecord]
+    # The signed manifest (SignedEnvelope bytes) of each batch the records name.
+    batches: dict[int, bytes]
+    # Records in scope that no provider signature covers: never disclosed.
+    withheld: int
+    profile: records_pb2.EnterpriseProfile | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,22 +311,51 @@ class Store:
 
     # -- records ---------------------------------------------------------
 
-    def ingest(self, records: Sequence[records_pb2.CreditRecord], provider_id: str) -> IngestResult:
+    def ingest(
+        self,
+        records: Sequence[records_pb2.CreditRecord],
+        provider_id: str,
+        *,
+        signed: SignedBatch | None = None,
+        leaves: Sequence[int] | None = None,
+    ) -> IngestResult:
         """Store validated records from one provider, in one transaction.
 
-        The stored payload carries ``provider_id`` (any value the provider set
-        is replaced); the caller's messages are not modified. A record whose
-        ``(provider_id, record_id)`` is already stored (or repeats earlier in
-        the batch) is a duplicate and changes nothing: the first one stored
-        wins. On any error nothing of the batch is stored.
+        With `signed` (the provider-signed batch the records came in, checked
+        by the caller) and `leaves` (each record's position in it), each
+        record's payload is exactly the bytes its provider signed, kept with
+        its batch and inclusion path: only such records are ever disclosed
+        (:meth:`disclose`). The records must then carry ``provider_id``
+        themselves. Without `signed` (stores filled before records were
+        signed, store tests) the payload is the record with ``provider_id``
+        set, and it is never disclosed.
+
+        A record whose ``(provider_id, record_id)`` is already stored (or
+        repeats earlier in the batch) is a duplicate and changes nothing: the
+        first one stored wins; except that an unsigned stored record is
+        replaced by the same record (same enterprise and category) arriving
+        signed, so re-submitting old data signed makes it disclosable. On any
+        error nothing of the batch is stored.
         """
         if not provider_id or "\0" in provider_id:
             raise ValueError("provider_id is empty or holds a NUL character")
         if not records:
             return IngestResult(accepted=0, duplicates=0)
-        rows = self._record_rows(records, provider_id)
+        if signed is not None:
+            if leaves is None or len(leaves) != len(records):
+                raise ValueError("a signed batch needs each record's leaf index")
+            if signed.provider_id != provider_id or any(r.provider_id != provider_id for r in records):
+                raise InvalidRecord("a signed batch's records must name its provider")
+        rows = self._record_rows(records, provider_id, signed=signed is not None)
         try:
             with self._writing() as conn:
+                if signed is not None:
+                    assert leaves is not None
+                    batch = self._batch_id(conn, signed)
+                    rows = [
+                        (*row[:7], signed.raw[leaf], batch, leaf, signed.paths[leaf])
+                        for row, leaf in zip(rows, leaves, strict=True)
+                    ]
                 new = self._insert_records(conn, rows)
                 if new:
                     conn.execute(
@@ -317,6 +375,66 @@ class Store:
             raise InvalidRecord(f"the database refused the batch, nothing of it was stored: {exc}") from exc
         accepted = sum(new.values())
         return IngestResult(accepted=accepted, duplicates=len(rows) - accepted)
+
+    def _batch_id(self, conn: Connection, signed: SignedBatch) -> int:
+        stmt = self._upsert_insert(RECORD_BATCHES).on_conflict_do_nothing(
+            index_elements=[RECORD_BATCHES.c.digest]
+        )
+        conn.execute(
+            stmt,
+            {
+                "digest": signed.digest,
+                "provider_id": signed.provider_id,
+                "batch_id": signed.batch_id,
+                "root": signed.root,
+                "size": signed.size,
+                "envelope": signed.envelope,
+            },
+        )
+        found = conn.execute(_BATCH_BY_DIGEST, {"digest": signed.digest}).scalar_one()
+        return int(found)
+
+    def disclose(
+        self,
+        uscc: str,
+        categories: Collection[Category],
+        date_from: dt.date,
+        date_to: dt.date,
+        *,
+        with_profile: bool,
+    ) -> Disclosure:
+        """The signed records of one enterprise in scope (as :meth:`find_records` orders them),
+        their batches' manifests, how many unsigned ones were withheld and, `with_profile`, its profile."""
+        if date_from > date_to:
+            raise ValueError(f"date_from {date_from} is after date_to {date_to}")
+        names = sorted({Category(c).value for c in categories})
+        params = {"uscc": uscc, "categories": names, "date_from": date_from, "date_to": date_to}
+        found: list[DisclosedRecord] = []
+        withheld = 0
+        batches: dict[int, bytes] = {}
+        profile = None
+        with self._reading() as conn:
+            if names:
+                for payload, batch, leaf, path in conn.execute(_DISCLOSE_RECORDS, params):
+                    if batch is None:
+                        withheld += 1
+                    else:
+                        found.append(DisclosedRecord(bytes(payload), int(batch), int(leaf), bytes(path)))
+            wanted = sorted({r.batch for r in found})
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                for bid, envelope in conn.execute(_BATCH_ENVELOPES, {"ids": chunk}):
+                    batches[int(bid)] = bytes(envelope)
+            if with_profile:
+                profile = conn.execute(_GET_PROFILE, {"uscc": uscc}).scalar_one_or_none()
+        if len(batches) != len(wanted):
+            raise RuntimeError("a stored record names a batch the store does not hold")
+        return Disclosure(
+            records=found,
+            batches=batches,
+            withheld=withheld,
+            profile=None if profile is None else records_pb2.EnterpriseProfile.FromString(profile),
+        )
 
     def find_records(
         self,
@@ -612,10 +730,11 @@ class Store:
         # Compiled once from the table definition, then run with plain tuples
         # through the driver's executemany: per-row work stays in C, which is
         # what makes bulk ingest as fast as hand-written sqlite3 code.
-        stmt = (
-            self._upsert_insert(RECORDS)
-            .inline()
-            .on_conflict_do_nothing(index_elements=[RECORDS.c.provider_id, RECORDS.c.record_id])
+        insert = self._upsert_insert(RECORDS).inline()
+        stmt = insert.on_conflict_do_update(
+            index_elements=[RECORDS.c.provider_id, RECORDS.c.record_id],
+            set_={c: insert.excluded[c] for c in _ADOPTED_COLUMNS},
+            where=_adoptable(insert.excluded),
         )
         dialect = self._engine.dialect
         if not dialect.positional:
@@ -637,7 +756,7 @@ class Store:
         return {str(category): int(n) for category, n in added}
 
     def _record_rows(
-        self, records: Sequence[records_pb2.CreditRecord], provider_id: str
+        self, records: Sequence[records_pb2.CreditRecord], provider_id: str, *, signed: bool = False
     ) -> list[tuple[object, ...]]:
         # The hot loop of ingest: dictionary look-ups instead of enum
         # conversions, and each distinct date converted once.
@@ -671,9 +790,12 @@ class Store:
                 # PostgreSQL text cannot hold NUL; refused on SQLite too, so
                 # that a node's data can always move between the two.
                 raise InvalidRecord(f"record {index} ({rec.record_id!r}): a text field holds a NUL character")
-            stored = new_record()
-            stored.CopyFrom(rec)
-            stored.provider_id = provider_id
+            payload = b""  # a signed record's payload is its provider's bytes, set by the caller
+            if not signed:
+                stored = new_record()
+                stored.CopyFrom(rec)
+                stored.provider_id = provider_id
+                payload = stored.SerializeToString()
             append(
                 (
                     provider_id,
@@ -683,7 +805,10 @@ class Store:
                     city,
                     day,
                     rec.source,
-                    stored.SerializeToString(),
+                    payload,
+                    None,
+                    None,
+                    None,
                 )
             )
         return rows
@@ -729,21 +854,32 @@ class Store:
 # (the first of two rows with one key wins, and ids follow the batch).
 _PG_STAGE: Final = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS creditnet_ingest (ord integer NOT NULL, provider_id text,"
-    " record_id text, uscc text, category text, city text, record_date date, source text, payload bytea)"
+    " record_id text, uscc text, category text, city text, record_date date, source text, payload bytea,"
+    " batch bigint, leaf_index bigint, inclusion_path bytea)"
     " ON COMMIT DELETE ROWS"
 )
 _PG_COPY: Final = (
-    "COPY creditnet_ingest (ord, provider_id, record_id, uscc, category, city, record_date, source, payload)"
-    " FROM STDIN"
+    "COPY creditnet_ingest (ord, provider_id, record_id, uscc, category, city, record_date, source, payload,"
+    " batch, leaf_index, inclusion_path) FROM STDIN"
 )
 # Inserts the staged rows and says how many of each category were new.
 _PG_ADDED: Final = (
     "WITH added AS ("
-    " INSERT INTO records (provider_id, record_id, uscc, category, city, record_date, source, payload)"
-    " SELECT provider_id, record_id, uscc, category, city, record_date, source, payload"
-    " FROM creditnet_ingest ORDER BY ord"
-    " ON CONFLICT (provider_id, record_id) DO NOTHING RETURNING category"
-    ") SELECT category, count(*) FROM added GROUP BY category"
+    " INSERT INTO records (provider_id, record_id, uscc, category, city, record_date, source, payload,"
+    " batch, leaf_index, inclusion_path)"
+    " SELECT provider_id, record_id, uscc, category, city, record_date, source, payload,"
+    " batch, leaf_index, inclusion_path"
+    # A key twice in one batch: the first wins (DO UPDATE may touch a row once).
+    " FROM (SELECT DISTINCT ON (provider_id, record_id) * FROM creditnet_ingest"
+    " ORDER BY provider_id, record_id, ord) AS first ORDER BY ord"
+    " ON CONFLICT (provider_id, record_id) DO UPDATE SET"
+    " record_date = excluded.record_date, source = excluded.source, payload = excluded.payload,"
+    " batch = excluded.batch, leaf_index = excluded.leaf_index, inclusion_path = excluded.inclusion_path"
+    " WHERE records.batch IS NULL AND excluded.batch IS NOT NULL"
+    " AND records.uscc = excluded.uscc AND records.category = excluded.category"
+    # xmax is 0 only for a row this statement inserted: an adopted row is not new.
+    " RETURNING category, (xmax = 0) AS inserted"
+    ") SELECT category, count(*) FROM added WHERE inserted GROUP BY category"
 )
 
 
@@ -759,6 +895,26 @@ def _insert_records_postgresql(conn: Connection, rows: list[tuple[object, ...]])
         return {str(category): int(n) for category, n in cur.fetchall()}
 
 
+# A stored record without a batch (stored before records were signed) is
+# replaced by the same record (same enterprise and category, so the kept
+# counts stay right) arriving in a signed batch; nothing else is ever replaced.
+_ADOPTED_COLUMNS: Final = ("record_date", "source", "payload", "batch", "leaf_index", "inclusion_path")
+
+
+def _adoptable(excluded: Any) -> Any:
+    return (
+        RECORDS.c.batch.is_(None)
+        & excluded.batch.is_not(None)
+        & (RECORDS.c.uscc == excluded.uscc)
+        & (RECORDS.c.category == excluded.category)
+    )
+
+
+_BATCH_BY_DIGEST: Final = select(RECORD_BATCHES.c.id).where(RECORD_BATCHES.c.digest == bindparam("digest"))
+_BATCH_ENVELOPES: Final = select(RECORD_BATCHES.c.id, RECORD_BATCHES.c.envelope).where(
+    RECORD_BATCHES.c.id.in_(bindparam("ids", expanding=True))
+)
+
 # The read hot path (every answered query), built once.
 _FIND_RECORDS: Final = (
     select(RECORDS.c.payload)
@@ -769,6 +925,9 @@ _FIND_RECORDS: Final = (
         RECORDS.c.record_date <= bindparam("date_to", type_=Date),
     )
     .order_by(RECORDS.c.category, RECORDS.c.record_date, RECORDS.c.id)
+)
+_DISCLOSE_RECORDS: Final = _FIND_RECORDS.with_only_columns(
+    RECORDS.c.payload, RECORDS.c.batch, RECORDS.c.leaf_index, RECORDS.c.inclusion_path
 )
 _RECORD_COUNTS: Final = select(RECORD_COUNTS.c.provider_id, RECORD_COUNTS.c.category, RECORD_COUNTS.c.records)
 _RECORD_USCCS: Final = (
