@@ -29,6 +29,9 @@ def proven_records(
     """
     manifests: dict[int, VerifiedManifest] = {}
     out: list[records_pb2.CreditRecord] = []
+    # A node stores a record once per provider and record_id; one shown twice
+    # would count twice in the bank's indicators (a debt, a judgment).
+    seen: set[tuple[str, str]] = set()
     for i, proven in enumerate(answer.proven_records):
         if proven.batch >= len(answer.batches):
             raise ProvenanceError(
@@ -45,6 +48,10 @@ def proven_records(
             record, _ = check_record(proven, manifest, city)
         except ProvenanceError as exc:
             raise ProvenanceError(f"record {i}: {exc}") from None
+        key = (record.provider_id, record.record_id)
+        if key in seen:
+            raise ProvenanceError(f"record {i}: disclosed twice in one answer")
+        seen.add(key)
         out.append(record)
     if len(manifests) != len(answer.batches):
         raise ProvenanceError("the answer carries a provider batch that no record refers to")

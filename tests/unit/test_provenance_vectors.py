@@ -136,3 +136,26 @@ def test_the_same_batch_and_record_pass_the_bank_sdk(verifier: EnvelopeVerifier)
     )
     (record,) = proven_records(verifier, answer, City("340100"))
     assert record.SerializeToString() == bytes.fromhex(entry["record_hex"])
+
+
+def test_a_record_disclosed_twice_in_one_answer_is_refused(verifier: EnvelopeVerifier) -> None:
+    # Each copy checks out on its own; shown twice it would count twice in the bank's indicators.
+    env = envelope_pb2.SignedEnvelope.FromString(bytes.fromhex(DOC["batch"]["envelope_hex"]))
+    entry = DOC["records"][0]
+    proven = provenance_pb2.ProvenRecord(
+        record=bytes.fromhex(entry["record_hex"]),
+        batch=0,
+        leaf_index=0,
+        inclusion_path=[bytes.fromhex(h) for h in entry["inclusion_path_hex"]],
+    )
+    assert (
+        len(
+            proven_records(
+                verifier, query_pb2.CityAnswer(batches=[env], proven_records=[proven]), City("340100")
+            )
+        )
+        == 1
+    )
+    twice = query_pb2.CityAnswer(batches=[env], proven_records=[proven, proven])
+    with pytest.raises(ProvenanceError, match="record 1: disclosed twice"):
+        proven_records(verifier, twice, City("340100"))

@@ -319,6 +319,9 @@ def report(r: dict[str, Any]) -> dict[str, float]:
     }
     if "federated" in r["sealing"]:
         ratios["sealing_share_of_federated_server_cpu"] = r["sealing"]["federated"]["sealing_share"]
+        ratios["sealing_and_proofs_share_of_federated_server_cpu"] = r["sealing"]["federated"][
+            "sealing_and_proofs_share"
+        ]
     # An answer of 100 records from one provider batch, as a bank verifies it cold.
     (proofs,) = [x for x in r["provenance"]["rows"] if x["records"] == 100 and x["batches"] == "one batch"]
     ratios["provider_proofs_answer_size"] = proofs["size_ratio"]
