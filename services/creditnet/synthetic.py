@@ -780,7 +780,8 @@ class _Writer:
         return self.rng.lognormvariate(0, sigma)
 
     def place(self, city: City) -> District:
-        regions = [d for d in districts(city) if not d.code.endswith("00")]
+        # A city without districts (Dongguan, Zhongshan, Jiayuguan...) registers under its own code.
+        regions = [d for d in districts(city) if not d.code.endswith("00")] or list(districts(city))
         if city == self.plan.home_city and not self.plan.district.code.endswith("00"):
             return self.plan.district
         return self.rng.choice(regions)

@@ -48,22 +48,32 @@ def provision_with_progress(
     directory: bool = True,
     cities: tuple[City, ...] = pilot.CITIES,
 ) -> None:
+    """Provision with one progress bar over the cities' records (a bar per city for a handful)."""
     from creditnet.network import provision
 
+    started = time.monotonic()
+    per_city = len(cities) <= 8
     with Progress(
         TextColumn("[bold]{task.description}[/]"),
         BarColumn(),
         TextColumn("{task.completed:,} records"),
+        TextColumn("{task.fields[where]}"),
         console=console,
         transient=False,
     ) as progress:
         tasks: dict[str, TaskID] = {}
+        seen: set[str] = set()
 
         def tick(city: str, n: int) -> None:
-            if city not in tasks:
-                tasks[city] = progress.add_task(f"loading {city:<9}", total=None)
-            progress.advance(tasks[city], n)
+            key = city if per_city else "all"
+            if key not in tasks:
+                what = f"loading {city:<9}" if per_city else f"loading {len(cities)} cities"
+                tasks[key] = progress.add_task(what, total=None, where="")
+            seen.add(city)
+            where = "" if per_city else f"{len(seen)} of {len(cities)} cities, at {city}"
+            progress.update(tasks[key], advance=n, where=where)
 
+        console.print(f"provisioning {len(cities)} cities: certificates, keys, directory, stores")
         provision(
             state_dir,
             cities=cities,
@@ -73,6 +83,7 @@ def provision_with_progress(
             directory=directory,
             routing=True,
         )
+    console.print(f"provisioned {len(cities)} cities in {time.monotonic() - started:.1f} s")
 
 
 @network_app.command("up")
@@ -85,8 +96,9 @@ def up(
     cities: Annotated[
         str,
         typer.Option(
-            help="New networks: the member cities, as comma-separated division codes "
-            "(default: the five pilot cities 310000,320100,330100,330400,340100)."
+            help="New networks: the member cities, as comma-separated division codes, 'all' (every "
+            "prefecture-level city and municipality, about 333), or a count N (the first N by code). "
+            "Default: the five pilot cities 310000,320100,330100,330400,340100."
         ),
     ] = "",
     directory: Annotated[
@@ -99,7 +111,9 @@ def up(
 ) -> None:
     """Provision (if new) and run the city nodes and the aggregator until Ctrl-C.
 
-    A new network has the five pilot cities unless --cities names others.
+    A new network has the five pilot cities unless --cities names others (`all`, a count, codes).
+    Networks of more than 8 cities pack their nodes into node hosts (`creditnet node run-many`),
+    one per CPU; every node still has its own port, TLS identity, store and credit-chain log.
 
     A server that dies is restarted, after a delay that doubles (up to 30 s) while it keeps dying.
     A city admitted or removed meanwhile (`creditnet network admit|remove`) has its node started
@@ -107,19 +121,26 @@ def up(
 
     Writes STATE_DIR/network.json with every endpoint, the CA certificate and the demo identities.
     """
-    from creditnet.network import NetworkLayout, ProcessNetwork
+    from creditnet.network import NetworkLayout, ProcessNetwork, select_cities
 
     with errors():
         if not (state_dir / "network.json").exists():
-            members = City.parse_many(cities) if cities.strip() else pilot.CITIES
+            members = select_cities(cities)
             provision_with_progress(state_dir, enterprises, seed, directory, members)
         elif cities.strip():
             raise ValueError(f"{state_dir} holds a network already: --cities applies to new networks only")
         layout = NetworkLayout.load(state_dir)
         net = ProcessNetwork(layout)
+        starting = time.monotonic()
         net.start()
         try:
-            asyncio.run(net.wait_healthy(timeout=STARTUP_TIMEOUT))
+            # Hundreds of nodes open their stores and build their filters before they serve.
+            timeout = max(STARTUP_TIMEOUT, 1.0 * len(layout.cities))
+            asyncio.run(net.wait_healthy(timeout=timeout))
+            console.print(
+                f"{len(layout.cities)} city nodes in {len(net.procs) - 1} processes and the aggregator "
+                f"serving after {time.monotonic() - starting:.1f} s"
+            )
             table = Table(title=f"creditnet network up — {state_dir / 'network.json'}")
             table.add_column("server")
             table.add_column("endpoint")
