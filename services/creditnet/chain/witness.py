@@ -175,6 +175,10 @@ class Witness:
                         "the checkpoint is not consistent with the one cosigned before",
                     ) from None
             if old is None or new.checkpoint.size > old.size:
+                # Forgotten until the write is known to have landed: a call cancelled
+                # meanwhile (its deadline passed) leaves the write to finish in the
+                # thread, and the next call must read what it wrote, not insert again.
+                del self._states[origin]
                 await loop.run_in_executor(self._db, self._advance, origin, old, new)
                 self._states[origin] = WitnessedState(
                     origin, new.checkpoint.size, new.checkpoint.root_hash, new.encode()
