@@ -120,7 +120,7 @@ async def test_a_query_asks_the_registration_city_and_the_two_holding_cities_onl
     ntrust: TrustStore,
     routed: tuple[Identity, City, tuple[City, City], Report, list[str]],
 ) -> None:
-    _, home, holders, report, sent = routed
+    _, home, holders, report, _ = routed
     by_city = {s.city: s for s in report.sections}
     assert list(by_city) == list(nlayout.cities)
     assert by_city[home].routing == "registration"
