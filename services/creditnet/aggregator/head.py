@@ -1,7 +1,9 @@
 """The head of the Yangtze River Delta credit chain: network checkpoints.
 
-Every few seconds the aggregator reads each city's latest published
-checkpoint, verifies the city's signature and the witness quorum, checks it is
+Every few seconds the aggregator reads the latest published checkpoint of
+each city that may have changed (one it cosigned a new checkpoint of, or
+relayed a query to, or could not read last time; every city every
+SWEEP_ROUNDS rounds), verifies the city's signature and the witness quorum, checks it is
 consistent with the last one it accepted from that city (keeping evidence if
 not), and signs a network checkpoint that names every city's size and root
 and the hash of the previous network checkpoint — a hash chain of tree heads.
@@ -38,6 +40,9 @@ from creditnet.v2 import chain_pb2, chain_pb2_grpc
 log = logging.getLogger(__name__)
 
 INTERVAL = 2.0
+# A round reads only the cities that may have changed (docs/protocol.md, "Network checkpoints at
+# scale"); every this many rounds it reads them all, catching changes no hint announced.
+SWEEP_ROUNDS = 15
 # Bounds on one city's read, and on how long a round waits for the cities
 # that usually answer before it signs with what it has.
 FETCH_TIMEOUT = 2.0
@@ -88,6 +93,16 @@ class NetworkCheckpointer:
         self._task: asyncio.Task[None] | None = None
         self._reading: dict[City, asyncio.Task[Fetched | None]] = {}
         self._health: collections.defaultdict[City, WitnessHealth] = collections.defaultdict(WitnessHealth)
+        # Cities whose log may have grown since last read: the aggregator cosigned a new
+        # checkpoint of theirs, or relayed a query to them (`hint`).
+        self._hinted: set[City] = set()
+        # Cities whose last read gave nothing usable: read again next round.
+        self._unread: set[City] = set()
+        self._rounds = 0
+        self.sweep_rounds = SWEEP_ROUNDS
+        # Reads started by each round, for the aggregator's metrics (None: not counted).
+        self.on_round: Callable[[int], None] | None = None
+        witness.advanced = self._witnessed
 
     def _load(self) -> NetworkHead:
         if not self.state_file.exists():
@@ -122,6 +137,15 @@ class NetworkCheckpointer:
             )
         )
         os.replace(tmp, self.state_file)
+
+    def hint(self, city: City) -> None:
+        """`city`'s log may have grown (a query was relayed to it): read it next round."""
+        self._hinted.add(city)
+
+    def _witnessed(self, origin: str) -> None:
+        code = origin.rsplit("/", 1)[-1]
+        if code.isdigit():
+            self._hinted.add(City(code))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -229,13 +253,25 @@ class NetworkCheckpointer:
         head it was read against.
         """
         waited: set[asyncio.Task[Fetched | None]] = set()
+        sweep = self._rounds % self.sweep_rounds == 0
+        self._rounds += 1
+        due = self._hinted | self._unread
+        self._hinted = set()
+        started = 0
         for city in self.directory.members():
             if city in self._reading:
                 continue
+            # Unchanged cities cost nothing between sweeps: the round's work grows
+            # with the cities that changed, not with the network's size.
+            if not (sweep or city in due or city.value not in self.head.cities):
+                continue
+            started += 1
             reading = asyncio.create_task(self._fetch_timed(city))
             self._reading[city] = reading
             if self._health[city].healthy:
                 waited.add(reading)
+        if self.on_round is not None:
+            self.on_round(started)
         if waited:
             await asyncio.wait(waited, timeout=ROUND_WAIT)
         # From here to the new note nothing awaits: GetNetworkCheckpoint never
@@ -248,7 +284,9 @@ class NetworkCheckpointer:
             del self._reading[city]
             fetched = _outcome(city, task)
             if fetched is None:
+                self._unread.add(city)
                 continue
+            self._unread.discard(city)
             cp = fetched.checkpoint
             if self.head.cities.get(city.value) != (cp.checkpoint.size, cp.checkpoint.root_hash):
                 self.head.cities[city.value] = (cp.checkpoint.size, cp.checkpoint.root_hash)

@@ -66,6 +66,8 @@ class Router:
         self.problems: dict[City, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._fetching = asyncio.Semaphore(FETCH_CONCURRENCY)
+        # Fetches made by each poll, for the aggregator's metrics (None: not counted).
+        self.on_round: Callable[[int], None] | None = None
 
     # -- routing ---------------------------------------------------------------
 
@@ -147,6 +149,8 @@ class Router:
             del self.held[gone]
         for gone in set(self.problems) - set(links):
             del self.problems[gone]
+        if self.on_round is not None:
+            self.on_round(len(links))
         await asyncio.gather(*(self._fetch(link) for link in links.values()))
 
     async def _fetch(self, link: NodeLink) -> None:

@@ -151,6 +151,7 @@ async def start_aggregator(
     )
     if config.routing_key is not None:
         service.router = Router(directory, service.verifier, RoutingKey.load(config.routing_key))
+        service.router.on_round = lambda calls: metrics.round_ran("filter", calls)
     store: Store | None = None
     witness_service: WitnessService | None = None
     names = [SERVICE_NAME]
@@ -164,6 +165,7 @@ async def start_aggregator(
         service.head = NetworkCheckpointer(
             directory, trust, log_key, witness, config.state_dir / "network-head.json", config.quorum
         )
+        service.head.on_round = lambda calls: metrics.round_ran("checkpoint", calls)
         names.append(chain_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name)
 
     served: ServedDirectory | None = None
