@@ -465,10 +465,12 @@ def grant_demo_consent(
     validity: dt.timedelta = dt.timedelta(days=30),
     years: int = 3,
     save_to: Path | None = None,
+    enterprise: Identity | None = None,
 ) -> envelope_pb2.SignedEnvelope:
+    """A consent of the demo enterprise, or of `enterprise` (its own identity signs it)."""
     now = utcnow()
     terms = consent_mod.ConsentTerms(
-        enterprise_uscc=layout.demo_enterprise,
+        enterprise_uscc=enterprise.role.subject if enterprise is not None else layout.demo_enterprise,
         bank_code=bank,
         purpose=purpose,
         categories=categories,
@@ -479,7 +481,7 @@ def grant_demo_consent(
         not_after=now + validity,
         max_uses=max_uses,
     )
-    env = consent_mod.grant(layout.enterprise(), terms)
+    env = consent_mod.grant(enterprise or layout.enterprise(), terms)
     if save_to is not None:
         save_envelope(env, save_to)
     return env
