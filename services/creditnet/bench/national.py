@@ -325,7 +325,8 @@ def show(runs: list[dict[str, Any]]) -> None:
         print("".join(f"{'-' if r[k] is None else format(r[k], spec):>9}" for _, k, spec in COLUMNS))
     print(
         "asked: cities asked per query (mean, p99); x5: latency over N=5's; agg MB: aggregator RSS, "
-        "KB/+city: its growth per city beyond the first size; wit logs: logs a node witnesses; cosig/cp: cosignatures per checkpoint; cp/flt rd/r: "
+        "KB/+city: its growth per city beyond the first size; wit logs: logs a node witnesses; "
+        "cosig/cp: cosignatures per checkpoint; cp/flt rd/r: "
         "node calls per network-checkpoint / filter round while idle; idle cpu: cores, all processes"
     )
     last = runs[-1]
