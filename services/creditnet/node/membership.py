@@ -83,6 +83,8 @@ class MembershipPublisher:
         # Rebuilds waiting: new ingests let them go first (no starvation).
         self._wanting = 0
         self._task: asyncio.Task[None] | None = None
+        # Set, and replaced, whenever a new version is signed: what long-polling callers wait on.
+        self._signed = asyncio.Event()
 
     async def start(self) -> None:
         await self.rebuild()
@@ -171,7 +173,17 @@ class MembershipPublisher:
             )
             self.current, self.version, self._signed_at = env, version, now
             self._published_changes = changes
+            self._signed.set()
+            self._signed = asyncio.Event()
             return env
+
+    async def signed_after(self, version: int, timeout: float) -> None:
+        """Return once a version newer than `version` is signed, or after `timeout` seconds."""
+        signed = self._signed
+        if self.version != version:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(signed.wait(), timeout)
 
     async def check(self) -> None:
         """Rebuild if records were written from outside or the filter is too full; re-sign when due."""
