@@ -11,7 +11,10 @@ log has no entry for it), and the bank verifies every answer and receipt.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -164,3 +167,28 @@ async def test_a_synthetic_enterprise_with_records_in_two_cities_is_asked_of_tho
     quiet = [c for c in cities if c not in plan.cities][::7]
     logged = await asyncio.gather(*(ledger_query_ids(nlayout, ntrust, c) for c in quiet))
     assert all(report.query_id not in ids for ids in logged)
+
+
+def test_network_status_shows_every_citys_filter(
+    nnetwork: ProcessNetwork,
+    nlayout: NetworkLayout,
+    routed: tuple[Identity, City, tuple[City, City], Report, list[str]],
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "creditnet", "network", "status", "--network", str(nlayout.root), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    nodes = json.loads(done.stdout)["nodes"]
+    assert [n["city"] for n in nodes] == [c.value for c in nlayout.cities]
+    for n in nodes:
+        f = n["filter"]
+        assert f["problem"] == "" and f["version"] > 0 and f["size_bytes"] > 0, n
+        assert 0 <= f["age_s"] < 120
+    # The holders' filters hold the enterprise whose records were submitted there.
+    _, _, holders, _, _ = routed
+    by_city = {n["city"]: n["filter"] for n in nodes}
+    assert all(by_city[c.value]["entries"] >= 1 for c in holders)

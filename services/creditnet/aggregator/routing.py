@@ -116,6 +116,15 @@ class Router:
                 )
         return out
 
+    def describe(self, city: City, out: aggregator_pb2.FilterStatus) -> None:
+        """Fill `out` with the filter held of `city` and, if it cannot be used now, why."""
+        held = self.held.get(city)
+        if held is not None:
+            out.version, out.entries, out.size_bytes = held.version, held.entries, held.bloom.bit_count // 8
+            out.issued_at.FromDatetime(held.issued_at)
+        usable = held is not None and held.fresh(self.clock()) and not self.problems.get(city)
+        out.problem = "" if usable else self.why_unusable(city)
+
     def why_unusable(self, city: City) -> str:
         held = self.held.get(city)
         if city not in self.directory.links:

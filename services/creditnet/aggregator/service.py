@@ -203,6 +203,8 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             )
             if link.last_checked:
                 status.last_checked.CopyFrom(ts_to_proto(link.last_checked))
+            if self.router is not None:
+                self.router.describe(link.city, status.filter)
         return out
 
     @refusals

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import signal
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from creditnet.cli.common import (
     serve_until_signalled,
 )
 from creditnet.config import AggregatorConfig, parse_nodes
+from creditnet.dates import utcnow
 from creditnet.domain import City
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 
@@ -231,6 +233,7 @@ def status(
                 "latency_ms": n.latency_ms,
                 "last_error": n.last_error,
                 "evidence": n.evidence,
+                "filter": _filter_row(n) if n.HasField("filter") else None,
             }
             for n in resp.nodes
         ]
@@ -238,7 +241,7 @@ def status(
             print_json({"aggregator": endpoint, "nodes": rows})
         else:
             table = Table(title=f"network status via aggregator {endpoint}")
-            for col in ("city", "endpoint", "health", "latency", "evidence", "last error"):
+            for col in ("city", "endpoint", "health", "latency", "evidence", "filter", "last error"):
                 table.add_column(col)
             for r in rows:
                 style = "green" if r["health"] == "serving" else "red"
@@ -248,11 +251,33 @@ def status(
                     f"[{style}]{r['health']}[/]",
                     f"{r['latency_ms']} ms",
                     f"[bold red]{r['evidence']}[/]" if r["evidence"] else "none",
+                    _filter_cell(r["filter"]),
                     r["last_error"],
                 )
             console.print(table)
         if any(r["health"] != "serving" or r["evidence"] for r in rows):
             raise typer.Exit(3)
+
+
+def _filter_row(node: Any) -> dict[str, Any]:
+    f = node.filter
+    age = (utcnow() - f.issued_at.ToDatetime(tzinfo=dt.UTC)).total_seconds() if f.version else None
+    return {
+        "version": f.version,
+        "age_s": round(age, 1) if age is not None else None,
+        "size_bytes": f.size_bytes,
+        "entries": f.entries,
+        "problem": f.problem,
+    }
+
+
+def _filter_cell(row: dict[str, Any] | None) -> str:
+    """A city's filter for the status table: age, size and entries, or why it is not used."""
+    if row is None:
+        return "no routing"
+    if row["problem"]:
+        return f"[yellow]{row['problem'][:60]}[/]"
+    return f"{row['age_s']:.0f} s old, {row['size_bytes']:,} B, {row['entries']:,} entries"
 
 
 def _membership_report(
