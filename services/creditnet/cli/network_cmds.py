@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 # Six Python servers starting at once on a busy laptop may take a while.
 STARTUP_TIMEOUT = 120.0
+# Cities `network up` lists in its table (network.json lists every one).
+TABLE_CITIES = 20
 
 network_app = typer.Typer(
     help="The network on one machine: up, status, admit and remove a city.", no_args_is_help=True
@@ -148,8 +150,11 @@ def up(
             table.add_column("endpoint")
             table.add_column("TLS name")
             table.add_row("aggregator", layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME)
-            for c in layout.cities:
+            shown = layout.cities if len(layout.cities) <= TABLE_CITIES else layout.cities[:TABLE_CITIES]
+            for c in shown:
                 table.add_row(c.display, layout.node_endpoint(c), node_server_name(c))
+            if len(shown) < len(layout.cities):
+                table.add_row(f"… {len(layout.cities) - len(shown)} more", "(network.json lists all)", "")
             console.print(table)
             console.print(f"logs in {state_dir / 'logs'}; Ctrl-C to stop")
             stopping = False
