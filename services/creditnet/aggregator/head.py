@@ -2,8 +2,9 @@
 
 Every few seconds the aggregator reads the latest published checkpoint of
 each city that may have changed (one it cosigned a new checkpoint of, or
-relayed a query to, or could not read last time; every city every
-SWEEP_ROUNDS rounds), verifies the city's signature and the witness quorum, checks it is
+relayed a query to, or could not read last time; and, in turn, every
+SWEEP_ROUNDS-th city, so each is read at least every SWEEP_ROUNDS rounds),
+verifies the city's signature and the witness quorum, checks it is
 consistent with the last one it accepted from that city (keeping evidence if
 not), and signs a network checkpoint that names every city's size and root
 and the hash of the previous network checkpoint — a hash chain of tree heads.
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 INTERVAL = 2.0
 # A round reads only the cities that may have changed (docs/protocol.md, "Network checkpoints at
-# scale"); every this many rounds it reads them all, catching changes no hint announced.
+# scale"), and 1/SWEEP_ROUNDS of the others in turn, catching changes no hint announced.
 SWEEP_ROUNDS = 15
 # Bounds on one city's read, and on how long a round waits for the cities
 # that usually answer before it signs with what it has.
@@ -176,7 +177,9 @@ class NetworkCheckpointer:
             assignment = self.assignments(city.code) if self.assignments is not None else None
             if assignment is not None:
                 quorum, assigned = assignment.quorum, assignment.witnesses
-            cp = verify_checkpoint(
+            # Signatures and certificates: off the event loop, which serves queries meanwhile.
+            cp = await asyncio.to_thread(
+                verify_checkpoint,
                 self.trust,
                 resp.checkpoint,
                 list(resp.key_certificates),
@@ -253,17 +256,24 @@ class NetworkCheckpointer:
         head it was read against.
         """
         waited: set[asyncio.Task[Fetched | None]] = set()
-        sweep = self._rounds % self.sweep_rounds == 0
+        members = self.directory.members()
+        # The sweep is spread: each round reads every sweep_rounds-th city in turn, so that
+        # every city is read at least every sweep_rounds rounds without a burst of N reads.
+        sweep = (
+            set(members[self._rounds % self.sweep_rounds :: self.sweep_rounds])
+            if self.sweep_rounds
+            else set()
+        )
         self._rounds += 1
-        due = self._hinted | self._unread
+        due = self._hinted | self._unread | sweep
         self._hinted = set()
         started = 0
-        for city in self.directory.members():
+        for city in members:
             if city in self._reading:
                 continue
-            # Unchanged cities cost nothing between sweeps: the round's work grows
-            # with the cities that changed, not with the network's size.
-            if not (sweep or city in due or city.value not in self.head.cities):
+            # Unchanged cities cost nothing between their turns in the sweep: the round's work
+            # grows with the cities that changed, not with the network's size.
+            if not (city in due or city.value not in self.head.cities):
                 continue
             started += 1
             reading = asyncio.create_task(self._fetch_timed(city))
