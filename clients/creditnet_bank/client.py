@@ -336,10 +336,12 @@ class BankClient:
                 raise DirectoryRefused(exc) from None
             members, version = set(self.directory.member_cities(directory)), directory.version
         scope = scope_cities(query, members or ())
+        # A set: a national scope has hundreds of cities, each section is looked up in it.
+        in_scope = set(scope)
         by_city: dict[City, Section] = {}
         for raw in resp.sections:
             section = verify_section(self.verifier, raw, query_env, query, directory, exhaustive=exhaustive)
-            outside = (scope and section.city not in scope) or (
+            outside = (in_scope and section.city not in in_scope) or (
                 members is not None and section.city not in members
             )
             if outside or section.city in by_city:
