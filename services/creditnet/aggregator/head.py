@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 INTERVAL = 2.0
 # A round reads only the cities that may have changed (docs/protocol.md, "Network checkpoints at
 # scale"), and 1/SWEEP_ROUNDS of the others in turn, catching changes no hint announced.
-SWEEP_ROUNDS = 15
+SWEEP_ROUNDS = 60
 # Bounds on one city's read, and on how long a round waits for the cities
 # that usually answer before it signs with what it has.
 FETCH_TIMEOUT = 2.0

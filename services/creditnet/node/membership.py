@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 from collections.abc import AsyncIterator, Callable, Collection
 
 from creditnet.dates import utcnow
@@ -199,6 +200,9 @@ class MembershipPublisher:
             await self.publish(force=due)
 
     async def _run(self) -> None:
+        # A random phase: hundreds of nodes started together in one host would otherwise check
+        # (and re-sign, and be fetched) in the same instant, every interval.
+        await asyncio.sleep(random.uniform(0, self.check_interval))
         while True:
             await asyncio.sleep(self.check_interval)
             try:
