@@ -265,7 +265,7 @@ def run_many(
     import asyncio
     import signal
 
-    from creditnet.cli.common import err_console
+    from creditnet.cli.common import err_console, settle_heap
     from creditnet.node.host import start_nodes
 
     with errors():
@@ -274,6 +274,7 @@ def run_many(
 
         async def main() -> None:
             host = await start_nodes(loaded, limits=options.limits)
+            settle_heap()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
