@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 1.0
 FETCH_TIMEOUT = 5.0
 # How long a node may hold a filter fetch for a newer version (GetMembershipFilterRequest.wait_ms):
-# a node re-signs at least every 30 s (routing.RESIGN_INTERVAL), so a watch returns by then.
-WATCH_MS = 25_000
+# longer than a node's re-signing (at least every 30 s, routing.RESIGN_INTERVAL), so that a watch
+# is answered by the re-signed filter, one call per re-signing, not by an `unchanged` just before.
+WATCH_MS = 45_000
 # Filters verified at once (each may be megabytes).
 FETCH_CONCURRENCY = 8
 A = aggregator_pb2

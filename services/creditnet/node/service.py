@@ -40,7 +40,7 @@ UNDECODABLE_RECORD = "not a well-formed CreditRecord (e.g. a text field that is 
 # How long an answer may wait for witnesses when the caller set no deadline.
 RECEIPT_WAIT = 5.0
 # The longest a GetMembershipFilter long poll is held (its wait_ms is capped to this).
-MAX_FILTER_WAIT_MS = 30_000
+MAX_FILTER_WAIT_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
