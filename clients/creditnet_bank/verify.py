@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -166,13 +167,19 @@ def verify_section(
         )
 
 
+@functools.lru_cache(maxsize=256)
+def _home_city(uscc: str) -> City | None:
+    # Once per query, not once per not-asked section (hundreds in a national network).
+    return uscc_mod.home_city(uscc)
+
+
 def _check_not_asked(
     base: Section, raw: aggregator_pb2.CitySection, query: query_pb2.CreditQuery, exhaustive: bool
 ) -> Section:
     why = ""
     if exhaustive:
         why = "the bank asked for an exhaustive query, yet the aggregator did not ask this city"
-    elif uscc_mod.home_city(query.enterprise_uscc) == base.city:
+    elif _home_city(query.enterprise_uscc) == base.city:
         why = "the aggregator did not ask the enterprise's registration city"
     elif raw.HasField("sealed_answer") or raw.HasField("receipt") or raw.asked:
         why = "a section said not to be asked carries an answer, a receipt or asked=true"

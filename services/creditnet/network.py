@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from creditnet import consent as consent_mod
-from creditnet import pilot, provenance, synthetic
+from creditnet import divisions, pilot, provenance, synthetic
 from creditnet.aggregator.server import RunningAggregator, start_aggregator
 from creditnet.chain.keys import NATIONAL, LogKey
 from creditnet.chain.ledger import DEFAULT_QUORUM
@@ -56,6 +56,29 @@ log = logging.getLogger(__name__)
 DEMO_BANK = "B0310H231000001"
 SECOND_BANK = "B0302H232000001"
 INGEST_BATCH = 5_000
+
+
+def select_cities(spec: str) -> tuple[City, ...]:
+    """The member cities `--cities` names: ``all`` (every prefecture-level city and municipality
+    of the division-code data), a count N (the first N of those by code), or comma-separated codes.
+
+    Empty means the five pilot cities. Bad input raises ValueError (or a DivisionError for a code
+    that is not a city) and selects nothing.
+    """
+    text = spec.strip()
+    if not text:
+        return pilot.CITIES
+    every = tuple(City(d.code) for d in divisions.cities())
+    if text.lower() == "all":
+        return every
+    if text.isdigit() and len(text) < 6:
+        count = int(text)
+        if not 1 <= count <= len(every):
+            raise ValueError(
+                f"--cities {text}: give a count from 1 to {len(every)}, 'all', or division codes"
+            )
+        return every[:count]
+    return City.parse_many(text)
 
 
 def free_port() -> int:
@@ -238,6 +261,7 @@ def provision(
             state=state, anchor=signed_directory["anchor"], bootstrap=root / signed_directory["file"]
         )
 
+    configured_witnesses = _configured_witnesses(members, ring=signed_directory is not None)
     for i, city in enumerate(members):
         ndir = root / "nodes" / city.value
         log_keys[city.value].save(ndir / "logkey.pem", ndir / "logkey.key")
@@ -264,8 +288,11 @@ def provision(
             database_url=urls[city],
             log_cert=ndir / "logkey.pem",
             log_key=ndir / "logkey.key",
-            witnesses={n: ep for n, ep in witness_endpoints.items() if n != city.value}
-            | {NATIONAL: agg_endpoints[i % len(agg_endpoints)]},
+            # Node i asks replica i mod n to witness its log.
+            witnesses={
+                n: agg_endpoints[i % len(agg_endpoints)] if n == NATIONAL else witness_endpoints[n]
+                for n in configured_witnesses[city.value]
+            },
             quorum=quorum,
             directory=directory_config(ndir / "directory.binpb"),
             routing_key=ndir / "routing.key" if routing_key is not None else None,
@@ -343,6 +370,18 @@ def provision(
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, root / "network.json")
     return NetworkLayout(root=root, data=data)
+
+
+def _configured_witnesses(members: tuple[City, ...], *, ring: bool) -> dict[str, tuple[str, ...]]:
+    """Each node's configured witnesses: every other server in a small network; in a larger one
+    with a directory, those the directory assigns (its ring), so that no node holds a channel to
+    every other (the directory's assignment is what a node uses anyway)."""
+    from creditnet.directory.build import ring_assignments
+
+    codes = [c.value for c in members]
+    if not ring or len(codes) <= PROCESS_PER_NODE_UP_TO:
+        return {c: (*(o for o in codes if o != c), NATIONAL) for c in codes}
+    return {a.log: a.witnesses for a in ring_assignments(codes, [NATIONAL], DEFAULT_QUORUM)}
 
 
 def _provision_directory(
@@ -479,10 +518,12 @@ def grant_demo_consent(
     validity: dt.timedelta = dt.timedelta(days=30),
     years: int = 3,
     save_to: Path | None = None,
+    enterprise: Identity | None = None,
 ) -> envelope_pb2.SignedEnvelope:
+    """A consent of the demo enterprise, or of `enterprise` (its own identity signs it)."""
     now = utcnow()
     terms = consent_mod.ConsentTerms(
-        enterprise_uscc=layout.demo_enterprise,
+        enterprise_uscc=enterprise.role.subject if enterprise is not None else layout.demo_enterprise,
         bank_code=bank,
         purpose=purpose,
         categories=categories,
@@ -493,7 +534,7 @@ def grant_demo_consent(
         not_after=now + validity,
         max_uses=max_uses,
     )
-    env = consent_mod.grant(layout.enterprise(), terms)
+    env = consent_mod.grant(enterprise or layout.enterprise(), terms)
     if save_to is not None:
         save_envelope(env, save_to)
     return env
@@ -602,13 +643,33 @@ class _Supervision:
     started: float = 0.0
 
 
+# Networks up to this size run a process per node, as an operator runs them;
+# larger ones pack their nodes into node hosts (`creditnet node run-many`).
+PROCESS_PER_NODE_UP_TO = 8
+HOST_PREFIX = "nodes-"
+
+
+def default_nodes_per_process(cities: int) -> int:
+    """How many nodes one process serves: one each for small networks, else the network spread
+    over one host per CPU (the nodes are mostly idle; one event loop serves dozens)."""
+    if cities <= PROCESS_PER_NODE_UP_TO:
+        return 1
+    hosts = max(2, os.cpu_count() or 2)
+    return -(-cities // hosts)
+
+
 @dataclass
 class ProcessNetwork:
-    """Each server in its own process, as an operator would run them."""
+    """The servers as operating-system processes: a process per node for small networks, node
+    hosts of `nodes_per_process` nodes each for large ones, and the aggregator."""
 
     layout: NetworkLayout
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_dir: Path | None = None
+    # None: `default_nodes_per_process` for the network's size.
+    nodes_per_process: int | None = None
+    # Process name -> the cities it serves (a node process is named by its city's code).
+    groups: dict[str, tuple[City, ...]] = field(default_factory=dict)
     _supervision: dict[str, _Supervision] = field(default_factory=dict, repr=False)
 
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -623,8 +684,14 @@ class ProcessNetwork:
             )
 
     def start(self) -> None:
-        for city in self.layout.cities:
-            self.start_node(city)
+        cities = self.layout.cities
+        per = self.nodes_per_process or default_nodes_per_process(len(cities))
+        if per <= 1:
+            for city in cities:
+                self.start_node(city)
+        else:
+            for i in range(0, len(cities), per):
+                self.start_host(f"{HOST_PREFIX}{i // per + 1:02d}", cities[i : i + per])
         for replica in range(len(self.layout.aggregator_configs)):
             self.start_aggregator(replica)
 
@@ -633,7 +700,32 @@ class ProcessNetwork:
         self._spawn(aggregator_process(replica), ["aggregator", "run", "--config", str(config)])
 
     def start_node(self, city: City) -> None:
+        self.groups[city.value] = (city,)
         self._spawn(city.value, ["node", "run", "--config", str(self.layout.node_config(city))])
+
+    def start_host(self, name: str, cities: tuple[City, ...]) -> None:
+        """Start a node host serving `cities` (`creditnet node run-many`)."""
+        self.groups[name] = cities
+        configs = [arg for c in cities for arg in ("--config", str(self.layout.node_config(c)))]
+        self._spawn(name, ["node", "run-many", *configs])
+
+    def cities_of(self, name: str) -> tuple[City, ...]:
+        """The cities process `name` serves (a node process is named by its city's code)."""
+        if _replica_of(name) is not None:
+            return ()
+        return self.groups.get(name) or (City(name),)
+
+    def process_of(self, city: City) -> str | None:
+        """The name of the process serving `city`, if one does."""
+        return next((name for name in self.procs if city in self.cities_of(name)), None)
+
+    def _restart(self, name: str) -> None:
+        if (replica := _replica_of(name)) is not None:
+            self.start_aggregator(replica)
+        elif name.startswith(HOST_PREFIX):
+            self.start_host(name, self.cities_of(name))
+        else:
+            self.start_node(City.parse(name))
 
     def supervise(self, now: float | None = None) -> list[Restart]:
         """Start again every server that died, each after its backoff; what was restarted.
@@ -654,11 +746,7 @@ class ProcessNetwork:
                 continue
             if now < state.not_before:
                 continue
-            replica = _replica_of(name)
-            if replica is not None:
-                self.start_aggregator(replica)
-            else:
-                self.start_node(City.parse(name))
+            self._restart(name)
             state.attempt += 1
             state.started = now
             state.not_before = now + state.delay
@@ -675,7 +763,8 @@ class ProcessNetwork:
 
     def follow(self, stop_timeout: float = 10.0) -> Membership:
         """Re-read network.json; start the nodes of cities added to it and stop those of cities
-        removed from it (`creditnet network admit|remove`). No other server is restarted.
+        removed from it (`creditnet network admit|remove`). No other server is restarted, except
+        the node host of a removed city, which starts again without it.
 
         Call it periodically while the network runs, as `supervise`. A
         network.json that cannot be read now (being replaced, say) changes
@@ -683,26 +772,30 @@ class ProcessNetwork:
         """
         try:
             fresh = NetworkLayout.load(self.layout.root)
-            wanted = {c.value for c in fresh.cities}
+            wanted = set(fresh.cities)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning(
                 "cannot read %s (%s); node membership unchanged", self.layout.root / "network.json", exc
             )
             return Membership()
         self.layout = fresh
-        running = {name for name in self.procs if _replica_of(name) is None}
+        running = {c for name in self.procs for c in self.cities_of(name)}
         stopped = sorted(running - wanted)
         started = sorted(wanted - running)
-        for name in stopped:
+        for name in sorted({n for c in stopped if (n := self.process_of(c)) is not None}):
             # Out of supervision first: a stopped member is not restarted.
             proc = self.procs.pop(name)
             self._supervision.pop(name, None)
             _terminate(proc, stop_timeout)
-            log.info("stopped the node of %s: no longer in network.json", name)
-        for name in started:
-            self.start_node(City(name))
-            log.info("started the node of %s: added to network.json", name)
-        return Membership(tuple(City(n) for n in started), tuple(City(n) for n in stopped))
+            left = tuple(c for c in self.cities_of(name) if c in wanted)
+            self.groups.pop(name, None)
+            log.info("stopped %s: %s no longer in network.json", name, ", ".join(c.value for c in stopped))
+            if left:
+                self.start_host(name, left)
+        for city in started:
+            self.start_node(city)
+            log.info("started the node of %s: added to network.json", city.value)
+        return Membership(tuple(started), tuple(stopped))
 
     async def wait_healthy(self, timeout: float = 30.0) -> None:
         from creditnet.health import wait_serving
@@ -714,7 +807,8 @@ class ProcessNetwork:
         operator = self.layout.identity("operators", self.layout.cities[0].value)
         deadline = time.monotonic() + timeout
         for name, (endpoint, server_name) in targets.items():
-            proc = self.procs.get(name)
+            owner = name if _replica_of(name) is not None else self.process_of(City(name))
+            proc = self.procs.get(owner) if owner is not None else None
             await wait_serving(endpoint, server_name, operator, trust_root, timeout=timeout, process=proc)
         # Ready means ready for a federated query: the aggregator itself
         # reaches every node (its channels may still be backing off from
@@ -735,6 +829,7 @@ class ProcessNetwork:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
         self.procs.clear()
+        self.groups.clear()
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -23,6 +23,13 @@ enterprises):
 * loan records overdue ~5%;
 * enterprises active in other pilot cities (branch, warehouse, supplier) ~28%.
 
+In a national network (any set of cities that is not within the pilot's five)
+the data is skewed as in life: a city registers `enterprises_per_city` times
+its population-tier weight (:func:`tier_weight`: 4 for the municipalities, 2
+for provincial capitals and sub-provincial cities, 1 otherwise), and an
+enterprise's 1-3 other cities are drawn by the same weights, three times
+likelier in its own province. The pilot's data is unchanged by this.
+
 Risks are correlated as in life: the tax grade sets a latent risk tier, and the
 tier drives arrears, overdue loans, lawsuits and penalties.
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import itertools
 import math
 import random
@@ -654,9 +662,13 @@ def plan_enterprise(
 
     presences: tuple[Presence, ...] = ()
     if rng.random() < _P_ELSEWHERE:
-        elsewhere = sorted(c for c in set(network) if c != city)
+        members = _members(tuple(network))
+        elsewhere = [c for c in members if c != city]
         count = min(rng.choices((1, 2, 3), weights=(55, 30, 15))[0], len(elsewhere))
-        others = rng.sample(elsewhere, count)
+        if _is_pilot(members):
+            others = rng.sample(elsewhere, count)
+        else:
+            others = _weighted_sample(rng, city, elsewhere, count)
         role_weights = (20, 50, 30) if industry in ("logistics", "trade") else (55, 25, 20)
         presences = tuple(Presence(c, rng.choices(_ROLES, weights=role_weights)[0]) for c in others)
 
@@ -681,6 +693,49 @@ def plan_enterprise(
         dishonest_debtor=rng.random() < _P_DISHONEST[tier],
         penalty=rng.random() < _P_PENALTY[tier],
     )
+
+
+@functools.cache
+def _members(network: tuple[City, ...]) -> tuple[City, ...]:
+    return tuple(sorted(set(network)))
+
+
+def _is_pilot(members: tuple[City, ...]) -> bool:
+    # The pilot's data stays as it was generated before national networks.
+    return set(members) <= set(pilot.CITIES)
+
+
+# Sub-provincial cities besides the provincial capitals: big economies of their own.
+_SUB_PROVINCIAL = frozenset({"210200", "330200", "350200", "370200", "440300", "320500"})
+
+
+def tier_weight(city: City) -> int:
+    """How much business a city draws, by population tier: 4 for the municipalities, 2 for
+    provincial capitals and sub-provincial cities, 1 for the other prefectures."""
+    if divisions.lookup(city.code).is_municipality:
+        return 4
+    if city.code.endswith("0100") or city.code in _SUB_PROVINCIAL:
+        return 2
+    return 1
+
+
+def enterprises_in(city: City, enterprises_per_city: int, network: Sequence[City]) -> int:
+    """How many enterprises are registered in `city`: `enterprises_per_city` in the pilot, that
+    times the city's tier weight in a national network (big cities hold more)."""
+    if _is_pilot(_members(tuple(network))):
+        return enterprises_per_city
+    return enterprises_per_city * tier_weight(city)
+
+
+def _weighted_sample(rng: random.Random, home: City, others: Sequence[City], count: int) -> list[City]:
+    """`count` distinct cities of `others`, big cities and cities of `home`'s province likelier."""
+    weights = [tier_weight(c) * (3 if c.code[:2] == home.code[:2] else 1) for c in others]
+    chosen: list[City] = []
+    while len(chosen) < count:
+        pick = rng.choices(others, weights=weights)[0]
+        if pick not in chosen:
+            chosen.append(pick)
+    return chosen
 
 
 def _company_name(rng: random.Random, city: City, trade_name: str, word: str, capital_cny: float) -> str:
@@ -780,7 +835,8 @@ class _Writer:
         return self.rng.lognormvariate(0, sigma)
 
     def place(self, city: City) -> District:
-        regions = [d for d in districts(city) if not d.code.endswith("00")]
+        # A city without districts (Dongguan, Zhongshan, Jiayuguan...) registers under its own code.
+        regions = [d for d in districts(city) if not d.code.endswith("00")] or list(districts(city))
         if city == self.plan.home_city and not self.plan.district.code.endswith("00"):
             return self.plan.district
         return self.rng.choice(regions)
@@ -1231,20 +1287,22 @@ def generate(
     *,
     as_of: dt.date = AS_OF,
 ) -> Iterator[SyntheticItem]:
-    """Stream `enterprises_per_city` enterprises registered in each of `cities`.
+    """Stream `enterprises_per_city` enterprises registered in each of `cities`
+    (times the city's tier weight in a national network: :func:`enterprises_in`).
 
     For every enterprise: its EnterpriseProfile (held by the home city's
     node), then its CreditRecords, each with ``city`` set to the node that
-    holds it, which for about a quarter of enterprises includes other pilot
-    cities. Enterprises come city by city in index order, so the first n of
-    a city are the same whatever `enterprises_per_city` is.
+    holds it, which for about a quarter of enterprises includes 1-3 other
+    cities of the network (in a national network big cities and cities of the
+    same province likelier). Enterprises come city by city in index order, so
+    the first n of a city are the same whatever `enterprises_per_city` is.
     """
     if enterprises_per_city < 0:
         raise ValueError(f"enterprises_per_city must be ≥ 0, got {enterprises_per_city}")
     _check_as_of(as_of)
     chosen = tuple(cities)
     for city in chosen:
-        for index in range(enterprises_per_city):
+        for index in range(enterprises_in(city, enterprises_per_city, chosen)):
             yield from enterprise_items(seed, city, index, as_of=as_of, network=chosen)
 
 

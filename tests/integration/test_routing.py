@@ -48,6 +48,7 @@ from creditnet.v2 import (
     node_pb2,
     node_pb2_grpc,
     records_pb2,
+    routing_pb2,
 )
 from creditnet_bank import BankClient, Report, SectionStatus
 from tests.integration.helpers import consent
@@ -365,3 +366,33 @@ async def test_the_bank_refuses_not_asked_claims_it_can_check(
         # What it cannot check: a holder of records reported not asked, on the aggregator's word.
         report = bank.verify_response(query, lie(NANJING))
         assert report.not_asked_cities == [NANJING, *left_out] and not report.missing_cities
+
+
+async def test_a_filter_watch_is_held_until_the_node_signs_a_newer_filter(
+    rnetwork: InProcessNetwork, rlayout: NetworkLayout, rtrust: TrustStore
+) -> None:
+    """GetMembershipFilter with the current version and wait_ms: the node answers when it has a
+    newer filter (here: after a provider's batch), with that filter; without wait_ms, at once."""
+    aggregator = rlayout.identity("aggregator", "national")
+    city = HANGZHOU
+    async with secure_channel(rlayout.node_endpoint(city), aggregator, rtrust, node_server_name(city)) as ch:
+        stub = node_pb2_grpc.CityNodeServiceStub(ch)
+        first = await stub.GetMembershipFilter(node_pb2.GetMembershipFilterRequest(), timeout=10)
+        known = routing_pb2.MembershipFilter.FromString(first.filter.payload).version
+        at_once = await stub.GetMembershipFilter(
+            node_pb2.GetMembershipFilterRequest(known_version=known), timeout=10
+        )
+        assert at_once.unchanged or at_once.HasField("filter")
+        watch = asyncio.ensure_future(
+            stub.GetMembershipFilter(
+                node_pb2.GetMembershipFilterRequest(known_version=known, wait_ms=30_000), timeout=40
+            )
+        )
+        await asyncio.sleep(0.5)
+        fresh = uscc_mod.make_uscc(random.Random("watch"), HEFEI, entity="92")
+        if not watch.done():
+            await submit(rlayout, rtrust, city, fresh)
+        got = await watch
+    assert not got.unchanged and got.HasField("filter")
+    newer = routing_pb2.MembershipFilter.FromString(got.filter.payload)
+    assert newer.version > known

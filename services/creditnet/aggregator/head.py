@@ -1,7 +1,10 @@
 """The head of the Yangtze River Delta credit chain: network checkpoints.
 
-Every few seconds the aggregator reads each city's latest published
-checkpoint, verifies the city's signature and the witness quorum, checks it is
+Every few seconds the aggregator reads the latest published checkpoint of
+each city that may have changed (one it cosigned a new checkpoint of, or
+relayed a query to, or could not read last time; and, in turn, every
+SWEEP_ROUNDS-th city, so each is read at least every SWEEP_ROUNDS rounds),
+verifies the city's signature and the witness quorum, checks it is
 consistent with the last one it accepted from that city (keeping evidence if
 not), and signs a network checkpoint that names every city's size and root
 and the hash of the previous network checkpoint — a hash chain of tree heads.
@@ -38,6 +41,9 @@ from creditnet.v2 import chain_pb2, chain_pb2_grpc
 log = logging.getLogger(__name__)
 
 INTERVAL = 2.0
+# A round reads only the cities that may have changed (docs/protocol.md, "Network checkpoints at
+# scale"), and 1/SWEEP_ROUNDS of the others in turn, catching changes no hint announced.
+SWEEP_ROUNDS = 60
 # Bounds on one city's read, and on how long a round waits for the cities
 # that usually answer before it signs with what it has.
 FETCH_TIMEOUT = 2.0
@@ -81,6 +87,25 @@ class NetworkCheckpointer:
         self._task: asyncio.Task[None] | None = None
         self._reading: dict[City, asyncio.Task[Fetched | None]] = {}
         self._health: collections.defaultdict[City, WitnessHealth] = collections.defaultdict(WitnessHealth)
+        # Cities whose log may have grown since last read: the aggregator cosigned a new
+        # checkpoint of theirs, or relayed a query to them (`hint`).
+        self._hinted: set[City] = set()
+        # Cities whose last read gave nothing usable: read again next round.
+        self._unread: set[City] = set()
+        self._rounds = 0
+        self.sweep_rounds = SWEEP_ROUNDS
+        # Reads started by each round, for the aggregator's metrics (None: not counted).
+        self.on_round: Callable[[int], None] | None = None
+        witness.advanced = self._witnessed
+
+    def hint(self, city: City) -> None:
+        """`city`'s log may have grown (a query was relayed to it): read it next round."""
+        self._hinted.add(city)
+
+    def _witnessed(self, origin: str) -> None:
+        code = origin.rsplit("/", 1)[-1]
+        if code.isdigit():
+            self._hinted.add(City(code))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -111,7 +136,9 @@ class NetworkCheckpointer:
             assignment = self.assignments(city.code) if self.assignments is not None else None
             if assignment is not None:
                 quorum, assigned = assignment.quorum, assignment.witnesses
-            cp = verify_checkpoint(
+            # Signatures and certificates: off the event loop, which serves queries meanwhile.
+            cp = await asyncio.to_thread(
+                verify_checkpoint,
                 self.trust,
                 resp.checkpoint,
                 list(resp.key_certificates),
@@ -195,13 +222,32 @@ class NetworkCheckpointer:
         """
         self.head = await asyncio.to_thread(self.state.head)
         waited: set[asyncio.Task[Fetched | None]] = set()
-        for city in self.directory.members():
+        members = self.directory.members()
+        # The sweep is spread: each round reads every sweep_rounds-th city in turn, so that
+        # every city is read at least every sweep_rounds rounds without a burst of N reads.
+        sweep = (
+            set(members[self._rounds % self.sweep_rounds :: self.sweep_rounds])
+            if self.sweep_rounds
+            else set()
+        )
+        self._rounds += 1
+        due = self._hinted | self._unread | sweep
+        self._hinted = set()
+        started = 0
+        for city in members:
             if city in self._reading:
                 continue
+            # Unchanged cities cost nothing between their turns in the sweep: the round's work
+            # grows with the cities that changed, not with the network's size.
+            if not (city in due or city.value not in self.head.cities):
+                continue
+            started += 1
             reading = asyncio.create_task(self._fetch_timed(city))
             self._reading[city] = reading
             if self._health[city].healthy:
                 waited.add(reading)
+        if self.on_round is not None:
+            self.on_round(started)
         if waited:
             await asyncio.wait(waited, timeout=ROUND_WAIT)
         fetched: dict[str, Fetched] = {}
@@ -211,8 +257,11 @@ class NetworkCheckpointer:
                 continue
             del self._reading[city]
             got = _outcome(city, task)
-            if got is not None:
-                fetched[city.value] = got
+            if got is None:
+                self._unread.add(city)
+                continue
+            self._unread.discard(city)
+            fetched[city.value] = got
         news = {
             code: got
             for code, got in fetched.items()
@@ -221,8 +270,8 @@ class NetworkCheckpointer:
         }
         if not news and self.head.note:
             return self.head.note  # nothing to sign: no lock taken, nothing written
-        members = [c.value for c in self.directory.members()]
-        self.head = await asyncio.to_thread(self.state.advance, lambda head: self._next(head, news, members))
+        codes = [c.value for c in self.directory.members()]
+        self.head = await asyncio.to_thread(self.state.advance, lambda head: self._next(head, news, codes))
         return self.head.note
 
     def _next(

@@ -1,9 +1,10 @@
 """Routing: which cities of a query's scope the aggregator asks (docs/protocol.md, "Routing").
 
-The aggregator polls every member node for its signed membership filter
-(``GetMembershipFilter`` with the version it holds: an unchanged filter costs
-a few bytes), verifies each new one in a worker thread and keeps the last
-good one per city. A query goes to the enterprise's registration city and to
+The aggregator keeps a watch on every member node's signed membership filter
+(``GetMembershipFilter`` with the version it holds and a wait: the node
+answers when it signs a newer one, or after the wait with a few bytes),
+verifies each new one in a worker thread and keeps the last good one per
+city. A query goes to the enterprise's registration city and to
 every city whose filter, verified and fresh, holds the enterprise's tag. A
 city whose filter is missing, stale, refused, or made with another key is
 asked: routing never skips a city it cannot vouch for.
@@ -33,7 +34,11 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 FETCH_TIMEOUT = 5.0
-# Filters fetched at once (each may be megabytes).
+# How long a node may hold a filter fetch for a newer version (GetMembershipFilterRequest.wait_ms):
+# longer than a node's re-signing (at least every 30 s, routing.RESIGN_INTERVAL), so that a watch
+# is answered by the re-signed filter, one call per re-signing, not by an `unchanged` just before.
+WATCH_MS = 45_000
+# Filters verified at once (each may be megabytes).
 FETCH_CONCURRENCY = 8
 A = aggregator_pb2
 
@@ -66,6 +71,9 @@ class Router:
         self.problems: dict[City, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._fetching = asyncio.Semaphore(FETCH_CONCURRENCY)
+        # Fetches made by each poll, for the aggregator's metrics (None: not counted).
+        self.on_round: Callable[[int], None] | None = None
+        self._calls = 0
 
     # -- routing ---------------------------------------------------------------
 
@@ -109,6 +117,15 @@ class Router:
                 )
         return out
 
+    def describe(self, city: City, out: aggregator_pb2.FilterStatus) -> None:
+        """Fill `out` with the filter held of `city` and, if it cannot be used now, why."""
+        held = self.held.get(city)
+        if held is not None:
+            out.version, out.entries, out.size_bytes = held.version, held.entries, held.bloom.bit_count // 8
+            out.issued_at.FromDatetime(held.issued_at)
+        usable = held is not None and held.fresh(self.clock()) and not self.problems.get(city)
+        out.problem = "" if usable else self.why_unusable(city)
+
     def why_unusable(self, city: City) -> str:
         held = self.held.get(city)
         if city not in self.directory.links:
@@ -133,12 +150,46 @@ class Router:
             self._task = None
 
     async def _run(self) -> None:
+        """Keep one watch per member node: a long poll that the node answers when it signs a new
+        filter (or after WATCH_MS), so an idle network costs a call per node per WATCH_MS, not per
+        second, and a new filter is fetched at once."""
+        watches: dict[City, tuple[NodeLink, asyncio.Task[None]]] = {}
+        try:
+            while True:
+                links = dict(self.directory.links)
+                # A city removed, or reached by a new link (the directory moved it): a new watch.
+                for city in [
+                    c for c, (link, task) in watches.items() if links.get(c) is not link or task.done()
+                ]:
+                    watches.pop(city)[1].cancel()
+                for gone in set(self.held) - set(links):
+                    del self.held[gone]
+                for gone in set(self.problems) - set(links):
+                    del self.problems[gone]
+                for city, link in links.items():
+                    if city not in watches:
+                        watches[city] = (link, asyncio.create_task(self._watch(link)))
+                if self.on_round is not None:
+                    self.on_round(self._calls)
+                self._calls = 0
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            tasks = [task for _, task in watches.values()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self, link: NodeLink) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
-                await self.poll()
+                await self._fetch(link, wait_ms=WATCH_MS)
             except Exception:
-                log.exception("polling membership filters failed; trying again")
-            await asyncio.sleep(self.poll_interval)
+                log.exception("fetching the membership filter of %s failed; trying again", link.city.value)
+            # A node that answers at once (no filter change to wait for, or one that does not
+            # hold calls) is asked again no sooner than the poll interval.
+            await asyncio.sleep(max(0.0, self.poll_interval - (loop.time() - started)))
 
     async def poll(self) -> None:
         """Fetch every member's filter once (those unchanged cost a few bytes)."""
@@ -149,18 +200,22 @@ class Router:
             del self.problems[gone]
         await asyncio.gather(*(self._fetch(link) for link in links.values()))
 
-    async def _fetch(self, link: NodeLink) -> None:
+    async def _fetch(self, link: NodeLink, wait_ms: int = 0) -> None:
         city = link.city
         held = self.held.get(city)
+        self._calls += 1
+        try:
+            # Held by the node until its filter changes: outside the bound on transfers at once.
+            resp = await link.stub.GetMembershipFilter(
+                node_pb2.GetMembershipFilterRequest(
+                    known_version=held.version if held else 0, wait_ms=wait_ms if held else 0
+                ),
+                timeout=FETCH_TIMEOUT + wait_ms / 1000,
+            )
+        except grpc.aio.AioRpcError as exc:
+            self._problem(city, f"{exc.code().name}: {(exc.details() or '')[:200]}")
+            return
         async with self._fetching:
-            try:
-                resp = await link.stub.GetMembershipFilter(
-                    node_pb2.GetMembershipFilterRequest(known_version=held.version if held else 0),
-                    timeout=FETCH_TIMEOUT,
-                )
-            except grpc.aio.AioRpcError as exc:
-                self._problem(city, f"{exc.code().name}: {(exc.details() or '')[:200]}")
-                return
             if resp.unchanged and held is not None:
                 # The node stands by the filter held (still judged by its own
                 # issued_at): whatever was refused since was not from it now.

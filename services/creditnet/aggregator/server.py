@@ -159,6 +159,7 @@ async def start_aggregator(
     )
     if config.routing_key is not None:
         service.router = Router(directory, service.verifier, RoutingKey.load(config.routing_key))
+        service.router.on_round = lambda calls: metrics.round_ran("filter", calls)
     witness_service: WitnessService | None = None
     names = [SERVICE_NAME]
     if config.log_key is not None and config.log_cert is not None:
@@ -168,6 +169,7 @@ async def start_aggregator(
         witness = Witness(state.store, log_key, shared=True)
         witness_service = WitnessService(witness, trust)
         service.head = NetworkCheckpointer(directory, trust, log_key, witness, state, config.quorum)
+        service.head.on_round = lambda calls: metrics.round_ran("checkpoint", calls)
         names.append(chain_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name)
 
     served: ServedDirectory | None = None

@@ -91,6 +91,10 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         decisions = self._route(aq.terms.enterprise_uscc, scope, exhaustive=request.exhaustive)
         asked = [d for d in decisions if d.asked]
         answers = await asyncio.gather(*(self._ask(d.city, request.query, budget) for d in asked))
+        if self.head is not None:
+            for d in asked:
+                # Its log may have grown by this query's entry: the next network checkpoint reads it.
+                self.head.hint(d.city)
         by_city = {d.city.proto: section for d, section in zip(asked, answers, strict=True)}
         sections = []
         for d in decisions:
@@ -203,6 +207,8 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             )
             if link.last_checked:
                 status.last_checked.CopyFrom(ts_to_proto(link.last_checked))
+            if self.router is not None:
+                self.router.describe(link.city, status.filter)
         return out
 
     @refusals

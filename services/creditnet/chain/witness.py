@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures as cf
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -74,6 +75,8 @@ class Witness:
         self._locks: dict[str, asyncio.Lock] = {}
         self._states: dict[str, WitnessedState | None] = {}
         self._db = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness-db")
+        # Told the origin of every log whose cosigned size grew (the aggregator's head reads it).
+        self.advanced: Callable[[str], None] | None = None
 
     def state(self, origin: str) -> WitnessedState | None:
         with self.store.engine.connect() as conn:
@@ -217,10 +220,16 @@ class Witness:
                     "the checkpoint is not consistent with the one cosigned before",
                 ) from None
         if old is None or new.checkpoint.size > old.size:
+            # Forgotten until the write is known to have landed: a call cancelled
+            # meanwhile (its deadline passed) leaves the write to finish in the
+            # thread, and the next call must read what it wrote, not insert again.
+            del self._states[origin]
             await loop.run_in_executor(self._db, self._advance, origin, old, new)
             self._states[origin] = WitnessedState(
                 origin, new.checkpoint.size, new.checkpoint.root_hash, new.encode()
             )
+            if self.advanced is not None:
+                self.advanced(origin)
         cosig = cosign(new.checkpoint, self._signer)
         return cosig.encode(), None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import signal
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from creditnet.cli.common import (
     serve_until_signalled,
 )
 from creditnet.config import AggregatorConfig, parse_nodes
+from creditnet.dates import utcnow
 from creditnet.domain import City
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 
 # Six Python servers starting at once on a busy laptop may take a while.
 STARTUP_TIMEOUT = 120.0
+# Cities `network up` lists in its table (network.json lists every one).
+TABLE_CITIES = 20
 
 network_app = typer.Typer(
     help="The network on one machine: up, status, admit and remove a city.", no_args_is_help=True
@@ -48,22 +52,32 @@ def provision_with_progress(
     directory: bool = True,
     cities: tuple[City, ...] = pilot.CITIES,
 ) -> None:
+    """Provision with one progress bar over the cities' records (a bar per city for a handful)."""
     from creditnet.network import provision
 
+    started = time.monotonic()
+    per_city = len(cities) <= 8
     with Progress(
         TextColumn("[bold]{task.description}[/]"),
         BarColumn(),
         TextColumn("{task.completed:,} records"),
+        TextColumn("{task.fields[where]}"),
         console=console,
         transient=False,
     ) as progress:
         tasks: dict[str, TaskID] = {}
+        seen: set[str] = set()
 
         def tick(city: str, n: int) -> None:
-            if city not in tasks:
-                tasks[city] = progress.add_task(f"loading {city:<9}", total=None)
-            progress.advance(tasks[city], n)
+            key = city if per_city else "all"
+            if key not in tasks:
+                what = f"loading {city:<9}" if per_city else f"loading {len(cities)} cities"
+                tasks[key] = progress.add_task(what, total=None, where="")
+            seen.add(city)
+            where = "" if per_city else f"{len(seen)} of {len(cities)} cities, at {city}"
+            progress.update(tasks[key], advance=n, where=where)
 
+        console.print(f"provisioning {len(cities)} cities: certificates, keys, directory, stores")
         provision(
             state_dir,
             cities=cities,
@@ -73,6 +87,7 @@ def provision_with_progress(
             directory=directory,
             routing=True,
         )
+    console.print(f"provisioned {len(cities)} cities in {time.monotonic() - started:.1f} s")
 
 
 @network_app.command("up")
@@ -85,8 +100,9 @@ def up(
     cities: Annotated[
         str,
         typer.Option(
-            help="New networks: the member cities, as comma-separated division codes "
-            "(default: the five pilot cities 310000,320100,330100,330400,340100)."
+            help="New networks: the member cities, as comma-separated division codes, 'all' (every "
+            "prefecture-level city and municipality, about 333), or a count N (the first N by code). "
+            "Default: the five pilot cities 310000,320100,330100,330400,340100."
         ),
     ] = "",
     directory: Annotated[
@@ -99,7 +115,9 @@ def up(
 ) -> None:
     """Provision (if new) and run the city nodes and the aggregator until Ctrl-C.
 
-    A new network has the five pilot cities unless --cities names others.
+    A new network has the five pilot cities unless --cities names others (`all`, a count, codes).
+    Networks of more than 8 cities pack their nodes into node hosts (`creditnet node run-many`),
+    one per CPU; every node still has its own port, TLS identity, store and credit-chain log.
 
     A server that dies is restarted, after a delay that doubles (up to 30 s) while it keeps dying.
     A city admitted or removed meanwhile (`creditnet network admit|remove`) has its node started
@@ -107,26 +125,36 @@ def up(
 
     Writes STATE_DIR/network.json with every endpoint, the CA certificate and the demo identities.
     """
-    from creditnet.network import NetworkLayout, ProcessNetwork
+    from creditnet.network import NetworkLayout, ProcessNetwork, select_cities
 
     with errors():
         if not (state_dir / "network.json").exists():
-            members = City.parse_many(cities) if cities.strip() else pilot.CITIES
+            members = select_cities(cities)
             provision_with_progress(state_dir, enterprises, seed, directory, members)
         elif cities.strip():
             raise ValueError(f"{state_dir} holds a network already: --cities applies to new networks only")
         layout = NetworkLayout.load(state_dir)
         net = ProcessNetwork(layout)
+        starting = time.monotonic()
         net.start()
         try:
-            asyncio.run(net.wait_healthy(timeout=STARTUP_TIMEOUT))
+            # Hundreds of nodes open their stores and build their filters before they serve.
+            timeout = max(STARTUP_TIMEOUT, 1.0 * len(layout.cities))
+            asyncio.run(net.wait_healthy(timeout=timeout))
+            console.print(
+                f"{len(layout.cities)} city nodes in {len(net.procs) - 1} processes and the aggregator "
+                f"serving after {time.monotonic() - starting:.1f} s"
+            )
             table = Table(title=f"creditnet network up — {state_dir / 'network.json'}")
             table.add_column("server")
             table.add_column("endpoint")
             table.add_column("TLS name")
             table.add_row("aggregator", layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME)
-            for c in layout.cities:
+            shown = layout.cities if len(layout.cities) <= TABLE_CITIES else layout.cities[:TABLE_CITIES]
+            for c in shown:
                 table.add_row(c.display, layout.node_endpoint(c), node_server_name(c))
+            if len(shown) < len(layout.cities):
+                table.add_row(f"… {len(layout.cities) - len(shown)} more", "(network.json lists all)", "")
             console.print(table)
             console.print(f"logs in {state_dir / 'logs'}; Ctrl-C to stop")
             stopping = False
@@ -210,6 +238,7 @@ def status(
                 "latency_ms": n.latency_ms,
                 "last_error": n.last_error,
                 "evidence": n.evidence,
+                "filter": _filter_row(n) if n.HasField("filter") else None,
             }
             for n in resp.nodes
         ]
@@ -217,7 +246,7 @@ def status(
             print_json({"aggregator": endpoint, "nodes": rows})
         else:
             table = Table(title=f"network status via aggregator {endpoint}")
-            for col in ("city", "endpoint", "health", "latency", "evidence", "last error"):
+            for col in ("city", "endpoint", "health", "latency", "evidence", "filter", "last error"):
                 table.add_column(col)
             for r in rows:
                 style = "green" if r["health"] == "serving" else "red"
@@ -227,11 +256,33 @@ def status(
                     f"[{style}]{r['health']}[/]",
                     f"{r['latency_ms']} ms",
                     f"[bold red]{r['evidence']}[/]" if r["evidence"] else "none",
+                    _filter_cell(r["filter"]),
                     r["last_error"],
                 )
             console.print(table)
         if any(r["health"] != "serving" or r["evidence"] for r in rows):
             raise typer.Exit(3)
+
+
+def _filter_row(node: Any) -> dict[str, Any]:
+    f = node.filter
+    age = (utcnow() - f.issued_at.ToDatetime(tzinfo=dt.UTC)).total_seconds() if f.version else None
+    return {
+        "version": f.version,
+        "age_s": round(age, 1) if age is not None else None,
+        "size_bytes": f.size_bytes,
+        "entries": f.entries,
+        "problem": f.problem,
+    }
+
+
+def _filter_cell(row: dict[str, Any] | None) -> str:
+    """A city's filter for the status table: age, size and entries, or why it is not used."""
+    if row is None:
+        return "no routing"
+    if row["problem"]:
+        return f"[yellow]{row['problem'][:60]}[/]"
+    return f"{row['age_s']:.0f} s old, {row['size_bytes']:,} B, {row['entries']:,} entries"
 
 
 def _membership_report(

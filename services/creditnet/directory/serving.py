@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -67,6 +68,8 @@ PEER_TIMEOUT = 5.0
 # Bounds on the wait between rounds, whatever the directory's policy says:
 # a short interval must not turn into a busy loop.
 MIN_INTERVAL = 0.2
+# Member cities asked per refresh round in a large network (DirectoryRefresher.refresh_once).
+REFRESH_FANOUT = 8
 
 
 def open_holder(config: DirectoryConfig, trust: TrustStore) -> DirectoryHolder:
@@ -262,12 +265,21 @@ class DirectoryRefresher:
                 await asyncio.wait_for(self.changed.wait(), self.interval())
 
     async def refresh_once(self) -> int:
-        """Ask every peer once; the number of peers whose directory changed the held one."""
+        """Ask the peers once; the number of peers whose directory changed the held one.
+
+        In a network of more than REFRESH_FANOUT cities, a round asks every
+        aggregator and REFRESH_FANOUT cities drawn at random, not every member:
+        asking all would cost each server a call (and a connection) per member,
+        N² across the network. A version spreads by gossip all the same (every
+        server that holds it serves it), in O(log N) rounds, and the
+        governance publishes each new version to every server directly.
+        """
         groups = self.member_peers()
         asked = tuple(g[0].name for g in groups)
         if asked != self._asked:
             log.info("asking %s for newer directories", ", ".join(asked) or "no member")
             self._asked = asked
+        groups = _sample(groups)
         results = list(await asyncio.gather(*(self._from_member(g) for g in groups)))
         if not any(r is not None for r in results) and self.peers:
             # Nobody the directory lists answered (or it lists nobody else): the configured peers.
@@ -315,6 +327,15 @@ class DirectoryRefresher:
         if changed:
             log.info("took network directory version %d from %s", self.holder.require().version, peer.name)
         return changed
+
+
+def _sample(groups: tuple[tuple[Peer, ...], ...]) -> tuple[tuple[Peer, ...], ...]:
+    """Every aggregator and at most REFRESH_FANOUT member cities, drawn at random."""
+    cities = [g for g in groups if g and g[0].name.isdigit()]
+    if len(cities) <= REFRESH_FANOUT:
+        return groups
+    chosen = set(map(id, random.sample(cities, REFRESH_FANOUT)))
+    return tuple(g for g in groups if not (g and g[0].name.isdigit()) or id(g) in chosen)
 
 
 @dataclass

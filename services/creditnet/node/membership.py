@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 from collections.abc import AsyncIterator, Callable, Collection
 
 from creditnet.dates import utcnow
@@ -83,6 +84,8 @@ class MembershipPublisher:
         # Rebuilds waiting: new ingests let them go first (no starvation).
         self._wanting = 0
         self._task: asyncio.Task[None] | None = None
+        # Set, and replaced, whenever a new version is signed: what long-polling callers wait on.
+        self._signed = asyncio.Event()
 
     async def start(self) -> None:
         await self.rebuild()
@@ -171,7 +174,17 @@ class MembershipPublisher:
             )
             self.current, self.version, self._signed_at = env, version, now
             self._published_changes = changes
+            self._signed.set()
+            self._signed = asyncio.Event()
             return env
+
+    async def signed_after(self, version: int, timeout: float) -> None:
+        """Return once a version newer than `version` is signed, or after `timeout` seconds."""
+        signed = self._signed
+        if self.version != version:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(signed.wait(), timeout)
 
     async def check(self) -> None:
         """Rebuild if records were written from outside or the filter is too full; re-sign when due."""
@@ -187,6 +200,9 @@ class MembershipPublisher:
             await self.publish(force=due)
 
     async def _run(self) -> None:
+        # A random phase: hundreds of nodes started together in one host would otherwise check
+        # (and re-sign, and be fetched) in the same instant, every interval.
+        await asyncio.sleep(random.uniform(0, self.check_interval))
         while True:
             await asyncio.sleep(self.check_interval)
             try:

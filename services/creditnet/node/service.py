@@ -39,6 +39,8 @@ MAX_REJECTIONS_REPORTED = 100
 UNDECODABLE_RECORD = "not a well-formed CreditRecord (e.g. a text field that is not UTF-8)"
 # How long an answer may wait for witnesses when the caller set no deadline.
 RECEIPT_WAIT = 5.0
+# The longest a GetMembershipFilter long poll is held (its wait_ms is capped to this).
+MAX_FILTER_WAIT_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +474,12 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         current = None if self.membership is None else self.membership.current
         if self.membership is None or current is None:
             raise Unavailable("filter.unavailable", "this node publishes no membership filter")
+        if request.known_version and request.known_version == self.membership.version and request.wait_ms:
+            # A long poll: the aggregator learns of a new filter at once, and an idle
+            # network costs a call per node per wait, not per second.
+            wait = min(request.wait_ms, MAX_FILTER_WAIT_MS) / 1000
+            await self.membership.signed_after(request.known_version, wait)
+            current = self.membership.current
         if request.known_version and request.known_version == self.membership.version:
             return node_pb2.GetMembershipFilterResponse(unchanged=True)
         return node_pb2.GetMembershipFilterResponse(filter=current)

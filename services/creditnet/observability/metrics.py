@@ -409,6 +409,9 @@ class SectionLike(Protocol):
     def latency_ms(self) -> int: ...
 
 
+ROUND_KINDS = ("checkpoint", "filter")
+
+
 class AggregatorMetrics(ServerMetrics):
     """The aggregator: every city section's outcome and latency, and each node's load."""
 
@@ -427,6 +430,21 @@ class AggregatorMetrics(ServerMetrics):
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._rounds = Counter(
+            "creditnet_aggregator_rounds_total",
+            "Background rounds run, by kind: checkpoint (network checkpoint), filter (membership filters).",
+            ["round"],
+            registry=self.registry,
+        )
+        self._round_calls = Counter(
+            "creditnet_aggregator_round_calls_total",
+            "Calls to nodes made by background rounds, by kind (per round: this over rounds_total).",
+            ["round"],
+            registry=self.registry,
+        )
+        for kind in ROUND_KINDS:
+            self._rounds.labels(kind)
+            self._round_calls.labels(kind)
         for city in cities:
             # Present at zero from the start, so rates and alerts see every city.
             for status in SECTION_STATUSES:
@@ -438,6 +456,13 @@ class AggregatorMetrics(ServerMetrics):
             raise MetricsError(f"unknown section status {status!r}; one of {', '.join(SECTION_STATUSES)}")
         self._sections.labels(city.value, status).inc()
         self._section_seconds.labels(city.value).observe(max(0.0, seconds))
+
+    def round_ran(self, kind: str, calls: int) -> None:
+        """Count one background round of `kind` (ROUND_KINDS) and the node calls it made."""
+        if kind not in ROUND_KINDS:
+            raise MetricsError(f"unknown round {kind!r}; one of {', '.join(ROUND_KINDS)}")
+        self._rounds.labels(kind).inc()
+        self._round_calls.labels(kind).inc(calls)
 
     def not_asked(self, city: City) -> None:
         """Count a city routing left out of a query (no call: no latency observed)."""
