@@ -71,7 +71,14 @@ class City:
 
     @classmethod
     def from_proto(cls, value: str) -> City:
-        return cls(value)
+        # A national answer names every city in scope (hundreds) in each
+        # section; a code checked once is not checked again. Only valid codes
+        # are kept, so the cache holds at most the ~340 cities there are.
+        city = _CHECKED.get(value)
+        if city is None:
+            city = cls(value)
+            _CHECKED[value] = city
+        return city
 
     @classmethod
     def parse(cls, text: str) -> City:
@@ -114,6 +121,9 @@ class City:
 
     def __str__(self) -> str:
         return self.code
+
+
+_CHECKED: dict[str, City] = {}
 
 
 class Category(_Named):
