@@ -393,3 +393,94 @@ def test_network_up_restarts_a_node_that_was_killed(tmp_path: Path) -> None:
     output = up.stdout.read() if up.stdout else ""
     assert "340100 stopped unexpectedly (exit -9); restarted it" in output, output
     assert up.returncode == 0
+
+
+def aggregator_process(up: subprocess.Popen[str], config: str) -> int | None:
+    return next(
+        (
+            pid
+            for pid, cmd in children(up.pid).items()
+            if "aggregator run" in cmd and cmd.strip().endswith(config)
+        ),
+        None,
+    )
+
+
+@pytest.mark.slow
+def test_network_up_runs_aggregator_replicas_and_a_bank_is_answered_when_one_is_killed(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "net"
+    up = subprocess.Popen(
+        [
+            *CLI,
+            "network",
+            "up",
+            "--state-dir",
+            str(state),
+            "--enterprises",
+            "5",
+            "--aggregator-replicas",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (state / "network.json").exists() and run(
+                "network", "status", "--network", str(state), "--json", check=None
+            ).returncode == 0:
+                break
+            assert up.poll() is None, up.stdout.read() if up.stdout else ""
+            time.sleep(0.5)
+        net = json.loads((state / "network.json").read_text())
+        endpoints = net["aggregator"]["endpoints"]
+        assert len(endpoints) == 2 and len(set(endpoints)) == 2
+        uscc = net["demo"]["enterprise"]
+        ent = net["identities"]["enterprises"][uscc]
+        consent_file = tmp_path / "consent.json"
+        run(
+            *("consent", "grant", "--bank", net["demo"]["bank"], "--purpose", "loan_application"),
+            *(
+                "--cert",
+                str(state / ent["cert"]),
+                "--key",
+                str(state / ent["key"]),
+                "--out",
+                str(consent_file),
+            ),
+        )
+        query = (
+            *("query", "--network", str(state), "--uscc", uscc, "--consent", str(consent_file)),
+            *("--purpose", "loan_application", "--json"),
+        )
+        assert json.loads(run(*query).stdout)["missing_cities"] == []
+        # The replica a bank asks first (network.json's first endpoint) dies: the bank is answered
+        # by the other, and `network up` starts the dead one again.
+        victim = aggregator_process(up, f"{os.sep}aggregator.json")
+        assert victim is not None and aggregator_process(up, f"{os.sep}replica-1.json") is not None
+        os.kill(victim, signal.SIGKILL)
+        report = json.loads(run(*query).stdout)
+        assert report["missing_cities"] == []
+        assert all(s["status"] in ("ok", "no_records", "not_asked") for s in report["sections"]), report
+        deadline = time.monotonic() + 60
+        while aggregator_process(up, f"{os.sep}aggregator.json") in (None, victim):
+            assert time.monotonic() < deadline, "the killed replica was not started again"
+            time.sleep(0.2)
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    output = up.stdout.read() if up.stdout else ""
+    assert "2 aggregator replicas" in output and "aggregator 2" in output, output
+    assert "aggregator stopped unexpectedly (exit -9); restarted it" in output, output
+    # A network that exists keeps its aggregators: the option is for new networks only.
+    again = run("network", "up", "--state-dir", str(state), "--aggregator-replicas", "3", check=2)
+    assert "new networks only" in again.stdout + again.stderr

@@ -51,6 +51,8 @@ def provision_with_progress(
     seed: int,
     directory: bool = True,
     cities: tuple[City, ...] = pilot.CITIES,
+    aggregator_replicas: int = 1,
+    aggregator_database: str | None = None,
 ) -> None:
     """Provision with one progress bar over the cities' records (a bar per city for a handful)."""
     from creditnet.network import provision
@@ -86,6 +88,8 @@ def provision_with_progress(
             progress=tick,
             directory=directory,
             routing=True,
+            aggregator_replicas=aggregator_replicas,
+            aggregator_database_url=aggregator_database,
         )
     console.print(f"provisioned {len(cities)} cities in {time.monotonic() - started:.1f} s")
 
@@ -112,6 +116,21 @@ def up(
             "that every server holds, refreshes and enforces. --no-directory: members from each config."
         ),
     ] = True,
+    aggregator_replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="New networks: aggregator processes serving the network from one database, each "
+            "on its own port (network.json lists them all; banks fail over between them).",
+        ),
+    ] = 1,
+    aggregator_database: Annotated[
+        str | None,
+        typer.Option(
+            help="New networks: the replicas' shared database URL, e.g. "
+            "postgresql+psycopg://127.0.0.1:5432/test (default: one SQLite file in the state dir).",
+        ),
+    ] = None,
 ) -> None:
     """Provision (if new) and run the city nodes and the aggregator until Ctrl-C.
 
@@ -130,9 +149,14 @@ def up(
     with errors():
         if not (state_dir / "network.json").exists():
             members = select_cities(cities)
-            provision_with_progress(state_dir, enterprises, seed, directory, members)
-        elif cities.strip():
-            raise ValueError(f"{state_dir} holds a network already: --cities applies to new networks only")
+            provision_with_progress(
+                state_dir, enterprises, seed, directory, members, aggregator_replicas, aggregator_database
+            )
+        elif cities.strip() or aggregator_replicas != 1 or aggregator_database is not None:
+            raise ValueError(
+                f"{state_dir} holds a network already: --cities, --aggregator-replicas and "
+                "--aggregator-database apply to new networks only"
+            )
         layout = NetworkLayout.load(state_dir)
         net = ProcessNetwork(layout)
         starting = time.monotonic()
@@ -141,15 +165,20 @@ def up(
             # Hundreds of nodes open their stores and build their filters before they serve.
             timeout = max(STARTUP_TIMEOUT, 1.0 * len(layout.cities))
             asyncio.run(net.wait_healthy(timeout=timeout))
+            replicas = len(layout.aggregator_endpoints)
             console.print(
-                f"{len(layout.cities)} city nodes in {len(net.procs) - 1} processes and the aggregator "
+                f"{len(layout.cities)} city nodes in {len(net.procs) - replicas} processes and "
+                f"{'the aggregator' if replicas == 1 else f'{replicas} aggregator replicas'} "
                 f"serving after {time.monotonic() - starting:.1f} s"
             )
             table = Table(title=f"creditnet network up — {state_dir / 'network.json'}")
             table.add_column("server")
             table.add_column("endpoint")
             table.add_column("TLS name")
-            table.add_row("aggregator", layout.aggregator_endpoint, AGGREGATOR_SERVER_NAME)
+            for i, endpoint in enumerate(layout.aggregator_endpoints):
+                table.add_row(
+                    "aggregator" + (f" {i + 1}" if replicas > 1 else ""), endpoint, AGGREGATOR_SERVER_NAME
+                )
             shown = layout.cities if len(layout.cities) <= TABLE_CITIES else layout.cities[:TABLE_CITIES]
             for c in shown:
                 table.add_row(c.display, layout.node_endpoint(c), node_server_name(c))
