@@ -38,6 +38,7 @@ __all__ = [
     "VerifiedManifest",
     "check_record",
     "encode",
+    "owned_by",
     "provider_id_of",
     "sign_batch",
     "sign_records",
@@ -131,6 +132,24 @@ class SignedBatch:
     paths: list[bytes]
 
 
+def owned_by(
+    identity: Identity, records: Sequence[records_pb2.CreditRecord]
+) -> list[records_pb2.CreditRecord]:
+    """`records` as a provider signs them: one without a provider_id gets the signer's (on a copy;
+    the caller's messages are not changed), and one naming another provider is left for the node
+    to refuse (``batch.provider_id``)."""
+    own = provider_id_of(identity.role)
+    owned: list[records_pb2.CreditRecord] = []
+    for rec in records:
+        if not rec.provider_id:
+            copy = records_pb2.CreditRecord()
+            copy.CopyFrom(rec)
+            copy.provider_id = own
+            rec = copy
+        owned.append(rec)
+    return owned
+
+
 def sign_records(
     identity: Identity,
     records: Sequence[records_pb2.CreditRecord],
@@ -142,15 +161,7 @@ def sign_records(
     Records without a provider_id get the signer's; the returned records are
     the ones signed, in order, leaf i being record i.
     """
-    own = provider_id_of(identity.role)
-    signed_records: list[records_pb2.CreditRecord] = []
-    for rec in records:
-        if not rec.provider_id:
-            copy = records_pb2.CreditRecord()
-            copy.CopyFrom(rec)
-            copy.provider_id = own
-            rec = copy
-        signed_records.append(rec)
+    signed_records = owned_by(identity, records)
     raw = encode(signed_records)
     env = sign_batch(identity, raw, now=now)
     manifest = provenance_pb2.RecordBatch.FromString(env.payload)

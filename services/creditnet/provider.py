@@ -89,15 +89,7 @@ def signed_request(
 ) -> node_pb2.SubmitRecordsRequest:
     """One SubmitRecords message: the records (those without a provider_id get the provider's)
     and the provider's signed manifest over their bytes. The caller's messages are not changed."""
-    own_id = provenance.provider_id_of(identity.role)
-    owned: list[records_pb2.CreditRecord] = []
-    for rec in batch:
-        if not rec.provider_id:
-            copy = records_pb2.CreditRecord()
-            copy.CopyFrom(rec)
-            copy.provider_id = own_id
-            rec = copy
-        owned.append(rec)
+    owned = provenance.owned_by(identity, batch)
     manifest = provenance.sign_batch(identity, provenance.encode(owned))
     return node_pb2.SubmitRecordsRequest(records=owned, manifest=manifest)
 

@@ -304,21 +304,6 @@ class AsyncStore:
             functools.partial(self._store.find_records, uscc, categories, date_from, date_to)
         )
 
-    async def lookup(
-        self,
-        uscc: str,
-        categories: Collection[Category],
-        date_from: dt.date,
-        date_to: dt.date,
-        *,
-        with_profile: bool,
-    ) -> tuple[list[records_pb2.CreditRecord], records_pb2.EnterpriseProfile | None]:
-        return await self._read(
-            functools.partial(
-                self._store.lookup, uscc, categories, date_from, date_to, with_profile=with_profile
-            )
-        )
-
     async def disclose(
         self,
         uscc: str,

@@ -445,33 +445,16 @@ class Store:
     ) -> list[records_pb2.CreditRecord]:
         """Records of one enterprise in the given categories whose record_date
         lies in ``[date_from, date_to]``, ordered by category name, record_date
-        and insertion order."""
-        return self.lookup(uscc, categories, date_from, date_to, with_profile=False)[0]
-
-    def lookup(
-        self,
-        uscc: str,
-        categories: Collection[Category],
-        date_from: dt.date,
-        date_to: dt.date,
-        *,
-        with_profile: bool,
-    ) -> tuple[list[records_pb2.CreditRecord], records_pb2.EnterpriseProfile | None]:
-        """:meth:`find_records` and, `with_profile`, :meth:`get_profile`, read together (one snapshot)."""
+        and insertion order, signed or not (what a node discloses is :meth:`disclose`)."""
         if date_from > date_to:
             raise ValueError(f"date_from {date_from} is after date_to {date_to}")
         names = sorted({Category(c).value for c in categories})
+        if not names:
+            return []
         params = {"uscc": uscc, "categories": names, "date_from": date_from, "date_to": date_to}
-        payloads: Sequence[bytes] = []
-        profile = None
         with self._reading() as conn:
-            if names:
-                payloads = conn.execute(_FIND_RECORDS, params).scalars().all()
-            if with_profile:
-                profile = conn.execute(_GET_PROFILE, {"uscc": uscc}).scalar_one_or_none()
-        parse = records_pb2.CreditRecord.FromString
-        found = [parse(p) for p in payloads]
-        return found, None if profile is None else records_pb2.EnterpriseProfile.FromString(profile)
+            payloads = conn.execute(_FIND_RECORDS, params).scalars().all()
+        return [records_pb2.CreditRecord.FromString(p) for p in payloads]
 
     # -- enterprise profiles -----------------------------------------------
 
