@@ -162,10 +162,7 @@ class Router:
                     c for c, (link, task) in watches.items() if links.get(c) is not link or task.done()
                 ]:
                     watches.pop(city)[1].cancel()
-                for gone in set(self.held) - set(links):
-                    del self.held[gone]
-                for gone in set(self.problems) - set(links):
-                    del self.problems[gone]
+                self._forget_removed(links)
                 for city, link in links.items():
                     if city not in watches:
                         watches[city] = (link, asyncio.create_task(self._watch(link)))
@@ -194,11 +191,15 @@ class Router:
     async def poll(self) -> None:
         """Fetch every member's filter once (those unchanged cost a few bytes)."""
         links = dict(self.directory.links)
+        self._forget_removed(links)
+        await asyncio.gather(*(self._fetch(link) for link in links.values()))
+
+    def _forget_removed(self, links: dict[City, NodeLink]) -> None:
+        """Drop what is held of cities no longer members: they are never routed to again."""
         for gone in set(self.held) - set(links):
             del self.held[gone]
         for gone in set(self.problems) - set(links):
             del self.problems[gone]
-        await asyncio.gather(*(self._fetch(link) for link in links.values()))
 
     async def _fetch(self, link: NodeLink, wait_ms: int = 0) -> None:
         city = link.city
