@@ -12,7 +12,6 @@ to any other node.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,10 +32,6 @@ class NodeHost:
     """The nodes a host process serves."""
 
     nodes: list[RunningNode] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return self.nodes[0].port if self.nodes else 0
 
     async def stop(self, grace: float = 5.0) -> None:
         running, self.nodes = self.nodes, []
@@ -65,10 +60,9 @@ async def start_nodes(configs: Sequence[NodeConfig], *, limits: Limits | None = 
     except BaseException:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                node = await task
-                host.nodes.append(node)
+        # Every node that did start, once (those already taken in the loop included).
+        started = await asyncio.gather(*tasks, return_exceptions=True)
+        host.nodes = [n for n in started if isinstance(n, RunningNode)]
         await host.stop(grace=0)
         raise
     host.nodes.sort(key=lambda n: n.config.city)
