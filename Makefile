@@ -35,8 +35,7 @@ proto: $(STAMP)
 	$(BIN)/python protos/generate.py
 
 vectors: setup
-	$(BIN)/python -m creditnet.vectors
-	$(BIN)/python -m creditnet.directory.vectors
+	$(BIN)/python -m creditnet_devkit.vectors
 
 demo: setup
 	$(BIN)/creditnet demo

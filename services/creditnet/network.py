@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from creditnet import consent as consent_mod
-from creditnet import divisions, pilot, provenance, synthetic
+from creditnet import divisions, pilot, provenance
 from creditnet.aggregator.server import RunningAggregator, start_aggregator
 from creditnet.chain.keys import NATIONAL, LogKey
 from creditnet.chain.ledger import DEFAULT_QUORUM
@@ -50,6 +50,10 @@ from creditnet.pki import (
 from creditnet.routing import RoutingKey
 from creditnet.store import Store
 from creditnet.v2 import envelope_pb2, records_pb2
+
+# The synthetic data (creditnet_devkit) is imported inside `provision` and
+# `load_synthetic` only: the runtime package never loads developer tooling
+# when it is imported (tests/unit/test_devkit_boundary.py).
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +226,8 @@ def provision(
     and network.json list every replica's endpoint; node i asks replica
     i mod n to witness its log, so every replica witnesses.
     """
+    from creditnet_devkit import synthetic
+
     members = tuple(sorted(set(cities)))
     if not members:
         raise ValueError("a network needs at least one city")
@@ -463,6 +469,8 @@ def load_synthetic(
 ) -> dict[City, int]:
     """Generate the synthetic data set and load each city's share into its
     node's store, migrating each database to the current schema first."""
+    from creditnet_devkit import synthetic
+
     members = tuple(sorted(set(cities)))
     urls = _node_database_urls(root, members, database_urls)
     stores: dict[City, Store] = {}

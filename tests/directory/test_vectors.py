@@ -13,17 +13,17 @@ from cryptography import x509
 
 from creditnet.directory import verify
 from creditnet.directory.model import Directory
-from creditnet.directory.vectors import FILE_NAME, generate
 from creditnet.errors import CreditnetError
 from creditnet.pki import TrustStore
 from creditnet.v2 import envelope_pb2
+from creditnet_devkit.vectors.directory import FILE_NAME, generate
 
 PATH = Path(__file__).resolve().parents[2] / "docs" / "test-vectors" / "v2" / FILE_NAME
 DOC = json.loads(PATH.read_text(encoding="utf-8"))
 
 
 def test_the_directory_vectors_are_what_the_generator_makes() -> None:
-    assert generate()[FILE_NAME] == PATH.read_bytes(), "run: python -m creditnet.directory.vectors"
+    assert generate()[FILE_NAME] == PATH.read_bytes(), "run: python -m creditnet_devkit.vectors"
 
 
 def test_the_vectors_cover_the_cases_the_issue_names() -> None:

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from sqlalchemy import update
 
-from creditnet import pilot, synthetic
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.chain.audit import (
     AuditState,
@@ -60,6 +60,7 @@ from creditnet.v2 import (
     node_pb2_grpc,
 )
 from creditnet_bank import BankClient, SectionStatus
+from creditnet_devkit import synthetic
 from tests.integration.helpers import ask_node, consent, node_refusal
 
 

@@ -13,7 +13,7 @@ import uuid
 import grpc
 import pytest
 
-from creditnet import pilot, synthetic
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.chain.history import HistoryError, Outcome, build_request, fetch_history, verify_history
 from creditnet.chain.service import HISTORY_PAGE
@@ -23,6 +23,7 @@ from creditnet.envelope import CONSENT_TYPE, HISTORY_REQUEST_TYPE, sign
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.v2 import chain_pb2, envelope_pb2
+from creditnet_devkit import synthetic
 from tests.integration.helpers import ask_node, consent, node_refusal
 from tests.integration.test_chain import read_history
 

@@ -21,12 +21,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from creditnet import synthetic
 from creditnet import uscc as uscc_mod
 from creditnet.domain import City, Purpose
 from creditnet.network import HOST_PREFIX, NetworkLayout, ProcessNetwork, provision, select_cities
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet_bank import BankClient, Report, SectionStatus
+from creditnet_devkit import synthetic
 from tests.integration.helpers import consent
 from tests.integration.test_routing import ledger_query_ids, submit
 

@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from creditnet import consent as consent_mod
-from creditnet import pilot, provenance, vectors, vectors_sealed
+from creditnet import pilot, provenance
 from creditnet import query as query_mod
 from creditnet.cli.render import render_report
 from creditnet.domain import Category, City, Purpose
@@ -27,14 +27,16 @@ from creditnet.v2 import aggregator_pb2, common_pb2, envelope_pb2, provenance_pb
 from creditnet_bank.report import merge
 from creditnet_bank.scope import NO_SECTION, OUTSIDE_SCOPE, account
 from creditnet_bank.verify import Section, SectionStatus, scope_cities, verify_section
+from creditnet_devkit.vectors import core
+from creditnet_devkit.vectors import sealed as sealed_vectors
 
-CAST = vectors.make_cast()
-ENVS = vectors.make_envelopes(CAST)
+CAST = core.make_cast()
+ENVS = core.make_envelopes(CAST)
 # A node of a city the vector consent (Hefei and Shanghai) does not cover.
-NANJING_NODE = vectors.make_participant("node-320100", CAST.ca, Role.node(pilot.NANJING), 0x1005)
+NANJING_NODE = core.make_participant("node-320100", CAST.ca, Role.node(pilot.NANJING), 0x1005)
 # A Hefei provider accredited for every category: records of any category can be signed at their
 # source, so that a case fails on the consent check it is about and not on provenance.
-EVERY_CATEGORY = vectors.make_participant(
+EVERY_CATEGORY = core.make_participant(
     "provider-340100-every", CAST.ca, Role.provider(pilot.HEFEI, "340100-every", tuple(Category)), 0x1008
 )
 RECEIPT_ONLY = "the answer carries no credit-chain receipt"
@@ -55,12 +57,12 @@ def _query(
     return query_mod.build(
         CAST.bank.identity,
         ENVS.consent,
-        enterprise_uscc=vectors.ENTERPRISE_USCC,
+        enterprise_uscc=core.ENTERPRISE_USCC,
         purpose=Purpose.LOAN_APPLICATION,
         categories=categories,
         cities=cities,
-        now=vectors.VERIFY_AT,
-        answer_key=vectors_sealed.answer_key(),
+        now=core.VERIFY_AT,
+        answer_key=sealed_vectors.answer_key(),
     )
 
 
@@ -70,7 +72,7 @@ NAMES_NOTHING = _query()
 
 def _answer(query_env: envelope_pb2.SignedEnvelope) -> query_pb2.CityAnswer:
     """The vector answer (one 2025-04-30 tax record, the consent's period), for `query_env`."""
-    msg = query_pb2.CityAnswer.FromString(vectors.answer_payload(query_env, CAST))
+    msg = query_pb2.CityAnswer.FromString(core.answer_payload(query_env, CAST))
     msg.query_id = query_pb2.CreditQuery.FromString(query_env.payload).query_id
     return msg
 
@@ -94,7 +96,7 @@ def _verify(
     verifier: EnvelopeVerifier, section: aggregator_pb2.CitySection, query_env: envelope_pb2.SignedEnvelope
 ) -> Section:
     query = query_pb2.CreditQuery.FromString(query_env.payload)
-    return verify_section(verifier, section, query_env, query, answer_key=vectors_sealed.answer_key())
+    return verify_section(verifier, section, query_env, query, answer_key=sealed_vectors.answer_key())
 
 
 def _date(d: dt.date) -> common_pb2.Date:
@@ -103,7 +105,7 @@ def _date(d: dt.date) -> common_pb2.Date:
 
 def _add_signed(msg: query_pb2.CityAnswer, rec: records_pb2.CreditRecord) -> None:
     """Disclose `rec` as signed at its source by a Hefei provider, in a batch of its own."""
-    _, batch = provenance.sign_records(EVERY_CATEGORY.identity, [rec], now=vectors.BATCH_SIGNED_AT)
+    _, batch = provenance.sign_records(EVERY_CATEGORY.identity, [rec], now=core.BATCH_SIGNED_AT)
     msg.batches.append(envelope_pb2.SignedEnvelope.FromString(batch.envelope))
     msg.proven_records.append(
         provenance_pb2.ProvenRecord(record=batch.raw[0], batch=len(msg.batches) - 1, leaf_index=0)
@@ -113,7 +115,7 @@ def _add_signed(msg: query_pb2.CityAnswer, rec: records_pb2.CreditRecord) -> Non
 def _record(category: Category, day: dt.date = dt.date(2025, 4, 30)) -> records_pb2.CreditRecord:
     rec = records_pb2.CreditRecord(
         record_id=f"{category.value}-{day.isoformat()}",
-        enterprise_uscc=vectors.ENTERPRISE_USCC,
+        enterprise_uscc=core.ENTERPRISE_USCC,
         city=pilot.HEFEI.proto,
         source="test",
         record_date=_date(day),
@@ -261,14 +263,14 @@ def test_the_scope_is_the_querys_cities_else_the_consents_else_the_directorys_me
     assert scope_cities(named, every) == (pilot.SHANGHAI,)
     of_consent = query_pb2.CreditQuery.FromString(NAMES_NOTHING.payload)  # the consent: Hefei, Shanghai
     assert scope_cities(of_consent, every) == tuple(sorted({pilot.HEFEI, pilot.SHANGHAI}))
-    everywhere = consent_mod.grant(CAST.enterprise.identity, replace(vectors.consent_terms(), cities=()))
+    everywhere = consent_mod.grant(CAST.enterprise.identity, replace(core.consent_terms(), cities=()))
     unnamed = query_mod.build(
         CAST.bank.identity,
         everywhere,
-        enterprise_uscc=vectors.ENTERPRISE_USCC,
+        enterprise_uscc=core.ENTERPRISE_USCC,
         purpose=Purpose.LOAN_APPLICATION,
-        now=vectors.VERIFY_AT,
-        answer_key=vectors_sealed.answer_key(),
+        now=core.VERIFY_AT,
+        answer_key=sealed_vectors.answer_key(),
     )
     assert scope_cities(query_pb2.CreditQuery.FromString(unnamed.payload), every) == tuple(sorted(every))
 
@@ -280,7 +282,7 @@ def test_a_city_of_the_scope_without_a_section_is_reported_missing(verifier: Env
     assert set(by_city) == {pilot.HEFEI, pilot.SHANGHAI} and opened == [pilot.HEFEI]
     shanghai = by_city[pilot.SHANGHAI]
     assert shanghai.status is SectionStatus.MISSING and shanghai.reason == NO_SECTION and shanghai.in_scope
-    report = merge("q", vectors.ENTERPRISE_USCC, Purpose.LOAN_APPLICATION, sections)
+    report = merge("q", core.ENTERPRISE_USCC, Purpose.LOAN_APPLICATION, sections)
     assert pilot.SHANGHAI in report.missing_cities and not report.complete
     assert report.to_json()["missing_cities"] == [c.value for c in report.missing_cities]
 
@@ -312,7 +314,7 @@ def test_a_section_for_a_city_outside_the_scope_is_invalid_and_never_opened(
     assert [(s.city, s.in_scope) for s in sections] == [(pilot.HEFEI, True), (pilot.NANJING, False)]
     assert sections[1].status is SectionStatus.INVALID and sections[1].reason == OUTSIDE_SCOPE
     assert opened == [pilot.HEFEI]
-    report = merge("q", vectors.ENTERPRISE_USCC, Purpose.LOAN_APPLICATION, sections)
+    report = merge("q", core.ENTERPRISE_USCC, Purpose.LOAN_APPLICATION, sections)
     assert report.scope == [pilot.HEFEI] and report.unexpected_cities == [pilot.NANJING]
     assert pilot.NANJING not in report.missing_cities and not report.complete
 
@@ -343,7 +345,7 @@ def test_the_table_and_the_json_show_a_missing_city_and_a_section_outside_the_sc
         Section(city=pilot.SHANGHAI, status=SectionStatus.MISSING, reason=NO_SECTION),
         Section(city=pilot.NANJING, status=SectionStatus.INVALID, reason=OUTSIDE_SCOPE, in_scope=False),
     ]
-    report = merge("q", vectors.ENTERPRISE_USCC, Purpose.LOAN_APPLICATION, sections)
+    report = merge("q", core.ENTERPRISE_USCC, Purpose.LOAN_APPLICATION, sections)
     doc = report.to_json()
     assert doc["scope"] == [pilot.HEFEI.value, pilot.SHANGHAI.value]
     assert doc["missing_cities"] == [pilot.SHANGHAI.value]

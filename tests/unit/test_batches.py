@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from creditnet import pilot, provenance, synthetic
+from creditnet import pilot, provenance
 from creditnet.batches import MAX_BATCH_RECORDS, Batch, read_batch
 from creditnet.domain import ALL_CATEGORIES
 from creditnet.envelope import EnvelopeVerifier
 from creditnet.node.service import UNDECODABLE_RECORD, _screen
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.v2 import node_pb2, records_pb2
+from creditnet_devkit import synthetic
 
 CA = CertificateAuthority.create()
 PROVIDER = issue_identity(CA, Role.provider(pilot.HEFEI, "exchange", ALL_CATEGORIES))

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf import json_format
 
-from creditnet import vectors
 from creditnet.chain.audit import NetworkCheckpointError
 from creditnet.chain.checkpoint import Checkpoint
 from creditnet.chain.merkle import (
@@ -36,8 +35,9 @@ from creditnet.chain.receipts import ReceiptError, check_commitment, verify_chec
 from creditnet.errors import Unauthenticated
 from creditnet.pki import TrustStore, role_of
 from creditnet.v2 import aggregator_pb2, chain_pb2
+from creditnet_devkit.vectors.cli import default_directory
 
-DIR = vectors.default_directory()
+DIR = default_directory()
 ROOT = DIR.parents[2]
 
 

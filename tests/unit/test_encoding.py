@@ -8,14 +8,15 @@ from collections.abc import Callable
 import pytest
 from google.protobuf import json_format
 
-from creditnet import pilot, vectors
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.envelope import QUERY_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.pki import TrustStore
 from creditnet.v2 import query_pb2
+from creditnet_devkit.vectors import core
 
-CAST = vectors.make_cast()
-ENVS = vectors.make_envelopes(CAST)
+CAST = core.make_cast()
+ENVS = core.make_envelopes(CAST)
 CANONICAL = ENVS.query.payload
 
 
@@ -118,7 +119,7 @@ def test_a_non_canonical_encoding_is_verified_over_its_exact_bytes_and_accepted(
     assert read == json_format.MessageToDict(query_pb2.CreditQuery.FromString(CANONICAL))
     env = sign(QUERY_TYPE, payload, CAST.bank.identity)
     verifier = EnvelopeVerifier(TrustStore(CAST.ca.ca.cert))
-    got = query_mod.authorize(verifier, env, city=pilot.HEFEI, now=vectors.VERIFY_AT)
+    got = query_mod.authorize(verifier, env, city=pilot.HEFEI, now=core.VERIFY_AT)
     # ...but another object: named by the digest of the bytes signed.
     assert got.digest == digest(payload) != digest(CANONICAL)
-    assert got.terms.query_id == vectors.QUERY_ID
+    assert got.terms.query_id == core.QUERY_ID

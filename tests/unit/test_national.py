@@ -6,9 +6,10 @@ import collections
 
 import pytest
 
-from creditnet import divisions, pilot, synthetic
+from creditnet import divisions, pilot
 from creditnet.domain import City
 from creditnet.network import default_nodes_per_process, select_cities
+from creditnet_devkit import synthetic
 
 
 def test_cities_all_is_every_prefecture_level_city_and_municipality_by_code() -> None:

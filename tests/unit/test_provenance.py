@@ -6,13 +6,14 @@ import hashlib
 
 import pytest
 
-from creditnet import pilot, provenance, synthetic
+from creditnet import pilot, provenance
 from creditnet.chain.merkle import inclusion_proof, leaf_hash, root_from_leaves
 from creditnet.domain import ALL_CATEGORIES, Category
 from creditnet.envelope import EnvelopeVerifier
 from creditnet.errors import CreditnetError
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.v2 import provenance_pb2, records_pb2
+from creditnet_devkit import synthetic
 
 CA = CertificateAuthority.create()
 VERIFIER = EnvelopeVerifier(TrustStore(CA.cert))

@@ -18,12 +18,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from creditnet import vectors
 from creditnet.domain import City
 from creditnet.envelope import EnvelopeVerifier
 from creditnet.pki import TrustStore
 from creditnet.v2 import envelope_pb2, provenance_pb2, query_pb2, records_pb2
 from creditnet_bank.provenance import ProvenanceError, proven_records
+from creditnet_devkit.vectors import core
 
 VECTORS = Path(__file__).resolve().parents[2] / "docs" / "test-vectors" / "v2"
 DOC: Any = json.loads((VECTORS / "provenance.json").read_text("utf-8"))
@@ -113,8 +113,8 @@ def test_the_bank_refuses_each_published_record_with_its_reason(
         batches=[envelope_pb2.SignedEnvelope.FromString(bytes.fromhex(case["batch_envelope_hex"]))],
         proven_records=[provenance_pb2.ProvenRecord.FromString(bytes.fromhex(case["proven_record_hex"]))],
     )
-    at = vectors.VERIFY_AT
-    assert DOC["verify_at"] == vectors.time_text(at)
+    at = core.VERIFY_AT
+    assert DOC["verify_at"] == core.time_text(at)
     with pytest.raises(ProvenanceError) as err:
         proven_records(verifier, answer, City(case["city"]))
     assert case["expect_reason_contains"] in str(err.value)

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from creditnet import vectors
 from creditnet.domain import City
 from creditnet.envelope import EnvelopeVerifier
 from creditnet.errors import CreditnetError
 from creditnet.pki import TrustStore
 from creditnet.routing import RoutingKey, verify_filter
 from creditnet.v2 import envelope_pb2, routing_pb2
+from creditnet_devkit.vectors.cli import default_directory
 
-DIR = vectors.default_directory()
+DIR = default_directory()
 DOC: dict[str, Any] = json.loads((DIR / "routing.json").read_text(encoding="utf-8"))
 KEYS: dict[str, Any] = json.loads((DIR / "keys.json").read_text(encoding="utf-8"))
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from creditnet import pilot, records, synthetic, uscc
+from creditnet import pilot, records, uscc
 from creditnet.dates import date_from_proto
 from creditnet.domain import Category, City
 from creditnet.v2 import records_pb2
+from creditnet_devkit import synthetic
 
 SEED = 2024
 PER_CITY = 600  # 3,000 enterprises: enough for the shares to settle

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
 from cryptography.hazmat.primitives.hpke import MLKEM768X25519PrivateKey
 from google.protobuf import json_format
 
-from creditnet import pilot, vectors, vectors_sealed
+from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.consent import check_window, verify_consent, verify_revocation
 from creditnet.domain import Category, City
@@ -39,8 +39,10 @@ from creditnet.pki import Role, TrustStore, role_of
 from creditnet.sealing import DEFAULT_SUITE, AnswerSuite, PrivateKey, parse_answer_key, seal, seal_info
 from creditnet.v2 import aggregator_pb2, envelope_pb2, query_pb2, records_pb2
 from creditnet_bank.verify import Section, SectionStatus, verify_section
+from creditnet_devkit.vectors import cli, core
+from creditnet_devkit.vectors import sealed as sealed_vectors
 
-DIR = vectors.default_directory()
+DIR = cli.default_directory()
 # The first part of a rule id names what was being verified.
 WHAT = {CONSENT_TYPE: "consent", REVOCATION_TYPE: "revocation", QUERY_TYPE: "query", ANSWER_TYPE: "answer"}
 
@@ -84,21 +86,20 @@ def _by_name(doc: Any) -> dict[str, Any]:
 
 
 def test_regenerating_gives_the_published_files_byte_for_byte() -> None:
-    files = vectors.generate()
-    # directory.json is written by creditnet.directory.vectors (tests/directory).
-    assert sorted(files) == sorted(p.name for p in DIR.glob("*.json") if p.name != "directory.json")
+    files = cli.generate()
+    assert sorted(files) == sorted(p.name for p in DIR.glob("*.json"))
     for name, data in files.items():
-        assert (DIR / name).read_bytes() == data, f"{name} is stale: run python -m creditnet.vectors"
+        assert (DIR / name).read_bytes() == data, f"{name} is stale: run python -m creditnet_devkit.vectors"
 
 
 def test_the_command_writes_and_checks(tmp_path: Path) -> None:
-    assert vectors.main([str(tmp_path)]) == 0
-    assert vectors.main(["--check", str(tmp_path)]) == 0
+    assert cli.main([str(tmp_path)]) == 0
+    assert cli.main(["--check", str(tmp_path)]) == 0
     target = tmp_path / "negative.json"
     target.write_bytes(target.read_bytes().replace(b"query.expired", b"query.expires"))
-    assert vectors.main(["--check", str(tmp_path)]) == 1
+    assert cli.main(["--check", str(tmp_path)]) == 1
     (tmp_path / "pae.json").unlink()
-    assert vectors.main(["--check", str(tmp_path)]) == 1
+    assert cli.main(["--check", str(tmp_path)]) == 1
 
 
 # --- keys and certificates ----------------------------------------------------------
@@ -142,7 +143,7 @@ def test_keys_derive_from_their_labels_and_match_their_certificates(entry: Any) 
 def test_participant_certificates_chain_to_the_trust_anchor(label: str) -> None:
     trust = TrustStore(_cert(KEYS["trust_anchor"]))
     der = _cert(label).public_bytes(serialization.Encoding.DER)
-    assert trust.verify_chain([der], vectors.VERIFY_AT).role == role_of(_cert(label))
+    assert trust.verify_chain([der], core.VERIFY_AT).role == role_of(_cert(label))
 
 
 def test_the_node_certificate_carries_its_pinned_server_name() -> None:
@@ -201,7 +202,7 @@ def test_positive_vectors_verify(vector: Any, verifier: EnvelopeVerifier) -> Non
 def test_positive_signatures_are_rfc6979_deterministic(vector: Any) -> None:
     """Re-signing the PAE with the published key gives the published signature."""
     signer = vector["signatures"][0]["certificate_chain"][0]
-    key = vectors.derive_key(signer)
+    key = core.derive_key(signer)
     again = key.sign(bytes.fromhex(vector["pae_hex"]), ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
     assert again.hex() == vector["signatures"][0]["signature_hex"]
 
@@ -272,7 +273,7 @@ def _verify(
     query_env: envelope_pb2.SignedEnvelope,
     query: query_pb2.CreditQuery,
 ) -> Section:
-    return verify_section(verifier, section, query_env, query, answer_key=vectors_sealed.answer_key())
+    return verify_section(verifier, section, query_env, query, answer_key=sealed_vectors.answer_key())
 
 
 # --- negative vectors -------------------------------------------------------------------
@@ -353,7 +354,7 @@ def _answer_msg() -> query_pb2.CityAnswer:
 
 
 def _resigned(msg: query_pb2.CityAnswer, signer: str = "node") -> envelope_pb2.SignedEnvelope:
-    cast = vectors.make_cast()
+    cast = core.make_cast()
     identity = {"node": cast.node, "bank": cast.bank}[signer].identity
     return sign(ANSWER_TYPE, msg.SerializeToString(), identity)
 
@@ -373,7 +374,7 @@ def _bad_answers() -> dict[str, tuple[envelope_pb2.SignedEnvelope, str]]:
     unasked = _answer_msg()
     unasked.categories.append(Category.LOAN.proto)
     # Records their provider did sign, each outside what the answer may disclose.
-    batch = vectors.provenance_batch(vectors.make_cast())
+    batch = core.provenance_batch(core.make_cast())
     outside_categories = _answer_msg()
     outside_categories.proven_records[0].CopyFrom(batch.proven(3))  # a utility record
     outside_period = _answer_msg()
@@ -465,7 +466,7 @@ def test_sealed_vectors_open_to_the_signed_answer(vector: Any, verifier: Envelop
         status=aggregator_pb2.SECTION_STATUS_OK,
         sealed_answer=query_pb2.SealedAnswer(suite=suite.proto, ciphertext=ciphertext),
     )
-    got = verify_section(verifier, section, query_env, query, answer_key=vectors_sealed.answer_key(suite))
+    got = verify_section(verifier, section, query_env, query, answer_key=sealed_vectors.answer_key(suite))
     assert _passes_the_answer_checks(got), got.reason
 
 

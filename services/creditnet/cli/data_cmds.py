@@ -27,7 +27,8 @@ def generate(
     city: Annotated[str | None, typer.Option(help="Only the records held by this city's node.")] = None,
 ) -> None:
     """Generate realistic synthetic credit records (streamed; scales to millions)."""
-    from creditnet import records, synthetic
+    from creditnet import records
+    from creditnet_devkit import synthetic
 
     with errors():
         only = City.parse(city) if city else None

@@ -1,6 +1,6 @@
 """Test vectors for records signed at their source (docs/protocol.md, "Records signed at their source").
 
-Written with the other vectors by ``python -m creditnet.vectors`` as
+Written with the other vectors by ``python -m creditnet_devkit.vectors`` as
 ``provenance.json``: a provider's signed RecordBatch manifest over four
 records (their exact bytes), every leaf hash and inclusion proof, and
 disclosed records a bank must refuse, each with the reason. Keys and
@@ -34,7 +34,7 @@ OTHER_USCC: Final = "91310000MA1FL8XQ37"
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    provider: Any  # vectors.Participant
+    provider: Any  # core.Participant
     other_city_provider: Any
     records: list[records_pb2.CreditRecord]
     raw: list[bytes]

@@ -1,6 +1,6 @@
 """The credit-chain test vectors of docs/chain.md, generated deterministically.
 
-Written with the other vectors by ``python -m creditnet.vectors``. Log keys
+Written with the other vectors by ``python -m creditnet_devkit.vectors``. Log keys
 are Ed25519 keys whose 32-byte seed is SHA-256 of the same label prefix as
 the P-256 keys; Ed25519 signatures (RFC 8032) are deterministic, so every
 checkpoint, cosignature and network note here is exact, not verify-only.
@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from creditnet import pilot, vectors
+from creditnet import pilot
 from creditnet.chain.checkpoint import Checkpoint, cosign
 from creditnet.chain.keys import NATIONAL, NETWORK_ORIGIN, LogKey, log_origin, witness_name
 from creditnet.chain.ledger import COMMITMENT_CONTEXT, enterprise_commitment
@@ -41,6 +41,7 @@ from creditnet.domain import Category, Purpose
 from creditnet.envelope import digest
 from creditnet.pki import Role
 from creditnet.v2 import aggregator_pb2, chain_pb2
+from creditnet_devkit.vectors import core
 
 FORMAT_VERSION: Final = 1
 _DOC: Final = "docs/chain.md#test-vectors"
@@ -69,21 +70,21 @@ class VectorLogKey:
         return x509.load_der_x509_certificate(self.key.certificate_der)
 
 
-def _log_key(label: str, name: str, issuer: vectors.FixedCA, serial: int) -> VectorLogKey:
+def _log_key(label: str, name: str, issuer: core.FixedCA, serial: int) -> VectorLogKey:
     private = ed25519.Ed25519PrivateKey.from_private_bytes(derive_seed(label))
     template = issuer.ca.issue(
         Role.logkey(name),
         private.public_key(),
-        not_before=vectors.CERT_NOT_BEFORE,
-        validity=vectors.CERT_NOT_AFTER - vectors.CERT_NOT_BEFORE,
+        not_before=core.CERT_NOT_BEFORE,
+        validity=core.CERT_NOT_AFTER - core.CERT_NOT_BEFORE,
     )
-    cert = vectors.restamp(
+    cert = core.restamp(
         template,
         public_key=private.public_key(),
         issuer_key=issuer.ca.key,
         serial=serial,
-        not_before=vectors.CERT_NOT_BEFORE,
-        not_after=vectors.CERT_NOT_AFTER,
+        not_before=core.CERT_NOT_BEFORE,
+        not_after=core.CERT_NOT_AFTER,
     )
     der = cert.public_bytes(serialization.Encoding.DER)
     return VectorLogKey(label, issuer.label, serial, LogKey(name, private, der))
@@ -105,7 +106,7 @@ class LogKeys:
         return [self.by_name[n].key.certificate_der for n in names]
 
 
-def make_log_keys(cast: vectors.Cast) -> LogKeys:
+def make_log_keys(cast: core.Cast) -> LogKeys:
     keys = {n: _log_key(f"logkey-{n}", n, cast.ca, s) for n, s in LOG_CERT_SERIALS.items()}
     foreign = _log_key("logkey-340100-foreign", "340100", cast.foreign_ca, FOREIGN_SERIAL)
     return LogKeys(keys, foreign)
@@ -116,15 +117,15 @@ def make_log_keys(cast: vectors.Cast) -> LogKeys:
 SALT: Final = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
 
 
-def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
+def hefei_entries(envs: core.Envelopes) -> list[chain_pb2.LedgerEntry]:
     """Seven entries of the Hefei log, one of each kind and then some."""
-    uscc = vectors.ENTERPRISE_USCC
-    at = vectors.VERIFY_AT
+    uscc = core.ENTERPRISE_USCC
+    at = core.VERIFY_AT
 
     def query(
         kind: chain_pb2.EntryKind.ValueType,
         time: dt.datetime,
-        query_id: str = vectors.QUERY_ID,
+        query_id: str = core.QUERY_ID,
         categories: Sequence[Category] = (Category.TAX,),
         salt: bytes = SALT,
     ) -> chain_pb2.LedgerEntry:
@@ -136,10 +137,10 @@ def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
             enterprise_commitment=enterprise_commitment(uscc, salt),
             query_id=query_id,
             query_digest=digest(envs.query.payload),
-            bank_code=vectors.BANK_CODE,
+            bank_code=core.BANK_CODE,
             purpose=Purpose.LOAN_APPLICATION.proto,
             categories=[c.proto for c in categories],
-            consent_id=vectors.CONSENT_ID,
+            consent_id=core.CONSENT_ID,
             consent_digest=digest(envs.consent.payload),
         )
 
@@ -185,7 +186,7 @@ def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
             time=ts_to_proto(at + dt.timedelta(minutes=1)),
             city=pilot.HEFEI.proto,
             enterprise_commitment=enterprise_commitment(uscc, SALT[::-1]),
-            consent_id=vectors.CONSENT_ID,
+            consent_id=core.CONSENT_ID,
             consent_digest=digest(envs.consent.payload),
         ),
         chain_pb2.LedgerEntry(
@@ -202,7 +203,7 @@ def hefei_entries(envs: vectors.Envelopes) -> list[chain_pb2.LedgerEntry]:
 
 
 def nanjing_entries() -> list[chain_pb2.LedgerEntry]:
-    at = vectors.VERIFY_AT
+    at = core.VERIFY_AT
     return [
         chain_pb2.LedgerEntry(
             kind=chain_pb2.ENTRY_KIND_RECORDS_SUBMITTED,
@@ -294,7 +295,7 @@ NANJING_WITNESSES: Final = ("340100", "310000", NATIONAL)
 RECEIPT_INDEX: Final = 2
 
 
-def make_chain(cast: vectors.Cast, envs: vectors.Envelopes) -> Chain:
+def make_chain(cast: core.Cast, envs: core.Envelopes) -> Chain:
     keys = make_log_keys(cast)
     entries = hefei_entries(envs)
     leaves = serialise(entries)
@@ -597,7 +598,7 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
             "commitment-with-another-salt",
             "Entry 2's commitment checked against the enterprise's USCC with the salt reversed.",
             "commitment",
-            {"entry_index": 2, "uscc": vectors.ENTERPRISE_USCC, "salt_hex": SALT[::-1].hex()},
+            {"entry_index": 2, "uscc": core.ENTERPRISE_USCC, "salt_hex": SALT[::-1].hex()},
             "commitment.mismatch",
         ),
         ChainNegative(
@@ -607,10 +608,10 @@ def make_chain_negatives(chain: Chain) -> list[ChainNegative]:
             "commitment",
             {
                 "entry_index": 2,
-                "uscc": vectors.ENTERPRISE_USCC,
+                "uscc": core.ENTERPRISE_USCC,
                 "salt_hex": SALT.hex(),
                 "commitment_hex": hashlib.sha256(
-                    COMMITMENT_CONTEXT.rstrip(b"\x00") + vectors.ENTERPRISE_USCC.encode() + SALT
+                    COMMITMENT_CONTEXT.rstrip(b"\x00") + core.ENTERPRISE_USCC.encode() + SALT
                 ).hexdigest(),
             },
             "commitment.mismatch",
@@ -677,8 +678,8 @@ def log_keys_json(keys: LogKeys) -> list[dict[str, Any]]:
                 "issuer": k.issuer,
                 "role_uri": f"creditnet://logkey/{name}",
                 "serial": k.serial,
-                "not_before": vectors.time_text(cert.not_valid_before_utc),
-                "not_after": vectors.time_text(cert.not_valid_after_utc),
+                "not_before": core.time_text(cert.not_valid_before_utc),
+                "not_after": core.time_text(cert.not_valid_after_utc),
                 "seed_hex": derive_seed(k.label).hex(),
                 "public_key_hex": _raw_public(k).hex(),
                 "private_key_pem": k.key.private_key.private_bytes(
@@ -743,7 +744,7 @@ def _entry_json(index: int, entry: chain_pb2.LedgerEntry, leaf: bytes) -> Any:
         "index": index,
         "kind": chain_pb2.EntryKind.Name(entry.kind),
         "entry_hex": leaf.hex(),
-        "entry_json": vectors.message_json(entry),
+        "entry_json": core.message_json(entry),
         "leaf_hash_hex": leaf_hash(leaf).hex(),
     }
 
@@ -766,7 +767,7 @@ def _network_json(keys: LogKeys, resp: aggregator_pb2.GetNetworkCheckpointRespon
 def render(chain: Chain, negatives: Sequence[ChainNegative]) -> dict[str, Any]:
     """File name -> JSON document."""
     tree = chain.tree
-    uscc = vectors.ENTERPRISE_USCC
+    uscc = core.ENTERPRISE_USCC
     preimage = COMMITMENT_CONTEXT + uscc.encode() + SALT
     n = len(chain.leaves)
     doc = {
@@ -780,7 +781,7 @@ def render(chain: Chain, negatives: Sequence[ChainNegative]) -> dict[str, Any]:
             "their label in keys.json (log_keys)."
         ),
         "see": _DOC,
-        "verify_at": vectors.time_text(vectors.VERIFY_AT),
+        "verify_at": core.time_text(core.VERIFY_AT),
         "empty_tree_root_hex": EMPTY_ROOT.hex(),
         "enterprise_commitment": {
             "uscc": uscc,
@@ -833,7 +834,7 @@ def render(chain: Chain, negatives: Sequence[ChainNegative]) -> dict[str, Any]:
             "quorum": QUORUM,
             "index": chain.receipt.index,
             "receipt_hex": chain.receipt.SerializeToString(deterministic=True).hex(),
-            "receipt_json": vectors.message_json(chain.receipt),
+            "receipt_json": core.message_json(chain.receipt),
             "uscc": uscc,
             "salt_hex": SALT.hex(),
         },
@@ -849,7 +850,7 @@ def render(chain: Chain, negatives: Sequence[ChainNegative]) -> dict[str, Any]:
             "(the step of docs/chain.md that fails). Key certificates are DER hex."
         ),
         "see": _DOC,
-        "verify_at": vectors.time_text(vectors.VERIFY_AT),
+        "verify_at": core.time_text(core.VERIFY_AT),
         "vectors": [
             {
                 "name": v.name,

@@ -1,7 +1,8 @@
 """The published test vectors of docs/protocol.md, generated deterministically.
 
-``python -m creditnet.vectors [DIRECTORY]`` writes the JSON files of
-docs/test-vectors/; ``--check`` compares instead of writing. Every input is
+The fixed cast every vector file signs with, and the envelope vectors;
+``python -m creditnet_devkit.vectors [DIRECTORY]`` writes them with the
+others into docs/test-vectors/ (``--check`` compares instead). Every input is
 fixed: private keys are derived from labels, certificates carry fixed serial
 numbers and validity times, payloads fixed fields and times, and every
 signature (over certificates and over envelopes) is deterministic ECDSA
@@ -19,14 +20,11 @@ The private keys in the vectors are public knowledge: never trust them.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
@@ -197,12 +195,12 @@ class Cast:
 
 
 def make_cast() -> Cast:
-    from creditnet import vectors_provenance
+    from creditnet_devkit.vectors import provenance as provenance_vectors
 
     ca = make_ca("ca", "creditnet test-vector CA", 0x01)
     foreign = make_ca("foreign-ca", "a CA the network does not trust", 0x02)
     enterprise = Role.enterprise(ENTERPRISE_USCC)
-    provider, provider_other_city = vectors_provenance.provider_roles()
+    provider, provider_other_city = provenance_vectors.provider_roles()
     return Cast(
         ca=ca,
         foreign_ca=foreign,
@@ -246,7 +244,7 @@ def consent_terms() -> consent_mod.ConsentTerms:
 def query_envelope(
     bank: Identity, consent_env: envelope_pb2.SignedEnvelope, *, suite: AnswerSuite = DEFAULT_SUITE
 ) -> envelope_pb2.SignedEnvelope:
-    from creditnet import vectors_sealed
+    from creditnet_devkit.vectors import sealed
 
     return query_mod.build(
         bank,
@@ -258,7 +256,7 @@ def query_envelope(
         lifetime=dt.timedelta(minutes=2),
         now=VERIFY_AT - dt.timedelta(seconds=30),
         query_id=QUERY_ID,
-        answer_key=vectors_sealed.answer_key(suite),
+        answer_key=sealed.answer_key(suite),
     )
 
 
@@ -267,9 +265,9 @@ BATCH_SIGNED_AT: Final = dt.datetime(2025, 5, 2, 9, 0, 0, tzinfo=UTC)
 
 
 def provenance_batch(cast: Cast) -> Any:
-    from creditnet import vectors_provenance
+    from creditnet_devkit.vectors import provenance as provenance_vectors
 
-    return vectors_provenance.make_batch(cast, ENTERPRISE_USCC, BATCH_SIGNED_AT)
+    return provenance_vectors.make_batch(cast, ENTERPRISE_USCC, BATCH_SIGNED_AT)
 
 
 def answer_payload(query_env: envelope_pb2.SignedEnvelope, cast: Cast) -> bytes:
@@ -756,70 +754,33 @@ def render(
 
 
 def generate() -> dict[str, bytes]:
-    from creditnet import vectors_chain, vectors_routing, vectors_sealed
+    """Every file of docs/test-vectors/v2 but the directory's (`vectors.directory`), by name."""
+    from creditnet_devkit.vectors import chain as chain_vectors
+    from creditnet_devkit.vectors import routing, sealed
 
     cast = make_cast()
     # Served-for-another-city cases of routing.json need a second node.
     other_node = make_participant("node-320100", cast.ca, Role.node(pilot.NANJING), 0x1005)
     envs = make_envelopes(cast)
-    chain = vectors_chain.make_chain(cast, envs)
-    sealed_cases = vectors_sealed.make_cases(cast, envs.consent)
+    chain = chain_vectors.make_chain(cast, envs)
+    sealed_cases = sealed.make_cases(cast, envs.consent)
     return render(
         cast,
         envs,
         make_negatives(cast, envs),
-        log_keys=vectors_chain.log_keys_json(chain.keys),
+        log_keys=chain_vectors.log_keys_json(chain.keys),
         extra={
-            **vectors_chain.render(chain, vectors_chain.make_chain_negatives(chain)),
-            "sealed.json": vectors_sealed.render(sealed_cases, message_json),
-            "routing.json": vectors_routing.render(cast, VERIFY_AT, other_node),
+            **chain_vectors.render(chain, chain_vectors.make_chain_negatives(chain)),
+            "sealed.json": sealed.render(sealed_cases, message_json),
+            "routing.json": routing.render(cast, VERIFY_AT, other_node),
             "provenance.json": _provenance(cast),
         },
     )
 
 
 def _provenance(cast: Cast) -> Any:
-    from creditnet import vectors_provenance
+    from creditnet_devkit.vectors import provenance as provenance_vectors
 
     batch = provenance_batch(cast)
-    refused = vectors_provenance.refused_cases(batch, ENTERPRISE_USCC)
-    return vectors_provenance.render(batch, refused, message_json, time_text(VERIFY_AT))
-
-
-def default_directory() -> Path:
-    # services/creditnet/vectors.py -> the repository's docs/test-vectors/v2.
-    return Path(__file__).resolve().parents[2] / "docs" / "test-vectors" / "v2"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m creditnet.vectors", description="Write (or check) the protocol test vectors."
-    )
-    parser.add_argument("directory", nargs="?", type=Path, default=None)
-    parser.add_argument(
-        "--check", action="store_true", help="compare with the files on disk; exit 1 if any differ"
-    )
-    args = parser.parse_args(argv)
-    directory: Path = args.directory or default_directory()
-    files = generate()
-    if args.check:
-        stale = [n for n, data in files.items() if _read(directory / n) != data]
-        for name in stale:
-            print(f"{directory / name} is missing or out of date", file=sys.stderr)
-        return 1 if stale else 0
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (directory / name).write_bytes(data)
-        print(directory / name)
-    return 0
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    refused = provenance_vectors.refused_cases(batch, ENTERPRISE_USCC)
+    return provenance_vectors.render(batch, refused, message_json, time_text(VERIFY_AT))

@@ -1,14 +1,14 @@
 """Decrypt-only test vectors for sealed answers (docs/protocol.md, "Sealed answers").
 
-Written with the other vectors by ``python -m creditnet.vectors`` as
+Written with the other vectors by ``python -m creditnet_devkit.vectors`` as
 ``sealed.json``. The recipient keys are fixed (derived from labels), but
 HPKE's encapsulation is randomised and `cryptography` takes no fixed
 randomness: each ciphertext was therefore sealed once, by the code the
-network runs (`sealing.seal`), and is kept in ``vectors_sealed.json`` beside
+network runs (`sealing.seal`), and is kept in ``sealed.json`` beside
 this module. Generating checks that every kept ciphertext still opens, with
 the fixed key and this protocol's info, to exactly the signed answer the
 vectors define; if the protocol changed and it no longer does, generating
-fails until ``python -m creditnet.vectors_sealed --reseal`` seals afresh.
+fails until ``python -m creditnet_devkit.vectors.sealed --reseal`` seals afresh.
 Regeneration is therefore byte-identical.
 
 The private keys in the vectors are public knowledge: never trust them.
@@ -41,7 +41,7 @@ from creditnet.sealing import (
 )
 from creditnet.v2 import envelope_pb2, query_pb2
 
-RECORDED: Final = Path(__file__).with_name("vectors_sealed.json")
+RECORDED: Final = Path(__file__).with_name("sealed.json")
 _SEED_PREFIX: Final = b"creditnet test vector answer key v1: "
 # RFC 9180 / draft-ietf-hpke-pq identifiers of each suite.
 _IDS: Final = {
@@ -90,7 +90,7 @@ def _ciphertext(case: SealedCase, recorded: dict[str, str]) -> bytes:
     if text is None:
         raise SystemExit(
             f"no recorded sealed answer for {case.suite.name}:"
-            " run python -m creditnet.vectors_sealed --reseal"
+            " run python -m creditnet_devkit.vectors.sealed --reseal"
         )
     ciphertext = base64.b64decode(text)
     sealed = query_pb2.SealedAnswer(suite=case.suite.proto, ciphertext=ciphertext)
@@ -101,7 +101,7 @@ def _ciphertext(case: SealedCase, recorded: dict[str, str]) -> bytes:
     if opened is None or opened.SerializeToString(deterministic=True) != _plaintext(case):
         raise SystemExit(
             f"the recorded sealed answer for {case.suite.name} no longer opens to the vector answer"
-            " (the protocol changed?): run python -m creditnet.vectors_sealed --reseal"
+            " (the protocol changed?): run python -m creditnet_devkit.vectors.sealed --reseal"
         )
     return ciphertext
 
@@ -184,29 +184,29 @@ def render(cases: Sequence[SealedCase], message_json: Any) -> dict[str, Any]:
 
 def make_cases(cast: Any, consent: envelope_pb2.SignedEnvelope) -> list[SealedCase]:
     """`cast` is the vectors' `Cast`: its bank asks, its node answers."""
-    from creditnet import vectors
     from creditnet.envelope import ANSWER_TYPE, sign
+    from creditnet_devkit.vectors import core
 
     cases = []
     node = cast.node.identity
     for suite in AnswerSuite:
-        q = vectors.query_envelope(cast.bank.identity, consent, suite=suite)
-        answer = sign(ANSWER_TYPE, vectors.answer_payload(q, cast), node)
+        q = core.query_envelope(cast.bank.identity, consent, suite=suite)
+        answer = sign(ANSWER_TYPE, core.answer_payload(q, cast), node)
         cases.append(SealedCase(suite, q, answer, pilot.HEFEI))
     return cases
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from creditnet import consent as consent_mod
-    from creditnet import vectors
+    from creditnet_devkit.vectors import core
 
-    parser = argparse.ArgumentParser(prog="python -m creditnet.vectors_sealed")
+    parser = argparse.ArgumentParser(prog="python -m creditnet_devkit.vectors.sealed")
     parser.add_argument("--reseal", action="store_true", help="seal the vector answers afresh")
     args = parser.parse_args(argv)
     if not args.reseal:
-        parser.error("nothing to do: pass --reseal (python -m creditnet.vectors writes the vectors)")
-    cast = vectors.make_cast()
-    consent = consent_mod.grant(cast.enterprise.identity, vectors.consent_terms())
+        parser.error("nothing to do: pass --reseal (python -m creditnet_devkit.vectors writes the vectors)")
+    cast = core.make_cast()
+    consent = consent_mod.grant(cast.enterprise.identity, core.consent_terms())
     recorded = reseal(make_cases(cast, consent))
     RECORDED.write_text(json.dumps(recorded, indent=2) + "\n", "utf-8")
     print(RECORDED)

@@ -1,6 +1,6 @@
 """Test vectors for routing's membership filters (docs/protocol.md, "Routing").
 
-Written with the other vectors by ``python -m creditnet.vectors`` as
+Written with the other vectors by ``python -m creditnet_devkit.vectors`` as
 ``routing.json``: a fixed routing key, the tags of a few USCCs and the bit
 positions each sets, one filter holding some of them signed by the vector
 node (Hefei) with deterministic ECDSA, and negative filters, each with the

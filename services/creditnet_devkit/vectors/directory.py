@@ -1,9 +1,8 @@
 """Test vectors for the signed network directory (docs/directory.md#test-vectors).
 
-``python -m creditnet.directory.vectors [DIRECTORY]`` writes
-docs/test-vectors/v2/directory.json, beside the envelope and chain
-vectors; ``--check`` compares instead. Like the
-envelope vectors (creditnet.vectors), every input is fixed: keys derived
+Written with the other vectors by ``python -m creditnet_devkit.vectors``
+as docs/test-vectors/v2/directory.json, beside the envelope and chain
+vectors. Like the envelope vectors (`vectors.core`), every input is fixed: keys derived
 from labels, certificates with fixed serials and validity re-signed with
 deterministic ECDSA, fixed directory contents and times, deterministic
 signatures. Regenerating gives the same bytes.
@@ -17,15 +16,12 @@ The private keys in the vectors are public knowledge: never trust them.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
@@ -37,7 +33,7 @@ from creditnet.directory.model import Directory, Policy
 from creditnet.directory.sign import DIRECTORY_TYPE, sign
 from creditnet.pki import Identity, Role, key_to_pem
 from creditnet.v2 import directory_pb2, envelope_pb2
-from creditnet.vectors import (
+from creditnet_devkit.vectors.core import (
     CERT_NOT_AFTER,
     CERT_NOT_BEFORE,
     VERIFY_AT,
@@ -284,33 +280,3 @@ def render(keys: Keys, cases: Sequence[Case]) -> bytes:
 def generate() -> dict[str, bytes]:
     keys = make_keys()
     return {FILE_NAME: render(keys, make_cases(keys))}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m creditnet.directory.vectors",
-        description="Write (or check) the directory test vectors.",
-    )
-    parser.add_argument("directory", nargs="?", type=Path, default=None)
-    parser.add_argument(
-        "--check", action="store_true", help="compare with the file on disk; exit 1 if it differs"
-    )
-    args = parser.parse_args(argv)
-    from creditnet.vectors import default_directory
-
-    out: Path = args.directory or default_directory()
-    files = generate()
-    if args.check:
-        stale = [n for n, data in files.items() if not (out / n).is_file() or (out / n).read_bytes() != data]
-        for name in stale:
-            print(f"{out / name} is missing or out of date", file=sys.stderr)
-        return 1 if stale else 0
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (out / name).write_bytes(data)
-        print(out / name)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from creditnet_devkit.vectors.cli import main
+
+raise SystemExit(main())
