@@ -20,8 +20,9 @@ NOT_IMPORTABLE = (
     # Alembic executes it inside a migration context; it has no meaning outside one.
     "creditnet.store.migrations.env",
 )
-# Developer tooling that still lives in the runtime package until it moves into creditnet_devkit.
-TOOLING = ("creditnet.bench",)
+# Developer tooling that still lives in the runtime package until it moves into creditnet_devkit,
+# and the alias of the synthetic data it imports.
+TOOLING = ("creditnet.bench", "creditnet.synthetic")
 
 ENTRY_POINTS = (
     "creditnet.node.server",
