@@ -16,17 +16,16 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
+from creditnet.channels import secure_channel
 from creditnet.deadlines import answer_reserve, budget_metadata
 from creditnet.directory.model import Directory
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import EnvelopeVerifier, load_envelope
-from creditnet.errors import CreditnetError
-from creditnet.limits import RETRY_AFTER_KEY
-from creditnet.observability import client_span, query_scope
-from creditnet.observability.context import parse_query_id
+from creditnet.errors import RETRY_AFTER_KEY, CreditnetError
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
+from creditnet.querycontext import parse_query_id, query_scope
 from creditnet.sealing import DEFAULT_SUITE, AnswerKeyPair, AnswerSuite
+from creditnet.tracecontext import client_span
 from creditnet.v2 import (
     aggregator_pb2,
     aggregator_pb2_grpc,

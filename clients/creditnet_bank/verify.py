@@ -21,8 +21,7 @@ from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
-from creditnet.chain.ledger import DEFAULT_QUORUM
-from creditnet.chain.receipts import ReceiptError, verify_receipt
+from creditnet.chain.receipts import DEFAULT_QUORUM, ReceiptError, verify_receipt
 from creditnet.consent import ConsentTerms
 from creditnet.dates import date_from_proto, ts_from_proto
 from creditnet.directory.model import Directory

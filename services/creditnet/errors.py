@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import grpc
 
+# Trailing metadata of a RESOURCE_EXHAUSTED refusal: milliseconds (decimal)
+# until the bank's next call would be admitted.
+RETRY_AFTER_KEY = "creditnet-retry-after-ms"
+
 
 class CreditnetError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN

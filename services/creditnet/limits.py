@@ -50,7 +50,7 @@ from typing import Any
 
 import grpc
 
-from creditnet.errors import CreditnetError, ResourceExhausted
+from creditnet.errors import RETRY_AFTER_KEY, CreditnetError, ResourceExhausted
 from creditnet.handlers import Finish, wrap_handler
 from creditnet.pki import Role, RoleKind, TrustStore
 from creditnet.rpc import PeerIdentities
@@ -67,10 +67,8 @@ log = logging.getLogger(__name__)
 
 CONCURRENCY_RULE = "overload.concurrency"
 RATE_LIMITED_RULE = "overload.rate_limited"
-# Milliseconds (decimal) until the bank's next call would be admitted. The
-# same value goes under gRPC's standard pushback key, which gRPC retry
-# policies in every language honour when RESOURCE_EXHAUSTED is retryable.
-RETRY_AFTER_KEY = "creditnet-retry-after-ms"
+# RETRY_AFTER_KEY's value goes under gRPC's standard pushback key too, which
+# gRPC retry policies in every language honour when RESOURCE_EXHAUSTED is retryable.
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 # Calls that keep the network itself running: probes, reflection and the

@@ -32,7 +32,7 @@ from creditnet import consent as consent_mod
 from creditnet import divisions, pilot, provenance, synthetic
 from creditnet.aggregator.server import RunningAggregator, start_aggregator
 from creditnet.chain.keys import NATIONAL, LogKey
-from creditnet.chain.ledger import DEFAULT_QUORUM
+from creditnet.chain.receipts import DEFAULT_QUORUM
 from creditnet.config import AggregatorConfig, DirectoryConfig, NodeConfig
 from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
@@ -846,7 +846,7 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 async def wait_federated(endpoint: str, identity: Identity, trust: TrustStore, timeout: float) -> None:
     """Wait until the aggregator at `endpoint` sees every node it knows serving; RuntimeError if not."""
-    from creditnet.rpc import secure_channel
+    from creditnet.channels import secure_channel
     from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
 
     deadline = time.monotonic() + max(timeout, 1.0)

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from creditnet import pilot, vectors
 from creditnet.chain.checkpoint import Checkpoint, cosign
 from creditnet.chain.keys import NATIONAL, NETWORK_ORIGIN, LogKey, log_origin, witness_name
-from creditnet.chain.ledger import COMMITMENT_CONTEXT, enterprise_commitment
 from creditnet.chain.merkle import EMPTY_ROOT, leaf_hash
 from creditnet.chain.note import (
     ALG_ED25519,
@@ -35,6 +34,7 @@ from creditnet.chain.note import (
     Signer,
     cosignature_message,
 )
+from creditnet.chain.receipts import COMMITMENT_CONTEXT, enterprise_commitment
 from creditnet.chain.tree import MemoryHashStore, MerkleTree
 from creditnet.dates import ts_to_proto
 from creditnet.domain import Category, Purpose

@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.domain import City
 from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
-from creditnet.rpc import PeerIdentities, secure_channel
+from creditnet.rpc import PeerIdentities
 from creditnet.v2 import node_pb2_grpc
 
 log = logging.getLogger(__name__)

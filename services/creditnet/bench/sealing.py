@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from creditnet import query as query_mod
+from creditnet.channels import secure_channel
 from creditnet.domain import City, Purpose
 from creditnet.envelope import ANSWER_TYPE, digest, sign
 from creditnet.network import NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore
-from creditnet.rpc import secure_channel
 from creditnet.sealing import AnswerKey, AnswerKeyPair, AnswerSuite, open_sealed, parse_answer_key, seal
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, query_pb2
 

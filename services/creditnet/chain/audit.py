@@ -38,7 +38,6 @@ from google.protobuf.message import DecodeError
 
 from creditnet.chain.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from creditnet.chain.keys import NATIONAL, NETWORK_ORIGIN, KnownKey, known_keys, log_origin
-from creditnet.chain.ledger import DEFAULT_QUORUM
 from creditnet.chain.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -50,12 +49,12 @@ from creditnet.chain.merkle import (
     verify_consistency,
 )
 from creditnet.chain.note import ALG_ED25519, Note, NoteError, VerifierKey, open_note
-from creditnet.chain.receipts import ReceiptError, verify_checkpoint
+from creditnet.chain.receipts import DEFAULT_QUORUM, ReceiptError, verify_checkpoint
 from creditnet.chain.tree import MemoryHashStore, MerkleTree
+from creditnet.channels import secure_channel
 from creditnet.dates import ts_from_proto, utcnow
 from creditnet.domain import City
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 __all__ = [

@@ -26,13 +26,12 @@ import grpc
 
 from creditnet import uscc as uscc_mod
 from creditnet.chain.audit import pool_certificates
-from creditnet.chain.ledger import DEFAULT_QUORUM
-from creditnet.chain.receipts import ReceiptError, check_commitment, verify_receipt
+from creditnet.chain.receipts import DEFAULT_QUORUM, ReceiptError, check_commitment, verify_receipt
+from creditnet.channels import secure_channel
 from creditnet.dates import ts_from_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import HISTORY_REQUEST_TYPE, sign
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, envelope_pb2
 
 __all__ = [

@@ -20,7 +20,7 @@ from rich.table import Table
 from creditnet.chain.audit import AuditReport, AuditState, ChainStatus, audit, survey
 from creditnet.chain.history import History, Outcome, fetch_history
 from creditnet.chain.keys import NETWORK
-from creditnet.chain.ledger import DEFAULT_QUORUM
+from creditnet.chain.receipts import DEFAULT_QUORUM
 from creditnet.cli.common import (
     EXIT_FAILURE,
     EXIT_PARTIAL,

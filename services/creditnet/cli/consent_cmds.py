@@ -167,7 +167,7 @@ def revoke(
         trust = TrustStore.load(ca)
 
         async def deliver() -> aggregator_pb2.BroadcastRevocationResponse:
-            from creditnet.rpc import secure_channel
+            from creditnet.channels import secure_channel
 
             deadline = time.monotonic() + timeout
             for i, endpoint in enumerate(endpoints):

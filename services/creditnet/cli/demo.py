@@ -30,10 +30,10 @@ def demo(
     """Run five city nodes and the aggregator on SQLite, grant a consent, query, refuse, revoke."""
     from creditnet import consent as consent_mod
     from creditnet.chain.history import fetch_history
+    from creditnet.channels import secure_channel
     from creditnet.cli.chain_cmds import render_history
     from creditnet.network import DEMO_BANK, NetworkLayout, ProcessNetwork, grant_demo_consent
     from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore
-    from creditnet.rpc import secure_channel
     from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
     from creditnet_bank import BankClient, QueryRefused
 

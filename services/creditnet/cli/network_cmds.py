@@ -247,8 +247,8 @@ def status(
             fail("give --network, or all of --aggregator, --cert, --key and --ca")
 
         async def ask() -> aggregator_pb2.ListNodesResponse:
+            from creditnet.channels import secure_channel
             from creditnet.pki import AGGREGATOR_SERVER_NAME
-            from creditnet.rpc import secure_channel
             from creditnet.v2 import aggregator_pb2_grpc
 
             async with secure_channel(endpoint, ident, trust, AGGREGATOR_SERVER_NAME) as ch:

@@ -18,6 +18,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.directory.model import Directory, Revoked, serial_bytes, spki_sha256
 from creditnet.directory.publish import Offered, Target, publish, targets
@@ -26,7 +27,6 @@ from creditnet.directory.verify import VerifiedDirectory, verify
 from creditnet.errors import CreditnetError, InvalidArgument
 from creditnet.network import NetworkLayout
 from creditnet.pki import Identity, RoleKind, TrustStore, load_cert
-from creditnet.rpc import secure_channel
 from creditnet.v2 import directory_pb2, envelope_pb2
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc

@@ -2,7 +2,7 @@
 
 One interceptor does all three so a call pays for one wrapper, not three:
 it continues the caller's trace in a SERVER span, binds the query id the
-caller claims (see `observability.context`), counts the call when it starts
+caller claims (see `creditnet.querycontext`), counts the call when it starts
 and when it ends with its final status code, and observes its duration.
 Put it first in the server's interceptors, so calls that later interceptors
 refuse (overload, rate limits) are counted and traced too.
@@ -21,7 +21,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from creditnet.handlers import Finish, wrap_handler
-from creditnet.observability.context import (
+from creditnet.observability.metrics import ServerMetrics, grpc_type
+from creditnet.querycontext import (
     QUERY_ID_METADATA,
     QueryRef,
     current_query,
@@ -29,8 +30,7 @@ from creditnet.observability.context import (
     leave_call,
     parse_query_id,
 )
-from creditnet.observability.metrics import ServerMetrics, grpc_type
-from creditnet.observability.tracing import extract_context, get_tracer, rpc_attributes, span_name, traced
+from creditnet.tracecontext import extract_context, get_tracer, rpc_attributes, span_name, traced
 
 log = logging.getLogger("creditnet.calls")
 

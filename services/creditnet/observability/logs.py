@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from opentelemetry import trace
 
-from creditnet.observability.context import current_query
+from creditnet.querycontext import current_query
 
 LOG_FORMATS = ("json", "text")
 CONTEXT_FIELDS = ("query_id", "claimed_query_id", "trace_id", "span_id")

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from creditnet import __version__
 from creditnet.domain import City
-from creditnet.observability.tracing import split_method
+from creditnet.tracecontext import split_method
 from creditnet.v2 import aggregator_pb2
 
 # From a cached answer (~1 ms) to the longest deadline a bank may set.
