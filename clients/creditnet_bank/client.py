@@ -21,7 +21,7 @@ from creditnet.deadlines import answer_reserve, budget_metadata
 from creditnet.directory.model import Directory
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import EnvelopeVerifier, load_envelope
-from creditnet.errors import RETRY_AFTER_KEY, CreditnetError
+from creditnet.errors import RETRY_AFTER_KEY, CreditnetError, Error
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
 from creditnet.querycontext import parse_query_id, query_scope
 from creditnet.sealing import DEFAULT_SUITE, AnswerKeyPair, AnswerSuite
@@ -52,7 +52,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class QueryRefused(Exception):
+class QueryRefused(Error):
     """The aggregator refused the query as a whole; `code` and `reason` say why."""
 
     def __init__(self, code: grpc.StatusCode, reason: str) -> None:

@@ -27,7 +27,7 @@ from creditnet.dates import date_from_proto, ts_from_proto
 from creditnet.directory.model import Directory
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest
-from creditnet.errors import CreditnetError
+from creditnet.errors import CreditnetError, Error
 from creditnet.pki import RoleKind
 from creditnet.sealing import AnswerKeyPair, SealError, open_sealed
 from creditnet.v2 import aggregator_pb2, chain_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
@@ -86,7 +86,7 @@ class Section:
     in_scope: bool = True
 
 
-class AnswerInvalid(Exception):
+class AnswerInvalid(Error):
     pass
 
 

@@ -21,6 +21,7 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
+from creditnet.errors import Error
 from creditnet.v2 import envelope_pb2, node_pb2, records_pb2
 
 # Records in one SubmitRecords message; more is refused (provider.batch_size)
@@ -31,7 +32,7 @@ _MANIFEST_FIELD: Final = 2
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
-class MalformedBatch(ValueError):
+class MalformedBatch(Error, ValueError):
     """The message around the records is not a SubmitRecordsRequest."""
 
 

@@ -50,7 +50,7 @@ from typing import Any
 
 import grpc
 
-from creditnet.errors import RETRY_AFTER_KEY, CreditnetError, ResourceExhausted
+from creditnet.errors import RETRY_AFTER_KEY, CreditnetError, Error, ResourceExhausted
 from creditnet.handlers import Finish, wrap_handler
 from creditnet.pki import Role, RoleKind, TrustStore
 from creditnet.rpc import PeerIdentities
@@ -91,7 +91,7 @@ DEFAULT_MAX_CONTROL_CALLS = 64
 DEFAULT_MAX_TRACKED_BANKS = 10_000
 
 
-class LimitsError(ValueError):
+class LimitsError(Error, ValueError):
     """A limit that cannot work (a bound below 1, a rate of nothing)."""
 
 

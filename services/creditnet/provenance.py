@@ -27,7 +27,7 @@ from creditnet.chain.merkle import EMPTY_ROOT, HASH_SIZE, ProofError, leaf_hash,
 from creditnet.dates import ts_to_proto, utcnow
 from creditnet.domain import Category, City
 from creditnet.envelope import RECORD_BATCH_TYPE, EnvelopeVerifier, Verified, digest, sign
-from creditnet.errors import InvalidArgument, PermissionDenied
+from creditnet.errors import Error, InvalidArgument, PermissionDenied
 from creditnet.pki import Identity, Role, RoleKind
 from creditnet.v2 import envelope_pb2, provenance_pb2, records_pb2
 
@@ -53,7 +53,7 @@ PROVIDER_ID_PREFIX: Final = "provider:"
 MAX_BATCH_ID: Final = 128
 
 
-class ProvenanceError(ValueError):
+class ProvenanceError(Error, ValueError):
     """A disclosed record that its provider's signed batch does not vouch for."""
 
 

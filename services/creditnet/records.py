@@ -52,10 +52,11 @@ from google.protobuf.message import Message
 
 from creditnet import uscc as uscc_mod
 from creditnet.domain import Category, City
+from creditnet.errors import Error
 from creditnet.v2 import common_pb2, records_pb2
 
 
-class RecordError(ValueError):
+class RecordError(Error, ValueError):
     """A record, a line or a file that cannot be accepted; the message says why."""
 
 

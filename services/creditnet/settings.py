@@ -31,6 +31,7 @@ from sqlalchemy.exc import ArgumentError
 
 from creditnet.config import AggregatorConfig, DirectoryConfig, NodeConfig
 from creditnet.domain import City
+from creditnet.errors import Error
 
 T = TypeVar("T")
 
@@ -42,7 +43,7 @@ MAX_PASSWORD_BYTES = 1024
 Problems = list[tuple[str, str]]
 
 
-class SettingsError(ValueError):
+class SettingsError(Error, ValueError):
     """One or more variables are missing or malformed; the message names each one."""
 
     def __init__(self, problems: Iterable[tuple[str, str]]) -> None:

@@ -54,6 +54,7 @@ from creditnet.chain.tree import MemoryHashStore, MerkleTree
 from creditnet.channels import secure_channel
 from creditnet.dates import ts_from_proto, utcnow
 from creditnet.domain import City
+from creditnet.errors import Error
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
@@ -99,15 +100,15 @@ _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 ProgressFn = Callable[[int, int], None]
 
 
-class AuditError(ValueError):
+class AuditError(Error, ValueError):
     """Bad input to the auditor: a malformed state file or argument."""
 
 
-class ProofUnavailable(Exception):
+class ProofUnavailable(Error):
     """The node did not give a proof that was asked for."""
 
 
-class NetworkCheckpointError(ValueError):
+class NetworkCheckpointError(Error, ValueError):
     """A network checkpoint that is malformed or not signed by the aggregator's log key."""
 
 
@@ -715,7 +716,7 @@ class AuditReport:
         }
 
 
-class EntryOrderError(ValueError):
+class EntryOrderError(Error, ValueError):
     """A node streamed its entries out of order."""
 
 

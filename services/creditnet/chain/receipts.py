@@ -12,6 +12,7 @@ from creditnet.chain.checkpoint import CosignedCheckpoint, verify_cosigned
 from creditnet.chain.keys import known_keys, log_origin
 from creditnet.chain.merkle import leaf_hash, verify_inclusion
 from creditnet.chain.note import NoteError
+from creditnet.errors import Error
 from creditnet.pki import TrustStore
 from creditnet.v2 import chain_pb2
 
@@ -25,7 +26,7 @@ def enterprise_commitment(uscc: str, salt: bytes) -> bytes:
     return hashlib.sha256(COMMITMENT_CONTEXT + uscc.encode("ascii") + salt).digest()
 
 
-class ReceiptError(ValueError):
+class ReceiptError(Error, ValueError):
     pass
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, updat
 
 from creditnet.chain.models import ENTRIES, HASHES, META
 from creditnet.chain.tree import MerkleTree, NodeKey, TreeConflictError
+from creditnet.errors import Error
 from creditnet.store import Store
 from creditnet.store.models import QUERY_USES
 
@@ -33,7 +34,7 @@ INTERIOR_CACHE = 262_144
 _CACHE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("chain_cache_only", default=False)
 
 
-class CacheMiss(LookupError):
+class CacheMiss(Error, LookupError):
     """A subtree hash is not in memory (only raised in cache-only mode)."""
 
 

@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from opentelemetry import trace
 
+from creditnet.errors import Error
 from creditnet.querycontext import current_query
 
 LOG_FORMATS = ("json", "text")
@@ -35,7 +36,7 @@ CONTEXT_FIELDS = ("query_id", "claimed_query_id", "trace_id", "span_id")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class LogSetupError(ValueError):
+class LogSetupError(Error, ValueError):
     """A log format or level that does not exist."""
 
 

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from creditnet import __version__
 from creditnet.domain import City
+from creditnet.errors import Error
 from creditnet.tracecontext import split_method
 from creditnet.v2 import aggregator_pb2
 
@@ -56,7 +57,7 @@ SECTION_STATUSES: tuple[str, ...] = tuple(
 INGEST_OUTCOMES = ("accepted", "duplicate", "rejected")
 
 
-class MetricsError(ValueError):
+class MetricsError(Error, ValueError):
     """A metric was fed something it cannot count."""
 
 

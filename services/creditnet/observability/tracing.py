@@ -16,9 +16,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from creditnet import __version__
+from creditnet.errors import Error
 
 
-class TracingSetupError(ValueError):
+class TracingSetupError(Error, ValueError):
     """Tracing was asked for in a way this installation cannot provide."""
 
 

@@ -30,7 +30,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect
 
-from creditnet.errors import FailedPrecondition
+from creditnet.errors import Error, FailedPrecondition
 
 MIGRATIONS: Final = Path(__file__).with_name("migrations")
 
@@ -53,7 +53,7 @@ class SchemaNotReady(FailedPrecondition):
         super().__init__("store.schema", message)
 
 
-class UnknownRevision(ValueError):
+class UnknownRevision(Error, ValueError):
     """A revision that is not one of the shipped migrations."""
 
 
