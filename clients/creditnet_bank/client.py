@@ -42,6 +42,14 @@ from creditnet_bank.report import Report, merge
 from creditnet_bank.scope import account
 from creditnet_bank.verify import Section, scope_cities, verify_section
 
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "BankClient",
+    "DirectoryRefused",
+    "QueryRefused",
+    "aggregator_endpoints",
+]
+
 DEFAULT_TIMEOUT = 10.0
 # After every endpoint failed once in a row, the pause before the next round (doubling, capped).
 FIRST_BACKOFF, MAX_BACKOFF = 0.1, 2.0

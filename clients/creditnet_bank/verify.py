@@ -33,6 +33,15 @@ from creditnet.sealing import AnswerKeyPair, SealError, open_sealed
 from creditnet.v2 import aggregator_pb2, chain_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
 from creditnet_bank.provenance import proven_records
 
+__all__ = [
+    "AnswerInvalid",
+    "Section",
+    "SectionStatus",
+    "consent_terms",
+    "scope_cities",
+    "verify_section",
+]
+
 
 class SectionStatus(enum.Enum):
     OK = "ok"

@@ -24,6 +24,13 @@ from google.protobuf.message import DecodeError
 from creditnet.errors import Error
 from creditnet.v2 import envelope_pb2, node_pb2, records_pb2
 
+__all__ = [
+    "MAX_BATCH_RECORDS",
+    "Batch",
+    "MalformedBatch",
+    "read_batch",
+]
+
 # Records in one SubmitRecords message; more is refused (provider.batch_size)
 # before any is read. The provider CLI's largest --batch-size.
 MAX_BATCH_RECORDS: Final = 10_000

@@ -12,6 +12,13 @@ import grpc
 from creditnet.pki import Identity, TrustStore
 from creditnet.server_certs import server_certificate_interceptors
 
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "MAX_RECEIVE_BYTES",
+    "MAX_SEND_BYTES",
+    "secure_channel",
+]
+
 # Bounds on what a peer may make us read or buffer.
 MAX_RECEIVE_BYTES = 8 * 1024 * 1024
 MAX_SEND_BYTES = 32 * 1024 * 1024

@@ -9,6 +9,20 @@ from __future__ import annotations
 
 import grpc
 
+__all__ = [
+    "RETRY_AFTER_KEY",
+    "AlreadyExists",
+    "CreditnetError",
+    "Error",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+]
+
 # Trailing metadata of a RESOURCE_EXHAUSTED refusal: milliseconds (decimal)
 # until the bank's next call would be admitted.
 RETRY_AFTER_KEY = "creditnet-retry-after-ms"

@@ -15,6 +15,15 @@ import grpc
 
 from creditnet.errors import InvalidArgument
 
+__all__ = [
+    "MALFORMED_RULE",
+    "Deserializer",
+    "Finish",
+    "refuse_undecodable",
+    "tolerant",
+    "wrap_handler",
+]
+
 # Run when the call ends, with the exception that ended it (None: it succeeded).
 Finish = Callable[[BaseException | None], None]
 # Run when the call starts: may abort it (context.abort), else says how to finish.

@@ -13,6 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from creditnet.channels import secure_channel
 from creditnet.pki import Identity, TrustStore
 
+__all__ = [
+    "check",
+    "wait_serving",
+]
+
 
 async def check(
     endpoint: str, server_name: str, identity: Identity, trust: TrustStore, timeout: float = 2.0

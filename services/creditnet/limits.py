@@ -63,6 +63,22 @@ from creditnet.settings import (
     SettingsError,
 )
 
+__all__ = [
+    "CONCURRENCY_RULE",
+    "PUSHBACK_KEY",
+    "RATE_LIMITED_RULE",
+    "BankRateLimit",
+    "CallSlots",
+    "ConcurrencyLimit",
+    "Limits",
+    "LimitsError",
+    "TokenBuckets",
+    "describe_rate",
+    "guard_handler",
+    "is_control",
+    "server_interceptors",
+]
+
 log = logging.getLogger(__name__)
 
 CONCURRENCY_RULE = "overload.concurrency"

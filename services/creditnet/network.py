@@ -51,6 +51,30 @@ from creditnet.routing import RoutingKey
 from creditnet.store import Store
 from creditnet.v2 import envelope_pb2, records_pb2
 
+__all__ = [
+    "DEMO_BANK",
+    "HOST_PREFIX",
+    "RESTART_BACKOFF",
+    "RESTART_BACKOFF_MAX",
+    "RESTART_STABLE",
+    "SECOND_BANK",
+    "InProcessNetwork",
+    "Membership",
+    "NetworkLayout",
+    "ProcessNetwork",
+    "Restart",
+    "aggregator_process",
+    "default_nodes_per_process",
+    "free_port",
+    "free_ports",
+    "grant_demo_consent",
+    "load_synthetic",
+    "provision",
+    "provisioned_provider",
+    "select_cities",
+    "wait_federated",
+]
+
 log = logging.getLogger(__name__)
 
 DEMO_BANK = "B0310H231000001"

@@ -22,6 +22,11 @@ from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import INTERNAL_DETAILS
 from creditnet.v2 import node_pb2, node_pb2_grpc, records_pb2
 
+__all__ = [
+    "signed_request",
+    "submit_records",
+]
+
 DEFAULT_BATCH = 1000
 
 

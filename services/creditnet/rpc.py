@@ -20,6 +20,18 @@ from creditnet.errors import CreditnetError, PermissionDenied, Unauthenticated
 from creditnet.handlers import Deserializer, refuse_undecodable
 from creditnet.pki import Identity, Role, RoleKind, TrustStore, VerifiedCert
 
+__all__ = [
+    "INTERNAL_DETAILS",
+    "SERVER_OPTIONS",
+    "PeerIdentities",
+    "RequestDecoding",
+    "ServerHandle",
+    "enable_reflection",
+    "refusals",
+    "server_credentials",
+    "start_server",
+]
+
 log = logging.getLogger(__name__)
 
 # What a creditnet server says of its own failures (INTERNAL): never more.

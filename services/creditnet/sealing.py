@@ -33,6 +33,21 @@ from creditnet.domain import City
 from creditnet.errors import Error, InvalidArgument
 from creditnet.v2 import envelope_pb2, query_pb2
 
+__all__ = [
+    "DEFAULT_SUITE",
+    "INFO_LABEL",
+    "OFF_LOOP_BYTES",
+    "AnswerKey",
+    "AnswerKeyPair",
+    "AnswerSuite",
+    "PrivateKey",
+    "SealError",
+    "open_sealed",
+    "parse_answer_key",
+    "seal",
+    "seal_info",
+]
+
 INFO_LABEL: Final = b"creditnet sealed answer v2\x00"
 X25519_KEY_BYTES: Final = 32
 MLKEM768_KEY_BYTES: Final = 1184

@@ -33,6 +33,41 @@ from creditnet.config import AggregatorConfig, DirectoryConfig, NodeConfig
 from creditnet.domain import City
 from creditnet.errors import Error
 
+__all__ = [
+    "AGGREGATOR_VARIABLES",
+    "MAX_CONCURRENT_RPCS",
+    "NODE_VARIABLES",
+    "RATE_LIMIT_PER_BANK",
+    "AggregatorSettings",
+    "LogFormat",
+    "NodeSettings",
+    "Problems",
+    "Rate",
+    "ServerSettings",
+    "SettingsError",
+    "Variable",
+    "parse_anchor",
+    "parse_city",
+    "parse_count",
+    "parse_database_url",
+    "parse_directory",
+    "parse_duration",
+    "parse_endpoint",
+    "parse_file",
+    "parse_log_format",
+    "parse_log_level",
+    "parse_nodes",
+    "parse_port",
+    "parse_positive_int",
+    "parse_rate",
+    "parse_state_file",
+    "parse_witnesses",
+    "port_of",
+    "read_directory",
+    "settings_table",
+    "unknown_variables",
+]
+
 T = TypeVar("T")
 
 PREFIX = "CREDITNET_"

@@ -33,6 +33,21 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from creditnet import __version__
 from creditnet.querycontext import QUERY_ID_METADATA, current_query
 
+__all__ = [
+    "TracingClientInterceptor",
+    "client_attributes",
+    "client_interceptors",
+    "client_span",
+    "extract_context",
+    "get_tracer",
+    "outgoing_metadata",
+    "rpc_attributes",
+    "span_name",
+    "split_method",
+    "status_of",
+    "traced",
+]
+
 INSTRUMENTATION = "creditnet.observability"
 # Probes and reflection: frequent, and nothing to follow across servers.
 UNTRACED_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")

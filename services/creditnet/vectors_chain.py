@@ -42,6 +42,26 @@ from creditnet.envelope import digest
 from creditnet.pki import Role
 from creditnet.v2 import aggregator_pb2, chain_pb2
 
+__all__ = [
+    "Chain",
+    "ChainNegative",
+    "LogKeys",
+    "VectorLogKey",
+    "derive_seed",
+    "hefei_entries",
+    "log_keys_json",
+    "make_chain",
+    "make_chain_negatives",
+    "make_log_keys",
+    "nanjing_entries",
+    "network_note",
+    "network_response",
+    "render",
+    "serialise",
+    "signed_checkpoint",
+    "tree_of",
+]
+
 FORMAT_VERSION: Final = 1
 _DOC: Final = "docs/chain.md#test-vectors"
 _KEY_LABEL_PREFIX: Final = b"creditnet test vector key v1: "

@@ -39,6 +39,16 @@ from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import PeerIdentities
 from creditnet.v2 import node_pb2_grpc
 
+__all__ = [
+    "DEFAULT_MAX_PENDING_PER_NODE",
+    "BankOfCall",
+    "NodeDirectory",
+    "NodeLink",
+    "NodeLoad",
+    "acting_for",
+    "bank_of_call",
+]
+
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 1.5

@@ -50,6 +50,14 @@ from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issu
 from creditnet.routing import BloomFilter, RoutingKey
 from creditnet.v2 import node_pb2, node_pb2_grpc, routing_pb2
 
+__all__ = [
+    "BenchNetwork",
+    "bench_national",
+    "bench_size",
+    "main",
+    "show",
+]
+
 SIZES = (5, 50, 333)
 SEED = 20261207
 ENTERPRISES = 10

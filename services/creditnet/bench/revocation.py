@@ -42,6 +42,13 @@ from creditnet.network import InProcessNetwork, NetworkLayout, provision
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
+__all__ = [
+    "bench_revocation",
+    "bench_revocation_async",
+    "main",
+    "show",
+]
+
 REFRESH = dt.timedelta(seconds=2)
 MISSED_CITY = pilot.HEFEI
 # Give up on a run after this many intervals (the bound is one).

@@ -47,6 +47,21 @@ from creditnet.store import Store
 from creditnet.store.scratch import ScratchDatabases, ServerUnavailable
 from creditnet.v2 import records_pb2
 
+__all__ = [
+    "Backend",
+    "Load",
+    "bench_backends",
+    "load",
+    "main",
+    "peak_rss_bytes",
+    "percentiles",
+    "query_latency",
+    "rss_bytes",
+    "run_scale",
+    "show_backends",
+    "show_scale",
+]
+
 SEED = 20221118
 CITY = pilot.SHANGHAI
 BATCH = 5_000

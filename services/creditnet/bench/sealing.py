@@ -48,6 +48,17 @@ from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore
 from creditnet.sealing import AnswerKey, AnswerKeyPair, AnswerSuite, open_sealed, parse_answer_key, seal
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, query_pb2
 
+__all__ = [
+    "bench_sealing",
+    "cpu_seconds",
+    "demo_answers",
+    "large_answer",
+    "main",
+    "proof_cost_us",
+    "seal_open",
+    "show",
+]
+
 LARGE_RECORDS = 5000
 # The federated target of issue 10: sealing and provider proofs together.
 TARGET_SHARE = 0.15

@@ -37,6 +37,14 @@ from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_ser
 from creditnet.store import Store
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
+__all__ = [
+    "COSIGN_TIMEOUT",
+    "Appended",
+    "Ledger",
+    "Published",
+    "WitnessLink",
+]
+
 log = logging.getLogger(__name__)
 
 COSIGN_TIMEOUT = 2.0

@@ -16,6 +16,17 @@ from creditnet.errors import Error
 from creditnet.pki import TrustStore
 from creditnet.v2 import chain_pb2
 
+__all__ = [
+    "COMMITMENT_CONTEXT",
+    "DEFAULT_QUORUM",
+    "ReceiptError",
+    "VerifiedReceipt",
+    "check_commitment",
+    "enterprise_commitment",
+    "verify_checkpoint",
+    "verify_receipt",
+]
+
 # The cosignatures a checkpoint needs unless the directory assigns a log its witnesses.
 DEFAULT_QUORUM = 3
 COMMITMENT_CONTEXT = b"creditnet/enterprise/v1\x00"

@@ -21,6 +21,13 @@ from creditnet.errors import Error
 from creditnet.store import Store
 from creditnet.store.models import QUERY_USES
 
+__all__ = [
+    "CacheMiss",
+    "KeptQueryAnswer",
+    "PendingEntry",
+    "SqlLog",
+]
+
 # EntryKind.ENTRY_KIND_QUERY_REFUSED (chain.proto); the log stores kinds as numbers.
 REFUSED_KIND = 2
 

@@ -37,6 +37,19 @@ from creditnet.dates import utcnow
 from creditnet.domain import Category, City
 from creditnet.pki import Identity, TrustStore
 
+__all__ = [
+    "Target",
+    "app",
+    "history",
+    "reader_identity",
+    "render_audit",
+    "render_history",
+    "render_status",
+    "resolve",
+    "status",
+    "verify",
+]
+
 app = typer.Typer(
     help="The credit chain: an enterprise's history, auditing a node's log, the chain's status.",
     no_args_is_help=True,

@@ -23,6 +23,25 @@ from creditnet.limits import Limits
 from creditnet.observability import ServerMetrics, configure_logging, configure_tracing
 from creditnet.settings import ServerSettings, unknown_variables
 
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_PARTIAL",
+    "EXIT_USAGE",
+    "MetricsPortOpt",
+    "ServeOptions",
+    "Serving",
+    "console",
+    "err_console",
+    "errors",
+    "fail",
+    "path_option",
+    "print_json",
+    "read_network",
+    "serve_until_signalled",
+    "settle_heap",
+    "setup_logging",
+]
+
 console = Console()
 err_console = Console(stderr=True)
 

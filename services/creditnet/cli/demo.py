@@ -18,6 +18,10 @@ from creditnet.cli.network_cmds import provision_with_progress
 from creditnet.cli.render import render_report
 from creditnet.domain import Category, Purpose
 
+__all__ = [
+    "demo",
+]
+
 
 def demo(
     enterprises: Annotated[int, typer.Option(min=10, help="Synthetic enterprises per city.")] = 2000,

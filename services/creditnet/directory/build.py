@@ -29,6 +29,19 @@ from creditnet.directory.model import (
 )
 from creditnet.pki import CertificateAuthority, Identity, Role, issue_identity
 
+__all__ = [
+    "PILOT_CITIES",
+    "MemberSpec",
+    "aggregator_member",
+    "aggregator_server_name",
+    "city_member",
+    "governance_key",
+    "issue_governance",
+    "make_directory",
+    "node_server_name",
+    "ring_assignments",
+]
+
 # The pilot's codes (creditnet.pilot), in the order the test vectors were made in.
 PILOT_CITIES = tuple(
     c.code for c in (pilot.SHANGHAI, pilot.NANJING, pilot.HANGZHOU, pilot.HEFEI, pilot.JIAXING)

@@ -43,6 +43,13 @@ from creditnet.network import NetworkLayout, _ident, free_port, load_synthetic
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "MembershipChange",
+    "admit",
+    "remove",
+    "write_network",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class MembershipChange:

@@ -17,6 +17,15 @@ from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "Offered",
+    "Target",
+    "keep",
+    "offer_to",
+    "publish",
+    "targets",
+]
+
 PUBLISH_TIMEOUT = 10.0
 
 

@@ -31,6 +31,16 @@ from creditnet.v2 import directory_pb2, envelope_pb2
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
 
+__all__ = [
+    "Revocation",
+    "find_certificate",
+    "governance_identities",
+    "governance_signers",
+    "held_directories",
+    "known_directories",
+    "revoke",
+]
+
 KEY_COMPROMISE = directory_pb2.REVOCATION_REASON_KEY_COMPROMISE
 
 

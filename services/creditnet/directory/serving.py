@@ -52,6 +52,19 @@ from creditnet.rpc import PeerIdentities, refusals
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
 
+__all__ = [
+    "SERVICE_NAME",
+    "DirectoryGate",
+    "DirectoryRefresher",
+    "DirectoryServicer",
+    "Peer",
+    "ServedDirectory",
+    "directory_peers",
+    "open_holder",
+    "revocation_check",
+    "serve_directory",
+]
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DirectoryService"].full_name

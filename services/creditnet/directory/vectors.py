@@ -47,6 +47,18 @@ from creditnet.vectors import (
     restamp,
 )
 
+__all__ = [
+    "FILE_NAME",
+    "Case",
+    "Keys",
+    "directory",
+    "generate",
+    "main",
+    "make_cases",
+    "make_keys",
+    "render",
+]
+
 FORMAT_VERSION: Final = 1
 FILE_NAME: Final = "directory.json"
 ISSUED: Final = dt.datetime(2025, 6, 1, 7, 0, 0, tzinfo=UTC)

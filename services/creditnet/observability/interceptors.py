@@ -32,6 +32,13 @@ from creditnet.querycontext import (
 )
 from creditnet.tracecontext import extract_context, get_tracer, rpc_attributes, span_name, traced
 
+__all__ = [
+    "ServerObservability",
+    "final_code",
+    "observe_handler",
+    "server_interceptors",
+]
+
 log = logging.getLogger("creditnet.calls")
 
 # Ends of a call that are answers or cancellations, not failures of the handler.

@@ -31,6 +31,17 @@ from opentelemetry import trace
 from creditnet.errors import Error
 from creditnet.querycontext import current_query
 
+__all__ = [
+    "CallContextFilter",
+    "JsonFormatter",
+    "LogSetupError",
+    "TextFormatter",
+    "call_fields",
+    "configure_logging",
+    "make_formatter",
+    "parse_log_format",
+]
+
 LOG_FORMATS = ("json", "text")
 CONTEXT_FIELDS = ("query_id", "claimed_query_id", "trace_id", "span_id")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

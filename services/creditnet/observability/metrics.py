@@ -30,6 +30,25 @@ from creditnet.errors import Error
 from creditnet.tracecontext import split_method
 from creditnet.v2 import aggregator_pb2
 
+__all__ = [
+    "SECTION_STATUSES",
+    "AggregatorMetrics",
+    "LedgerCollector",
+    "LedgerLike",
+    "MetricsEndpoint",
+    "MetricsError",
+    "NodeLoadCollector",
+    "NodeLoadLike",
+    "NodeMetrics",
+    "PublishedLike",
+    "SectionLike",
+    "ServerMetrics",
+    "WitnessLike",
+    "grpc_type",
+    "section_status_label",
+    "serve_registry",
+]
+
 # From a cached answer (~1 ms) to the longest deadline a bank may set.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001,

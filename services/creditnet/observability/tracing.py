@@ -18,6 +18,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from creditnet import __version__
 from creditnet.errors import Error
 
+__all__ = [
+    "TracingSetupError",
+    "configure_tracing",
+    "otlp_exporter_from_env",
+]
+
 
 class TracingSetupError(Error, ValueError):
     """Tracing was asked for in a way this installation cannot provide."""

@@ -32,6 +32,19 @@ from sqlalchemy import Connection, Engine, inspect
 
 from creditnet.errors import Error, FailedPrecondition
 
+__all__ = [
+    "WRITE_OPTION",
+    "Migration",
+    "SchemaNotReady",
+    "UnknownRevision",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "migrate",
+    "require_head",
+    "revisions",
+]
+
 MIGRATIONS: Final = Path(__file__).with_name("migrations")
 
 # Execution option that marks a connection as about to write (SQLite then

@@ -20,6 +20,12 @@ from sqlalchemy.exc import OperationalError
 
 from creditnet.errors import Error
 
+__all__ = [
+    "ScratchDatabases",
+    "ServerUnavailable",
+    "server_url",
+]
+
 DEFAULT_SERVER: Final = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 _NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
 

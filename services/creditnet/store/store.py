@@ -79,6 +79,19 @@ from creditnet.store.models import (
 from creditnet.store.schema import Migration, SchemaNotReady
 from creditnet.v2 import records_pb2
 
+__all__ = [
+    "ClaimOutcome",
+    "ClaimedQuery",
+    "DisclosedRecord",
+    "Disclosure",
+    "IngestResult",
+    "InvalidRecord",
+    "KeptAnswer",
+    "QueryClaim",
+    "Store",
+    "StoreStats",
+]
+
 UTC = dt.UTC
 
 # How long a SQLite writer waits for another writer (another process, or the
