@@ -20,7 +20,6 @@ __all__ = [
     "Deserializer",
     "Finish",
     "refuse_undecodable",
-    "tolerant",
     "wrap_handler",
 ]
 
@@ -122,7 +121,7 @@ UNDECODABLE: Any = _Undecodable()
 Deserializer = Callable[[bytes], Any]
 
 
-def tolerant(deserializer: Deserializer | None) -> Deserializer:
+def _tolerant(deserializer: Deserializer | None) -> Deserializer:
     """`deserializer`, answering UNDECODABLE where it would raise.
 
     gRPC calls the deserializer before the handler, outside anything a
@@ -198,7 +197,7 @@ def refuse_undecodable(
     `deserializer` replaces the handler's own (for a method that reads its
     request more leniently, e.g. record by record).
     """
-    read = tolerant(deserializer or handler.request_deserializer)
+    read = _tolerant(deserializer or handler.request_deserializer)
     for attribute, rebuild, _wrap in _KINDS:
         inner = getattr(handler, attribute)
         if inner is not None:

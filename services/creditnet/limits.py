@@ -74,8 +74,6 @@ __all__ = [
     "LimitsError",
     "TokenBuckets",
     "describe_rate",
-    "guard_handler",
-    "is_control",
     "server_interceptors",
 ]
 
@@ -164,7 +162,7 @@ def describe_rate(rate: Rate) -> str:
     return f"{rate.requests}/{unit}" if unit else f"{rate.requests} per {rate.period:g} s"
 
 
-def is_control(method: str) -> bool:
+def _is_control(method: str) -> bool:
     return method.startswith(CONTROL_PREFIXES)
 
 
@@ -257,7 +255,7 @@ def _nothing() -> None:
     return None
 
 
-def guard_handler(handler: grpc.RpcMethodHandler, gate: Gate) -> grpc.RpcMethodHandler:
+def _guard_handler(handler: grpc.RpcMethodHandler, gate: Gate) -> grpc.RpcMethodHandler:
     """The same method handler, with `gate` deciding at the start of every call."""
 
     async def around(context: grpc.aio.ServicerContext) -> Finish:
@@ -283,7 +281,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method
-        slots = self.control if is_control(method) else self.calls
+        slots = self.control if _is_control(method) else self.calls
         what = "control calls" if slots is self.control else "calls"
 
         async def gate(context: grpc.aio.ServicerContext) -> Release:
@@ -295,7 +293,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await context.abort(exc.code, exc.reason)
             return slots.release
 
-        return guard_handler(handler, gate)
+        return _guard_handler(handler, gate)
 
 
 class BankRateLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -326,7 +324,7 @@ class BankRateLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or is_control(handler_call_details.method):
+        if handler is None or _is_control(handler_call_details.method):
             return handler
 
         async def gate(context: grpc.aio.ServicerContext) -> Release:
@@ -347,7 +345,7 @@ class BankRateLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     )
             return _nothing
 
-        return guard_handler(handler, gate)
+        return _guard_handler(handler, gate)
 
 
 def server_interceptors(limits: Limits, trust: TrustStore) -> list[grpc.aio.ServerInterceptor]:

@@ -66,11 +66,9 @@ __all__ = [
     "aggregator_process",
     "default_nodes_per_process",
     "free_port",
-    "free_ports",
     "grant_demo_consent",
     "load_synthetic",
     "provision",
-    "provisioned_provider",
     "select_cities",
     "wait_federated",
 ]
@@ -111,7 +109,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_ports(count: int) -> list[int]:
+def _free_ports(count: int) -> list[int]:
     """`count` distinct free ports: each socket stays bound until all are chosen.
 
     Asking `free_port` several times may hand out one port twice (the
@@ -261,7 +259,7 @@ def provision(
     demo_uscc = synthetic.pick_demo_enterprise(seed, enterprises_per_city, members)
     identities: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     entries: dict[str, dict[str, str]] = {}
-    ports = free_ports(len(members) + aggregator_replicas)
+    ports = _free_ports(len(members) + aggregator_replicas)
     node_ports, agg_ports = ports[: len(members)], ports[len(members) :]
     node_endpoints = {city: f"{host}:{port}" for city, port in zip(members, node_ports, strict=True)}
     agg_endpoints = [f"{host}:{port}" for port in agg_ports]
@@ -465,7 +463,7 @@ def _node_database_urls(
     return urls
 
 
-def provisioned_provider(root: Path, city: City) -> Identity:
+def _provisioned_provider(root: Path, city: City) -> Identity:
     """The data-exchange provider identity provisioned for `city` (``providers/<code>-all``)."""
     name = f"{city.value}-all"
     return Identity.load(root / "providers" / f"{name}.pem", root / "providers" / f"{name}.key")
@@ -499,7 +497,7 @@ def load_synthetic(
         raise
     # Each city's records are signed by the data exchange provisioned for
     # it, as if it had submitted them (docs/protocol.md, "Records signed at their source").
-    providers = {c: provisioned_provider(root, c) for c in members}
+    providers = {c: _provisioned_provider(root, c) for c in members}
     batches: dict[City, list[records_pb2.CreditRecord]] = defaultdict(list)
     profiles: dict[City, list[records_pb2.EnterpriseProfile]] = defaultdict(list)
     counts: dict[City, int] = defaultdict(int)

@@ -42,7 +42,6 @@ __all__ = [
     "provider_id_of",
     "sign_batch",
     "sign_records",
-    "signed_batch",
     "split_path",
     "tree",
     "verify_batch",
@@ -165,10 +164,10 @@ def sign_records(
     raw = encode(signed_records)
     env = sign_batch(identity, raw, now=now)
     manifest = provenance_pb2.RecordBatch.FromString(env.payload)
-    return signed_records, signed_batch(env, manifest, raw)
+    return signed_records, _signed_batch(env, manifest, raw)
 
 
-def signed_batch(
+def _signed_batch(
     envelope: envelope_pb2.SignedEnvelope, manifest: provenance_pb2.RecordBatch, raw: Sequence[bytes]
 ) -> SignedBatch:
     """What the store keeps of a batch whose manifest was checked (or just signed) over `raw`."""

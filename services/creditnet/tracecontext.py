@@ -35,7 +35,6 @@ from creditnet.querycontext import QUERY_ID_METADATA, current_query
 
 __all__ = [
     "TracingClientInterceptor",
-    "client_attributes",
     "client_interceptors",
     "client_span",
     "extract_context",
@@ -44,7 +43,6 @@ __all__ = [
     "rpc_attributes",
     "span_name",
     "split_method",
-    "status_of",
     "traced",
 ]
 
@@ -114,7 +112,7 @@ def outgoing_metadata(
 # --- client side ------------------------------------------------------------------
 
 
-def client_attributes(method: str, server_name: str) -> dict[str, str]:
+def _client_attributes(method: str, server_name: str) -> dict[str, str]:
     attributes = rpc_attributes(method)
     if server_name:
         attributes["server.address"] = server_name
@@ -124,7 +122,7 @@ def client_attributes(method: str, server_name: str) -> dict[str, str]:
     return attributes
 
 
-def status_of(exc: BaseException) -> grpc.StatusCode:
+def _status_of(exc: BaseException) -> grpc.StatusCode:
     """The status a failed call ends with, as far as the caller can tell."""
     if isinstance(exc, grpc.aio.AioRpcError):
         code: grpc.StatusCode = exc.code()
@@ -167,14 +165,14 @@ def client_span(
     with tracer.start_as_current_span(
         span_name(method),
         kind=SpanKind.CLIENT,
-        attributes=client_attributes(method, server_name),
+        attributes=_client_attributes(method, server_name),
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
         try:
             yield outgoing_metadata(metadata)
         except BaseException as exc:
-            _set_client_status(span, status_of(exc))
+            _set_client_status(span, _status_of(exc))
             raise
         _set_client_status(span, grpc.StatusCode.OK)
 
@@ -226,7 +224,7 @@ class TracingClientInterceptor(
         method = _method_name(client_call_details)
         if not traced(method):
             return await continuation(client_call_details, request)
-        attributes = client_attributes(method, self.server_name)
+        attributes = _client_attributes(method, self.server_name)
         span = self.tracer.start_span(span_name(method), kind=SpanKind.CLIENT, attributes=attributes)
         details = _details_with(client_call_details, trace.set_span_in_context(span))
         call = None
@@ -246,7 +244,7 @@ class TracingClientInterceptor(
             # existed: the call, if any, must not outlive the caller's interest.
             if call is not None:
                 call.cancel()
-            _set_client_status(span, status_of(exc))
+            _set_client_status(span, _status_of(exc))
             span.end()
             raise
         _set_client_status(span, grpc.StatusCode.OK)

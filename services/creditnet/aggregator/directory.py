@@ -13,7 +13,7 @@ holding slots on it (the asking one included). One bank alone thus holds at
 most half, and however many banks flood, a share stays free for a bank that
 holds none yet, so one bank's burst never leaves another's query without
 the cities it asks. The bank is the one the call is made for
-(`bank_of_call`, bound by `BankOfCall` for the whole incoming call).
+(`_bank_of_call`, bound by `BankOfCall` for the whole incoming call).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ __all__ = [
     "NodeLink",
     "NodeLoad",
     "acting_for",
-    "bank_of_call",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ RETIRE_GRACE = 10.0
 _bank: contextvars.ContextVar[str] = contextvars.ContextVar("creditnet_bank_of_call", default="")
 
 
-def bank_of_call() -> str:
+def _bank_of_call() -> str:
     return _bank.get()
 
 
@@ -146,7 +145,7 @@ class NodeLink:
 
     def try_acquire(self) -> bool:
         """Take a pending-call slot for the bank of the call; False if the node or its share is full."""
-        bank = bank_of_call()
+        bank = _bank_of_call()
         if self.saturated:
             self.shed += 1
             if not self._shedding:
@@ -177,7 +176,7 @@ class NodeLink:
 
     def release(self) -> None:
         """Give back a slot the bank of the call took."""
-        bank = bank_of_call()
+        bank = _bank_of_call()
         held = self.held.get(bank, 0)
         if self.in_flight <= 0 or held <= 0:
             raise RuntimeError(f"released a pending call to {self.city.value} that was never taken")
@@ -198,7 +197,7 @@ class NodeLink:
                 f"the node already has {self.in_flight} calls pending (bound {self.max_in_flight}); "
                 "not calling it until it answers them"
             )
-        bank = bank_of_call()
+        bank = _bank_of_call()
         return (
             f"this bank already has {self.held.get(bank, 0)} calls pending on the node, its share of "
             f"the {self.max_in_flight} the aggregator allows; not calling it until it answers them"

@@ -34,8 +34,6 @@ from creditnet.tracecontext import extract_context, get_tracer, rpc_attributes, 
 
 __all__ = [
     "ServerObservability",
-    "final_code",
-    "observe_handler",
     "server_interceptors",
 ]
 
@@ -55,7 +53,7 @@ def _claimed_query(metadata: Metadata | None) -> QueryRef | None:
     return None
 
 
-def final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
+def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
     """The status a call ended with, as the client sees it."""
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         # GeneratorExit: the client stopped reading a response stream.
@@ -93,7 +91,7 @@ class _Call:
 
     def finish(self, context: grpc.aio.ServicerContext, exc: BaseException | None) -> None:
         seconds = time.perf_counter() - self._start
-        code = final_code(context, exc)
+        code = _final_code(context, exc)
         query = current_query()
         if self.obs.metrics is not None:
             self.obs.metrics.call_handled(self.method.path, code, seconds, self.method.kind)
@@ -129,7 +127,7 @@ class _Method:
 Begin = Callable[[grpc.aio.ServicerContext], _Call]
 
 
-def observe_handler(handler: grpc.RpcMethodHandler, begin: Begin) -> grpc.RpcMethodHandler:
+def _observe_handler(handler: grpc.RpcMethodHandler, begin: Begin) -> grpc.RpcMethodHandler:
     """The same method handler, observed by `begin` from start to end of every call."""
 
     async def around(context: grpc.aio.ServicerContext) -> Finish:
@@ -184,7 +182,7 @@ class ServerObservability(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         def begin(context: grpc.aio.ServicerContext) -> _Call:
             return _Call(self, method, metadata)
 
-        return observe_handler(handler, begin)
+        return _observe_handler(handler, begin)
 
 
 def server_interceptors(

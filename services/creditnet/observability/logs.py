@@ -36,9 +36,7 @@ __all__ = [
     "JsonFormatter",
     "LogSetupError",
     "TextFormatter",
-    "call_fields",
     "configure_logging",
-    "make_formatter",
     "parse_log_format",
 ]
 
@@ -51,7 +49,7 @@ class LogSetupError(Error, ValueError):
     """A log format or level that does not exist."""
 
 
-def call_fields() -> dict[str, str]:
+def _call_fields() -> dict[str, str]:
     """The query and trace of the code running now (empty outside any call)."""
     fields: dict[str, str] = {}
     query = current_query()
@@ -72,7 +70,7 @@ class CallContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        fields = call_fields()
+        fields = _call_fields()
         for key in CONTEXT_FIELDS:
             setattr(record, key, fields.get(key))
         return True
@@ -82,7 +80,7 @@ def _record_fields(record: logging.LogRecord) -> dict[str, str]:
     if hasattr(record, CONTEXT_FIELDS[0]):
         return {k: v for k in CONTEXT_FIELDS if (v := getattr(record, k, None))}
     # Not stamped by the filter (a formatter used on its own): it is the caller's context.
-    return call_fields()
+    return _call_fields()
 
 
 def _iso_time(created: float) -> str:
@@ -153,7 +151,7 @@ def parse_log_format(fmt: object) -> str:
     raise LogSetupError(f"log format must be json or text, got {value!r}")
 
 
-def make_formatter(fmt: object, static: Mapping[str, str] | None = None) -> logging.Formatter:
+def _make_formatter(fmt: object, static: Mapping[str, str] | None = None) -> logging.Formatter:
     name = parse_log_format(fmt)
     return JsonFormatter(static) if name == "json" else TextFormatter()
 
@@ -170,7 +168,7 @@ def configure_logging(
     `static` fields are added to every JSON line (e.g. ``{"service": "node", "city": "340100"}``).
     Returns the handler installed.
     """
-    formatter = make_formatter(fmt, static)
+    formatter = _make_formatter(fmt, static)
     known = isinstance(level, int) and not logging.getLevelName(level).startswith("Level ")
     if isinstance(level, bool) or not known:
         raise LogSetupError(f"unknown log level {level!r}")

@@ -46,7 +46,6 @@ __all__ = [
     "WitnessLike",
     "grpc_type",
     "section_status_label",
-    "serve_registry",
 ]
 
 # From a cached answer (~1 ms) to the longest deadline a bank may set.
@@ -115,7 +114,7 @@ class MetricsEndpoint:
         self._thread.join()
 
 
-def serve_registry(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> MetricsEndpoint:  # noqa: S104
+def _serve_registry(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> MetricsEndpoint:  # noqa: S104
     """Serve `registry` over HTTP on `port` (0: any free port) from a daemon thread.
 
     Plain HTTP, as Prometheus scrapes: the endpoint shows counts and timings only.
@@ -209,7 +208,7 @@ class ServerMetrics:
         """Serve this server's metrics over HTTP until `close`."""
         if self._endpoint is not None:
             raise MetricsError(f"the metrics of this server are already served on port {self._endpoint.port}")
-        self._endpoint = serve_registry(self.registry, port, addr)
+        self._endpoint = _serve_registry(self.registry, port, addr)
         return self._endpoint
 
     @property
