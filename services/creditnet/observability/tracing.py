@@ -29,8 +29,6 @@ class TracingSetupError(Error, ValueError):
     """Tracing was asked for in a way this installation cannot provide."""
 
 
-# --- the process's tracer provider --------------------------------------------------
-
 OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _OTLP_EXPORTERS = (
     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
