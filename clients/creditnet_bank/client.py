@@ -16,17 +16,16 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
+from creditnet.channels import secure_channel
 from creditnet.deadlines import answer_reserve, budget_metadata
 from creditnet.directory.model import Directory
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import EnvelopeVerifier, load_envelope
-from creditnet.errors import CreditnetError
-from creditnet.limits import RETRY_AFTER_KEY
-from creditnet.observability import client_span, query_scope
-from creditnet.observability.context import parse_query_id
+from creditnet.errors import RETRY_AFTER_KEY, CreditnetError, Error
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
+from creditnet.querycontext import parse_query_id, query_scope
 from creditnet.sealing import DEFAULT_SUITE, AnswerKeyPair, AnswerSuite
+from creditnet.tracecontext import client_span
 from creditnet.v2 import (
     aggregator_pb2,
     aggregator_pb2_grpc,
@@ -43,6 +42,14 @@ from creditnet_bank.report import Report, merge
 from creditnet_bank.scope import account
 from creditnet_bank.verify import Section, scope_cities, verify_section
 
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "BankClient",
+    "DirectoryRefused",
+    "QueryRefused",
+    "aggregator_endpoints",
+]
+
 DEFAULT_TIMEOUT = 10.0
 # After every endpoint failed once in a row, the pause before the next round (doubling, capped).
 FIRST_BACKOFF, MAX_BACKOFF = 0.1, 2.0
@@ -53,7 +60,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class QueryRefused(Exception):
+class QueryRefused(Error):
     """The aggregator refused the query as a whole; `code` and `reason` say why."""
 
     def __init__(self, code: grpc.StatusCode, reason: str) -> None:

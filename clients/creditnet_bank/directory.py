@@ -46,6 +46,11 @@ from creditnet.errors import CreditnetError
 from creditnet.pki import RevocationCheck, TrustStore
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "BankDirectory",
+    "DirectorySettings",
+]
+
 log = logging.getLogger(__name__)
 
 # After a refresh that failed (aggregator down, directory refused), try again no sooner than this,

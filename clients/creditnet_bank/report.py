@@ -12,6 +12,13 @@ from creditnet.domain import Category, City, Purpose
 from creditnet.v2 import records_pb2
 from creditnet_bank.verify import Section, SectionStatus
 
+__all__ = [
+    "Indicators",
+    "Report",
+    "indicators",
+    "merge",
+]
+
 _ANSWERED = (SectionStatus.OK, SectionStatus.NO_RECORDS)
 _TAX_GRADES = {1: "A", 2: "B", 3: "M", 4: "C", 5: "D"}
 

@@ -23,6 +23,12 @@ from creditnet.domain import City
 from creditnet.v2 import aggregator_pb2
 from creditnet_bank.verify import AnswerInvalid, Section, SectionStatus
 
+__all__ = [
+    "NO_SECTION",
+    "OUTSIDE_SCOPE",
+    "account",
+]
+
 NO_SECTION = "the aggregator returned no section for this city"
 OUTSIDE_SCOPE = "the aggregator returned a section for a city outside the query's scope; it was not opened"
 

@@ -21,18 +21,26 @@ from google.protobuf.message import DecodeError
 
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
-from creditnet.chain.ledger import DEFAULT_QUORUM
-from creditnet.chain.receipts import ReceiptError, verify_receipt
+from creditnet.chain.receipts import DEFAULT_QUORUM, ReceiptError, verify_receipt
 from creditnet.consent import ConsentTerms
 from creditnet.dates import date_from_proto, ts_from_proto
 from creditnet.directory.model import Directory
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest
-from creditnet.errors import CreditnetError
+from creditnet.errors import CreditnetError, Error
 from creditnet.pki import RoleKind
 from creditnet.sealing import AnswerKeyPair, SealError, open_sealed
 from creditnet.v2 import aggregator_pb2, chain_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
 from creditnet_bank.provenance import proven_records
+
+__all__ = [
+    "AnswerInvalid",
+    "Section",
+    "SectionStatus",
+    "consent_terms",
+    "scope_cities",
+    "verify_section",
+]
 
 
 class SectionStatus(enum.Enum):
@@ -87,7 +95,7 @@ class Section:
     in_scope: bool = True
 
 
-class AnswerInvalid(Exception):
+class AnswerInvalid(Error):
     pass
 
 

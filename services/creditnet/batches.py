@@ -21,7 +21,15 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
+from creditnet.errors import Error
 from creditnet.v2 import envelope_pb2, node_pb2, records_pb2
+
+__all__ = [
+    "MAX_BATCH_RECORDS",
+    "Batch",
+    "MalformedBatch",
+    "read_batch",
+]
 
 # Records in one SubmitRecords message; more is refused (provider.batch_size)
 # before any is read. The provider CLI's largest --batch-size.
@@ -31,7 +39,7 @@ _MANIFEST_FIELD: Final = 2
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
-class MalformedBatch(ValueError):
+class MalformedBatch(Error, ValueError):
     """The message around the records is not a SubmitRecordsRequest."""
 
 

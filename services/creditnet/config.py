@@ -16,6 +16,14 @@ from typing import Any
 from creditnet.domain import City
 from creditnet.errors import InvalidArgument
 
+__all__ = [
+    "AggregatorConfig",
+    "DirectoryConfig",
+    "NodeConfig",
+    "parse_nodes",
+    "parse_nodes_generic",
+]
+
 
 def _resolve(base: Path, value: str) -> Path:
     p = Path(value)

@@ -29,6 +29,18 @@ from creditnet.errors import FailedPrecondition, InvalidArgument, PermissionDeni
 from creditnet.pki import Identity, RoleKind
 from creditnet.v2 import consent_pb2, envelope_pb2
 
+__all__ = [
+    "MAX_CONSENT_VALIDITY",
+    "ConsentTerms",
+    "VerifiedConsent",
+    "VerifiedRevocation",
+    "check_window",
+    "grant",
+    "revoke",
+    "verify_consent",
+    "verify_revocation",
+]
+
 MAX_CONSENT_VALIDITY = dt.timedelta(days=3 * 366)
 
 

@@ -8,6 +8,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from creditnet.v2 import common_pb2
 
+__all__ = [
+    "UTC",
+    "date_from_proto",
+    "date_to_proto",
+    "ts_from_proto",
+    "ts_to_proto",
+    "utcnow",
+]
+
 UTC = dt.UTC
 
 

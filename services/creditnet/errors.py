@@ -9,8 +9,39 @@ from __future__ import annotations
 
 import grpc
 
+__all__ = [
+    "RETRY_AFTER_KEY",
+    "AlreadyExists",
+    "CreditnetError",
+    "Error",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+]
 
-class CreditnetError(Exception):
+# Trailing metadata of a RESOURCE_EXHAUSTED refusal: milliseconds (decimal)
+# until the bank's next call would be admitted.
+RETRY_AFTER_KEY = "creditnet-retry-after-ms"
+
+
+class Error(Exception):
+    """The root of every exception the network's code and the bank's SDK raise.
+
+    `except creditnet.errors.Error` catches everything the project raises on
+    purpose. Refusals a peer may be told (with a gRPC status) are
+    `CreditnetError`s; the rest (a malformed proof, a bad setting) keep the
+    builtin they always were (ValueError, LookupError…) as a second base, so
+    the except clauses that caught them still do.
+    """
+
+
+class CreditnetError(Error):
+    """A protocol refusal: the rule that failed, in words the caller can act on, and its status."""
+
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __init__(self, rule: str, message: str) -> None:

@@ -15,6 +15,14 @@ import grpc
 
 from creditnet.errors import InvalidArgument
 
+__all__ = [
+    "MALFORMED_RULE",
+    "Deserializer",
+    "Finish",
+    "refuse_undecodable",
+    "wrap_handler",
+]
+
 # Run when the call ends, with the exception that ended it (None: it succeeded).
 Finish = Callable[[BaseException | None], None]
 # Run when the call starts: may abort it (context.abort), else says how to finish.
@@ -113,7 +121,7 @@ UNDECODABLE: Any = _Undecodable()
 Deserializer = Callable[[bytes], Any]
 
 
-def tolerant(deserializer: Deserializer | None) -> Deserializer:
+def _tolerant(deserializer: Deserializer | None) -> Deserializer:
     """`deserializer`, answering UNDECODABLE where it would raise.
 
     gRPC calls the deserializer before the handler, outside anything a
@@ -189,7 +197,7 @@ def refuse_undecodable(
     `deserializer` replaces the handler's own (for a method that reads its
     request more leniently, e.g. record by record).
     """
-    read = tolerant(deserializer or handler.request_deserializer)
+    read = _tolerant(deserializer or handler.request_deserializer)
     for attribute, rebuild, _wrap in _KINDS:
         inner = getattr(handler, attribute)
         if inner is not None:

@@ -10,8 +10,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from creditnet.channels import secure_channel
 from creditnet.pki import Identity, TrustStore
-from creditnet.rpc import secure_channel
+
+__all__ = [
+    "check",
+    "wait_serving",
+]
 
 
 async def check(

@@ -50,7 +50,7 @@ from typing import Any
 
 import grpc
 
-from creditnet.errors import CreditnetError, ResourceExhausted
+from creditnet.errors import RETRY_AFTER_KEY, CreditnetError, Error, ResourceExhausted
 from creditnet.handlers import Finish, wrap_handler
 from creditnet.pki import Role, RoleKind, TrustStore
 from creditnet.rpc import PeerIdentities
@@ -63,14 +63,26 @@ from creditnet.settings import (
     SettingsError,
 )
 
+__all__ = [
+    "CONCURRENCY_RULE",
+    "PUSHBACK_KEY",
+    "RATE_LIMITED_RULE",
+    "BankRateLimit",
+    "CallSlots",
+    "ConcurrencyLimit",
+    "Limits",
+    "LimitsError",
+    "TokenBuckets",
+    "describe_rate",
+    "server_interceptors",
+]
+
 log = logging.getLogger(__name__)
 
 CONCURRENCY_RULE = "overload.concurrency"
 RATE_LIMITED_RULE = "overload.rate_limited"
-# Milliseconds (decimal) until the bank's next call would be admitted. The
-# same value goes under gRPC's standard pushback key, which gRPC retry
-# policies in every language honour when RESOURCE_EXHAUSTED is retryable.
-RETRY_AFTER_KEY = "creditnet-retry-after-ms"
+# RETRY_AFTER_KEY's value goes under gRPC's standard pushback key too, which
+# gRPC retry policies in every language honour when RESOURCE_EXHAUSTED is retryable.
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 # Calls that keep the network itself running: probes, reflection and the
@@ -93,7 +105,7 @@ DEFAULT_MAX_CONTROL_CALLS = 64
 DEFAULT_MAX_TRACKED_BANKS = 10_000
 
 
-class LimitsError(ValueError):
+class LimitsError(Error, ValueError):
     """A limit that cannot work (a bound below 1, a rate of nothing)."""
 
 
@@ -150,7 +162,7 @@ def describe_rate(rate: Rate) -> str:
     return f"{rate.requests}/{unit}" if unit else f"{rate.requests} per {rate.period:g} s"
 
 
-def is_control(method: str) -> bool:
+def _is_control(method: str) -> bool:
     return method.startswith(CONTROL_PREFIXES)
 
 
@@ -243,7 +255,7 @@ def _nothing() -> None:
     return None
 
 
-def guard_handler(handler: grpc.RpcMethodHandler, gate: Gate) -> grpc.RpcMethodHandler:
+def _guard_handler(handler: grpc.RpcMethodHandler, gate: Gate) -> grpc.RpcMethodHandler:
     """The same method handler, with `gate` deciding at the start of every call."""
 
     async def around(context: grpc.aio.ServicerContext) -> Finish:
@@ -269,7 +281,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method
-        slots = self.control if is_control(method) else self.calls
+        slots = self.control if _is_control(method) else self.calls
         what = "control calls" if slots is self.control else "calls"
 
         async def gate(context: grpc.aio.ServicerContext) -> Release:
@@ -281,7 +293,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await context.abort(exc.code, exc.reason)
             return slots.release
 
-        return guard_handler(handler, gate)
+        return _guard_handler(handler, gate)
 
 
 class BankRateLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -312,7 +324,7 @@ class BankRateLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or is_control(handler_call_details.method):
+        if handler is None or _is_control(handler_call_details.method):
             return handler
 
         async def gate(context: grpc.aio.ServicerContext) -> Release:
@@ -333,7 +345,7 @@ class BankRateLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     )
             return _nothing
 
-        return guard_handler(handler, gate)
+        return _guard_handler(handler, gate)
 
 
 def server_interceptors(limits: Limits, trust: TrustStore) -> list[grpc.aio.ServerInterceptor]:

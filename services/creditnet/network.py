@@ -32,7 +32,7 @@ from creditnet import consent as consent_mod
 from creditnet import divisions, pilot, provenance
 from creditnet.aggregator.server import RunningAggregator, start_aggregator
 from creditnet.chain.keys import NATIONAL, LogKey
-from creditnet.chain.ledger import DEFAULT_QUORUM
+from creditnet.chain.receipts import DEFAULT_QUORUM
 from creditnet.config import AggregatorConfig, DirectoryConfig, NodeConfig
 from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
@@ -54,6 +54,28 @@ from creditnet.v2 import envelope_pb2, records_pb2
 # The synthetic data (creditnet_devkit) is imported inside `provision` and
 # `load_synthetic` only: the runtime package never loads developer tooling
 # when it is imported (tests/unit/test_devkit_boundary.py).
+
+__all__ = [
+    "DEMO_BANK",
+    "HOST_PREFIX",
+    "RESTART_BACKOFF",
+    "RESTART_BACKOFF_MAX",
+    "RESTART_STABLE",
+    "SECOND_BANK",
+    "InProcessNetwork",
+    "Membership",
+    "NetworkLayout",
+    "ProcessNetwork",
+    "Restart",
+    "aggregator_process",
+    "default_nodes_per_process",
+    "free_port",
+    "grant_demo_consent",
+    "load_synthetic",
+    "provision",
+    "select_cities",
+    "wait_federated",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +113,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_ports(count: int) -> list[int]:
+def _free_ports(count: int) -> list[int]:
     """`count` distinct free ports: each socket stays bound until all are chosen.
 
     Asking `free_port` several times may hand out one port twice (the
@@ -243,7 +265,7 @@ def provision(
     demo_uscc = synthetic.pick_demo_enterprise(seed, enterprises_per_city, members)
     identities: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     entries: dict[str, dict[str, str]] = {}
-    ports = free_ports(len(members) + aggregator_replicas)
+    ports = _free_ports(len(members) + aggregator_replicas)
     node_ports, agg_ports = ports[: len(members)], ports[len(members) :]
     node_endpoints = {city: f"{host}:{port}" for city, port in zip(members, node_ports, strict=True)}
     agg_endpoints = [f"{host}:{port}" for port in agg_ports]
@@ -447,7 +469,7 @@ def _node_database_urls(
     return urls
 
 
-def provisioned_provider(root: Path, city: City) -> Identity:
+def _provisioned_provider(root: Path, city: City) -> Identity:
     """The data-exchange provider identity provisioned for `city` (``providers/<code>-all``)."""
     name = f"{city.value}-all"
     return Identity.load(root / "providers" / f"{name}.pem", root / "providers" / f"{name}.key")
@@ -483,7 +505,7 @@ def load_synthetic(
         raise
     # Each city's records are signed by the data exchange provisioned for
     # it, as if it had submitted them (docs/protocol.md, "Records signed at their source").
-    providers = {c: provisioned_provider(root, c) for c in members}
+    providers = {c: _provisioned_provider(root, c) for c in members}
     batches: dict[City, list[records_pb2.CreditRecord]] = defaultdict(list)
     profiles: dict[City, list[records_pb2.EnterpriseProfile]] = defaultdict(list)
     counts: dict[City, int] = defaultdict(int)
@@ -854,7 +876,7 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 async def wait_federated(endpoint: str, identity: Identity, trust: TrustStore, timeout: float) -> None:
     """Wait until the aggregator at `endpoint` sees every node it knows serving; RuntimeError if not."""
-    from creditnet.rpc import secure_channel
+    from creditnet.channels import secure_channel
     from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
 
     deadline = time.monotonic() + max(timeout, 1.0)

@@ -13,6 +13,15 @@ from typing import Final
 
 from creditnet.domain import City
 
+__all__ = [
+    "CITIES",
+    "HANGZHOU",
+    "HEFEI",
+    "JIAXING",
+    "NANJING",
+    "SHANGHAI",
+]
+
 SHANGHAI: Final = City("310000")
 NANJING: Final = City("320100")
 HANGZHOU: Final = City("330100")

@@ -45,6 +45,31 @@ from creditnet.dates import utcnow
 from creditnet.domain import Category, City
 from creditnet.errors import InvalidArgument, Unauthenticated
 
+__all__ = [
+    "AGGREGATOR_SERVER_NAME",
+    "LEAF_VALIDITY",
+    "MAX_CHAIN_LENGTH",
+    "CertificateAuthority",
+    "Identity",
+    "RevocationCheck",
+    "Role",
+    "RoleKind",
+    "TrustStore",
+    "VerifiedCert",
+    "VerifiedLogKey",
+    "cert_to_pem",
+    "generate_key",
+    "issue_identity",
+    "key_to_pem",
+    "load_cert",
+    "load_key",
+    "make_csr",
+    "node_server_name",
+    "role_of",
+    "write_private",
+    "write_public",
+]
+
 SCHEME = "creditnet"
 CA_VALIDITY = dt.timedelta(days=3650)
 LEAF_VALIDITY = dt.timedelta(days=397)

@@ -27,7 +27,7 @@ from creditnet.chain.merkle import EMPTY_ROOT, HASH_SIZE, ProofError, leaf_hash,
 from creditnet.dates import ts_to_proto, utcnow
 from creditnet.domain import Category, City
 from creditnet.envelope import RECORD_BATCH_TYPE, EnvelopeVerifier, Verified, digest, sign
-from creditnet.errors import InvalidArgument, PermissionDenied
+from creditnet.errors import Error, InvalidArgument, PermissionDenied
 from creditnet.pki import Identity, Role, RoleKind
 from creditnet.v2 import envelope_pb2, provenance_pb2, records_pb2
 
@@ -42,7 +42,6 @@ __all__ = [
     "provider_id_of",
     "sign_batch",
     "sign_records",
-    "signed_batch",
     "split_path",
     "tree",
     "verify_batch",
@@ -53,7 +52,7 @@ PROVIDER_ID_PREFIX: Final = "provider:"
 MAX_BATCH_ID: Final = 128
 
 
-class ProvenanceError(ValueError):
+class ProvenanceError(Error, ValueError):
     """A disclosed record that its provider's signed batch does not vouch for."""
 
 
@@ -165,10 +164,10 @@ def sign_records(
     raw = encode(signed_records)
     env = sign_batch(identity, raw, now=now)
     manifest = provenance_pb2.RecordBatch.FromString(env.payload)
-    return signed_records, signed_batch(env, manifest, raw)
+    return signed_records, _signed_batch(env, manifest, raw)
 
 
-def signed_batch(
+def _signed_batch(
     envelope: envelope_pb2.SignedEnvelope, manifest: provenance_pb2.RecordBatch, raw: Sequence[bytes]
 ) -> SignedBatch:
     """What the store keeps of a batch whose manifest was checked (or just signed) over `raw`."""

@@ -16,10 +16,16 @@ import grpc
 
 from creditnet import provenance
 from creditnet.batches import MAX_BATCH_RECORDS
+from creditnet.channels import secure_channel
 from creditnet.domain import City
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
-from creditnet.rpc import INTERNAL_DETAILS, secure_channel
+from creditnet.rpc import INTERNAL_DETAILS
 from creditnet.v2 import node_pb2, node_pb2_grpc, records_pb2
+
+__all__ = [
+    "signed_request",
+    "submit_records",
+]
 
 DEFAULT_BATCH = 1000
 

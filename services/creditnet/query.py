@@ -26,6 +26,21 @@ from creditnet.pki import Identity, RoleKind, VerifiedCert
 from creditnet.sealing import AnswerKey, AnswerKeyPair, parse_answer_key
 from creditnet.v2 import envelope_pb2, query_pb2
 
+__all__ = [
+    "CLOCK_SKEW",
+    "DEFAULT_QUERY_LIFETIME",
+    "MAX_QUERY_LIFETIME",
+    "MAX_QUERY_PAYLOAD_BYTES",
+    "AuthorizedQuery",
+    "QueryTerms",
+    "Seen",
+    "answer_key_for",
+    "authorize",
+    "build",
+    "is_canonical_uuid",
+    "parse_terms",
+]
+
 MAX_QUERY_LIFETIME = dt.timedelta(minutes=5)
 # How far a signer's clock may run ahead of the verifier's.
 CLOCK_SKEW = dt.timedelta(seconds=60)

@@ -52,10 +52,26 @@ from google.protobuf.message import Message
 
 from creditnet import uscc as uscc_mod
 from creditnet.domain import Category, City
+from creditnet.errors import Error
 from creditnet.v2 import common_pb2, records_pb2
 
+__all__ = [
+    "COMMON_COLUMNS",
+    "MAX_LINE_BYTES",
+    "ParsedRow",
+    "RecordError",
+    "category_of",
+    "china_today",
+    "iter_file",
+    "record_from_json",
+    "record_to_json",
+    "validate_record",
+    "write_csv",
+    "write_jsonl",
+]
 
-class RecordError(ValueError):
+
+class RecordError(Error, ValueError):
     """A record, a line or a file that cannot be accepted; the message says why."""
 
 

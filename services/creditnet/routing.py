@@ -37,6 +37,18 @@ from creditnet.errors import FailedPrecondition, InvalidArgument, PermissionDeni
 from creditnet.pki import Identity, RoleKind
 from creditnet.v2 import envelope_pb2, routing_pb2
 
+__all__ = [
+    "MAX_AGE",
+    "MAX_ESTIMATED_FP",
+    "MAX_FILTER_BYTES",
+    "RESIGN_INTERVAL",
+    "BloomFilter",
+    "RoutingKey",
+    "VerifiedFilter",
+    "sign_filter",
+    "verify_filter",
+]
+
 KEY_BYTES: Final = 32
 TAG_LABEL: Final = b"creditnet/route/v1\x00"
 KEY_ID_LABEL: Final = b"creditnet/routing-key-id/v1\x00"

@@ -30,8 +30,23 @@ from cryptography.hazmat.primitives.hpke import (
 )
 
 from creditnet.domain import City
-from creditnet.errors import InvalidArgument
+from creditnet.errors import Error, InvalidArgument
 from creditnet.v2 import envelope_pb2, query_pb2
+
+__all__ = [
+    "DEFAULT_SUITE",
+    "INFO_LABEL",
+    "OFF_LOOP_BYTES",
+    "AnswerKey",
+    "AnswerKeyPair",
+    "AnswerSuite",
+    "PrivateKey",
+    "SealError",
+    "open_sealed",
+    "parse_answer_key",
+    "seal",
+    "seal_info",
+]
 
 INFO_LABEL: Final = b"creditnet sealed answer v2\x00"
 X25519_KEY_BYTES: Final = 32
@@ -170,7 +185,7 @@ def seal(
     return query_pb2.SealedAnswer(suite=key.suite.proto, ciphertext=ciphertext, discloses=discloses)
 
 
-class SealError(Exception):
+class SealError(Error):
     """A sealed answer that does not open as the answer of this city to this query."""
 
 

@@ -45,6 +45,13 @@ import grpc
 from creditnet.errors import CreditnetError, Unauthenticated
 from creditnet.pki import Identity, TrustStore, VerifiedCert
 
+__all__ = [
+    "ServerCertificate",
+    "probe",
+    "server_certificate_interceptors",
+    "tls_context",
+]
+
 # Re-read a server's certificate at least this often (seconds).
 PROBE_TTL = 60.0
 # The probe's connect and handshake bound (seconds) for a call without a deadline;

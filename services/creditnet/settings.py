@@ -31,6 +31,42 @@ from sqlalchemy.exc import ArgumentError
 
 from creditnet.config import AggregatorConfig, DirectoryConfig, NodeConfig
 from creditnet.domain import City
+from creditnet.errors import Error
+
+__all__ = [
+    "AGGREGATOR_VARIABLES",
+    "MAX_CONCURRENT_RPCS",
+    "NODE_VARIABLES",
+    "RATE_LIMIT_PER_BANK",
+    "AggregatorSettings",
+    "LogFormat",
+    "NodeSettings",
+    "Problems",
+    "Rate",
+    "ServerSettings",
+    "SettingsError",
+    "Variable",
+    "parse_anchor",
+    "parse_city",
+    "parse_count",
+    "parse_database_url",
+    "parse_directory",
+    "parse_duration",
+    "parse_endpoint",
+    "parse_file",
+    "parse_log_format",
+    "parse_log_level",
+    "parse_nodes",
+    "parse_port",
+    "parse_positive_int",
+    "parse_rate",
+    "parse_state_file",
+    "parse_witnesses",
+    "port_of",
+    "read_directory",
+    "settings_table",
+    "unknown_variables",
+]
 
 T = TypeVar("T")
 
@@ -42,7 +78,7 @@ MAX_PASSWORD_BYTES = 1024
 Problems = list[tuple[str, str]]
 
 
-class SettingsError(ValueError):
+class SettingsError(Error, ValueError):
     """One or more variables are missing or malformed; the message names each one."""
 
     def __init__(self, problems: Iterable[tuple[str, str]]) -> None:

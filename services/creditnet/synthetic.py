@@ -7,3 +7,4 @@ runtime package does not load the devkit when imported
 """
 
 from creditnet_devkit.synthetic import *  # noqa: F403
+from creditnet_devkit.synthetic import __all__ as __all__

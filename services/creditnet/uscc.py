@@ -23,13 +23,30 @@ from stdnum.cn import uscc as _std
 
 from creditnet import divisions
 from creditnet.domain import City
+from creditnet.errors import Error
+
+__all__ = [
+    "ALPHABET",
+    "District",
+    "InvalidUSCC",
+    "canonical",
+    "district",
+    "districts",
+    "home_city",
+    "is_valid",
+    "make_uscc",
+    "org_code_check",
+    "region_code",
+    "require_home_city",
+    "validate",
+]
 
 ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 LENGTH = 18
 _ALLOWED = frozenset(ALPHABET)
 
 
-class InvalidUSCC(ValueError):
+class InvalidUSCC(Error, ValueError):
     """A code that is not a valid Unified Social Credit Code; the message says why."""
 
 

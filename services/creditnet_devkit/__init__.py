@@ -8,3 +8,5 @@ load none of it. The CLI commands that make demo data (`creditnet demo`,
 - `synthetic`: deterministic, realistic synthetic enterprises and credit records.
 - `vectors`: the published test vectors of docs/test-vectors/v2.
 """
+
+__all__: list[str] = []

@@ -51,6 +51,24 @@ from creditnet.domain import Category, City
 from creditnet.uscc import District, districts, make_uscc
 from creditnet.v2 import common_pb2, records_pb2
 
+__all__ = [
+    "AS_OF",
+    "DATA_EXCHANGE_SUBJECT",
+    "DataProvider",
+    "EnterprisePlan",
+    "Presence",
+    "SyntheticItem",
+    "data_provider",
+    "enterprise_items",
+    "enterprises_in",
+    "generate",
+    "pick_demo_enterprise",
+    "plan_enterprise",
+    "provider_id",
+    "source_for",
+    "tier_weight",
+]
+
 AS_OF: Final = dt.date(2026, 10, 31)
 # Registration dates are drawn from these years (and at least six months
 # before as_of, so every enterprise has some history).

@@ -16,10 +16,10 @@ from sqlalchemy import update
 from creditnet import pilot
 from creditnet.chain.checkpoint import Checkpoint
 from creditnet.chain.keys import LogKey
-from creditnet.chain.ledger import COSIGN_TIMEOUT, Ledger, WitnessLink, enterprise_commitment
+from creditnet.chain.ledger import COSIGN_TIMEOUT, Ledger, WitnessLink
 from creditnet.chain.merkle import leaf_hash, root_from_leaves
 from creditnet.chain.models import ENTRIES, HASHES
-from creditnet.chain.receipts import ReceiptError, check_commitment, verify_receipt
+from creditnet.chain.receipts import ReceiptError, check_commitment, enterprise_commitment, verify_receipt
 from creditnet.chain.witness import Witness, WitnessService
 from creditnet.dates import ts_to_proto
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity

@@ -11,12 +11,12 @@ import pytest
 
 from creditnet import pilot
 from creditnet.chain.keys import LogKey
+from creditnet.channels import secure_channel
 from creditnet.config import DirectoryConfig
 from creditnet.directory.model import Directory, Policy
 from creditnet.directory.provision import init_directory
 from creditnet.network import free_port
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
-from creditnet.rpc import secure_channel
 from creditnet.settings import AggregatorSettings, NodeSettings, SettingsError
 from creditnet.v2 import directory_service_pb2 as dpb
 from creditnet.v2 import directory_service_pb2_grpc as dpb_grpc

@@ -21,11 +21,11 @@ import pytest
 import pytest_asyncio
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
 from creditnet.domain import City
 from creditnet.health import wait_serving
 from creditnet.network import NetworkLayout, ProcessNetwork, aggregator_process, provision
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 ENTERPRISES_PER_CITY = 20

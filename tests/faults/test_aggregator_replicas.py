@@ -24,6 +24,7 @@ from creditnet import pilot
 from creditnet.aggregator.state import AggregatorState
 from creditnet.chain.audit import verify_network_checkpoint
 from creditnet.chain.keys import LogKey
+from creditnet.channels import secure_channel
 from creditnet.domain import Purpose
 from creditnet.health import wait_serving
 from creditnet.network import (
@@ -36,7 +37,6 @@ from creditnet.network import (
     provision,
 )
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.store import Store
 from creditnet.store.scratch import ScratchDatabases, ServerUnavailable
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc

@@ -14,10 +14,10 @@ import asyncio
 import pytest
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
 from creditnet.domain import Purpose
 from creditnet.network import NetworkLayout, grant_demo_consent
 from creditnet.pki import AGGREGATOR_SERVER_NAME
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2
 from creditnet_bank import BankClient, Report, SectionStatus
 from creditnet_bank.client import DEFAULT_TIMEOUT

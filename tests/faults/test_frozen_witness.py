@@ -18,12 +18,12 @@ from creditnet import pilot
 from creditnet.chain.audit import verify_network_checkpoint
 from creditnet.chain.keys import witness_name
 from creditnet.chain.receipts import verify_checkpoint
+from creditnet.channels import secure_channel
 from creditnet.directory.model import Directory
 from creditnet.directory.sign import load
 from creditnet.domain import City, Purpose
 from creditnet.network import NetworkLayout, grant_demo_consent
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, envelope_pb2
 from creditnet_bank import BankClient, Report, SectionStatus
 from tests.faults.conftest import FaultNetwork, eventually, network_json

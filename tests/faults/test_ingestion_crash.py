@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 
+from creditnet.channels import secure_channel
 from creditnet.network import NetworkLayout
 from creditnet.pki import TrustStore, node_server_name
 from creditnet.provider import signed_request, submit_records
-from creditnet.rpc import secure_channel
 from creditnet.v2 import node_pb2, node_pb2_grpc, records_pb2
 from tests.faults.conftest import FaultNetwork, eventually
 from tests.faults.ingest import BATCH, CITY, batch, enterprise, stored_per_batch

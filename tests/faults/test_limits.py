@@ -11,11 +11,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
+from creditnet.errors import RETRY_AFTER_KEY
 from creditnet.limits import (
     CONCURRENCY_RULE,
     PUSHBACK_KEY,
     RATE_LIMITED_RULE,
-    RETRY_AFTER_KEY,
     BankRateLimit,
     CallSlots,
     ConcurrencyLimit,
@@ -26,7 +27,7 @@ from creditnet.limits import (
     server_interceptors,
 )
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
-from creditnet.rpc import ServerHandle, secure_channel, start_server
+from creditnet.rpc import ServerHandle, start_server
 from creditnet.settings import Rate, SettingsError
 from creditnet.v2 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
 

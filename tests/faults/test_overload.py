@@ -14,12 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from creditnet import pilot
 from creditnet import query as query_mod
 from creditnet.aggregator.directory import DEFAULT_MAX_PENDING_PER_NODE
+from creditnet.channels import MAX_RECEIVE_BYTES, secure_channel
 from creditnet.domain import Purpose
-from creditnet.limits import CONCURRENCY_RULE, RATE_LIMITED_RULE, RETRY_AFTER_KEY
+from creditnet.errors import RETRY_AFTER_KEY
+from creditnet.limits import CONCURRENCY_RULE, RATE_LIMITED_RULE
 from creditnet.network import DEMO_BANK, SECOND_BANK, NetworkLayout, grant_demo_consent
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.provider import signed_request
-from creditnet.rpc import MAX_RECEIVE_BYTES, secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
 from creditnet_bank import BankClient
 from tests.faults.conftest import AGGREGATOR, PATIENCE, FaultNetwork, eventually

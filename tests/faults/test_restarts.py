@@ -10,11 +10,11 @@ import grpc
 import pytest
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
 from creditnet.domain import Purpose
 from creditnet.network import NetworkLayout, grant_demo_consent
 from creditnet.pki import TrustStore, node_server_name
 from creditnet.provider import signed_request
-from creditnet.rpc import secure_channel
 from creditnet.v2 import node_pb2, node_pb2_grpc, query_pb2
 from creditnet_bank import BankClient, SectionStatus
 from tests.faults.conftest import AGGREGATOR, FaultNetwork, answered, eventually, network_json

@@ -8,12 +8,12 @@ import grpc
 
 from creditnet import consent as consent_mod
 from creditnet import query as query_mod
+from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
 from creditnet.envelope import digest
 from creditnet.network import DEMO_BANK, NetworkLayout
 from creditnet.pki import Identity, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.sealing import open_sealed
 from creditnet.v2 import envelope_pb2, node_pb2, node_pb2_grpc
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 from sqlalchemy import create_engine, text
 
+from creditnet.channels import secure_channel
 from creditnet.config import NodeConfig
 from creditnet.domain import City
 from creditnet.health import wait_serving
 from creditnet.network import NetworkLayout, free_port
 from creditnet.pki import TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.store import Store
 from creditnet.store.lock import DatabaseInUse, WriterLock
 from creditnet.store.scratch import ScratchDatabases

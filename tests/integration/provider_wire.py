@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from creditnet import pilot, provenance
+from creditnet.channels import secure_channel
 from creditnet.domain import City
 from creditnet.network import NetworkLayout
 from creditnet.node.server import SUBMIT_RECORDS
 from creditnet.pki import Identity, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import envelope_pb2, records_pb2
 
 

@@ -22,11 +22,11 @@ import pytest
 import pytest_asyncio
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
 from creditnet.directory.publish import Target, targets
 from creditnet.domain import City, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, ProcessNetwork, provision
 from creditnet.pki import Identity, TrustStore
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 from creditnet_bank import BankClient, SectionStatus
 from creditnet_bank.report import Report

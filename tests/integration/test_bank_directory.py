@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.directory.model import Directory
 from creditnet.directory.publish import publish
@@ -31,7 +32,6 @@ from creditnet.envelope import save_envelope
 from creditnet.errors import CreditnetError
 from creditnet.network import SECOND_BANK, InProcessNetwork, NetworkLayout, provision
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, load_cert
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
 from creditnet_bank import BankClient, DirectoryRefused, SectionStatus
 from tests.integration.helpers import consent

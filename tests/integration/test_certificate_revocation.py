@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from creditnet import pilot
 from creditnet import query as query_mod
+from creditnet.channels import secure_channel
 from creditnet.directory.publish import Target, targets
 from creditnet.directory.revoke import revoke
 from creditnet.domain import Purpose
@@ -31,7 +32,6 @@ from creditnet.network import (
     wait_federated,
 )
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 from creditnet_bank import BankClient, QueryRefused, SectionStatus
 from tests.integration.helpers import consent, node_refusal

@@ -38,6 +38,7 @@ from creditnet.chain.network import verify_network_response
 from creditnet.chain.note import Note
 from creditnet.chain.receipts import verify_receipt
 from creditnet.chain.sqlstore import SqlLog
+from creditnet.channels import secure_channel
 from creditnet.domain import Category, City, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import (
@@ -48,7 +49,6 @@ from creditnet.pki import (
     issue_identity,
     node_server_name,
 )
-from creditnet.rpc import secure_channel
 from creditnet.store import Store
 from creditnet.v2 import (
     aggregator_pb2,

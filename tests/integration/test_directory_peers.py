@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from creditnet.chain.keys import LogKey
+from creditnet.channels import secure_channel
 from creditnet.config import DirectoryConfig
 from creditnet.dates import utcnow
 from creditnet.directory.model import Aggregator, Directory
@@ -35,7 +36,7 @@ from creditnet.directory.sign import load, sign
 from creditnet.handlers import Finish, wrap_handler
 from creditnet.network import InProcessNetwork, NetworkLayout, free_port, provision
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
-from creditnet.rpc import PeerIdentities, ServerHandle, secure_channel, start_server
+from creditnet.rpc import PeerIdentities, ServerHandle, start_server
 from creditnet.v2 import directory_service_pb2 as dpb
 from creditnet.v2 import directory_service_pb2_grpc as dpb_grpc
 

@@ -19,6 +19,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.directory.build import issue_governance
 from creditnet.directory.model import Directory
@@ -26,7 +27,6 @@ from creditnet.directory.publish import Offered, Target, publish, targets
 from creditnet.directory.sign import save, sign
 from creditnet.network import InProcessNetwork, NetworkLayout, provision
 from creditnet.pki import CertificateAuthority, Identity, TrustStore
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, envelope_pb2
 from creditnet.v2 import directory_service_pb2 as dpb
 from creditnet.v2 import directory_service_pb2_grpc as dpb_grpc

@@ -9,10 +9,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from creditnet import pilot
 from creditnet import query as query_mod
+from creditnet.channels import secure_channel
 from creditnet.domain import Category, City, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, wait_federated
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import query_pb2
 from creditnet_bank import BankClient, QueryRefused, SectionStatus
 from tests.integration.helpers import consent

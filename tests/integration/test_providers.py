@@ -10,12 +10,12 @@ import pytest
 from creditnet import pilot
 from creditnet import uscc as uscc_mod
 from creditnet.batches import MAX_BATCH_RECORDS
+from creditnet.channels import secure_channel
 from creditnet.dates import date_to_proto
 from creditnet.domain import Category, City
 from creditnet.network import InProcessNetwork, NetworkLayout
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity, node_server_name
 from creditnet.provider import submit_records
-from creditnet.rpc import secure_channel
 from creditnet.v2 import node_pb2, records_pb2
 from tests.integration.provider_wire import owned, signed_message, submit_raw
 

@@ -8,10 +8,10 @@ import pytest
 from creditnet import consent as consent_mod
 from creditnet import pilot
 from creditnet import query as query_mod
+from creditnet.channels import secure_channel
 from creditnet.domain import Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, CertificateAuthority, Role, TrustStore, issue_identity
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, consent_pb2, envelope_pb2
 from creditnet_bank import BankClient, QueryRefused
 from tests.integration.helpers import consent, node_refusal

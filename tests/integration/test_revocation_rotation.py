@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 from typer.testing import CliRunner
 
+from creditnet.channels import secure_channel
 from creditnet.cli.main import app
 from creditnet.dates import utcnow
 from creditnet.directory.build import governance_key
@@ -30,7 +31,6 @@ from creditnet.directory.publish import Target, publish, targets
 from creditnet.directory.sign import load, save, sign
 from creditnet.network import SECOND_BANK, InProcessNetwork, NetworkLayout, provision
 from creditnet.pki import Identity, TrustStore, role_of
-from creditnet.rpc import secure_channel
 from creditnet.v2 import directory_service_pb2 as dpb
 from creditnet.v2 import directory_service_pb2_grpc as dpb_grpc
 from tests.integration.test_certificate_revocation import pki_revoke, refused_everywhere

@@ -24,6 +24,7 @@ import pytest_asyncio
 from creditnet import pilot
 from creditnet import uscc as uscc_mod
 from creditnet.aggregator.routing import Router
+from creditnet.channels import secure_channel
 from creditnet.dates import date_to_proto, utcnow
 from creditnet.domain import City, Purpose
 from creditnet.errors import CreditnetError
@@ -39,7 +40,6 @@ from creditnet.pki import (
 )
 from creditnet.provider import signed_request
 from creditnet.routing import MAX_AGE
-from creditnet.rpc import secure_channel
 from creditnet.v2 import (
     aggregator_pb2,
     aggregator_pb2_grpc,

@@ -10,11 +10,11 @@ import pytest
 
 from creditnet import pilot
 from creditnet import query as query_mod
+from creditnet.channels import secure_channel
 from creditnet.domain import City, Purpose
 from creditnet.envelope import ANSWER_TYPE, QUERY_TYPE, digest, sign
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore
-from creditnet.rpc import secure_channel
 from creditnet.sealing import AnswerSuite, parse_answer_key, seal
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, query_pb2, records_pb2
 from creditnet_bank import BankClient, QueryRefused, SectionStatus

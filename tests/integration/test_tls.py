@@ -6,12 +6,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
 from creditnet.config import NodeConfig
 from creditnet.domain import Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.node.service import CityNodeService
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
-from creditnet.rpc import secure_channel, start_server
+from creditnet.rpc import start_server
 from creditnet.store import AsyncStore
 from creditnet.v2 import node_pb2_grpc
 from creditnet_bank import BankClient, SectionStatus

@@ -9,10 +9,10 @@ import pytest
 from google.protobuf.descriptor import ServiceDescriptor
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
 from creditnet.handlers import MALFORMED_RULE
 from creditnet.network import InProcessNetwork, NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, chain_pb2, node_pb2
 
 # Not a protobuf message at all (a varint that never ends), and a message

@@ -9,13 +9,13 @@ import pytest
 
 from creditnet.chain.note import Note
 from creditnet.chain.receipts import ReceiptError, verify_receipt
+from creditnet.channels import secure_channel
 from creditnet.directory.model import Directory
 from creditnet.directory.sign import load
 from creditnet.domain import Purpose
 from creditnet.envelope import EnvelopeVerifier
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, wait_federated
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, query_pb2
 from creditnet_bank import BankClient, SectionStatus
 from creditnet_bank.report import Report

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from creditnet import pilot
+from creditnet.channels import CHANNEL_OPTIONS
 from creditnet.domain import City
 from creditnet.errors import PermissionDenied
 from creditnet.observability import (
@@ -38,7 +39,7 @@ from creditnet.observability import (
 from creditnet.observability.interceptors import server_interceptors
 from creditnet.observability.metrics import ServerMetrics
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
-from creditnet.rpc import CHANNEL_OPTIONS, ServerHandle, refusals, start_server
+from creditnet.rpc import ServerHandle, refusals, start_server
 
 PROBE = "test.Probe"
 probe_log = logging.getLogger("tests.observability.probe")
@@ -195,7 +196,7 @@ def channel(
 ) -> grpc.aio.Channel:
     """A mutual-TLS channel with (or without) the observability client interceptor.
 
-    Built here rather than with rpc.secure_channel so these tests mean the
+    Built here rather than with channels.secure_channel so these tests mean the
     same thing before and after that function is given the interceptor.
     """
     creds = grpc.ssl_channel_credentials(trust.ca_pem, identity.key_pem, identity.cert_pem)

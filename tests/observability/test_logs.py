@@ -13,7 +13,6 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from creditnet.observability import configure_logging, query_scope
-from creditnet.observability.context import bind_query_id
 from creditnet.observability.logs import (
     CallContextFilter,
     JsonFormatter,
@@ -21,6 +20,7 @@ from creditnet.observability.logs import (
     TextFormatter,
     parse_log_format,
 )
+from creditnet.querycontext import bind_query_id
 from creditnet.settings import LogFormat
 
 QUERY = str(uuid.uuid4())

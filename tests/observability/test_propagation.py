@@ -19,16 +19,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from creditnet import pilot
 from creditnet.observability import QUERY_ID_METADATA, client_span, outgoing_metadata, query_scope
-from creditnet.observability.context import bind_query_id, current_query, parse_query_id
 from creditnet.observability.logs import CallContextFilter, JsonFormatter
 from creditnet.observability.metrics import NodeMetrics
-from creditnet.observability.tracing import (
-    TracingSetupError,
-    configure_tracing,
-    extract_context,
-    otlp_exporter_from_env,
-)
+from creditnet.observability.tracing import TracingSetupError, configure_tracing, otlp_exporter_from_env
 from creditnet.pki import node_server_name
+from creditnet.querycontext import bind_query_id, current_query, parse_query_id
+from creditnet.tracecontext import extract_context
 from tests.observability.conftest import (
     PROBE,
     Pki,

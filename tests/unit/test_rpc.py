@@ -9,8 +9,9 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
-from creditnet.rpc import secure_channel, start_server
+from creditnet.rpc import start_server
 
 
 async def test_probe_port_serves_health_only_in_plaintext() -> None:

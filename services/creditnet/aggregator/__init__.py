@@ -1,1 +1,3 @@
 """The national aggregator: federates signed queries to the city nodes."""
+
+__all__: list[str] = []

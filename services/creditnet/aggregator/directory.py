@@ -13,7 +13,7 @@ holding slots on it (the asking one included). One bank alone thus holds at
 most half, and however many banks flood, a share stays free for a bank that
 holds none yet, so one bank's burst never leaves another's query without
 the cities it asks. The bank is the one the call is made for
-(`bank_of_call`, bound by `BankOfCall` for the whole incoming call).
+(`_bank_of_call`, bound by `BankOfCall` for the whole incoming call).
 """
 
 from __future__ import annotations
@@ -30,13 +30,23 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.domain import City
 from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
-from creditnet.rpc import PeerIdentities, secure_channel
+from creditnet.rpc import PeerIdentities
 from creditnet.v2 import node_pb2_grpc
+
+__all__ = [
+    "DEFAULT_MAX_PENDING_PER_NODE",
+    "BankOfCall",
+    "NodeDirectory",
+    "NodeLink",
+    "NodeLoad",
+    "acting_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +63,7 @@ RETIRE_GRACE = 10.0
 _bank: contextvars.ContextVar[str] = contextvars.ContextVar("creditnet_bank_of_call", default="")
 
 
-def bank_of_call() -> str:
+def _bank_of_call() -> str:
     return _bank.get()
 
 
@@ -135,7 +145,7 @@ class NodeLink:
 
     def try_acquire(self) -> bool:
         """Take a pending-call slot for the bank of the call; False if the node or its share is full."""
-        bank = bank_of_call()
+        bank = _bank_of_call()
         if self.saturated:
             self.shed += 1
             if not self._shedding:
@@ -166,7 +176,7 @@ class NodeLink:
 
     def release(self) -> None:
         """Give back a slot the bank of the call took."""
-        bank = bank_of_call()
+        bank = _bank_of_call()
         held = self.held.get(bank, 0)
         if self.in_flight <= 0 or held <= 0:
             raise RuntimeError(f"released a pending call to {self.city.value} that was never taken")
@@ -187,7 +197,7 @@ class NodeLink:
                 f"the node already has {self.in_flight} calls pending (bound {self.max_in_flight}); "
                 "not calling it until it answers them"
             )
-        bank = bank_of_call()
+        bank = _bank_of_call()
         return (
             f"this bank already has {self.held.get(bank, 0)} calls pending on the node, its share of "
             f"the {self.max_in_flight} the aggregator allows; not calling it until it answers them"

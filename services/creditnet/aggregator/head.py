@@ -38,6 +38,12 @@ from creditnet.domain import City
 from creditnet.pki import TrustStore
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
+__all__ = [
+    "FETCH_TIMEOUT",
+    "Fetched",
+    "NetworkCheckpointer",
+]
+
 log = logging.getLogger(__name__)
 
 INTERVAL = 2.0

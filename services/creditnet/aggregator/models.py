@@ -14,6 +14,19 @@ from sqlmodel import Field, SQLModel
 
 from creditnet.store.models import UtcDateTime
 
+__all__ = [
+    "AGGREGATOR_METADATA",
+    "CHECKPOINTS",
+    "DELIVERIES",
+    "HEAD",
+    "REVOCATIONS",
+    "AggregatorModel",
+    "DeliveryRow",
+    "NetworkCheckpointRow",
+    "NetworkHeadRow",
+    "RevocationRow",
+]
+
 
 class AggregatorModel(SQLModel, registry=registry()):
     pass

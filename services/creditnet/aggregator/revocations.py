@@ -23,6 +23,10 @@ from creditnet.consent import VerifiedRevocation
 from creditnet.errors import CreditnetError
 from creditnet.v2 import aggregator_pb2, envelope_pb2, node_pb2
 
+__all__ = [
+    "RevocationOutbox",
+]
+
 log = logging.getLogger(__name__)
 
 DELIVERY_TIMEOUT = 3.0

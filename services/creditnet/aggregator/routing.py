@@ -30,6 +30,11 @@ from creditnet.errors import CreditnetError
 from creditnet.routing import RoutingKey, VerifiedFilter, verify_filter
 from creditnet.v2 import aggregator_pb2, envelope_pb2, node_pb2
 
+__all__ = [
+    "Decision",
+    "Router",
+]
+
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0

@@ -35,6 +35,13 @@ from creditnet.routing import RoutingKey
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
+__all__ = [
+    "DirectoryFollower",
+    "RunningAggregator",
+    "directory_nodes",
+    "start_aggregator",
+]
+
 SERVICE_NAME = aggregator_pb2.DESCRIPTOR.services_by_name["AggregatorService"].full_name
 # How often the aggregator looks whether its held directory changed (an offer
 # or a refresh may replace it at any time; looking costs an attribute read).

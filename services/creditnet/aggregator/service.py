@@ -28,6 +28,10 @@ from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2
 
+__all__ = [
+    "AggregatorService",
+]
+
 log = logging.getLogger(__name__)
 
 NODE_QUERY = "/creditnet.v2.CityNodeService/Query"

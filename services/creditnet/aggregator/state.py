@@ -39,6 +39,15 @@ from creditnet.errors import Unavailable
 from creditnet.store import Store
 from creditnet.v2 import node_pb2
 
+__all__ = [
+    "DATABASE_RULE",
+    "AggregatorState",
+    "NetworkHead",
+    "PendingRevocation",
+    "reachable",
+    "sqlite_url",
+]
+
 log = logging.getLogger(__name__)
 
 DATABASE_RULE = "aggregator.database"

@@ -47,12 +47,12 @@ from creditnet.bench.revocation import show as show_revocation
 from creditnet.bench.scale import bench_backends, show_backends
 from creditnet.bench.sealing import bench_sealing, cpu_seconds, demo_answers
 from creditnet.bench.sealing import show as show_sealing
+from creditnet.channels import secure_channel
 from creditnet.config import NodeConfig
 from creditnet.domain import City, Purpose
 from creditnet.health import wait_serving
 from creditnet.network import NetworkLayout, ProcessNetwork, free_port, grant_demo_consent, provision
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
 
 Call = Callable[[int], Awaitable[object]]

@@ -17,6 +17,11 @@ from creditnet.pki import CertificateAuthority
 from creditnet.store import Store
 from creditnet.v2 import chain_pb2
 
+__all__ = [
+    "bench_appends",
+    "bench_proofs",
+]
+
 
 def _entry(i: int) -> chain_pb2.LedgerEntry:
     return chain_pb2.LedgerEntry(

@@ -38,6 +38,12 @@ from creditnet.directory.verify import VerifiedDirectory
 from creditnet.pki import CertificateAuthority, TrustStore
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "bench_directory",
+    "main",
+    "show",
+]
+
 SIZES = (5, 50, 333)
 
 

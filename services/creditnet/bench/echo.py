@@ -12,6 +12,11 @@ import grpc
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import SERVER_OPTIONS, server_credentials
 
+__all__ = [
+    "main",
+    "serve",
+]
+
 METHOD = "/bench.Echo/Echo"
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from creditnet import synthetic
+from creditnet.channels import secure_channel
 from creditnet.domain import City, Purpose
 from creditnet.network import (
     NetworkLayout,
@@ -47,8 +48,15 @@ from creditnet.network import (
 )
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
 from creditnet.routing import BloomFilter, RoutingKey
-from creditnet.rpc import secure_channel
 from creditnet.v2 import node_pb2, node_pb2_grpc, routing_pb2
+
+__all__ = [
+    "BenchNetwork",
+    "bench_national",
+    "bench_size",
+    "main",
+    "show",
+]
 
 SIZES = (5, 50, 333)
 SEED = 20261207

@@ -34,6 +34,14 @@ from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issu
 from creditnet.v2 import envelope_pb2, node_pb2, query_pb2, records_pb2
 from creditnet_bank.provenance import proven_records
 
+__all__ = [
+    "bench_provenance",
+    "bench_provider",
+    "main",
+    "show",
+    "signed_batches",
+]
+
 CITY: Final = pilot.HEFEI
 BATCH: Final = 1000
 SIZES: Final = (10, 100, 1000)

@@ -35,12 +35,19 @@ from typing import Any
 import grpc
 
 from creditnet import pilot
+from creditnet.channels import secure_channel
 from creditnet.directory.publish import Target, targets
 from creditnet.directory.revoke import revoke
 from creditnet.network import InProcessNetwork, NetworkLayout, provision
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
+
+__all__ = [
+    "bench_revocation",
+    "bench_revocation_async",
+    "main",
+    "show",
+]
 
 REFRESH = dt.timedelta(seconds=2)
 MISSED_CITY = pilot.HEFEI

@@ -47,6 +47,21 @@ from creditnet.store import Store
 from creditnet.store.scratch import ScratchDatabases, ServerUnavailable
 from creditnet.v2 import records_pb2
 
+__all__ = [
+    "Backend",
+    "Load",
+    "bench_backends",
+    "load",
+    "main",
+    "peak_rss_bytes",
+    "percentiles",
+    "query_latency",
+    "rss_bytes",
+    "run_scale",
+    "show_backends",
+    "show_scale",
+]
+
 SEED = 20221118
 CITY = pilot.SHANGHAI
 BATCH = 5_000
@@ -360,10 +375,10 @@ async def _drive(call: Call, total: int, concurrency: int) -> dict[str, float]:
 
 async def _node_rate(root: Path, queries: int, concurrency: int = 8, warmup: int = 200) -> dict[str, float]:
     from creditnet import query as query_mod
+    from creditnet.channels import secure_channel
     from creditnet.domain import Purpose
     from creditnet.network import NetworkLayout, grant_demo_consent
     from creditnet.pki import TrustStore, node_server_name
-    from creditnet.rpc import secure_channel
     from creditnet.v2 import node_pb2, node_pb2_grpc
 
     layout = NetworkLayout.load(root)

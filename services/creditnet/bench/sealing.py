@@ -40,13 +40,24 @@ from pathlib import Path
 from typing import Any
 
 from creditnet import query as query_mod
+from creditnet.channels import secure_channel
 from creditnet.domain import City, Purpose
 from creditnet.envelope import ANSWER_TYPE, digest, sign
 from creditnet.network import NetworkLayout
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore
-from creditnet.rpc import secure_channel
 from creditnet.sealing import AnswerKey, AnswerKeyPair, AnswerSuite, open_sealed, parse_answer_key, seal
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, query_pb2
+
+__all__ = [
+    "bench_sealing",
+    "cpu_seconds",
+    "demo_answers",
+    "large_answer",
+    "main",
+    "proof_cost_us",
+    "seal_open",
+    "show",
+]
 
 LARGE_RECORDS = 5000
 # The federated target of issue 10: sealing and provider proofs together.

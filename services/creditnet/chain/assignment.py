@@ -20,6 +20,10 @@ from creditnet.chain.ledger import WitnessLink
 from creditnet.directory.model import Directory
 from creditnet.pki import Identity, TrustStore
 
+__all__ = [
+    "AssignedWitnesses",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -38,7 +38,6 @@ from google.protobuf.message import DecodeError
 
 from creditnet.chain.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from creditnet.chain.keys import NATIONAL, NETWORK_ORIGIN, KnownKey, known_keys, log_origin
-from creditnet.chain.ledger import DEFAULT_QUORUM
 from creditnet.chain.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -50,12 +49,13 @@ from creditnet.chain.merkle import (
     verify_consistency,
 )
 from creditnet.chain.note import ALG_ED25519, Note, NoteError, VerifierKey, open_note
-from creditnet.chain.receipts import ReceiptError, verify_checkpoint
+from creditnet.chain.receipts import DEFAULT_QUORUM, ReceiptError, verify_checkpoint
 from creditnet.chain.tree import MemoryHashStore, MerkleTree
+from creditnet.channels import secure_channel
 from creditnet.dates import ts_from_proto, utcnow
 from creditnet.domain import City
+from creditnet.errors import Error
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
 
 __all__ = [
@@ -100,15 +100,15 @@ _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 ProgressFn = Callable[[int, int], None]
 
 
-class AuditError(ValueError):
+class AuditError(Error, ValueError):
     """Bad input to the auditor: a malformed state file or argument."""
 
 
-class ProofUnavailable(Exception):
+class ProofUnavailable(Error):
     """The node did not give a proof that was asked for."""
 
 
-class NetworkCheckpointError(ValueError):
+class NetworkCheckpointError(Error, ValueError):
     """A network checkpoint that is malformed or not signed by the aggregator's log key."""
 
 
@@ -716,7 +716,7 @@ class AuditReport:
         }
 
 
-class EntryOrderError(ValueError):
+class EntryOrderError(Error, ValueError):
     """A node streamed its entries out of order."""
 
 

@@ -36,6 +36,7 @@ from creditnet.chain.note import (
     VerifierKey,
     open_note,
 )
+from creditnet.errors import Error
 
 __all__ = [
     "Checkpoint",
@@ -54,7 +55,7 @@ _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _MAX_SIZE = 2**64 - 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error, ValueError):
     """A malformed checkpoint, or one that is not the checkpoint expected."""
 
 

@@ -18,6 +18,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+__all__ = [
+    "BACKOFF_BASE",
+    "BACKOFF_MAX",
+    "HEDGE_FACTOR",
+    "HEDGE_MAX",
+    "HEDGE_MIN",
+    "UNKNOWN_LATENCY",
+    "WitnessHealth",
+    "hedge_delay",
+    "plan",
+]
+
 # The hedge delay is this many times the slowest usual latency among the
 # witnesses asked first, within these bounds (seconds).
 HEDGE_FACTOR = 3.0

@@ -26,13 +26,13 @@ import grpc
 
 from creditnet import uscc as uscc_mod
 from creditnet.chain.audit import pool_certificates
-from creditnet.chain.ledger import DEFAULT_QUORUM
-from creditnet.chain.receipts import ReceiptError, check_commitment, verify_receipt
+from creditnet.chain.receipts import DEFAULT_QUORUM, ReceiptError, check_commitment, verify_receipt
+from creditnet.channels import secure_channel
 from creditnet.dates import ts_from_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import HISTORY_REQUEST_TYPE, sign
+from creditnet.errors import Error
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, RoleKind, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.v2 import aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc, envelope_pb2
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
 DEFAULT_TIMEOUT = 15.0
 
 
-class HistoryError(ValueError):
+class HistoryError(Error, ValueError):
     """A history request that cannot be made, or a node's answer that does not verify."""
 
 

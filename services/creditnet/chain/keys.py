@@ -34,6 +34,19 @@ from creditnet.pki import (
     write_public,
 )
 
+__all__ = [
+    "NATIONAL",
+    "NETWORK",
+    "NETWORK_ORIGIN",
+    "KnownKey",
+    "LogKey",
+    "known_key",
+    "known_keys",
+    "log_origin",
+    "name_of_origin",
+    "witness_name",
+]
+
 NETWORK = "creditnet.yrd"
 NETWORK_ORIGIN = f"{NETWORK}/network"
 NATIONAL = "national"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,23 +28,26 @@ from creditnet.chain.checkpoint import Checkpoint, Cosignature, SignedCheckpoint
 from creditnet.chain.hedge import WitnessHealth, hedge_delay, plan
 from creditnet.chain.keys import LogKey, known_key
 from creditnet.chain.models import CHECKPOINTS, pack_certificates, unpack_certificates
+from creditnet.chain.receipts import DEFAULT_QUORUM, enterprise_commitment
 from creditnet.chain.sqlstore import CacheMiss, KeptQueryAnswer, PendingEntry, SqlLog
+from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.errors import CreditnetError
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
-from creditnet.rpc import secure_channel
 from creditnet.store import Store
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
+__all__ = [
+    "COSIGN_TIMEOUT",
+    "Appended",
+    "Ledger",
+    "Published",
+    "WitnessLink",
+]
+
 log = logging.getLogger(__name__)
 
-DEFAULT_QUORUM = 3
 COSIGN_TIMEOUT = 2.0
-COMMITMENT_CONTEXT = b"creditnet/enterprise/v1\x00"
-
-
-def enterprise_commitment(uscc: str, salt: bytes) -> bytes:
-    return hashlib.sha256(COMMITMENT_CONTEXT + uscc.encode("ascii") + salt).digest()
 
 
 @dataclass

@@ -28,6 +28,8 @@ import hashlib
 import hmac
 from collections.abc import Callable, Sequence
 
+from creditnet.errors import Error
+
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
@@ -55,7 +57,7 @@ _sha256 = hashlib.sha256
 SubtreeHash = Callable[[int, int], bytes]
 
 
-class ProofError(ValueError):
+class ProofError(Error, ValueError):
     """A Merkle proof, or the arguments it was checked against, does not hold."""
 
 

@@ -22,6 +22,25 @@ from sqlmodel import Field, SQLModel
 
 from creditnet.store.models import UtcDateTime
 
+__all__ = [
+    "CHAIN_METADATA",
+    "CHECKPOINTS",
+    "ENTRIES",
+    "EVIDENCE",
+    "HASHES",
+    "META",
+    "WITNESS",
+    "ChainCheckpointRow",
+    "ChainEntryRow",
+    "ChainHashRow",
+    "ChainMetaRow",
+    "ChainModel",
+    "EvidenceRow",
+    "WitnessStateRow",
+    "pack_certificates",
+    "unpack_certificates",
+]
+
 
 class ChainModel(SQLModel, registry=registry()):
     pass

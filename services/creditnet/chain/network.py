@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from creditnet.chain.audit import NetworkCheckpoint, NetworkCheckpointError, verify_network_checkpoint
 from creditnet.chain.checkpoint import CosignedCheckpoint
 from creditnet.chain.keys import name_of_origin
-from creditnet.chain.ledger import DEFAULT_QUORUM
 from creditnet.chain.merkle import EMPTY_ROOT
 from creditnet.chain.note import Note, NoteError
-from creditnet.chain.receipts import ReceiptError, verify_checkpoint
+from creditnet.chain.receipts import DEFAULT_QUORUM, ReceiptError, verify_checkpoint
 from creditnet.domain import City
 from creditnet.errors import CreditnetError
 from creditnet.pki import TrustStore

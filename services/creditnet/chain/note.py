@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from creditnet.errors import Error
+
 __all__ = [
     "ALG_COSIGNATURE_V1",
     "ALG_ED25519",
@@ -77,7 +79,7 @@ _ED25519_SIG = 64
 _TIMESTAMP = 8
 
 
-class NoteError(ValueError):
+class NoteError(Error, ValueError):
     """A malformed note, key, key name or signature."""
 
 

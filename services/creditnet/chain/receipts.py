@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -9,14 +10,34 @@ from google.protobuf.message import DecodeError
 
 from creditnet.chain.checkpoint import CosignedCheckpoint, verify_cosigned
 from creditnet.chain.keys import known_keys, log_origin
-from creditnet.chain.ledger import DEFAULT_QUORUM, enterprise_commitment
 from creditnet.chain.merkle import leaf_hash, verify_inclusion
 from creditnet.chain.note import NoteError
+from creditnet.errors import Error
 from creditnet.pki import TrustStore
 from creditnet.v2 import chain_pb2
 
+__all__ = [
+    "COMMITMENT_CONTEXT",
+    "DEFAULT_QUORUM",
+    "ReceiptError",
+    "VerifiedReceipt",
+    "check_commitment",
+    "enterprise_commitment",
+    "verify_checkpoint",
+    "verify_receipt",
+]
 
-class ReceiptError(ValueError):
+# The cosignatures a checkpoint needs unless the directory assigns a log its witnesses.
+DEFAULT_QUORUM = 3
+COMMITMENT_CONTEXT = b"creditnet/enterprise/v1\x00"
+
+
+def enterprise_commitment(uscc: str, salt: bytes) -> bytes:
+    """The salted hash an entry names its enterprise by, so the public log never shows a USCC."""
+    return hashlib.sha256(COMMITMENT_CONTEXT + uscc.encode("ascii") + salt).digest()
+
+
+class ReceiptError(Error, ValueError):
     pass
 
 

@@ -28,6 +28,12 @@ from creditnet.query import CLOCK_SKEW, MAX_QUERY_LIFETIME, is_canonical_uuid
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
+__all__ = [
+    "HISTORY_PAGE",
+    "ChainService",
+    "SeenRequests",
+]
+
 MAX_ENTRIES_PER_CALL = 100_000
 HISTORY_RECEIPT_TIMEOUT = 5.0
 # Items per streamed history message: ~1 KB each, far below the send limit.

@@ -17,8 +17,16 @@ from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, updat
 
 from creditnet.chain.models import ENTRIES, HASHES, META
 from creditnet.chain.tree import MerkleTree, NodeKey, TreeConflictError
+from creditnet.errors import Error
 from creditnet.store import Store
 from creditnet.store.models import QUERY_USES
+
+__all__ = [
+    "CacheMiss",
+    "KeptQueryAnswer",
+    "PendingEntry",
+    "SqlLog",
+]
 
 # EntryKind.ENTRY_KIND_QUERY_REFUSED (chain.proto); the log stores kinds as numbers.
 REFUSED_KIND = 2
@@ -33,7 +41,7 @@ INTERIOR_CACHE = 262_144
 _CACHE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("chain_cache_only", default=False)
 
 
-class CacheMiss(LookupError):
+class CacheMiss(Error, LookupError):
     """A subtree hash is not in memory (only raised in cache-only mode)."""
 
 

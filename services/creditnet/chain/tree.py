@@ -43,6 +43,7 @@ from creditnet.chain.merkle import (
     inclusion_path_ranges,
     subtree_nodes,
 )
+from creditnet.errors import Error
 
 __all__ = [
     "HashStore",
@@ -59,11 +60,11 @@ NodeKey = tuple[int, int]
 _sha256 = hashlib.sha256
 
 
-class TreeError(ValueError):
+class TreeError(Error, ValueError):
     """A request the tree cannot answer (index or size out of range, bad store data)."""
 
 
-class TreeConflictError(RuntimeError):
+class TreeConflictError(Error, RuntimeError):
     """The store was extended by someone else since this tree last read or wrote it."""
 
 

@@ -41,6 +41,12 @@ from creditnet.rpc import PeerIdentities, refusals
 from creditnet.store import Store
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
+__all__ = [
+    "Witness",
+    "WitnessService",
+    "WitnessedState",
+]
+
 log = logging.getLogger(__name__)
 
 MAX_PROOF_HASHES = 128

@@ -20,7 +20,7 @@ from rich.table import Table
 from creditnet.chain.audit import AuditReport, AuditState, ChainStatus, audit, survey
 from creditnet.chain.history import History, Outcome, fetch_history
 from creditnet.chain.keys import NETWORK
-from creditnet.chain.ledger import DEFAULT_QUORUM
+from creditnet.chain.receipts import DEFAULT_QUORUM
 from creditnet.cli.common import (
     EXIT_FAILURE,
     EXIT_PARTIAL,
@@ -36,6 +36,16 @@ from creditnet.config import parse_nodes
 from creditnet.dates import utcnow
 from creditnet.domain import Category, City
 from creditnet.pki import Identity, TrustStore
+
+__all__ = [
+    "Target",
+    "app",
+    "history",
+    "render_history",
+    "resolve",
+    "status",
+    "verify",
+]
 
 app = typer.Typer(
     help="The credit chain: an enterprise's history, auditing a node's log, the chain's status.",
@@ -110,7 +120,7 @@ def resolve(
     )
 
 
-def reader_identity(target: Target, cert: Path | None, key: Path | None) -> Identity:
+def _reader_identity(target: Target, cert: Path | None, key: Path | None) -> Identity:
     """Any network certificate may read the chain; with --network the demo bank's by default."""
     from creditnet.network import DEMO_BANK, NetworkLayout
 
@@ -278,7 +288,7 @@ def verify(
     with errors():
         which = City.parse(city)
         target = resolve(network, node, ca, quorum, aggregator)
-        identity = reader_identity(target, cert, key)
+        identity = _reader_identity(target, cert, key)
         audit_state = AuditState.load(state) if state is not None else None
         with Progress(
             TextColumn(f"[bold]downloading the {which.value} log[/]"),
@@ -310,12 +320,12 @@ def verify(
         if json_out:
             print_json(report.to_json())
         else:
-            render_audit(report)
+            _render_audit(report)
         if not report.ok:
             raise typer.Exit(EXIT_FAILURE)
 
 
-def render_audit(report: AuditReport) -> None:
+def _render_audit(report: AuditReport) -> None:
     now = utcnow()
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -369,7 +379,7 @@ def status(
     """
     with errors():
         target = resolve(network, node, ca, quorum, aggregator)
-        identity = reader_identity(target, cert, key)
+        identity = _reader_identity(target, cert, key)
         result = asyncio.run(
             survey(
                 target.endpoints,
@@ -383,12 +393,12 @@ def status(
         if json_out:
             print_json(result.to_json())
         else:
-            render_status(result)
+            _render_status(result)
         if not result.healthy:
             raise typer.Exit(EXIT_PARTIAL)
 
 
-def render_status(result: ChainStatus) -> None:
+def _render_status(result: ChainStatus) -> None:
     now = result.checked_at
     nodes = Table(title="city logs: latest cosigned checkpoints")
     for col in ("city", "size", "root", "cosigned by", "problem"):

@@ -23,6 +23,23 @@ from creditnet.limits import Limits
 from creditnet.observability import ServerMetrics, configure_logging, configure_tracing
 from creditnet.settings import ServerSettings, unknown_variables
 
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_PARTIAL",
+    "EXIT_USAGE",
+    "MetricsPortOpt",
+    "ServeOptions",
+    "Serving",
+    "console",
+    "err_console",
+    "errors",
+    "fail",
+    "print_json",
+    "read_network",
+    "serve_until_signalled",
+    "settle_heap",
+]
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -57,7 +74,7 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def setup_logging(
+def _setup_logging(
     verbose: bool = False,
     *,
     fmt: object = "text",
@@ -87,7 +104,7 @@ class ServeOptions:
     @classmethod
     def from_files(cls, verbose: bool, metrics_port: int | None) -> ServeOptions:
         """For a server run from its JSON config: text logs; limits from the environment or defaults."""
-        setup_logging(verbose)
+        _setup_logging(verbose)
         return cls(Limits.from_env(), metrics_port=metrics_port)
 
     @classmethod
@@ -95,7 +112,7 @@ class ServeOptions:
         cls, server: ServerSettings, verbose: bool, metrics_port: int | None, static: dict[str, str]
     ) -> ServeOptions:
         """For a server run from the environment, as in a container; warns of unknown variables."""
-        setup_logging(
+        _setup_logging(
             verbose, fmt=server.log_format, level=None if verbose else server.log_level, static=static
         )
         for warning in unknown_variables():
@@ -153,7 +170,7 @@ def serve_until_signalled(start: Callable[[], Awaitable[Serving]], what: str, op
     asyncio.run(main())
 
 
-def path_option(help_text: str, **kw: Any) -> Any:
+def _path_option(help_text: str, **kw: Any) -> Any:
     return typer.Option(..., help=help_text, **kw)
 
 

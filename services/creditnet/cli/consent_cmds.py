@@ -21,6 +21,13 @@ from creditnet.envelope import CONSENT_TYPE, EnvelopeVerifier, digest, load_enve
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, consent_pb2
 
+__all__ = [
+    "app",
+    "grant",
+    "revoke",
+    "show",
+]
+
 app = typer.Typer(help="Consents: grant one to a bank, show one, revoke one.", no_args_is_help=True)
 
 CertOpt = Annotated[Path, typer.Option("--cert", help="The enterprise's certificate (PEM).")]
@@ -167,7 +174,7 @@ def revoke(
         trust = TrustStore.load(ca)
 
         async def deliver() -> aggregator_pb2.BroadcastRevocationResponse:
-            from creditnet.rpc import secure_channel
+            from creditnet.channels import secure_channel
 
             deadline = time.monotonic() + timeout
             for i, endpoint in enumerate(endpoints):

@@ -15,6 +15,13 @@ from creditnet.cli.common import EXIT_PARTIAL, console, errors, fail, print_json
 from creditnet.domain import City
 from creditnet.v2 import records_pb2
 
+__all__ = [
+    "data_app",
+    "generate",
+    "provider_app",
+    "submit",
+]
+
 data_app = typer.Typer(help="Synthetic data: generate record files.", no_args_is_help=True)
 provider_app = typer.Typer(help="Data providers: submit records to a city node.", no_args_is_help=True)
 

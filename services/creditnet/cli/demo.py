@@ -18,6 +18,10 @@ from creditnet.cli.network_cmds import provision_with_progress
 from creditnet.cli.render import render_report
 from creditnet.domain import Category, Purpose
 
+__all__ = [
+    "demo",
+]
+
 
 def demo(
     enterprises: Annotated[int, typer.Option(min=10, help="Synthetic enterprises per city.")] = 2000,
@@ -30,10 +34,10 @@ def demo(
     """Run five city nodes and the aggregator on SQLite, grant a consent, query, refuse, revoke."""
     from creditnet import consent as consent_mod
     from creditnet.chain.history import fetch_history
+    from creditnet.channels import secure_channel
     from creditnet.cli.chain_cmds import render_history
     from creditnet.network import DEMO_BANK, NetworkLayout, ProcessNetwork, grant_demo_consent
     from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore
-    from creditnet.rpc import secure_channel
     from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
     from creditnet_bank import BankClient, QueryRefused
 

@@ -30,6 +30,16 @@ from creditnet.directory.verify import VerifiedDirectory
 from creditnet.errors import CreditnetError
 from creditnet.pki import CertificateAuthority, Identity, TrustStore, role_of
 
+__all__ = [
+    "anchor_cmd",
+    "app",
+    "init",
+    "publish_cmd",
+    "show",
+    "sign_cmd",
+    "verify_cmd",
+]
+
 app = typer.Typer(
     help="The signed network directory: who is in the network, signed by k of n governance keys.",
     no_args_is_help=True,

@@ -17,6 +17,11 @@ from creditnet.cli import (
     query_cmds,
 )
 
+__all__ = [
+    "app",
+    "main",
+]
+
 app = typer.Typer(
     name="creditnet",
     help="creditnet — the Yangtze River Delta cross-city enterprise credit-information network.",

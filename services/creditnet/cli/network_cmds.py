@@ -34,6 +34,17 @@ from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_ser
 if TYPE_CHECKING:
     from creditnet.directory.membership import MembershipChange
 
+__all__ = [
+    "admit_city",
+    "aggregator_app",
+    "network_app",
+    "provision_with_progress",
+    "remove_city",
+    "run_aggregator",
+    "status",
+    "up",
+]
+
 # Six Python servers starting at once on a busy laptop may take a while.
 STARTUP_TIMEOUT = 120.0
 # Cities `network up` lists in its table (network.json lists every one).
@@ -247,8 +258,8 @@ def status(
             fail("give --network, or all of --aggregator, --cert, --key and --ca")
 
         async def ask() -> aggregator_pb2.ListNodesResponse:
+            from creditnet.channels import secure_channel
             from creditnet.pki import AGGREGATOR_SERVER_NAME
-            from creditnet.rpc import secure_channel
             from creditnet.v2 import aggregator_pb2_grpc
 
             async with secure_channel(endpoint, ident, trust, AGGREGATOR_SERVER_NAME) as ch:

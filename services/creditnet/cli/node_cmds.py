@@ -39,6 +39,16 @@ from creditnet.pki import (
 )
 from creditnet.v2 import records_pb2
 
+__all__ = [
+    "app",
+    "ingest",
+    "init",
+    "migrate",
+    "run",
+    "run_many",
+    "stats",
+]
+
 app = typer.Typer(help="Run a city node: init, migrate, run, ingest, stats.", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The node's node.json.")]

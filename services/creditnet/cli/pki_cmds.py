@@ -20,6 +20,15 @@ from creditnet.pki import (
     write_public,
 )
 
+__all__ = [
+    "app",
+    "build_role",
+    "init",
+    "issue",
+    "revoke_cmd",
+    "show",
+]
+
 app = typer.Typer(help="The network CA: create it, issue role-bound certificates.", no_args_is_help=True)
 
 

@@ -13,6 +13,10 @@ from creditnet.cli.render import render_report
 from creditnet_bank import BankClient, QueryRefused
 from creditnet_bank.verify import AnswerInvalid
 
+__all__ = [
+    "query",
+]
+
 
 def query(
     uscc: Annotated[str, typer.Option(help="The enterprise's Unified Social Credit Code.")],

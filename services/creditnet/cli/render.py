@@ -10,6 +10,11 @@ from creditnet.domain import Category, City
 from creditnet.v2 import records_pb2
 from creditnet_bank import Report, SectionStatus
 
+__all__ = [
+    "render_report",
+    "yuan",
+]
+
 _STATUS_STYLE = {
     SectionStatus.OK: "green",
     SectionStatus.NO_RECORDS: "cyan",

@@ -29,6 +29,16 @@ from creditnet.directory.model import (
 )
 from creditnet.pki import CertificateAuthority, Identity, Role, issue_identity
 
+__all__ = [
+    "PILOT_CITIES",
+    "MemberSpec",
+    "governance_key",
+    "issue_governance",
+    "make_directory",
+    "node_server_name",
+    "ring_assignments",
+]
+
 # The pilot's codes (creditnet.pilot), in the order the test vectors were made in.
 PILOT_CITIES = tuple(
     c.code for c in (pilot.SHANGHAI, pilot.NANJING, pilot.HANGZHOU, pilot.HEFEI, pilot.JIAXING)
@@ -42,7 +52,7 @@ def node_server_name(code: str) -> str:
     return f"{code}.node.creditnet"
 
 
-def aggregator_server_name(name: str) -> str:
+def _aggregator_server_name(name: str) -> str:
     return "aggregator.creditnet" if name == "national" else f"{name}.aggregator.creditnet"
 
 
@@ -56,7 +66,7 @@ class MemberSpec:
     node_spki_sha256: bytes = b""
 
 
-def city_member(spec: MemberSpec) -> City:
+def _city_member(spec: MemberSpec) -> City:
     div = divisions.city(spec.name)
     return City(
         code=div.code,
@@ -69,8 +79,8 @@ def city_member(spec: MemberSpec) -> City:
     )
 
 
-def aggregator_member(spec: MemberSpec) -> Aggregator:
-    return Aggregator(spec.name, spec.endpoints, aggregator_server_name(spec.name), spec.log_key_certificate)
+def _aggregator_member(spec: MemberSpec) -> Aggregator:
+    return Aggregator(spec.name, spec.endpoints, _aggregator_server_name(spec.name), spec.log_key_certificate)
 
 
 def ring_assignments(
@@ -113,8 +123,8 @@ def make_directory(
 ) -> Directory:
     policy = policy or Policy()
     keys = tuple(g if isinstance(g, GovernanceKey) else governance_key(g) for g in governance)
-    city_members = tuple(sorted((city_member(c) for c in cities), key=lambda c: c.code))
-    aggs = tuple(aggregator_member(a) for a in aggregators)
+    city_members = tuple(sorted((_city_member(c) for c in cities), key=lambda c: c.code))
+    aggs = tuple(_aggregator_member(a) for a in aggregators)
     return Directory(
         network=network,
         version=version,

@@ -16,6 +16,11 @@ from creditnet.errors import (
     Unavailable,
 )
 
+__all__ = [
+    "RULES",
+    "refuse",
+]
+
 # rule id -> (error class, what it means)
 RULES: Final[dict[str, tuple[type[CreditnetError], str]]] = {
     "directory.malformed": (

@@ -43,6 +43,12 @@ from creditnet.network import NetworkLayout, _ident, free_port, load_synthetic
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "MembershipChange",
+    "admit",
+    "remove",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class MembershipChange:
@@ -83,7 +89,7 @@ def _english_name(div: divisions.Division, given: str | None) -> str:
         ) from None
 
 
-def write_network(layout: NetworkLayout) -> None:
+def _write_network(layout: NetworkLayout) -> None:
     """Write network.json atomically (readers, such as the supervisor, never see half of it)."""
     tmp = layout.root / "network.json.tmp"
     tmp.write_text(json.dumps(layout.data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -244,7 +250,7 @@ async def admit(
         "config": str((ndir / "node.json").relative_to(root)),
         "server_name": node_server_name(div.code),
     }
-    write_network(layout)
+    _write_network(layout)
     agg = AggregatorConfig.load(layout.aggregator_config)
     agg.nodes[city] = endpoint
     agg.save(layout.aggregator_config)
@@ -274,7 +280,7 @@ async def remove(layout: NetworkLayout, code: str) -> MembershipChange:
     answers = await publish(layout, env, operator, remaining)
     _require_some_took(answers, d.version)
     del layout.data["cities"][code]
-    write_network(layout)
+    _write_network(layout)
     agg = AggregatorConfig.load(layout.aggregator_config)
     agg.nodes.pop(City(code), None)
     agg.save(layout.aggregator_config)

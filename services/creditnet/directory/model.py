@@ -530,6 +530,7 @@ def _governance(m: directory_pb2.NetworkDirectory) -> Governance:
 
 
 __all__ = [
+    "MAX_DIRECTORY_BYTES",
     "Aggregator",
     "City",
     "Directory",

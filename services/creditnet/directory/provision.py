@@ -15,6 +15,13 @@ from creditnet.directory.sign import save, sign
 from creditnet.pki import CertificateAuthority
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "DEFAULT_GOVERNANCE",
+    "DEFAULT_THRESHOLD",
+    "Initialised",
+    "init_directory",
+]
+
 DEFAULT_AGGREGATOR_ENDPOINT = "127.0.0.1:7099"
 DEFAULT_GOVERNANCE = ("gov-1", "gov-2", "gov-3")
 DEFAULT_THRESHOLD = 2

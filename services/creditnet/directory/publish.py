@@ -8,14 +8,23 @@ from pathlib import Path
 
 import grpc
 
+from creditnet.channels import secure_channel
 from creditnet.directory.model import Directory
 from creditnet.directory.sign import save
 from creditnet.network import NetworkLayout
 from creditnet.pki import Identity, TrustStore
-from creditnet.rpc import secure_channel
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
 from creditnet.v2 import envelope_pb2
+
+__all__ = [
+    "Offered",
+    "Target",
+    "keep",
+    "offer_to",
+    "publish",
+    "targets",
+]
 
 PUBLISH_TIMEOUT = 10.0
 

@@ -18,6 +18,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.directory.model import Directory, Revoked, serial_bytes, spki_sha256
 from creditnet.directory.publish import Offered, Target, publish, targets
@@ -26,10 +27,17 @@ from creditnet.directory.verify import VerifiedDirectory, verify
 from creditnet.errors import CreditnetError, InvalidArgument
 from creditnet.network import NetworkLayout
 from creditnet.pki import Identity, RoleKind, TrustStore, load_cert
-from creditnet.rpc import secure_channel
 from creditnet.v2 import directory_pb2, envelope_pb2
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
+
+__all__ = [
+    "Revocation",
+    "find_certificate",
+    "governance_signers",
+    "held_directories",
+    "revoke",
+]
 
 KEY_COMPROMISE = directory_pb2.REVOCATION_REASON_KEY_COMPROMISE
 
@@ -50,7 +58,7 @@ def _settings(layout: NetworkLayout) -> dict[str, object]:
     return section
 
 
-def governance_identities(layout: NetworkLayout) -> list[Identity]:
+def _governance_identities(layout: NetworkLayout) -> list[Identity]:
     """Every governance key the state directory holds: network.json's and STATE/directory/governance/*."""
     section = _settings(layout)
     keys = section["governance"]
@@ -79,7 +87,7 @@ def governance_signers(layout: NetworkLayout, directory: Directory) -> list[Iden
     listed = {(k.name, k.spki_sha256) for k in gov.keys}
     signers = [
         ident
-        for ident in governance_identities(layout)
+        for ident in _governance_identities(layout)
         if (ident.role.subject, spki_sha256(ident.key.public_key())) in listed
         and not directory.is_certificate_revoked(ident.cert)
     ]
@@ -112,7 +120,7 @@ def find_certificate(layout: NetworkLayout, serial: int) -> x509.Certificate:
     )
 
 
-def known_directories(layout: NetworkLayout) -> list[envelope_pb2.SignedEnvelope]:
+def _known_directories(layout: NetworkLayout) -> list[envelope_pb2.SignedEnvelope]:
     """The signed directories kept in the state dir (STATE/directory/*.json: the first one, those
     `pki revoke` and `directory publish --network` wrote, any an operator put there)."""
     folder = layout.path(str(_settings(layout)["file"])).parent
@@ -148,7 +156,7 @@ def _verified_newest(
         first_env, trust=trust, anchor_sha256=anchor, at=Directory.from_payload(first_env.payload).issued_at
     )
     candidates: dict[bytes, tuple[int, envelope_pb2.SignedEnvelope]] = {}
-    for env in [*known_directories(layout), *held]:
+    for env in [*_known_directories(layout), *held]:
         try:
             version = Directory.from_payload(bytes(env.payload)).version
         except CreditnetError:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from creditnet.channels import secure_channel
 from creditnet.config import DirectoryConfig
 from creditnet.directory.errors import refuse
 from creditnet.directory.model import Directory
@@ -47,9 +48,22 @@ from creditnet.directory.verify import DirectoryHolder
 from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
 from creditnet.pki import Identity, RevocationCheck, RoleKind, TrustStore
-from creditnet.rpc import PeerIdentities, refusals, secure_channel
+from creditnet.rpc import PeerIdentities, refusals
 from creditnet.v2 import directory_service_pb2 as pb
 from creditnet.v2 import directory_service_pb2_grpc as pb_grpc
+
+__all__ = [
+    "SERVICE_NAME",
+    "DirectoryGate",
+    "DirectoryRefresher",
+    "DirectoryServicer",
+    "Peer",
+    "ServedDirectory",
+    "directory_peers",
+    "open_holder",
+    "revocation_check",
+    "serve_directory",
+]
 
 log = logging.getLogger(__name__)
 

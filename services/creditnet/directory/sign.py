@@ -24,6 +24,18 @@ from creditnet.errors import InvalidArgument
 from creditnet.pki import Identity, RoleKind, write_public
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "DIRECTORY_TYPE",
+    "MAX_ENVELOPE_BYTES",
+    "MAX_SIGNATURES",
+    "add_signature",
+    "load",
+    "parse_envelope",
+    "save",
+    "sign",
+    "unsigned",
+]
+
 DIRECTORY_TYPE: Final = "application/vnd.creditnet.directory.v2+protobuf"
 MAX_SIGNATURES: Final = 64
 # Envelope overhead: signatures and their certificate chains.

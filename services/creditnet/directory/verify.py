@@ -32,6 +32,13 @@ from creditnet.errors import CreditnetError
 from creditnet.pki import RoleKind, TrustStore
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "DirectoryHolder",
+    "VerifiedDirectory",
+    "is_expired",
+    "verify",
+]
+
 _ECDSA_VERIFY = ec.ECDSA(hashes.SHA256())
 MAX_SIGNATURE_BYTES = 80
 

@@ -20,6 +20,11 @@ from creditnet.config import NodeConfig
 from creditnet.limits import Limits
 from creditnet.node.server import RunningNode, start_node
 
+__all__ = [
+    "NodeHost",
+    "start_nodes",
+]
+
 log = logging.getLogger(__name__)
 
 # Nodes opening their stores and building their filters at once: enough to

@@ -32,6 +32,11 @@ from creditnet.routing import MAX_ESTIMATED_FP, RESIGN_INTERVAL, BloomFilter, Ro
 from creditnet.store import AsyncStore, Store
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "MembershipPublisher",
+    "build_filter",
+]
+
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 2.0

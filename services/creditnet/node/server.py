@@ -34,6 +34,14 @@ from creditnet.store import AsyncStore
 from creditnet.store.lock import WriterLock
 from creditnet.v2 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
 
+__all__ = [
+    "SUBMIT_RECORDS",
+    "RunningNode",
+    "directory_peers",
+    "prune_expired_queries",
+    "start_node",
+]
+
 log = logging.getLogger(__name__)
 
 # How often expired query ids are forgotten.

@@ -33,6 +33,11 @@ from creditnet.rpc import PeerIdentities, refusals
 from creditnet.store import AsyncStore, ClaimOutcome, Disclosure
 from creditnet.v2 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
 
+__all__ = [
+    "UNDECODABLE_RECORD",
+    "CityNodeService",
+]
+
 log = logging.getLogger(__name__)
 
 MAX_REJECTIONS_REPORTED = 100

@@ -2,7 +2,7 @@
 
 One interceptor does all three so a call pays for one wrapper, not three:
 it continues the caller's trace in a SERVER span, binds the query id the
-caller claims (see `observability.context`), counts the call when it starts
+caller claims (see `creditnet.querycontext`), counts the call when it starts
 and when it ends with its final status code, and observes its duration.
 Put it first in the server's interceptors, so calls that later interceptors
 refuse (overload, rate limits) are counted and traced too.
@@ -21,7 +21,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from creditnet.handlers import Finish, wrap_handler
-from creditnet.observability.context import (
+from creditnet.observability.metrics import ServerMetrics, grpc_type
+from creditnet.querycontext import (
     QUERY_ID_METADATA,
     QueryRef,
     current_query,
@@ -29,8 +30,12 @@ from creditnet.observability.context import (
     leave_call,
     parse_query_id,
 )
-from creditnet.observability.metrics import ServerMetrics, grpc_type
-from creditnet.observability.tracing import extract_context, get_tracer, rpc_attributes, span_name, traced
+from creditnet.tracecontext import extract_context, get_tracer, rpc_attributes, span_name, traced
+
+__all__ = [
+    "ServerObservability",
+    "server_interceptors",
+]
 
 log = logging.getLogger("creditnet.calls")
 
@@ -48,7 +53,7 @@ def _claimed_query(metadata: Metadata | None) -> QueryRef | None:
     return None
 
 
-def final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
+def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
     """The status a call ended with, as the client sees it."""
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         # GeneratorExit: the client stopped reading a response stream.
@@ -86,7 +91,7 @@ class _Call:
 
     def finish(self, context: grpc.aio.ServicerContext, exc: BaseException | None) -> None:
         seconds = time.perf_counter() - self._start
-        code = final_code(context, exc)
+        code = _final_code(context, exc)
         query = current_query()
         if self.obs.metrics is not None:
             self.obs.metrics.call_handled(self.method.path, code, seconds, self.method.kind)
@@ -122,7 +127,7 @@ class _Method:
 Begin = Callable[[grpc.aio.ServicerContext], _Call]
 
 
-def observe_handler(handler: grpc.RpcMethodHandler, begin: Begin) -> grpc.RpcMethodHandler:
+def _observe_handler(handler: grpc.RpcMethodHandler, begin: Begin) -> grpc.RpcMethodHandler:
     """The same method handler, observed by `begin` from start to end of every call."""
 
     async def around(context: grpc.aio.ServicerContext) -> Finish:
@@ -177,7 +182,7 @@ class ServerObservability(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         def begin(context: grpc.aio.ServicerContext) -> _Call:
             return _Call(self, method, metadata)
 
-        return observe_handler(handler, begin)
+        return _observe_handler(handler, begin)
 
 
 def server_interceptors(

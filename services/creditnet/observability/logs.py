@@ -28,18 +28,28 @@ from typing import IO, Any
 
 from opentelemetry import trace
 
-from creditnet.observability.context import current_query
+from creditnet.errors import Error
+from creditnet.querycontext import current_query
+
+__all__ = [
+    "CallContextFilter",
+    "JsonFormatter",
+    "LogSetupError",
+    "TextFormatter",
+    "configure_logging",
+    "parse_log_format",
+]
 
 LOG_FORMATS = ("json", "text")
 CONTEXT_FIELDS = ("query_id", "claimed_query_id", "trace_id", "span_id")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class LogSetupError(ValueError):
+class LogSetupError(Error, ValueError):
     """A log format or level that does not exist."""
 
 
-def call_fields() -> dict[str, str]:
+def _call_fields() -> dict[str, str]:
     """The query and trace of the code running now (empty outside any call)."""
     fields: dict[str, str] = {}
     query = current_query()
@@ -60,7 +70,7 @@ class CallContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        fields = call_fields()
+        fields = _call_fields()
         for key in CONTEXT_FIELDS:
             setattr(record, key, fields.get(key))
         return True
@@ -70,7 +80,7 @@ def _record_fields(record: logging.LogRecord) -> dict[str, str]:
     if hasattr(record, CONTEXT_FIELDS[0]):
         return {k: v for k in CONTEXT_FIELDS if (v := getattr(record, k, None))}
     # Not stamped by the filter (a formatter used on its own): it is the caller's context.
-    return call_fields()
+    return _call_fields()
 
 
 def _iso_time(created: float) -> str:
@@ -141,7 +151,7 @@ def parse_log_format(fmt: object) -> str:
     raise LogSetupError(f"log format must be json or text, got {value!r}")
 
 
-def make_formatter(fmt: object, static: Mapping[str, str] | None = None) -> logging.Formatter:
+def _make_formatter(fmt: object, static: Mapping[str, str] | None = None) -> logging.Formatter:
     name = parse_log_format(fmt)
     return JsonFormatter(static) if name == "json" else TextFormatter()
 
@@ -158,7 +168,7 @@ def configure_logging(
     `static` fields are added to every JSON line (e.g. ``{"service": "node", "city": "340100"}``).
     Returns the handler installed.
     """
-    formatter = make_formatter(fmt, static)
+    formatter = _make_formatter(fmt, static)
     known = isinstance(level, int) and not logging.getLevelName(level).startswith("Level ")
     if isinstance(level, bool) or not known:
         raise LogSetupError(f"unknown log level {level!r}")

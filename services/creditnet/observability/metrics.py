@@ -26,8 +26,27 @@ from prometheus_client.registry import Collector
 
 from creditnet import __version__
 from creditnet.domain import City
-from creditnet.observability.tracing import split_method
+from creditnet.errors import Error
+from creditnet.tracecontext import split_method
 from creditnet.v2 import aggregator_pb2
+
+__all__ = [
+    "SECTION_STATUSES",
+    "AggregatorMetrics",
+    "LedgerCollector",
+    "LedgerLike",
+    "MetricsEndpoint",
+    "MetricsError",
+    "NodeLoadCollector",
+    "NodeLoadLike",
+    "NodeMetrics",
+    "PublishedLike",
+    "SectionLike",
+    "ServerMetrics",
+    "WitnessLike",
+    "grpc_type",
+    "section_status_label",
+]
 
 # From a cached answer (~1 ms) to the longest deadline a bank may set.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -56,7 +75,7 @@ SECTION_STATUSES: tuple[str, ...] = tuple(
 INGEST_OUTCOMES = ("accepted", "duplicate", "rejected")
 
 
-class MetricsError(ValueError):
+class MetricsError(Error, ValueError):
     """A metric was fed something it cannot count."""
 
 
@@ -95,7 +114,7 @@ class MetricsEndpoint:
         self._thread.join()
 
 
-def serve_registry(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> MetricsEndpoint:  # noqa: S104
+def _serve_registry(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> MetricsEndpoint:  # noqa: S104
     """Serve `registry` over HTTP on `port` (0: any free port) from a daemon thread.
 
     Plain HTTP, as Prometheus scrapes: the endpoint shows counts and timings only.
@@ -189,7 +208,7 @@ class ServerMetrics:
         """Serve this server's metrics over HTTP until `close`."""
         if self._endpoint is not None:
             raise MetricsError(f"the metrics of this server are already served on port {self._endpoint.port}")
-        self._endpoint = serve_registry(self.registry, port, addr)
+        self._endpoint = _serve_registry(self.registry, port, addr)
         return self._endpoint
 
     @property

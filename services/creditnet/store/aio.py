@@ -53,6 +53,11 @@ from creditnet.store.store import (
 )
 from creditnet.v2 import records_pb2
 
+__all__ = [
+    "AsyncStore",
+    "GroupCommitStats",
+]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")

@@ -30,6 +30,11 @@ from sqlalchemy import make_url
 
 from creditnet.errors import FailedPrecondition
 
+__all__ = [
+    "DatabaseInUse",
+    "WriterLock",
+]
+
 # An arbitrary advisory-lock key ("crednode"); distinct from the migrator's.
 PG_NODE_LOCK_KEY: Final = 0x63726564_6E6F6465
 _HOLDER_PREFIX: Final = "creditnet node"

@@ -34,6 +34,27 @@ from sqlalchemy.orm import registry
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+__all__ = [
+    "CONSENT_USES",
+    "ENTERPRISES",
+    "MAX_QUERY_ID_LENGTH",
+    "METADATA",
+    "QUERY_USES",
+    "RECORDS",
+    "RECORD_BATCHES",
+    "RECORD_COUNTS",
+    "REVOCATIONS",
+    "ConsentUseRow",
+    "EnterpriseRow",
+    "NodeModel",
+    "QueryUseRow",
+    "RecordBatchRow",
+    "RecordCountRow",
+    "RecordRow",
+    "RevocationRow",
+    "UtcDateTime",
+]
+
 UTC = dt.UTC
 
 # Query ids are UUIDs (36 characters); the bound only keeps junk out.

@@ -30,7 +30,20 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect
 
-from creditnet.errors import FailedPrecondition
+from creditnet.errors import Error, FailedPrecondition
+
+__all__ = [
+    "WRITE_OPTION",
+    "Migration",
+    "SchemaNotReady",
+    "UnknownRevision",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "migrate",
+    "require_head",
+    "revisions",
+]
 
 MIGRATIONS: Final = Path(__file__).with_name("migrations")
 
@@ -53,7 +66,7 @@ class SchemaNotReady(FailedPrecondition):
         super().__init__("store.schema", message)
 
 
-class UnknownRevision(ValueError):
+class UnknownRevision(Error, ValueError):
     """A revision that is not one of the shipped migrations."""
 
 

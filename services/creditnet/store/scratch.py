@@ -18,11 +18,19 @@ from typing import Final, Self
 from sqlalchemy import URL, create_engine, make_url
 from sqlalchemy.exc import OperationalError
 
+from creditnet.errors import Error
+
+__all__ = [
+    "ScratchDatabases",
+    "ServerUnavailable",
+    "server_url",
+]
+
 DEFAULT_SERVER: Final = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 _NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
-class ServerUnavailable(RuntimeError):
+class ServerUnavailable(Error, RuntimeError):
     """The PostgreSQL server cannot be reached (or refuses to create databases)."""
 
 

@@ -63,6 +63,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from creditnet.domain import Category, City
+from creditnet.errors import Error
 from creditnet.provenance import SignedBatch
 from creditnet.store import schema
 from creditnet.store.models import (
@@ -77,6 +78,19 @@ from creditnet.store.models import (
 )
 from creditnet.store.schema import Migration, SchemaNotReady
 from creditnet.v2 import records_pb2
+
+__all__ = [
+    "ClaimOutcome",
+    "ClaimedQuery",
+    "DisclosedRecord",
+    "Disclosure",
+    "IngestResult",
+    "InvalidRecord",
+    "KeptAnswer",
+    "QueryClaim",
+    "Store",
+    "StoreStats",
+]
 
 UTC = dt.UTC
 
@@ -118,7 +132,7 @@ def _city_code(code: str) -> str | None:
         return None
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(Error, ValueError):
     """A record or profile the store cannot keep; nothing of its batch was stored."""
 
 

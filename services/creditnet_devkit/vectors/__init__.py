@@ -5,3 +5,5 @@ envelope vectors; `chain`, `directory`, `provenance`, `routing` and `sealed`
 the vectors of their part of the protocol. ``python -m creditnet_devkit.vectors``
 writes (or, with ``--check``, compares) every file at once (`cli`).
 """
+
+__all__: list[str] = []

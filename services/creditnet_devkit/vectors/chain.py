@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from creditnet import pilot
 from creditnet.chain.checkpoint import Checkpoint, cosign
 from creditnet.chain.keys import NATIONAL, NETWORK_ORIGIN, LogKey, log_origin, witness_name
-from creditnet.chain.ledger import COMMITMENT_CONTEXT, enterprise_commitment
 from creditnet.chain.merkle import EMPTY_ROOT, leaf_hash
 from creditnet.chain.note import (
     ALG_ED25519,
@@ -35,6 +34,7 @@ from creditnet.chain.note import (
     Signer,
     cosignature_message,
 )
+from creditnet.chain.receipts import COMMITMENT_CONTEXT, enterprise_commitment
 from creditnet.chain.tree import MemoryHashStore, MerkleTree
 from creditnet.dates import ts_to_proto
 from creditnet.domain import Category, Purpose
@@ -42,6 +42,26 @@ from creditnet.envelope import digest
 from creditnet.pki import Role
 from creditnet.v2 import aggregator_pb2, chain_pb2
 from creditnet_devkit.vectors import core
+
+__all__ = [
+    "Chain",
+    "ChainNegative",
+    "LogKeys",
+    "VectorLogKey",
+    "derive_seed",
+    "hefei_entries",
+    "log_keys_json",
+    "make_chain",
+    "make_chain_negatives",
+    "make_log_keys",
+    "nanjing_entries",
+    "network_note",
+    "network_response",
+    "render",
+    "serialise",
+    "signed_checkpoint",
+    "tree_of",
+]
 
 FORMAT_VERSION: Final = 1
 _DOC: Final = "docs/chain.md#test-vectors"

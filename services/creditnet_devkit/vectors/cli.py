@@ -9,6 +9,8 @@ from pathlib import Path
 
 from creditnet_devkit.vectors import core, directory
 
+__all__ = ["default_directory", "generate", "main"]
+
 
 def default_directory() -> Path:
     # services/creditnet_devkit/vectors/cli.py -> the repository's docs/test-vectors/v2.

@@ -51,6 +51,38 @@ from creditnet.pki import CertificateAuthority, Identity, Role, key_to_pem
 from creditnet.sealing import DEFAULT_SUITE, AnswerSuite
 from creditnet.v2 import common_pb2, consent_pb2, envelope_pb2, query_pb2, records_pb2
 
+__all__ = [
+    "BANK_CODE",
+    "BATCH_SIGNED_AT",
+    "CERT_NOT_AFTER",
+    "CERT_NOT_BEFORE",
+    "CONSENT_ID",
+    "ENTERPRISE_USCC",
+    "QUERY_ID",
+    "VERIFY_AT",
+    "Cast",
+    "Envelopes",
+    "FixedCA",
+    "Negative",
+    "Participant",
+    "answer_key_cases",
+    "answer_payload",
+    "consent_terms",
+    "derive_key",
+    "generate",
+    "make_ca",
+    "make_cast",
+    "make_envelopes",
+    "make_negatives",
+    "make_participant",
+    "message_json",
+    "provenance_batch",
+    "query_envelope",
+    "render",
+    "restamp",
+    "time_text",
+]
+
 FORMAT_VERSION: Final = 1
 
 # The instant every vector is verified at.

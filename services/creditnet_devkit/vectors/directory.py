@@ -43,6 +43,17 @@ from creditnet_devkit.vectors.core import (
     restamp,
 )
 
+__all__ = [
+    "FILE_NAME",
+    "Case",
+    "Keys",
+    "directory",
+    "generate",
+    "make_cases",
+    "make_keys",
+    "render",
+]
+
 FORMAT_VERSION: Final = 1
 FILE_NAME: Final = "directory.json"
 ISSUED: Final = dt.datetime(2025, 6, 1, 7, 0, 0, tzinfo=UTC)

@@ -25,6 +25,16 @@ from creditnet.pki import Role
 from creditnet.provenance import encode, sign_batch, tree
 from creditnet.v2 import common_pb2, envelope_pb2, provenance_pb2, records_pb2
 
+__all__ = [
+    "Batch",
+    "Refused",
+    "batch_records",
+    "make_batch",
+    "provider_roles",
+    "refused_cases",
+    "render",
+]
+
 BATCH_ID: Final = "7d1f0a52-93c4-4b6e-8f20-1c9e5b3a7d64"
 PROVIDER_ID: Final = "340100-exchange"
 # The categories the provider's certificate covers: the batch's loan record is outside them.

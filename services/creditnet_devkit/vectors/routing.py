@@ -27,6 +27,10 @@ from creditnet.routing import (
 )
 from creditnet.v2 import routing_pb2
 
+__all__ = [
+    "render",
+]
+
 KEY: Final = RoutingKey(hashlib.sha256(b"creditnet test vector routing key v1").digest())
 OTHER_KEY: Final = RoutingKey(hashlib.sha256(b"creditnet test vector routing key v1: another").digest())
 HELD: Final = ("91340100MA2N0U3E6T", "91340104MA8P2LQU1X", "91310000132211588C")

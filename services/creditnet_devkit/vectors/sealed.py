@@ -41,6 +41,16 @@ from creditnet.sealing import (
 )
 from creditnet.v2 import envelope_pb2, query_pb2
 
+__all__ = [
+    "SealedCase",
+    "answer_key",
+    "main",
+    "make_cases",
+    "render",
+    "reseal",
+    "seed",
+]
+
 RECORDED: Final = Path(__file__).with_name("sealed.json")
 _SEED_PREFIX: Final = b"creditnet test vector answer key v1: "
 # RFC 9180 / draft-ietf-hpke-pq identifiers of each suite.

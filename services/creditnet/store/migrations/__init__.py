@@ -5,3 +5,5 @@ They ship inside the package; :mod:`creditnet.store.schema` runs them, and
 drafts a new one from the models (review every draft by hand: migrations are
 snapshots and must never import the models).
 """
+
+__all__: list[str] = []

@@ -20,6 +20,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+__all__ = [
+    "QUERY_ID_METADATA",
+    "QueryRef",
+    "bind_query_id",
+    "current_query",
+    "enter_call",
+    "leave_call",
+    "parse_query_id",
+    "query_scope",
+]
+
 QUERY_ID_METADATA = "creditnet-query-id"
 
 
