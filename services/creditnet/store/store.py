@@ -6,7 +6,11 @@ Opening a store never creates or changes its schema unless asked to
 
 Thread safety: every method may be called from any thread at any time. Each
 call takes its own pooled connection and runs in its own transaction; no
-connection or mutable state is shared between calls.
+connection or mutable state is shared between calls. Once an
+:class:`~creditnet.store.aio.AsyncStore` wraps the store, its writer thread is
+the only one that writes: the write methods and :meth:`Store.run_write` hand
+their work to it (and wait), and a write transaction opened on any other
+thread is refused.
 
 Atomicity and durability: every write method is one transaction. On SQLite,
 write transactions start with ``BEGIN IMMEDIATE`` (they take the database's
