@@ -24,7 +24,7 @@ from creditnet.chain.witness import Witness, WitnessService
 from creditnet.dates import ts_to_proto
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.rpc import ServerHandle, start_server
-from creditnet.store import Store
+from creditnet.store import AsyncStore, Store
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
 from tests.chain.peers import unresponsive_endpoint
 
@@ -55,7 +55,7 @@ class Rig:
             for w in self.witnesses
             if names is None or w.name in names
         ]
-        store = Store.open(f"sqlite:///{self.tmp / '340100.db'}", migrate=True)
+        store = AsyncStore(Store.open(f"sqlite:///{self.tmp / '340100.db'}", migrate=True))
         return Ledger(store, self.log_key, witnesses=links, quorum=quorum)
 
 
@@ -113,7 +113,7 @@ async def test_concurrent_appends_are_group_committed_and_every_receipt_verifies
             assert len(vr.checkpoint.cosignatures) >= 3
     finally:
         await ledger.stop()
-        ledger._store.close()
+        await ledger._astore.close()
 
 
 async def test_receipt_fails_for_a_tampered_entry_or_too_few_witnesses(rig: Rig) -> None:
@@ -133,7 +133,7 @@ async def test_receipt_fails_for_a_tampered_entry_or_too_few_witnesses(rig: Rig)
             verify_receipt(rig.trust, r, "340100", quorum=5)
     finally:
         await ledger.stop()
-        ledger._store.close()
+        await ledger._astore.close()
 
 
 async def test_no_quorum_no_receipt(rig: Rig) -> None:
@@ -145,7 +145,7 @@ async def test_no_quorum_no_receipt(rig: Rig) -> None:
             await ledger.receipt(a.index, a.entry, 0.8)
     finally:
         await ledger.stop()
-        ledger._store.close()
+        await ledger._astore.close()
 
 
 async def test_a_restarted_log_keeps_its_entries_roots_and_checkpoint(rig: Rig) -> None:
@@ -155,7 +155,7 @@ async def test_a_restarted_log_keeps_its_entries_roots_and_checkpoint(rig: Rig) 
     await ledger.receipt(6, appended[6].entry, 10)
     root = ledger.log.tree.root()
     await ledger.stop()
-    ledger._store.close()
+    await ledger._astore.close()
 
     again = rig.ledger()
     assert again.log.tree.size == 7 and again.log.tree.root() == root
@@ -175,7 +175,7 @@ async def test_a_restarted_log_keeps_its_entries_roots_and_checkpoint(rig: Rig) 
         assert root_from_leaves(leaves) == again.log.tree.root()
     finally:
         await again.stop()
-        again._store.close()
+        await again._astore.close()
 
 
 async def test_witnesses_refuse_a_rewritten_history_and_keep_evidence(rig: Rig) -> None:
@@ -185,6 +185,7 @@ async def test_witnesses_refuse_a_rewritten_history_and_keep_evidence(rig: Rig) 
         await ledger.append(entry(i))
     await ledger.wait_published(4, 10)
     await ledger.stop()
+    await ledger._astore.close()
     # The operator rewrites entry 2 in the database and recomputes every hash,
     # so the node's own view is coherent — but it is not what was cosigned.
     store = ledger._store
@@ -205,7 +206,7 @@ async def test_witnesses_refuse_a_rewritten_history_and_keep_evidence(rig: Rig) 
             await tampered.receipt(a.index, a.entry, 1.5)
     finally:
         await tampered.stop()
-        tampered._store.close()
+        await tampered._astore.close()
     kinds = {e.kind for w in rig.witnesses for e in w.witness.evidence()}
     assert "inconsistent" in kinds
 
@@ -296,4 +297,4 @@ async def test_a_witness_that_never_answers_is_hedged_around_not_waited_for(rig:
             assert frozen.size is None
         finally:
             await ledger.stop()
-            ledger._store.close()
+            await ledger._astore.close()

@@ -28,7 +28,7 @@ from creditnet.observability.metrics import (
 )
 from creditnet.pki import Role, issue_identity
 from creditnet.rpc import start_server
-from creditnet.store import Store
+from creditnet.store import AsyncStore, Store
 from creditnet.v2 import aggregator_pb2, chain_pb2, chain_pb2_grpc
 from tests.observability.conftest import (
     PROBE,
@@ -204,7 +204,7 @@ async def test_the_ledger_is_reported_at_scrape_time(pki: Pki, tmp_path: Path) -
     )
     hefei = issue_identity(pki.ca, Role.node(pilot.HEFEI))
     link = WitnessLink.connect("320100", f"127.0.0.1:{witness_server.port}", hefei, pki.trust)
-    store = fresh_store(tmp_path / "340100.db")
+    store = AsyncStore(fresh_store(tmp_path / "340100.db"))
     ledger = Ledger(store, LogKey.issue(pki.ca, "340100"), witnesses=[link], quorum=1)
     metrics = NodeMetrics(pilot.HEFEI)
     metrics.watch_ledger(ledger)
@@ -247,7 +247,7 @@ async def test_the_ledger_is_reported_at_scrape_time(pki: Pki, tmp_path: Path) -
     finally:
         metrics.close()
         await ledger.stop()
-        store.close()
+        await store.close()
         await witness_server.server.stop(0)
         witness_store.close()
 

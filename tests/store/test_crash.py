@@ -1,4 +1,6 @@
-"""A writer killed mid-way leaves whole batches: every acknowledged one, no part of another."""
+"""A writer killed mid-way leaves whole batches: every acknowledged one, no
+part of another; and every acknowledged answer's claim, entry and kept answer,
+with no claim that lacks its entry."""
 
 from __future__ import annotations
 
@@ -10,10 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
+from creditnet.chain.merkle import leaf_hash, root_from_leaves
+from creditnet.chain.models import ENTRIES, META
+from creditnet.chain.sqlstore import SqlLog
 from creditnet.domain import Category
 from creditnet.store import Store
+from creditnet.store.models import QUERY_USES
+from creditnet.v2 import chain_pb2
 from tests.store.factories import USCC_A
+from tests.store.workers import ANSWER_CONSENT
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 400
@@ -59,3 +68,62 @@ def test_sigkilled_ingester_leaves_only_whole_batches(migrated_url: str) -> None
     assert set(acknowledged) <= set(per_batch)
     assert sorted(per_batch) == list(range(len(per_batch)))
     assert set(per_batch.values()) == {BATCH}
+
+
+ANSWERS_BEFORE_KILL = 300
+
+
+def test_sigkilled_node_writer_leaves_every_acknowledged_answer_and_no_claim_without_its_entry(
+    migrated_url: str,
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.store.workers", "answer", migrated_url, "16"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    acknowledged: list[str] = []
+    try:
+        assert child.stdout is not None
+        while len(acknowledged) < ANSWERS_BEFORE_KILL:
+            line = child.stdout.readline()
+            if not line:
+                assert child.stderr is not None
+                pytest.fail(f"the answering child died on its own: {child.stderr.read()}")
+            acknowledged.append(line.strip())
+    finally:
+        # Queries are being claimed and logged right now: killed in the middle.
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+        if child.stderr is not None:
+            child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+
+    store = Store.open(migrated_url)
+    try:
+        with store.engine.connect() as conn:
+            size = conn.execute(select(META.c.size)).scalar_one()
+            entries = conn.execute(select(func.count()).select_from(ENTRIES)).scalar_one()
+            claims = {
+                r.query_id: (r.answer, r.ledger_index)
+                for r in conn.execute(
+                    select(QUERY_USES.c.query_id, QUERY_USES.c.answer, QUERY_USES.c.ledger_index)
+                )
+            }
+        logged = dict(SqlLog(store).entries(0, size))
+        tree = SqlLog(store).tree
+        assert tree.size == size
+        assert tree.root() == root_from_leaves([leaf_hash(e) for _, e in sorted(logged.items())])
+        uses = store.consent_uses(ANSWER_CONSENT)
+    finally:
+        store.close()
+    # Every acknowledged answer is on disk: claim, kept answer and entry.
+    assert set(acknowledged) <= set(claims)
+    # No claim without its entry, no entry without its claim, one use each.
+    assert entries == size == len(claims) == uses
+    for query_id, (answer, index) in claims.items():
+        assert answer == b"answer " + query_id.encode()
+        assert chain_pb2.LedgerEntry.FromString(logged[index]).query_id == query_id

@@ -12,8 +12,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, make_url
 
-from creditnet.aggregator.models import AGGREGATOR_METADATA
-from creditnet.chain.models import CHAIN_METADATA
 from creditnet.domain import Category
 from creditnet.store import (
     ClaimOutcome,
@@ -62,7 +60,7 @@ def schema_drift(url: str) -> list[object]:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
-            return list(compare_metadata(context, [METADATA, CHAIN_METADATA, AGGREGATOR_METADATA]))
+            return list(compare_metadata(context, METADATA))
     finally:
         engine.dispose()
 

@@ -14,7 +14,7 @@ from creditnet.chain.keys import LogKey
 from creditnet.chain.ledger import Ledger
 from creditnet.chain.sqlstore import PendingEntry, SqlLog
 from creditnet.pki import CertificateAuthority
-from creditnet.store import Store
+from creditnet.store import AsyncStore, Store
 from creditnet.v2 import chain_pb2
 
 __all__ = [
@@ -37,8 +37,8 @@ def _entry(i: int) -> chain_pb2.LedgerEntry:
 
 async def _appends(tmp: Path, n: int, concurrency: int) -> tuple[float, int]:
     ca = CertificateAuthority.create()
-    store = Store.open(f"sqlite:///{tmp / 'ledger-bench.db'}", migrate=True)
-    ledger = Ledger(store, LogKey.issue(ca, "310000"), quorum=0)
+    store = await AsyncStore.open(f"sqlite:///{tmp / 'ledger-bench.db'}", migrate=True)
+    ledger = await asyncio.to_thread(Ledger, store, LogKey.issue(ca, "310000"), quorum=0)
     ledger.start()
     entries = [_entry(i) for i in range(n)]
     next_i = 0
@@ -55,7 +55,7 @@ async def _appends(tmp: Path, n: int, concurrency: int) -> tuple[float, int]:
     elapsed = time.perf_counter() - t0
     groups = ledger.group_commits
     await ledger.stop()
-    store.close()
+    await store.close()
     return n / elapsed, groups
 
 

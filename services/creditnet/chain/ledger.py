@@ -1,9 +1,11 @@
 """A city node's credit-chain log: durable, group-committed appends, and
 checkpoints cosigned by witnesses.
 
-Appends from concurrent calls are gathered while the previous commit runs and
-written together in one transaction (group commit), on one writer thread: an
-answer is released only after its entry is on disk. A publisher task then
+Appends go through the node store's one writer (store.aio), which gathers
+those made while the previous commit runs and writes them together in one
+transaction (group commit); an answered query's claim commits in that same
+transaction as its entry and kept answer. An answer is released only after
+its entry is on disk. A publisher task then
 signs a checkpoint for the new size and asks the witnesses to cosign it; once
 `quorum` of them have, the checkpoint is published and every waiting answer
 gets its receipt (entry, inclusion proof, cosigned checkpoint). Signing
@@ -16,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from creditnet.chain.checkpoint import Checkpoint, Cosignature, SignedCheckpoint
 from creditnet.chain.hedge import WitnessHealth, hedge_delay, plan
@@ -34,7 +37,7 @@ from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.errors import CreditnetError
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
-from creditnet.store import Store
+from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, LogPosition, QueryClaim
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
 __all__ = [
@@ -105,7 +108,7 @@ class Published:
 class Ledger:
     def __init__(
         self,
-        store: Store,
+        store: AsyncStore,
         log_key: LogKey,
         *,
         witnesses: Sequence[WitnessLink] = (),
@@ -118,11 +121,13 @@ class Ledger:
         self.quorum = quorum
         # Set by a node holding a network directory: its log's witnesses and quorum.
         self.follow: Callable[[], tuple[list[WitnessLink], int]] | None = None
-        self._store = store
-        self._writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain-writer")
-        self.log = SqlLog(store)
-        self._queue: list[tuple[PendingEntry, asyncio.Future[int]]] = []
-        self._wake_writer = asyncio.Event()
+        self._astore = store
+        self._store = store.store
+        # The store's writer thread, which extends the tree: reads of the
+        # tree's in-memory state (roots, proofs of old sizes) run there too,
+        # in order with the appends.
+        self._writer: cf.Executor = store.writer
+        self.log = SqlLog(self._store)
         self._wake_publisher = asyncio.Event()
         self._published_changed = asyncio.Condition()
         self.committed_size = self.log.tree.size
@@ -135,12 +140,13 @@ class Ledger:
         self._roots: dict[int, bytes] = {}
         # Consistency proofs asked for in this publish round, by old size.
         self._proofs: dict[tuple[int, int], asyncio.Future[list[bytes]]] = {}
+        # Commits that appended entries (each holds every append queued while the previous one ran).
         self.group_commits = 0
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._publish_loop())]
+        self._tasks = [asyncio.create_task(self._publish_loop())]
         if self.published is None or self.published.size < self.committed_size:
             self._wake_publisher.set()
 
@@ -153,7 +159,6 @@ class Ledger:
         if self._loose:
             await asyncio.gather(*self._loose, return_exceptions=True)
         await asyncio.gather(*(w.channel.close() for w in self.witnesses), return_exceptions=True)
-        self._writer.shutdown(wait=True)
 
     # -- appends -----------------------------------------------------------
 
@@ -163,43 +168,59 @@ class Ledger:
         uscc: str | None = None,
         *,
         answer: KeptQueryAnswer | None = None,
+        claim: QueryClaim | None = None,
     ) -> Appended:
-        """Append durably (the entry is on disk when this returns), with the answer it logs if any."""
+        """Append durably (the entry is on disk when this returns), with the answer it logs if any.
+
+        With `claim` (the query the entry logs as answered), the claim, the
+        entry and the answer commit in one transaction, or none of them:
+        :class:`ClaimRefused` if the claim was refused. A caller that stops
+        waiting does not withdraw the append.
+        """
         salt = b""
         if uscc is not None:
             salt = os.urandom(16)
             entry.enterprise_commitment = enterprise_commitment(uscc, salt)
         data = entry.SerializeToString(deterministic=True)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append((PendingEntry(data, int(entry.kind), uscc, salt or None, answer), fut))
-        self._wake_writer.set()
-        return Appended(index=await fut, salt=salt, entry=data)
-
-    async def _commit_loop(self) -> None:
+        pending = PendingEntry(data, int(entry.kind), uscc, salt or None, answer)
         loop = asyncio.get_running_loop()
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer.clear()
-            while self._queue:
-                # Everything queued while the previous commit ran goes in one transaction.
-                batch, self._queue = self._queue, []
-                try:
-                    first, root = await loop.run_in_executor(
-                        self._writer, self._append, [p for p, _ in batch]
-                    )
-                except Exception as exc:
-                    log.exception("credit-chain append failed")
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                self.group_commits += 1
-                self.committed_size = first + len(batch)
-                self._roots[self.committed_size] = root
-                for i, (_, fut) in enumerate(batch):
-                    if not fut.done():
-                        fut.set_result(first + i)
-                self._wake_publisher.set()
+        fut: asyncio.Future[LogPosition | ClaimOutcome] = loop.create_future()
+        done = self._astore.append(self.log, [pending], claim)
+        done.add_done_callback(functools.partial(self._on_writer_done, loop, fut))
+        landed = await fut
+        if isinstance(landed, ClaimOutcome):
+            raise ClaimRefused(landed)
+        return Appended(index=landed.index, salt=salt, entry=data)
+
+    def _on_writer_done(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fut: asyncio.Future[LogPosition | ClaimOutcome],
+        done: cf.Future[LogPosition | ClaimOutcome],
+    ) -> None:
+        # On the writer thread: hand over to the loop (gone only after stop).
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._appended, fut, done)
+
+    def _appended(
+        self, fut: asyncio.Future[LogPosition | ClaimOutcome], done: cf.Future[LogPosition | ClaimOutcome]
+    ) -> None:
+        # Runs whether or not the caller still waits, before it resumes.
+        exc = done.exception()
+        if exc is not None:
+            log.error("credit-chain append failed", exc_info=exc)
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        landed = done.result()
+        if isinstance(landed, LogPosition) and landed.size > self.committed_size:
+            # The first of its group to land here: the group's commit.
+            self.group_commits += 1
+            self.committed_size = landed.size
+            self._roots[landed.size] = landed.root
+            self._wake_publisher.set()
+        if not fut.done():
+            fut.set_result(landed)
 
     # -- checkpoints and witnesses ------------------------------------------
 
@@ -241,12 +262,6 @@ class Ledger:
                 # Not enough witnesses now: try again shortly (and on the next append).
                 await asyncio.sleep(0.2)
                 self._wake_publisher.set()
-
-    def _append(self, entries: list[PendingEntry]) -> tuple[int, bytes]:
-        # On the writer thread, right after the commit: the root of the new
-        # size comes from the tree's in-memory right edge, no reads.
-        first = self.log.append(entries)
-        return first, self.log.tree.root()
 
     async def publish(self, size: int) -> bool:
         root = self._roots.get(size)
@@ -314,24 +329,9 @@ class Ledger:
         task.add_done_callback(self._loose.discard)
 
     def _save_checkpoint(self, size: int, note: str, cosignatures: int, certs: list[bytes]) -> None:
+        # Off the loop; the write itself runs on the store's writer thread.
         packed = pack_certificates(certs)
-        with self._store.write_transaction() as conn:
-            updated = conn.execute(
-                update(CHECKPOINTS)
-                .where(CHECKPOINTS.c.size == size, CHECKPOINTS.c.cosignatures <= cosignatures)
-                .values(note=note, cosignatures=cosignatures, key_certificates=packed)
-            ).rowcount
-            exists = conn.execute(select(CHECKPOINTS.c.size).where(CHECKPOINTS.c.size == size)).first()
-            if not updated and exists is None:
-                conn.execute(
-                    insert(CHECKPOINTS).values(
-                        size=size,
-                        note=note,
-                        cosignatures=cosignatures,
-                        key_certificates=packed,
-                        signed_at=utcnow(),
-                    )
-                )
+        self._store.run_write(functools.partial(_save_checkpoint, size, note, cosignatures, packed))
 
     async def _consistency(self, old: int, size: int) -> list[bytes]:
         """Witnesses usually hold the same old size: compute each proof once, on the writer thread."""
@@ -451,3 +451,22 @@ class Ledger:
 def _trailing(exc: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
     md = exc.trailing_metadata() or ()
     return [(str(k), v.decode() if isinstance(v, bytes) else str(v)) for k, v in md]
+
+
+def _save_checkpoint(size: int, note: str, cosignatures: int, packed: bytes, conn: Connection) -> None:
+    updated = conn.execute(
+        update(CHECKPOINTS)
+        .where(CHECKPOINTS.c.size == size, CHECKPOINTS.c.cosignatures <= cosignatures)
+        .values(note=note, cosignatures=cosignatures, key_certificates=packed)
+    ).rowcount
+    exists = conn.execute(select(CHECKPOINTS.c.size).where(CHECKPOINTS.c.size == size)).first()
+    if not updated and exists is None:
+        conn.execute(
+            insert(CHECKPOINTS).values(
+                size=size,
+                note=note,
+                cosignatures=cosignatures,
+                key_certificates=packed,
+                signed_at=utcnow(),
+            )
+        )

@@ -4,6 +4,9 @@
 newly completed subtree hash and the new size in ONE transaction whose size
 update is conditional on the size it extends, so two writers can never
 interleave and a crash leaves either the whole batch or none of it.
+
+In a node that transaction is the store writer's (store.aio): the claims of
+the queries the entries log commit in it too (:meth:`SqlLog.write`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 
 from creditnet.chain.models import ENTRIES, HASHES, META
 from creditnet.chain.tree import MerkleTree, NodeKey, TreeConflictError
@@ -69,10 +72,12 @@ class SqlLog:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._engine: Engine = store.engine
-        with store.write_transaction() as conn:
-            if conn.execute(select(META.c.size).where(META.c.id == 1)).scalar_one_or_none() is None:
-                conn.execute(insert(META).values(id=1, size=0))
+        store.run_write(_create_meta)
         self._pending: list[PendingEntry] = []
+        # The writer's open transaction while an append runs in it (see write).
+        self._conn: Connection | None = None
+        # Subtree hashes written in that transaction: cached only once it commits.
+        self._uncommitted: list[tuple[int, int, bytes]] = []
         self._leaves: dict[NodeKey, bytes] = {}
         self._interior: dict[NodeKey, bytes] = {}
         self._lock = threading.Lock()
@@ -125,49 +130,43 @@ class SqlLog:
 
     def put_batch(self, items: list[tuple[int, int, bytes]], new_size: int) -> None:
         pending, self._pending = self._pending, []
-        old_size = new_size - sum(1 for level, _, _ in items if level == 0)
-        with self._store.write_transaction() as conn:
-            moved = conn.execute(
-                update(META).where(META.c.id == 1, META.c.size == old_size).values(size=new_size)
-            ).rowcount
-            if moved != 1:
-                raise TreeConflictError(f"the log is no longer at size {old_size}; another writer appended")
-            if pending:
-                conn.execute(
-                    insert(ENTRIES),
-                    [
-                        {
-                            "idx": old_size + i,
-                            "entry": p.entry,
-                            "kind": p.kind,
-                            "uscc": p.uscc,
-                            "salt": p.salt,
-                        }
-                        for i, p in enumerate(pending)
-                    ],
-                )
-            if items:
-                conn.execute(insert(HASHES), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in items])
-            answered = [
-                {
-                    "qid": p.answer.query_id,
-                    "qd": p.answer.query_digest,
-                    "ans": p.answer.answer,
-                    "ix": old_size + i,
-                }
-                for i, p in enumerate(pending)
-                if p.answer is not None
-            ]
-            if answered:
-                conn.execute(
-                    update(QUERY_USES)
-                    .where(QUERY_USES.c.query_id == bindparam("qid"))
-                    .values(
-                        query_digest=bindparam("qd"), answer=bindparam("ans"), ledger_index=bindparam("ix")
-                    ),
-                    answered,
-                )
+        if self._conn is not None:
+            self._put(self._conn, pending, items, new_size)
+            self._uncommitted.extend(items)
+            return
+        self._store.run_write(lambda conn: self._put(conn, pending, items, new_size))
         self._remember(((lv, ix), h) for lv, ix, h in items)
+
+    @staticmethod
+    def _put(
+        conn: Connection, pending: list[PendingEntry], items: list[tuple[int, int, bytes]], new_size: int
+    ) -> None:
+        old_size = new_size - sum(1 for level, _, _ in items if level == 0)
+        moved = conn.execute(_MOVE_SIZE, {"old": old_size, "new": new_size}).rowcount
+        if moved != 1:
+            raise TreeConflictError(f"the log is no longer at size {old_size}; another writer appended")
+        if pending:
+            conn.execute(
+                _INSERT_ENTRY,
+                [
+                    {"idx": old_size + i, "entry": p.entry, "kind": p.kind, "uscc": p.uscc, "salt": p.salt}
+                    for i, p in enumerate(pending)
+                ],
+            )
+        if items:
+            conn.execute(_INSERT_HASH, [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in items])
+        answered = [
+            {
+                "qid": p.answer.query_id,
+                "qd": p.answer.query_digest,
+                "ans": p.answer.answer,
+                "ix": old_size + i,
+            }
+            for i, p in enumerate(pending)
+            if p.answer is not None
+        ]
+        if answered:
+            conn.execute(_KEEP_ANSWER, answered)
 
     def cached_inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """An inclusion proof from memory only; raises CacheMiss if a node must be read."""
@@ -180,7 +179,11 @@ class SqlLog:
     # -- entries -----------------------------------------------------------
 
     def append(self, entries: Sequence[PendingEntry]) -> int:
-        """Durably append; returns the index of the first. Single writer only."""
+        """Durably append in a transaction of its own; returns the index of the first.
+
+        On the store's writer thread (where a node's appends run, see
+        :meth:`write`) or, for tools and tests, in a process of its own.
+        """
         self._pending = list(entries)
         try:
             return self.tree.append_many([p.entry for p in entries])
@@ -189,6 +192,33 @@ class SqlLog:
             # The in-memory right edge may be ahead of what was stored.
             self.tree.reload()
             raise
+
+    # store.aio.AppendLog: appends inside the store writer's group transaction.
+
+    def write(self, conn: Connection, entries: Sequence[PendingEntry]) -> int:
+        """Append inside the writer's open transaction; :meth:`committed` or
+        :meth:`abandoned` must follow, on the same thread, before the next write."""
+        self._pending = list(entries)
+        self._conn = conn
+        try:
+            return self.tree.append_many([p.entry for p in entries])
+        finally:
+            self._pending = []
+            self._conn = None
+
+    def committed(self) -> tuple[int, bytes]:
+        # Right after the commit, on the writer thread: the hashes it stored
+        # become cacheable, and the root of the new size comes from the
+        # tree's in-memory right edge, with no reads.
+        items, self._uncommitted = self._uncommitted, []
+        self._remember(((lv, ix), h) for lv, ix, h in items)
+        return self.tree.size, self.tree.root()
+
+    def abandoned(self) -> None:
+        # Never cached: those keys will hold other hashes once appended again.
+        self._uncommitted = []
+        # The in-memory right edge is ahead of what was stored.
+        self.tree.reload()
 
     def entries(self, start: int, end: int) -> list[tuple[int, bytes]]:
         with self._engine.connect() as conn:
@@ -250,3 +280,19 @@ class SqlLog:
             ).scalars()
             refused_entries = [bytes(e) for e in refused]
         return {int(k): int(n) for k, n in counts}, refused_entries
+
+
+def _create_meta(conn: Connection) -> None:
+    if conn.execute(select(META.c.size).where(META.c.id == 1)).scalar_one_or_none() is None:
+        conn.execute(insert(META).values(id=1, size=0))
+
+
+# The append path's statements (every answered query runs them), built once.
+_MOVE_SIZE = update(META).where(META.c.id == 1, META.c.size == bindparam("old")).values(size=bindparam("new"))
+_INSERT_ENTRY = insert(ENTRIES)
+_INSERT_HASH = insert(HASHES)
+_KEEP_ANSWER = (
+    update(QUERY_USES)
+    .where(QUERY_USES.c.query_id == bindparam("qid"))
+    .values(query_digest=bindparam("qd"), answer=bindparam("ans"), ledger_index=bindparam("ix"))
+)

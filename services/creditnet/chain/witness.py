@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from creditnet.chain.checkpoint import SignedCheckpoint, cosign, open_checkpoint
@@ -104,32 +104,30 @@ class Witness:
             "updated_at": utcnow(),
         }
         conflict = FailedPrecondition("witness.conflict", "the witness state moved meanwhile; retry")
+
+        def write(conn: Connection) -> None:
+            if old is None:
+                conn.execute(insert(WITNESS).values(origin=origin, **values))
+                return
+            # Compare-and-set: the row is locked by the update, and a
+            # concurrent one re-reads it after the first commits.
+            moved = conn.execute(
+                update(WITNESS)
+                .where(WITNESS.c.origin == origin, WITNESS.c.size == old.size, WITNESS.c.root == old.root)
+                .values(**values)
+            ).rowcount
+            if moved != 1:
+                raise conflict
+
         try:
-            with self.store.write_transaction() as conn:
-                if old is None:
-                    conn.execute(insert(WITNESS).values(origin=origin, **values))
-                else:
-                    # Compare-and-set: the row is locked by the update, and a
-                    # concurrent one re-reads it after the first commits.
-                    moved = conn.execute(
-                        update(WITNESS)
-                        .where(
-                            WITNESS.c.origin == origin, WITNESS.c.size == old.size, WITNESS.c.root == old.root
-                        )
-                        .values(**values)
-                    ).rowcount
-                    if moved != 1:
-                        raise conflict
+            # On the node store's writer thread, when the store has one.
+            self.store.run_write(write)
         except IntegrityError:
             raise conflict from None
 
     def record_evidence(self, origin: str, kind: str, first: str, second: str, detail: str) -> None:
-        with self.store.write_transaction() as conn:
-            conn.execute(
-                insert(EVIDENCE).values(
-                    origin=origin, kind=kind, first=first, second=second, detail=detail, found_at=utcnow()
-                )
-            )
+        row = {"origin": origin, "kind": kind, "first": first, "second": second, "detail": detail}
+        self.store.run_write(lambda conn: conn.execute(insert(EVIDENCE).values(**row, found_at=utcnow())))
         log.error("evidence of misbehaviour by %s: %s (%s)", origin, kind, detail)
 
     def evidence(self) -> list[chain_pb2.Evidence]:

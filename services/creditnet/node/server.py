@@ -113,9 +113,7 @@ async def start_node(
     served: ServedDirectory | None = None
     try:
         witnesses = [WitnessLink.connect(n, ep, identity, trust) for n, ep in config.witnesses.items()]
-        ledger = await asyncio.to_thread(
-            Ledger, store.store, log_key, witnesses=witnesses, quorum=config.quorum
-        )
+        ledger = await asyncio.to_thread(Ledger, store, log_key, witnesses=witnesses, quorum=config.quorum)
         witness = Witness(store.store, log_key)
         metrics = NodeMetrics(config.city)
         metrics.watch_ledger(ledger)

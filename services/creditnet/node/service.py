@@ -30,7 +30,7 @@ from creditnet.observability import NodeMetrics, bind_query_id
 from creditnet.pki import Identity, Role, RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, AuthorizedQuery
 from creditnet.rpc import PeerIdentities, refusals
-from creditnet.store import AsyncStore, ClaimOutcome, Disclosure
+from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, Disclosure, QueryClaim
 from creditnet.v2 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
 
 __all__ = [
@@ -164,6 +164,23 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             await asyncio.wait(list(self._settling.values()), timeout=timeout)
 
     async def _claim_and_answer(self, aq: AuthorizedQuery, now: dt.datetime) -> _Settled:
+        if self.ledger is None:
+            return await self._claim_then_answer(aq, now)
+        # The answer is built and signed first: the claim then commits in
+        # one transaction with the entry and the kept answer, or none of them
+        # does, and nothing is disclosed unless it did.
+        found = await self._lookup(aq)
+        try:
+            return await self._disclose(aq, now, found, claim=_claim_of(aq))
+        except ClaimRefused as exc:
+            refusal = _claim_refusal(exc.outcome)
+        if isinstance(refusal, AlreadyExists):
+            return await self._settle_again(aq, now, refusal)
+        await self._log_refusal(_seen(aq), refusal, now)
+        raise refusal
+
+    async def _claim_then_answer(self, aq: AuthorizedQuery, now: dt.datetime) -> _Settled:
+        """Without a chain (the benchmark's baseline): the claim alone, then the answer."""
         # The lookup runs while the claim commits; nothing is disclosed
         # unless the claim succeeds.
         lookup = asyncio.ensure_future(self._lookup(aq))
@@ -181,7 +198,10 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             raise
         return await self._disclose(aq, now, await lookup)
 
-    async def _disclose(self, aq: AuthorizedQuery, now: dt.datetime, found: Disclosure) -> _Settled:
+    async def _disclose(
+        self, aq: AuthorizedQuery, now: dt.datetime, found: Disclosure, *, claim: QueryClaim | None = None
+    ) -> _Settled:
+        """Answer from `found`; with `claim`, only if the claim commits with the entry (else ClaimRefused)."""
         answer, disclosed = self._answer(aq, now, found)
         if self.ledger is None:
             self._answered(disclosed)
@@ -189,10 +209,10 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         entry = _query_entry(aq, self.city, now, chain_pb2.ENTRY_KIND_QUERY_ANSWERED)
         entry.disclosed_digest = digest(answer.payload)
         entry.records_disclosed = disclosed
-        # The entry and the kept answer are on disk, together, before
-        # anything is disclosed.
+        # The entry and the kept answer are on disk, together (and with the
+        # claim), before anything is disclosed.
         kept = KeptQueryAnswer(aq.terms.query_id, aq.digest, answer.SerializeToString(deterministic=True))
-        appended = await self.ledger.append(entry, aq.terms.enterprise_uscc, answer=kept)
+        appended = await self.ledger.append(entry, aq.terms.enterprise_uscc, answer=kept, claim=claim)
         self._answered(disclosed)
         return _Settled(answer, appended.index, appended.entry)
 
@@ -277,21 +297,12 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         await self._log(entry, terms.enterprise_uscc)
 
     async def _claim(self, aq: AuthorizedQuery) -> None:
+        c = _claim_of(aq)
         outcome = await self.store.claim_query(
-            aq.terms.query_id,
-            aq.consent.digest,
-            aq.consent.terms.max_uses,
-            aq.terms.expires_at + CLOCK_SKEW,
-            query_digest=aq.digest,
+            c.query_id, c.consent_digest, c.max_uses, c.expires_at, query_digest=c.query_digest
         )
-        if outcome is ClaimOutcome.REPLAY:
-            raise AlreadyExists("query.replay", "this query id was already answered; sign a new query")
-        if outcome is ClaimOutcome.REVOKED:
-            raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
-        if outcome is ClaimOutcome.LIMIT_EXCEEDED:
-            raise PermissionDenied(
-                "consent.uses_exhausted", "the consent's maximum number of uses is reached"
-            )
+        if outcome is not ClaimOutcome.OK:
+            raise _claim_refusal(outcome)
 
     async def _lookup(self, aq: AuthorizedQuery) -> Disclosure:
         uscc = aq.terms.enterprise_uscc
@@ -519,6 +530,28 @@ def _seal_answer(
     shown = query_pb2.CityAnswer.FromString(answer.payload)
     discloses = bool(shown.proven_records) or shown.HasField("profile")
     return sealing.seal(aq.terms.answer_key, answer, aq.digest, city, discloses=discloses)
+
+
+def _claim_of(aq: AuthorizedQuery) -> QueryClaim:
+    """The claim answering `aq` makes: its id once, and one use of its consent."""
+    return QueryClaim(
+        aq.terms.query_id,
+        aq.consent.digest,
+        aq.consent.terms.max_uses,
+        aq.terms.expires_at + CLOCK_SKEW,
+        aq.digest,
+    )
+
+
+def _claim_refusal(outcome: ClaimOutcome) -> CreditnetError:
+    """The refusal a claim's outcome (any but OK) earns the query."""
+    if outcome is ClaimOutcome.REPLAY:
+        return AlreadyExists("query.replay", "this query id was already answered; sign a new query")
+    if outcome is ClaimOutcome.REVOKED:
+        return PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
+    if outcome is ClaimOutcome.LIMIT_EXCEEDED:
+        return PermissionDenied("consent.uses_exhausted", "the consent's maximum number of uses is reached")
+    raise ValueError(f"{outcome} is no refusal")
 
 
 def _seen(aq: AuthorizedQuery) -> query_mod.Seen:

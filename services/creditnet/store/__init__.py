@@ -1,11 +1,12 @@
 """The city node's database: credit records, enterprise profiles, replay
 protection, consent use counts and revocations (SQLite or PostgreSQL)."""
 
-from creditnet.store.aio import AsyncStore, GroupCommitStats
+from creditnet.store.aio import WRITER_THREAD, AppendLog, AsyncStore, GroupCommitStats, LogPosition
 from creditnet.store.schema import Migration, SchemaNotReady, UnknownRevision, head_revision
 from creditnet.store.store import (
     ClaimedQuery,
     ClaimOutcome,
+    ClaimRefused,
     DisclosedRecord,
     Disclosure,
     IngestResult,
@@ -17,8 +18,11 @@ from creditnet.store.store import (
 )
 
 __all__ = [
+    "WRITER_THREAD",
+    "AppendLog",
     "AsyncStore",
     "ClaimOutcome",
+    "ClaimRefused",
     "ClaimedQuery",
     "DisclosedRecord",
     "Disclosure",
@@ -26,6 +30,7 @@ __all__ = [
     "IngestResult",
     "InvalidRecord",
     "KeptAnswer",
+    "LogPosition",
     "Migration",
     "QueryClaim",
     "SchemaNotReady",

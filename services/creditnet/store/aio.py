@@ -6,21 +6,27 @@ Reads (profiles, records, revocation and use lookups, statistics) run on a
 small thread pool. They never wait for writers: SQLite in WAL mode and
 PostgreSQL both give readers a committed snapshot.
 
-Writes (ingest, profile upserts, claims, revocations, pruning) all go through
-ONE writer thread, in the order they were submitted. A single writer means
-that SQLite never has two of this process's transactions competing for its
-write lock, and it makes group commit possible: claims are the hot write path
-(one per answered query) and each needs a durable commit, i.e. an fsync. The
-writer takes everything queued when it wakes and runs each run of consecutive
-claims as one transaction with one commit (:meth:`Store.claim_queries`): each
-claim gets its own savepoint, so one that fails is rolled back alone and only
-its caller sees the error. Under load the number of fsyncs per claim drops
-with the queue length, while a lone claim still commits at once (the writer
-never waits to fill a group). A caller's future is resolved only after the
-commit that holds its claim, so OK always means "recorded durably".
+Every write to the node's database (ingest, profile upserts, claims, the
+credit chain's entries and checkpoints, revocations, pruning, the witness's
+state) goes through ONE writer thread, in the order it was submitted: the
+store routes its own write methods and :meth:`Store.run_write` there. A single
+writer means that SQLite never has two of this process's transactions
+competing for its write lock, and it makes group commit possible.
 
-If a group's commit itself fails, nothing of it was recorded and each claim
-is retried alone; a claim that raised inside a group (a deadlock with another
+The hot path is an answered query: its claim (replay protection, consent use)
+and its credit-chain entry with the kept answer are one job (:meth:`AsyncStore.append`
+with a claim). The writer takes everything queued when it wakes and runs each
+run of consecutive claims and appends as ONE transaction with one commit: each
+claim gets its own savepoint, so one that is refused or fails is rolled back
+alone (with nothing of its entry written) and only its caller sees it; the
+entries of the others are appended after the claims, in submission order.
+Under load the number of fsyncs per query drops with the queue length, while a
+lone query still commits at once (the writer never waits to fill a group). A
+caller's future is resolved only after the commit that holds its job, so OK
+always means "recorded durably".
+
+If a group's commit itself fails, nothing of it was recorded and each job is
+retried alone; a claim that raised inside a group (a deadlock with another
 process, for instance) is retried once alone after the group committed.
 """
 
@@ -35,8 +41,9 @@ import queue
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, ParamSpec, Protocol, Self, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from creditnet.domain import Category
@@ -54,18 +61,51 @@ from creditnet.store.store import (
 from creditnet.v2 import records_pb2
 
 __all__ = [
+    "AppendLog",
     "AsyncStore",
     "GroupCommitStats",
+    "LogPosition",
+    "WriterExecutor",
 ]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
+UTC = dt.UTC
 
 # Claims in one group at most: bounds a transaction's length and the latency
 # of the first claim in it.
 MAX_GROUP: Final = 256
 READER_THREADS: Final = 4
+# The name of the thread that writes the node's database.
+WRITER_THREAD: Final = "creditnet-store-writer"
+
+
+class AppendLog(Protocol):
+    """An append-only log kept in the store's database (the credit chain), written by the writer only."""
+
+    def write(self, conn: Connection, entries: Sequence[Any]) -> int:
+        """Append `entries` inside the writer's transaction; returns the first one's index."""
+        ...
+
+    def committed(self) -> tuple[int, bytes]:
+        """After the commit of what :meth:`write` wrote: the log's size and root."""
+        ...
+
+    def abandoned(self) -> None:
+        """What :meth:`write` wrote was rolled back: forget it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogPosition:
+    """Where an append landed: its first entry's index, and the log's size
+    and root after the commit that holds it."""
+
+    index: int
+    size: int
+    root: bytes
 
 
 @dataclass(slots=True)
@@ -80,20 +120,32 @@ class _Claim:
     future: cf.Future[ClaimOutcome]
 
 
-_Job = _Call | _Claim
+@dataclass(slots=True)
+class _Append:
+    log: AppendLog
+    entries: Sequence[Any]
+    # Committed with the entries, or neither is: an answered query.
+    claim: QueryClaim | None
+    future: cf.Future[LogPosition | ClaimOutcome]
+
+
+_Job = _Call | _Claim | _Append
+_Grouped = _Claim | _Append
 
 
 @dataclass(frozen=True, slots=True)
 class GroupCommitStats:
-    """How well claims are grouped: ``claims / transactions`` claims per commit
-    (a claim retried alone after its group counts twice)."""
+    """How well writes are grouped: ``claims / transactions`` claims and
+    ``entries / transactions`` log entries per commit (a job retried alone
+    after its group counts twice)."""
 
     claims: int
     transactions: int
+    entries: int = 0
 
 
 class _Writer:
-    """The one thread that writes, grouping consecutive claims into one commit."""
+    """The one thread that writes, grouping consecutive claims and appends into one commit."""
 
     def __init__(self, store: Store, max_group: int = MAX_GROUP) -> None:
         self._store = store
@@ -103,8 +155,9 @@ class _Writer:
         self._closed = False
         # Written by the writer thread only.
         self.claims_done = 0
-        self.claim_transactions = 0
-        self._thread = threading.Thread(target=self._run, name="creditnet-store-writer", daemon=True)
+        self.entries_done = 0
+        self.transactions = 0
+        self._thread = threading.Thread(target=self._run, name=WRITER_THREAD, daemon=True)
         self._thread.start()
 
     def call(self, fn: Callable[[], T]) -> cf.Future[T]:
@@ -116,6 +169,20 @@ class _Writer:
         future: cf.Future[ClaimOutcome] = cf.Future()
         self._put(_Claim(claim, future))
         return future
+
+    def append(
+        self, log: AppendLog, entries: Sequence[Any], claim: QueryClaim | None
+    ) -> cf.Future[LogPosition | ClaimOutcome]:
+        future: cf.Future[LogPosition | ClaimOutcome] = cf.Future()
+        self._put(_Append(log, entries, claim, future))
+        return future
+
+    # WriterThread (see Store.attach_writer)
+    def on_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def run(self, fn: Callable[[], T]) -> T:
+        return self.call(fn).result()
 
     def stop(self) -> None:
         """Finish every job already submitted, then end the thread."""
@@ -152,17 +219,17 @@ class _Writer:
             self._run_in_order(jobs)
 
     def _run_in_order(self, jobs: list[_Job]) -> None:
-        claims: list[_Claim] = []
+        group: list[_Grouped] = []
         for job in jobs:
-            if isinstance(job, _Claim):
-                claims.append(job)
+            if not isinstance(job, _Call):
+                group.append(job)
                 continue
-            if claims:
-                self._run_claims(claims)
-                claims = []
+            if group:
+                self._run_group(group)
+                group = []
             self._run_call(job)
-        if claims:
-            self._run_claims(claims)
+        if group:
+            self._run_group(group)
 
     @staticmethod
     def _run_call(job: _Call) -> None:
@@ -175,44 +242,94 @@ class _Writer:
         else:
             job.future.set_result(result)
 
-    def _run_claims(self, jobs: list[_Claim]) -> None:
+    def _run_group(self, jobs: list[_Grouped]) -> None:
         live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
         if not live:
             return
         try:
-            results = self._store.claim_queries([job.claim for job in live])
-            self._count(len(live))
+            results = self._commit(live)
         except Exception as exc:
             if len(live) == 1:
                 live[0].future.set_exception(exc)
                 return
-            log.warning("a group of %d claims failed to commit, retrying each alone: %s", len(live), exc)
+            log.warning("a group of %d writes failed to commit, retrying each alone: %s", len(live), exc)
             for job in live:
-                self._claim_alone(job)
+                self._alone(job)
             return
         for job, result in zip(live, results, strict=True):
-            if isinstance(result, ClaimOutcome):
-                job.future.set_result(result)
-            elif len(live) > 1 and isinstance(result, DBAPIError):
-                self._claim_alone(job)
+            if len(live) > 1 and isinstance(result, DBAPIError):
+                self._alone(job)
             else:
-                job.future.set_exception(result)
+                _resolve(job, result)
 
-    def _count(self, claims: int) -> None:
-        self.claims_done += claims
-        self.claim_transactions += 1
-
-    def _claim_alone(self, job: _Claim) -> None:
+    def _alone(self, job: _Grouped) -> None:
         try:
-            result = self._store.claim_queries([job.claim])[0]
-            self._count(1)
+            result = self._commit([job])[0]
         except Exception as exc:
             job.future.set_exception(exc)
             return
-        if isinstance(result, ClaimOutcome):
-            job.future.set_result(result)
-        else:
-            job.future.set_exception(result)
+        _resolve(job, result)
+
+    def _commit(self, jobs: Sequence[_Grouped]) -> list[object]:
+        """One transaction for `jobs`: the claims first, each in its savepoint, then
+        the entries of every append whose claim (if any) held, in order."""
+        now = dt.datetime.now(UTC)
+        results: list[object] = [None] * len(jobs)
+        appends: dict[int, tuple[AppendLog, list[tuple[int, _Append]]]] = {}
+        written: list[AppendLog] = []
+        claims = entries = 0
+        try:
+            with self._store.write_transaction() as conn:
+                for i, job in enumerate(jobs):
+                    if job.claim is not None:
+                        claims += 1
+                        outcome = self._store.claim_in(conn, job.claim, now)
+                        if outcome is not ClaimOutcome.OK or isinstance(job, _Claim):
+                            results[i] = outcome
+                            continue
+                    assert isinstance(job, _Append)
+                    appends.setdefault(id(job.log), (job.log, []))[1].append((i, job))
+                for append_log, items in appends.values():
+                    written.append(append_log)
+                    first = append_log.write(conn, [e for _, job in items for e in job.entries])
+                    for i, job in items:
+                        results[i] = first
+                        first += len(job.entries)
+                        entries += len(job.entries)
+        except BaseException:
+            for append_log in written:
+                try:
+                    append_log.abandoned()
+                except Exception:
+                    # The log refuses its next write until it can reload.
+                    log.exception("reloading a log after a failed append failed")
+            raise
+        for append_log, items in appends.values():
+            size, root = append_log.committed()
+            for i, _ in items:
+                results[i] = LogPosition(int(results[i]), size, root)  # type: ignore[call-overload]
+        self.claims_done += claims
+        self.entries_done += entries
+        self.transactions += 1
+        return results
+
+
+def _resolve(job: _Grouped, result: object) -> None:
+    if isinstance(result, BaseException):
+        job.future.set_exception(result)
+    else:
+        job.future.set_result(result)  # type: ignore[arg-type]
+
+
+class WriterExecutor(cf.Executor):
+    """The writer thread as an Executor (for ``loop.run_in_executor``): what is
+    submitted runs there, in order with the writes."""
+
+    def __init__(self, writer: _Writer) -> None:
+        self._writer = writer
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> cf.Future[T]:
+        return self._writer.call(functools.partial(fn, *args, **kwargs))
 
 
 class AsyncStore:
@@ -222,6 +339,8 @@ class AsyncStore:
         self._store = store
         self._readers = cf.ThreadPoolExecutor(readers, thread_name_prefix="creditnet-store-read")
         self._writer = _Writer(store)
+        self._executor = WriterExecutor(self._writer)
+        store.attach_writer(self._writer)
         self._closed = False
 
     @classmethod
@@ -245,7 +364,14 @@ class AsyncStore:
 
     @property
     def group_commit_stats(self) -> GroupCommitStats:
-        return GroupCommitStats(self._writer.claims_done, self._writer.claim_transactions)
+        w = self._writer
+        return GroupCommitStats(w.claims_done, w.transactions, w.entries_done)
+
+    @property
+    def writer(self) -> cf.Executor:
+        """The writer thread as an Executor: for work that must run in order with
+        the writes (the credit chain's tree, which the writer extends)."""
+        return self._executor
 
     @property
     def store(self) -> Store:
@@ -280,6 +406,22 @@ class AsyncStore:
     ) -> ClaimOutcome:
         claim = QueryClaim(query_id, consent_digest, max_uses, expires_at, query_digest)
         return await asyncio.wrap_future(self._writer.claim(claim))
+
+    def append(
+        self, log: AppendLog, entries: Sequence[Any], claim: QueryClaim | None = None
+    ) -> cf.Future[LogPosition | ClaimOutcome]:
+        """Append `entries` to `log` durably, with `claim` in the same transaction if given.
+
+        Resolves to where they landed, or to the claim's outcome if it was
+        refused (then nothing was written). A concurrent future: the caller
+        decides how to wait (the credit chain never lets a cancelled caller
+        cancel an append).
+        """
+        return self._writer.append(log, entries, claim)
+
+    async def run_write(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` in one write transaction on the writer thread."""
+        return await self._write(functools.partial(self._store.run_write, fn))
 
     async def revoke(
         self,
@@ -358,6 +500,7 @@ class AsyncStore:
     def _shutdown(self) -> None:
         try:
             self._writer.stop()
+            self._store.attach_writer(None)
             self._readers.shutdown(wait=True)
         finally:
             self._store.close()

@@ -1,8 +1,12 @@
-"""The city node's tables, as SQLModel classes.
+"""Every table of a creditnet database, as SQLModel classes: the node's own,
+the credit chain's and the aggregator's.
 
-The database's schema comes from the migrations (``migrations/versions``);
-these classes must describe the same tables, which a test checks on both
-databases.
+The store owns the schema: the database's tables come from its migrations
+(``migrations/versions``), one line of revisions for every database (a node's
+holds the aggregator's tables empty, an aggregator's the node's), and these
+classes, on one metadata, must describe the same tables, which a test checks
+on both databases. Other packages use these tables under their own names
+(``chain.models``, ``aggregator.models``) but never declare or migrate one.
 
 Protobuf messages are kept whole as ``payload`` bytes: the node answers with
 exactly what the provider submitted (plus provenance), and the proto schema can
@@ -28,6 +32,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import registry
@@ -35,17 +40,36 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "AGGREGATOR_DELIVERIES",
+    "AGGREGATOR_REVOCATIONS",
+    "CHAIN_CHECKPOINTS",
+    "CHAIN_ENTRIES",
+    "CHAIN_EVIDENCE",
+    "CHAIN_HASHES",
+    "CHAIN_META",
     "CONSENT_USES",
     "ENTERPRISES",
     "MAX_QUERY_ID_LENGTH",
     "METADATA",
+    "NETWORK_CHECKPOINTS",
+    "NETWORK_HEAD",
     "QUERY_USES",
     "RECORDS",
     "RECORD_BATCHES",
     "RECORD_COUNTS",
     "REVOCATIONS",
+    "WITNESS_STATE",
+    "AggregatorDeliveryRow",
+    "AggregatorRevocationRow",
+    "ChainCheckpointRow",
+    "ChainEntryRow",
+    "ChainHashRow",
+    "ChainMetaRow",
     "ConsentUseRow",
     "EnterpriseRow",
+    "EvidenceRow",
+    "NetworkCheckpointRow",
+    "NetworkHeadRow",
     "NodeModel",
     "QueryUseRow",
     "RecordBatchRow",
@@ -53,6 +77,7 @@ __all__ = [
     "RecordRow",
     "RevocationRow",
     "UtcDateTime",
+    "WitnessStateRow",
 ]
 
 UTC = dt.UTC
@@ -85,8 +110,7 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 
 class NodeModel(SQLModel, registry=registry()):
-    """Base of the node's tables: their own metadata, which the migrations'
-    autogenerate compares with (together with the chain's)."""
+    """Base of every table: one metadata, which the migrations' autogenerate compares with."""
 
 
 class EnterpriseRow(NodeModel, table=True):
@@ -219,10 +243,121 @@ class RevocationRow(NodeModel, table=True):
     envelope: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+# -- the credit chain (creditnet.chain) -----------------------------------------
+#
+# ``chain_hash`` holds every perfect-subtree hash of the log (see chain/tree.py),
+# so roots and proofs after a restart read O(log n) rows. ``chain_entry`` keeps
+# the exact entry bytes, plus — privately, never served to the public — the
+# USCC and salt behind each entry's enterprise commitment, so the node can
+# answer an enterprise's own history. ``witness_state`` is what this node, as a
+# witness, last cosigned for every other log; ``chain_evidence`` keeps proof
+# of misbehaviour it has seen.
+
+
+class ChainEntryRow(NodeModel, table=True):
+    __tablename__ = "chain_entry"
+
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    entry: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    kind: int = Field(sa_column=Column(Integer, nullable=False))
+    uscc: str | None = Field(default=None, sa_column=Column(String(18), nullable=True))
+    salt: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+    __table_args__ = (Index("ix_chain_entry_uscc", "uscc", "idx"),)
+
+
+class ChainHashRow(NodeModel, table=True):
+    __tablename__ = "chain_hash"
+
+    level: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ChainMetaRow(NodeModel, table=True):
+    __tablename__ = "chain_meta"
+
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ChainCheckpointRow(NodeModel, table=True):
+    """Every checkpoint this node signed, with the cosignatures it gathered."""
+
+    __tablename__ = "chain_checkpoint"
+
+    size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    cosignatures: int = Field(sa_column=Column(Integer, nullable=False))
+    signed_at: dt.datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    # DER certificates of the log key and the cosigning witnesses, each
+    # prefixed by its length (4 bytes, big-endian); see chain.models.pack_certificates.
+    key_certificates: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+
+class WitnessStateRow(NodeModel, table=True):
+    __tablename__ = "witness_state"
+
+    origin: str = Field(sa_column=Column(String(200), primary_key=True))
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: dt.datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class EvidenceRow(NodeModel, table=True):
+    __tablename__ = "chain_evidence"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    origin: str = Field(sa_column=Column(String(200), nullable=False))
+    kind: str = Field(sa_column=Column(String(40), nullable=False))
+    first: str = Field(sa_column=Column(Text, nullable=False))
+    second: str = Field(sa_column=Column(Text, nullable=False))
+    detail: str = Field(sa_column=Column(Text, nullable=False))
+    found_at: dt.datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+# -- the aggregator (creditnet.aggregator), revision 0006 -----------------------
+
+
+class NetworkHeadRow(NodeModel, table=True):
+    __tablename__ = "network_head"
+
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    sequence: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class NetworkCheckpointRow(NodeModel, table=True):
+    __tablename__ = "network_checkpoint"
+
+    sequence: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    # JSON: every city's size, root, checkpoint note and log-key certificates.
+    cities: str = Field(sa_column=Column(Text, nullable=False))
+    signed_at: dt.datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class AggregatorRevocationRow(NodeModel, table=True):
+    __tablename__ = "aggregator_revocation"
+
+    consent_digest: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    # The RevokeConsentRequest every node gets (revocation and the consent it revokes).
+    request: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    published_at: dt.datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class AggregatorDeliveryRow(NodeModel, table=True):
+    __tablename__ = "aggregator_revocation_delivery"
+
+    consent_digest: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    city: str = Field(sa_column=Column(String(6), primary_key=True))
+    delivered_at: dt.datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
 METADATA = NodeModel.metadata
 
-# Core handles on the tables, for the statements that bypass the ORM (bulk
-# ingest and the atomic upserts).
+# Core handles on the tables, for the statements that bypass the ORM (all of
+# them: bulk ingest, the atomic upserts, the claim and append hot path).
 ENTERPRISES = METADATA.tables[EnterpriseRow.__tablename__]
 RECORDS = METADATA.tables[RecordRow.__tablename__]
 RECORD_BATCHES = METADATA.tables[RecordBatchRow.__tablename__]
@@ -230,3 +365,13 @@ RECORD_COUNTS = METADATA.tables[RecordCountRow.__tablename__]
 QUERY_USES = METADATA.tables[QueryUseRow.__tablename__]
 CONSENT_USES = METADATA.tables[ConsentUseRow.__tablename__]
 REVOCATIONS = METADATA.tables[RevocationRow.__tablename__]
+CHAIN_ENTRIES = METADATA.tables[ChainEntryRow.__tablename__]
+CHAIN_HASHES = METADATA.tables[ChainHashRow.__tablename__]
+CHAIN_META = METADATA.tables[ChainMetaRow.__tablename__]
+CHAIN_CHECKPOINTS = METADATA.tables[ChainCheckpointRow.__tablename__]
+WITNESS_STATE = METADATA.tables[WitnessStateRow.__tablename__]
+CHAIN_EVIDENCE = METADATA.tables[EvidenceRow.__tablename__]
+NETWORK_HEAD = METADATA.tables[NetworkHeadRow.__tablename__]
+NETWORK_CHECKPOINTS = METADATA.tables[NetworkCheckpointRow.__tablename__]
+AGGREGATOR_REVOCATIONS = METADATA.tables[AggregatorRevocationRow.__tablename__]
+AGGREGATOR_DELIVERIES = METADATA.tables[AggregatorDeliveryRow.__tablename__]

@@ -6,7 +6,11 @@ Opening a store never creates or changes its schema unless asked to
 
 Thread safety: every method may be called from any thread at any time. Each
 call takes its own pooled connection and runs in its own transaction; no
-connection or mutable state is shared between calls.
+connection or mutable state is shared between calls. Once an
+:class:`~creditnet.store.aio.AsyncStore` wraps the store, its writer thread is
+the only one that writes: the write methods and :meth:`Store.run_write` hand
+their work to it (and wait), and a write transaction opened on any other
+thread is refused.
 
 Atomicity and durability: every write method is one transaction. On SQLite,
 write transactions start with ``BEGIN IMMEDIATE`` (they take the database's
@@ -39,7 +43,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self, cast
+from typing import Any, Final, Protocol, Self, TypeVar, cast
 
 import psycopg
 from sqlalchemy import (
@@ -81,6 +85,7 @@ from creditnet.v2 import records_pb2
 
 __all__ = [
     "ClaimOutcome",
+    "ClaimRefused",
     "ClaimedQuery",
     "DisclosedRecord",
     "Disclosure",
@@ -90,9 +95,21 @@ __all__ = [
     "QueryClaim",
     "Store",
     "StoreStats",
+    "WriterThread",
 ]
 
 UTC = dt.UTC
+
+T = TypeVar("T")
+
+
+class WriterThread(Protocol):
+    """The one thread that writes a store's database (see :mod:`creditnet.store.aio`)."""
+
+    def on_thread(self) -> bool: ...
+
+    def run(self, fn: Callable[[], T]) -> T: ...
+
 
 # How long a SQLite writer waits for another writer (another process, or the
 # synchronous API used next to an AsyncStore) before giving up.
@@ -123,6 +140,16 @@ _CATEGORY_BY_FIELD: Final = {
 }
 
 
+def _written(method: Callable[..., T]) -> Callable[..., T]:
+    """A write method of :class:`Store`: run on the store's writer thread when it has one."""
+
+    @functools.wraps(method)
+    def on_writer(self: Store, *args: Any, **kwargs: Any) -> T:
+        return self._on_writer(functools.partial(method, self, *args, **kwargs))
+
+    return on_writer
+
+
 @functools.lru_cache(maxsize=1024)
 def _city_code(code: str) -> str | None:
     """The code if it names a city, else None (the record is refused)."""
@@ -143,6 +170,15 @@ class ClaimOutcome(enum.Enum):
     REPLAY = "replay"
     LIMIT_EXCEEDED = "limit_exceeded"
     REVOKED = "revoked"
+
+
+class ClaimRefused(Error):
+    """A claim made together with a write (its ledger entry) was refused:
+    nothing of either was recorded."""
+
+    def __init__(self, outcome: ClaimOutcome) -> None:
+        super().__init__(f"claim refused: {outcome.value}")
+        self.outcome = outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +277,9 @@ class Store:
         # ingest) take turns on this lock instead, and the next one starts the
         # moment the last commits. Other processes still meet busy_timeout.
         self._write_turn: threading.RLock | None = threading.RLock() if self._backend == "sqlite" else None
+        # Set by an AsyncStore: from then on every write of this process to
+        # the database runs on its writer thread (see run_write).
+        self._writer: WriterThread | None = None
         self._upsert_insert: Callable[[Table], Any]
         self._insert_records: Callable[[Connection, list[tuple[object, ...]]], dict[str, int]]
         if self._backend == "sqlite":
@@ -323,8 +362,32 @@ class Store:
     def engine(self) -> Engine:
         return self._engine
 
+    def attach_writer(self, writer: WriterThread | None) -> None:
+        """Route every write through `writer` (an AsyncStore's writer thread), or stop doing so."""
+        self._writer = writer
+
+    def run_write(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one write transaction, on the store's writer thread if it has one.
+
+        Called from another thread, this waits for the writer to run it (so
+        never call it from the event loop): the node's database then has one
+        writer, whatever part of the node writes.
+        """
+        return self._on_writer(functools.partial(self._in_write_transaction, fn))
+
+    def _in_write_transaction(self, fn: Callable[[Connection], T]) -> T:
+        with self._writing() as conn:
+            return fn(conn)
+
+    def _on_writer(self, fn: Callable[[], T]) -> T:
+        writer = self._writer
+        if writer is None or writer.on_thread():
+            return fn()
+        return writer.run(fn)
+
     # -- records ---------------------------------------------------------
 
+    @_written
     def ingest(
         self,
         records: Sequence[records_pb2.CreditRecord],
@@ -472,6 +535,7 @@ class Store:
 
     # -- enterprise profiles -----------------------------------------------
 
+    @_written
     def upsert_profiles(self, profiles: Sequence[records_pb2.EnterpriseProfile]) -> int:
         """Insert or replace profiles by USCC in one transaction (the last one
         given for a USCC wins); returns how many distinct enterprises were written."""
@@ -535,6 +599,7 @@ class Store:
             raise outcome
         return outcome
 
+    @_written
     def claim_queries(self, claims: Sequence[QueryClaim]) -> list[ClaimOutcome | Exception]:
         """Several :meth:`claim_query` calls in one transaction and one commit.
 
@@ -545,22 +610,23 @@ class Store:
         itself failed) means none of the claims was recorded.
         """
         now = dt.datetime.now(UTC)
-        results: list[ClaimOutcome | Exception] = []
         with self._writing() as conn:
-            for claim in claims:
-                savepoint = conn.begin_nested()
-                try:
-                    outcome = self._claim(conn, claim, now)
-                except Exception as exc:
-                    savepoint.rollback()
-                    results.append(exc)
-                    continue
-                if outcome is ClaimOutcome.OK:
-                    savepoint.commit()
-                else:
-                    savepoint.rollback()
-                results.append(outcome)
-        return results
+            return [self.claim_in(conn, claim, now) for claim in claims]
+
+    def claim_in(self, conn: Connection, claim: QueryClaim, now: dt.datetime) -> ClaimOutcome | Exception:
+        """One claim inside the caller's write transaction, in its own savepoint:
+        rolled back alone unless OK (an exception it raised is returned)."""
+        savepoint = conn.begin_nested()
+        try:
+            outcome = self._claim(conn, claim, now)
+        except Exception as exc:
+            savepoint.rollback()
+            return exc
+        if outcome is ClaimOutcome.OK:
+            savepoint.commit()
+        else:
+            savepoint.rollback()
+        return outcome
 
     def consent_uses(self, consent_digest: bytes) -> int:
         stmt = select(CONSENT_USES.c.uses).where(CONSENT_USES.c.consent_digest == consent_digest)
@@ -568,6 +634,7 @@ class Store:
             uses = conn.execute(stmt).scalar_one_or_none()
         return 0 if uses is None else int(uses)
 
+    @_written
     def prune_queries(self, now: dt.datetime) -> int:
         """Forget query ids whose query expired before ``now``; returns how many.
 
@@ -582,6 +649,7 @@ class Store:
 
     # -- revocations -----------------------------------------------------
 
+    @_written
     def revoke(
         self,
         consent_digest: bytes,
@@ -702,7 +770,8 @@ class Store:
 
     def write_transaction(self) -> AbstractContextManager[Connection]:
         """A write transaction on this store's database (BEGIN IMMEDIATE on SQLite),
-        for other parts of the node that keep tables here (the credit chain)."""
+        for other parts of the node that keep tables here, on the writer
+        thread itself (elsewhere, use :meth:`run_write`)."""
         return self._writing()
 
     # -- internals -------------------------------------------------------
@@ -718,6 +787,9 @@ class Store:
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
+        if self._writer is not None and not self._writer.on_thread():
+            # Fail closed: a second writer thread is what this store rules out.
+            raise RuntimeError("this store's database is written by its writer thread only; use run_write")
         with self._write_turn or contextlib.nullcontext(), self._engine.connect() as conn:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():

@@ -7,11 +7,11 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from creditnet.chain.models import CHAIN_METADATA
 from creditnet.store.models import METADATA
 
-# Both table sets live in the node's database; autogenerate compares against both.
-TARGET_METADATA = [METADATA, CHAIN_METADATA]
+# Every table of the schema (the node's, the credit chain's, the aggregator's)
+# is declared on this one metadata; autogenerate compares against it.
+TARGET_METADATA = METADATA
 
 
 def _run(connection: Connection) -> None:
