@@ -159,6 +159,9 @@ class Ledger:
         # Rounds started, and the most ever in flight at once.
         self.rounds_started = 0
         self.rounds_peak = 0
+        self._last_start = 0.0
+        # Smoothed time from a round's start to its quorum (0 until one is measured).
+        self._round_time = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -252,22 +255,27 @@ class Ledger:
         """Start a witness round whenever committed entries are not covered by one.
 
         The rounds in flight are not waited for: their checkpoints are smaller,
-        so an entry committed meanwhile needs a round of its own. Only the
-        bound on rounds in flight, or the pause after a round that no later
-        one covers failed, holds a round back; a round ending wakes this loop.
+        so an entry committed meanwhile needs a round of its own. What holds a
+        round back: the bound on rounds in flight; the pause after a round
+        that no later one covers failed; and, while rounds are in flight, a
+        spacing of 1/max_rounds_in_flight of a usual round since the last one
+        started. Without the spacing, rounds started together end together,
+        and the entries committed meanwhile wait for a slot as long as for a
+        serial round; with it, an entry waits for its round to start at most
+        that fraction of a round. A round ending, or entries committing, wakes
+        this loop.
         """
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                await self._wake_publisher.wait()
                 self._wake_publisher.clear()
-                while (size := self._uncovered()) is not None and len(
-                    self._rounds
-                ) < self.max_rounds_in_flight:
-                    pause = self._retry_at - loop.time()
-                    if pause > 0:
-                        await asyncio.sleep(pause)
-                        continue
+                size, pause = self._next_round()
+                if size is None:
+                    await self._wake_publisher.wait()
+                elif pause > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake_publisher.wait(), pause)
+                else:
+                    self._last_start = asyncio.get_running_loop().time()
                     self._rounds[size] = asyncio.create_task(self._round(size))
                     self.rounds_started += 1
                     self.rounds_peak = max(self.rounds_peak, len(self._rounds))
@@ -276,6 +284,16 @@ class Ledger:
             for t in rounds:
                 t.cancel()
             await asyncio.gather(*rounds, return_exceptions=True)
+
+    def _next_round(self) -> tuple[int | None, float]:
+        """The size the next round is for (None: none is due), and how long until it may start."""
+        size = self._uncovered()
+        if size is None or len(self._rounds) >= self.max_rounds_in_flight:
+            return None, 0.0
+        start_at = self._retry_at
+        if self._rounds:
+            start_at = max(start_at, self._last_start + self._round_time / self.max_rounds_in_flight)
+        return size, max(0.0, start_at - asyncio.get_running_loop().time())
 
     def _uncovered(self) -> int | None:
         """The committed size, if neither the published checkpoint nor a round in flight covers it."""
@@ -311,6 +329,7 @@ class Ledger:
 
     async def publish(self, size: int) -> bool:
         """Sign a checkpoint of `size` and have it cosigned: whether a published one covers `size` now."""
+        started = asyncio.get_running_loop().time()
         root = self._roots.get(size)
         if root is None:
             root = await asyncio.get_running_loop().run_in_executor(self._writer, self.log.tree.root, size)
@@ -330,6 +349,8 @@ class Ledger:
         if len(cosigs) < self.quorum:
             log.warning("checkpoint %d has %d of %d cosignatures", size, len(cosigs), self.quorum)
             return False
+        took = asyncio.get_running_loop().time() - started
+        self._round_time = took if not self._round_time else 0.8 * self._round_time + 0.2 * took
         async with self._published_changed:
             if self.published is None or self.published.size < size:
                 self.published = Published(size, note, len(cosigs), certs)
@@ -358,11 +379,16 @@ class Ledger:
         hedge_at = loop.time() + delay
         try:
             await self._collect(signed, pending, spares, cosigs, certs, overtaken, hedge_at, delay)
+        except asyncio.CancelledError:
+            # The log is stopping: nothing is to wait for its calls.
+            for task in pending:
+                task.cancel()
+            raise
         finally:
             overtaken.cancel()
-            for task in pending:
-                # Late witnesses still record what they cosigned (and how they did).
-                self._background(task)
+        for task in pending:
+            # Late witnesses still record what they cosigned (and how they did).
+            self._background(task)
         return cosigs, certs
 
     async def _collect(
