@@ -305,3 +305,23 @@ async def test_crossing_rounds_serve_every_waiter_from_the_newer_checkpoint_with
     r3 = await ledger.receipt(third.index, third.entry, PATIENCE)
     assert r3.tree_size == 3 and verify_receipt(rig.trust, r3, "340100").index == 2
     assert {c.old_size for c in gates.of("cosigned", 3)} == {2}
+
+
+async def test_the_next_round_keeps_its_spacing_while_one_is_in_flight_but_not_once_none_is(
+    rig: Rig, ledger: Ledger
+) -> None:
+    gates = rig.gates
+    # Rounds as slow as an hour: half an hour between two rounds in flight.
+    ledger._round_time = 3600.0
+    await ledger.append(entry(0))
+    await gates.until(arrived_from_all(1))
+    second = await ledger.append(entry(1))
+    for _ in range(20):
+        await asyncio.sleep(0)  # the publisher has seen the commit
+    assert ledger.rounds_started == 2 and list(ledger._rounds) == [1]
+    # The round in flight ends: the entry's round starts at once, whatever the spacing.
+    await gates.let_through(1, 2)
+    r = await ledger.receipt(second.index, second.entry, PATIENCE)
+    assert r.tree_size == 2 and ledger.rounds_started == 3 and ledger.rounds_peak == 1
+    await settled(ledger)
+    assert_witnesses_only_moved_forward(rig, 2)
