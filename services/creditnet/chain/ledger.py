@@ -79,8 +79,12 @@ class WitnessLink:
     # (validity and the directory's revocations): a revoked witness key's
     # cosignature does not count towards the quorum.
     trust: TrustStore | None = None
-    # Sizes of the checkpoints this log's calls in flight ask it to cosign.
-    sending: list[int] = field(default_factory=list)
+    # The calls of this log in flight to it: the checkpoint's size, and when it was sent.
+    sending: list[tuple[int, float]] = field(default_factory=list)
+
+    def late(self, now: float, delay: float) -> bool:
+        """Holding a call of this log for longer than `delay`: stuck, or far slower than usual."""
+        return any(now - sent > delay for _, sent in self.sending)
 
     @classmethod
     def connect(
@@ -371,7 +375,14 @@ class Ledger:
         if not self.witnesses:
             return cosigs, certs
         loop = asyncio.get_running_loop()
-        first, spares = plan(self.witnesses, lambda w: w.health, self.quorum, self._rotation, loop.time())
+        now = loop.time()
+        # Rounds overlap: a witness still holding an earlier round's call past
+        # any hedge delay would only pile up calls (it handles them one at a
+        # time), so it sits this round out unless the quorum needs it.
+        overdue = hedge_delay([w.health for w in self.witnesses])
+        ready = [w for w in self.witnesses if not w.late(now, overdue)]
+        asked = ready if len(ready) >= self.quorum else self.witnesses
+        first, spares = plan(asked, lambda w: w.health, self.quorum, self._rotation, now)
         self._rotation = (self._rotation + 1) % len(self.witnesses)
         delay = hedge_delay([w.health for w in first[: self.quorum]])
         pending = {asyncio.create_task(self._cosign(w, signed)) for w in first}
@@ -414,8 +425,10 @@ class Ledger:
             if not done:
                 # No quorum within the hedge delay: someone asked is stuck.
                 # Ask a spare per cosignature still missing, without waiting.
-                for _ in range(min(self.quorum - len(cosigs), len(spares))):
-                    pending.add(asyncio.create_task(self._cosign(spares.pop(0), signed)))
+                for _ in range(self.quorum - len(cosigs)):
+                    if (spare := _spare(spares, loop.time(), delay)) is None:
+                        break
+                    pending.add(asyncio.create_task(self._cosign(spare, signed)))
                 hedge_at = loop.time() + delay
                 continue
             for task in done:
@@ -423,8 +436,8 @@ class Ledger:
                 if got is not None:
                     cosigs.append(got[0])
                     certs.append(got[1])
-                elif spares:
-                    pending.add(asyncio.create_task(self._cosign(spares.pop(0), signed)))
+                elif (spare := _spare(spares, loop.time(), delay)) is not None:
+                    pending.add(asyncio.create_task(self._cosign(spare, signed)))
 
     async def _published_beyond(self, size: int) -> None:
         async with self._published_changed:
@@ -500,8 +513,9 @@ class Ledger:
         this checkpoint: a witness is never asked to go backwards.
         """
         size = signed.checkpoint.size
-        old = max([w.size or 0, *(s for s in w.sending if s < size)])
-        w.sending.append(size)
+        old = max([w.size or 0, *(s for s, _ in w.sending if s < size)])
+        sending = (size, asyncio.get_running_loop().time())
+        w.sending.append(sending)
         try:
             for _ in range(ASK_ATTEMPTS):
                 if old > size:
@@ -550,7 +564,7 @@ class Ledger:
             # other rounds' calls crossing this one, which is no fault of its.
             return None, True
         finally:
-            w.sending.remove(size)
+            w.sending.remove(sending)
 
     # -- receipts ----------------------------------------------------------
 
@@ -587,6 +601,15 @@ class Ledger:
             checkpoint=pub.note,
             key_certificates=pub.key_certificates,
         )
+
+
+def _spare(spares: list[WitnessLink], now: float, delay: float) -> WitnessLink | None:
+    """The next spare to ask, passing over those late with a call of an earlier round."""
+    while spares:
+        w = spares.pop(0)
+        if not w.late(now, delay):
+            return w
+    return None
 
 
 def _held(exc: grpc.aio.AioRpcError) -> int | None:
