@@ -11,6 +11,13 @@ signs a checkpoint for the new size and asks the witnesses to cosign it; once
 gets its receipt (entry, inclusion proof, cosigned checkpoint). Signing
 happens only for sizes of this one append-only tree, so the node never signs
 two inconsistent checkpoints.
+
+Witness rounds are pipelined: a round starts as soon as entries are pending,
+while earlier rounds are still in flight (at most MAX_ROUNDS_IN_FLIGHT of
+them), so an answer waits for one round, not for the rest of the round that
+was running when its entry committed and then its own. A checkpoint reaching
+quorum covers every smaller size: the waiters of an earlier round that has not
+(or never will) reach quorum are served by it, and that round stops waiting.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from sqlalchemy import Connection, insert, select, update
@@ -41,7 +49,10 @@ from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, LogPosition,
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
 
 __all__ = [
+    "ASK_ATTEMPTS",
     "COSIGN_TIMEOUT",
+    "MAX_ROUNDS_IN_FLIGHT",
+    "RETRY_PAUSE",
     "Appended",
     "Ledger",
     "Published",
@@ -51,6 +62,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COSIGN_TIMEOUT = 2.0
+# Witness rounds in flight at once: each signs a checkpoint and asks `quorum`
+# witnesses, so a slow witness set must not make the node start round after round.
+MAX_ROUNDS_IN_FLIGHT = 2
+# After a round without quorum that no later round covers, the next one waits this long.
+RETRY_PAUSE = 0.2
+# Calls to a witness for one checkpoint: from the best guess at the size it
+# holds, then from the sizes it reports (rounds in flight may cross at it).
+ASK_ATTEMPTS = 3
 
 
 @dataclass
@@ -68,6 +87,12 @@ class WitnessLink:
     # (validity and the directory's revocations): a revoked witness key's
     # cosignature does not count towards the quorum.
     trust: TrustStore | None = None
+    # The calls of this log in flight to it: the checkpoint's size, and when it was sent.
+    sending: list[tuple[int, float]] = field(default_factory=list)
+
+    def late(self, now: float, delay: float) -> bool:
+        """Holding a call of this log for longer than `delay`: stuck, or far slower than usual."""
+        return any(now - sent > delay for _, sent in self.sending)
 
     @classmethod
     def connect(
@@ -142,6 +167,16 @@ class Ledger:
         self._proofs: dict[tuple[int, int], asyncio.Future[list[bytes]]] = {}
         # Commits that appended entries (each holds every append queued while the previous one ran).
         self.group_commits = 0
+        # Witness rounds in flight, by the size of their checkpoint (see `_publish_loop`).
+        self._rounds: dict[int, asyncio.Task[None]] = {}
+        self._retry_at = 0.0
+        self.max_rounds_in_flight = MAX_ROUNDS_IN_FLIGHT
+        # Rounds started, and the most ever in flight at once.
+        self.rounds_started = 0
+        self.rounds_peak = 0
+        self._last_start = 0.0
+        # Smoothed time from a round's start to its quorum (0 until one is measured).
+        self._round_time = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -247,23 +282,78 @@ class Ledger:
         return Published(int(row.size), str(row.note), int(row.cosignatures), certs)
 
     async def _publish_loop(self) -> None:
-        while True:
-            await self._wake_publisher.wait()
-            self._wake_publisher.clear()
-            size = self.committed_size
-            if self.published is not None and self.published.size >= size:
-                continue
-            try:
-                ok = await self.publish(size)
-            except Exception:
-                log.exception("publishing checkpoint %d failed", size)
-                ok = False
-            if not ok:
-                # Not enough witnesses now: try again shortly (and on the next append).
-                await asyncio.sleep(0.2)
-                self._wake_publisher.set()
+        """Start a witness round whenever committed entries are not covered by one.
+
+        The rounds in flight are not waited for: their checkpoints are smaller,
+        so an entry committed meanwhile needs a round of its own. What holds a
+        round back: the bound on rounds in flight; the pause after a round
+        that no later one covers failed; and, while rounds are in flight, a
+        spacing of 1/max_rounds_in_flight of a usual round since the last one
+        started. Without the spacing, rounds started together end together,
+        and the entries committed meanwhile wait for a slot as long as for a
+        serial round; with it, an entry waits for its round to start at most
+        that fraction of a round. A round ending, or entries committing, wakes
+        this loop.
+        """
+        try:
+            while True:
+                self._wake_publisher.clear()
+                size, pause = self._next_round()
+                if size is None:
+                    await self._wake_publisher.wait()
+                elif pause > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake_publisher.wait(), pause)
+                else:
+                    self._last_start = asyncio.get_running_loop().time()
+                    self._rounds[size] = asyncio.create_task(self._round(size))
+                    self.rounds_started += 1
+                    self.rounds_peak = max(self.rounds_peak, len(self._rounds))
+        finally:
+            rounds = list(self._rounds.values())
+            for t in rounds:
+                t.cancel()
+            await asyncio.gather(*rounds, return_exceptions=True)
+
+    def _next_round(self) -> tuple[int | None, float]:
+        """The size the next round is for (None: none is due), and how long until it may start."""
+        size = self._uncovered()
+        if size is None or len(self._rounds) >= self.max_rounds_in_flight:
+            return None, 0.0
+        start_at = self._retry_at
+        if self._rounds:
+            start_at = max(start_at, self._last_start + self._round_time / self.max_rounds_in_flight)
+        return size, max(0.0, start_at - asyncio.get_running_loop().time())
+
+    def _uncovered(self) -> int | None:
+        """The committed size, if neither the published checkpoint nor a round in flight covers it."""
+        size = self.committed_size
+        # Nothing published yet: even the empty log's checkpoint is worth a round.
+        covered = max(
+            self.published.size if self.published is not None else -1, max(self._rounds, default=-1)
+        )
+        return size if size > covered else None
+
+    def _covers(self, size: int) -> bool:
+        return self.published is not None and self.published.size >= size
+
+    async def _round(self, size: int) -> None:
+        ok = False
+        try:
+            ok = await self.publish(size)
+        except Exception:
+            log.exception("publishing checkpoint %d failed", size)
+        finally:
+            del self._rounds[size]
+            if not ok and not any(s > size for s in self._rounds):
+                # Not enough witnesses now, and no later round to cover these
+                # entries: try again shortly (and on the next append).
+                self._retry_at = asyncio.get_running_loop().time() + RETRY_PAUSE
+            self._wake_publisher.set()
 
     async def publish(self, size: int) -> bool:
+        """Sign a checkpoint of `size` and have it cosigned: whether a published one covers `size` now."""
+        started = asyncio.get_running_loop().time()
         root = self._roots.get(size)
         if root is None:
             root = await asyncio.get_running_loop().run_in_executor(self._writer, self.log.tree.root, size)
@@ -272,6 +362,10 @@ class Ledger:
             del self._roots[old]
         signed = Checkpoint(self.origin, size, root).sign(self._log_signer)
         cosigs, certs = await self._gather_cosignatures(signed)
+        if len(cosigs) < self.quorum and self._covers(size):
+            # Overtaken: a later checkpoint reached quorum first and serves
+            # this round's waiters; this one is not worth keeping.
+            return True
         note = signed.with_cosignatures(cosigs).encode() if cosigs else signed.encode()
         # Kept for operators and restarts, off the answers' critical path: the
         # entries themselves were durable before this checkpoint was signed.
@@ -279,6 +373,8 @@ class Ledger:
         if len(cosigs) < self.quorum:
             log.warning("checkpoint %d has %d of %d cosignatures", size, len(cosigs), self.quorum)
             return False
+        took = asyncio.get_running_loop().time() - started
+        self._round_time = took if not self._round_time else 0.8 * self._round_time + 0.2 * took
         async with self._published_changed:
             if self.published is None or self.published.size < size:
                 self.published = Published(size, note, len(cosigs), certs)
@@ -286,7 +382,10 @@ class Ledger:
         return True
 
     async def _gather_cosignatures(self, signed: SignedCheckpoint) -> tuple[list[Cosignature], list[bytes]]:
-        """Cosignatures from the first `quorum` witnesses to answer, hedged (see `chain.hedge`)."""
+        """Cosignatures from the first `quorum` witnesses to answer, hedged (see `chain.hedge`).
+
+        Stops early, with what it has, once a later checkpoint is published.
+        """
         cosigs: list[Cosignature] = []
         certs: list[bytes] = [self.log_key.certificate_der]
         if self.follow is not None:
@@ -296,19 +395,60 @@ class Ledger:
         if not self.witnesses:
             return cosigs, certs
         loop = asyncio.get_running_loop()
-        first, spares = plan(self.witnesses, lambda w: w.health, self.quorum, self._rotation, loop.time())
+        now = loop.time()
+        # Rounds overlap: a witness still holding an earlier round's call past
+        # any hedge delay would only pile up calls (it handles them one at a
+        # time), so it sits this round out unless the quorum needs it.
+        overdue = hedge_delay([w.health for w in self.witnesses])
+        ready = [w for w in self.witnesses if not w.late(now, overdue)]
+        asked = ready if len(ready) >= self.quorum else self.witnesses
+        first, spares = plan(asked, lambda w: w.health, self.quorum, self._rotation, now)
         self._rotation = (self._rotation + 1) % len(self.witnesses)
         delay = hedge_delay([w.health for w in first[: self.quorum]])
         pending = {asyncio.create_task(self._cosign(w, signed)) for w in first}
+        overtaken = asyncio.ensure_future(self._published_beyond(signed.checkpoint.size))
         hedge_at = loop.time() + delay
+        try:
+            await self._collect(signed, pending, spares, cosigs, certs, overtaken, hedge_at, delay)
+        except asyncio.CancelledError:
+            # The log is stopping: nothing is to wait for its calls.
+            for task in pending:
+                task.cancel()
+            raise
+        finally:
+            overtaken.cancel()
+        for task in pending:
+            # Late witnesses still record what they cosigned (and how they did).
+            self._background(task)
+        return cosigs, certs
+
+    async def _collect(
+        self,
+        signed: SignedCheckpoint,
+        pending: set[asyncio.Task[tuple[Cosignature, bytes] | None]],
+        spares: list[WitnessLink],
+        cosigs: list[Cosignature],
+        certs: list[bytes],
+        overtaken: asyncio.Future[None],
+        hedge_at: float,
+        delay: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
         while pending and len(cosigs) < self.quorum:
             wait = max(0.0, hedge_at - loop.time()) if spares else None
-            done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {*pending, overtaken}
+            await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if overtaken.done():
+                return
+            done = {t for t in pending if t.done()}
+            pending -= done
             if not done:
                 # No quorum within the hedge delay: someone asked is stuck.
                 # Ask a spare per cosignature still missing, without waiting.
-                for _ in range(min(self.quorum - len(cosigs), len(spares))):
-                    pending.add(asyncio.create_task(self._cosign(spares.pop(0), signed)))
+                for _ in range(self.quorum - len(cosigs)):
+                    if (spare := _spare(spares, loop.time(), delay)) is None:
+                        break
+                    pending.add(asyncio.create_task(self._cosign(spare, signed)))
                 hedge_at = loop.time() + delay
                 continue
             for task in done:
@@ -316,12 +456,12 @@ class Ledger:
                 if got is not None:
                     cosigs.append(got[0])
                     certs.append(got[1])
-                elif spares:
-                    pending.add(asyncio.create_task(self._cosign(spares.pop(0), signed)))
-        for task in pending:
-            # Late witnesses still record what they cosigned (and how they did).
-            self._background(task)
-        return cosigs, certs
+                elif (spare := _spare(spares, loop.time(), delay)) is not None:
+                    pending.add(asyncio.create_task(self._cosign(spare, signed)))
+
+    async def _published_beyond(self, size: int) -> None:
+        async with self._published_changed:
+            await self._published_changed.wait_for(lambda: self._covers(size))
 
     def _background(self, aw: Awaitable[object]) -> None:
         task = asyncio.ensure_future(aw)
@@ -351,14 +491,15 @@ class Ledger:
         start = loop.time()
         w.health.asked()
         got: tuple[Cosignature, bytes] | None = None
+        overtaken = False
         try:
-            got = await self._ask_witness(w, signed)
+            got, overtaken = await self._ask_witness(w, signed)
         finally:
             if got is not None:
                 w.health.answered(loop.time() - start)
-            elif (w.size or 0) > signed.checkpoint.size:
-                # Overtaken by a newer checkpoint it cosigned meanwhile (calls
-                # to one witness may cross): no fault of the witness.
+            elif overtaken or (w.size or 0) > signed.checkpoint.size:
+                # Overtaken by a newer checkpoint (calls to one witness may
+                # cross): it answered, and the fault is not the witness's.
                 w.health.settled()
             else:
                 w.health.failed(loop.time())
@@ -366,50 +507,69 @@ class Ledger:
 
     async def _ask_witness(
         self, w: WitnessLink, signed: SignedCheckpoint
-    ) -> tuple[Cosignature, bytes] | None:
+    ) -> tuple[tuple[Cosignature, bytes] | None, bool]:
+        """The witness's cosignature, if any, and whether the call was overtaken by another round's.
+
+        A call is sent from the size the witness will hold when it arrives, as
+        best known: that of the newest smaller checkpoint still in flight to it
+        (an earlier round's call, sent first, usually lands first), else the
+        size it last cosigned. When rounds cross, the witness refuses and says
+        what it holds; the call is sent again from there, never from beyond
+        this checkpoint: a witness is never asked to go backwards.
+        """
         size = signed.checkpoint.size
-        for _ in range(2):
-            old = w.size or 0
-            if old > size:
-                return None
-            proof = await self._consistency(old, size) if old else []
-            try:
-                resp = await w.stub.AddCheckpoint(
-                    chain_pb2.AddCheckpointRequest(
-                        old_size=old,
-                        consistency_proof=proof,
-                        checkpoint=signed.encode(),
-                        log_key_certificate=self.log_key.certificate_der,
-                    ),
-                    timeout=COSIGN_TIMEOUT,
-                )
-            except grpc.aio.AioRpcError as exc:
-                w.last_error = f"{exc.code().name}: {exc.details()}"
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    known = dict(_trailing(exc)).get("creditnet-witness-size")
-                    if known is not None and known.isdigit() and int(known) != old:
-                        w.size = int(known)
-                        continue  # retry once from the size the witness has
-                return None
-            # Calls to one witness may finish out of order (a late one from an
-            # earlier round): the size it holds only ever grows.
-            w.size = max(w.size or 0, size)
-            if w.trust is not None:
+        old = max([w.size or 0, *(s for s, _ in w.sending if s < size)])
+        sending = (size, asyncio.get_running_loop().time())
+        w.sending.append(sending)
+        try:
+            for _ in range(ASK_ATTEMPTS):
+                if old > size:
+                    return None, True
+                proof = await self._consistency(old, size) if old else []
                 try:
-                    known_key(w.trust, resp.witness_key_certificate)
-                except CreditnetError as exc:
-                    w.last_error = f"witness key: {exc.reason}"
-                    return None
-            w.last_error = ""
-            self.witness_certs[w.name] = resp.witness_key_certificate
-            try:
-                return Cosignature.parse_line(
-                    resp.cosignature.strip("\n") + "\n"
-                ), resp.witness_key_certificate
-            except ValueError:
-                w.last_error = "malformed cosignature"
-                return None
-        return None
+                    resp = await w.stub.AddCheckpoint(
+                        chain_pb2.AddCheckpointRequest(
+                            old_size=old,
+                            consistency_proof=proof,
+                            checkpoint=signed.encode(),
+                            log_key_certificate=self.log_key.certificate_der,
+                        ),
+                        timeout=COSIGN_TIMEOUT,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    w.last_error = f"{exc.code().name}: {exc.details()}"
+                    held = _held(exc)
+                    if held is None or held == old:
+                        return None, False
+                    # What it held when it refused: a call of another round may
+                    # have landed since, so this is a floor, never lowered from.
+                    w.size = max(w.size or 0, held)
+                    old = held
+                    continue
+                # Calls to one witness may finish out of order (a late one from an
+                # earlier round): the size it holds only ever grows.
+                w.size = max(w.size or 0, size)
+                if w.trust is not None:
+                    try:
+                        known_key(w.trust, resp.witness_key_certificate)
+                    except CreditnetError as exc:
+                        w.last_error = f"witness key: {exc.reason}"
+                        return None, False
+                w.last_error = ""
+                self.witness_certs[w.name] = resp.witness_key_certificate
+                try:
+                    return (
+                        Cosignature.parse_line(resp.cosignature.strip("\n") + "\n"),
+                        resp.witness_key_certificate,
+                    ), False
+                except ValueError:
+                    w.last_error = "malformed cosignature"
+                    return None, False
+            # Each refusal named another size: the witness answers, moved by
+            # other rounds' calls crossing this one, which is no fault of its.
+            return None, True
+        finally:
+            w.sending.remove(sending)
 
     # -- receipts ----------------------------------------------------------
 
@@ -446,6 +606,23 @@ class Ledger:
             checkpoint=pub.note,
             key_certificates=pub.key_certificates,
         )
+
+
+def _spare(spares: list[WitnessLink], now: float, delay: float) -> WitnessLink | None:
+    """The next spare to ask, passing over those late with a call of an earlier round."""
+    while spares:
+        w = spares.pop(0)
+        if not w.late(now, delay):
+            return w
+    return None
+
+
+def _held(exc: grpc.aio.AioRpcError) -> int | None:
+    """The size a witness that refused for a wrong old size says it holds (its trailer)."""
+    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return None
+    known = dict(_trailing(exc)).get("creditnet-witness-size")
+    return int(known) if known is not None and known.isdigit() else None
 
 
 def _trailing(exc: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
