@@ -1,9 +1,10 @@
 """The consent policy: whether a consent lets a query be answered, and the scope it grants.
 
-Every participant reads a consent through this module and nowhere else:
-nodes and the aggregator through `query.authorize` (`permit`), the
-aggregator to know which cities to ask (`Grant.scope`), the bank's SDK to
-know what an answer may hold (`bound`). What only a database can decide —
+Every participant decides what a consent allows here and nowhere else (its
+signature and form are `creditnet.consent`): nodes and the aggregator
+through `query.authorize` (`permit`), the aggregator to know which cities
+to ask (`Grant.scope`), the bank's SDK to know what an answer may hold
+(`bound`). What only a database can decide —
 how often the consent was used at a node, whether it was revoked there — is
 the store's claim, which takes its limit from the Grant (`Grant.max_uses`).
 
@@ -17,15 +18,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from creditnet.consent import ConsentTerms
 from creditnet.domain import Category, City, Purpose
 from creditnet.errors import FailedPrecondition, PermissionDenied
-
-if TYPE_CHECKING:
-    # Only its fields are read: consent.py imports this module, not the other way round.
-    from creditnet.consent import ConsentTerms
-    from creditnet.v2 import query_pb2
+from creditnet.v2 import query_pb2
 
 __all__ = [
     "Asked",
