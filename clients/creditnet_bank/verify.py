@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
+from creditnet import policy
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
 from creditnet.chain.receipts import DEFAULT_QUORUM, ReceiptError, verify_receipt
@@ -37,6 +38,7 @@ __all__ = [
     "AnswerInvalid",
     "Section",
     "SectionStatus",
+    "answer_bounds",
     "consent_terms",
     "scope_cities",
     "verify_section",
@@ -106,6 +108,16 @@ def consent_terms(query: query_pb2.CreditQuery) -> ConsentTerms:
     return ConsentTerms.from_proto(msg)
 
 
+def answer_bounds(query: query_pb2.CreditQuery) -> policy.Grant:
+    """The most any answer to the bank's own `query` may hold: the consent policy's bound.
+
+    Not `policy.permit`: the bank bounds answers by the consent even for a
+    query the nodes should have refused, and checks no time (an answer is
+    verified after the fact).
+    """
+    return policy.bound(consent_terms(query), policy.asked_by(query))
+
+
 def scope_cities(query: query_pb2.CreditQuery, members: Iterable[City] = ()) -> tuple[City, ...]:
     """The cities a query asks, by code: those it names, else its consent's, else every member.
 
@@ -113,8 +125,11 @@ def scope_cities(query: query_pb2.CreditQuery, members: Iterable[City] = ()) -> 
     it knows none (empty) and neither the query nor the consent names a
     city, the result is empty: every city the aggregator answers for is in scope.
     """
-    asked = tuple(City.from_proto(c) for c in query.cities)
-    return tuple(sorted(asked or consent_terms(query).cities or set(members)))
+    named = tuple(City.from_proto(c) for c in query.cities)
+    # Every city the bank named is accounted for, even one its consent does
+    # not cover (nodes refuse such a query; the bank does not rely on it, and
+    # reports an answer from it INVALID): the granted scope alone could drop it.
+    return tuple(sorted(named)) if named else answer_bounds(query).scope(members)
 
 
 def verify_section(
@@ -272,18 +287,15 @@ def _verify_answer(
     if answer.enterprise_uscc != query.enterprise_uscc:
         raise AnswerInvalid("answer is about a different enterprise")
     categories = tuple(Category.from_proto(c) for c in answer.categories)
-    terms = consent_terms(query)
-    if not terms.covers(base.city):
-        raise AnswerInvalid("answer from a city the consent does not cover")
-    # The consent bounds every answer, whether or not the query named categories;
-    # a query can only narrow it (a category it names outside the consent bounds nothing).
-    consented = set(terms.categories)
-    named = {Category.from_proto(c) for c in query.categories}
-    asked = named & consented if named else consented
-    if not set(categories) <= asked:
+    # The consent bounds every answer, whether or not the query named categories
+    # or cities; a query can only narrow it (what it names outside the consent bounds nothing).
+    bounds = answer_bounds(query)
+    if not bounds.covers(base.city):
+        raise AnswerInvalid("answer from a city the consent does not cover for this query")
+    if not set(categories) <= set(bounds.categories):
         raise AnswerInvalid("answer discloses categories that were not asked for or not consented")
     data_from, data_to = date_from_proto(answer.data_from), date_from_proto(answer.data_to)
-    if data_from < terms.data_from or data_to > terms.data_to:
+    if data_from < bounds.data_from or data_to > bounds.data_to:
         raise AnswerInvalid("answer covers a period outside the consent")
     # Every record as its provider signed it, or the section is INVALID.
     records = proven_records(verifier, answer, base.city)

@@ -1,9 +1,10 @@
-"""An enterprise's consent, its revocation, and the rules that read them.
+"""An enterprise's consent and its revocation: their terms, signatures and form.
 
 A consent names one bank, one purpose, the categories and cities it opens,
 the period of data it covers, when it may be used and how often. It is
 signed by the enterprise itself (its certificate binds its USCC), so neither
-the bank nor the aggregator can write or widen one.
+the bank nor the aggregator can write or widen one. Whether a consent lets
+a query be answered, and what it then grants, is `creditnet.policy`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from creditnet.envelope import (
     digest,
     sign,
 )
-from creditnet.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from creditnet.errors import InvalidArgument, PermissionDenied
 from creditnet.pki import Identity, RoleKind
 from creditnet.v2 import consent_pb2, envelope_pb2
 
@@ -34,7 +35,6 @@ __all__ = [
     "ConsentTerms",
     "VerifiedConsent",
     "VerifiedRevocation",
-    "check_window",
     "grant",
     "revoke",
     "verify_consent",
@@ -59,10 +59,6 @@ class ConsentTerms:
     max_uses: int = 0
     consent_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     issued_at: dt.datetime = field(default_factory=utcnow)
-
-    def covers(self, city: City) -> bool:
-        """Whether the consent lets `city`'s node answer (no cities named: every member city)."""
-        return not self.cities or city in self.cities
 
     def validate(self) -> ConsentTerms:
         """Raise InvalidArgument (rule ``consent.malformed``) if the terms make no sense."""
@@ -151,7 +147,7 @@ def grant(enterprise: Identity, terms: ConsentTerms) -> envelope_pb2.SignedEnvel
 def verify_consent(
     verifier: EnvelopeVerifier, env: envelope_pb2.SignedEnvelope, *, at: dt.datetime | None = None
 ) -> VerifiedConsent:
-    """Signature, signer and well-formedness; not the time window (see `check_window`)."""
+    """Signature, signer and well-formedness; not whether it lets a query be answered (`policy.permit`)."""
     verified = verifier.verify(env, CONSENT_TYPE, what="consent", at=at, cache=True)
     terms = _parse_consent(verified)
     signer = verified.signer.role
@@ -169,15 +165,6 @@ def _parse_consent(verified: Verified) -> ConsentTerms:
     except DecodeError:
         raise InvalidArgument("consent.malformed", "consent payload is not a valid Consent message") from None
     return ConsentTerms.from_proto(msg)
-
-
-def check_window(terms: ConsentTerms, now: dt.datetime) -> None:
-    if now < terms.not_before:
-        raise FailedPrecondition("consent.not_yet_valid", "the consent is not valid yet")
-    if now > terms.not_after:
-        raise FailedPrecondition(
-            "consent.expired", "the consent has expired; ask the enterprise for a new one"
-        )
 
 
 # --- revocation -------------------------------------------------------------

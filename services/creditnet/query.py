@@ -1,8 +1,9 @@
 """A bank's signed query, and every check a node makes before answering it.
 
 `authorize` is the single implementation of the stateless rules in
-docs/protocol.md ("What a node checks"). City nodes run it on every query
-they receive — whoever forwarded it — and the aggregator runs the same code
+docs/protocol.md ("What a node checks"): the query's own here, the
+consent's by `creditnet.policy`. City nodes run it on every query they
+receive — whoever forwarded it — and the aggregator runs the same code
 before fanning out, so garbage is refused once instead of five times. The
 stateful rules (replay, use limit, revocation) are the store's `claim_query`.
 """
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from creditnet import policy
 from creditnet import uscc as uscc_mod
-from creditnet.consent import VerifiedConsent, check_window, verify_consent
+from creditnet.consent import VerifiedConsent, verify_consent
 from creditnet.dates import ts_from_proto, ts_to_proto, utcnow
 from creditnet.domain import MAX_SCOPE_CITIES, Category, City, Purpose, distinct_from_proto
 from creditnet.envelope import QUERY_TYPE, EnvelopeVerifier, digest, sign
@@ -67,22 +69,35 @@ class QueryTerms:
 
 @dataclass(frozen=True, slots=True)
 class AuthorizedQuery:
-    """A query that passed every stateless rule, with the scope it may see."""
+    """A query that passed every stateless rule, with the scope its consent grants it."""
 
     terms: QueryTerms
     digest: bytes
     payload: bytes
     bank: VerifiedCert
     consent: VerifiedConsent
-    categories: tuple[Category, ...]
-    # The cities asked, by code; empty means every member city of the network.
-    cities: tuple[City, ...]
-    data_from: dt.date
-    data_to: dt.date
+    grant: policy.Grant
+
+    @property
+    def categories(self) -> tuple[Category, ...]:
+        return self.grant.categories
+
+    @property
+    def cities(self) -> tuple[City, ...]:
+        """The cities granted, by code; empty means every member city of the network."""
+        return self.grant.cities or ()
+
+    @property
+    def data_from(self) -> dt.date:
+        return self.grant.data_from
+
+    @property
+    def data_to(self) -> dt.date:
+        return self.grant.data_to
 
     def scope(self, members: Iterable[City]) -> tuple[City, ...]:
         """The cities to ask, given the network's member cities; by code."""
-        return self.cities or tuple(sorted(set(members)))
+        return self.grant.scope(members)
 
 
 @dataclass(slots=True)
@@ -235,38 +250,16 @@ def authorize(
         raise FailedPrecondition("query.expired", "the query has expired; sign a new one")
 
     consent = verify_consent(verifier, consent_env, at=now)
-    c = consent.terms
-    if c.enterprise_uscc != terms.enterprise_uscc:
-        raise PermissionDenied("consent.enterprise_mismatch", "the consent is for a different enterprise")
-    if c.bank_code != terms.bank_code:
-        raise PermissionDenied("consent.bank_mismatch", "the consent was not granted to this bank")
+    policy.check_parties(consent.terms, terms)
+    # The consent is the enterprise's grant to this bank: a refusal from here
+    # on is an access to the enterprise's data, logged in its history.
     seen.consent = consent
-    if c.purpose is not terms.purpose:
-        raise PermissionDenied("consent.purpose_mismatch", "the consent does not cover this purpose")
-    check_window(c, now)
-
-    categories = terms.categories or c.categories
-    outside = [x.value for x in categories if x not in c.categories]
-    if outside:
-        raise PermissionDenied(
-            "consent.category_not_covered", f"categories not in the consent: {', '.join(outside)}"
-        )
-    # No cities named means every member city: of the consent, the
-    # consent's list; of the query, the consent's scope.
-    cities = terms.cities or c.cities
-    outside = [x.value for x in cities if not c.covers(x)]
-    if outside:
-        raise PermissionDenied("consent.city_not_covered", f"cities not in the consent: {', '.join(outside)}")
-    if city is not None and cities and city not in cities:
-        raise PermissionDenied("query.city_not_in_scope", f"the query does not ask the {city.value} node")
+    grant = policy.permit(consent.terms, terms, city=city, now=now)
     return AuthorizedQuery(
         terms=terms,
         digest=verified.digest,
         payload=verified.payload,
         bank=bank,
         consent=consent,
-        categories=tuple(x for x in Category if x in categories),
-        cities=tuple(sorted(cities)),
-        data_from=c.data_from,
-        data_to=c.data_to,
+        grant=grant,
     )

@@ -7,13 +7,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from creditnet import pilot
+from creditnet import pilot, policy
 from creditnet import query as query_mod
 from creditnet.channels import secure_channel
+from creditnet.consent import ConsentTerms
+from creditnet.dates import utcnow
 from creditnet.domain import Category, City, Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, wait_federated
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore, node_server_name
-from creditnet.v2 import query_pb2
+from creditnet.v2 import consent_pb2, query_pb2
 from creditnet_bank import BankClient, QueryRefused, SectionStatus
 from tests.integration.helpers import consent
 
@@ -120,6 +122,41 @@ async def test_use_limit_is_enforced_by_every_node(network: InProcessNetwork, la
     assert [s.status for s in report.sections] == [SectionStatus.DENIED, SectionStatus.DENIED]
     assert all(s.reason.startswith("consent.uses_exhausted") for s in report.sections)
     assert all(s.code == "PERMISSION_DENIED" for s in report.sections)
+
+
+# (consent cities, query categories, query cities): the scope the consent policy grants each is the
+# cities the aggregator asks, the nodes answer for, and the bank accounts for.
+GRANTED = [
+    ((pilot.SHANGHAI, pilot.HEFEI), (Category.TAX, Category.UTILITY), ()),
+    ((), (Category.TAX,), (pilot.NANJING, pilot.HEFEI)),
+    ((), (), ()),
+]
+
+
+@pytest.mark.parametrize(("consented", "categories", "cities"), GRANTED, ids=["consents", "names", "every"])
+async def test_the_aggregator_the_nodes_and_the_bank_act_by_the_policys_grant(
+    network: InProcessNetwork,
+    layout: NetworkLayout,
+    consented: tuple[City, ...],
+    categories: tuple[Category, ...],
+    cities: tuple[City, ...],
+) -> None:
+    env = consent(layout, categories=(Category.TAX, Category.UTILITY, Category.LOAN), cities=consented)
+    async with BankClient.from_network(layout.root / "network.json", DEMO_BANK) as bank:
+        signed = bank.sign_query(
+            layout.demo_enterprise, env, Purpose.LOAN_APPLICATION, categories=categories, cities=cities
+        )
+        report = await bank.send(signed, exhaustive=True)
+    terms, _ = query_mod.parse_terms(signed.payload)
+    consent_terms = ConsentTerms.from_proto(consent_pb2.Consent.FromString(env.payload))
+    granted = policy.permit(consent_terms, terms, city=None, now=utcnow())
+    scope = granted.scope(pilot.CITIES)
+    assert [s.city for s in report.sections] == list(scope) and not report.unexpected_cities
+    for s in report.sections:
+        # Asked by the aggregator, authorized by the node, disclosing exactly the grant.
+        assert s.status in (SectionStatus.OK, SectionStatus.NO_RECORDS), (s.city, s.status, s.reason)
+        assert s.categories == granted.categories
+        assert (s.data_from, s.data_to) == (granted.data_from, granted.data_to)
 
 
 async def test_replayed_query_is_answered_once(

@@ -19,12 +19,13 @@ import pytest
 from creditnet import consent as consent_mod
 from creditnet import pilot
 from creditnet import query as query_mod
-from creditnet.consent import ConsentTerms, check_window, grant, revoke, verify_consent, verify_revocation
+from creditnet.consent import ConsentTerms, grant, revoke, verify_consent, verify_revocation
 from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City, Purpose
 from creditnet.envelope import CONSENT_TYPE, QUERY_TYPE, REVOCATION_TYPE, EnvelopeVerifier, sign
 from creditnet.errors import CreditnetError, PermissionDenied
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
+from creditnet.policy import check_window
 from creditnet.query import CLOCK_SKEW, MAX_QUERY_LIFETIME, AuthorizedQuery
 from creditnet.sealing import AnswerKeyPair, AnswerSuite
 from creditnet.v2 import common_pb2, consent_pb2, envelope_pb2, query_pb2

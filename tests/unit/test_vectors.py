@@ -22,7 +22,7 @@ from google.protobuf import json_format
 
 from creditnet import pilot
 from creditnet import query as query_mod
-from creditnet.consent import check_window, verify_consent, verify_revocation
+from creditnet.consent import verify_consent, verify_revocation
 from creditnet.domain import Category, City
 from creditnet.envelope import (
     ANSWER_TYPE,
@@ -36,6 +36,7 @@ from creditnet.envelope import (
 )
 from creditnet.errors import CreditnetError
 from creditnet.pki import Role, TrustStore, role_of
+from creditnet.policy import check_window
 from creditnet.sealing import DEFAULT_SUITE, AnswerSuite, PrivateKey, parse_answer_key, seal, seal_info
 from creditnet.v2 import aggregator_pb2, envelope_pb2, query_pb2, records_pb2
 from creditnet_bank.verify import Section, SectionStatus, verify_section

@@ -91,7 +91,8 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             raise PermissionDenied("consent.revoked", "the enterprise has revoked this consent")
         remaining = caller.remaining()
         budget = self.default_timeout if remaining is None else max(0.0, remaining - DEADLINE_MARGIN)
-        scope = aq.scope(self.directory.members())
+        # The cities the consent grants the query: those it names, else the consent's, else every member.
+        scope = aq.grant.scope(self.directory.members())
         decisions = self._route(aq.terms.enterprise_uscc, scope, exhaustive=request.exhaustive)
         asked = [d for d in decisions if d.asked]
         answers = await asyncio.gather(*(self._ask(d.city, request.query, budget) for d in asked))

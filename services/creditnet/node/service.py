@@ -533,11 +533,11 @@ def _seal_answer(
 
 
 def _claim_of(aq: AuthorizedQuery) -> QueryClaim:
-    """The claim answering `aq` makes: its id once, and one use of its consent."""
+    """The claim answering `aq` makes: its id once, and one use of its consent, within the grant's limit."""
     return QueryClaim(
         aq.terms.query_id,
         aq.consent.digest,
-        aq.consent.terms.max_uses,
+        aq.grant.max_uses,
         aq.terms.expires_at + CLOCK_SKEW,
         aq.digest,
     )

@@ -234,6 +234,8 @@ class QueryClaim:
 
     query_id: str
     consent_digest: bytes
+    # The limit the consent policy granted (`policy.Grant.max_uses`; 0: none):
+    # the policy decides it, the claim counts the uses against it atomically.
     max_uses: int
     expires_at: dt.datetime
     # SHA-256 of the signed query's payload: recorded with the claim so that

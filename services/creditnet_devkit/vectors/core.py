@@ -361,7 +361,7 @@ class Negative:
     description: str
     envelope: envelope_pb2.SignedEnvelope
     # "envelope": EnvelopeVerifier.verify(expected_type, what); "consent":
-    # verify_consent then check_window; "query": query.authorize(city).
+    # verify_consent then policy.check_window; "query": query.authorize(city).
     check: str
     expected_type: str
     what: str
