@@ -39,12 +39,12 @@ import grpc
 from creditnet import pilot
 from creditnet.chain import ledger as current
 from creditnet.chain.keys import LogKey
-from creditnet.chain.witness import Witness, WitnessService
 from creditnet.dates import ts_to_proto
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore, Store
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
+from creditnet.witness.server import Witness, WitnessService
 
 
 class DelayedWitnessService(WitnessService):
