@@ -9,8 +9,8 @@ arrive open-loop (Poisson, `--rate` per second), each appended and then
 waited on for its receipt; the wait is from the append call to the receipt.
 Variants in the same run: rounds in flight bounded at 1 (serial: the next
 round starts when the previous one ends, the shape before pipelining), 2 (the
-default) and 4, and with `--base` the ledger module of that commit (git show)
-as it was. The variants take turns, in bursts, so that they share the
+default) and 4, and with `--base` the ledger module of that commit (git show; one since
+the ledger package) as it was. The variants take turns, in bursts, so that they share the
 machine's noise. Waits are printed as ratios to the serial variant's, and in
 units of the round that published each answer's checkpoint ("rounds waited":
 serial rounds make it ~1.5 plus the commit).
@@ -37,14 +37,15 @@ from typing import Any
 import grpc
 
 from creditnet import pilot
-from creditnet.chain import ledger as current
 from creditnet.chain.keys import LogKey
-from creditnet.chain.witness import Witness, WitnessService
 from creditnet.dates import ts_to_proto
+from creditnet.ledger import log as current
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore, Store
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
+from creditnet.witness.link import WitnessLink
+from creditnet.witness.server import Witness, WitnessService
 
 
 class DelayedWitnessService(WitnessService):
@@ -72,13 +73,15 @@ def entry(i: int) -> chain_pb2.LedgerEntry:
 
 
 def base_module(commit: str) -> ModuleType:
+    # Commits since the ledger got its own package: before, the module imported
+    # chain/ modules that no longer exist, so it cannot be loaded next to this tree.
     source = subprocess.run(
-        ["git", "show", f"{commit}:services/creditnet/chain/ledger.py"],
+        ["git", "show", f"{commit}:services/creditnet/ledger/log.py"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    spec = importlib.util.spec_from_loader("creditnet.chain._ledger_base", loader=None)
+    spec = importlib.util.spec_from_loader("creditnet.ledger._log_base", loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -172,7 +175,7 @@ class Variant:
     async def start(self, ca: CertificateAuthority, trust: TrustStore, ports: list[int], tmp: Path) -> None:
         hefei: Identity = issue_identity(ca, Role.node(pilot.HEFEI))
         links = [
-            self.module.WitnessLink.connect(city.value, f"127.0.0.1:{port}", hefei, trust)
+            WitnessLink.connect(city.value, f"127.0.0.1:{port}", hefei, trust)
             for city, port in zip(CITIES, ports, strict=True)
         ]
         tag = self.tag

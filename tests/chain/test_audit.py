@@ -12,23 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from creditnet import pilot
-from creditnet.chain.audit import (
-    AuditError,
-    AuditState,
-    NetworkCheckpointError,
+from creditnet.auditor.checks import (
     ProblemKind,
-    SeenCheckpoint,
     TreeProofs,
     build_tree,
     check_against_seen,
     check_entries,
     check_log,
-    evidence_item,
-    verify_network_checkpoint,
 )
+from creditnet.auditor.evidence import evidence_item
+from creditnet.auditor.state import AuditError, AuditState, SeenCheckpoint
 from creditnet.chain.checkpoint import Checkpoint
 from creditnet.chain.keys import NETWORK_ORIGIN, LogKey, known_keys, log_origin
 from creditnet.chain.merkle import EMPTY_ROOT, root_from_leaves
+from creditnet.chain.network import NetworkCheckpointError, verify_network_checkpoint
 from creditnet.chain.note import ALG_ED25519, Signer, sign_note
 from creditnet.dates import ts_to_proto
 from creditnet.domain import City

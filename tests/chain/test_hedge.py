@@ -1,10 +1,10 @@
-"""Which witnesses a log asks, and when: the hedging and backoff rules of `chain.hedge`."""
+"""Which witnesses a log asks, and when: the hedging and backoff rules of `witness.hedge`."""
 
 from __future__ import annotations
 
 import pytest
 
-from creditnet.chain.hedge import (
+from creditnet.witness.hedge import (
     BACKOFF_BASE,
     BACKOFF_MAX,
     HEDGE_FACTOR,

@@ -16,16 +16,17 @@ from sqlalchemy import update
 from creditnet import pilot
 from creditnet.chain.checkpoint import Checkpoint
 from creditnet.chain.keys import LogKey
-from creditnet.chain.ledger import COSIGN_TIMEOUT, Ledger, WitnessLink
 from creditnet.chain.merkle import leaf_hash, root_from_leaves
-from creditnet.chain.models import ENTRIES, HASHES
 from creditnet.chain.receipts import ReceiptError, check_commitment, enterprise_commitment, verify_receipt
-from creditnet.chain.witness import Witness, WitnessService
 from creditnet.dates import ts_to_proto
+from creditnet.ledger.log import COSIGN_TIMEOUT, Ledger
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore, Store
+from creditnet.store.models import CHAIN_ENTRIES, CHAIN_HASHES, CHAIN_META
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
+from creditnet.witness.link import WitnessLink
+from creditnet.witness.server import Witness, WitnessService
 from tests.chain.peers import unresponsive_endpoint
 
 USCC = "91340104JURQ283FQ8"
@@ -191,9 +192,9 @@ async def test_witnesses_refuse_a_rewritten_history_and_keep_evidence(rig: Rig) 
     store = ledger._store
     rewritten = entry(99).SerializeToString()
     with store.write_transaction() as conn:
-        conn.execute(update(ENTRIES).where(ENTRIES.c.idx == 2).values(entry=rewritten))
-        conn.execute(HASHES.delete())
-        conn.execute(update(__import__("creditnet.chain.models", fromlist=["META"]).META).values(size=0))
+        conn.execute(update(CHAIN_ENTRIES).where(CHAIN_ENTRIES.c.idx == 2).values(entry=rewritten))
+        conn.execute(CHAIN_HASHES.delete())
+        conn.execute(update(CHAIN_META).values(size=0))
     store.close()
     tampered = rig.ledger()
     entries = [e for _, e in tampered.log.entries(0, 5)]
@@ -264,7 +265,7 @@ def test_commitment_binds_uscc_and_salt() -> None:
 
 
 def test_certificate_lists_round_trip_and_truncation_is_refused() -> None:
-    from creditnet.chain.models import pack_certificates, unpack_certificates
+    from creditnet.ledger.sqlstore import pack_certificates, unpack_certificates
 
     certs = [b"\x30\x82first", b"", b"\x30second"]
     packed = pack_certificates(certs)

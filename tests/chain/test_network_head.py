@@ -9,11 +9,11 @@ from creditnet import pilot
 from creditnet.aggregator.directory import NodeDirectory
 from creditnet.aggregator.head import FETCH_TIMEOUT, NetworkCheckpointer
 from creditnet.aggregator.state import AggregatorState
-from creditnet.chain.audit import verify_network_checkpoint
 from creditnet.chain.keys import LogKey
-from creditnet.chain.witness import Witness
+from creditnet.chain.network import verify_network_checkpoint
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.store import Store
+from creditnet.witness.server import Witness
 from tests.chain.peers import unresponsive_endpoint
 
 

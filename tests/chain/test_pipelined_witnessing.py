@@ -19,14 +19,15 @@ import pytest_asyncio
 
 from creditnet import pilot
 from creditnet.chain.keys import LogKey
-from creditnet.chain.ledger import MAX_ROUNDS_IN_FLIGHT, Ledger, WitnessLink
 from creditnet.chain.receipts import verify_receipt
-from creditnet.chain.witness import Witness, WitnessService
 from creditnet.dates import ts_to_proto
+from creditnet.ledger.log import MAX_ROUNDS_IN_FLIGHT, Ledger
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore, Store
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
+from creditnet.witness.link import WitnessLink
+from creditnet.witness.server import Witness, WitnessService
 
 # Generous: only reached when what is awaited never happens (a failure).
 PATIENCE = 10.0

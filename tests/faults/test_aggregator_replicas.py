@@ -22,8 +22,8 @@ import pytest_asyncio
 from creditnet import consent as consent_mod
 from creditnet import pilot
 from creditnet.aggregator.state import AggregatorState
-from creditnet.chain.audit import verify_network_checkpoint
 from creditnet.chain.keys import LogKey
+from creditnet.chain.network import verify_network_checkpoint
 from creditnet.channels import secure_channel
 from creditnet.domain import Purpose
 from creditnet.health import wait_serving

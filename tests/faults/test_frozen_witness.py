@@ -15,8 +15,8 @@ import asyncio
 import pytest
 
 from creditnet import pilot
-from creditnet.chain.audit import verify_network_checkpoint
 from creditnet.chain.keys import witness_name
+from creditnet.chain.network import verify_network_checkpoint
 from creditnet.chain.receipts import verify_checkpoint
 from creditnet.channels import secure_channel
 from creditnet.directory.model import Directory

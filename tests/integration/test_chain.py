@@ -22,24 +22,19 @@ from sqlalchemy import update
 
 from creditnet import pilot
 from creditnet import query as query_mod
-from creditnet.chain.audit import (
-    AuditState,
-    NetworkCheckpointError,
-    ProblemKind,
-    audit,
-    survey,
-    verify_network_checkpoint,
-)
-from creditnet.chain.history import HistoryError, Outcome, build_request, fetch_history, verify_history
+from creditnet.auditor.audit import audit
+from creditnet.auditor.checks import ProblemKind
+from creditnet.auditor.history import HistoryError, Outcome, build_request, fetch_history, verify_history
+from creditnet.auditor.state import AuditState
+from creditnet.auditor.survey import survey
 from creditnet.chain.keys import log_origin
-from creditnet.chain.ledger import Appended, Ledger
-from creditnet.chain.models import ENTRIES, HASHES, META
-from creditnet.chain.network import verify_network_response
+from creditnet.chain.network import NetworkCheckpointError, verify_network_checkpoint, verify_network_response
 from creditnet.chain.note import Note
 from creditnet.chain.receipts import verify_receipt
-from creditnet.chain.sqlstore import SqlLog
 from creditnet.channels import secure_channel
 from creditnet.domain import Category, City, Purpose
+from creditnet.ledger.log import Appended, Ledger
+from creditnet.ledger.sqlstore import SqlLog
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import (
     AGGREGATOR_SERVER_NAME,
@@ -50,6 +45,7 @@ from creditnet.pki import (
     node_server_name,
 )
 from creditnet.store import Store
+from creditnet.store.models import CHAIN_ENTRIES, CHAIN_HASHES, CHAIN_META
 from creditnet.v2 import (
     aggregator_pb2,
     aggregator_pb2_grpc,
@@ -545,14 +541,14 @@ async def test_tampering_with_a_nodes_log_is_found_and_refused(
         # The operator hides which bank looked: one entry edited in place.
         store = Store.open(f"sqlite:///{db}")
         with store.engine.connect() as conn:
-            original = conn.execute(ENTRIES.select().where(ENTRIES.c.idx == target)).one().entry
+            original = conn.execute(CHAIN_ENTRIES.select().where(CHAIN_ENTRIES.c.idx == target)).one().entry
         forged = chain_pb2.LedgerEntry()
         forged.ParseFromString(original)
         forged.bank_code = "B0302H232000001"
         with store.write_transaction() as conn:
             conn.execute(
-                update(ENTRIES)
-                .where(ENTRIES.c.idx == target)
+                update(CHAIN_ENTRIES)
+                .where(CHAIN_ENTRIES.c.idx == target)
                 .values(entry=forged.SerializeToString(deterministic=True))
             )
         store.close()
@@ -574,8 +570,8 @@ async def test_tampering_with_a_nodes_log_is_found_and_refused(
         await network.stop_node(city)
         store = Store.open(f"sqlite:///{db}")
         with store.write_transaction() as conn:
-            conn.execute(HASHES.delete())
-            conn.execute(update(META).values(size=0))
+            conn.execute(CHAIN_HASHES.delete())
+            conn.execute(update(CHAIN_META).values(size=0))
         log = SqlLog(store)
         entries = [e for _, e in log.entries(0, top)]
         assert len(entries) == top

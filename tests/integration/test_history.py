@@ -15,11 +15,11 @@ import pytest
 
 from creditnet import pilot
 from creditnet import query as query_mod
-from creditnet.chain.history import HistoryError, Outcome, build_request, fetch_history, verify_history
-from creditnet.chain.service import HISTORY_PAGE
+from creditnet.auditor.history import HistoryError, Outcome, build_request, fetch_history, verify_history
 from creditnet.dates import ts_to_proto, utcnow
 from creditnet.domain import City, Purpose
 from creditnet.envelope import CONSENT_TYPE, HISTORY_REQUEST_TYPE, sign
+from creditnet.ledger.service import HISTORY_PAGE
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.v2 import chain_pb2, envelope_pb2

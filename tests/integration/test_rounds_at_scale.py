@@ -17,7 +17,7 @@ import pytest_asyncio
 from creditnet import pilot
 from creditnet import uscc as uscc_mod
 from creditnet.aggregator.head import NetworkCheckpointer
-from creditnet.chain.audit import verify_network_checkpoint
+from creditnet.chain.network import verify_network_checkpoint
 from creditnet.domain import Purpose
 from creditnet.network import InProcessNetwork, NetworkLayout, provision
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity

@@ -15,9 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from creditnet import pilot
 from creditnet.aggregator.directory import NodeDirectory, acting_for
 from creditnet.chain.keys import LogKey
-from creditnet.chain.ledger import Ledger, WitnessLink
-from creditnet.chain.witness import Witness, WitnessService
 from creditnet.dates import ts_to_proto, utcnow
+from creditnet.ledger.log import Ledger
 from creditnet.observability.metrics import (
     SECTION_STATUSES,
     AggregatorMetrics,
@@ -30,6 +29,8 @@ from creditnet.pki import Role, issue_identity
 from creditnet.rpc import start_server
 from creditnet.store import AsyncStore, Store
 from creditnet.v2 import aggregator_pb2, chain_pb2, chain_pb2_grpc
+from creditnet.witness.link import WitnessLink
+from creditnet.witness.server import Witness, WitnessService
 from tests.observability.conftest import (
     PROBE,
     Pki,

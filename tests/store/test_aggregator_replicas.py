@@ -23,16 +23,16 @@ from creditnet import pilot
 from creditnet.aggregator.directory import NodeDirectory
 from creditnet.aggregator.head import NetworkCheckpointer
 from creditnet.aggregator.state import DATABASE_RULE, AggregatorState, NetworkHead
-from creditnet.chain.audit import verify_network_checkpoint
 from creditnet.chain.checkpoint import Checkpoint
 from creditnet.chain.keys import NETWORK_ORIGIN, LogKey
+from creditnet.chain.network import verify_network_checkpoint
 from creditnet.chain.note import ALG_ED25519, Signer, sign_note
 from creditnet.chain.tree import MemoryHashStore, MerkleTree
-from creditnet.chain.witness import Witness
 from creditnet.errors import FailedPrecondition, Unavailable
 from creditnet.pki import CertificateAuthority, Role, TrustStore, issue_identity
 from creditnet.store import Store
 from creditnet.v2 import chain_pb2, node_pb2
+from creditnet.witness.server import Witness
 
 CA = CertificateAuthority.create()
 TRUST = TrustStore(CA.cert)

@@ -15,11 +15,10 @@ import pytest
 from sqlalchemy import func, select
 
 from creditnet.chain.merkle import leaf_hash, root_from_leaves
-from creditnet.chain.models import ENTRIES, META
-from creditnet.chain.sqlstore import SqlLog
 from creditnet.domain import Category
+from creditnet.ledger.sqlstore import SqlLog
 from creditnet.store import Store
-from creditnet.store.models import QUERY_USES
+from creditnet.store.models import CHAIN_ENTRIES, CHAIN_META, QUERY_USES
 from creditnet.v2 import chain_pb2
 from tests.store.factories import USCC_A
 from tests.store.workers import ANSWER_CONSENT
@@ -105,8 +104,8 @@ def test_sigkilled_node_writer_leaves_every_acknowledged_answer_and_no_claim_wit
     store = Store.open(migrated_url)
     try:
         with store.engine.connect() as conn:
-            size = conn.execute(select(META.c.size)).scalar_one()
-            entries = conn.execute(select(func.count()).select_from(ENTRIES)).scalar_one()
+            size = conn.execute(select(CHAIN_META.c.size)).scalar_one()
+            entries = conn.execute(select(func.count()).select_from(CHAIN_ENTRIES)).scalar_one()
             claims = {
                 r.query_id: (r.answer, r.ledger_index)
                 for r in conn.execute(

@@ -17,13 +17,13 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 
 from creditnet.chain.keys import LogKey
-from creditnet.chain.ledger import Ledger
 from creditnet.chain.merkle import leaf_hash, root_from_leaves
-from creditnet.chain.sqlstore import KeptQueryAnswer
-from creditnet.chain.witness import Witness
+from creditnet.ledger.log import Ledger
+from creditnet.ledger.sqlstore import KeptQueryAnswer
 from creditnet.pki import CertificateAuthority
 from creditnet.store import WRITER_THREAD, AsyncStore, ClaimOutcome, ClaimRefused, QueryClaim
 from creditnet.v2 import chain_pb2
+from creditnet.witness.server import Witness
 from tests.store.factories import PROVIDER, SOON, USCC_A, batch, profile
 from tests.store.test_aio import _hold_writer
 

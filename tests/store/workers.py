@@ -20,8 +20,8 @@ import json
 import sys
 
 from creditnet.chain.keys import LogKey
-from creditnet.chain.ledger import Ledger
-from creditnet.chain.sqlstore import KeptQueryAnswer
+from creditnet.ledger.log import Ledger
+from creditnet.ledger.sqlstore import KeptQueryAnswer
 from creditnet.pki import CertificateAuthority
 from creditnet.store import AsyncStore, QueryClaim, Store
 from creditnet.v2 import chain_pb2

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf import json_format
 
-from creditnet.chain.audit import NetworkCheckpointError
 from creditnet.chain.checkpoint import Checkpoint
 from creditnet.chain.merkle import (
     EMPTY_ROOT,
@@ -29,7 +28,7 @@ from creditnet.chain.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from creditnet.chain.network import verify_network_response
+from creditnet.chain.network import NetworkCheckpointError, verify_network_response
 from creditnet.chain.note import NoteSignature, Signer, VerifierKey, cosignature_message, key_id
 from creditnet.chain.receipts import ReceiptError, check_commitment, verify_checkpoint, verify_receipt
 from creditnet.errors import Unauthenticated

@@ -28,8 +28,9 @@ FORBIDDEN = (
     "creditnet.rpc",
     "creditnet.limits",
     "creditnet.settings",
-    "creditnet.chain.ledger",
-    "creditnet.chain.witness",
+    "creditnet.ledger",
+    "creditnet.witness",
+    "creditnet.auditor",
 )
 
 

@@ -27,16 +27,16 @@ import grpc
 from creditnet.aggregator.directory import NodeDirectory
 from creditnet.aggregator.state import AggregatorState, NetworkHead
 from creditnet.chain.checkpoint import CosignedCheckpoint
-from creditnet.chain.hedge import WitnessHealth
 from creditnet.chain.keys import NETWORK_ORIGIN, LogKey
 from creditnet.chain.merkle import ProofError, verify_consistency
 from creditnet.chain.note import ALG_ED25519, Signer, sign_note
 from creditnet.chain.receipts import ReceiptError, verify_checkpoint
-from creditnet.chain.witness import Witness
 from creditnet.directory.model import WitnessAssignment
 from creditnet.domain import City
 from creditnet.pki import TrustStore
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
+from creditnet.witness.hedge import WitnessHealth
+from creditnet.witness.server import Witness
 
 __all__ = [
     "FETCH_TIMEOUT",

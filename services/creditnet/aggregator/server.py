@@ -21,7 +21,6 @@ from creditnet.aggregator.routing import Router
 from creditnet.aggregator.service import AggregatorService
 from creditnet.aggregator.state import AggregatorState, sqlite_url
 from creditnet.chain.keys import LogKey
-from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import AggregatorConfig
 from creditnet.directory.serving import SERVICE_NAME as DIRECTORY_SERVICE
 from creditnet.directory.serving import ServedDirectory, serve_directory
@@ -34,6 +33,7 @@ from creditnet.pki import Identity, TrustStore, node_server_name
 from creditnet.routing import RoutingKey
 from creditnet.rpc import ServerHandle, start_server
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, chain_pb2, chain_pb2_grpc
+from creditnet.witness.server import Witness, WitnessService
 
 __all__ = [
     "DirectoryFollower",

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from creditnet.chain.keys import LogKey
-from creditnet.chain.ledger import Ledger
-from creditnet.chain.sqlstore import PendingEntry, SqlLog
+from creditnet.ledger.log import Ledger
+from creditnet.ledger.sqlstore import PendingEntry, SqlLog
 from creditnet.pki import CertificateAuthority
 from creditnet.store import AsyncStore, Store
 from creditnet.v2 import chain_pb2

@@ -1,13 +1,19 @@
-"""The credit chain's cryptographic core: a pure library, no I/O.
+"""The credit chain's formats and proofs: a pure library, no I/O.
 
 Each city node runs an append-only Merkle log in the style of Certificate
-Transparency. This package holds the primitives:
+Transparency. This package holds what every party checks it with, and
+nothing that stores, serves or fetches (that is :mod:`creditnet.ledger`,
+:mod:`creditnet.witness` and :mod:`creditnet.auditor`):
 
 * :mod:`.merkle` — RFC 9162 hashing, proof generation and proof verification;
 * :mod:`.tree` — the append-only tree over a :class:`~.tree.HashStore` of
   perfect-subtree hashes (roots and proofs in O(log n) reads);
 * :mod:`.note` — C2SP signed notes, Ed25519 and cosignature/v1 keys;
-* :mod:`.checkpoint` — C2SP checkpoints, cosignatures and k-of-n verification.
+* :mod:`.checkpoint` — C2SP checkpoints, cosignatures and k-of-n verification;
+* :mod:`.keys` — log and witness keys and their certificates from the network CA;
+* :mod:`.receipts` — offline verification of a receipt (entry, inclusion proof,
+  cosigned checkpoint) and the enterprise commitment;
+* :mod:`.network` — the aggregator's network checkpoint and its verification.
 """
 
 from creditnet.chain.checkpoint import (

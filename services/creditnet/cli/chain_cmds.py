@@ -17,8 +17,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from creditnet.chain.audit import AuditReport, AuditState, ChainStatus, audit, survey
-from creditnet.chain.history import History, Outcome, fetch_history
+from creditnet.auditor.audit import AuditReport, audit
+from creditnet.auditor.history import History, Outcome, fetch_history
+from creditnet.auditor.state import AuditState
+from creditnet.auditor.survey import ChainStatus, survey
 from creditnet.chain.keys import NETWORK
 from creditnet.chain.receipts import DEFAULT_QUORUM
 from creditnet.cli.common import (

@@ -33,7 +33,7 @@ def demo(
 ) -> None:
     """Run five city nodes and the aggregator on SQLite, grant a consent, query, refuse, revoke."""
     from creditnet import consent as consent_mod
-    from creditnet.chain.history import fetch_history
+    from creditnet.auditor.history import fetch_history
     from creditnet.channels import secure_channel
     from creditnet.cli.chain_cmds import render_history
     from creditnet.network import DEMO_BANK, NetworkLayout, ProcessNetwork, grant_demo_consent

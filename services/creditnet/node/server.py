@@ -12,16 +12,14 @@ from dataclasses import dataclass
 import grpc
 
 from creditnet.batches import read_batch
-from creditnet.chain.assignment import AssignedWitnesses
 from creditnet.chain.keys import LogKey
-from creditnet.chain.ledger import Ledger, WitnessLink
-from creditnet.chain.service import ChainService
-from creditnet.chain.witness import Witness, WitnessService
 from creditnet.config import NodeConfig
 from creditnet.dates import utcnow
 from creditnet.directory.serving import SERVICE_NAME as DIRECTORY_SERVICE
 from creditnet.directory.serving import ServedDirectory, serve_directory
 from creditnet.domain import City
+from creditnet.ledger.log import Ledger
+from creditnet.ledger.service import ChainService
 from creditnet.limits import Limits
 from creditnet.limits import server_interceptors as limit_interceptors
 from creditnet.node.membership import MembershipPublisher
@@ -33,6 +31,9 @@ from creditnet.rpc import ServerHandle, start_server
 from creditnet.store import AsyncStore
 from creditnet.store.lock import WriterLock
 from creditnet.v2 import chain_pb2, chain_pb2_grpc, node_pb2, node_pb2_grpc
+from creditnet.witness.assignment import AssignedWitnesses
+from creditnet.witness.link import WitnessLink
+from creditnet.witness.server import Witness, WitnessService
 
 __all__ = [
     "SUBMIT_RECORDS",

@@ -17,14 +17,13 @@ from creditnet import __version__, provenance, records, sealing
 from creditnet import query as query_mod
 from creditnet import uscc as uscc_mod
 from creditnet.batches import MAX_BATCH_RECORDS, Batch
-from creditnet.chain.ledger import Ledger
-from creditnet.chain.sqlstore import KeptQueryAnswer
-from creditnet.chain.witness import Witness
 from creditnet.consent import verify_revocation
 from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.errors import AlreadyExists, CreditnetError, InvalidArgument, PermissionDenied, Unavailable
+from creditnet.ledger.log import Ledger
+from creditnet.ledger.sqlstore import KeptQueryAnswer
 from creditnet.node.membership import MembershipPublisher
 from creditnet.observability import NodeMetrics, bind_query_id
 from creditnet.pki import Identity, Role, RoleKind, TrustStore
@@ -32,6 +31,7 @@ from creditnet.query import CLOCK_SKEW, AuthorizedQuery
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, Disclosure, QueryClaim
 from creditnet.v2 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
+from creditnet.witness.server import Witness
 
 __all__ = [
     "UNDECODABLE_RECORD",

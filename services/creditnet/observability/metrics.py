@@ -242,7 +242,7 @@ class WitnessLike(Protocol):
 
 
 class LedgerLike(Protocol):
-    """What the collector reads of a `creditnet.chain.ledger.Ledger`."""
+    """What the collector reads of a `creditnet.ledger.log.Ledger`."""
 
     @property
     def committed_size(self) -> int: ...

@@ -6,7 +6,7 @@ The store owns the schema: the database's tables come from its migrations
 holds the aggregator's tables empty, an aggregator's the node's), and these
 classes, on one metadata, must describe the same tables, which a test checks
 on both databases. Other packages use these tables under their own names
-(``chain.models``, ``aggregator.models``) but never declare or migrate one.
+(``ledger``, ``witness``, ``aggregator.models``) but never declare or migrate one.
 
 Protobuf messages are kept whole as ``payload`` bytes: the node answers with
 exactly what the provider submitted (plus provenance), and the proto schema can
@@ -243,7 +243,7 @@ class RevocationRow(NodeModel, table=True):
     envelope: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
-# -- the credit chain (creditnet.chain) -----------------------------------------
+# -- the credit chain (creditnet.ledger, creditnet.witness) -----------------------
 #
 # ``chain_hash`` holds every perfect-subtree hash of the log (see chain/tree.py),
 # so roots and proofs after a restart read O(log n) rows. ``chain_entry`` keeps
@@ -291,7 +291,7 @@ class ChainCheckpointRow(NodeModel, table=True):
     cosignatures: int = Field(sa_column=Column(Integer, nullable=False))
     signed_at: dt.datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     # DER certificates of the log key and the cosigning witnesses, each
-    # prefixed by its length (4 bytes, big-endian); see chain.models.pack_certificates.
+    # prefixed by its length (4 bytes, big-endian); see ledger.sqlstore.pack_certificates.
     key_certificates: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from creditnet import uscc as uscc_mod
-from creditnet.chain.audit import pool_certificates
+from creditnet.auditor.remote import pool_certificates
 from creditnet.chain.receipts import DEFAULT_QUORUM, ReceiptError, check_commitment, verify_receipt
 from creditnet.channels import secure_channel
 from creditnet.dates import ts_from_proto, ts_to_proto, utcnow
@@ -232,7 +232,7 @@ def verify_history(
     Returns the items in the order the node sent them, and the node's
     summary (None when the node has logged nothing at all). `certificates`
     are log-key certificates gathered elsewhere (see
-    :func:`creditnet.chain.audit.pool_certificates`), used with those the node sent.
+    :func:`creditnet.auditor.remote.pool_certificates`), used with those the node sent.
     """
     if not responses:
         raise HistoryError(f"the {city.value} node sent nothing")

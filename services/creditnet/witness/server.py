@@ -26,7 +26,6 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from creditnet.chain.checkpoint import SignedCheckpoint, cosign, open_checkpoint
 from creditnet.chain.keys import LogKey, known_key, log_origin
 from creditnet.chain.merkle import ProofError, verify_consistency
-from creditnet.chain.models import EVIDENCE, WITNESS
 from creditnet.chain.note import NoteError
 from creditnet.dates import ts_to_proto, utcnow
 from creditnet.errors import (
@@ -39,7 +38,9 @@ from creditnet.errors import (
 from creditnet.pki import TrustStore
 from creditnet.rpc import PeerIdentities, refusals
 from creditnet.store import Store
+from creditnet.store.models import CHAIN_EVIDENCE, WITNESS_STATE
 from creditnet.v2 import chain_pb2, chain_pb2_grpc
+from creditnet.witness.link import SIZE_TRAILER
 
 __all__ = [
     "Witness",
@@ -86,14 +87,14 @@ class Witness:
 
     def state(self, origin: str) -> WitnessedState | None:
         with self.store.engine.connect() as conn:
-            row = conn.execute(select(WITNESS).where(WITNESS.c.origin == origin)).first()
+            row = conn.execute(select(WITNESS_STATE).where(WITNESS_STATE.c.origin == origin)).first()
         if row is None:
             return None
         return WitnessedState(origin, int(row.size), bytes(row.root), str(row.note))
 
     def states(self) -> list[WitnessedState]:
         with self.store.engine.connect() as conn:
-            rows = conn.execute(select(WITNESS).order_by(WITNESS.c.origin)).all()
+            rows = conn.execute(select(WITNESS_STATE).order_by(WITNESS_STATE.c.origin)).all()
         return [WitnessedState(str(r.origin), int(r.size), bytes(r.root), str(r.note)) for r in rows]
 
     def _advance(self, origin: str, old: WitnessedState | None, new: SignedCheckpoint) -> None:
@@ -107,13 +108,17 @@ class Witness:
 
         def write(conn: Connection) -> None:
             if old is None:
-                conn.execute(insert(WITNESS).values(origin=origin, **values))
+                conn.execute(insert(WITNESS_STATE).values(origin=origin, **values))
                 return
             # Compare-and-set: the row is locked by the update, and a
             # concurrent one re-reads it after the first commits.
             moved = conn.execute(
-                update(WITNESS)
-                .where(WITNESS.c.origin == origin, WITNESS.c.size == old.size, WITNESS.c.root == old.root)
+                update(WITNESS_STATE)
+                .where(
+                    WITNESS_STATE.c.origin == origin,
+                    WITNESS_STATE.c.size == old.size,
+                    WITNESS_STATE.c.root == old.root,
+                )
                 .values(**values)
             ).rowcount
             if moved != 1:
@@ -127,12 +132,14 @@ class Witness:
 
     def record_evidence(self, origin: str, kind: str, first: str, second: str, detail: str) -> None:
         row = {"origin": origin, "kind": kind, "first": first, "second": second, "detail": detail}
-        self.store.run_write(lambda conn: conn.execute(insert(EVIDENCE).values(**row, found_at=utcnow())))
+        self.store.run_write(
+            lambda conn: conn.execute(insert(CHAIN_EVIDENCE).values(**row, found_at=utcnow()))
+        )
         log.error("evidence of misbehaviour by %s: %s (%s)", origin, kind, detail)
 
     def evidence(self) -> list[chain_pb2.Evidence]:
         with self.store.engine.connect() as conn:
-            rows = conn.execute(select(EVIDENCE).order_by(EVIDENCE.c.id)).all()
+            rows = conn.execute(select(CHAIN_EVIDENCE).order_by(CHAIN_EVIDENCE.c.id)).all()
         return [
             chain_pb2.Evidence(
                 origin=r.origin,
@@ -258,7 +265,7 @@ class WitnessService(chain_pb2_grpc.WitnessServiceServicer):
         try:
             line, _ = await self.witness.add_checkpoint(self.trust, request)
         except _Conflict as exc:
-            context.set_trailing_metadata((("creditnet-witness-size", str(exc.size)),))
+            context.set_trailing_metadata(((SIZE_TRAILER, str(exc.size)),))
             raise
         return chain_pb2.AddCheckpointResponse(
             cosignature=line, witness_key_certificate=self.witness.key.certificate_der

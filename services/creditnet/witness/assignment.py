@@ -7,7 +7,7 @@ witnesses its log is assigned, reached at the endpoints and TLS names the
 directory gives, and re-reads the assignment at every witnessing round, so an
 admission or a removal takes effect without a restart. Links are kept across
 directory versions while a witness's endpoint and name stay the same, so
-their health (chain.hedge) survives a new version.
+their health (witness.hedge) survives a new version.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from creditnet.chain.ledger import WitnessLink
 from creditnet.directory.model import Directory
 from creditnet.pki import Identity, TrustStore
+from creditnet.witness.link import WitnessLink
 
 __all__ = [
     "AssignedWitnesses",

@@ -11,7 +11,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditnet import uscc as uscc_mod
-from creditnet.chain.ledger import Ledger
 from creditnet.dates import ts_from_proto, utcnow
 from creditnet.domain import City, distinct_from_proto
 from creditnet.envelope import HISTORY_REQUEST_TYPE, EnvelopeVerifier
@@ -23,6 +22,7 @@ from creditnet.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from creditnet.ledger.log import Ledger
 from creditnet.pki import RoleKind, TrustStore
 from creditnet.query import CLOCK_SKEW, MAX_QUERY_LIFETIME, is_canonical_uuid
 from creditnet.rpc import PeerIdentities, refusals

@@ -18,17 +18,18 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 
-from creditnet.chain.models import ENTRIES, HASHES, META
 from creditnet.chain.tree import MerkleTree, NodeKey, TreeConflictError
 from creditnet.errors import Error
 from creditnet.store import Store
-from creditnet.store.models import QUERY_USES
+from creditnet.store.models import CHAIN_ENTRIES, CHAIN_HASHES, CHAIN_META, QUERY_USES
 
 __all__ = [
     "CacheMiss",
     "KeptQueryAnswer",
     "PendingEntry",
     "SqlLog",
+    "pack_certificates",
+    "unpack_certificates",
 ]
 
 # EntryKind.ENTRY_KIND_QUERY_REFUSED (chain.proto); the log stores kinds as numbers.
@@ -87,7 +88,7 @@ class SqlLog:
 
     def size(self) -> int:
         with self._engine.connect() as conn:
-            return int(conn.execute(select(META.c.size).where(META.c.id == 1)).scalar_one())
+            return int(conn.execute(select(CHAIN_META.c.size).where(CHAIN_META.c.id == 1)).scalar_one())
 
     def get(self, level: int, index: int) -> bytes:
         return self.get_many([(level, index)])[(level, index)]
@@ -107,9 +108,11 @@ class SqlLog:
         if missing:
             # One primary-key lookup per node (an OR of equalities uses the
             # index; a row-value IN list does not on SQLite).
-            cond = or_(*(and_(HASHES.c.level == lv, HASHES.c.idx == ix) for lv, ix in missing))
+            cond = or_(*(and_(CHAIN_HASHES.c.level == lv, CHAIN_HASHES.c.idx == ix) for lv, ix in missing))
             with self._engine.connect() as conn:
-                rows = conn.execute(select(HASHES.c.level, HASHES.c.idx, HASHES.c.hash).where(cond)).all()
+                rows = conn.execute(
+                    select(CHAIN_HASHES.c.level, CHAIN_HASHES.c.idx, CHAIN_HASHES.c.hash).where(cond)
+                ).all()
             found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
             absent = [k for k in missing if k not in found]
             if absent:
@@ -223,9 +226,9 @@ class SqlLog:
     def entries(self, start: int, end: int) -> list[tuple[int, bytes]]:
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(ENTRIES.c.idx, ENTRIES.c.entry)
-                .where(ENTRIES.c.idx >= start, ENTRIES.c.idx < end)
-                .order_by(ENTRIES.c.idx)
+                select(CHAIN_ENTRIES.c.idx, CHAIN_ENTRIES.c.entry)
+                .where(CHAIN_ENTRIES.c.idx >= start, CHAIN_ENTRIES.c.idx < end)
+                .order_by(CHAIN_ENTRIES.c.idx)
             ).all()
         return [(int(r.idx), bytes(r.entry)) for r in rows]
 
@@ -233,7 +236,10 @@ class SqlLog:
         """The index of the newest entry naming `uscc`, or None."""
         with self._engine.connect() as conn:
             idx = conn.execute(
-                select(ENTRIES.c.idx).where(ENTRIES.c.uscc == uscc).order_by(ENTRIES.c.idx.desc()).limit(1)
+                select(CHAIN_ENTRIES.c.idx)
+                .where(CHAIN_ENTRIES.c.uscc == uscc)
+                .order_by(CHAIN_ENTRIES.c.idx.desc())
+                .limit(1)
             ).scalar()
         return None if idx is None else int(idx)
 
@@ -252,13 +258,17 @@ class SqlLog:
         Pages by index (keyset), so a history of any length is read in
         bounded steps whichever end it starts from.
         """
-        where = [ENTRIES.c.uscc == uscc, ENTRIES.c.idx < size, ENTRIES.c.kind.in_(list(kinds))]
+        where = [
+            CHAIN_ENTRIES.c.uscc == uscc,
+            CHAIN_ENTRIES.c.idx < size,
+            CHAIN_ENTRIES.c.kind.in_(list(kinds)),
+        ]
         if after is not None:
-            where.append(ENTRIES.c.idx < after if newest_first else ENTRIES.c.idx > after)
-        order = ENTRIES.c.idx.desc() if newest_first else ENTRIES.c.idx
+            where.append(CHAIN_ENTRIES.c.idx < after if newest_first else CHAIN_ENTRIES.c.idx > after)
+        order = CHAIN_ENTRIES.c.idx.desc() if newest_first else CHAIN_ENTRIES.c.idx
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(ENTRIES.c.idx, ENTRIES.c.entry, ENTRIES.c.salt)
+                select(CHAIN_ENTRIES.c.idx, CHAIN_ENTRIES.c.entry, CHAIN_ENTRIES.c.salt)
                 .where(and_(*where))
                 .order_by(order)
                 .limit(limit)
@@ -269,30 +279,57 @@ class SqlLog:
         """Entries naming `uscc` below `size`: the count of each kind, and the refused ones' bytes."""
         with self._engine.connect() as conn:
             counts = conn.execute(
-                select(ENTRIES.c.kind, func.count())
-                .where(ENTRIES.c.uscc == uscc, ENTRIES.c.idx < size)
-                .group_by(ENTRIES.c.kind)
+                select(CHAIN_ENTRIES.c.kind, func.count())
+                .where(CHAIN_ENTRIES.c.uscc == uscc, CHAIN_ENTRIES.c.idx < size)
+                .group_by(CHAIN_ENTRIES.c.kind)
             ).all()
             refused = conn.execute(
-                select(ENTRIES.c.entry)
-                .where(ENTRIES.c.uscc == uscc, ENTRIES.c.idx < size, ENTRIES.c.kind == REFUSED_KIND)
-                .order_by(ENTRIES.c.idx)
+                select(CHAIN_ENTRIES.c.entry)
+                .where(
+                    CHAIN_ENTRIES.c.uscc == uscc,
+                    CHAIN_ENTRIES.c.idx < size,
+                    CHAIN_ENTRIES.c.kind == REFUSED_KIND,
+                )
+                .order_by(CHAIN_ENTRIES.c.idx)
             ).scalars()
             refused_entries = [bytes(e) for e in refused]
         return {int(k): int(n) for k, n in counts}, refused_entries
 
 
 def _create_meta(conn: Connection) -> None:
-    if conn.execute(select(META.c.size).where(META.c.id == 1)).scalar_one_or_none() is None:
-        conn.execute(insert(META).values(id=1, size=0))
+    if conn.execute(select(CHAIN_META.c.size).where(CHAIN_META.c.id == 1)).scalar_one_or_none() is None:
+        conn.execute(insert(CHAIN_META).values(id=1, size=0))
 
 
 # The append path's statements (every answered query runs them), built once.
-_MOVE_SIZE = update(META).where(META.c.id == 1, META.c.size == bindparam("old")).values(size=bindparam("new"))
-_INSERT_ENTRY = insert(ENTRIES)
-_INSERT_HASH = insert(HASHES)
+_MOVE_SIZE = (
+    update(CHAIN_META)
+    .where(CHAIN_META.c.id == 1, CHAIN_META.c.size == bindparam("old"))
+    .values(size=bindparam("new"))
+)
+_INSERT_ENTRY = insert(CHAIN_ENTRIES)
+_INSERT_HASH = insert(CHAIN_HASHES)
 _KEEP_ANSWER = (
     update(QUERY_USES)
     .where(QUERY_USES.c.query_id == bindparam("qid"))
     .values(query_digest=bindparam("qd"), answer=bindparam("ans"), ledger_index=bindparam("ix"))
 )
+
+
+def pack_certificates(certs: list[bytes]) -> bytes:
+    """A checkpoint's key certificates as stored: each prefixed by its length (4 bytes, big-endian)."""
+    return b"".join(len(c).to_bytes(4, "big") + c for c in certs)
+
+
+def unpack_certificates(data: bytes | None) -> list[bytes]:
+    out: list[bytes] = []
+    view = memoryview(data or b"")
+    while len(view) >= 4:
+        n = int.from_bytes(view[:4], "big")
+        if n > len(view) - 4:
+            raise ValueError("truncated certificate list")
+        out.append(bytes(view[4 : 4 + n]))
+        view = view[4 + n :]
+    if len(view):
+        raise ValueError("trailing bytes after the certificate list")
+    return out

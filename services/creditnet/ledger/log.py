@@ -36,17 +36,23 @@ import grpc
 from sqlalchemy import Connection, insert, select, update
 
 from creditnet.chain.checkpoint import Checkpoint, Cosignature, SignedCheckpoint
-from creditnet.chain.hedge import WitnessHealth, hedge_delay, plan
 from creditnet.chain.keys import LogKey, known_key
-from creditnet.chain.models import CHECKPOINTS, pack_certificates, unpack_certificates
 from creditnet.chain.receipts import DEFAULT_QUORUM, enterprise_commitment
-from creditnet.chain.sqlstore import CacheMiss, KeptQueryAnswer, PendingEntry, SqlLog
-from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
 from creditnet.errors import CreditnetError
-from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
+from creditnet.ledger.sqlstore import (
+    CacheMiss,
+    KeptQueryAnswer,
+    PendingEntry,
+    SqlLog,
+    pack_certificates,
+    unpack_certificates,
+)
 from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, LogPosition, QueryClaim
-from creditnet.v2 import chain_pb2, chain_pb2_grpc
+from creditnet.store.models import CHAIN_CHECKPOINTS
+from creditnet.v2 import chain_pb2
+from creditnet.witness.hedge import hedge_delay, plan
+from creditnet.witness.link import WitnessLink, held_size
 
 __all__ = [
     "ASK_ATTEMPTS",
@@ -56,7 +62,6 @@ __all__ = [
     "Appended",
     "Ledger",
     "Published",
-    "WitnessLink",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,47 +75,6 @@ RETRY_PAUSE = 0.2
 # Calls to a witness for one checkpoint: from the best guess at the size it
 # holds, then from the sizes it reports (rounds in flight may cross at it).
 ASK_ATTEMPTS = 3
-
-
-@dataclass
-class WitnessLink:
-    """A witness this log asks for cosignatures, and what it last cosigned."""
-
-    name: str
-    endpoint: str
-    stub: chain_pb2_grpc.WitnessServiceStub
-    channel: grpc.aio.Channel
-    size: int | None = None
-    last_error: str = ""
-    health: WitnessHealth = field(default_factory=WitnessHealth)
-    # When set, the witness's key certificate is checked at every cosignature
-    # (validity and the directory's revocations): a revoked witness key's
-    # cosignature does not count towards the quorum.
-    trust: TrustStore | None = None
-    # The calls of this log in flight to it: the checkpoint's size, and when it was sent.
-    sending: list[tuple[int, float]] = field(default_factory=list)
-
-    def late(self, now: float, delay: float) -> bool:
-        """Holding a call of this log for longer than `delay`: stuck, or far slower than usual."""
-        return any(now - sent > delay for _, sent in self.sending)
-
-    @classmethod
-    def connect(
-        cls, name: str, endpoint: str, identity: Identity, trust: TrustStore, server_name: str | None = None
-    ) -> WitnessLink:
-        from creditnet.domain import City
-
-        server = server_name or (
-            AGGREGATOR_SERVER_NAME if name == "national" else node_server_name(City.parse(name))
-        )
-        channel = secure_channel(endpoint, identity, trust, server)
-        return cls(
-            name=name,
-            endpoint=endpoint,
-            stub=chain_pb2_grpc.WitnessServiceStub(channel),
-            channel=channel,
-            trust=trust,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,13 +227,13 @@ class Ledger:
         with self._store.engine.connect() as conn:
             row = conn.execute(
                 select(
-                    CHECKPOINTS.c.size,
-                    CHECKPOINTS.c.note,
-                    CHECKPOINTS.c.cosignatures,
-                    CHECKPOINTS.c.key_certificates,
+                    CHAIN_CHECKPOINTS.c.size,
+                    CHAIN_CHECKPOINTS.c.note,
+                    CHAIN_CHECKPOINTS.c.cosignatures,
+                    CHAIN_CHECKPOINTS.c.key_certificates,
                 )
-                .where(CHECKPOINTS.c.cosignatures >= self.quorum)
-                .order_by(CHECKPOINTS.c.size.desc())
+                .where(CHAIN_CHECKPOINTS.c.cosignatures >= self.quorum)
+                .order_by(CHAIN_CHECKPOINTS.c.size.desc())
                 .limit(1)
             ).first()
         if row is None:
@@ -382,7 +346,7 @@ class Ledger:
         return True
 
     async def _gather_cosignatures(self, signed: SignedCheckpoint) -> tuple[list[Cosignature], list[bytes]]:
-        """Cosignatures from the first `quorum` witnesses to answer, hedged (see `chain.hedge`).
+        """Cosignatures from the first `quorum` witnesses to answer, hedged (see `witness.hedge`).
 
         Stops early, with what it has, once a later checkpoint is published.
         """
@@ -538,7 +502,7 @@ class Ledger:
                     )
                 except grpc.aio.AioRpcError as exc:
                     w.last_error = f"{exc.code().name}: {exc.details()}"
-                    held = _held(exc)
+                    held = held_size(exc)
                     if held is None or held == old:
                         return None, False
                     # What it held when it refused: a call of another round may
@@ -617,29 +581,16 @@ def _spare(spares: list[WitnessLink], now: float, delay: float) -> WitnessLink |
     return None
 
 
-def _held(exc: grpc.aio.AioRpcError) -> int | None:
-    """The size a witness that refused for a wrong old size says it holds (its trailer)."""
-    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-        return None
-    known = dict(_trailing(exc)).get("creditnet-witness-size")
-    return int(known) if known is not None and known.isdigit() else None
-
-
-def _trailing(exc: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    md = exc.trailing_metadata() or ()
-    return [(str(k), v.decode() if isinstance(v, bytes) else str(v)) for k, v in md]
-
-
 def _save_checkpoint(size: int, note: str, cosignatures: int, packed: bytes, conn: Connection) -> None:
     updated = conn.execute(
-        update(CHECKPOINTS)
-        .where(CHECKPOINTS.c.size == size, CHECKPOINTS.c.cosignatures <= cosignatures)
+        update(CHAIN_CHECKPOINTS)
+        .where(CHAIN_CHECKPOINTS.c.size == size, CHAIN_CHECKPOINTS.c.cosignatures <= cosignatures)
         .values(note=note, cosignatures=cosignatures, key_certificates=packed)
     ).rowcount
-    exists = conn.execute(select(CHECKPOINTS.c.size).where(CHECKPOINTS.c.size == size)).first()
+    exists = conn.execute(select(CHAIN_CHECKPOINTS.c.size).where(CHAIN_CHECKPOINTS.c.size == size)).first()
     if not updated and exists is None:
         conn.execute(
-            insert(CHECKPOINTS).values(
+            insert(CHAIN_CHECKPOINTS).values(
                 size=size,
                 note=note,
                 cosignatures=cosignatures,
