@@ -40,6 +40,7 @@ CORE = (
     "creditnet.errors",
     "creditnet.pilot",
     "creditnet.pki",
+    "creditnet.policy",
     "creditnet.provenance",
     "creditnet.query",
     "creditnet.querycontext",
