@@ -76,7 +76,7 @@ class Sizes:
     provenance_sizes: tuple[int, ...]
 
 
-QUICK_PLAN = throughput.Plan(Window(0.3, 0.7), first_supply=300, unloaded_samples=10, sealing_repeat=5)
+QUICK_PLAN = throughput.Plan(Window(0.2, 0.5), first_supply=200, unloaded_samples=10, sealing_repeat=5)
 QUICK_SIZES = Sizes(
     rows=2000,
     ledger_entries=2000,
