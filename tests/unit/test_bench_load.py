@@ -31,6 +31,18 @@ async def test_a_saturated_level_reports_in_flight_over_service_time() -> None:
     assert not r["supply_ran_out"] and r["shed"] == 0
 
 
+async def test_calls_slower_than_the_window_are_still_measured() -> None:
+    async def slow(_i: int) -> object:
+        await asyncio.sleep(0.25)
+        return None
+
+    # Warm-up and window together are shorter than one call: the window waits
+    # for every caller's first answer, then for answers inside it.
+    r = await saturate(slow, 2, Window(0.05, 0.1))
+    assert r["calls"] >= 2 and r["p50_ms"] >= 250
+    assert 0.1 <= r["window_s"] < 0.1 * 5 + 0.1
+
+
 async def test_the_window_ends_when_the_supply_of_calls_runs_out() -> None:
     seen: list[int] = []
 

@@ -58,6 +58,7 @@ from creditnet.bench.revocation import bench_revocation
 from creditnet.bench.revocation import show as show_revocation
 from creditnet.bench.scale import bench_backends, show_backends
 from creditnet.bench.sealing import show as show_sealing
+from creditnet.bench.throughput import say
 from creditnet.network import ProcessNetwork, provision
 
 
@@ -162,6 +163,7 @@ def show(r: dict[str, Any], out: dict[str, Any]) -> None:
 
 
 def run(plan: throughput.Plan, sizes: Sizes, tmp: Path) -> dict[str, Any]:
+    say("provisioning and starting the five-city network")
     layout = provision(tmp / "net", enterprises_per_city=200, seed=5)
     net = ProcessNetwork(layout)
     net.start()
@@ -171,13 +173,16 @@ def run(plan: throughput.Plan, sizes: Sizes, tmp: Path) -> dict[str, Any]:
         results = asyncio.run(throughput.measure_network(layout, plan, pids))
     finally:
         net.stop()
+    say("ingestion, ledger appends and proofs")
     results["ingest"] = bench_ingest(tmp, sizes.rows)
     results["appends"] = bench_appends(tmp, sizes.appends)
     results["proofs"] = bench_proofs(tmp, sizes.ledger_entries)
     if sizes.backend_queries > 0:
+        say("a node and ingestion on SQLite and PostgreSQL")
         results["backends"] = bench_backends(tmp, sizes.backend_queries, sizes.rows)
     else:
         results["backends"] = {"skipped": "--quick"}
+    say("directory, revocation, provider proofs")
     results["directory"] = bench_directory(sizes.directory_sizes, repeat=sizes.directory_repeat)
     results["revocation"] = bench_revocation(
         runs=sizes.revocation_runs, refresh=dt.timedelta(seconds=sizes.revocation_refresh_s)

@@ -4,16 +4,22 @@ each issuing its next call as soon as its last one returned.
 :func:`saturate` runs one level of a sweep. It keeps `in_flight` callers busy
 through a warm-up and then a measured window, without pausing between them,
 so connections, caches and the servers' batching (group commit, witness
-rounds) are in their steady state when the clock starts. Throughput is the
-calls that completed inside the window over the window's length; the latency
-percentiles are of those calls. A call the server answered without doing the
-work (it shed the load: the aggregator answers a city's section at once when
-its bound of calls pending on that node is reached) returns :class:`Shed`; it
-is counted apart, not as throughput, and its caller waits `SHED_BACKOFF`
-before its next call, as a client honouring the server's pushback would,
-rather than turning the shedding into a busy loop. When the supply of calls (presigned queries,
-which a node accepts once each) runs out early, the window ends there and the
-result says so.
+rounds) are in their steady state when the clock starts. The window opens
+when the warm-up time is over and every caller has had an answer (at high
+load one call can outlast the warm-up), and closes when it has lasted its
+time and holds at least `MIN_WINDOW_CALLS` answers (or one per caller when
+fewer are in flight). Throughput is the calls that completed inside the
+window over the window's length; the latency percentiles are of those calls.
+(A window waits for its answers `MAX_STRETCH` times its length at most.)
+
+A call the server answered without doing the work (it shed the load: the
+aggregator answers a city's section at once when its bound of calls pending
+on that node is reached) returns :class:`Shed`; it is counted apart, not as
+throughput, and its caller waits `SHED_BACKOFF` before its next call, as a
+client honouring the server's pushback would, rather than turning the
+shedding into a busy loop. When the supply of calls
+(presigned queries, which a node accepts once each) runs out early, the
+window ends there and the result says so.
 
 :func:`drive` is the older count-based form: `total` calls with
 `concurrency` in flight, timed from the first to the last.
@@ -38,6 +44,10 @@ Call = Callable[[int], Awaitable[object]]
 WARMUP = 200
 # A caller's pause after a shed call (see the module doc).
 SHED_BACKOFF = 0.2
+# Calls a measured window holds at least (fewer when fewer are in flight)…
+MIN_WINDOW_CALLS = 32
+# … unless it has lasted this many times its length.
+MAX_STRETCH = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,68 +95,85 @@ async def saturate(
     measured window, as ``metered``.
     """
     loop = asyncio.get_running_loop()
-    start = loop.time()
-    measure_from = start + window.warmup
-    stop_at = start + window.total
-    exhausted_at: float | None = None
+    warm_until = loop.time() + window.warmup
+    enough = min(in_flight, MIN_WINDOW_CALLS)
+    answered_once: set[int] = set()  # callers with a call answered (or shed) so far
+    measure_from: float | None = None
+    end: float | None = None
+    exhausted = False
     readings: dict[str, float] = {}
-
-    def read(mark: str) -> None:
-        if meter is not None and mark not in readings:
-            readings[mark] = meter()
-
-    timers = [loop.call_at(measure_from, read, "start"), loop.call_at(stop_at, read, "end")]
     done: list[tuple[float, float]] = []  # (completed at, latency)
     shed: list[tuple[float, str]] = []  # (answered at, why)
     next_i = 0
 
-    async def caller() -> None:
-        nonlocal next_i, exhausted_at
+    def mark(now: float) -> None:
+        # The window opens once the warm-up is over and every caller has had an
+        # answer, and closes once it has lasted `window.measure` and holds enough calls.
+        nonlocal measure_from, end
+        if end is not None:
+            return
+        if measure_from is None:
+            if now >= warm_until and len(answered_once) == in_flight:
+                measure_from = now
+                if meter is not None:
+                    readings["start"] = meter()
+            return
+        lasted = now - measure_from
+        if lasted >= window.measure * MAX_STRETCH or (
+            lasted >= window.measure and sum(at >= measure_from for at, _ in done) >= enough
+        ):
+            end = now
+            if meter is not None:
+                readings["end"] = meter()
+
+    async def caller(me: int) -> None:
+        nonlocal next_i, exhausted, end
         while True:
             now = loop.time()
-            if now >= stop_at:
+            mark(now)
+            if end is not None:
                 return
             if supply is not None and next_i >= supply:
-                if exhausted_at is None:
-                    exhausted_at = now
-                    read("end")
+                if not exhausted:
+                    exhausted = True
+                    if measure_from is not None:
+                        end = now
+                        if meter is not None:
+                            readings["end"] = meter()
                 return
             i = next_i
             next_i += 1
             t0 = time.perf_counter()
             outcome = await call(i)
+            answered_once.add(me)
             if isinstance(outcome, Shed):
                 shed.append((loop.time(), outcome.reason))
                 await asyncio.sleep(SHED_BACKOFF)
             else:
                 done.append((loop.time(), time.perf_counter() - t0))
 
-    try:
-        await asyncio.gather(*(caller() for _ in range(in_flight)))
-    finally:
-        for timer in timers:
-            timer.cancel()
-    read("end")  # a timer that had not fired yet when the last caller returned
-    # Calls finishing after the supply ran out were answered at less than full load.
-    end = stop_at if exhausted_at is None else exhausted_at
-    measured = end - measure_from
+    await asyncio.gather(*(caller(me) for me in range(in_flight)))
+    if measure_from is None or end is None or end <= measure_from:
+        raise RuntimeError(
+            f"the supply of {supply} calls ran out after {next_i} calls, before the measured window"
+            f" at {in_flight} in flight" + (f" ({len(shed)} shed: {shed[0][1]})" if shed else "")
+        )
+    # Calls finishing after the window (or after the supply ran out) were
+    # answered at less than full load.
     latencies = [latency for at, latency in done if measure_from <= at <= end]
     shed_reasons = [why for at, why in shed if measure_from <= at <= end]
-    if measured <= 0 or not latencies:
+    if not latencies:
         raise RuntimeError(
             f"no call completed in the measured window at {in_flight} in flight"
-            f" (supply {supply} ran out after {next_i} calls)"
-            if exhausted_at is not None
-            else f"no call completed in {window.measure:.1f} s at {in_flight} in flight"
             + (f"; {len(shed_reasons)} shed: {shed_reasons[0]}" if shed_reasons else "")
         )
     result: dict[str, Any] = {
         "in_flight": in_flight,
         "calls": len(latencies),
-        "window_s": measured,
-        "per_second": len(latencies) / measured,
+        "window_s": end - measure_from,
+        "per_second": len(latencies) / (end - measure_from),
         **percentiles(latencies),
-        "supply_ran_out": exhausted_at is not None,
+        "supply_ran_out": exhausted,
         "shed": len(shed_reasons),
         "shed_reason": shed_reasons[0] if shed_reasons else None,
     }

@@ -112,6 +112,11 @@ def _sender(send: Send, pool: Sequence[Any]) -> Callable[[int], Awaitable[object
     return call
 
 
+def say(message: str) -> None:
+    """Progress for people waiting on a run of minutes (stderr: the table stays on stdout)."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
 def best(series: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The level of a sweep with the highest throughput: the series' saturation."""
     return max(series, key=lambda r: float(r["per_second"]))
@@ -287,6 +292,7 @@ async def measure_network(layout: NetworkLayout, plan: Plan, pids: Sequence[int]
     bank = layout.bank()
     consent = grant_demo_consent(layout)
     results: dict[str, Any] = {"in_flight": list(plan.in_flight), "p99_in_flight": P99_IN_FLIGHT}
+    say("echo and fan-out relay sweeps")
     results.update(await measure_baselines(layout, plan, presign(layout, consent, 1)[0]))
 
     def to_shanghai(n: int) -> list[envelope_pb2.SignedEnvelope]:
@@ -303,6 +309,7 @@ async def measure_network(layout: NetworkLayout, plan: Plan, pids: Sequence[int]
         async def ask_node(q: envelope_pb2.SignedEnvelope) -> object:
             return await node.Query(node_pb2.QueryRequest(query=q), timeout=30)
 
+        say("node sweep, then 16 in flight and unloaded")
         results["node"] = await sweep(plan, ask_node, to_shanghai)
         pool = to_shanghai(
             supply_for(best(results["node"])["per_second"], plan.window, plan.first_supply, P99_IN_FLIGHT)
@@ -331,6 +338,7 @@ async def measure_network(layout: NetworkLayout, plan: Plan, pids: Sequence[int]
             return resp
 
         pool = federated(plan.unloaded_samples + 10)
+        say("federated unloaded, sweep, then 16 in flight")
         results["federated_unloaded"] = await one_at_a_time(
             lambda i: ask_federated(pool[i]), plan.unloaded_samples
         )
@@ -360,8 +368,10 @@ async def measure_network(layout: NetworkLayout, plan: Plan, pids: Sequence[int]
         async def ask_plain(q: envelope_pb2.SignedEnvelope) -> object:
             return await plain.Query(node_pb2.QueryRequest(query=q), timeout=30)
 
+        say("node without the chain: sweep")
         results["node_without_chain"] = await sweep(plan, ask_plain, to_shanghai)
 
+    say("sealing")
     answers = await demo_answers(layout, consent)
     results["sealing"] = bench_sealing(
         layout, answers, results["federated_16"] if pids else None, repeat=plan.sealing_repeat
