@@ -268,7 +268,7 @@ def show(result: dict[str, Any]) -> None:
 async def _federated_run(
     layout: NetworkLayout, consent: envelope_pb2.SignedEnvelope, pids: Sequence[int], n: int
 ) -> dict[str, Any]:
-    from creditnet.bench.__main__ import WARMUP, drive, presign
+    from creditnet.bench.load import WARMUP, drive, presign
 
     queries = presign(layout, consent, n + WARMUP)
     bank = layout.bank()
