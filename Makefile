@@ -61,32 +61,32 @@ test: setup lint typecheck buf-lint
 # prints a table and writes bench.json here. About 10 minutes on 2 cores;
 # BENCH_ARGS="--quick" checks the harness in about a minute (its figures mean nothing).
 bench: setup
-	$(BIN)/python -m creditnet.bench $(BENCH_ARGS)
+	$(BIN)/python -m creditnet_devkit.bench $(BENCH_ARGS)
 
 # Sealed answers alone: seal + open per HPKE suite and sealing's share of federated server CPU;
 # prints a table and writes bench-sealing.json here.
 .PHONY: bench-sealing
 bench-sealing: setup
-	$(BIN)/python -m creditnet.bench.sealing
+	$(BIN)/python -m creditnet_devkit.bench.sealing
 
 # Network directory verification time and size at 5, 50 and 333 cities;
 # prints a table and writes bench-directory.json here.
 .PHONY: bench-directory
 bench-directory: setup
-	$(BIN)/python -m creditnet.bench.directory
+	$(BIN)/python -m creditnet_devkit.bench.directory
 
 # 5, 50 and 333 real city nodes on this machine: cities asked per query, federated latency
 # against N=5, aggregator memory, witnessing and background rounds, filters, network up time;
 # prints a table and writes bench-national.json here. About 10 minutes on 2 cores.
 .PHONY: bench-national
 bench-national: setup
-	$(BIN)/python -m creditnet.bench.national
+	$(BIN)/python -m creditnet_devkit.bench.national
 
 # Time from `pki revoke` to refusal at every server, in refresh intervals;
 # prints a table and writes bench-revocation.json here.
 .PHONY: bench-revocation
 bench-revocation: setup
-	$(BIN)/python -m creditnet.bench.revocation
+	$(BIN)/python -m creditnet_devkit.bench.revocation
 
 # A Shanghai-sized node store (3,000,000 enterprises, 30,000,000 records) on
 # SQLite and PostgreSQL: ingestion rate, memory as it grows, read latency.
@@ -94,7 +94,7 @@ bench-revocation: setup
 # BENCH_SCALE_ARGS="--enterprises 100000 --records 1000000".
 .PHONY: bench-scale
 bench-scale: setup
-	$(BIN)/python -m creditnet.bench.scale $(BENCH_SCALE_ARGS)
+	$(BIN)/python -m creditnet_devkit.bench.scale $(BENCH_SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) services/creditnet/v1 services/creditnet/v2 node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from creditnet.bench.directory import bench_directory, main
+from creditnet_devkit.bench.directory import bench_directory, main
 
 
 def test_the_directory_benchmark_reports_size_time_and_ratios_per_city_count() -> None:
@@ -26,7 +26,7 @@ def test_the_directory_benchmark_writes_json(tmp_path: Path) -> None:
 def test_the_revocation_benchmark_reports_time_to_refusal_in_refresh_intervals() -> None:
     import datetime as dt
 
-    from creditnet.bench.revocation import bench_revocation
+    from creditnet_devkit.bench.revocation import bench_revocation
 
     result = bench_revocation(runs=1, refresh=dt.timedelta(seconds=1))
     assert result["refresh_interval_s"] == 1.0

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from creditnet.bench.targets import TARGETS
-from creditnet.bench.throughput import IN_FLIGHT, SERIES
+from creditnet_devkit.bench.targets import TARGETS
+from creditnet_devkit.bench.throughput import IN_FLIGHT, SERIES
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ ISSUE_11 = {
 
 def test_a_quick_run_prints_the_targets_and_writes_bench_json_where_it_runs(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "creditnet.bench", "--quick"],
+        [sys.executable, "-m", "creditnet_devkit.bench", "--quick"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from creditnet.bench.scale import Load, run_scale
+from creditnet_devkit.bench.scale import Load, run_scale
 from tests.store.conftest import require_postgres
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from creditnet.bench import targets
-from creditnet.bench.load import SHED_BACKOFF, Shed, Window, one_at_a_time, saturate, supply_for
-from creditnet.bench.throughput import best
+from creditnet_devkit.bench import targets
+from creditnet_devkit.bench.load import SHED_BACKOFF, Shed, Window, one_at_a_time, saturate, supply_for
+from creditnet_devkit.bench.throughput import best
 
 # A call that takes this long, whatever the load: what the generator should report.
 SERVICE_S = 0.02

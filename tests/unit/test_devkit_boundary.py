@@ -20,9 +20,6 @@ NOT_IMPORTABLE = (
     # Alembic executes it inside a migration context; it has no meaning outside one.
     "creditnet.store.migrations.env",
 )
-# Developer tooling that still lives in the runtime package until it moves into creditnet_devkit,
-# and the alias of the synthetic data it imports.
-TOOLING = ("creditnet.bench", "creditnet.synthetic")
 
 ENTRY_POINTS = (
     "creditnet.node.server",
@@ -71,7 +68,7 @@ def _probe(entry_points: tuple[str, ...], *, path: Path | None = None) -> Any:
     if path is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(path), env.get("PYTHONPATH"))))
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps([entry_points, NOT_IMPORTABLE + TOOLING])],
+        [sys.executable, "-c", _PROBE, json.dumps([entry_points, NOT_IMPORTABLE])],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,6 +1,6 @@
 """Revocation benchmark: time from `pki revoke` to refusal at every node, in refresh intervals.
 
-``python -m creditnet.bench.revocation`` (``make bench-revocation``) runs a
+``python -m creditnet_devkit.bench.revocation`` (``make bench-revocation``) runs a
 five-city network in this process with a short refresh interval, revokes a
 fresh bank certificate at a time, and measures until every node and the
 aggregator refuse it (`cert.revoked`), polling every 1/50 of the interval:

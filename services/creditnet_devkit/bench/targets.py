@@ -1,6 +1,6 @@
 """Issue 11's targets: the ratios ``make bench`` computes from one run, and whether each is met.
 
-How each headline figure is computed from `creditnet.bench.throughput`'s
+How each headline figure is computed from `creditnet_devkit.bench.throughput`'s
 results (``best``: the level of a sweep with the highest throughput):
 
 - ``node_vs_echo``: best node rate / best echo rate, each at its own saturation;
@@ -11,7 +11,7 @@ results (``best``: the level of a sweep with the highest throughput):
   fan-out to five echo servers;
 - ``federated_p50_unloaded_ms``: federated p50 one query at a time, in ms;
 - ``ingest_vs_raw``: store ingestion of provider-signed batches / raw
-  ``sqlite3.executemany`` of the same rows (`creditnet.bench.ingest`).
+  ``sqlite3.executemany`` of the same rows (`creditnet_devkit.bench.ingest`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from creditnet.bench.throughput import best
+from creditnet_devkit.bench.throughput import best
+
+__all__ = [
+    "TARGETS",
+    "Target",
+    "check",
+    "headline",
+    "show",
+]
 
 
 @dataclass(frozen=True, slots=True)

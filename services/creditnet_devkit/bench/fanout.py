@@ -2,13 +2,13 @@
 
 Shaped like the aggregator and nothing more: a grpc.aio server with the
 network's mutual TLS (the aggregator's certificate) that, for each call,
-calls every echo server concurrently (`creditnet.bench.echo`, one per city,
+calls every echo server concurrently (`creditnet_devkit.bench.echo`, one per city,
 each with that city's node certificate, over mutual TLS as the aggregator's
 client identity) and answers with their replies concatenated. No
 signatures, no consent, no credit chain, no store: what remains is the gRPC,
 TLS and asyncio cost of one call in and five calls out.
 
-``python -m creditnet.bench.fanout --listen … --cert … --key … --ca …
+``python -m creditnet_devkit.bench.fanout --listen … --cert … --key … --ca …
 --echo 310000=127.0.0.1:PORT …`` (``make bench`` starts it).
 """
 
@@ -20,11 +20,21 @@ from pathlib import Path
 
 import grpc
 
-from creditnet.bench.echo import METHOD as ECHO_METHOD
 from creditnet.channels import secure_channel
 from creditnet.domain import City
 from creditnet.pki import Identity, TrustStore, node_server_name
 from creditnet.rpc import SERVER_OPTIONS, server_credentials
+from creditnet_devkit.bench.echo import METHOD as ECHO_METHOD
+
+__all__ = [
+    "CALL_TIMEOUT",
+    "ECHO_METHOD",
+    "METHOD",
+    "SERVER_OPTIONS",
+    "main",
+    "parse_echo",
+    "serve",
+]
 
 METHOD = "/bench.Fanout/Relay"
 # Bounds each echo call as the aggregator's default bounds a node call.

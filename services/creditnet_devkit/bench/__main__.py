@@ -1,7 +1,7 @@
 """Run every benchmark: print a table and write ``bench.json`` in the current directory.
 
 Each figure is compared with a baseline measured in the same run:
-- saturation sweeps at 8, 32 and 128 in flight (`creditnet.bench.throughput`):
+- saturation sweeps at 8, 32 and 128 in flight (`creditnet_devkit.bench.throughput`):
   a node's signed queries vs a bare grpc.aio echo over the same mutual TLS,
   each at its own saturation (``node_vs_echo``); the same node without its
   credit chain (``chain_cost``); the federated five-city query vs a
@@ -16,10 +16,10 @@ Each figure is compared with a baseline measured in the same run:
 - network directory verification at 5, 50 and 333 cities vs one ECDSA verify;
 - time from `pki revoke` to refusal at every server, in refresh intervals;
 - seal + open time per answer for each HPKE suite, and sealing's share of the
-  federated run's server CPU (creditnet.bench.sealing says how it is computed);
+  federated run's server CPU (creditnet_devkit.bench.sealing says how it is computed);
 - answer size and bank-side verify time per record with provider proofs vs without.
 
-`creditnet.bench.targets` defines issue 11's targets and how each headline
+`creditnet_devkit.bench.targets` defines issue 11's targets and how each headline
 ratio is computed; bench.json holds the headline ratios at its top level,
 ``targets`` (each with its bound, value and met/missed), every other ratio
 under ``ratios``, the sweep curves under ``sweep`` and every raw result
@@ -46,20 +46,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from creditnet.bench import targets, throughput
-from creditnet.bench.chain import bench_appends, bench_proofs
-from creditnet.bench.directory import bench_directory
-from creditnet.bench.directory import show as show_directory
-from creditnet.bench.ingest import bench_ingest
-from creditnet.bench.load import Window
-from creditnet.bench.provenance import bench_provenance
-from creditnet.bench.provenance import show as show_provenance
-from creditnet.bench.revocation import bench_revocation
-from creditnet.bench.revocation import show as show_revocation
-from creditnet.bench.scale import bench_backends, show_backends
-from creditnet.bench.sealing import show as show_sealing
-from creditnet.bench.throughput import say
 from creditnet.network import ProcessNetwork, provision
+from creditnet_devkit.bench import targets, throughput
+from creditnet_devkit.bench.chain import bench_appends, bench_proofs
+from creditnet_devkit.bench.directory import bench_directory
+from creditnet_devkit.bench.directory import show as show_directory
+from creditnet_devkit.bench.ingest import bench_ingest
+from creditnet_devkit.bench.load import Window
+from creditnet_devkit.bench.provenance import bench_provenance
+from creditnet_devkit.bench.provenance import show as show_provenance
+from creditnet_devkit.bench.revocation import bench_revocation
+from creditnet_devkit.bench.revocation import show as show_revocation
+from creditnet_devkit.bench.scale import bench_backends, show_backends
+from creditnet_devkit.bench.sealing import show as show_sealing
+from creditnet_devkit.bench.throughput import say
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +192,7 @@ def run(plan: throughput.Plan, sizes: Sizes, tmp: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m creditnet.bench", description="creditnet benchmarks")
+    p = argparse.ArgumentParser(prog="python -m creditnet_devkit.bench", description="creditnet benchmarks")
     p.add_argument("--seconds", type=float, default=8.0, help="measured window per sweep level")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window, same load")
     p.add_argument("--queries", type=int, default=3000, help="queries presigned for a sweep's first level")

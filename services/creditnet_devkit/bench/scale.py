@@ -1,6 +1,6 @@
 """The node's store at the scale of Shanghai, on SQLite and on PostgreSQL.
 
-``python -m creditnet.bench.scale`` (``make bench-scale``) builds one city's
+``python -m creditnet_devkit.bench.scale`` (``make bench-scale``) builds one city's
 store — 3,000,000 enterprises and 30,000,000 credit records by default;
 ``--enterprises`` and ``--records`` scale it down — from the synthetic
 generator through the real ingestion path (record validation, then
@@ -38,14 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from creditnet import pilot, provenance, synthetic
+from creditnet import pilot, provenance
 from creditnet import records as records_mod
-from creditnet.bench.provenance import bench_provider, signed_batches
 from creditnet.domain import ALL_CATEGORIES, City
 from creditnet.pki import CertificateAuthority
 from creditnet.store import Store
 from creditnet.store.scratch import ScratchDatabases, ServerUnavailable
 from creditnet.v2 import records_pb2
+from creditnet_devkit import synthetic
+from creditnet_devkit.bench.provenance import bench_provider, signed_batches
 
 __all__ = [
     "Backend",
@@ -456,7 +457,7 @@ def bench_backends(tmp: Path, queries: int = 2000, rows: int = 100_000) -> dict[
 
 
 def show_backends(r: dict[str, Any]) -> None:
-    """Print :func:`bench_backends`' result (for ``python -m creditnet.bench``)."""
+    """Print :func:`bench_backends`' result (for ``python -m creditnet_devkit.bench``)."""
     print("  node and store on each database (same network, same rows)")
     for backend in ("sqlite", "postgresql"):
         b = r.get(backend, {})
@@ -482,7 +483,7 @@ def show_backends(r: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m creditnet.bench.scale",
+        prog="python -m creditnet_devkit.bench.scale",
         description="Build a Shanghai-sized node store on SQLite and PostgreSQL and measure it.",
     )
     p.add_argument("--enterprises", type=int, default=3_000_000, help="enterprises (profiles) to load")

@@ -1,6 +1,6 @@
 """What provider proofs cost a bank: answer size and verify time per record, with and without them.
 
-``python -m creditnet.bench.provenance`` prints a table and writes
+``python -m creditnet_devkit.bench.provenance`` prints a table and writes
 bench-provenance.json in the current directory; ``make bench`` runs it with
 the others. Both sides of each ratio are measured in this run on the same
 records: an answer of N records as its node signs it, verified by a bank
@@ -26,13 +26,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from creditnet import pilot, provenance, synthetic
+from creditnet import pilot, provenance
 from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, sign
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity
 from creditnet.v2 import envelope_pb2, node_pb2, query_pb2, records_pb2
 from creditnet_bank.provenance import proven_records
+from creditnet_devkit import synthetic
 
 __all__ = [
     "bench_provenance",
@@ -162,7 +163,7 @@ def show(r: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m creditnet.bench.provenance", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m creditnet_devkit.bench.provenance", description=__doc__)
     p.add_argument("--out", type=Path, default=Path("bench-provenance.json"))
     a = p.parse_args(argv)
     r = bench_provenance()

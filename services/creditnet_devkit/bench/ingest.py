@@ -15,11 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from creditnet import pilot, synthetic
-from creditnet.bench.provenance import bench_provider, signed_batches
+from creditnet import pilot
 from creditnet.pki import CertificateAuthority
 from creditnet.store import Store
 from creditnet.v2 import records_pb2
+from creditnet_devkit import synthetic
+from creditnet_devkit.bench.provenance import bench_provider, signed_batches
+
+__all__ = [
+    "BATCH",
+    "bench_ingest",
+]
 
 BATCH = 5000
 

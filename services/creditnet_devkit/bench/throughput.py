@@ -2,19 +2,19 @@
 
 On the five-city process network ``make bench`` provisions (every server its
 own process, SQLite, the credit chain on), with closed-loop load
-(`creditnet.bench.load`: callers in flight, a warm-up, then a measured window):
+(`creditnet_devkit.bench.load`: callers in flight, a warm-up, then a measured window):
 
 **Saturation sweeps**, each series at 8, 32 and 128 calls in flight
 (`IN_FLIGHT`), so that each is compared at its own saturation, whatever
 level that is:
 
-- ``echo``: a bare grpc.aio echo (`creditnet.bench.echo`) over the same
+- ``echo``: a bare grpc.aio echo (`creditnet_devkit.bench.echo`) over the same
   mutual TLS, with Shanghai's node certificate; the request is a node
   query's bytes;
 - ``node``: Shanghai's node answering signed queries (presigned, one node);
 - ``node_without_chain``: the same node with its credit chain off, on a copy
   of its database (a node is its database's only process);
-- ``fanout``: the crypto-free fan-out (`creditnet.bench.fanout`): a relay
+- ``fanout``: the crypto-free fan-out (`creditnet_devkit.bench.fanout`): a relay
   with the aggregator's certificate calling five echo servers, one per city
   with that city's node certificate, concurrently; the request is a
   federated query's bytes;
@@ -23,18 +23,18 @@ level that is:
   calls it allows pending on a node (`creditnet.aggregator.directory`: 32 of
   64), so beyond 32 in flight it answers sections at once, unasked, by
   design. A query with such a section is counted as shed, not as throughput
-  (`creditnet.bench.load`); the table and JSON give how many and why.
+  (`creditnet_devkit.bench.load`); the table and JSON give how many and why.
 
 **At 16 in flight** (`P99_IN_FLIGHT`), one node and the federated query:
 the p99 comparison, the same number of callers on both (the method of the
 runs before the sweep, kept so the figures stay comparable), and the server
-CPU seconds the sealing share is computed from (`creditnet.bench.sealing`).
+CPU seconds the sealing share is computed from (`creditnet_devkit.bench.sealing`).
 
 **Unloaded**: one call at a time, after ten unmeasured ones: the federated
 query, the fan-out and one node.
 
 The ratios over these results are computed and checked against issue 11's
-targets in `creditnet.bench.targets`.
+targets in `creditnet_devkit.bench.targets`.
 """
 
 from __future__ import annotations
@@ -53,10 +53,6 @@ import grpc
 from sqlalchemy import make_url
 
 from creditnet import pilot
-from creditnet.bench.echo import METHOD as ECHO_METHOD
-from creditnet.bench.fanout import METHOD as FANOUT_METHOD
-from creditnet.bench.load import Shed, Window, one_at_a_time, presign, saturate, supply_for
-from creditnet.bench.sealing import bench_sealing, cpu_seconds, demo_answers
 from creditnet.channels import secure_channel
 from creditnet.config import NodeConfig
 from creditnet.domain import City
@@ -64,6 +60,33 @@ from creditnet.health import wait_serving
 from creditnet.network import NetworkLayout, free_port, grant_demo_consent
 from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore, node_server_name
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
+from creditnet_devkit.bench.echo import METHOD as ECHO_METHOD
+from creditnet_devkit.bench.fanout import METHOD as FANOUT_METHOD
+from creditnet_devkit.bench.load import Shed, Window, one_at_a_time, presign, saturate, supply_for
+from creditnet_devkit.bench.sealing import bench_sealing, cpu_seconds, demo_answers
+
+__all__ = [
+    "AGGREGATOR_SERVER_NAME",
+    "ECHO_METHOD",
+    "FANOUT_METHOD",
+    "IN_FLIGHT",
+    "LABELS",
+    "P99_IN_FLIGHT",
+    "SERIES",
+    "Baselines",
+    "Plan",
+    "baselines",
+    "best",
+    "copy_sqlite",
+    "curve",
+    "measure_baselines",
+    "measure_network",
+    "node_without_chain",
+    "say",
+    "show",
+    "spawn",
+    "sweep",
+]
 
 IN_FLIGHT = (8, 32, 128)
 P99_IN_FLIGHT = 16
@@ -176,7 +199,7 @@ def baselines(layout: NetworkLayout) -> Iterator[Baselines]:
             procs.append(
                 spawn(
                     [
-                        "creditnet.bench.echo",
+                        "creditnet_devkit.bench.echo",
                         "--listen",
                         echoes[city],
                         *_tls_args(layout, "nodes", city.value),
@@ -188,7 +211,7 @@ def baselines(layout: NetworkLayout) -> Iterator[Baselines]:
         procs.append(
             spawn(
                 [
-                    "creditnet.bench.fanout",
+                    "creditnet_devkit.bench.fanout",
                     "--listen",
                     relay,
                     *_tls_args(layout, "aggregator", "national"),

@@ -1,6 +1,6 @@
 """National-scale benchmark: 5, 50 and 333 real city nodes on this machine (issue 9).
 
-``python -m creditnet.bench.national`` (``make bench-national``) provisions and
+``python -m creditnet_devkit.bench.national`` (``make bench-national``) provisions and
 runs, for each size, the first N prefecture-level cities by code as
 `creditnet network up --cities N` does (node hosts and the aggregator as
 processes), sends federated queries for synthetic enterprises through the
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from creditnet import synthetic
 from creditnet.channels import secure_channel
 from creditnet.domain import City, Purpose
 from creditnet.network import (
@@ -49,6 +48,7 @@ from creditnet.network import (
 from creditnet.pki import CertificateAuthority, Identity, Role, TrustStore, issue_identity, node_server_name
 from creditnet.routing import BloomFilter, RoutingKey
 from creditnet.v2 import node_pb2, node_pb2_grpc, routing_pb2
+from creditnet_devkit import synthetic
 
 __all__ = [
     "BenchNetwork",

@@ -1,6 +1,6 @@
 """Network directory benchmark: verification time and size at 5, 50 and 333 cities.
 
-``python -m creditnet.bench.directory`` (``make bench-directory``) prints a
+``python -m creditnet_devkit.bench.directory`` (``make bench-directory``) prints a
 table and writes bench-directory.json in the current directory. Times are
 medians; each is also given as a ratio to one ECDSA P-256 verification
 measured in the same run (the unit a governance signature costs), so the

@@ -1,6 +1,6 @@
 """Sealed answers: seal + open time per suite, and their share of federated throughput.
 
-``python -m creditnet.bench.sealing`` (``make bench-sealing``) runs it alone on a
+``python -m creditnet_devkit.bench.sealing`` (``make bench-sealing``) runs it alone on a
 small network; ``make bench`` runs it after the federated measurement and adds
 it to its table and JSON.
 
@@ -268,7 +268,7 @@ def show(result: dict[str, Any]) -> None:
 async def _federated_run(
     layout: NetworkLayout, consent: envelope_pb2.SignedEnvelope, pids: Sequence[int], n: int
 ) -> dict[str, Any]:
-    from creditnet.bench.load import WARMUP, drive, presign
+    from creditnet_devkit.bench.load import WARMUP, drive, presign
 
     queries = presign(layout, consent, n + WARMUP)
     bank = layout.bank()

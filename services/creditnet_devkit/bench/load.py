@@ -39,6 +39,21 @@ from creditnet.domain import City, Purpose
 from creditnet.network import NetworkLayout
 from creditnet.v2 import envelope_pb2
 
+__all__ = [
+    "MAX_STRETCH",
+    "MIN_WINDOW_CALLS",
+    "SHED_BACKOFF",
+    "WARMUP",
+    "Shed",
+    "Window",
+    "drive",
+    "one_at_a_time",
+    "percentiles",
+    "presign",
+    "saturate",
+    "supply_for",
+]
+
 Call = Callable[[int], Awaitable[object]]
 # Calls before a count-based measurement (`drive`).
 WARMUP = 200
