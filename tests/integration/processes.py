@@ -56,6 +56,8 @@ class NodeProcess:
     listen: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    # `node run --workers`: with more than one, this process leads worker processes.
+    workers: int = 1
 
     def start(self, listen: str | None = None) -> subprocess.Popen[bytes]:
         cfg = NodeConfig.load(self.layout.node_config(self.city))
@@ -70,7 +72,8 @@ class NodeProcess:
         cfg.save(path)
         with open(self.log_path(self.starts), "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "creditnet", "node", "run", "--config", str(path)],
+                [sys.executable, "-m", "creditnet", "node", "run", "--config", str(path)]
+                + (["--workers", str(self.workers)] if self.workers > 1 else []),
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,

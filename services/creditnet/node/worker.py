@@ -1,0 +1,346 @@
+"""A worker process of a node run with ``--workers N`` (see creditnet.node.leader).
+
+It serves the node's public port beside the other workers (SO_REUSEPORT),
+with the node's own TLS identity, limits, metrics, health and reflection.
+Queries it answers itself, through a read-only use of the node's database,
+asking the leader only to commit (:class:`LeaderLink`); every other public
+call it forwards whole to the leader with the peer certificate its TLS
+handshake verified. It writes nothing to the database itself.
+
+Run by the leader as ``python -m creditnet.node.worker``; it prints
+``ready`` on stdout once it serves, and stops when the leader does (SIGTERM,
+draining its calls) or when the leader is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from creditnet.chain.ledger import Appended
+from creditnet.chain.sqlstore import KeptQueryAnswer
+from creditnet.channels import MAX_RECEIVE_BYTES, MAX_SEND_BYTES
+from creditnet.config import NodeConfig
+from creditnet.dates import ts_to_proto
+from creditnet.errors import Unauthenticated, Unavailable
+from creditnet.internal.v1 import leader_pb2, leader_pb2_grpc
+from creditnet.limits import Limits
+from creditnet.limits import server_interceptors as limit_interceptors
+from creditnet.node.leader import PEER_CERTIFICATE
+from creditnet.node.service import CityNodeService
+from creditnet.observability import NodeMetrics, server_interceptors
+from creditnet.pki import Identity, TrustStore
+from creditnet.rpc import start_server
+from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, QueryClaim
+from creditnet.v2 import chain_pb2, node_pb2
+
+__all__ = [
+    "LeaderLink",
+    "forwarding_handler",
+    "serve_worker",
+]
+
+log = logging.getLogger(__name__)
+
+# Served here: the query's CPU. Everything else the node serves goes to the leader.
+QUERY = "Query"
+# How often a worker checks that its leader still runs.
+ORPHAN_CHECK = 1.0
+# A receipt is asked with the caller's wait; the internal call is given this much more.
+RECEIPT_SLACK = 5.0
+# Not forwarded from the caller's metadata: HTTP/2 and gRPC's own, and the
+# certificate header, which only this process sets (from its TLS handshake).
+_NOT_FORWARDED = ("grpc-", ":")
+_NOT_FORWARDED_KEYS = frozenset({"user-agent", "te", "content-type", "host", PEER_CERTIFICATE})
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", max(MAX_RECEIVE_BYTES, MAX_SEND_BYTES)),
+    ("grpc.max_send_message_length", max(MAX_RECEIVE_BYTES, MAX_SEND_BYTES)),
+]
+_OUTCOMES = {
+    leader_pb2.CLAIM_REFUSAL_REPLAY: ClaimOutcome.REPLAY,
+    leader_pb2.CLAIM_REFUSAL_LIMIT_EXCEEDED: ClaimOutcome.LIMIT_EXCEEDED,
+    leader_pb2.CLAIM_REFUSAL_REVOKED: ClaimOutcome.REVOKED,
+}
+
+
+def _leader_gone(exc: grpc.aio.AioRpcError) -> Unavailable:
+    # Whether an append the leader was asked for committed is unknown: a
+    # retry of the same query gets its kept answer, or answers it once.
+    log.warning("the leader did not answer: %s %s", exc.code().name, exc.details())
+    return Unavailable("node.restarting", "the node is restarting; retry")
+
+
+class LeaderLink:
+    """The leader's ledger, as :class:`creditnet.node.service.ChainWriter`: every write is the leader's."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = leader_pb2_grpc.LeaderServiceStub(channel)
+        self.pid = os.getpid()
+
+    async def append(
+        self,
+        entry: chain_pb2.LedgerEntry,
+        uscc: str | None = None,
+        *,
+        answer: KeptQueryAnswer | None = None,
+        claim: QueryClaim | None = None,
+    ) -> Appended:
+        request = leader_pb2.AppendRequest(
+            entry=entry.SerializeToString(deterministic=True), worker_pid=self.pid
+        )
+        if uscc is not None:
+            request.enterprise_uscc = uscc
+        if answer is not None:
+            request.answer.CopyFrom(
+                leader_pb2.KeptAnswer(
+                    query_id=answer.query_id, query_digest=answer.query_digest, answer=answer.answer
+                )
+            )
+        if claim is not None:
+            request.claim.CopyFrom(
+                leader_pb2.QueryClaim(
+                    query_id=claim.query_id,
+                    consent_digest=claim.consent_digest,
+                    max_uses=claim.max_uses,
+                    expires_at=ts_to_proto(claim.expires_at),
+                    query_digest=claim.query_digest or b"",
+                )
+            )
+        try:
+            # No deadline: an append once asked for is not withdrawn (as Ledger.append).
+            response = await self.stub.Append(request)
+        except grpc.aio.AioRpcError as exc:
+            raise _leader_gone(exc) from None
+        if response.refused:
+            raise ClaimRefused(_OUTCOMES[response.refused])
+        # The salt stays with the leader, which committed the entry.
+        return Appended(index=response.index, salt=b"", entry=response.entry)
+
+    async def receipt(self, index: int, entry: bytes, timeout: float) -> chain_pb2.Receipt:
+        request = leader_pb2.GetReceiptRequest(index=index, entry=entry, wait_ms=int(timeout * 1000))
+        try:
+            response = await self.stub.GetReceipt(request, timeout=timeout + RECEIPT_SLACK)
+        except grpc.aio.AioRpcError as exc:
+            raise _leader_gone(exc) from None
+        if not response.receipt:
+            raise TimeoutError("no cosigned checkpoint covers this entry yet")
+        return chain_pb2.Receipt.FromString(response.receipt)
+
+    async def entry(self, index: int) -> bytes:
+        try:
+            response = await self.stub.GetEntry(leader_pb2.GetEntryRequest(index=index))
+        except grpc.aio.AioRpcError as exc:
+            raise _leader_gone(exc) from None
+        return bytes(response.entry)
+
+
+def _forwarded_metadata(context: grpc.aio.ServicerContext) -> list[tuple[str, str | bytes]] | None:
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        return None
+    metadata: list[tuple[str, str | bytes]] = [
+        (k, v)
+        for k, v in context.invocation_metadata() or ()
+        if not k.startswith(_NOT_FORWARDED) and k not in _NOT_FORWARDED_KEYS
+    ]
+    metadata.append((PEER_CERTIFICATE, pems[0]))
+    return metadata
+
+
+async def _refuse_unauthenticated(context: grpc.aio.ServicerContext) -> None:
+    refusal = Unauthenticated("peer.certificate", "the call has no client certificate; use mutual TLS")
+    await context.abort(refusal.code, refusal.reason)
+
+
+async def _relay_failure(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError) -> None:
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and not exc.details():
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "node.restarting: the node is restarting; retry")
+    await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
+
+
+def forwarding_handler(
+    channel: grpc.aio.Channel, services: Sequence[ServiceDescriptor], *, keep: frozenset[str]
+) -> grpc.GenericRpcHandler:
+    """Every method of `services` but those in `keep` ("/service/method"), relayed as bytes to the leader."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for service in services:
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            if path not in keep:
+                handlers[path] = _relay(channel, path, method.client_streaming, method.server_streaming)
+
+    class Forwarding(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+            return handlers.get(handler_call_details.method)
+
+    return Forwarding()
+
+
+def _relay(channel: grpc.aio.Channel, path: str, client_streaming: bool, server_streaming: bool) -> Any:
+    if server_streaming:
+        out = channel.stream_stream(path) if client_streaming else channel.unary_stream(path)
+
+        async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            metadata = _forwarded_metadata(context)
+            if metadata is None:
+                await _refuse_unauthenticated(context)
+            call = out(request, metadata=metadata, timeout=context.time_remaining())
+            try:
+                async for item in call:
+                    yield item
+            except grpc.aio.AioRpcError as exc:
+                await _relay_failure(context, exc)
+
+        rebuild = (
+            grpc.stream_stream_rpc_method_handler
+            if client_streaming
+            else grpc.unary_stream_rpc_method_handler
+        )
+        return rebuild(streamed)
+    single = channel.stream_unary(path) if client_streaming else channel.unary_unary(path)
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> bytes:
+        metadata = _forwarded_metadata(context)
+        if metadata is None:
+            await _refuse_unauthenticated(context)
+        try:
+            response: bytes = await single(request, metadata=metadata, timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as exc:
+            await _relay_failure(context, exc)
+            raise AssertionError("unreachable: abort raises") from exc
+        return response
+
+    rebuild = (
+        grpc.stream_unary_rpc_method_handler if client_streaming else grpc.unary_unary_rpc_method_handler
+    )
+    return rebuild(unary)
+
+
+async def serve_worker(
+    config: NodeConfig,
+    leader: str,
+    *,
+    limits: Limits,
+    metrics_port: int | None = None,
+    grace: float = 5.0,
+    stop: asyncio.Event,
+) -> None:
+    """Serve `config`'s public port beside the other workers until `stop` is set, then drain."""
+    from creditnet.node.server import CHAIN_SERVICES, SERVICE_NAME, public_services
+
+    identity = Identity.load(config.cert, config.key)
+    trust = TrustStore.load(config.ca)
+    store = await AsyncStore.open(config.database_url)
+    channel = grpc.aio.insecure_channel(f"unix:{leader}", options=CHANNEL_OPTIONS)
+    metrics = NodeMetrics(config.city)
+    try:
+        service = CityNodeService(
+            city=config.city,
+            identity=identity,
+            trust=trust,
+            store=store,
+            ledger=LeaderLink(channel),
+            metrics=metrics,
+        )
+        query = f"/{SERVICE_NAME}/{QUERY}"
+        local = grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                QUERY: grpc.unary_unary_rpc_method_handler(
+                    service.Query,
+                    request_deserializer=node_pb2.QueryRequest.FromString,
+                    response_serializer=node_pb2.QueryResponse.SerializeToString,
+                )
+            },
+        )
+        forwarding = forwarding_handler(channel, public_services(), keep=frozenset({query}))
+
+        def register(server: grpc.aio.Server) -> None:
+            server.add_generic_rpc_handlers((local, forwarding))
+
+        handle = await start_server(
+            listen=config.listen,
+            identity=identity,
+            trust=trust,
+            register=register,
+            service_names=[SERVICE_NAME, *CHAIN_SERVICES],
+            interceptors=[*server_interceptors(metrics), *limit_interceptors(limits, trust)],
+            maximum_concurrent_rpcs=limits.hard_cap,
+            reuse_port=True,
+        )
+        if metrics_port is not None:
+            endpoint = metrics.serve(metrics_port)
+            log.info("worker pid %d metrics on http://0.0.0.0:%d/metrics", os.getpid(), endpoint.port)
+        print("ready", flush=True)
+        await stop.wait()
+        await handle.stop(grace)
+        await service.drain(grace)
+    finally:
+        await channel.close()
+        await store.close()
+        metrics.close()
+
+
+async def _watch_leader(stop: asyncio.Event) -> None:
+    leader = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(ORPHAN_CHECK)
+        if os.getppid() != leader:
+            log.error("the leader process is gone; stopping")
+            stop.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="creditnet.node.worker", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--leader", required=True, help="the leader's Unix socket")
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--grace", type=float, default=5.0, help="how long a stopping worker drains")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"%(asctime)s %(levelname)s worker {args.slot} pid {os.getpid()} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = NodeConfig.load(args.config)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # SIGINT too goes to the whole foreground process group: the leader decides when workers stop.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        watch = asyncio.create_task(_watch_leader(stop))
+        try:
+            await serve_worker(
+                config,
+                args.leader,
+                limits=Limits.from_env(),
+                metrics_port=args.metrics_port,
+                grace=args.grace,
+                stop=stop,
+            )
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
