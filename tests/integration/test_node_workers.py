@@ -28,6 +28,7 @@ from creditnet.domain import City, Purpose
 from creditnet.envelope import digest
 from creditnet.internal.v1 import leader_pb2, leader_pb2_grpc
 from creditnet.network import NetworkLayout
+from creditnet.node.leader import PEER_CERTIFICATE
 from creditnet.pki import Identity, TrustStore, node_server_name
 from creditnet.provider import signed_request
 from creditnet.v2 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
@@ -263,4 +264,33 @@ async def test_a_killed_worker_loses_no_acknowledged_query_and_is_restarted(
     answered = Counter(e.query_id for e in entries if e.kind == chain_pb2.ENTRY_KIND_QUERY_ANSWERED)
     assert answered == Counter({query_id(q): 1 for q in queries})
     assert claims(node.url) == CONNECTIONS and unanswered_claims(node.url) == 0
+    assert await node.stop() == 0
+
+
+async def test_a_forwarded_call_runs_as_its_tls_peer_whatever_its_metadata_says(
+    node: NodeProcess, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    node.start()
+    await node.serving()
+    await all_serving(node)
+    provider = layout.provider(CITY)
+
+    async def stream() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
+        yield signed_request(provider, [utility(layout.demo_enterprise, CITY, "forged")])
+
+    # A bank sends the header by which a worker tells the leader who the TLS
+    # peer is, naming a provider: over connections to both workers, the
+    # leader still sees the bank.
+    for _ in range(8):
+        async with connection(node, layout.bank(), trust) as ch:
+            stub = node_pb2_grpc.CityNodeServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.SubmitRecords(
+                    stream(), metadata=[(PEER_CERTIFICATE, provider.cert_pem)], timeout=30
+                )
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert (refused.value.details() or "").startswith("peer.role")
+            # A forwarded read answers from the leader's ledger and store.
+            info = await stub.GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=30)
+            assert info.city == CITY.proto and info.records == 0
     assert await node.stop() == 0

@@ -53,6 +53,7 @@ __all__ = [
     "CLAIM_REFUSALS",
     "LEADER_SERVICE",
     "PEER_CERTIFICATE",
+    "ForwardedPeer",
     "LeaderServicer",
     "Leading",
     "WorkerPool",

@@ -48,6 +48,7 @@ from creditnet.v2 import chain_pb2, node_pb2
 __all__ = [
     "LeaderLink",
     "forwarding_handler",
+    "main",
     "serve_worker",
 ]
 
