@@ -133,8 +133,6 @@ async def start_node(
     limits = Limits.from_env() if limits is None else limits
     if workers < 1:
         raise ValueError("a node runs at least one worker")
-    if workers > 1 and config.directory is not None:
-        raise ValueError("--workers > 1 is not yet supported for a node that holds a network directory")
     if workers > 1 and not config.chain_enabled:
         raise ValueError("--workers > 1 needs the credit chain (the leader's ledger is the one writer)")
     identity = Identity.load(config.cert, config.key)
@@ -194,14 +192,15 @@ async def start_node(
             chain_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessService(witness, trust), server)
 
         if workers > 1:
-            # The workers count and limit calls as they come in; here only what they forward.
             handle, leading = await lead(
                 config,
                 workers,
                 ledger=ledger,
                 register=register,
-                service_names=[SERVICE_NAME, *CHAIN_SERVICES],
-                interceptors=[],
+                service_names=[SERVICE_NAME, *CHAIN_SERVICES, *([DIRECTORY_SERVICE] if served else [])],
+                # The workers count and limit calls as they come in; the
+                # directory's gate runs here too, for the calls they forward.
+                interceptors=[served.gate] if served else [],
                 deserializers={SUBMIT_RECORDS: read_batch},
                 health_listen=health_listen,
                 metrics_port=metrics_port,

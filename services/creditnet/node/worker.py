@@ -33,6 +33,9 @@ from creditnet.chain.sqlstore import KeptQueryAnswer
 from creditnet.channels import MAX_RECEIVE_BYTES, MAX_SEND_BYTES
 from creditnet.config import NodeConfig
 from creditnet.dates import ts_to_proto
+from creditnet.directory.serving import SERVICE_NAME as DIRECTORY_SERVICE
+from creditnet.directory.serving import DirectoryGate, revocation_check
+from creditnet.directory.verify import DirectoryHolder
 from creditnet.errors import Unauthenticated, Unavailable
 from creditnet.internal.v1 import leader_pb2, leader_pb2_grpc
 from creditnet.limits import Limits
@@ -43,9 +46,10 @@ from creditnet.observability import NodeMetrics, server_interceptors
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import start_server
 from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, QueryClaim
-from creditnet.v2 import chain_pb2, node_pb2
+from creditnet.v2 import chain_pb2, directory_service_pb2, node_pb2
 
 __all__ = [
+    "FollowedDirectory",
     "LeaderLink",
     "forwarding_handler",
     "main",
@@ -58,6 +62,8 @@ log = logging.getLogger(__name__)
 QUERY = "Query"
 # How often a worker checks that its leader still runs.
 ORPHAN_CHECK = 1.0
+# How often a worker looks for a directory its leader accepted.
+DIRECTORY_CHECK = 1.0
 # A receipt is asked with the caller's wait; the internal call is given this much more.
 RECEIPT_SLACK = 5.0
 # Not forwarded from the caller's metadata: HTTP/2 and gRPC's own, and the
@@ -228,6 +234,43 @@ def _relay(channel: grpc.aio.Channel, path: str, client_streaming: bool, server_
     return rebuild(unary)
 
 
+class FollowedDirectory:
+    """The network directory as the leader holds it, verified again here.
+
+    The leader's refresher alone fetches directories and writes its state
+    file; a worker reads that file when it changes and offers it to a
+    holder of its own (kept in `copy`, never the leader's file), which
+    verifies it as any holder does (signatures, a version no older than the
+    one held). The worker's TLS peers are checked against it: revoked
+    certificates (the trust store's revocation check) and the directory gate.
+    """
+
+    def __init__(self, source: Path, copy: Path, trust: TrustStore) -> None:
+        self.source = source
+        copy.write_bytes(source.read_bytes())
+        # Governance signers are checked against the directories themselves (as serve_directory does).
+        self.holder = DirectoryHolder(copy, TrustStore(trust.ca_cert))
+        if self.holder.current is None:
+            raise ValueError(f"the leader's directory {source} does not verify")
+        trust.revocation = revocation_check(self.holder)
+        self.gate = DirectoryGate(self.holder, trust)
+        self._seen = source.stat().st_mtime_ns
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(DIRECTORY_CHECK)
+            try:
+                seen = self.source.stat().st_mtime_ns
+                if seen != self._seen:
+                    data = await asyncio.to_thread(self.source.read_bytes)
+                    if await asyncio.to_thread(self.holder.offer, data):
+                        log.info("following directory version %d", self.holder.require().version)
+                    self._seen = seen
+            except Exception:
+                # A file caught mid-replace, or a directory this holder refuses: the next look decides.
+                log.warning("reading the leader's directory failed; looking again", exc_info=True)
+
+
 async def serve_worker(
     config: NodeConfig,
     leader: str,
@@ -235,6 +278,7 @@ async def serve_worker(
     limits: Limits,
     metrics_port: int | None = None,
     grace: float = 5.0,
+    slot: int = 0,
     stop: asyncio.Event,
 ) -> None:
     """Serve `config`'s public port beside the other workers until `stop` is set, then drain."""
@@ -242,6 +286,10 @@ async def serve_worker(
 
     identity = Identity.load(config.cert, config.key)
     trust = TrustStore.load(config.ca)
+    directory = None
+    if config.directory is not None:
+        copy = Path(leader).parent / f"directory-{slot}.pb"
+        directory = await asyncio.to_thread(FollowedDirectory, config.directory.state, copy, trust)
     store = await AsyncStore.open(config.database_url)
     channel = grpc.aio.insecure_channel(f"unix:{leader}", options=CHANNEL_OPTIONS)
     metrics = NodeMetrics(config.city)
@@ -265,7 +313,10 @@ async def serve_worker(
                 )
             },
         )
-        forwarding = forwarding_handler(channel, public_services(), keep=frozenset({query}))
+        services = public_services()
+        if directory is not None:
+            services.append(directory_service_pb2.DESCRIPTOR.services_by_name["DirectoryService"])
+        forwarding = forwarding_handler(channel, services, keep=frozenset({query}))
 
         def register(server: grpc.aio.Server) -> None:
             server.add_generic_rpc_handlers((local, forwarding))
@@ -275,16 +326,25 @@ async def serve_worker(
             identity=identity,
             trust=trust,
             register=register,
-            service_names=[SERVICE_NAME, *CHAIN_SERVICES],
-            interceptors=[*server_interceptors(metrics), *limit_interceptors(limits, trust)],
+            service_names=[SERVICE_NAME, *CHAIN_SERVICES, *([DIRECTORY_SERVICE] if directory else [])],
+            interceptors=[
+                *server_interceptors(metrics),
+                *limit_interceptors(limits, trust),
+                *([directory.gate] if directory else []),
+            ],
             maximum_concurrent_rpcs=limits.hard_cap,
             reuse_port=True,
         )
         if metrics_port is not None:
             endpoint = metrics.serve(metrics_port)
             log.info("worker pid %d metrics on http://0.0.0.0:%d/metrics", os.getpid(), endpoint.port)
+        following = None if directory is None else asyncio.create_task(directory.follow(stop))
         print("ready", flush=True)
         await stop.wait()
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         await handle.stop(grace)
         await service.drain(grace)
     finally:
@@ -332,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 limits=Limits.from_env(),
                 metrics_port=args.metrics_port,
                 grace=args.grace,
+                slot=args.slot,
                 stop=stop,
             )
         finally:
