@@ -58,6 +58,9 @@ class NodeProcess:
     starts: int = 0
     # `node run --workers`: with more than one, this process leads worker processes.
     workers: int = 1
+    # Keep the layout's network directory (its witness assignment then names
+    # the layout's other nodes: answers wait for cosignatures that never come).
+    directory: bool = False
 
     def start(self, listen: str | None = None) -> subprocess.Popen[bytes]:
         cfg = NodeConfig.load(self.layout.node_config(self.city))
@@ -65,7 +68,8 @@ class NodeProcess:
         cfg.database_url = self.url
         cfg.witnesses = {}
         cfg.quorum = 0
-        cfg.directory = None
+        if not self.directory:
+            cfg.directory = None
         cfg.chain_enabled = True
         self.starts += 1
         path = self.root / f"{self.city.value}-{self.starts}.json"
