@@ -22,8 +22,10 @@ import pytest
 
 from creditnet import pilot
 from creditnet import query as query_mod
+from creditnet.aggregator.directory import NodeDirectory
 from creditnet.chain.receipts import verify_receipt
 from creditnet.channels import CHANNEL_OPTIONS
+from creditnet.config import AggregatorConfig
 from creditnet.dates import date_to_proto
 from creditnet.directory.publish import targets
 from creditnet.directory.revoke import revoke
@@ -371,3 +373,29 @@ async def test_workers_follow_the_leaders_directory_and_refuse_a_certificate_it_
         assert await node.stop() == 0
     finally:
         node.close()
+
+
+async def test_an_aggregator_with_several_connections_to_a_node_spreads_its_queries_over_the_workers(
+    node: NodeProcess, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    node.start()
+    await node.serving()
+    await all_serving(node)
+    aggregator = AggregatorConfig.load(layout.aggregator_config)
+    identity = Identity.load(aggregator.cert, aggregator.key)
+    links = NodeDirectory({CITY: node.listen}, identity, trust, connections_per_node=CONNECTIONS // 2)
+    try:
+        link = links.get(CITY)
+        assert link is not None
+        grant = consent(layout)
+        queries = [query(layout, grant) for _ in range(CONNECTIONS)]
+        answers = await asyncio.gather(
+            *(link.query_stub().Query(node_pb2.QueryRequest(query=q), timeout=30) for q in queries)
+        )
+    finally:
+        await links.close()
+    for q, resp in zip(queries, answers, strict=True):
+        checked(resp, q, trust)
+    served = await workers(node)
+    assert all(w.appends > 0 for w in served), f"a worker served none of the aggregator's queries: {served}"
+    assert await node.stop() == 0
