@@ -109,7 +109,15 @@ class LeaderServicer(leader_pb2_grpc.LeaderServiceServicer):
         except ClaimRefused as exc:
             return leader_pb2.AppendResponse(refused=CLAIM_REFUSALS[exc.outcome])
         self.pool.appended(request.worker_pid)
-        return leader_pb2.AppendResponse(index=appended.index, entry=appended.entry)
+        response = leader_pb2.AppendResponse(index=appended.index, entry=appended.entry)
+        if request.receipt_wait_ms:
+            # The same call brings the receipt: one internal call per query, not two.
+            with contextlib.suppress(TimeoutError):
+                receipt = await self.ledger.receipt(
+                    appended.index, appended.entry, request.receipt_wait_ms / 1000
+                )
+                response.receipt = receipt.SerializeToString(deterministic=True)
+        return response
 
     async def GetReceipt(
         self, request: leader_pb2.GetReceiptRequest, context: grpc.aio.ServicerContext

@@ -35,6 +35,7 @@ from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, Disclosure, 
 from creditnet.v2 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2, records_pb2
 
 __all__ = [
+    "RECEIPT_WAIT",
     "UNDECODABLE_RECORD",
     "ChainWriter",
     "CityNodeService",

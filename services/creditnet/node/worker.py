@@ -21,7 +21,9 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from creditnet.internal.v1 import leader_pb2, leader_pb2_grpc
 from creditnet.limits import Limits
 from creditnet.limits import server_interceptors as limit_interceptors
 from creditnet.node.leader import PEER_CERTIFICATE
-from creditnet.node.service import CityNodeService
+from creditnet.node.service import RECEIPT_WAIT, CityNodeService
 from creditnet.observability import NodeMetrics, server_interceptors
 from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import start_server
@@ -66,6 +68,8 @@ ORPHAN_CHECK = 1.0
 DIRECTORY_CHECK = 1.0
 # A receipt is asked with the caller's wait; the internal call is given this much more.
 RECEIPT_SLACK = 5.0
+# Receipts that came with their query's append, kept until the query asks (a bound, not a cache policy).
+MAX_EARLY_RECEIPTS = 10_000
 # Not forwarded from the caller's metadata: HTTP/2 and gRPC's own, and the
 # certificate header, which only this process sets (from its TLS handshake).
 _NOT_FORWARDED = ("grpc-", ":")
@@ -74,6 +78,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", max(MAX_RECEIVE_BYTES, MAX_SEND_BYTES)),
     ("grpc.max_send_message_length", max(MAX_RECEIVE_BYTES, MAX_SEND_BYTES)),
 ]
+# When the query being answered must be replied to (time.monotonic(); None: no deadline).
+_REPLY_BY: ContextVar[float | None] = ContextVar("reply_by", default=None)
+# Left for the reply after the receipt wait (as the service leaves).
+_REPLY_MARGIN = 0.05
 _OUTCOMES = {
     leader_pb2.CLAIM_REFUSAL_REPLAY: ClaimOutcome.REPLAY,
     leader_pb2.CLAIM_REFUSAL_LIMIT_EXCEEDED: ClaimOutcome.LIMIT_EXCEEDED,
@@ -94,6 +102,8 @@ class LeaderLink:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = leader_pb2_grpc.LeaderServiceStub(channel)
         self.pid = os.getpid()
+        # By ledger index: the receipt (empty: none in time) a query's append brought.
+        self._early: dict[int, bytes] = {}
 
     async def append(
         self,
@@ -114,6 +124,12 @@ class LeaderLink:
                     query_id=answer.query_id, query_digest=answer.query_digest, answer=answer.answer
                 )
             )
+        if answer is not None:
+            # A query's answer: its receipt comes back with the commit (the service
+            # asks for it next), waited for as long as the caller's deadline allows.
+            by = _REPLY_BY.get()
+            wait = RECEIPT_WAIT if by is None else min(RECEIPT_WAIT, by - time.monotonic() - _REPLY_MARGIN)
+            request.receipt_wait_ms = max(0, int(wait * 1000))
         if claim is not None:
             request.claim.CopyFrom(
                 leader_pb2.QueryClaim(
@@ -131,10 +147,20 @@ class LeaderLink:
             raise _leader_gone(exc) from None
         if response.refused:
             raise ClaimRefused(_OUTCOMES[response.refused])
+        if request.receipt_wait_ms:
+            if len(self._early) >= MAX_EARLY_RECEIPTS:
+                self._early.clear()
+            self._early[response.index] = response.receipt
         # The salt stays with the leader, which committed the entry.
         return Appended(index=response.index, salt=b"", entry=response.entry)
 
     async def receipt(self, index: int, entry: bytes, timeout: float) -> chain_pb2.Receipt:
+        early = self._early.pop(index, None)
+        if early is not None:
+            if not early:
+                # The leader waited as long as this query's caller could.
+                raise TimeoutError("no cosigned checkpoint covers this entry yet")
+            return chain_pb2.Receipt.FromString(early)
         request = leader_pb2.GetReceiptRequest(index=index, entry=entry, wait_ms=int(timeout * 1000))
         try:
             response = await self.stub.GetReceipt(request, timeout=timeout + RECEIPT_SLACK)
@@ -173,7 +199,9 @@ async def _refuse_unauthenticated(context: grpc.aio.ServicerContext) -> None:
 async def _relay_failure(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError) -> None:
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and not exc.details():
         await context.abort(grpc.StatusCode.UNAVAILABLE, "node.restarting: the node is restarting; retry")
-    await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
+    # The refusal as the leader gave it; gRPC's own trailers are gRPC's to set.
+    trailers = tuple((k, v) for k, v in exc.trailing_metadata() or () if not k.startswith(_NOT_FORWARDED))
+    await context.abort(exc.code(), exc.details() or "", trailers)
 
 
 def forwarding_handler(
@@ -192,6 +220,17 @@ def forwarding_handler(
             return handlers.get(handler_call_details.method)
 
     return Forwarding()
+
+
+async def _relay_stream(requests: AsyncIterator[bytes], call: Any) -> None:
+    try:
+        async for item in requests:
+            await call.write(item)
+        await call.done_writing()
+    except (asyncio.InvalidStateError, grpc.aio.AioRpcError, grpc.aio.UsageError):
+        # The leader ended the call (a refusal, or its answer before the stream's end):
+        # the call's own outcome is what the caller gets.
+        return
 
 
 def _relay(channel: grpc.aio.Channel, path: str, client_streaming: bool, server_streaming: bool) -> Any:
@@ -221,11 +260,32 @@ def _relay(channel: grpc.aio.Channel, path: str, client_streaming: bool, server_
         metadata = _forwarded_metadata(context)
         if metadata is None:
             await _refuse_unauthenticated(context)
+        timeout = context.time_remaining()
+        if not client_streaming:
+            try:
+                response: bytes = await single(request, metadata=metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                await _relay_failure(context, exc)
+                raise AssertionError("unreachable: abort raises") from exc
+            return response
+        # The caller's stream is relayed by a task of ours, stopped before this
+        # call ends: a stream still being read when the call is refused fails
+        # it INTERNAL instead of with the leader's refusal.
+        call = single(metadata=metadata, timeout=timeout)
+        relaying = asyncio.create_task(_relay_stream(request, call))
         try:
-            response: bytes = await single(request, metadata=metadata, timeout=context.time_remaining())
+            response = await call
         except grpc.aio.AioRpcError as exc:
+            relaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relaying
             await _relay_failure(context, exc)
             raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            if not relaying.done():
+                relaying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relaying
         return response
 
     rebuild = (
@@ -303,11 +363,18 @@ async def serve_worker(
             metrics=metrics,
         )
         query = f"/{SERVICE_NAME}/{QUERY}"
+
+        async def answer(request: node_pb2.QueryRequest, context: grpc.aio.ServicerContext) -> Any:
+            remaining = context.time_remaining()
+            # Copied into the query's settling task: how long the leader may wait for its receipt.
+            _REPLY_BY.set(None if remaining is None else time.monotonic() + remaining)
+            return await service.Query(request, context)
+
         local = grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
                 QUERY: grpc.unary_unary_rpc_method_handler(
-                    service.Query,
+                    answer,
                     request_deserializer=node_pb2.QueryRequest.FromString,
                     response_serializer=node_pb2.QueryResponse.SerializeToString,
                 )
