@@ -124,7 +124,6 @@ class LeaderLink:
                     query_id=answer.query_id, query_digest=answer.query_digest, answer=answer.answer
                 )
             )
-        if answer is not None:
             # A query's answer: its receipt comes back with the commit (the service
             # asks for it next), waited for as long as the caller's deadline allows.
             by = _REPLY_BY.get()
@@ -156,11 +155,9 @@ class LeaderLink:
 
     async def receipt(self, index: int, entry: bytes, timeout: float) -> chain_pb2.Receipt:
         early = self._early.pop(index, None)
-        if early is not None:
-            if not early:
-                # The leader waited as long as this query's caller could.
-                raise TimeoutError("no cosigned checkpoint covers this entry yet")
+        if early:
             return chain_pb2.Receipt.FromString(early)
+        # None came with the append in the time its first caller had: this caller may have more.
         request = leader_pb2.GetReceiptRequest(index=index, entry=entry, wait_ms=int(timeout * 1000))
         try:
             response = await self.stub.GetReceipt(request, timeout=timeout + RECEIPT_SLACK)
