@@ -306,6 +306,14 @@ async def test_a_forwarded_call_runs_as_its_tls_peer_whatever_its_metadata_says(
             # A forwarded read answers from the leader's ledger and store.
             info = await stub.GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=30)
             assert info.city == CITY.proto and info.records == 0
+    # On the leader's socket, a public call that names no TLS peer is refused, not served as anyone.
+    async with grpc.aio.insecure_channel(f"unix:{leader_socket(node)}") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as unnamed:
+            await node_pb2_grpc.CityNodeServiceStub(ch).GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=10)
+    assert unnamed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (unnamed.value.details() or "").startswith("peer.certificate")
+    assert os.stat(leader_socket(node)).st_mode & 0o777 == 0o600
+    assert os.stat(Path(leader_socket(node)).parent).st_mode & 0o777 == 0o700
     assert await node.stop() == 0
 
 
