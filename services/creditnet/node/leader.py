@@ -393,6 +393,8 @@ async def lead(
         worker_config = path / "node.json"
         shared = dataclasses.replace(config, listen=listen)
         shared.save(worker_config)
+        # It may hold the database password.
+        os.chmod(worker_config, 0o600)
         pool = WorkerPool(
             workers,
             lambda slot: _worker_argv(worker_config, socket_path, slot, metrics_port, grace, verbose),

@@ -440,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s worker {args.slot} pid {os.getpid()} %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The config is the leader's effective one (its database URL with any password
+    # from DATABASE_PASSWORD_FILE): the environment's DATABASE_URL must not replace it.
+    os.environ.pop("DATABASE_URL", None)
     config = NodeConfig.load(args.config)
 
     async def run() -> None:
