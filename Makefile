@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-GEN    := services/creditnet/v2/__init__.py
-PROTOS := $(wildcard protos/creditnet/v2/*.proto)
+GEN    := services/creditnet/v2/__init__.py services/creditnet/internal/v1/__init__.py
+PROTOS := $(wildcard protos/creditnet/v2/*.proto protos/creditnet/internal/v1/*.proto)
 BUF    := node_modules/.bin/buf
 
 .PHONY: setup proto vectors demo test lint typecheck buf-lint bench clean help

@@ -1,7 +1,8 @@
 """Regenerate the Python code for protos/creditnet/vN into services/creditnet/vN.
 
 Every protocol version listed in VERSIONS (today only v2; a next version is
-built beside it) is generated into its own package. Generated code lives only
+built beside it) is generated into its own package, and so is each package
+of INTERNAL (between the processes of one node, never on the network). Generated code lives only
 there, is never edited by hand, and is not committed: `make proto` (and every
 make target that needs it) runs this script.
 """
@@ -19,10 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUT = ROOT / "services"
 VERSIONS = ("v2",)
+# Not the protocol: the leader and worker processes of one node (creditnet.node.leader).
+INTERNAL = ("internal/v1",)
 
 
 def main() -> int:
-    for version in VERSIONS:
+    for version in (*VERSIONS, *INTERNAL):
         code = generate(version)
         if code != 0:
             return code
@@ -35,6 +38,12 @@ def generate(version: str) -> int:
     if package.exists():
         shutil.rmtree(package)
     package.mkdir(parents=True)
+    for parent in package.relative_to(OUT / "creditnet").parents:
+        init = OUT / "creditnet" / parent / "__init__.py"
+        if parent != Path(".") and not init.exists():
+            init.write_text(
+                f'"""Generated from protos/creditnet/{parent} by protos/generate.py. Do not edit."""\n'
+            )
     # protoc finds the mypy plugins next to this interpreter (the venv's bin).
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     include = str(Path(protoc.__file__).parent / "_proto")

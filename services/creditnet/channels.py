@@ -43,7 +43,14 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def secure_channel(target: str, identity: Identity, trust: TrustStore, server_name: str) -> grpc.aio.Channel:
+def secure_channel(
+    target: str,
+    identity: Identity,
+    trust: TrustStore,
+    server_name: str,
+    *,
+    own_connection: bool = False,
+) -> grpc.aio.Channel:
     """A mutual-TLS channel that only accepts the server named `server_name`.
 
     Pinning the TLS target name to the role's DNS name (e.g.
@@ -53,9 +60,16 @@ def secure_channel(target: str, identity: Identity, trust: TrustStore, server_na
     While `trust` has a revocation check (a network directory is held), a
     server whose certificate the directory revokes is refused before each
     call, UNAUTHENTICATED ``cert.revoked`` (`creditnet.server_certs`).
+
+    With `own_connection` the channel opens a TCP connection of its own
+    rather than share one with other channels to `target` (a node's
+    worker processes each serve the connections the kernel hands them).
     """
     creds = grpc.ssl_channel_credentials(trust.ca_pem, identity.key_pem, identity.cert_pem)
     options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
+    if own_connection:
+        # gRPC shares one connection between channels to one target unless told not to.
+        options.append(("grpc.use_local_subchannel_pool", 1))
     return grpc.aio.secure_channel(
         target,
         creds,

@@ -188,6 +188,9 @@ class AggregatorConfig:
     # witness state); None: a SQLite file in state_dir. Replicas share one
     # PostgreSQL database (docs/deployment.md, "Aggregator replicas").
     database_url: str | None = None
+    # TCP connections to each node that queries are spread over: a node run
+    # with --workers N serves each connection from one worker process.
+    node_connections: int = 1
 
     @classmethod
     def load(cls, path: Path) -> AggregatorConfig:
@@ -208,6 +211,7 @@ class AggregatorConfig:
                 directory=DirectoryConfig.from_json(base, data.get("directory")),
                 routing_key=_resolve(base, str(data["routing_key"])) if data.get("routing_key") else None,
                 database_url=str(data["database_url"]) if data.get("database_url") else None,
+                node_connections=_at_least_one(int(data.get("node_connections", 1)), "node_connections"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument("config.malformed", f"{path}: missing or invalid field {exc}") from None
@@ -230,8 +234,15 @@ class AggregatorConfig:
                 "directory": self.directory.to_json(base) if self.directory else None,
                 "routing_key": _rel(base, self.routing_key) if self.routing_key else None,
                 "database_url": self.database_url,
+                "node_connections": self.node_connections,
             },
         )
+
+
+def _at_least_one(value: int, name: str) -> int:
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1")
+    return value
 
 
 def parse_nodes_generic(spec: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ from creditnet.pki import Identity, Role, RoleKind, TrustStore, VerifiedCert
 
 __all__ = [
     "INTERNAL_DETAILS",
+    "REUSE_PORT_OPTIONS",
     "SERVER_OPTIONS",
     "PeerIdentities",
     "RequestDecoding",
@@ -29,6 +30,7 @@ __all__ = [
     "enable_reflection",
     "refusals",
     "server_credentials",
+    "start_internal_server",
     "start_server",
 ]
 
@@ -49,6 +51,10 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
+]
+REUSE_PORT_OPTIONS: list[tuple[str, Any]] = [
+    *(o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport"),
+    ("grpc.so_reuseport", 1),
 ]
 
 
@@ -157,6 +163,7 @@ async def start_server(
     maximum_concurrent_rpcs: int | None = None,
     health_listen: str | None = None,
     deserializers: Mapping[str, Deserializer] | None = None,
+    reuse_port: bool = False,
 ) -> ServerHandle:
     """Start a grpc.aio server with health checking and reflection.
 
@@ -170,9 +177,14 @@ async def start_server(
     INVALID_ARGUMENT ``request.malformed`` (innermost, so the interceptors
     given count and limit such calls like any other); `deserializers`
     replace the generated deserializers of the methods they name.
+
+    With `reuse_port` the port is bound with SO_REUSEPORT, for the worker
+    processes of one node that serve one port together (the kernel spreads
+    connections over them); off otherwise, so that a second server started
+    on a port in use fails instead of sharing it.
     """
     server = grpc.aio.server(
-        options=SERVER_OPTIONS,
+        options=REUSE_PORT_OPTIONS if reuse_port else SERVER_OPTIONS,
         interceptors=[*interceptors, RequestDecoding(deserializers)],
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
@@ -190,6 +202,47 @@ async def start_server(
     if health_listen:
         # Started after the main server: the shared servicer already says
         # SERVING, and draining turns both ports NOT_SERVING together.
+        probe = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestDecoding()])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
+        probe_port = probe.add_insecure_port(health_listen)
+        if probe_port == 0:
+            await server.stop(0)
+            raise OSError(f"cannot listen on {health_listen} for health probes")
+        await probe.start()
+        handle.health_server, handle.health_port = probe, probe_port
+    return handle
+
+
+async def start_internal_server(
+    *,
+    path: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    health_listen: str | None = None,
+    deserializers: Mapping[str, Deserializer] | None = None,
+) -> ServerHandle:
+    """Start a grpc.aio server on the Unix domain socket `path`, with health checking and reflection.
+
+    For the processes of one node only, never for the network: there is no
+    TLS, and who may connect is decided by the socket's file mode (the
+    caller makes its directory private to its own user). `health_listen` as
+    in :func:`start_server`.
+    """
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[*interceptors, RequestDecoding(deserializers)]
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    enable_reflection(server, [*service_names, health.SERVICE_NAME])
+    if server.add_insecure_port(f"unix:{path}") == 0:
+        raise OSError(f"cannot listen on the Unix socket {path}")
+    await server.start()
+    for name in ("", *service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    handle = ServerHandle(server=server, port=0, health=health_servicer)
+    if health_listen:
         probe = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestDecoding()])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
         probe_port = probe.add_insecure_port(health_listen)

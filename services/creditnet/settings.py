@@ -496,6 +496,12 @@ DEFAULT_TIMEOUT = Variable(
     "Longest wait for one node when the caller sets no deadline.",
     default="10s",
 )  # fmt: skip
+NODE_CONNECTIONS = Variable(
+    "CREDITNET_NODE_CONNECTIONS", parse_positive_int, "whole number ≥ 1",
+    "TCP connections to each node that queries are spread over (one per worker process of a node "
+    "run with --workers).",
+    default="1",
+)  # fmt: skip
 AGGREGATOR_LOG_CERT = dataclasses.replace(
     NODE_LOG_CERT, default=None, unset="no witnessing (set both or neither)"
 )
@@ -570,6 +576,7 @@ AGGREGATOR_VARIABLES: tuple[Variable[Any], ...] = (
     AGGREGATOR_DATABASE_URL,
     DATABASE_PASSWORD_FILE,
     DEFAULT_TIMEOUT,
+    NODE_CONNECTIONS,
     AGGREGATOR_LOG_CERT,
     AGGREGATOR_LOG_KEY,
     QUORUM,
@@ -713,6 +720,7 @@ class AggregatorSettings:
     directory: DirectoryConfig | None = None
     routing_key: Path | None = None
     database_url: str | None = None
+    node_connections: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AggregatorSettings:
@@ -741,6 +749,7 @@ class AggregatorSettings:
             directory=read_directory(env, problems),
             routing_key=ROUTING_KEY_FILE.optional(env, problems),
             database_url=url if isinstance(url, str) else None,
+            node_connections=NODE_CONNECTIONS.value(env, problems),
         )
         cert_set, key_set = AGGREGATOR_LOG_CERT.is_set(env), AGGREGATOR_LOG_KEY.is_set(env)
         if cert_set != key_set:
@@ -776,6 +785,7 @@ class AggregatorSettings:
             directory=self.directory,
             routing_key=self.routing_key,
             database_url=self.database_url,
+            node_connections=self.node_connections,
         )
 
 

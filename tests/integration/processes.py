@@ -56,6 +56,11 @@ class NodeProcess:
     listen: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    # `node run --workers`: with more than one, this process leads worker processes.
+    workers: int = 1
+    # Keep the layout's network directory (its witness assignment then names
+    # the layout's other nodes: answers wait for cosignatures that never come).
+    directory: bool = False
 
     def start(self, listen: str | None = None) -> subprocess.Popen[bytes]:
         cfg = NodeConfig.load(self.layout.node_config(self.city))
@@ -63,14 +68,16 @@ class NodeProcess:
         cfg.database_url = self.url
         cfg.witnesses = {}
         cfg.quorum = 0
-        cfg.directory = None
+        if not self.directory:
+            cfg.directory = None
         cfg.chain_enabled = True
         self.starts += 1
         path = self.root / f"{self.city.value}-{self.starts}.json"
         cfg.save(path)
         with open(self.log_path(self.starts), "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "creditnet", "node", "run", "--config", str(path)],
+                [sys.executable, "-m", "creditnet", "node", "run", "--config", str(path)]
+                + (["--workers", str(self.workers)] if self.workers > 1 else []),
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -13,7 +13,12 @@ import creditnet_devkit
 # Not walked: the generated protobuf code, scripts that run when imported
 # (`__main__`), and Alembic's migration scripts, which Alembic loads by path
 # with its own context.
-SKIPPED_PREFIXES = ("creditnet.v2", "creditnet.store.migrations.env", "creditnet.store.migrations.versions")
+SKIPPED_PREFIXES = (
+    "creditnet.v2",
+    "creditnet.internal",
+    "creditnet.store.migrations.env",
+    "creditnet.store.migrations.versions",
+)
 
 
 def project_module_names() -> list[str]:

@@ -133,6 +133,21 @@ class NodeLink:
     held: dict[str, int] = field(default_factory=dict)
     _shedding: bool = field(default=False, repr=False)
     _capped: set[str] = field(default_factory=set, repr=False)
+    # More connections to the node (each its own TCP connection), queries spread over them with `channel`'s.
+    spread: list[grpc.aio.Channel] = field(default_factory=list, repr=False)
+    _query_stubs: list[node_pb2_grpc.CityNodeServiceStub] = field(default_factory=list, repr=False)
+    _turn: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        self._query_stubs = [self.stub, *(node_pb2_grpc.CityNodeServiceStub(c) for c in self.spread)]
+
+    def query_stub(self) -> node_pb2_grpc.CityNodeServiceStub:
+        """The stub for the next query: the link's connections in turn (a node's workers each serve some)."""
+        self._turn = (self._turn + 1) % len(self._query_stubs)
+        return self._query_stubs[self._turn]
+
+    def channels(self) -> list[grpc.aio.Channel]:
+        return [self.channel, *self.spread]
 
     @property
     def saturated(self) -> bool:
@@ -222,9 +237,13 @@ class NodeDirectory:
         trust: TrustStore,
         *,
         max_pending_per_node: int = DEFAULT_MAX_PENDING_PER_NODE,
+        connections_per_node: int = 1,
     ) -> None:
         if max_pending_per_node < 1:
             raise ValueError(f"max_pending_per_node must be at least 1, got {max_pending_per_node}")
+        if connections_per_node < 1:
+            raise ValueError(f"connections_per_node must be at least 1, got {connections_per_node}")
+        self.connections_per_node = connections_per_node
         self.identity = identity
         self.trust = trust
         self.max_pending_per_node = max_pending_per_node
@@ -243,6 +262,10 @@ class NodeDirectory:
             stub=node_pb2_grpc.CityNodeServiceStub(channel),
             health=health_pb2_grpc.HealthStub(channel),
             max_in_flight=self.max_pending_per_node,
+            spread=[
+                secure_channel(endpoint, self.identity, self.trust, server_name, own_connection=True)
+                for _ in range(self.connections_per_node - 1)
+            ],
         )
         self._server_names[city] = server_name
 
@@ -278,7 +301,7 @@ class NodeDirectory:
         return added, removed
 
     def _retire(self, link: NodeLink) -> None:
-        task = asyncio.get_running_loop().create_task(link.channel.close(grace=RETIRE_GRACE))
+        task = asyncio.get_running_loop().create_task(_close_all(link.channels(), RETIRE_GRACE))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
@@ -322,4 +345,10 @@ class NodeDirectory:
         return list(await asyncio.gather(*(self.check(link) for link in self.links.values())))
 
     async def close(self) -> None:
-        await asyncio.gather(*(link.channel.close() for link in self.links.values()), *self._retiring)
+        await asyncio.gather(
+            *(_close_all(link.channels(), None) for link in self.links.values()), *self._retiring
+        )
+
+
+async def _close_all(channels: list[grpc.aio.Channel], grace: float | None) -> None:
+    await asyncio.gather(*(c.close(grace=grace) for c in channels))

@@ -153,7 +153,7 @@ async def start_aggregator(
     except BaseException:
         state.close()
         raise
-    directory = NodeDirectory(config.nodes, identity, trust)
+    directory = NodeDirectory(config.nodes, identity, trust, connections_per_node=config.node_connections)
     metrics = AggregatorMetrics(config.nodes)
     metrics.watch_directory(directory.load)
     service = AggregatorService(

@@ -152,7 +152,9 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             with client_span(NODE_QUERY, node_server_name(link.city)) as metadata:
                 # The gRPC deadline bounds the call; wait_for bounds everything
                 # else (a connection attempt to a frozen node included).
-                call = link.stub.Query(node_pb2.QueryRequest(query=query), timeout=budget, metadata=metadata)
+                call = link.query_stub().Query(
+                    node_pb2.QueryRequest(query=query), timeout=budget, metadata=metadata
+                )
                 resp = await asyncio.wait_for(call, timeout=budget + DEADLINE_MARGIN / 2)
         except TimeoutError:
             return S.CitySection(

@@ -233,11 +233,23 @@ def run(
         ),
     ] = None,
     metrics_port: MetricsPortOpt = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            help="Serve the public port from this many processes (SO_REUSEPORT). With more than one,"
+            " this process leads: it is the one writer (store, ledger, witness duties) and the workers"
+            " answer queries; a worker's metrics are on the metrics port + 1 + its slot.",
+        ),
+    ] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the node (mutual TLS, health, reflection) until Ctrl-C or SIGTERM.
 
     The database must be at this release's schema: run `creditnet node migrate` first.
+    With --workers N, SIGTERM drains the workers, then this process.
     Exit codes: 0 stopped cleanly, 1 could not start, 2 bad settings.
     """
     from creditnet.node.server import start_node
@@ -253,7 +265,15 @@ def run(
             options = ServeOptions.from_settings(settings.server, verbose, metrics_port, static)
             cfg = settings.to_config()
         serve_until_signalled(
-            lambda: start_node(cfg, limits=options.limits, health_listen=options.health_listen),
+            lambda: start_node(
+                cfg,
+                limits=options.limits,
+                health_listen=options.health_listen,
+                workers=workers,
+                metrics_port=options.metrics_port,
+                grace=options.grace,
+                verbose=verbose,
+            ),
             f"node {cfg.city.value}",
             options,
         )

@@ -191,6 +191,11 @@ class Ledger:
             raise ClaimRefused(landed)
         return Appended(index=landed.index, salt=salt, entry=data)
 
+    async def entry(self, index: int) -> bytes:
+        """The exact bytes of the entry at `index` (read off the event loop)."""
+        ((_, data),) = await asyncio.to_thread(self.log.entries, index, index + 1)
+        return data
+
     def _on_writer_done(
         self,
         loop: asyncio.AbstractEventLoop,

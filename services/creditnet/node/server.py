@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from creditnet.batches import read_batch
 from creditnet.chain.keys import LogKey
@@ -22,6 +23,7 @@ from creditnet.ledger.log import Ledger
 from creditnet.ledger.service import ChainService
 from creditnet.limits import Limits
 from creditnet.limits import server_interceptors as limit_interceptors
+from creditnet.node.leader import Leading, lead
 from creditnet.node.membership import MembershipPublisher
 from creditnet.node.service import CityNodeService
 from creditnet.observability import NodeMetrics, server_interceptors
@@ -36,10 +38,13 @@ from creditnet.witness.link import WitnessLink
 from creditnet.witness.server import Witness, WitnessService
 
 __all__ = [
+    "CHAIN_SERVICES",
+    "SERVICE_NAME",
     "SUBMIT_RECORDS",
     "RunningNode",
     "directory_peers",
     "prune_expired_queries",
+    "public_services",
     "start_node",
 ]
 
@@ -67,12 +72,17 @@ class RunningNode:
     lock: WriterLock
     pruning: asyncio.Task[None] | None = None
     directory: ServedDirectory | None = None
+    # With --workers N > 1: the workers serving the public port (self.handle: the leader's socket).
+    leading: Leading | None = None
 
     @property
     def port(self) -> int:
-        return self.handle.port
+        return self.leading.port if self.leading is not None else self.handle.port
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.leading is not None:
+            # The workers drain first: their calls still need this process to commit.
+            await self.leading.stop_workers(grace)
         if self.pruning is not None:
             self.pruning.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -88,17 +98,44 @@ class RunningNode:
         # Only once everything is written may another node process start.
         await asyncio.to_thread(self.lock.release)
         self.metrics.close()
+        if self.leading is not None:
+            self.leading.close()
+
+
+def public_services() -> list[ServiceDescriptor]:
+    """The services a node serves on its public port (without a network directory)."""
+    return [
+        node_pb2.DESCRIPTOR.services_by_name["CityNodeService"],
+        chain_pb2.DESCRIPTOR.services_by_name["ChainService"],
+        chain_pb2.DESCRIPTOR.services_by_name["WitnessService"],
+    ]
 
 
 async def start_node(
-    config: NodeConfig, *, limits: Limits | None = None, health_listen: str | None = None
+    config: NodeConfig,
+    *,
+    limits: Limits | None = None,
+    health_listen: str | None = None,
+    workers: int = 1,
+    metrics_port: int | None = None,
+    grace: float = 5.0,
+    verbose: bool = False,
 ) -> RunningNode:
     """Open the node's store and ledger and serve; `limits` default to the environment's.
 
     The node's metrics are collected from the start; serving them over HTTP
     (``running.metrics.serve(port)``) is the caller's choice.
+
+    With `workers` > 1 this process leads (creditnet.node.leader): it serves
+    the public services on its private socket only, and `workers` worker
+    processes serve the public port; `metrics_port` then says where the
+    workers serve theirs (the next ports), `grace` how long they drain.
     """
     limits = Limits.from_env() if limits is None else limits
+    if workers < 1:
+        raise ValueError("a node runs at least one worker")
+    if workers > 1 and not config.chain_enabled:
+        raise ValueError("--workers > 1 needs the credit chain (the leader's ledger is the one writer)")
     identity = Identity.load(config.cert, config.key)
     trust = TrustStore.load(config.ca)
     log_key = LogKey.load(config.log_cert, config.log_key)
@@ -112,6 +149,7 @@ async def start_node(
         await store.close()
         raise
     served: ServedDirectory | None = None
+    leading: Leading | None = None
     try:
         witnesses = [WitnessLink.connect(n, ep, identity, trust) for n, ep in config.witnesses.items()]
         ledger = await asyncio.to_thread(Ledger, store, log_key, witnesses=witnesses, quorum=config.quorum)
@@ -154,22 +192,39 @@ async def start_node(
             chain_pb2_grpc.add_ChainServiceServicer_to_server(chain, server)
             chain_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessService(witness, trust), server)
 
-        handle = await start_server(
-            listen=config.listen,
-            identity=identity,
-            trust=trust,
-            register=register,
-            service_names=[SERVICE_NAME, *CHAIN_SERVICES, *([DIRECTORY_SERVICE] if served else [])],
-            # Observed first, so that calls the limits refuse are counted too.
-            interceptors=[
-                *server_interceptors(metrics),
-                *limit_interceptors(limits, trust),
-                *([served.gate] if served else []),
-            ],
-            maximum_concurrent_rpcs=limits.hard_cap,
-            health_listen=health_listen,
-            deserializers={SUBMIT_RECORDS: read_batch},
-        )
+        if workers > 1:
+            handle, leading = await lead(
+                config,
+                workers,
+                ledger=ledger,
+                register=register,
+                service_names=[SERVICE_NAME, *CHAIN_SERVICES, *([DIRECTORY_SERVICE] if served else [])],
+                # The workers count and limit calls as they come in; the
+                # directory's gate runs here too, for the calls they forward.
+                interceptors=[served.gate] if served else [],
+                deserializers={SUBMIT_RECORDS: read_batch},
+                health_listen=health_listen,
+                metrics_port=metrics_port,
+                grace=grace,
+                verbose=verbose,
+            )
+        else:
+            handle = await start_server(
+                listen=config.listen,
+                identity=identity,
+                trust=trust,
+                register=register,
+                service_names=[SERVICE_NAME, *CHAIN_SERVICES, *([DIRECTORY_SERVICE] if served else [])],
+                # Observed first, so that calls the limits refuse are counted too.
+                interceptors=[
+                    *server_interceptors(metrics),
+                    *limit_interceptors(limits, trust),
+                    *([served.gate] if served else []),
+                ],
+                maximum_concurrent_rpcs=limits.hard_cap,
+                health_listen=health_listen,
+                deserializers={SUBMIT_RECORDS: read_batch},
+            )
     except BaseException:
         if served is not None:
             await served.stop()
@@ -181,7 +236,8 @@ async def start_node(
         served.refresher.start()
     if service.membership is not None:
         service.membership.start_checking()
-    log.info("node %s serving on port %d", config.city.value, handle.port)
+    port = leading.port if leading is not None else handle.port
+    log.info("node %s serving on port %d", config.city.value, port)
     return RunningNode(
         config=config,
         handle=handle,
@@ -192,6 +248,7 @@ async def start_node(
         lock=lock,
         pruning=asyncio.create_task(prune_expired_queries(store)),
         directory=served,
+        leading=leading,
     )
 
 

@@ -10,6 +10,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
@@ -22,7 +23,7 @@ from creditnet.dates import date_to_proto, ts_to_proto, utcnow
 from creditnet.domain import Category, City
 from creditnet.envelope import ANSWER_TYPE, EnvelopeVerifier, digest, sign
 from creditnet.errors import AlreadyExists, CreditnetError, InvalidArgument, PermissionDenied, Unavailable
-from creditnet.ledger.log import Ledger
+from creditnet.ledger.log import Appended, Ledger
 from creditnet.ledger.sqlstore import KeptQueryAnswer
 from creditnet.node.membership import MembershipPublisher
 from creditnet.observability import NodeMetrics, bind_query_id
@@ -34,7 +35,9 @@ from creditnet.v2 import chain_pb2, envelope_pb2, node_pb2, node_pb2_grpc, query
 from creditnet.witness.server import Witness
 
 __all__ = [
+    "RECEIPT_WAIT",
     "UNDECODABLE_RECORD",
+    "ChainWriter",
     "CityNodeService",
 ]
 
@@ -57,6 +60,28 @@ class _Settled:
     entry: bytes
 
 
+class ChainWriter(Protocol):
+    """What answering a query needs of the credit chain.
+
+    The node's :class:`Ledger`, or in a worker process of a node run with
+    several (creditnet.node.worker) the leader process's ledger, asked over
+    the node's internal socket: either way one writer commits.
+    """
+
+    async def append(
+        self,
+        entry: chain_pb2.LedgerEntry,
+        uscc: str | None = None,
+        *,
+        answer: KeptQueryAnswer | None = None,
+        claim: QueryClaim | None = None,
+    ) -> Appended: ...
+
+    async def receipt(self, index: int, entry: bytes, timeout: float) -> chain_pb2.Receipt: ...
+
+    async def entry(self, index: int) -> bytes: ...
+
+
 class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
     def __init__(
         self,
@@ -65,7 +90,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
         identity: Identity,
         trust: TrustStore,
         store: AsyncStore,
-        ledger: Ledger | None,
+        ledger: ChainWriter | None,
         metrics: NodeMetrics | None = None,
         witness: Witness | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
@@ -239,11 +264,11 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             return await self._disclose(aq, now, await self._lookup(aq))
         assert self.ledger is not None
         index = claimed.kept.ledger_index
-        ((_, entry),) = await asyncio.to_thread(self.ledger.log.entries, index, index + 1)
+        entry = await self.ledger.entry(index)
         return _Settled(envelope_pb2.SignedEnvelope.FromString(claimed.kept.answer), index, entry)
 
     async def _receipt(
-        self, ledger: Ledger, index: int, entry: bytes, context: grpc.aio.ServicerContext
+        self, ledger: ChainWriter, index: int, entry: bytes, context: grpc.aio.ServicerContext
     ) -> chain_pb2.Receipt:
         remaining = context.time_remaining()
         wait = RECEIPT_WAIT if remaining is None else max(0.0, min(RECEIPT_WAIT, remaining - 0.02))
@@ -514,7 +539,7 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
             records_by_category={str(k): v for k, v in stats.records_by_category.items()},
             version=__version__,
         )
-        if self.ledger is not None:
+        if isinstance(self.ledger, Ledger):
             info.log_size = self.ledger.committed_size
             published = self.ledger.published
             info.published_size = published.size if published is not None else 0
