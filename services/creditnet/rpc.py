@@ -183,34 +183,17 @@ async def start_server(
     connections over them); off otherwise, so that a second server started
     on a port in use fails instead of sharing it.
     """
-    server = grpc.aio.server(
+    return await _serve(
         options=REUSE_PORT_OPTIONS if reuse_port else SERVER_OPTIONS,
-        interceptors=[*interceptors, RequestDecoding(deserializers)],
+        bind=lambda server: server.add_secure_port(listen, server_credentials(identity, trust)),
+        where=listen,
+        register=register,
+        service_names=service_names,
+        interceptors=interceptors,
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+        health_listen=health_listen,
+        deserializers=deserializers,
     )
-    register(server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection(server, [*service_names, health.SERVICE_NAME])
-    port = server.add_secure_port(listen, server_credentials(identity, trust))
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
-    await server.start()
-    for name in ("", *service_names):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    handle = ServerHandle(server=server, port=port, health=health_servicer)
-    if health_listen:
-        # Started after the main server: the shared servicer already says
-        # SERVING, and draining turns both ports NOT_SERVING together.
-        probe = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestDecoding()])
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
-        probe_port = probe.add_insecure_port(health_listen)
-        if probe_port == 0:
-            await server.stop(0)
-            raise OSError(f"cannot listen on {health_listen} for health probes")
-        await probe.start()
-        handle.health_server, handle.health_port = probe, probe_port
-    return handle
 
 
 async def start_internal_server(
@@ -229,20 +212,53 @@ async def start_internal_server(
     caller makes its directory private to its own user). `health_listen` as
     in :func:`start_server`.
     """
+    handle = await _serve(
+        options=SERVER_OPTIONS,
+        bind=lambda server: server.add_insecure_port(f"unix:{path}"),
+        where=f"the Unix socket {path}",
+        register=register,
+        service_names=service_names,
+        interceptors=interceptors,
+        health_listen=health_listen,
+        deserializers=deserializers,
+    )
+    # A Unix socket has no port.
+    handle.port = 0
+    return handle
+
+
+async def _serve(
+    *,
+    options: Sequence[tuple[str, Any]],
+    bind: Callable[[grpc.aio.Server], int],
+    where: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    interceptors: Iterable[grpc.aio.ServerInterceptor],
+    health_listen: str | None,
+    deserializers: Mapping[str, Deserializer] | None,
+    maximum_concurrent_rpcs: int | None = None,
+) -> ServerHandle:
+    """What every server shares: decoding, health, reflection, and the optional plaintext health port."""
     server = grpc.aio.server(
-        options=SERVER_OPTIONS, interceptors=[*interceptors, RequestDecoding(deserializers)]
+        options=options,
+        interceptors=[*interceptors, RequestDecoding(deserializers)],
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, [*service_names, health.SERVICE_NAME])
-    if server.add_insecure_port(f"unix:{path}") == 0:
-        raise OSError(f"cannot listen on the Unix socket {path}")
+    port = bind(server)
+    if port == 0:
+        raise OSError(f"cannot listen on {where}")
     await server.start()
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    handle = ServerHandle(server=server, port=0, health=health_servicer)
+    handle = ServerHandle(server=server, port=port, health=health_servicer)
     if health_listen:
+        # Started after the main server: the shared servicer already says
+        # SERVING, and draining turns both ports NOT_SERVING together.
         probe = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestDecoding()])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
         probe_port = probe.add_insecure_port(health_listen)
