@@ -28,25 +28,26 @@ BATCH = 400
 ACKNOWLEDGED_BEFORE_KILL = 6
 
 
-def test_sigkilled_ingester_leaves_only_whole_batches(migrated_url: str) -> None:
+def _kill_after(args: list[str], acknowledgements: int, what: str) -> list[str]:
+    """Run `tests.store.workers` with `args`, read `acknowledgements` lines it
+    printed (each one acknowledged work), then SIGKILL it in the middle of the next."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.store.workers", "ingest", migrated_url, str(BATCH)],
+        [sys.executable, "-m", "tests.store.workers", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    acknowledged: list[int] = []
+    acknowledged: list[str] = []
     try:
         assert child.stdout is not None
-        while len(acknowledged) < ACKNOWLEDGED_BEFORE_KILL:
+        while len(acknowledged) < acknowledgements:
             line = child.stdout.readline()
             if not line:
                 assert child.stderr is not None
-                pytest.fail(f"the ingesting child died on its own: {child.stderr.read()}")
-            acknowledged.append(int(line))
+                pytest.fail(f"the {what} child died on its own: {child.stderr.read()}")
+            acknowledged.append(line.strip())
     finally:
-        # The child is busy with its next batch: killed in the middle of it.
         child.send_signal(signal.SIGKILL)
         child.wait()
         if child.stdout is not None:
@@ -54,6 +55,15 @@ def test_sigkilled_ingester_leaves_only_whole_batches(migrated_url: str) -> None
         if child.stderr is not None:
             child.stderr.close()
     assert child.returncode == -signal.SIGKILL
+    return acknowledged
+
+
+def test_sigkilled_ingester_leaves_only_whole_batches(migrated_url: str) -> None:
+    # Killed while busy with its next batch.
+    acknowledged = [
+        int(n)
+        for n in _kill_after(["ingest", migrated_url, str(BATCH)], ACKNOWLEDGED_BEFORE_KILL, "ingesting")
+    ]
 
     store = Store.open(migrated_url)
     try:
@@ -75,31 +85,8 @@ ANSWERS_BEFORE_KILL = 300
 def test_sigkilled_node_writer_leaves_every_acknowledged_answer_and_no_claim_without_its_entry(
     migrated_url: str,
 ) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.store.workers", "answer", migrated_url, "16"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    acknowledged: list[str] = []
-    try:
-        assert child.stdout is not None
-        while len(acknowledged) < ANSWERS_BEFORE_KILL:
-            line = child.stdout.readline()
-            if not line:
-                assert child.stderr is not None
-                pytest.fail(f"the answering child died on its own: {child.stderr.read()}")
-            acknowledged.append(line.strip())
-    finally:
-        # Queries are being claimed and logged right now: killed in the middle.
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
-        if child.stderr is not None:
-            child.stderr.close()
-    assert child.returncode == -signal.SIGKILL
+    # Killed while queries are being claimed and logged.
+    acknowledged = _kill_after(["answer", migrated_url, "16"], ANSWERS_BEFORE_KILL, "answering")
 
     store = Store.open(migrated_url)
     try:
