@@ -14,16 +14,17 @@ from pathlib import Path
 import grpc
 from sqlalchemy import create_engine, text
 
+from creditnet import query as query_mod
 from creditnet.channels import secure_channel
 from creditnet.config import NodeConfig
-from creditnet.domain import City
+from creditnet.domain import City, Purpose
 from creditnet.health import wait_serving
 from creditnet.network import NetworkLayout, free_port
 from creditnet.pki import TrustStore, node_server_name
 from creditnet.store import Store
 from creditnet.store.lock import DatabaseInUse, WriterLock
 from creditnet.store.scratch import ScratchDatabases
-from creditnet.v2 import chain_pb2, chain_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc
+from creditnet.v2 import chain_pb2, chain_pb2_grpc, envelope_pb2, node_pb2, node_pb2_grpc, query_pb2
 from tests.integration.conftest import SQLITE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,3 +195,21 @@ def claims(url: str) -> int:
             return int(conn.execute(text("SELECT count(*) FROM query_uses")).scalar_one())
     finally:
         engine.dispose()
+
+
+def query(
+    layout: NetworkLayout, grant: envelope_pb2.SignedEnvelope, city: City, query_id: str | None = None
+) -> envelope_pb2.SignedEnvelope:
+    """The demo bank's signed query about the demo enterprise, asking `city` alone."""
+    return query_mod.build(
+        layout.bank(),
+        grant,
+        enterprise_uscc=layout.demo_enterprise,
+        purpose=Purpose.LOAN_APPLICATION,
+        cities=(city,),
+        query_id=query_id,
+    )
+
+
+def query_id(q: envelope_pb2.SignedEnvelope) -> str:
+    return query_pb2.CreditQuery.FromString(q.payload).query_id

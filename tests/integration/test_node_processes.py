@@ -19,8 +19,6 @@ import pytest
 from sqlalchemy import make_url
 
 from creditnet import pilot
-from creditnet import query as query_mod
-from creditnet.domain import Purpose
 from creditnet.envelope import digest
 from creditnet.network import NetworkLayout, free_port
 from creditnet.pki import TrustStore
@@ -29,7 +27,14 @@ from creditnet.store import ClaimOutcome, Store
 from creditnet.v2 import chain_pb2, envelope_pb2, query_pb2
 from tests.integration.conftest import SQLITE
 from tests.integration.helpers import consent, opened_answer
-from tests.integration.processes import NodeProcess, claims, fresh_database, unanswered_claims
+from tests.integration.processes import (
+    NodeProcess,
+    claims,
+    fresh_database,
+    query,
+    query_id,
+    unanswered_claims,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,23 +57,6 @@ def node(
         yield process
     finally:
         process.close()
-
-
-def query(
-    layout: NetworkLayout, grant: envelope_pb2.SignedEnvelope, query_id: str | None = None
-) -> envelope_pb2.SignedEnvelope:
-    return query_mod.build(
-        layout.bank(),
-        grant,
-        enterprise_uscc=layout.demo_enterprise,
-        purpose=Purpose.LOAN_APPLICATION,
-        cities=(CITY,),
-        query_id=query_id,
-    )
-
-
-def query_id(q: envelope_pb2.SignedEnvelope) -> str:
-    return query_pb2.CreditQuery.FromString(q.payload).query_id
 
 
 def consent_digest(grant: envelope_pb2.SignedEnvelope) -> bytes:
@@ -152,7 +140,7 @@ async def test_queries_whose_callers_gave_up_while_a_frozen_node_claimed_them_ar
     node.start()
     await node.serving()
     grant = consent(layout)
-    queries = [query(layout, grant) for _ in range(CLIENTS)]
+    queries = [query(layout, grant, CITY) for _ in range(CLIENTS)]
     with claims_held(node.url):
         sent = [asyncio.create_task(node.outcome(q, trust, timeout=3.0)) for q in queries]
         # Long enough for every query to reach its claim (a bound, not a
@@ -183,8 +171,8 @@ async def test_a_node_killed_while_its_entries_commit_leaves_no_claim_without_it
     await node.serving()
     # Exactly one use per query: a retry that spent a second one would be refused.
     grant = consent(layout, max_uses=CLIENTS)
-    queries = [query(layout, grant) for _ in range(CLIENTS)]
-    answered = query(layout, grant)
+    queries = [query(layout, grant, CITY) for _ in range(CLIENTS)]
+    answered = query(layout, grant, CITY)
     acknowledged = await node.ask(answered, trust)
     with appends_stalled(node.url):
         sent = [asyncio.create_task(node.outcome(q, trust, timeout=30.0)) for q in queries]
@@ -216,7 +204,7 @@ async def test_claims_an_older_node_left_without_answers_are_answered_once_on_re
     node: NodeProcess, layout: NetworkLayout, trust: TrustStore
 ) -> None:
     grant = consent(layout, max_uses=CLIENTS)
-    queries = [query(layout, grant) for _ in range(CLIENTS)]
+    queries = [query(layout, grant, CITY) for _ in range(CLIENTS)]
     left_unanswered(node.url, queries, CLIENTS)
     assert unanswered_claims(node.url) == CLIENTS
 
@@ -238,7 +226,7 @@ async def test_claims_an_older_node_left_without_answers_are_answered_once_on_re
     # those ids is still a replay.
     again = await node.ask(queries[0], trust)
     assert opened_answer(again, queries[0], node.city) == opened_answer(pairs[0][0], queries[0], node.city)
-    other = query(layout, consent(layout), query_id=query_id(queries[0]))
+    other = query(layout, consent(layout), CITY, query_id=query_id(queries[0]))
     assert await node.outcome(other, trust) == "query.replay"
 
 
@@ -248,7 +236,7 @@ async def test_a_second_node_process_on_one_database_is_refused_and_the_first_ke
     node.start()
     await node.serving()
     grant = consent(layout)
-    first = await node.ask(query(layout, grant), trust)
+    first = await node.ask(query(layout, grant, CITY), trust)
 
     second = node.start(listen=f"127.0.0.1:{free_port()}")
     try:
@@ -265,11 +253,11 @@ async def test_a_second_node_process_on_one_database_is_refused_and_the_first_ke
     assert "single writer" in said, said
     # The first is untouched: it serves, and its log goes on.
     assert node.running().poll() is None
-    later = await node.ask(query(layout, grant), trust)
+    later = await node.ask(query(layout, grant, CITY), trust)
     assert later.receipt.index == first.receipt.index + 1
     # Once it has stopped, the next one starts on the same database.
     assert await node.stop() == 0
     node.start()
     await node.serving()
-    after = await node.ask(query(layout, grant), trust)
+    after = await node.ask(query(layout, grant, CITY), trust)
     assert after.receipt.index == later.receipt.index + 1

@@ -21,7 +21,6 @@ import grpc
 import pytest
 
 from creditnet import pilot
-from creditnet import query as query_mod
 from creditnet.aggregator.directory import NodeDirectory
 from creditnet.chain.receipts import verify_receipt
 from creditnet.channels import CHANNEL_OPTIONS
@@ -29,7 +28,7 @@ from creditnet.config import AggregatorConfig
 from creditnet.dates import date_to_proto
 from creditnet.directory.publish import targets
 from creditnet.directory.revoke import revoke
-from creditnet.domain import City, Purpose
+from creditnet.domain import City
 from creditnet.envelope import digest
 from creditnet.internal.v1 import leader_pb2, leader_pb2_grpc
 from creditnet.network import NetworkLayout, provision
@@ -47,7 +46,15 @@ from creditnet.v2 import (
 )
 from tests.integration.conftest import SQLITE
 from tests.integration.helpers import consent, opened_answer
-from tests.integration.processes import PATIENCE, NodeProcess, claims, fresh_database, unanswered_claims
+from tests.integration.processes import (
+    PATIENCE,
+    NodeProcess,
+    claims,
+    fresh_database,
+    query,
+    query_id,
+    unanswered_claims,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -131,23 +138,6 @@ async def all_serving(node: NodeProcess, starts: int = 1) -> list[leader_pb2.Wor
     raise AssertionError(f"the leader runs {await workers(node)}, not {WORKERS} workers")
 
 
-def query(
-    layout: NetworkLayout, grant: envelope_pb2.SignedEnvelope, query_id: str | None = None
-) -> envelope_pb2.SignedEnvelope:
-    return query_mod.build(
-        layout.bank(),
-        grant,
-        enterprise_uscc=layout.demo_enterprise,
-        purpose=Purpose.LOAN_APPLICATION,
-        cities=(CITY,),
-        query_id=query_id,
-    )
-
-
-def query_id(q: envelope_pb2.SignedEnvelope) -> str:
-    return query_pb2.CreditQuery.FromString(q.payload).query_id
-
-
 def utility(uscc: str, city: City, record_id: str) -> records_pb2.CreditRecord:
     return records_pb2.CreditRecord(
         record_id=record_id,
@@ -201,7 +191,7 @@ async def test_two_workers_answer_over_one_writer(
     await asyncio.gather(*(submit(node, layout, trust, r) for r in sorted(ingested)))
 
     grant = consent(layout)
-    queries = [query(layout, grant) for _ in range(CONNECTIONS)]
+    queries = [query(layout, grant, CITY) for _ in range(CONNECTIONS)]
     answers = await asyncio.gather(*(ask(node, layout, q, trust) for q in queries))
 
     for q, resp in zip(queries, answers, strict=True):
@@ -215,7 +205,7 @@ async def test_two_workers_answer_over_one_writer(
     assert sum(w.appends for w in served) == CONNECTIONS
 
     # A replay (another query under an answered id) is refused, whichever worker it reaches.
-    replays = [query(layout, grant, query_id=query_id(q)) for q in queries[:8]]
+    replays = [query(layout, grant, CITY, query_id=query_id(q)) for q in queries[:8]]
     assert await asyncio.gather(*(outcome(node, layout, r, trust) for r in replays)) == ["query.replay"] * 8
     # The very query again gets the answer kept for it, from any worker.
     again = await asyncio.gather(*(ask(node, layout, q, trust) for q in queries[:8]))
@@ -244,7 +234,7 @@ async def test_a_killed_worker_loses_no_acknowledged_query_and_is_restarted(
     await node.serving()
     victim, survivor = await all_serving(node)
     grant = consent(layout)
-    queries = [query(layout, grant) for _ in range(CONNECTIONS)]
+    queries = [query(layout, grant, CITY) for _ in range(CONNECTIONS)]
 
     async def answered(q: envelope_pb2.SignedEnvelope) -> node_pb2.QueryResponse | None:
         try:
@@ -353,7 +343,7 @@ async def test_workers_follow_the_leaders_directory_and_refuse_a_certificate_it_
                             chain_pb2.GetCheckpointRequest(), timeout=10
                         ),
                         node_pb2_grpc.CityNodeServiceStub(ch).Query(
-                            node_pb2.QueryRequest(query=query(dlayout, grant)), timeout=1
+                            node_pb2.QueryRequest(query=query(dlayout, grant, CITY)), timeout=1
                         ),
                     ):
                         try:
@@ -396,7 +386,7 @@ async def test_an_aggregator_with_several_connections_to_a_node_spreads_its_quer
         link = links.get(CITY)
         assert link is not None
         grant = consent(layout)
-        queries = [query(layout, grant) for _ in range(CONNECTIONS)]
+        queries = [query(layout, grant, CITY) for _ in range(CONNECTIONS)]
         answers = await asyncio.gather(
             *(link.query_stub().Query(node_pb2.QueryRequest(query=q), timeout=30) for q in queries)
         )
