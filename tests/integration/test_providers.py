@@ -161,14 +161,18 @@ async def test_a_batch_of_more_records_than_the_maximum_is_refused_and_earlier_b
     first = signed_message(provider, owned(provider, utility("big-0", uscc)))
     # Empty records: two bytes each on the wire, many under the message size limit.
     oversized = b"\x0a\x00" * (MAX_BATCH_RECORDS + 1)
+    # A valid batch after the refused one is read, not stored: the refusal
+    # ends the stream's ingestion, and comes once the provider has sent it all.
+    after = signed_message(provider, owned(provider, utility("big-after", uscc)))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await submit_raw(layout, provider, trust, first, oversized)
+        await submit_raw(layout, provider, trust, first, oversized, after)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith("provider.batch_size: ")
     stored = await network.nodes[pilot.HEFEI].store.find_records(
         uscc, [Category.UTILITY], dt.date(2025, 6, 1), dt.date(2025, 6, 30)
     )
     assert "big-0" in {r.record_id for r in stored}
+    assert "big-after" not in {r.record_id for r in stored}
     # As many as the maximum is one batch like any other.
     full = node_pb2.SubmitRecordsResponse.FromString(
         await submit_raw(layout, provider, trust, signed_message(provider, [b""] * MAX_BATCH_RECORDS))

@@ -384,13 +384,42 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                 "provider.city", f"this provider certificate is not for the {self.city.value} node"
             )
         provider_id = provenance.provider_id_of(role)
+        # Initial metadata says "authorized, send on": a worker relaying the
+        # stream (node.worker) waits for it, so that a refusal above never
+        # meets a message still being written.
+        await context.send_initial_metadata(())
+        try:
+            summary = await self._ingest(request_iterator, role, provider_id)
+        except CreditnetError:
+            # A refused batch ends ingestion; earlier batches were committed
+            # and stay. The rest of the stream is read (and not looked at)
+            # before the refusal goes out: a gRPC client still writing when
+            # its call ends reports INTERNAL instead of the refusal.
+            async for _ in request_iterator:
+                pass
+            raise
+        log.info(
+            "provider %s submitted %d records: %d new, %d duplicate, %d rejected",
+            role.subject,
+            summary.received,
+            summary.accepted,
+            summary.duplicates,
+            summary.rejected,
+        )
+        return summary
+
+    async def _ingest(
+        self,
+        request_iterator: AsyncIterator[Batch | node_pb2.SubmitRecordsRequest],
+        role: Role,
+        provider_id: str,
+    ) -> node_pb2.SubmitRecordsResponse:
         summary = node_pb2.SubmitRecordsResponse()
         index = 0
         async for request in request_iterator:
             batch = Batch.of(request)
             if batch.oversized:
-                # Refused before any record of it is looked at; earlier
-                # batches were committed and stay.
+                # Refused before any record of it is looked at.
                 raise InvalidArgument(
                     "provider.batch_size",
                     f"a batch holds at most {MAX_BATCH_RECORDS} records, this one {batch.count}; "
@@ -442,14 +471,6 @@ class CityNodeService(node_pb2_grpc.CityNodeServiceServicer):
                     duplicates=duplicates,
                     rejected=batch.count - len(valid),
                 )
-        log.info(
-            "provider %s submitted %d records: %d new, %d duplicate, %d rejected",
-            role.subject,
-            summary.received,
-            summary.accepted,
-            summary.duplicates,
-            summary.rejected,
-        )
         return summary
 
     def _screen_signed(self, batch: Batch, role: Role, first: int) -> _Screened:

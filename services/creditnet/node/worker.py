@@ -221,6 +221,13 @@ def forwarding_handler(
 
 async def _relay_stream(requests: AsyncIterator[bytes], call: Any) -> None:
     try:
+        # Nothing is written before the leader has authorized the call (its
+        # servicer sends initial metadata then): a message written as the
+        # leader refuses fails the call INTERNAL on our side, and that, not
+        # the leader's refusal, is what the caller would get.
+        await call.initial_metadata()
+        if call.done():
+            return
         async for item in requests:
             await call.write(item)
         await call.done_writing()
@@ -267,7 +274,9 @@ def _relay(channel: grpc.aio.Channel, path: str, client_streaming: bool, server_
             return response
         # The caller's stream is relayed by a task of ours, stopped before this
         # call ends: a stream still being read when the call is refused fails
-        # it INTERNAL instead of with the leader's refusal.
+        # it INTERNAL instead of with the leader's refusal. A client-streaming
+        # servicer of the leader sends initial metadata once it has authorized
+        # the call (see _relay_stream).
         call = single(metadata=metadata, timeout=timeout)
         relaying = asyncio.create_task(_relay_stream(request, call))
         try:
