@@ -21,18 +21,17 @@ check still runs on a verified identity and every write on the one writer.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import inspect
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from creditnet.ledger.sqlstore import KeptQueryAnswer
 from creditnet.rpc import ServerHandle, start_internal_server
 from creditnet.store import ClaimOutcome, ClaimRefused, QueryClaim
 from creditnet.v2 import chain_pb2
+from creditnet.workerpool import WorkerPool, reserve_port
 
 __all__ = [
     "CLAIM_REFUSALS",
@@ -56,9 +56,7 @@ __all__ = [
     "ForwardedPeer",
     "LeaderServicer",
     "Leading",
-    "WorkerPool",
     "lead",
-    "reserve_port",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,13 +65,6 @@ LEADER_SERVICE = leader_pb2.DESCRIPTOR.services_by_name["LeaderService"].full_na
 # Metadata of a forwarded call: the PEM certificate the worker's TLS handshake verified.
 PEER_CERTIFICATE = "creditnet-peer-certificate-bin"
 SOCKET_NAME = "leader.sock"
-# A worker that does not say it serves within this long is given up on.
-READY_TIMEOUT = 60.0
-# Between a worker's death and its restart; doubled (up to the cap) while restarts keep failing.
-RESTART_DELAY = 0.2
-MAX_RESTART_DELAY = 10.0
-# A worker up this long before it died is restarted at once again.
-HEALTHY_RUN = 10.0
 
 CLAIM_REFUSALS: Mapping[ClaimOutcome, leader_pb2.ClaimRefusal.ValueType] = {
     ClaimOutcome.REPLAY: leader_pb2.CLAIM_REFUSAL_REPLAY,
@@ -88,6 +79,8 @@ class LeaderServicer(leader_pb2_grpc.LeaderServiceServicer):
     def __init__(self, ledger: Ledger, pool: WorkerPool) -> None:
         self.ledger = ledger
         self.pool = pool
+        # Appends by worker pid (a restarted worker is a new pid, and starts at 0).
+        self.appends: Counter[int] = Counter()
 
     async def Append(
         self, request: leader_pb2.AppendRequest, context: grpc.aio.ServicerContext
@@ -108,7 +101,7 @@ class LeaderServicer(leader_pb2_grpc.LeaderServiceServicer):
             appended = await self.ledger.append(entry, uscc, answer=answer, claim=claim)
         except ClaimRefused as exc:
             return leader_pb2.AppendResponse(refused=CLAIM_REFUSALS[exc.outcome])
-        self.pool.appended(request.worker_pid)
+        self.appends[request.worker_pid] += 1
         response = leader_pb2.AppendResponse(index=appended.index, entry=appended.entry)
         if request.receipt_wait_ms:
             # The same call brings the receipt: one internal call per query, not two.
@@ -136,7 +129,15 @@ class LeaderServicer(leader_pb2_grpc.LeaderServiceServicer):
     async def ListWorkers(
         self, request: leader_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> leader_pb2.ListWorkersResponse:
-        return leader_pb2.ListWorkersResponse(workers=self.pool.describe())
+        return leader_pb2.ListWorkersResponse(
+            workers=[
+                leader_pb2.Worker(
+                    pid=s.proc.pid, slot=s.index, appends=self.appends[s.proc.pid], starts=s.starts
+                )
+                for s in self.pool.serving()
+                if s.proc is not None
+            ]
+        )
 
 
 class _ForwardedContext:
@@ -216,140 +217,6 @@ def _as_peer(handler: grpc.RpcMethodHandler, pem: bytes | None) -> grpc.RpcMetho
             response_serializer=handler.response_serializer,
         )
     raise ValueError("the method handler has no behaviour to wrap")
-
-
-@dataclass
-class _Slot:
-    index: int
-    proc: asyncio.subprocess.Process | None = None
-    starts: int = 0
-    appends: int = 0
-    # Said "ready": its server serves the public port.
-    ready: bool = False
-
-
-@dataclass
-class WorkerPool:
-    """N worker processes, each restarted when it dies, until the pool stops."""
-
-    count: int
-    # The command line of the worker for a slot.
-    argv: Callable[[int], list[str]]
-    slots: list[_Slot] = field(default_factory=list)
-    _stopping: bool = False
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def start(self) -> None:
-        """Start every worker and wait until each serves; if one cannot, none stays running."""
-        self.slots = [_Slot(i) for i in range(self.count)]
-        try:
-            await asyncio.gather(*(self._spawn(s) for s in self.slots))
-        except BaseException:
-            await self.stop(0)
-            raise
-        self._tasks = [asyncio.create_task(self._supervise(s)) for s in self.slots]
-
-    def appended(self, pid: int) -> None:
-        for s in self.slots:
-            if s.proc is not None and s.proc.pid == pid:
-                s.appends += 1
-
-    def describe(self) -> list[leader_pb2.Worker]:
-        return [
-            leader_pb2.Worker(pid=s.proc.pid, slot=s.index, appends=s.appends, starts=s.starts)
-            for s in self.slots
-            if s.proc is not None and s.proc.returncode is None and s.ready
-        ]
-
-    async def _spawn(self, slot: _Slot) -> None:
-        slot.starts += 1
-        slot.appends = 0
-        slot.ready = False
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(slot.index), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
-        )
-        slot.proc = proc
-        assert proc.stdout is not None
-        try:
-            # The worker says "ready" once its server is serving; its logs go to our stderr.
-            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        if line.strip() != b"ready":
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise RuntimeError(f"worker {slot.index} did not start (exit status {proc.returncode})")
-        slot.ready = True
-        log.info("worker %d serving (pid %d)", slot.index, proc.pid)
-
-    async def _supervise(self, slot: _Slot) -> None:
-        delay = RESTART_DELAY
-        loop = asyncio.get_running_loop()
-        while True:
-            assert slot.proc is not None
-            started = loop.time()
-            status = await slot.proc.wait()
-            if self._stopping:
-                return
-            log.warning(
-                "worker %d (pid %d) exited with status %s; restarting it", slot.index, slot.proc.pid, status
-            )
-            delay = (
-                RESTART_DELAY if loop.time() - started > HEALTHY_RUN else min(delay * 2, MAX_RESTART_DELAY)
-            )
-            while not self._stopping:
-                await asyncio.sleep(delay)
-                try:
-                    await self._spawn(slot)
-                    break
-                except Exception:
-                    log.exception("restarting worker %d failed; trying again in %.1f s", slot.index, delay)
-                    delay = min(delay * 2, MAX_RESTART_DELAY)
-
-    async def stop(self, grace: float) -> None:
-        """SIGTERM every worker (each drains its calls for up to `grace` s), then SIGKILL what remains."""
-        self._stopping = True
-        for t in self._tasks:
-            t.cancel()
-        procs = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-
-        async def ended(p: asyncio.subprocess.Process) -> None:
-            try:
-                await asyncio.wait_for(p.wait(), grace + 5.0)
-            except TimeoutError:
-                log.warning("worker pid %d did not stop in time; killing it", p.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    p.kill()
-                await p.wait()
-
-        await asyncio.gather(*(ended(p) for p in procs))
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-
-
-def reserve_port(listen: str) -> tuple[socket.socket, str]:
-    """Bind `listen` with SO_REUSEPORT (not listening), so that every worker binds the same port.
-
-    Held until the node stops: with port 0 it fixes the one port the workers
-    share, and a port another program holds fails here, before any worker starts.
-    """
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 — as the operator's listen address says
-    family, kind, proto, _, address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-    except BaseException:
-        sock.close()
-        raise
-    bound = sock.getsockname()[1]
-    return sock, f"{listen.rpartition(':')[0]}:{bound}"
 
 
 @dataclass

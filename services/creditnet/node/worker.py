@@ -49,6 +49,7 @@ from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import start_server
 from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, QueryClaim
 from creditnet.v2 import chain_pb2, directory_service_pb2, node_pb2
+from creditnet.workerpool import watch_parent
 
 __all__ = [
     "FollowedDirectory",
@@ -62,8 +63,6 @@ log = logging.getLogger(__name__)
 
 # Served here: the query's CPU. Everything else the node serves goes to the leader.
 QUERY = "Query"
-# How often a worker checks that its leader still runs.
-ORPHAN_CHECK = 1.0
 # How often a worker looks for a directory its leader accepted.
 DIRECTORY_CHECK = 1.0
 # A receipt is asked with the caller's wait; the internal call is given this much more.
@@ -426,15 +425,6 @@ async def serve_worker(
         metrics.close()
 
 
-async def _watch_leader(stop: asyncio.Event) -> None:
-    leader = os.getppid()
-    while not stop.is_set():
-        await asyncio.sleep(ORPHAN_CHECK)
-        if os.getppid() != leader:
-            log.error("the leader process is gone; stopping")
-            stop.set()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="creditnet.node.worker", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
@@ -460,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGINT too goes to the whole foreground process group: the leader decides when workers stop.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        watch = asyncio.create_task(_watch_leader(stop))
+        watch = asyncio.create_task(watch_parent(stop))
         try:
             await serve_worker(
                 config,
