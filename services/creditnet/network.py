@@ -700,6 +700,8 @@ class ProcessNetwork:
     nodes_per_process: int | None = None
     # Process name -> the cities it serves (a node process is named by its city's code).
     groups: dict[str, tuple[City, ...]] = field(default_factory=dict)
+    # More options of every `aggregator run` (`--workers N`, `--metrics-port P`).
+    aggregator_options: tuple[str, ...] = ()
     _supervision: dict[str, _Supervision] = field(default_factory=dict, repr=False)
 
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -727,7 +729,8 @@ class ProcessNetwork:
 
     def start_aggregator(self, replica: int = 0) -> None:
         config = self.layout.aggregator_configs[replica]
-        self._spawn(aggregator_process(replica), ["aggregator", "run", "--config", str(config)])
+        args = ["aggregator", "run", "--config", str(config), *self.aggregator_options]
+        self._spawn(aggregator_process(replica), args)
 
     def start_node(self, city: City) -> None:
         self.groups[city.value] = (city,)

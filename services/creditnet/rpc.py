@@ -178,10 +178,10 @@ async def start_server(
     given count and limit such calls like any other); `deserializers`
     replace the generated deserializers of the methods they name.
 
-    With `reuse_port` the port is bound with SO_REUSEPORT, for the worker
-    processes of one node that serve one port together (the kernel spreads
-    connections over them); off otherwise, so that a second server started
-    on a port in use fails instead of sharing it.
+    With `reuse_port` the port (and `health_listen`) is bound with
+    SO_REUSEPORT, for the worker processes of one server that serve one port
+    together (the kernel spreads connections over them); off otherwise, so
+    that a second server started on a port in use fails instead of sharing it.
     """
     return await _serve(
         options=REUSE_PORT_OPTIONS if reuse_port else SERVER_OPTIONS,
@@ -259,7 +259,8 @@ async def _serve(
     if health_listen:
         # Started after the main server: the shared servicer already says
         # SERVING, and draining turns both ports NOT_SERVING together.
-        probe = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestDecoding()])
+        # With the main port's options: worker processes sharing one port share their probe port too.
+        probe = grpc.aio.server(options=options, interceptors=[RequestDecoding()])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
         probe_port = probe.add_insecure_port(health_listen)
         if probe_port == 0:

@@ -139,9 +139,18 @@ class RunningAggregator:
 
 
 async def start_aggregator(
-    config: AggregatorConfig, *, limits: Limits | None = None, health_listen: str | None = None
+    config: AggregatorConfig,
+    *,
+    limits: Limits | None = None,
+    health_listen: str | None = None,
+    reuse_port: bool = False,
 ) -> RunningAggregator:
-    """Serve the aggregator; `limits` default to the environment's. Metrics are served by the caller."""
+    """Serve the aggregator; `limits` default to the environment's. Metrics are served by the caller.
+
+    With `reuse_port` its ports (the public one and `health_listen`) are bound
+    with SO_REUSEPORT: it is one of the worker processes of `aggregator run
+    --workers N` (creditnet.aggregator.workers).
+    """
     limits = Limits.from_env() if limits is None else limits
     identity = Identity.load(config.cert, config.key)
     trust = TrustStore.load(config.ca)
@@ -213,6 +222,7 @@ async def start_aggregator(
         ],
         maximum_concurrent_rpcs=limits.hard_cap,
         health_listen=health_listen,
+        reuse_port=reuse_port,
     )
     service.outbox.start()
     if service.router is not None:

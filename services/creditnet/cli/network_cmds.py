@@ -142,6 +142,14 @@ def up(
             "postgresql+psycopg://127.0.0.1:5432/test (default: one SQLite file in the state dir).",
         ),
     ] = None,
+    aggregator_workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Run each aggregator replica as this many processes on its one port "
+            "(`creditnet aggregator run --workers`).",
+        ),
+    ] = 1,
 ) -> None:
     """Provision (if new) and run the city nodes and the aggregator until Ctrl-C.
 
@@ -169,7 +177,8 @@ def up(
                 "--aggregator-database apply to new networks only"
             )
         layout = NetworkLayout.load(state_dir)
-        net = ProcessNetwork(layout)
+        workers = ("--workers", str(aggregator_workers)) if aggregator_workers > 1 else ()
+        net = ProcessNetwork(layout, aggregator_options=workers)
         starting = time.monotonic()
         net.start()
         try:
@@ -436,15 +445,28 @@ def run_aggregator(
         ),
     ] = None,
     metrics_port: MetricsPortOpt = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            help="Serve the port from this many aggregator processes (SO_REUSEPORT) over the one database;"
+            " this process starts, restarts and drains them. Worker i's metrics are on the metrics port"
+            " + 1 + i.",
+        ),
+    ] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the aggregator until Ctrl-C or SIGTERM.
 
     Settings come from --config, or from --nodes with --cert, --key and --ca, or, with none of
     these, from the environment (CREDITNET_*; see docs/deployment.md), as in a container.
+    With --workers N, SIGTERM drains the workers, then this process stops.
     Exit codes: 0 stopped cleanly, 1 could not start, 2 bad settings.
     """
     from creditnet.aggregator.server import start_aggregator
+    from creditnet.aggregator.workers import start_aggregator_workers
     from creditnet.settings import AggregatorSettings
 
     with errors():
@@ -470,6 +492,20 @@ def run_aggregator(
                 settings.server, verbose, metrics_port, {"service": "aggregator"}
             )
             cfg = settings.to_config()
+        if workers > 1:
+            serve_until_signalled(
+                lambda: start_aggregator_workers(
+                    cfg,
+                    workers,
+                    health_listen=options.health_listen,
+                    metrics_port=options.metrics_port,
+                    grace=options.grace,
+                    verbose=verbose,
+                ),
+                "aggregator",
+                options,
+            )
+            return
         serve_until_signalled(
             lambda: start_aggregator(cfg, limits=options.limits, health_listen=options.health_listen),
             "aggregator",

@@ -289,7 +289,8 @@ class DirectoryHolder:
 
     def _persist(self, result: VerifiedDirectory) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        # Named for this process: the worker processes of one aggregator hold one file.
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(result.envelope.SerializeToString())
             fh.flush()

@@ -1,0 +1,239 @@
+"""The aggregator served by several processes: ``creditnet aggregator run --workers N``.
+
+Aggregator replicas already act as one over one database (creditnet.aggregator.state):
+the network checkpoint is signed under the head row's lock, a log's
+checkpoint is cosigned after a compare-and-set of its witnessed state, and
+revocations are read from the database on every query. So a worker here is
+a whole aggregator, a replica that shares the public port (and the probe
+port) with the others through SO_REUSEPORT instead of having its own.
+Unlike a node's workers, no process leads: the ``aggregator run`` process
+only binds the port first, starts the workers, restarts one that dies and
+drains them on SIGTERM (creditnet.workerpool).
+
+What replicas on different ports each keep for themselves, these share:
+
+- the database (alone, the SQLite file in the state directory, which the
+  workers open like replicas do a shared one);
+- the network directory's state file. A directory offered to the aggregator
+  reaches one worker (one connection); that worker writes the file, and every
+  other worker reads the file when it changes and offers it to its own
+  holder, which verifies it as any holder does (signatures, a version no
+  older than the one held). A refresh (each worker still pulls) does the same.
+
+Run by the pool as ``python -m creditnet.aggregator.workers``; a worker prints
+``ready`` on stdout once it serves, and stops on SIGTERM (draining its calls)
+or when the ``aggregator run`` process is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import Gauge
+
+from creditnet.config import AggregatorConfig
+from creditnet.directory.verify import DirectoryHolder
+from creditnet.limits import Limits
+from creditnet.observability import ServerMetrics
+from creditnet.workerpool import WorkerPool, reserve_port, watch_parent
+
+__all__ = [
+    "AggregatorWorkers",
+    "follow_directory_file",
+    "main",
+    "start_aggregator_workers",
+]
+
+log = logging.getLogger(__name__)
+
+# How often a worker looks whether another worker changed the directory file.
+DIRECTORY_CHECK = 1.0
+CONFIG_NAME = "aggregator.json"
+
+
+@dataclass
+class AggregatorWorkers:
+    """The ``aggregator run`` process of ``--workers N``: the pool, the port it holds, the workers' config."""
+
+    pool: WorkerPool
+    port: int
+    metrics: ServerMetrics
+    reservation: socket.socket
+    private: tempfile.TemporaryDirectory[str]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        try:
+            await self.pool.stop(grace)
+        finally:
+            self.reservation.close()
+            self.private.cleanup()
+            self.metrics.close()
+
+
+async def start_aggregator_workers(
+    config: AggregatorConfig,
+    workers: int,
+    *,
+    health_listen: str | None = None,
+    metrics_port: int | None = None,
+    grace: float = 5.0,
+    verbose: bool = False,
+) -> AggregatorWorkers:
+    """Bind `config.listen`, then start `workers` aggregator processes on it; return once each serves.
+
+    Worker i serves its metrics on `metrics_port` + 1 + i (0: any free port,
+    which it logs); this process's own (how many workers serve, how often
+    they were started) on `metrics_port`, as the caller serves them.
+    """
+    if workers < 2:
+        raise ValueError("--workers must be at least 2 to run worker processes")
+    reservation, listen = reserve_port(config.listen)
+    # mkdtemp makes the directory 0700, and the config in it may hold the database password.
+    private = tempfile.TemporaryDirectory(prefix="creditnet-aggregator-")
+    try:
+        path = Path(private.name) / CONFIG_NAME
+        # The state directory is made here, once, not raced for by the workers.
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        dataclasses.replace(config, listen=listen).save(path)
+        os.chmod(path, 0o600)
+        pool = WorkerPool(
+            workers,
+            lambda slot: _worker_argv(path, slot, health_listen, metrics_port, grace, verbose),
+            what="aggregator worker",
+        )
+        metrics = ServerMetrics("aggregator")
+        serving = Gauge(
+            "creditnet_workers_serving", "Worker processes serving the port now.", registry=metrics.registry
+        )
+        serving.set_function(lambda: len(pool.serving()))
+        starts = Gauge(
+            "creditnet_worker_starts",
+            "Worker processes started, restarts included.",
+            registry=metrics.registry,
+        )
+        starts.set_function(lambda: sum(s.starts for s in pool.slots))
+        await pool.start()
+    except BaseException:
+        reservation.close()
+        private.cleanup()
+        raise
+    log.info("aggregator serving port %d from %d worker processes", reservation.getsockname()[1], workers)
+    return AggregatorWorkers(pool, reservation.getsockname()[1], metrics, reservation, private)
+
+
+def _worker_argv(
+    config: Path,
+    slot: int,
+    health_listen: str | None,
+    metrics_port: int | None,
+    grace: float,
+    verbose: bool,
+) -> list[str]:
+    argv = [sys.executable, "-m", "creditnet.aggregator.workers", "--config", str(config)]
+    argv += ["--slot", str(slot), "--grace", str(grace)]
+    if health_listen:
+        argv += ["--health-listen", health_listen]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port + 1 + slot if metrics_port else 0)]
+    if verbose:
+        argv.append("--verbose")
+    return argv
+
+
+async def follow_directory_file(holder: DirectoryHolder, stop: asyncio.Event) -> None:
+    """Offer `holder` its own state file whenever another process (a sibling worker) replaced it."""
+    source = holder.path
+
+    def mtime() -> int | None:
+        try:
+            return source.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    seen = mtime()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), DIRECTORY_CHECK)
+        now = mtime()
+        if now is None or now == seen:
+            continue
+        try:
+            data = await asyncio.to_thread(source.read_bytes)
+            if await asyncio.to_thread(holder.offer, data):
+                log.info("took directory version %d from a sibling worker", holder.require().version)
+            seen = now
+        except Exception:
+            # A directory this holder refuses (older than its own, which it
+            # will write back at its next change): the next change decides.
+            log.warning("the directory file did not give a newer directory", exc_info=True)
+            seen = now
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="creditnet.aggregator.workers", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--health-listen", default=None)
+    parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--grace", type=float, default=5.0, help="how long a stopping worker drains")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"%(asctime)s %(levelname)s aggregator worker {args.slot} pid {os.getpid()}"
+        " %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The config is the parent's effective one (its database URL with any password
+    # from DATABASE_PASSWORD_FILE): the environment's DATABASE_URL must not replace it.
+    os.environ.pop("DATABASE_URL", None)
+    config = AggregatorConfig.load(args.config)
+    asyncio.run(_serve(config, args.health_listen, args.metrics_port, args.grace))
+    return 0
+
+
+async def _serve(
+    config: AggregatorConfig, health_listen: str | None, metrics_port: int | None, grace: float
+) -> None:
+    from creditnet.aggregator.server import start_aggregator
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # SIGINT goes to the whole foreground process group: the parent decides when workers stop.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [asyncio.create_task(watch_parent(stop))]
+    running = await start_aggregator(
+        config, limits=Limits.from_env(), health_listen=health_listen, reuse_port=True
+    )
+    try:
+        if running.served_directory is not None:
+            tasks.append(asyncio.create_task(follow_directory_file(running.served_directory.holder, stop)))
+        if metrics_port is not None:
+            endpoint = running.metrics.serve(metrics_port)
+            log.info("metrics on http://0.0.0.0:%d/metrics", endpoint.port)
+        print("ready", flush=True)
+        await stop.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await running.stop(grace)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
