@@ -11,14 +11,17 @@ once it serves (its logs go to stderr, which it shares with the pool's process).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = [
     "HEALTHY_RUN",
@@ -29,6 +32,9 @@ __all__ = [
     "WorkerPool",
     "reserve_port",
     "watch_parent",
+    "worker_parser",
+    "worker_process",
+    "worker_stop",
 ]
 
 log = logging.getLogger(__name__)
@@ -190,3 +196,50 @@ async def watch_parent(stop: asyncio.Event) -> None:
         if os.getppid() != parent:
             log.error("the process that started this worker is gone; stopping")
             stop.set()
+
+
+def worker_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The command line every worker takes; the caller adds its own arguments."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--grace", type=float, default=5.0, help="how long a stopping worker drains")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def worker_process(args: argparse.Namespace, what: str) -> None:
+    """Set a worker process up: its log lines on stderr, named by slot and pid.
+
+    Its config is the parent's effective one (the database URL with any
+    password from DATABASE_PASSWORD_FILE), so the environment's DATABASE_URL
+    is dropped: it must not replace it.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"%(asctime)s %(levelname)s {what} {args.slot} pid {os.getpid()} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.pop("DATABASE_URL", None)
+
+
+def worker_stop() -> asyncio.Event:
+    """In a worker's event loop: an event set by SIGTERM, or once the parent is gone.
+
+    SIGINT (Ctrl-C goes to the whole foreground process group) is ignored:
+    the parent decides when its workers stop. The parent watch runs until
+    the event is set.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    watch = loop.create_task(watch_parent(stop))
+    _watches.add(watch)
+    watch.add_done_callback(_watches.discard)
+    return stop
+
+
+# The parent watches running (a task needs a reference to be kept).
+_watches: set[asyncio.Task[None]] = set()

@@ -27,13 +27,11 @@ or when the ``aggregator run`` process is gone.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -47,7 +45,7 @@ from creditnet.config import AggregatorConfig
 from creditnet.directory.verify import DirectoryHolder
 from creditnet.limits import Limits
 from creditnet.observability import ServerMetrics
-from creditnet.workerpool import WorkerPool, reserve_port, watch_parent
+from creditnet.workerpool import WorkerPool, reserve_port, worker_parser, worker_process, worker_stop
 
 __all__ = [
     "AggregatorWorkers",
@@ -182,23 +180,10 @@ async def follow_directory_file(holder: DirectoryHolder, stop: asyncio.Event) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="creditnet.aggregator.workers", description=__doc__)
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--slot", type=int, default=0)
+    parser = worker_parser("creditnet.aggregator.workers", __doc__)
     parser.add_argument("--health-listen", default=None)
-    parser.add_argument("--metrics-port", type=int, default=None)
-    parser.add_argument("--grace", type=float, default=5.0, help="how long a stopping worker drains")
-    parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format=f"%(asctime)s %(levelname)s aggregator worker {args.slot} pid {os.getpid()}"
-        " %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The config is the parent's effective one (its database URL with any password
-    # from DATABASE_PASSWORD_FILE): the environment's DATABASE_URL must not replace it.
-    os.environ.pop("DATABASE_URL", None)
+    worker_process(args, "aggregator worker")
     config = AggregatorConfig.load(args.config)
     asyncio.run(_serve(config, args.health_listen, args.metrics_port, args.grace))
     return 0
@@ -209,29 +194,24 @@ async def _serve(
 ) -> None:
     from creditnet.aggregator.server import start_aggregator
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # SIGINT goes to the whole foreground process group: the parent decides when workers stop.
-    loop.add_signal_handler(signal.SIGINT, lambda: None)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    tasks = [asyncio.create_task(watch_parent(stop))]
+    stop = worker_stop()
     running = await start_aggregator(
         config, limits=Limits.from_env(), health_listen=health_listen, reuse_port=True
     )
+    following = None
     try:
         if running.served_directory is not None:
-            tasks.append(asyncio.create_task(follow_directory_file(running.served_directory.holder, stop)))
+            following = asyncio.create_task(follow_directory_file(running.served_directory.holder, stop))
         if metrics_port is not None:
             endpoint = running.metrics.serve(metrics_port)
             log.info("metrics on http://0.0.0.0:%d/metrics", endpoint.port)
         print("ready", flush=True)
         await stop.wait()
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
+        if following is not None:
+            following.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await t
+                await following
         await running.stop(grace)
 
 

@@ -14,13 +14,10 @@ draining its calls) or when the leader is gone.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
@@ -49,7 +46,7 @@ from creditnet.pki import Identity, TrustStore
 from creditnet.rpc import start_server
 from creditnet.store import AsyncStore, ClaimOutcome, ClaimRefused, QueryClaim
 from creditnet.v2 import chain_pb2, directory_service_pb2, node_pb2
-from creditnet.workerpool import watch_parent
+from creditnet.workerpool import worker_parser, worker_process, worker_stop
 
 __all__ = [
     "FollowedDirectory",
@@ -426,45 +423,22 @@ async def serve_worker(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="creditnet.node.worker", description=__doc__)
-    parser.add_argument("--config", type=Path, required=True)
+    parser = worker_parser("creditnet.node.worker", __doc__)
     parser.add_argument("--leader", required=True, help="the leader's Unix socket")
-    parser.add_argument("--slot", type=int, default=0)
-    parser.add_argument("--metrics-port", type=int, default=None)
-    parser.add_argument("--grace", type=float, default=5.0, help="how long a stopping worker drains")
-    parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format=f"%(asctime)s %(levelname)s worker {args.slot} pid {os.getpid()} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The config is the leader's effective one (its database URL with any password
-    # from DATABASE_PASSWORD_FILE): the environment's DATABASE_URL must not replace it.
-    os.environ.pop("DATABASE_URL", None)
+    worker_process(args, "worker")
     config = NodeConfig.load(args.config)
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        # SIGINT too goes to the whole foreground process group: the leader decides when workers stop.
-        loop.add_signal_handler(signal.SIGINT, lambda: None)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        watch = asyncio.create_task(watch_parent(stop))
-        try:
-            await serve_worker(
-                config,
-                args.leader,
-                limits=Limits.from_env(),
-                metrics_port=args.metrics_port,
-                grace=args.grace,
-                slot=args.slot,
-                stop=stop,
-            )
-        finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+        await serve_worker(
+            config,
+            args.leader,
+            limits=Limits.from_env(),
+            metrics_port=args.metrics_port,
+            grace=args.grace,
+            slot=args.slot,
+            stop=worker_stop(),
+        )
 
     asyncio.run(run())
     return 0
