@@ -179,6 +179,10 @@ def reserve_port(listen: str) -> tuple[socket.socket, str]:
     family, kind, proto, _, address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     try:
+        # SO_REUSEADDR as gRPC's own listeners have it: a server restarted on
+        # its port binds it while the connections of the one before linger in
+        # TIME_WAIT (a port another process listens on still fails).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except BaseException:
