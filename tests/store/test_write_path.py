@@ -87,6 +87,8 @@ async def test_a_lone_answered_query_is_one_commit(astore: AsyncStore, ledger: L
 async def test_queries_queued_together_commit_once_with_their_entries(
     astore: AsyncStore, ledger: Ledger
 ) -> None:
+    # The ledger's own set-up wrote (in a transaction of the writer's) before.
+    before = astore.group_commit_stats
     release = await _hold_writer(astore)
     with counted_commits(astore) as commits:
         pending = [asyncio.ensure_future(ledger.append(**answered(f"q{i}"))) for i in range(20)]
@@ -96,7 +98,7 @@ async def test_queries_queued_together_commit_once_with_their_entries(
     assert [a.index for a in appended] == list(range(20))
     assert commits == [1]
     stats = astore.group_commit_stats
-    assert (stats.claims, stats.entries, stats.transactions) == (20, 20, 1)
+    assert (stats.claims, stats.entries, stats.transactions - before.transactions) == (20, 20, 1)
     assert ledger.group_commits == 1 and ledger.committed_size == 20
     # The root the writer handed over is the root of what is on disk.
     leaves = [leaf_hash(e) for _, e in ledger.log.entries(0, 20)]
@@ -104,6 +106,40 @@ async def test_queries_queued_together_commit_once_with_their_entries(
     for i, a in enumerate(appended):
         claimed = await astore.claimed(f"q{i}")
         assert claimed is not None and claimed.kept is not None and claimed.kept.ledger_index == a.index
+
+
+async def test_other_writes_queued_with_queries_share_their_commit_and_fail_alone(
+    astore: AsyncStore, ledger: Ledger
+) -> None:
+    # What the witness's state and checkpoint saves do: Store.run_write from another thread.
+    store = astore.store
+    await asyncio.to_thread(store.run_write, lambda c: c.exec_driver_sql("CREATE TABLE scratch (x INTEGER)"))
+
+    def refused(conn: Any) -> None:
+        conn.exec_driver_sql("INSERT INTO scratch VALUES (2)")
+        raise ValueError("refused after writing")
+
+    release = await _hold_writer(astore)
+    with counted_commits(astore) as commits:
+        pending = [asyncio.ensure_future(ledger.append(**answered(f"w{i}"))) for i in range(3)]
+        kept = asyncio.ensure_future(
+            asyncio.to_thread(store.run_write, lambda c: c.exec_driver_sql("INSERT INTO scratch VALUES (1)"))
+        )
+        failed = asyncio.ensure_future(asyncio.to_thread(store.run_write, refused))
+        while astore._writer._queue.qsize() < 5:  # every job queued behind the parked one
+            await asyncio.sleep(0.01)
+        release.set()
+        appended = await asyncio.gather(*pending)
+        await kept
+        with pytest.raises(ValueError, match="refused after writing"):
+            await failed
+    assert [a.index for a in appended] == [0, 1, 2]
+    assert commits == [1]
+    def scratch() -> list[int]:
+        with store.engine.connect() as conn:
+            return [r[0] for r in conn.exec_driver_sql("SELECT x FROM scratch")]
+
+    assert await asyncio.to_thread(scratch) == [1]
 
 
 async def test_a_refused_claim_in_a_group_loses_nothing_of_the_others(

@@ -13,6 +13,9 @@ store routes its own write methods and :meth:`Store.run_write` there. A single
 writer means that SQLite never has two of this process's transactions
 competing for its write lock, and it makes group commit possible.
 
+The other parts of a node that write (the witness's state, checkpoints: through
+:meth:`Store.run_write`) join the same groups, each in a savepoint of its own.
+
 The hot path is an answered query: its claim (replay protection, consent use)
 and its credit-chain entry with the kept answer are one job (:meth:`AsyncStore.append`
 with a claim). The writer takes everything queued when it wakes and runs each
@@ -129,8 +132,17 @@ class _Append:
     future: cf.Future[LogPosition | ClaimOutcome]
 
 
-_Job = _Call | _Claim | _Append
-_Grouped = _Claim | _Append
+@dataclass(slots=True)
+class _Transact:
+    """A write of another part of the node (Store.run_write): the witness's state, a checkpoint."""
+
+    fn: Callable[[Connection], Any]
+    future: cf.Future[Any]
+    claim: None = None
+
+
+_Job = _Call | _Claim | _Append | _Transact
+_Grouped = _Claim | _Append | _Transact
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +195,11 @@ class _Writer:
 
     def run(self, fn: Callable[[], T]) -> T:
         return self.call(fn).result()
+
+    def transact(self, fn: Callable[[Connection], T]) -> T:
+        future: cf.Future[T] = cf.Future()
+        self._put(_Transact(fn, future))
+        return future.result()
 
     def stop(self) -> None:
         """Finish every job already submitted, then end the thread."""
@@ -281,6 +298,9 @@ class _Writer:
         try:
             with self._store.write_transaction() as conn:
                 for i, job in enumerate(jobs):
+                    if isinstance(job, _Transact):
+                        results[i] = _in_savepoint(conn, job.fn)
+                        continue
                     if job.claim is not None:
                         claims += 1
                         outcome = self._store.claim_in(conn, job.claim, now)
@@ -312,6 +332,15 @@ class _Writer:
         self.entries_done += entries
         self.transactions += 1
         return results
+
+
+def _in_savepoint(conn: Connection, fn: Callable[[Connection], Any]) -> object:
+    """What `fn` returned, or raised (its writes rolled back alone)."""
+    try:
+        with conn.begin_nested():
+            return fn(conn)
+    except Exception as exc:
+        return exc
 
 
 def _resolve(job: _Grouped, result: object) -> None:

@@ -110,6 +110,10 @@ class WriterThread(Protocol):
 
     def run(self, fn: Callable[[], T]) -> T: ...
 
+    def transact(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` inside a write transaction (its own savepoint of one the writer may share)."""
+        ...
+
 
 # How long a SQLite writer waits for another writer (another process, or the
 # synchronous API used next to an AsyncStore) before giving up.
@@ -373,9 +377,15 @@ class Store:
 
         Called from another thread, this waits for the writer to run it (so
         never call it from the event loop): the node's database then has one
-        writer, whatever part of the node writes.
+        writer, whatever part of the node writes. There it joins the writer's
+        group commit: it runs in a savepoint of the transaction that holds
+        whatever else was queued, so an exception rolls back ``fn``'s writes
+        alone, and it returns once that transaction has committed.
         """
-        return self._on_writer(functools.partial(self._in_write_transaction, fn))
+        writer = self._writer
+        if writer is None or writer.on_thread():
+            return self._in_write_transaction(fn)
+        return writer.transact(fn)
 
     def _in_write_transaction(self, fn: Callable[[Connection], T]) -> T:
         with self._writing() as conn:
