@@ -89,10 +89,19 @@ def workers(net: ProcessNetwork) -> set[int]:
     return {int(c) for c in children}
 
 
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def gauge(port: int, name: str) -> float:
+    """A gauge of the `aggregator run` process's own metrics."""
+    return next(float(line.split()[1]) for line in scrape(port).splitlines() if line.startswith(f"{name} "))
+
+
 def handled(port: int, method: str, code: str) -> float:
     """Calls of `method` one worker completed with `code`, from its own metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = scrape(port)
     total = 0.0
     for line in text.splitlines():
         if (
@@ -159,8 +168,10 @@ async def test_both_workers_answer_and_a_revocation_at_one_is_enforced_by_both(
 
 
 async def test_a_killed_worker_is_started_again_and_queries_go_on(
-    network: ProcessNetwork, layout: NetworkLayout
+    network: ProcessNetwork, layout: NetworkLayout, metrics_port: int
 ) -> None:
+    assert gauge(metrics_port, "creditnet_workers_serving") == WORKERS
+    assert gauge(metrics_port, "creditnet_worker_starts") == WORKERS
     first = workers(network)
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
@@ -170,6 +181,7 @@ async def test_a_killed_worker_is_started_again_and_queries_go_on(
         assert loop.time() < until, f"worker {victim} was not replaced: {now}"
         await asyncio.sleep(0.2)
     assert first - {victim} <= now
+    assert gauge(metrics_port, "creditnet_worker_starts") == WORKERS + 1
     consent = grant_demo_consent(layout)
     for _ in range(CONNECTIONS // 2):
         statuses = await ask(layout, consent)
