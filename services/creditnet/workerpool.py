@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "RESTART_DELAY",
     "Slot",
     "WorkerPool",
+    "private_directory",
     "reserve_port",
     "watch_parent",
     "worker_parser",
@@ -247,3 +250,44 @@ def worker_stop() -> asyncio.Event:
 
 # The parent watches running (a task needs a reference to be kept).
 _watches: set[asyncio.Task[None]] = set()
+
+
+# In each private directory: the pid of the process that made it.
+_OWNER = "owner.pid"
+
+
+def private_directory(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A directory only this user can open (0700), under $TMPDIR, for what a server shares with its
+    workers: a Unix socket, the workers' config (which may hold the database password).
+
+    A server killed with SIGKILL cannot remove its own; so first the directories
+    with this `prefix` left by processes of this user that are gone are removed.
+    """
+    _sweep(Path(tempfile.gettempdir()), prefix)
+    private = tempfile.TemporaryDirectory(prefix=prefix)
+    (Path(private.name) / _OWNER).write_text(str(os.getpid()))
+    return private
+
+
+def _sweep(parent: Path, prefix: str) -> None:
+    uid = os.getuid()
+    for path in parent.glob(f"{prefix}*"):
+        try:
+            if path.is_symlink() or not path.is_dir() or path.stat().st_uid != uid:
+                continue
+            pid = int((path / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # not one of ours, or one still being made
+        if not _alive(pid):
+            log.info("removing %s, left by process %d that is gone", path, pid)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, and not ours to judge
+    return True

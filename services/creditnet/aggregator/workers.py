@@ -45,7 +45,14 @@ from creditnet.config import AggregatorConfig
 from creditnet.directory.verify import DirectoryHolder
 from creditnet.limits import Limits
 from creditnet.observability import ServerMetrics
-from creditnet.workerpool import WorkerPool, reserve_port, worker_parser, worker_process, worker_stop
+from creditnet.workerpool import (
+    WorkerPool,
+    private_directory,
+    reserve_port,
+    worker_parser,
+    worker_process,
+    worker_stop,
+)
 
 __all__ = [
     "AggregatorWorkers",
@@ -98,8 +105,8 @@ async def start_aggregator_workers(
     if workers < 2:
         raise ValueError("--workers must be at least 2 to run worker processes")
     reservation, listen = reserve_port(config.listen)
-    # mkdtemp makes the directory 0700, and the config in it may hold the database password.
-    private = tempfile.TemporaryDirectory(prefix="creditnet-aggregator-")
+    # 0700: the config in it may hold the database password.
+    private = private_directory("creditnet-aggregator-")
     try:
         path = Path(private.name) / CONFIG_NAME
         # The state directory is made here, once, not raced for by the workers.

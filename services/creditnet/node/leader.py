@@ -47,7 +47,7 @@ from creditnet.ledger.sqlstore import KeptQueryAnswer
 from creditnet.rpc import ServerHandle, start_internal_server
 from creditnet.store import ClaimOutcome, ClaimRefused, QueryClaim
 from creditnet.v2 import chain_pb2
-from creditnet.workerpool import WorkerPool, reserve_port
+from creditnet.workerpool import WorkerPool, private_directory, reserve_port
 
 __all__ = [
     "CLAIM_REFUSALS",
@@ -252,8 +252,8 @@ async def lead(
 ) -> tuple[ServerHandle, Leading]:
     """Serve the leader's socket (LeaderService and every public service) and start `workers` workers."""
     reservation, listen = reserve_port(config.listen)
-    # mkdtemp makes the directory 0700: only this user reaches the socket in it.
-    private = tempfile.TemporaryDirectory(prefix=f"creditnet-{config.city.value}-")
+    # 0700: only this user reaches the socket in it.
+    private = private_directory(f"creditnet-{config.city.value}-")
     try:
         path = Path(private.name)
         socket_path = str(path / SOCKET_NAME)
