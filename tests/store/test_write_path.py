@@ -135,6 +135,7 @@ async def test_other_writes_queued_with_queries_share_their_commit_and_fail_alon
             await failed
     assert [a.index for a in appended] == [0, 1, 2]
     assert commits == [1]
+
     def scratch() -> list[int]:
         with store.engine.connect() as conn:
             return [r[0] for r in conn.exec_driver_sql("SELECT x FROM scratch")]
