@@ -1,7 +1,8 @@
 """`creditnet aggregator run --workers 2`: two aggregator processes on one port, as one aggregator.
 
-The five-city network runs as processes (SQLite everywhere); the aggregator's
-two workers share its port, its SQLite database and its directory file.
+The five-city network runs as processes; the aggregator's two workers share
+its port, its database (its SQLite file, or one PostgreSQL database) and its
+directory file.
 Which worker served a call is read from each worker's own metrics.
 """
 
@@ -33,10 +34,12 @@ from creditnet.network import (
     provision,
 )
 from creditnet.pki import AGGREGATOR_SERVER_NAME, TrustStore
+from creditnet.store.scratch import ScratchDatabases, ServerUnavailable
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2
 from creditnet.v2 import directory_service_pb2 as dpb
 from creditnet.v2 import directory_service_pb2_grpc as dpb_grpc
 from creditnet_bank import BankClient, QueryRefused, SectionStatus
+from tests.integration.conftest import POSTGRES, skip_without_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +54,23 @@ ANSWERED = (SectionStatus.OK, SectionStatus.NO_RECORDS)
 
 
 @pytest.fixture(scope="module")
-def layout(tmp_path_factory: pytest.TempPathFactory) -> NetworkLayout:
-    return provision(tmp_path_factory.mktemp("aggregator-workers"), enterprises_per_city=10, seed=29)
+def layout(
+    database: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> NetworkLayout:
+    """The network, its aggregator's database on the backend under test (alone: its SQLite file)."""
+    aggregator_url = None
+    if database == POSTGRES:
+        scratch: ScratchDatabases = request.getfixturevalue("scratch")
+        try:
+            aggregator_url = scratch.create("aggregator_workers")
+        except ServerUnavailable as exc:
+            skip_without_postgres(f"{exc}: the aggregator workers on PostgreSQL are not tested")
+    return provision(
+        tmp_path_factory.mktemp("aggregator-workers"),
+        enterprises_per_city=10,
+        seed=29,
+        aggregator_database_url=aggregator_url,
+    )
 
 
 @pytest.fixture(scope="module")
