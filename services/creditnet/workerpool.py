@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +32,11 @@ __all__ = [
     "RESTART_DELAY",
     "Slot",
     "WorkerPool",
+    "WorkerSite",
     "private_directory",
     "reserve_port",
     "watch_parent",
+    "worker_argv",
     "worker_parser",
     "worker_process",
     "worker_stop",
@@ -291,3 +293,66 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # another user's process: alive, and not ours to judge
     return True
+
+
+@dataclass
+class WorkerSite:
+    """What a server with workers holds for them: its reserved port and a private directory."""
+
+    reservation: socket.socket
+    # The listen address with the port reserved (its own port 0 made definite).
+    listen: str
+    private: tempfile.TemporaryDirectory[str]
+
+    @classmethod
+    def open(cls, listen: str, prefix: str) -> WorkerSite:
+        reservation, bound = reserve_port(listen)
+        try:
+            private = private_directory(prefix)
+        except BaseException:
+            reservation.close()
+            raise
+        return cls(reservation, bound, private)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.private.name)
+
+    @property
+    def port(self) -> int:
+        return int(self.reservation.getsockname()[1])
+
+    def save_config(self, name: str, save: Callable[[Path], None]) -> Path:
+        """The workers' config, written by `save` to `name` here, readable by this user only
+        (it may hold the database password)."""
+        path = self.path / name
+        save(path)
+        os.chmod(path, 0o600)
+        return path
+
+    def close(self) -> None:
+        self.reservation.close()
+        self.private.cleanup()
+
+
+def worker_argv(
+    module: str,
+    config: Path,
+    slot: int,
+    *,
+    metrics_port: int | None,
+    grace: float,
+    verbose: bool,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line of the worker of `slot` (what :func:`worker_parser` reads).
+
+    Metrics are per process: with `metrics_port` P the parent's are on P and
+    worker i's on P + 1 + i (with 0, each takes any free port and logs it).
+    """
+    argv = [sys.executable, "-m", module, "--config", str(config), "--slot", str(slot), "--grace", str(grace)]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port + 1 + slot if metrics_port else 0)]
+    if verbose:
+        argv.append("--verbose")
+    return [*argv, *extra]

@@ -31,24 +31,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-import socket
-import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client import Gauge
 
 from creditnet.config import AggregatorConfig
-from creditnet.directory.verify import DirectoryHolder
+from creditnet.directory.serving import follow_file
 from creditnet.limits import Limits
 from creditnet.observability import ServerMetrics
 from creditnet.workerpool import (
     WorkerPool,
-    private_directory,
-    reserve_port,
+    WorkerSite,
+    worker_argv,
     worker_parser,
     worker_process,
     worker_stop,
@@ -56,7 +51,6 @@ from creditnet.workerpool import (
 
 __all__ = [
     "AggregatorWorkers",
-    "follow_directory_file",
     "main",
     "start_aggregator_workers",
 ]
@@ -73,17 +67,18 @@ class AggregatorWorkers:
     """The ``aggregator run`` process of ``--workers N``: the pool, the port it holds, the workers' config."""
 
     pool: WorkerPool
-    port: int
+    site: WorkerSite
     metrics: ServerMetrics
-    reservation: socket.socket
-    private: tempfile.TemporaryDirectory[str]
+
+    @property
+    def port(self) -> int:
+        return self.site.port
 
     async def stop(self, grace: float = 5.0) -> None:
         try:
             await self.pool.stop(grace)
         finally:
-            self.reservation.close()
-            self.private.cleanup()
+            self.site.close()
             self.metrics.close()
 
 
@@ -104,18 +99,24 @@ async def start_aggregator_workers(
     """
     if workers < 2:
         raise ValueError("--workers must be at least 2 to run worker processes")
-    reservation, listen = reserve_port(config.listen)
     # 0700: the config in it may hold the database password.
-    private = private_directory("creditnet-aggregator-")
+    site = WorkerSite.open(config.listen, "creditnet-aggregator-")
     try:
-        path = Path(private.name) / CONFIG_NAME
         # The state directory is made here, once, not raced for by the workers.
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        dataclasses.replace(config, listen=listen).save(path)
-        os.chmod(path, 0o600)
+        path = site.save_config(CONFIG_NAME, dataclasses.replace(config, listen=site.listen).save)
+        extra = ("--health-listen", health_listen) if health_listen else ()
         pool = WorkerPool(
             workers,
-            lambda slot: _worker_argv(path, slot, health_listen, metrics_port, grace, verbose),
+            lambda slot: worker_argv(
+                "creditnet.aggregator.workers",
+                path,
+                slot,
+                metrics_port=metrics_port,
+                grace=grace,
+                verbose=verbose,
+                extra=extra,
+            ),
             what="aggregator worker",
         )
         metrics = ServerMetrics("aggregator")
@@ -131,59 +132,10 @@ async def start_aggregator_workers(
         starts.set_function(lambda: sum(s.starts for s in pool.slots))
         await pool.start()
     except BaseException:
-        reservation.close()
-        private.cleanup()
+        site.close()
         raise
-    log.info("aggregator serving port %d from %d worker processes", reservation.getsockname()[1], workers)
-    return AggregatorWorkers(pool, reservation.getsockname()[1], metrics, reservation, private)
-
-
-def _worker_argv(
-    config: Path,
-    slot: int,
-    health_listen: str | None,
-    metrics_port: int | None,
-    grace: float,
-    verbose: bool,
-) -> list[str]:
-    argv = [sys.executable, "-m", "creditnet.aggregator.workers", "--config", str(config)]
-    argv += ["--slot", str(slot), "--grace", str(grace)]
-    if health_listen:
-        argv += ["--health-listen", health_listen]
-    if metrics_port is not None:
-        argv += ["--metrics-port", str(metrics_port + 1 + slot if metrics_port else 0)]
-    if verbose:
-        argv.append("--verbose")
-    return argv
-
-
-async def follow_directory_file(holder: DirectoryHolder, stop: asyncio.Event) -> None:
-    """Offer `holder` its own state file whenever another process (a sibling worker) replaced it."""
-    source = holder.path
-
-    def mtime() -> int | None:
-        try:
-            return source.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-
-    seen = mtime()
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), DIRECTORY_CHECK)
-        now = mtime()
-        if now is None or now == seen:
-            continue
-        try:
-            data = await asyncio.to_thread(source.read_bytes)
-            if await asyncio.to_thread(holder.offer, data):
-                log.info("took directory version %d from a sibling worker", holder.require().version)
-            seen = now
-        except Exception:
-            # A directory this holder refuses (older than its own, which it
-            # will write back at its next change): the next change decides.
-            log.warning("the directory file did not give a newer directory", exc_info=True)
-            seen = now
+    log.info("aggregator serving port %d from %d worker processes", site.port, workers)
+    return AggregatorWorkers(pool, site, metrics)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,7 +160,8 @@ async def _serve(
     following = None
     try:
         if running.served_directory is not None:
-            following = asyncio.create_task(follow_directory_file(running.served_directory.holder, stop))
+            holder = running.served_directory.holder
+            following = asyncio.create_task(follow_file(holder.path, holder, stop, DIRECTORY_CHECK))
         if metrics_port is not None:
             endpoint = running.metrics.serve(metrics_port)
             log.info("metrics on http://0.0.0.0:%d/metrics", endpoint.port)

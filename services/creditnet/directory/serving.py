@@ -36,6 +36,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -60,6 +61,7 @@ __all__ = [
     "Peer",
     "ServedDirectory",
     "directory_peers",
+    "follow_file",
     "open_holder",
     "revocation_check",
     "serve_directory",
@@ -398,3 +400,38 @@ async def serve_directory(
     return ServedDirectory(
         holder, DirectoryServicer(holder, trust, changed), DirectoryGate(holder, trust), refresher
     )
+
+
+async def follow_file(
+    source: Path, holder: DirectoryHolder, stop: asyncio.Event, interval: float = 1.0
+) -> None:
+    """Offer `holder` the directory in `source` whenever another process replaced that file, until `stop`.
+
+    For the processes of one server that share a directory: a node's workers
+    follow their leader's file, an aggregator's workers each other's. The
+    holder verifies what it is offered as any offer (signatures, a version no
+    older than its own); the file is looked at once at the start too, so a
+    change made before the first look is not missed.
+    """
+    seen: int | None = None
+    while not stop.is_set():
+        now = await asyncio.to_thread(_mtime, source)
+        if now is not None and now != seen:
+            try:
+                data = await asyncio.to_thread(source.read_bytes)
+                if await asyncio.to_thread(holder.offer, data):
+                    log.info("took directory version %d from %s", holder.require().version, source)
+            except Exception:
+                # A file caught mid-replace, or a directory this holder refuses
+                # (older than its own): the next change decides.
+                log.warning("the directory in %s gave no newer directory", source, exc_info=True)
+            seen = now
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None

@@ -26,13 +26,9 @@ import dataclasses
 import inspect
 import logging
 import os
-import socket
-import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -47,7 +43,7 @@ from creditnet.ledger.sqlstore import KeptQueryAnswer
 from creditnet.rpc import ServerHandle, start_internal_server
 from creditnet.store import ClaimOutcome, ClaimRefused, QueryClaim
 from creditnet.v2 import chain_pb2
-from creditnet.workerpool import WorkerPool, private_directory, reserve_port
+from creditnet.workerpool import WorkerPool, WorkerSite, worker_argv
 
 __all__ = [
     "CLAIM_REFUSALS",
@@ -224,16 +220,17 @@ class Leading:
     """What a leader runs besides its node: the workers, their socket and the reserved port."""
 
     pool: WorkerPool
-    port: int
-    reservation: socket.socket
-    directory: tempfile.TemporaryDirectory[str]
+    site: WorkerSite
+
+    @property
+    def port(self) -> int:
+        return self.site.port
 
     async def stop_workers(self, grace: float) -> None:
         await self.pool.stop(grace)
 
     def close(self) -> None:
-        self.reservation.close()
-        self.directory.cleanup()
+        self.site.close()
 
 
 async def lead(
@@ -251,20 +248,22 @@ async def lead(
     verbose: bool,
 ) -> tuple[ServerHandle, Leading]:
     """Serve the leader's socket (LeaderService and every public service) and start `workers` workers."""
-    reservation, listen = reserve_port(config.listen)
     # 0700: only this user reaches the socket in it.
-    private = private_directory(f"creditnet-{config.city.value}-")
+    site = WorkerSite.open(config.listen, f"creditnet-{config.city.value}-")
     try:
-        path = Path(private.name)
-        socket_path = str(path / SOCKET_NAME)
-        worker_config = path / "node.json"
-        shared = dataclasses.replace(config, listen=listen)
-        shared.save(worker_config)
-        # It may hold the database password.
-        os.chmod(worker_config, 0o600)
+        socket_path = str(site.path / SOCKET_NAME)
+        worker_config = site.save_config("node.json", dataclasses.replace(config, listen=site.listen).save)
         pool = WorkerPool(
             workers,
-            lambda slot: _worker_argv(worker_config, socket_path, slot, metrics_port, grace, verbose),
+            lambda slot: worker_argv(
+                "creditnet.node.worker",
+                worker_config,
+                slot,
+                metrics_port=metrics_port,
+                grace=grace,
+                verbose=verbose,
+                extra=("--leader", socket_path),
+            ),
         )
         servicer = LeaderServicer(ledger, pool)
 
@@ -288,20 +287,6 @@ async def lead(
             await handle.stop(0)
             raise
     except BaseException:
-        reservation.close()
-        private.cleanup()
+        site.close()
         raise
-    return handle, Leading(pool, reservation.getsockname()[1], reservation, private)
-
-
-def _worker_argv(
-    config: Path, socket_path: str, slot: int, metrics_port: int | None, grace: float, verbose: bool
-) -> list[str]:
-    argv = [sys.executable, "-m", "creditnet.node.worker", "--config", str(config), "--leader", socket_path]
-    argv += ["--slot", str(slot), "--grace", str(grace)]
-    if metrics_port is not None:
-        # Per process: the leader's metrics on the port given, worker i's on the i+1st after it.
-        argv += ["--metrics-port", str(metrics_port + 1 + slot if metrics_port else 0)]
-    if verbose:
-        argv.append("--verbose")
-    return argv
+    return handle, Leading(pool, site)

@@ -31,7 +31,7 @@ from creditnet.channels import MAX_RECEIVE_BYTES, MAX_SEND_BYTES
 from creditnet.config import NodeConfig
 from creditnet.dates import ts_to_proto
 from creditnet.directory.serving import SERVICE_NAME as DIRECTORY_SERVICE
-from creditnet.directory.serving import DirectoryGate, revocation_check
+from creditnet.directory.serving import DirectoryGate, follow_file, revocation_check
 from creditnet.directory.verify import DirectoryHolder
 from creditnet.errors import Unauthenticated, Unavailable
 from creditnet.internal.v1 import leader_pb2, leader_pb2_grpc
@@ -316,21 +316,9 @@ class FollowedDirectory:
             raise ValueError(f"the leader's directory {source} does not verify")
         trust.revocation = revocation_check(self.holder)
         self.gate = DirectoryGate(self.holder, trust)
-        self._seen = source.stat().st_mtime_ns
 
     async def follow(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(DIRECTORY_CHECK)
-            try:
-                seen = self.source.stat().st_mtime_ns
-                if seen != self._seen:
-                    data = await asyncio.to_thread(self.source.read_bytes)
-                    if await asyncio.to_thread(self.holder.offer, data):
-                        log.info("following directory version %d", self.holder.require().version)
-                    self._seen = seen
-            except Exception:
-                # A file caught mid-replace, or a directory this holder refuses: the next look decides.
-                log.warning("reading the leader's directory failed; looking again", exc_info=True)
+        await follow_file(self.source, self.holder, stop, DIRECTORY_CHECK)
 
 
 async def serve_worker(
