@@ -9,13 +9,13 @@ import grpc
 from creditnet import consent as consent_mod
 from creditnet import query as query_mod
 from creditnet.channels import secure_channel
-from creditnet.dates import utcnow
+from creditnet.dates import date_to_proto, utcnow
 from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
 from creditnet.envelope import digest
 from creditnet.network import DEMO_BANK, NetworkLayout
 from creditnet.pki import Identity, TrustStore, node_server_name
 from creditnet.sealing import open_sealed
-from creditnet.v2 import envelope_pb2, node_pb2, node_pb2_grpc
+from creditnet.v2 import envelope_pb2, node_pb2, node_pb2_grpc, records_pb2
 
 
 def consent(
@@ -84,3 +84,23 @@ def opened_answer(
     pair = query_mod.answer_key_for(query)
     assert pair is not None, "the query was not built in this process"
     return open_sealed(pair, resp.sealed_answer, digest(query.payload), city)
+
+
+def utility_record(uscc: str, city: City, record_id: str) -> records_pb2.CreditRecord:
+    """A paid electricity bill of `uscc` in `city`, dated 2025-05-31."""
+    day = dt.date(2025, 5, 31)
+    return records_pb2.CreditRecord(
+        record_id=record_id,
+        enterprise_uscc=uscc,
+        city=city.proto,
+        source="a utility",
+        record_date=date_to_proto(day),
+        utility=records_pb2.UtilityRecord(
+            kind=records_pb2.UTILITY_KIND_ELECTRICITY,
+            account_id="R-1",
+            period_start=date_to_proto(dt.date(2025, 5, 1)),
+            period_end=date_to_proto(day),
+            amount_due_fen=500,
+            amount_paid_fen=500,
+        ),
+    )

@@ -25,10 +25,8 @@ from creditnet.aggregator.directory import NodeDirectory
 from creditnet.chain.receipts import verify_receipt
 from creditnet.channels import CHANNEL_OPTIONS
 from creditnet.config import AggregatorConfig
-from creditnet.dates import date_to_proto
 from creditnet.directory.publish import targets
 from creditnet.directory.revoke import revoke
-from creditnet.domain import City
 from creditnet.envelope import digest
 from creditnet.internal.v1 import leader_pb2, leader_pb2_grpc
 from creditnet.network import NetworkLayout, provision
@@ -45,7 +43,7 @@ from creditnet.v2 import (
     records_pb2,
 )
 from tests.integration.conftest import SQLITE
-from tests.integration.helpers import consent, opened_answer
+from tests.integration.helpers import consent, opened_answer, utility_record
 from tests.integration.processes import (
     PATIENCE,
     NodeProcess,
@@ -63,7 +61,6 @@ WORKERS = 2
 # Enough fresh connections that the kernel's hashing reaches both workers
 # (each lands on either with even odds: all on one has odds 2**-31).
 CONNECTIONS = 32
-DAY = dt.date(2025, 5, 31)
 
 
 @pytest.fixture
@@ -138,30 +135,12 @@ async def all_serving(node: NodeProcess, starts: int = 1) -> list[leader_pb2.Wor
     raise AssertionError(f"the leader runs {await workers(node)}, not {WORKERS} workers")
 
 
-def utility(uscc: str, city: City, record_id: str) -> records_pb2.CreditRecord:
-    return records_pb2.CreditRecord(
-        record_id=record_id,
-        enterprise_uscc=uscc,
-        city=city.proto,
-        source="a utility",
-        record_date=date_to_proto(DAY),
-        utility=records_pb2.UtilityRecord(
-            kind=records_pb2.UTILITY_KIND_ELECTRICITY,
-            account_id="R-1",
-            period_start=date_to_proto(dt.date(2025, 5, 1)),
-            period_end=date_to_proto(DAY),
-            amount_due_fen=500,
-            amount_paid_fen=500,
-        ),
-    )
-
-
 async def submit(node: NodeProcess, layout: NetworkLayout, trust: TrustStore, record_id: str) -> None:
     """One record of the demo enterprise, over a connection of its own (to whichever worker)."""
     provider = layout.provider(CITY)
 
     async def stream() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
-        yield signed_request(provider, [utility(layout.demo_enterprise, CITY, record_id)])
+        yield signed_request(provider, [utility_record(layout.demo_enterprise, CITY, record_id)])
 
     async with connection(node, provider, trust) as ch:
         resp = await node_pb2_grpc.CityNodeServiceStub(ch).SubmitRecords(stream(), timeout=30)
@@ -279,7 +258,7 @@ async def test_a_forwarded_call_runs_as_its_tls_peer_whatever_its_metadata_says(
     provider = layout.provider(CITY)
 
     async def stream() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
-        yield signed_request(provider, [utility(layout.demo_enterprise, CITY, "forged")])
+        yield signed_request(provider, [utility_record(layout.demo_enterprise, CITY, "forged")])
 
     # A bank sends the header by which a worker tells the leader who the TLS
     # peer is, naming a provider: over connections to both workers, the

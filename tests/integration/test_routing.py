@@ -12,7 +12,6 @@ another city is refused (that city is then asked).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +24,7 @@ from creditnet import pilot
 from creditnet import uscc as uscc_mod
 from creditnet.aggregator.routing import Router
 from creditnet.channels import secure_channel
-from creditnet.dates import date_to_proto, utcnow
+from creditnet.dates import utcnow
 from creditnet.domain import City, Purpose
 from creditnet.errors import CreditnetError
 from creditnet.network import InProcessNetwork, NetworkLayout, provision
@@ -47,11 +46,10 @@ from creditnet.v2 import (
     chain_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
-    records_pb2,
     routing_pb2,
 )
 from creditnet_bank import BankClient, Report, SectionStatus
-from tests.integration.helpers import consent
+from tests.integration.helpers import consent, utility_record
 
 SHANGHAI, NANJING, HANGZHOU, HEFEI, JIAXING = (
     pilot.SHANGHAI,
@@ -95,30 +93,11 @@ def router(net: InProcessNetwork) -> Router:
     return net.aggregator.service.router
 
 
-def utility(uscc: str, city: City, record_id: str) -> records_pb2.CreditRecord:
-    day = dt.date(2025, 5, 31)
-    return records_pb2.CreditRecord(
-        record_id=record_id,
-        enterprise_uscc=uscc,
-        city=city.proto,
-        source="a utility",
-        record_date=date_to_proto(day),
-        utility=records_pb2.UtilityRecord(
-            kind=records_pb2.UTILITY_KIND_ELECTRICITY,
-            account_id="R-1",
-            period_start=date_to_proto(dt.date(2025, 5, 1)),
-            period_end=date_to_proto(day),
-            amount_due_fen=500,
-            amount_paid_fen=500,
-        ),
-    )
-
-
 async def submit(layout: NetworkLayout, trust: TrustStore, city: City, uscc: str) -> None:
     """A provider of `city` submits one record of `uscc` over SubmitRecords."""
 
     async def stream() -> AsyncIterator[node_pb2.SubmitRecordsRequest]:
-        yield signed_request(layout.provider(city), [utility(uscc, city, f"route-{city.code}")])
+        yield signed_request(layout.provider(city), [utility_record(uscc, city, f"route-{city.code}")])
 
     async with secure_channel(
         layout.node_endpoint(city), layout.provider(city), trust, node_server_name(city)
