@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -28,9 +27,7 @@ from creditnet.sealing import DEFAULT_SUITE, AnswerKeyPair, AnswerSuite
 from creditnet.tracecontext import client_span
 from creditnet.v2 import (
     aggregator_pb2,
-    aggregator_pb2_grpc,
     directory_service_pb2,
-    directory_service_pb2_grpc,
     envelope_pb2,
     node_pb2,
     node_pb2_grpc,
@@ -38,6 +35,7 @@ from creditnet.v2 import (
 )
 from creditnet.v2 import envelope_pb2 as v2_envelope_pb2
 from creditnet_bank.directory import BankDirectory, DirectorySettings
+from creditnet_bank.replicas import FEDERATED_QUERY, GET_DIRECTORY, LIST_NODES, Replica, Replicas, Rpc
 from creditnet_bank.report import Report, merge
 from creditnet_bank.scope import account
 from creditnet_bank.verify import Section, scope_cities, verify_section
@@ -47,15 +45,9 @@ __all__ = [
     "BankClient",
     "DirectoryRefused",
     "QueryRefused",
-    "aggregator_endpoints",
 ]
 
 DEFAULT_TIMEOUT = 10.0
-# After every endpoint failed once in a row, the pause before the next round (doubling, capped).
-FIRST_BACKOFF, MAX_BACKOFF = 0.1, 2.0
-
-T = TypeVar("T")
-
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +82,11 @@ class BankClient:
     `aggregator` may name several endpoints (replicas of one aggregator, as a
     list or comma-separated): a call goes to the one that answered last, and
     moves to the next when one is unreachable or answers UNAVAILABLE, within
-    the call's one deadline. A refusal (PERMISSION_DENIED, INVALID_ARGUMENT…)
-    is the network's answer and is not asked of another replica.
+    the call's one deadline; one that has not taken the call within the
+    hedge delay (frozen) is asked alongside the next, and the first answer
+    wins (`creditnet_bank.replicas`). A refusal (PERMISSION_DENIED,
+    INVALID_ARGUMENT…) is the network's answer and is not asked of another
+    replica.
 
     With `directory` (protocol v2), the client holds the signed network
     directory (`creditnet_bank.directory`): it refreshes it from the
@@ -112,7 +107,8 @@ class BankClient:
     ) -> None:
         if identity.role.kind is not RoleKind.BANK:
             raise ValueError(f"a bank client needs a bank certificate, not {identity.role.uri}")
-        self.endpoints = aggregator_endpoints(aggregator)
+        self.replicas = Replicas(aggregator, identity, trust)
+        self.endpoints = self.replicas.endpoints
         self.identity = identity
         self.trust = trust
         self.timeout = timeout
@@ -122,10 +118,6 @@ class BankClient:
             # aggregator's certificate) asks the directory held at that moment.
             trust.revocation = self.directory.revocation_check()
         self.verifier = EnvelopeVerifier(trust)
-        # Replicas share the aggregator's certificate and its TLS server name.
-        self._replicas = [_Replica(ep, identity, trust) for ep in self.endpoints]
-        # Which replica a call tries first: the last one that answered.
-        self._preferred = 0
 
     @classmethod
     def from_files(
@@ -209,57 +201,20 @@ class BankClient:
         await self.close()
 
     async def close(self) -> None:
-        for replica in self._replicas:
-            await replica.channel.close()
-
-    async def _failover(self, call: Callable[[_Replica, float], Awaitable[T]], deadline: float) -> T:
-        """`call` on one replica after another until one answers, all before `deadline` (monotonic).
-
-        A replica that cannot be reached, or answers UNAVAILABLE (its
-        database or its directory is not usable, it is shutting down…), is
-        passed over for the next at once; once every one has failed in a row,
-        the next round waits a little (with jitter), never past the deadline.
-        Anything else, an answer or a refusal, ends the call; so does the
-        deadline, with the last failure.
-        """
-        delay = FIRST_BACKOFF
-        failed_in_a_row = 0
-        while True:
-            index = self._preferred
-            remaining = deadline - time.monotonic()
-            try:
-                result = await call(self._replicas[index], max(remaining, 0.001))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                failed_in_a_row += 1
-                if len(self._replicas) > 1:
-                    log.info(
-                        "aggregator %s unavailable (%s); trying the next",
-                        self._replicas[index].endpoint,
-                        (exc.details() or "")[:120],
-                    )
-                self._preferred = (index + 1) % len(self._replicas)
-                remaining = deadline - time.monotonic()
-                if failed_in_a_row % len(self._replicas) == 0:
-                    pause = delay * (0.5 + random.random())
-                    if remaining <= pause * 2:
-                        raise
-                    await asyncio.sleep(pause)
-                    delay = min(delay * 2, MAX_BACKOFF)
-                elif remaining <= 0.001:
-                    raise
-                continue
-            return result
+        await self.replicas.close()
 
     async def _fetch_directory(self) -> v2_envelope_pb2.SignedEnvelope:
-        async def get(replica: _Replica, timeout: float) -> directory_service_pb2.GetDirectoryResponse:
-            resp: directory_service_pb2.GetDirectoryResponse = await replica.directory.GetDirectory(
-                directory_service_pb2.GetDirectoryRequest(), timeout=timeout
+        def get(replica: Replica, timeout: float) -> Rpc[directory_service_pb2.GetDirectoryResponse]:
+            return replica.unary(
+                GET_DIRECTORY,
+                directory_service_pb2.GetDirectoryRequest(),
+                directory_service_pb2.GetDirectoryResponse,
+                timeout=timeout,
             )
-            return resp
 
-        return (await self._failover(get, time.monotonic() + min(self.timeout, 5.0))).directory
+        return (
+            await self.replicas.call(GET_DIRECTORY, get, time.monotonic() + min(self.timeout, 5.0))
+        ).directory
 
     async def refresh_directory(self) -> int:
         """Fetch the aggregator's directory now; the version held afterwards.
@@ -355,9 +310,11 @@ class BankClient:
         request = aggregator_pb2.FederatedQueryRequest(query=query_env, exhaustive=exhaustive)
         with query_scope(query_id), client_span(FEDERATED_QUERY, AGGREGATOR_SERVER_NAME) as metadata:
 
-            async def ask(replica: _Replica, remaining: float) -> aggregator_pb2.FederatedQueryResponse:
-                resp: aggregator_pb2.FederatedQueryResponse = await replica.stub.FederatedQuery(
+            def ask(replica: Replica, remaining: float) -> Rpc[aggregator_pb2.FederatedQueryResponse]:
+                return replica.unary(
+                    FEDERATED_QUERY,
                     request,
+                    aggregator_pb2.FederatedQueryResponse,
                     timeout=remaining,
                     # gRPC rounds the deadline it sends up (10 s goes out as
                     # 10.1 s), and the answer needs time to come back: the
@@ -365,11 +322,10 @@ class BankClient:
                     # that the sections that arrived are never lost.
                     metadata=[*metadata, budget_metadata(remaining - answer_reserve(remaining))],
                 )
-                return resp
 
             while True:
                 try:
-                    resp = await self._failover(ask, deadline)
+                    resp = await self.replicas.call(FEDERATED_QUERY, ask, deadline)
                     break
                 except grpc.aio.AioRpcError as exc:
                     remaining = deadline - time.monotonic()
@@ -418,13 +374,15 @@ class BankClient:
         return merge(query.query_id, query.enterprise_uscc, Purpose.from_proto(query.purpose), sections)
 
     async def nodes(self, *, timeout: float | None = None) -> aggregator_pb2.ListNodesResponse:
-        async def ask(replica: _Replica, remaining: float) -> aggregator_pb2.ListNodesResponse:
-            resp: aggregator_pb2.ListNodesResponse = await replica.stub.ListNodes(
-                aggregator_pb2.ListNodesRequest(), timeout=remaining
+        def ask(replica: Replica, remaining: float) -> Rpc[aggregator_pb2.ListNodesResponse]:
+            return replica.unary(
+                LIST_NODES,
+                aggregator_pb2.ListNodesRequest(),
+                aggregator_pb2.ListNodesResponse,
+                timeout=remaining,
             )
-            return resp
 
-        return await self._failover(ask, time.monotonic() + (timeout or self.timeout))
+        return await self.replicas.call(LIST_NODES, ask, time.monotonic() + (timeout or self.timeout))
 
     async def query_node(
         self,
@@ -442,30 +400,6 @@ class BankClient:
                 node_pb2.QueryRequest(query=query_env), timeout=timeout or self.timeout
             )
             return resp
-
-
-FEDERATED_QUERY = "/creditnet.v2.AggregatorService/FederatedQuery"
-
-
-class _Replica:
-    """One aggregator endpoint: its channel and stubs."""
-
-    def __init__(self, endpoint: str, identity: Identity, trust: TrustStore) -> None:
-        self.endpoint = endpoint
-        self.channel = secure_channel(endpoint, identity, trust, AGGREGATOR_SERVER_NAME)
-        self.stub = aggregator_pb2_grpc.AggregatorServiceStub(self.channel)
-        self.directory = directory_service_pb2_grpc.DirectoryServiceStub(self.channel)
-
-
-def aggregator_endpoints(given: str | Sequence[str]) -> list[str]:
-    """HOST:PORT endpoints from a list or a comma-separated string; ValueError if none or repeated."""
-    items = given.split(",") if isinstance(given, str) else list(given)
-    endpoints = [e.strip() for item in items for e in item.split(",") if e.strip()]
-    if not endpoints:
-        raise ValueError("no aggregator endpoint given")
-    if len(set(endpoints)) != len(endpoints):
-        raise ValueError(f"an aggregator endpoint is given twice: {', '.join(endpoints)}")
-    return endpoints
 
 
 def _query_id(query_env: envelope_pb2.SignedEnvelope) -> str | None:

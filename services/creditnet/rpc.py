@@ -32,6 +32,7 @@ __all__ = [
     "server_credentials",
     "start_internal_server",
     "start_server",
+    "taken",
 ]
 
 log = logging.getLogger(__name__)
@@ -313,6 +314,17 @@ class PeerIdentities:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+async def taken(context: grpc.aio.ServicerContext) -> None:
+    """Send the response headers now: the caller knows its call was taken.
+
+    A client of several replicas asks another one alongside when the first
+    has sent no headers within its hedge delay (docs/protocol.md, "Hedging
+    past a frozen replica"); a call that takes long by design (it waits on
+    the city nodes) says at once that this replica is alive and working.
+    """
+    await context.send_initial_metadata(())
 
 
 def refusals(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

@@ -192,11 +192,27 @@ class ServerCertificate:
 
 
 class _Check:
+    """Check the server's certificate before each call; read it afresh after the server was unavailable."""
+
     def __init__(self, server: ServerCertificate) -> None:
         self.server = server
+        self._watching: set[asyncio.Future[None]] = set()
 
     async def _before(self, details: grpc.aio.ClientCallDetails) -> None:
         await self.server.require(details.timeout)
+
+    def _watch(self, call: Any) -> Any:
+        # The call itself goes back, never its awaited response: the caller
+        # sees its response headers as they come (a hedging client waits on
+        # them), not only once the whole call has ended.
+        watch = asyncio.ensure_future(self._forget_if_unavailable(call))
+        self._watching.add(watch)
+        watch.add_done_callback(self._watching.discard)
+        return call
+
+    async def _forget_if_unavailable(self, call: Any) -> None:
+        if await call.code() == grpc.StatusCode.UNAVAILABLE:
+            self.server.forget()
 
 
 class _UnaryUnary(_Check, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -207,13 +223,7 @@ class _UnaryUnary(_Check, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore
         request: Any,
     ) -> Any:
         await self._before(client_call_details)
-        call = await continuation(client_call_details, request)
-        try:
-            return await call
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                self.server.forget()
-            raise
+        return self._watch(await continuation(client_call_details, request))
 
 
 class _UnaryStream(_Check, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
@@ -224,7 +234,7 @@ class _UnaryStream(_Check, grpc.aio.UnaryStreamClientInterceptor):  # type: igno
         request: Any,
     ) -> Any:
         await self._before(client_call_details)
-        return await continuation(client_call_details, request)
+        return self._watch(await continuation(client_call_details, request))
 
 
 class _StreamUnary(_Check, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
@@ -235,7 +245,7 @@ class _StreamUnary(_Check, grpc.aio.StreamUnaryClientInterceptor):  # type: igno
         request_iterator: AsyncIterable[Any] | Any,
     ) -> Any:
         await self._before(client_call_details)
-        return await continuation(client_call_details, request_iterator)
+        return self._watch(await continuation(client_call_details, request_iterator))
 
 
 class _StreamStream(_Check, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
@@ -246,7 +256,7 @@ class _StreamStream(_Check, grpc.aio.StreamStreamClientInterceptor):  # type: ig
         request_iterator: AsyncIterable[Any] | Any,
     ) -> Any:
         await self._before(client_call_details)
-        return await continuation(client_call_details, request_iterator)
+        return self._watch(await continuation(client_call_details, request_iterator))
 
 
 def server_certificate_interceptors(

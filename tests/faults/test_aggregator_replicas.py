@@ -1,7 +1,7 @@
-"""Two aggregator replicas on one PostgreSQL database: one is SIGKILLed while banks query through both.
+"""Two aggregator replicas on one PostgreSQL database: one SIGKILLed, then one frozen, as banks query both.
 
 Every query still gets its verified answer within its deadline (the SDK
-fails over to the other replica), a revocation sent to one replica is
+fails over to the other replica, and hedges past a frozen one), a revocation sent to one replica is
 refused by the other at once, and after the killed replica is back there is
 one chain of network checkpoints and no witness evidence against anyone.
 Skipped without PostgreSQL unless CREDITNET_REQUIRE_POSTGRES=1.
@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -194,6 +195,48 @@ async def test_killing_one_of_two_replicas_loses_no_query_and_splits_nothing(
                 chain_pb2.ListEvidenceRequest(), timeout=10
             )
         assert list(evidence.evidence) == [], endpoint
+
+
+async def test_freezing_one_of_two_replicas_loses_no_query(
+    network: ProcessNetwork, layout: NetworkLayout
+) -> None:
+    """A replica stopped (SIGSTOP) takes no call and refuses none: the SDK hedges to the other."""
+    a, b = banks(layout)
+    stop = asyncio.Event()
+    answered: dict[str, list[str]] = {DEMO_BANK: [], SECOND_BANK: []}
+    victim = network.procs[aggregator_process(0)]
+    async with a, b:
+        flows = [
+            asyncio.create_task(ask_until(a, layout, DEMO_BANK, stop, answered[DEMO_BANK])),
+            asyncio.create_task(ask_until(b, layout, SECOND_BANK, stop, answered[SECOND_BANK])),
+        ]
+        try:
+            await until(lambda: all(len(v) >= 2 for v in answered.values()), flows)
+            before = {k: len(v) for k, v in answered.items()}
+            os.kill(victim.pid, signal.SIGSTOP)
+            try:
+                # Bank a asks replica 0 first: without a hedge its next query
+                # would wait on the frozen replica to its deadline and fail.
+                await until(lambda: all(len(v) >= before[k] + 3 for k, v in answered.items()), flows)
+            finally:
+                os.kill(victim.pid, signal.SIGCONT)
+            assert a.endpoints[a.replicas.preferred] == layout.aggregator_endpoints[1]
+            await until(lambda: all(len(v) >= before[k] + 5 for k, v in answered.items()), flows)
+        finally:
+            stop.set()
+            results = await asyncio.gather(*flows, return_exceptions=True)
+        assert [r for r in results if r is not None] == []
+    # Woken, the replica serves again.
+    async with BankClient(
+        aggregator=layout.aggregator_endpoints[0],
+        identity=layout.bank(),
+        trust=TrustStore.load(layout.ca),
+        timeout=QUERY_DEADLINE,
+    ) as only_first:
+        report = await only_first.query(
+            layout.demo_enterprise, grant_demo_consent(layout), Purpose.LOAN_APPLICATION
+        )
+        assert all(s.status in ANSWERED for s in report.sections)
 
 
 async def until(done: object, flows: list[asyncio.Task[None]]) -> None:

@@ -115,4 +115,4 @@ async def test_a_replica_cut_off_from_its_database_refuses_and_the_bank_is_answe
     async with BankClient(aggregator=[first, second], identity=layout.bank(), trust=trust) as both:
         report = await both.query(layout.demo_enterprise, consent, Purpose.LOAN_APPLICATION)
         assert all(s.status in ANSWERED for s in report.sections)
-        assert both.endpoints[both._preferred] == second
+        assert both.endpoints[both.replicas.preferred] == second

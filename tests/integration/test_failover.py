@@ -1,4 +1,4 @@
-"""The bank SDK given several aggregator endpoints: it passes over one that is down, never a refusal."""
+"""The bank SDK given several aggregator endpoints: it passes over one down or frozen, never a refusal."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import pytest
 from creditnet.domain import Purpose
 from creditnet.network import DEMO_BANK, InProcessNetwork, NetworkLayout, free_port, grant_demo_consent
 from creditnet.pki import TrustStore
+from creditnet.rpc import start_server, taken
+from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc
 from creditnet_bank import BankClient, QueryRefused, SectionStatus
-from creditnet_bank.client import aggregator_endpoints
+from creditnet_bank.hedging import HedgePolicy
+from creditnet_bank.replicas import LIST_NODES, aggregator_endpoints
 
 ANSWERED = (SectionStatus.OK, SectionStatus.NO_RECORDS)
 
@@ -38,6 +41,121 @@ async def counting_listener() -> AsyncIterator[tuple[str, list[int]]]:
         await server.wait_closed()
 
 
+@asynccontextmanager
+async def silent_listener() -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP port that accepts connections and then says nothing: what a frozen process's kernel does."""
+    accepted: list[int] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}", accepted
+    finally:
+        server.close()
+        for writer in list(getattr(server, "_clients", ())):  # pragma: no cover - a 3.12+ detail
+            writer.close()
+        await server.wait_closed()
+
+
+class SlowAggregator(aggregator_pb2_grpc.AggregatorServiceServicer):
+    """An aggregator whose ListNodes takes `seconds`, saying at once that it took the call or not."""
+
+    def __init__(self, seconds: float, *, announce: bool) -> None:
+        self.seconds = seconds
+        self.announce = announce
+
+    async def ListNodes(
+        self, request: aggregator_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> aggregator_pb2.ListNodesResponse:
+        if self.announce:
+            await taken(context)
+        await asyncio.sleep(self.seconds)
+        return aggregator_pb2.ListNodesResponse(nodes=[aggregator_pb2.NodeStatus(endpoint="slow")])
+
+
+@asynccontextmanager
+async def slow_aggregator(
+    layout: NetworkLayout, trust: TrustStore, servicer: SlowAggregator
+) -> AsyncIterator[str]:
+    handle = await start_server(
+        listen="127.0.0.1:0",
+        identity=layout.identity("aggregator", "national"),
+        trust=trust,
+        register=lambda server: aggregator_pb2_grpc.add_AggregatorServiceServicer_to_server(servicer, server),
+        service_names=["creditnet.v2.AggregatorService"],
+    )
+    try:
+        yield f"127.0.0.1:{handle.port}"
+    finally:
+        await handle.stop(0)
+
+
+async def test_a_query_is_hedged_past_a_frozen_endpoint_and_answered_within_its_deadline(
+    network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    async with (
+        silent_listener() as (frozen, accepted),
+        BankClient(
+            aggregator=[frozen, layout.aggregator_endpoint], identity=layout.bank(), trust=trust
+        ) as bank,
+    ):
+        consent = grant_demo_consent(layout)
+        # Without a hedge this call would wait on the frozen endpoint to its deadline and fail.
+        report = await asyncio.wait_for(
+            bank.query(layout.demo_enterprise, consent, Purpose.LOAN_APPLICATION, timeout=10), 30
+        )
+        assert all(s.status in ANSWERED for s in report.sections)
+        assert accepted, "the frozen endpoint was asked first"
+        # The next call goes to the endpoint that answered, and is answered.
+        assert bank.endpoints[bank.replicas.preferred] == layout.aggregator_endpoint
+        report = await bank.query(layout.demo_enterprise, consent, Purpose.LOAN_APPLICATION, timeout=10)
+        assert all(s.status in ANSWERED for s in report.sections)
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["takes-the-call", "says-nothing"])
+async def test_a_slow_endpoint_that_took_the_call_is_waited_for_and_one_that_did_not_is_hedged(
+    layout: NetworkLayout, trust: TrustStore, announce: bool
+) -> None:
+    async with (
+        slow_aggregator(layout, trust, SlowAggregator(2.0, announce=announce)) as slow,
+        counting_listener() as (other, accepted),
+        BankClient(aggregator=[slow, other], identity=layout.bank(), trust=trust, timeout=20) as bank,
+    ):
+        # Generous for a replica that announces itself (a loaded machine's handshake
+        # included), short for one that says nothing: neither is raced.
+        bank.replicas.policies[LIST_NODES] = HedgePolicy(first_delay=1.5 if announce else 0.3)
+        nodes = await asyncio.wait_for(bank.nodes(), 30)
+    # Either way the slow endpoint's answer is the one taken (the other drops every call).
+    assert [n.endpoint for n in nodes.nodes] == ["slow"]
+    if announce:
+        assert accepted == [], "a replica that took the call was hedged"
+    else:
+        assert accepted, "a replica that said nothing was not hedged"
+
+
+async def test_a_replica_that_took_the_call_and_went_quiet_is_hedged_within_the_deadline(
+    network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
+) -> None:
+    async with (
+        slow_aggregator(layout, trust, SlowAggregator(3600, announce=True)) as frozen_mid_call,
+        BankClient(
+            aggregator=[frozen_mid_call, layout.aggregator_endpoint], identity=layout.bank(), trust=trust
+        ) as bank,
+    ):
+        # It took the call at once, so only the late delay (half the budget,
+        # with no answer seen yet) sends the call to the other replica.
+        nodes = await asyncio.wait_for(bank.nodes(timeout=8), 30)
+        assert {n.city for n in nodes.nodes} == {c.proto for c in layout.cities}
+        assert bank.endpoints[bank.replicas.preferred] == layout.aggregator_endpoint
+
+
 async def test_a_query_passes_over_an_endpoint_where_nothing_listens(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
@@ -50,7 +168,7 @@ async def test_a_query_passes_over_an_endpoint_where_nothing_listens(
         )
         assert all(s.status in ANSWERED for s in report.sections)
         # The next call goes to the endpoint that answered.
-        assert bank.endpoints[bank._preferred] == layout.aggregator_endpoint
+        assert bank.endpoints[bank.replicas.preferred] == layout.aggregator_endpoint
 
 
 async def test_a_refusal_is_an_answer_and_is_not_asked_of_another_endpoint(
@@ -115,21 +233,23 @@ async def test_the_cli_takes_repeated_aggregator_endpoints_and_tries_each(
     assert accepted and accepted_second
 
 
-async def test_a_revocation_is_delivered_through_the_next_aggregator_when_the_first_is_down(
+async def test_a_revocation_is_delivered_through_the_next_aggregator_past_one_down_and_one_frozen(
     network: InProcessNetwork, layout: NetworkLayout, tmp_path: Path
 ) -> None:
     enterprise = layout.data["identities"]["enterprises"][layout.demo_enterprise]
     consent_file = tmp_path / "consent.json"
     grant_demo_consent(layout, save_to=consent_file)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "creditnet", "consent", "revoke",
-        "--consent", str(consent_file), "--out", str(tmp_path / "revocation.json"),
-        "--cert", str(layout.path(enterprise["cert"])), "--key", str(layout.path(enterprise["key"])),
-        "--aggregator", f"127.0.0.1:{free_port()}", "--aggregator", layout.aggregator_endpoint,
-        "--ca", str(layout.ca),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    async with silent_listener() as (frozen, accepted):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "creditnet", "consent", "revoke",
+            "--consent", str(consent_file), "--out", str(tmp_path / "revocation.json"),
+            "--cert", str(layout.path(enterprise["cert"])), "--key", str(layout.path(enterprise["key"])),
+            "--aggregator", f"127.0.0.1:{free_port()}", "--aggregator", frozen,
+            "--aggregator", layout.aggregator_endpoint, "--ca", str(layout.ca),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert accepted, "the frozen aggregator was asked"
     assert proc.returncode == 0, err.decode()
     delivered = [line.split()[0] for line in out.decode().splitlines() if line.endswith(" delivered")]
     assert delivered == [c.value for c in layout.cities]

@@ -25,7 +25,7 @@ from creditnet.envelope import EnvelopeVerifier
 from creditnet.errors import FailedPrecondition, PermissionDenied
 from creditnet.observability import AggregatorMetrics, bind_query_id, client_span
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
-from creditnet.rpc import PeerIdentities, refusals
+from creditnet.rpc import PeerIdentities, refusals, taken
 from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, envelope_pb2, node_pb2
 
 __all__ = [
@@ -72,6 +72,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self, request: S.FederatedQueryRequest, context: grpc.aio.ServicerContext
     ) -> S.FederatedQueryResponse:
         peer = self.peers.require(context, RoleKind.BANK)
+        await taken(context)
         # Read first, so that checking the query counts against the caller's time.
         caller = CallerBudget.of(context)
         # The same rules every node applies: refuse garbage here once
@@ -183,6 +184,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self, request: S.BroadcastRevocationRequest, context: grpc.aio.ServicerContext
     ) -> S.BroadcastRevocationResponse:
         self.peers.role(context)
+        await taken(context)
         rev = verify_revocation(self.verifier, request.revocation, request.consent, at=utcnow())
         deliveries = await self.outbox.publish(rev, request.consent)
         return S.BroadcastRevocationResponse(deliveries=deliveries)
@@ -192,6 +194,7 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
         self, request: S.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> S.ListNodesResponse:
         self.peers.role(context)
+        await taken(context)
         links = await self.directory.check_all()
         against: dict[str, int] = {}
         if self.head is not None:

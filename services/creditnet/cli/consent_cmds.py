@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 import typer
 from google.protobuf.message import DecodeError
 
@@ -18,8 +17,8 @@ from creditnet.cli.common import console, errors, fail, print_json
 from creditnet.dates import utcnow
 from creditnet.domain import ALL_CATEGORIES, Category, City, Purpose
 from creditnet.envelope import CONSENT_TYPE, EnvelopeVerifier, digest, load_envelope, save_envelope
-from creditnet.pki import AGGREGATOR_SERVER_NAME, Identity, TrustStore
-from creditnet.v2 import aggregator_pb2, aggregator_pb2_grpc, consent_pb2
+from creditnet.pki import Identity, TrustStore
+from creditnet.v2 import aggregator_pb2, consent_pb2
 
 __all__ = [
     "app",
@@ -166,31 +165,31 @@ def revoke(
         env = consent_mod.revoke(ident, consent_env, reason=reason)
         save_envelope(env, out)
         console.print(f"revocation written to {out}")
-        endpoints = [e.strip() for item in aggregator or [] for e in item.split(",") if e.strip()]
-        if not endpoints:
+        if not aggregator:
             return
         if ca is None:
             fail("--ca is required with --aggregator")
         trust = TrustStore.load(ca)
 
         async def deliver() -> aggregator_pb2.BroadcastRevocationResponse:
-            from creditnet.channels import secure_channel
+            from creditnet_bank.replicas import BROADCAST_REVOCATION, Replica, Replicas, Rpc
 
-            deadline = time.monotonic() + timeout
-            for i, endpoint in enumerate(endpoints):
-                async with secure_channel(endpoint, ident, trust, AGGREGATOR_SERVER_NAME) as ch:
-                    stub = aggregator_pb2_grpc.AggregatorServiceStub(ch)
-                    try:
-                        resp: aggregator_pb2.BroadcastRevocationResponse = await stub.BroadcastRevocation(
-                            aggregator_pb2.BroadcastRevocationRequest(revocation=env, consent=consent_env),
-                            timeout=max(deadline - time.monotonic(), 0.001),
-                        )
-                        return resp
-                    except grpc.aio.AioRpcError as exc:
-                        # Unavailable: the next replica, within the one deadline; a refusal is the answer.
-                        if exc.code() != grpc.StatusCode.UNAVAILABLE or i == len(endpoints) - 1:
-                            raise
-            raise AssertionError("unreachable")
+            request = aggregator_pb2.BroadcastRevocationRequest(revocation=env, consent=consent_env)
+
+            def send(replica: Replica, remaining: float) -> Rpc[aggregator_pb2.BroadcastRevocationResponse]:
+                return replica.unary(
+                    BROADCAST_REVOCATION,
+                    request,
+                    aggregator_pb2.BroadcastRevocationResponse,
+                    timeout=remaining,
+                )
+
+            # Unavailable or frozen: the next replica, within the one deadline; a refusal is the answer.
+            replicas = Replicas(aggregator, ident, trust)
+            try:
+                return await replicas.call(BROADCAST_REVOCATION, send, time.monotonic() + timeout)
+            finally:
+                await replicas.close()
 
         resp = asyncio.run(deliver())
         for d in resp.deliveries:
