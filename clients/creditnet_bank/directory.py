@@ -115,6 +115,7 @@ class BankDirectory:
         self._holder: DirectoryHolder | None = None
         self._seen: tuple[int, int, int] | None = None
         self._next_refresh = 0.0
+        self._members: tuple[Directory, tuple[City, ...]] | None = None
         self._lock: asyncio.Lock | None = None
 
     # -- what the client asks ------------------------------------------------
@@ -143,7 +144,11 @@ class BankDirectory:
 
     def member_cities(self, directory: Directory) -> tuple[City, ...]:
         """The cities the directory lists, by code."""
-        return tuple(sorted(City(c.code) for c in directory.cities))
+        # Asked once per answer; a national directory lists hundreds of cities.
+        if self._members is None or self._members[0] is not directory:
+            cities = tuple(sorted((City.from_proto(c.code) for c in directory.cities), key=_code))
+            self._members = (directory, cities)
+        return self._members[1]
 
     # -- keeping it ------------------------------------------------------------
 
@@ -243,3 +248,7 @@ class BankDirectory:
                 f"the bank client holds no network directory{f' (refresh: {why})' if why else ''}",
             )
         return self.require_fresh()
+
+
+def _code(city: City) -> str:
+    return city.code

@@ -16,6 +16,7 @@ import enum
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from google.protobuf.message import DecodeError
 
@@ -62,9 +63,23 @@ class SectionStatus(enum.Enum):
 
     @classmethod
     def from_proto(cls, value: int) -> SectionStatus:
-        desc = aggregator_pb2.SectionStatus.DESCRIPTOR.values_by_number.get(value)
-        name = desc.name.removeprefix("SECTION_STATUS_") if desc is not None else ""
-        return cls[name] if name in cls.__members__ and name != "MISSING" else cls.INVALID
+        return _STATUS_BY_NUMBER.get(value, cls.INVALID)
+
+
+# Once, not once per section (hundreds in a national answer). A number that
+# names no status of ours (or MISSING, which is never on the wire) is INVALID.
+_STATUS_BY_NUMBER: Final = {
+    v.number: SectionStatus[v.name.removeprefix("SECTION_STATUS_")]
+    for v in aggregator_pb2.SectionStatus.DESCRIPTOR.values
+    if v.name.removeprefix("SECTION_STATUS_") in SectionStatus.__members__
+    and v.name != "SECTION_STATUS_MISSING"
+}
+# Routing reasons as the report names them ("holds_records"); 0 (unspecified) is "".
+_ROUTING_BY_NUMBER: Final = {
+    v.number: v.name.removeprefix("ROUTING_").lower()
+    for v in aggregator_pb2.Routing.DESCRIPTOR.values
+    if v.number
+}
 
 
 @dataclass(slots=True)
@@ -159,7 +174,6 @@ def verify_section(
     except ValueError:
         raise AnswerInvalid("the aggregator returned a section for an unknown city") from None
     status = SectionStatus.from_proto(section.status)
-    routing = aggregator_pb2.Routing.DESCRIPTOR.values_by_number.get(section.routing)
     base = Section(
         city=city,
         status=status,
@@ -167,7 +181,7 @@ def verify_section(
         code=section.code,
         latency_ms=section.latency_ms,
         asked=status is not SectionStatus.NOT_ASKED,
-        routing=routing.name.removeprefix("ROUTING_").lower() if routing and section.routing else "",
+        routing=_ROUTING_BY_NUMBER.get(section.routing, ""),
         routing_detail=section.routing_detail,
     )
     if status is SectionStatus.NOT_ASKED:

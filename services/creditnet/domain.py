@@ -63,6 +63,11 @@ class City:
 
     code: str
 
+    def __hash__(self) -> int:
+        # The code's own hash rather than a tuple's: a national answer looks
+        # up hundreds of cities.
+        return hash(self.code)
+
     def __post_init__(self) -> None:
         try:
             divisions.city(self.code)

@@ -98,7 +98,10 @@ class Grant:
 
     def scope(self, members: Iterable[City]) -> tuple[City, ...]:
         """The cities to ask, by code, given the network's member cities."""
-        return self.cities if self.cities is not None else tuple(sorted(set(members)))
+        if self.cities is not None:
+            return self.cities
+        # By code, compared as strings: a national network has hundreds of members.
+        return tuple(sorted(set(members), key=lambda c: c.code))
 
 
 def check_parties(consent: ConsentTerms, asked: Asked) -> None:

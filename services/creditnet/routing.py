@@ -46,6 +46,7 @@ __all__ = [
     "RoutingKey",
     "VerifiedFilter",
     "sign_filter",
+    "tag_hashes",
     "verify_filter",
 ]
 
@@ -112,6 +113,11 @@ class RoutingKey:
         return mac.digest()
 
 
+def tag_hashes(tag: bytes) -> tuple[int, int]:
+    """The two hashes a tag's filter positions derive from (docs/protocol.md, "Routing")."""
+    return int.from_bytes(tag[0:8], "big"), int.from_bytes(tag[8:16], "big") | 1
+
+
 class BloomFilter:
     """A Bloom filter over routing tags; thread-safe (adds come from worker threads)."""
 
@@ -136,8 +142,7 @@ class BloomFilter:
         return cls(-(-capacity * BITS_PER_ENTRY // 64) * 64, HASH_COUNT)
 
     def _positions(self, tag: bytes) -> list[int]:
-        h1 = int.from_bytes(tag[0:8], "big")
-        h2 = int.from_bytes(tag[8:16], "big") | 1
+        h1, h2 = tag_hashes(tag)
         m = self.bit_count
         return [(h1 + i * h2) % m for i in range(self.hash_count)]
 
@@ -153,8 +158,7 @@ class BloomFilter:
         added = newly = 0
         with self._lock:
             for tag in tags:
-                h1 = int.from_bytes(tag[0:8], "big")
-                h2 = int.from_bytes(tag[8:16], "big") | 1
+                h1, h2 = tag_hashes(tag)
                 new = 0
                 for i in k:
                     p = (h1 + i * h2) % m
@@ -171,8 +175,18 @@ class BloomFilter:
         return added
 
     def __contains__(self, tag: bytes) -> bool:
+        return self.contains_hashes(tag_hashes(tag))
+
+    def contains_hashes(self, hashes: tuple[int, int]) -> bool:
+        """Whether the filter holds the tag whose `tag_hashes` these are (stops at the first clear bit)."""
+        h1, h2 = hashes
         bits = self.bits
-        return all(bits[p >> 3] & (1 << (p & 7)) for p in self._positions(tag))
+        m = self.bit_count
+        for i in range(self.hash_count):
+            p = (h1 + i * h2) % m
+            if not bits[p >> 3] & (1 << (p & 7)):
+                return False
+        return True
 
     @property
     def estimated_fp(self) -> float:
@@ -217,6 +231,10 @@ class VerifiedFilter:
 
     def holds(self, tag: bytes) -> bool:
         return tag in self.bloom
+
+    def holds_hashes(self, hashes: tuple[int, int]) -> bool:
+        """`holds` for a tag's `tag_hashes`, taken once for every city's filter."""
+        return self.bloom.contains_hashes(hashes)
 
 
 def verify_filter(

@@ -314,7 +314,8 @@ class NodeDirectory:
 
     def members(self) -> tuple[City, ...]:
         """The cities this aggregator has a node for, by code."""
-        return tuple(sorted(self.links))
+        # Compared as strings: a national network has hundreds of members, asked for on every query.
+        return tuple(sorted(self.links, key=lambda c: c.code))
 
     def load(self) -> list[NodeLoad]:
         """Pending calls per node, in city order."""

@@ -27,7 +27,7 @@ from creditnet.dates import utcnow
 from creditnet.domain import City
 from creditnet.envelope import EnvelopeVerifier
 from creditnet.errors import CreditnetError
-from creditnet.routing import RoutingKey, VerifiedFilter, verify_filter
+from creditnet.routing import RoutingKey, VerifiedFilter, tag_hashes, verify_filter
 from creditnet.v2 import aggregator_pb2, envelope_pb2, node_pb2
 
 __all__ = [
@@ -79,28 +79,26 @@ class Router:
         # Fetches made by each poll, for the aggregator's metrics (None: not counted).
         self.on_round: Callable[[int], None] | None = None
         self._calls = 0
+        # Each held filter's "does not hold" decision, made once per filter rather than per query.
+        self._not_held: dict[City, tuple[VerifiedFilter, Decision]] = {}
 
     # -- routing ---------------------------------------------------------------
 
     def route(self, uscc: str, scope: Iterable[City], *, exhaustive: bool) -> list[Decision]:
         """For each city of `scope` (in order): ask it or not, and why."""
         home = uscc_mod.home_city(uscc)
-        tag = self.key.tag(uscc)
+        hashes = tag_hashes(self.key.tag(uscc))
         now = self.clock()
+        links = self.directory.links
         out: list[Decision] = []
         for city in scope:
             held = self.held.get(city)
             # The last fetch must have succeeded too: a node serving a filter
             # that is refused (or not answering) is asked until one is taken.
-            usable = (
-                held is not None
-                and held.fresh(now)
-                and city in self.directory.links
-                and not self.problems.get(city)
-            )
+            usable = held is not None and held.fresh(now) and city in links and not self.problems.get(city)
             if city == home:
                 out.append(Decision(city, True, A.ROUTING_REGISTRATION, "the enterprise's registration city"))
-            elif usable and held is not None and held.holds(tag):
+            elif usable and held is not None and held.holds_hashes(hashes):
                 detail = f"its filter (version {held.version}) holds it"
                 out.append(Decision(city, True, A.ROUTING_HOLDS_RECORDS, detail))
             elif exhaustive:
@@ -111,16 +109,21 @@ class Router:
                 out.append(Decision(city, True, A.ROUTING_ASKED_FOR, detail))
             else:
                 assert held is not None
-                out.append(
-                    Decision(
-                        city,
-                        False,
-                        A.ROUTING_NOT_ASKED,
-                        f"its filter (version {held.version}, issued {held.issued_at:%Y-%m-%dT%H:%M:%SZ}) "
-                        "does not hold the enterprise",
-                    )
-                )
+                out.append(self._not_held_by(held))
         return out
+
+    def _not_held_by(self, held: VerifiedFilter) -> Decision:
+        cached = self._not_held.get(held.city)
+        if cached is None or cached[0] is not held:
+            detail = (
+                f"its filter (version {held.version}, issued {held.issued_at:%Y-%m-%dT%H:%M:%SZ}) "
+                "does not hold the enterprise"
+            )
+            cached = self._not_held[held.city] = (
+                held,
+                Decision(held.city, False, A.ROUTING_NOT_ASKED, detail),
+            )
+        return cached[1]
 
     def describe(self, city: City, out: aggregator_pb2.FilterStatus) -> None:
         """Fill `out` with the filter held of `city` and, if it cannot be used now, why."""
@@ -205,6 +208,8 @@ class Router:
             del self.held[gone]
         for gone in set(self.problems) - set(links):
             del self.problems[gone]
+        for gone in set(self._not_held) - set(links):
+            del self._not_held[gone]
 
     async def _fetch(self, link: NodeLink, wait_ms: int = 0) -> None:
         city = link.city

@@ -101,17 +101,26 @@ class AggregatorService(aggregator_pb2_grpc.AggregatorServiceServicer):
             for d in asked:
                 # Its log may have grown by this query's entry: the next network checkpoint reads it.
                 self.head.hint(d.city)
-        by_city = {d.city.proto: section for d, section in zip(asked, answers, strict=True)}
-        sections = []
+        by_city = {d.city: section for d, section in zip(asked, answers, strict=True)}
+        out = S.FederatedQueryResponse(query_id=aq.terms.query_id)
         for d in decisions:
-            section = by_city.get(d.city.proto)
+            section = by_city.get(d.city)
             if section is None:
-                section = S.CitySection(city=d.city.proto, status=S.SECTION_STATUS_NOT_ASKED, reason=d.detail)
+                # Made in place: a national query leaves hundreds of cities out.
+                out.sections.add(
+                    city=d.city.proto,
+                    status=S.SECTION_STATUS_NOT_ASKED,
+                    reason=d.detail,
+                    asked=False,
+                    routing=d.routing,
+                    routing_detail=d.detail,
+                )
                 if self.metrics is not None:
                     self.metrics.not_asked(d.city)
+                continue
             section.asked, section.routing, section.routing_detail = d.asked, d.routing, d.detail  # type: ignore[assignment]
-            sections.append(section)
-        return S.FederatedQueryResponse(query_id=aq.terms.query_id, sections=sections)
+            out.sections.append(section)
+        return out
 
     def _route(self, uscc: str, scope: tuple[City, ...], *, exhaustive: bool) -> list[Decision]:
         if self.router is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
@@ -464,6 +464,7 @@ class AggregatorMetrics(ServerMetrics):
         for kind in ROUND_KINDS:
             self._rounds.labels(kind)
             self._round_calls.labels(kind)
+        self._not_asked: dict[City, Any] = {}
         for city in cities:
             # Present at zero from the start, so rates and alerts see every city.
             for status in SECTION_STATUSES:
@@ -485,7 +486,11 @@ class AggregatorMetrics(ServerMetrics):
 
     def not_asked(self, city: City) -> None:
         """Count a city routing left out of a query (no call: no latency observed)."""
-        self._sections.labels(city.value, "not_asked").inc()
+        # A national query leaves hundreds of cities out: each city's counter is looked up once.
+        counter = self._not_asked.get(city)
+        if counter is None:
+            counter = self._not_asked[city] = self._sections.labels(city.value, "not_asked")
+        counter.inc()
 
     def observe_section(self, section: SectionLike) -> None:
         """Count a `CitySection` as the aggregator returns it (status, city, latency_ms)."""
