@@ -116,16 +116,25 @@ class _Unary(Generic[M]):
 
     async def _response(self) -> M:
         # Read to the end: a failed call raises its AioRpcError there, with its status.
-        messages = [message async for message in self._call]
-        if len(messages) != 1:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.INTERNAL,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details=f"a unary method answered with {len(messages)} messages",
-            )
-        message: M = messages[0]
-        return message
+        answer: M | None = None
+        async for message in self._call:
+            if answer is not None:
+                # Not kept reading: a server that streams on is not a unary method's.
+                self._call.cancel()
+                raise _not_unary("more than one message")
+            answer = message
+        if answer is None:
+            raise _not_unary("no message")
+        return answer
+
+
+def _not_unary(what: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=f"the aggregator answered a unary call with {what}",
+    )
 
 
 def _serialize(message: Message) -> bytes:

@@ -156,6 +156,47 @@ async def test_a_replica_that_took_the_call_and_went_quiet_is_hedged_within_the_
         assert bank.endpoints[bank.replicas.preferred] == layout.aggregator_endpoint
 
 
+@pytest.mark.parametrize("answers", [0, 2])
+async def test_a_unary_call_answered_with_no_message_or_several_fails_internal(
+    layout: NetworkLayout, trust: TrustStore, answers: int
+) -> None:
+    async def stream(
+        request: aggregator_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[aggregator_pb2.ListNodesResponse]:
+        for _ in range(answers):
+            yield aggregator_pb2.ListNodesResponse()
+
+    # A server that streams where the method is unary: the SDK reads calls as streams (to see
+    # their headers early), so it must hold them to one message itself.
+    handler = grpc.method_handlers_generic_handler(
+        "creditnet.v2.AggregatorService",
+        {
+            "ListNodes": grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=aggregator_pb2.ListNodesRequest.FromString,
+                response_serializer=aggregator_pb2.ListNodesResponse.SerializeToString,
+            )
+        },
+    )
+    server = await start_server(
+        listen="127.0.0.1:0",
+        identity=layout.identity("aggregator", "national"),
+        trust=trust,
+        register=lambda s: s.add_generic_rpc_handlers((handler,)),
+        service_names=["creditnet.v2.AggregatorService"],
+    )
+    try:
+        async with BankClient(
+            aggregator=f"127.0.0.1:{server.port}", identity=layout.bank(), trust=trust
+        ) as bank:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await bank.nodes(timeout=10)
+    finally:
+        await server.stop(0)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert ("no message" if answers == 0 else "more than one message") in (failed.value.details() or "")
+
+
 async def test_a_query_passes_over_an_endpoint_where_nothing_listens(
     network: InProcessNetwork, layout: NetworkLayout, trust: TrustStore
 ) -> None:
