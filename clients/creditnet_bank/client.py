@@ -35,7 +35,7 @@ from creditnet.v2 import (
 )
 from creditnet.v2 import envelope_pb2 as v2_envelope_pb2
 from creditnet_bank.directory import BankDirectory, DirectorySettings
-from creditnet_bank.replicas import FEDERATED_QUERY, GET_DIRECTORY, LIST_NODES, Replica, Replicas, Rpc
+from creditnet_bank.replicas import FEDERATED_QUERY, GET_DIRECTORY, LIST_NODES, Replicas
 from creditnet_bank.report import Report, merge
 from creditnet_bank.scope import account
 from creditnet_bank.verify import Section, scope_cities, verify_section
@@ -204,17 +204,13 @@ class BankClient:
         await self.replicas.close()
 
     async def _fetch_directory(self) -> v2_envelope_pb2.SignedEnvelope:
-        def get(replica: Replica, timeout: float) -> Rpc[directory_service_pb2.GetDirectoryResponse]:
-            return replica.unary(
-                GET_DIRECTORY,
-                directory_service_pb2.GetDirectoryRequest(),
-                directory_service_pb2.GetDirectoryResponse,
-                timeout=timeout,
-            )
-
-        return (
-            await self.replicas.call(GET_DIRECTORY, get, time.monotonic() + min(self.timeout, 5.0))
-        ).directory
+        resp = await self.replicas.unary(
+            GET_DIRECTORY,
+            directory_service_pb2.GetDirectoryRequest(),
+            directory_service_pb2.GetDirectoryResponse,
+            time.monotonic() + min(self.timeout, 5.0),
+        )
+        return resp.directory
 
     async def refresh_directory(self) -> int:
         """Fetch the aggregator's directory now; the version held afterwards.
@@ -310,22 +306,22 @@ class BankClient:
         request = aggregator_pb2.FederatedQueryRequest(query=query_env, exhaustive=exhaustive)
         with query_scope(query_id), client_span(FEDERATED_QUERY, AGGREGATOR_SERVER_NAME) as metadata:
 
-            def ask(replica: Replica, remaining: float) -> Rpc[aggregator_pb2.FederatedQueryResponse]:
-                return replica.unary(
-                    FEDERATED_QUERY,
-                    request,
-                    aggregator_pb2.FederatedQueryResponse,
-                    timeout=remaining,
-                    # gRPC rounds the deadline it sends up (10 s goes out as
-                    # 10.1 s), and the answer needs time to come back: the
-                    # aggregator is told exactly when to have answered, so
-                    # that the sections that arrived are never lost.
-                    metadata=[*metadata, budget_metadata(remaining - answer_reserve(remaining))],
-                )
+            def headers(remaining: float) -> list[tuple[str, str | bytes]]:
+                # gRPC rounds the deadline it sends up (10 s goes out as
+                # 10.1 s), and the answer needs time to come back: the
+                # aggregator is told exactly when to have answered, so
+                # that the sections that arrived are never lost.
+                return [*metadata, budget_metadata(remaining - answer_reserve(remaining))]
 
             while True:
                 try:
-                    resp = await self.replicas.call(FEDERATED_QUERY, ask, deadline)
+                    resp = await self.replicas.unary(
+                        FEDERATED_QUERY,
+                        request,
+                        aggregator_pb2.FederatedQueryResponse,
+                        deadline,
+                        metadata=headers,
+                    )
                     break
                 except grpc.aio.AioRpcError as exc:
                     remaining = deadline - time.monotonic()
@@ -374,15 +370,12 @@ class BankClient:
         return merge(query.query_id, query.enterprise_uscc, Purpose.from_proto(query.purpose), sections)
 
     async def nodes(self, *, timeout: float | None = None) -> aggregator_pb2.ListNodesResponse:
-        def ask(replica: Replica, remaining: float) -> Rpc[aggregator_pb2.ListNodesResponse]:
-            return replica.unary(
-                LIST_NODES,
-                aggregator_pb2.ListNodesRequest(),
-                aggregator_pb2.ListNodesResponse,
-                timeout=remaining,
-            )
-
-        return await self.replicas.call(LIST_NODES, ask, time.monotonic() + (timeout or self.timeout))
+        return await self.replicas.unary(
+            LIST_NODES,
+            aggregator_pb2.ListNodesRequest(),
+            aggregator_pb2.ListNodesResponse,
+            time.monotonic() + (timeout or self.timeout),
+        )
 
     async def query_node(
         self,

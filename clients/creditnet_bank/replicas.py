@@ -156,6 +156,24 @@ class Replicas:
         for replica in self.replicas:
             await replica.channel.close()
 
+    async def unary(
+        self,
+        method: str,
+        request: Message,
+        response: type[M],
+        deadline: float,
+        *,
+        metadata: Callable[[float], Sequence[tuple[str, str | bytes]]] | None = None,
+    ) -> M:
+        """The unary `method` with `request`, through `call`: each attempt gets the time left
+        before `deadline` (monotonic) and `metadata(time left)`."""
+
+        def attempt(replica: Replica, remaining: float) -> Rpc[M]:
+            extra = metadata(remaining) if metadata is not None else ()
+            return replica.unary(method, request, response, timeout=remaining, metadata=extra)
+
+        return await self.call(method, attempt, deadline)
+
     def policy(self, method: str) -> HedgePolicy:
         """The hedge policy of `method`'s calls (each method has its own usual times)."""
         policy = self.policies.get(method)

@@ -115,51 +115,72 @@ async def ask_until(
         answered.append(report.query_id)
 
 
+class Querying:
+    """Two banks querying through both replicas (`banks`), each in a loop, counting the answers."""
+
+    def __init__(self, layout: NetworkLayout) -> None:
+        self.a, self.b = banks(layout)
+        self.answered: dict[str, list[str]] = {DEMO_BANK: [], SECOND_BANK: []}
+        self.stop = asyncio.Event()
+        self.flows = [
+            asyncio.create_task(ask_until(self.a, layout, DEMO_BANK, self.stop, self.answered[DEMO_BANK])),
+            asyncio.create_task(
+                ask_until(self.b, layout, SECOND_BANK, self.stop, self.answered[SECOND_BANK])
+            ),
+        ]
+
+    async def each_answered(self, more: int, than: dict[str, int] | None = None) -> dict[str, int]:
+        """Wait until each bank has `more` answers beyond `than` (failing at once if a query failed);
+        the counts now."""
+        base = than or {}
+        await until(
+            lambda: all(len(v) >= base.get(k, 0) + more for k, v in self.answered.items()), self.flows
+        )
+        return {k: len(v) for k, v in self.answered.items()}
+
+    async def end(self) -> None:
+        """Stop the loops; every query of both banks must have been answered, none refused or late."""
+        self.stop.set()
+        results = await asyncio.gather(*self.flows, return_exceptions=True)
+        await self.a.close()
+        await self.b.close()
+        assert [r for r in results if r is not None] == []
+
+
 async def test_killing_one_of_two_replicas_loses_no_query_and_splits_nothing(
     network: ProcessNetwork, layout: NetworkLayout, aggregator_database: str
 ) -> None:
     trust = TrustStore.load(layout.ca)
-    a, b = banks(layout)
-    stop = asyncio.Event()
-    answered: dict[str, list[str]] = {DEMO_BANK: [], SECOND_BANK: []}
-    async with a, b:
-        flows = [
-            asyncio.create_task(ask_until(a, layout, DEMO_BANK, stop, answered[DEMO_BANK])),
-            asyncio.create_task(ask_until(b, layout, SECOND_BANK, stop, answered[SECOND_BANK])),
-        ]
-        try:
-            await until(lambda: all(len(v) >= 2 for v in answered.values()), flows)
-            before = {k: len(v) for k, v in answered.items()}
-            # SIGKILL replica 0 with queries in flight through both.
-            victim = network.procs[aggregator_process(0)]
-            victim.kill()
-            await asyncio.to_thread(victim.wait, PATIENCE)
-            await until(lambda: all(len(v) >= before[k] + 3 for k, v in answered.items()), flows)
-            network.start_aggregator(0)
-            await wait_serving(
-                layout.aggregator_endpoints[0],
-                AGGREGATOR_SERVER_NAME,
-                network_operator(layout),
-                layout.ca,
-                timeout=PATIENCE,
-                process=network.procs[aggregator_process(0)],
-            )
-            await until(lambda: all(len(v) >= before[k] + 5 for k, v in answered.items()), flows)
-        finally:
-            stop.set()
-            results = await asyncio.gather(*flows, return_exceptions=True)
-        # Every query of both banks was answered, none refused or late.
-        assert [r for r in results if r is not None] == []
+    querying = Querying(layout)
+    try:
+        before = await querying.each_answered(2)
+        # SIGKILL replica 0 with queries in flight through both.
+        victim = network.procs[aggregator_process(0)]
+        victim.kill()
+        await asyncio.to_thread(victim.wait, PATIENCE)
+        await querying.each_answered(3, than=before)
+        network.start_aggregator(0)
+        await wait_serving(
+            layout.aggregator_endpoints[0],
+            AGGREGATOR_SERVER_NAME,
+            network_operator(layout),
+            layout.ca,
+            timeout=PATIENCE,
+            process=network.procs[aggregator_process(0)],
+        )
+        await querying.each_answered(5, than=before)
+    finally:
+        await querying.end()
 
-        # A revocation sent to replica 1 is refused by replica 0 at once.
-        consent = grant_demo_consent(layout)
-        revocation = consent_mod.revoke(layout.enterprise(), consent, reason="loan withdrawn")
-        async with secure_channel(
-            layout.aggregator_endpoints[1], layout.enterprise(), trust, AGGREGATOR_SERVER_NAME
-        ) as channel:
-            await aggregator_pb2_grpc.AggregatorServiceStub(channel).BroadcastRevocation(
-                aggregator_pb2.BroadcastRevocationRequest(revocation=revocation, consent=consent), timeout=10
-            )
+    # A revocation sent to replica 1 is refused by replica 0 at once.
+    consent = grant_demo_consent(layout)
+    revocation = consent_mod.revoke(layout.enterprise(), consent, reason="loan withdrawn")
+    async with secure_channel(
+        layout.aggregator_endpoints[1], layout.enterprise(), trust, AGGREGATOR_SERVER_NAME
+    ) as channel:
+        await aggregator_pb2_grpc.AggregatorServiceStub(channel).BroadcastRevocation(
+            aggregator_pb2.BroadcastRevocationRequest(revocation=revocation, consent=consent), timeout=10
+        )
     # Only replica 0 is asked: it never saw the revocation but in the database.
     async with BankClient(
         aggregator=layout.aggregator_endpoints[0], identity=layout.bank(), trust=trust, timeout=QUERY_DEADLINE
@@ -201,31 +222,21 @@ async def test_freezing_one_of_two_replicas_loses_no_query(
     network: ProcessNetwork, layout: NetworkLayout
 ) -> None:
     """A replica stopped (SIGSTOP) takes no call and refuses none: the SDK hedges to the other."""
-    a, b = banks(layout)
-    stop = asyncio.Event()
-    answered: dict[str, list[str]] = {DEMO_BANK: [], SECOND_BANK: []}
     victim = network.procs[aggregator_process(0)]
-    async with a, b:
-        flows = [
-            asyncio.create_task(ask_until(a, layout, DEMO_BANK, stop, answered[DEMO_BANK])),
-            asyncio.create_task(ask_until(b, layout, SECOND_BANK, stop, answered[SECOND_BANK])),
-        ]
+    querying = Querying(layout)
+    try:
+        before = await querying.each_answered(2)
+        os.kill(victim.pid, signal.SIGSTOP)
         try:
-            await until(lambda: all(len(v) >= 2 for v in answered.values()), flows)
-            before = {k: len(v) for k, v in answered.items()}
-            os.kill(victim.pid, signal.SIGSTOP)
-            try:
-                # Bank a asks replica 0 first: without a hedge its next query
-                # would wait on the frozen replica to its deadline and fail.
-                await until(lambda: all(len(v) >= before[k] + 3 for k, v in answered.items()), flows)
-            finally:
-                os.kill(victim.pid, signal.SIGCONT)
-            assert a.endpoints[a.replicas.preferred] == layout.aggregator_endpoints[1]
-            await until(lambda: all(len(v) >= before[k] + 5 for k, v in answered.items()), flows)
+            # Bank a asks replica 0 first: without a hedge its next query
+            # would wait on the frozen replica to its deadline and fail.
+            await querying.each_answered(3, than=before)
         finally:
-            stop.set()
-            results = await asyncio.gather(*flows, return_exceptions=True)
-        assert [r for r in results if r is not None] == []
+            os.kill(victim.pid, signal.SIGCONT)
+        assert querying.a.endpoints[querying.a.replicas.preferred] == layout.aggregator_endpoints[1]
+        await querying.each_answered(5, than=before)
+    finally:
+        await querying.end()
     # Woken, the replica serves again.
     async with BankClient(
         aggregator=layout.aggregator_endpoints[0],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -24,44 +24,36 @@ ANSWERED = (SectionStatus.OK, SectionStatus.NO_RECORDS)
 
 
 @asynccontextmanager
-async def counting_listener() -> AsyncIterator[tuple[str, list[int]]]:
-    """A TCP port that accepts and drops connections, counting them: an endpoint that never answers."""
+async def listener(*, silent: bool) -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP port that counts the connections it accepts and drops each (an endpoint that never
+    answers) or, `silent`, holds each open saying nothing (what a frozen process's kernel does)."""
     accepted: list[int] = []
+    held: list[asyncio.StreamWriter] = []
 
-    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def take(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(1)
-        writer.close()
+        if silent:
+            held.append(writer)
+        else:
+            writer.close()
 
-    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    server = await asyncio.start_server(take, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         yield f"127.0.0.1:{port}", accepted
     finally:
         server.close()
-        await server.wait_closed()
-
-
-@asynccontextmanager
-async def silent_listener() -> AsyncIterator[tuple[str, list[int]]]:
-    """A TCP port that accepts connections and then says nothing: what a frozen process's kernel does."""
-    accepted: list[int] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(1)
-        try:
-            await reader.read()
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}", accepted
-    finally:
-        server.close()
-        for writer in list(getattr(server, "_clients", ())):  # pragma: no cover - a 3.12+ detail
+        for writer in held:
             writer.close()
         await server.wait_closed()
+
+
+def counting_listener() -> AbstractAsyncContextManager[tuple[str, list[int]]]:
+    return listener(silent=False)
+
+
+def silent_listener() -> AbstractAsyncContextManager[tuple[str, list[int]]]:
+    return listener(silent=True)
 
 
 class SlowAggregator(aggregator_pb2_grpc.AggregatorServiceServicer):

@@ -172,22 +172,17 @@ def revoke(
         trust = TrustStore.load(ca)
 
         async def deliver() -> aggregator_pb2.BroadcastRevocationResponse:
-            from creditnet_bank.replicas import BROADCAST_REVOCATION, Replica, Replicas, Rpc
-
-            request = aggregator_pb2.BroadcastRevocationRequest(revocation=env, consent=consent_env)
-
-            def send(replica: Replica, remaining: float) -> Rpc[aggregator_pb2.BroadcastRevocationResponse]:
-                return replica.unary(
-                    BROADCAST_REVOCATION,
-                    request,
-                    aggregator_pb2.BroadcastRevocationResponse,
-                    timeout=remaining,
-                )
+            from creditnet_bank.replicas import BROADCAST_REVOCATION, Replicas
 
             # Unavailable or frozen: the next replica, within the one deadline; a refusal is the answer.
             replicas = Replicas(aggregator, ident, trust)
             try:
-                return await replicas.call(BROADCAST_REVOCATION, send, time.monotonic() + timeout)
+                return await replicas.unary(
+                    BROADCAST_REVOCATION,
+                    aggregator_pb2.BroadcastRevocationRequest(revocation=env, consent=consent_env),
+                    aggregator_pb2.BroadcastRevocationResponse,
+                    time.monotonic() + timeout,
+                )
             finally:
                 await replicas.close()
 
