@@ -41,7 +41,7 @@ from creditnet.directory.errors import refuse
 from creditnet.directory.model import Directory
 from creditnet.directory.sign import load
 from creditnet.directory.verify import DirectoryHolder, VerifiedDirectory
-from creditnet.domain import City
+from creditnet.domain import City, sorted_cities
 from creditnet.errors import CreditnetError
 from creditnet.pki import RevocationCheck, TrustStore
 from creditnet.v2 import envelope_pb2
@@ -115,7 +115,6 @@ class BankDirectory:
         self._holder: DirectoryHolder | None = None
         self._seen: tuple[int, int, int] | None = None
         self._next_refresh = 0.0
-        self._members: tuple[Directory, tuple[City, ...]] | None = None
         self._lock: asyncio.Lock | None = None
 
     # -- what the client asks ------------------------------------------------
@@ -144,11 +143,7 @@ class BankDirectory:
 
     def member_cities(self, directory: Directory) -> tuple[City, ...]:
         """The cities the directory lists, by code."""
-        # Asked once per answer; a national directory lists hundreds of cities.
-        if self._members is None or self._members[0] is not directory:
-            cities = tuple(sorted((City.from_proto(c.code) for c in directory.cities), key=_code))
-            self._members = (directory, cities)
-        return self._members[1]
+        return sorted_cities(City.from_proto(c.code) for c in directory.cities)
 
     # -- keeping it ------------------------------------------------------------
 
@@ -248,7 +243,3 @@ class BankDirectory:
                 f"the bank client holds no network directory{f' (refresh: {why})' if why else ''}",
             )
         return self.require_fresh()
-
-
-def _code(city: City) -> str:
-    return city.code

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from creditnet.consent import ConsentTerms
-from creditnet.domain import Category, City, Purpose
+from creditnet.domain import Category, City, Purpose, sorted_cities
 from creditnet.errors import FailedPrecondition, PermissionDenied
 from creditnet.v2 import query_pb2
 
@@ -98,10 +98,7 @@ class Grant:
 
     def scope(self, members: Iterable[City]) -> tuple[City, ...]:
         """The cities to ask, by code, given the network's member cities."""
-        if self.cities is not None:
-            return self.cities
-        # By code, compared as strings: a national network has hundreds of members.
-        return tuple(sorted(set(members), key=lambda c: c.code))
+        return self.cities if self.cities is not None else sorted_cities(set(members))
 
 
 def check_parties(consent: ConsentTerms, asked: Asked) -> None:

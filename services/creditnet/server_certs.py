@@ -192,7 +192,8 @@ class ServerCertificate:
 
 
 class _Check:
-    """Check the server's certificate before each call; read it afresh after the server was unavailable."""
+    """Check the server's certificate before each call; read it again after a call found the server
+    unavailable (it may have restarted with another certificate)."""
 
     def __init__(self, server: ServerCertificate) -> None:
         self.server = server
@@ -201,10 +202,13 @@ class _Check:
     async def _before(self, details: grpc.aio.ClientCallDetails) -> None:
         await self.server.require(details.timeout)
 
-    def _watch(self, call: Any) -> Any:
-        # The call itself goes back, never its awaited response: the caller
-        # sees its response headers as they come (a hedging client waits on
-        # them), not only once the whole call has ended.
+    def _forgetting(self, call: Any) -> Any:
+        """`call` itself, watched: if it ends UNAVAILABLE, the certificate is read again before the next.
+
+        For calls whose caller reads their response headers as they come (the
+        bank's hedged calls to the aggregator): awaiting the call here would
+        hold them back until the whole call had ended.
+        """
         watch = asyncio.ensure_future(self._forget_if_unavailable(call))
         self._watching.add(watch)
         watch.add_done_callback(self._watching.discard)
@@ -223,7 +227,13 @@ class _UnaryUnary(_Check, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore
         request: Any,
     ) -> Any:
         await self._before(client_call_details)
-        return self._watch(await continuation(client_call_details, request))
+        call = await continuation(client_call_details, request)
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self.server.forget()
+            raise
 
 
 class _UnaryStream(_Check, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
@@ -234,7 +244,7 @@ class _UnaryStream(_Check, grpc.aio.UnaryStreamClientInterceptor):  # type: igno
         request: Any,
     ) -> Any:
         await self._before(client_call_details)
-        return self._watch(await continuation(client_call_details, request))
+        return self._forgetting(await continuation(client_call_details, request))
 
 
 class _StreamUnary(_Check, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
@@ -245,7 +255,7 @@ class _StreamUnary(_Check, grpc.aio.StreamUnaryClientInterceptor):  # type: igno
         request_iterator: AsyncIterable[Any] | Any,
     ) -> Any:
         await self._before(client_call_details)
-        return self._watch(await continuation(client_call_details, request_iterator))
+        return await continuation(client_call_details, request_iterator)
 
 
 class _StreamStream(_Check, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
@@ -256,7 +266,7 @@ class _StreamStream(_Check, grpc.aio.StreamStreamClientInterceptor):  # type: ig
         request_iterator: AsyncIterable[Any] | Any,
     ) -> Any:
         await self._before(client_call_details)
-        return self._watch(await continuation(client_call_details, request_iterator))
+        return await continuation(client_call_details, request_iterator)
 
 
 def server_certificate_interceptors(

@@ -6,6 +6,7 @@ import pytest
 
 from creditnet import divisions
 from creditnet.divisions import DivisionError, Level
+from creditnet.domain import City, sorted_cities
 
 PILOTS = {"310000": "上海市", "320100": "南京市", "330100": "杭州市", "340100": "合肥市", "330400": "嘉兴市"}
 
@@ -88,3 +89,15 @@ def test_every_county_of_a_prefecture_shares_its_first_four_digits() -> None:
         if div.level is Level.COUNTY and div.prefecture is not None:
             assert div.code[:4] == div.prefecture[:4]
         assert div.code[:2] == div.province[:2]
+
+
+def test_cities_hash_compare_and_sort_by_their_code() -> None:
+    hefei, shanghai, nanjing = City("340100"), City("310000"), City("320100")
+    assert City.from_proto("340100") == hefei and hash(City.from_proto("340100")) == hash(hefei)
+    assert {hefei: 1}[City("340100")] == 1
+    assert shanghai < nanjing < hefei and hefei > nanjing >= nanjing and shanghai <= shanghai
+    assert sorted([hefei, shanghai, nanjing]) == [shanghai, nanjing, hefei]
+    assert sorted_cities({hefei, shanghai, nanjing}) == (shanghai, nanjing, hefei)
+    with pytest.raises(TypeError):
+        _ = hefei < "340100"  # type: ignore[operator]
+    assert hefei != "340100"

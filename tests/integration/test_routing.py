@@ -12,6 +12,7 @@ another city is refused (that city is then asked).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -272,6 +273,21 @@ async def test_a_filter_signed_by_another_city_is_refused_and_that_city_is_asked
     await r.poll()
     (hangzhou,) = r.route(routed, (HANGZHOU,), exhaustive=False)
     assert not hangzhou.asked and hangzhou.routing == aggregator_pb2.ROUTING_NOT_ASKED
+
+
+async def test_a_not_asked_city_is_reported_by_the_filter_held_now(
+    rnetwork: InProcessNetwork, routed: str
+) -> None:
+    live = router(rnetwork)
+    r = Router(live.directory, live.verifier, live.key)
+    r.held = dict(live.held)
+    (hangzhou,) = r.route(routed, (HANGZHOU,), exhaustive=False)
+    held = r.held[HANGZHOU]
+    assert not hangzhou.asked and f"(version {held.version}," in hangzhou.detail
+    # A newer filter of the city: its decision names that one, not the one routed by before.
+    r.hold(dataclasses.replace(held, version=held.version + 1))
+    (hangzhou,) = r.route(routed, (HANGZHOU,), exhaustive=False)
+    assert not hangzhou.asked and f"(version {held.version + 1}," in hangzhou.detail
 
 
 async def test_stale_or_missing_filters_mean_the_city_is_asked(

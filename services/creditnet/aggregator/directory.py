@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditnet.channels import secure_channel
 from creditnet.dates import utcnow
-from creditnet.domain import City
+from creditnet.domain import City, sorted_cities
 from creditnet.errors import CreditnetError
 from creditnet.handlers import Finish, wrap_handler
 from creditnet.pki import Identity, RoleKind, TrustStore, node_server_name
@@ -314,8 +314,7 @@ class NodeDirectory:
 
     def members(self) -> tuple[City, ...]:
         """The cities this aggregator has a node for, by code."""
-        # Compared as strings: a national network has hundreds of members, asked for on every query.
-        return tuple(sorted(self.links, key=lambda c: c.code))
+        return sorted_cities(self.links)
 
     def load(self) -> list[NodeLoad]:
         """Pending calls per node, in city order."""
